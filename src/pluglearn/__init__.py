@@ -1,0 +1,1 @@
+"""pluglearn: a small, fixed PyTorch training loop whose every extension is a pluggy plugin."""
