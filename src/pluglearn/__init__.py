@@ -1,1 +1,61 @@
-"""pluglearn: a small, fixed PyTorch training loop whose every extension is a pluggy plugin."""
+"""pluglearn: a small, fixed PyTorch training loop whose every extension is a pluggy plugin.
+
+from pluglearn import Learner, DataLoaders, hookimpl, Accuracy
+dls = DataLoaders.from_datasets((x_train, y_train), (x_valid, y_valid), batch_size=64)
+learn = Learner(model, dls, lr=0.1, plugins=[Accuracy()])
+learn.fit(3)
+"""
+
+from .callbacks import (
+    Accuracy,
+    AverageMetric,
+    AvgLoss,
+    ConsoleReport,
+    DefaultLoader,
+    Device,
+    MetricAdapter,
+    MetricsLogger,
+    ProgressBar,
+    Recorder,
+    TrainStep,
+)
+from .data import DataLoaders, TensorBatchLoader
+from .learner import (
+    CancelBatchException,
+    CancelEpochException,
+    CancelException,
+    CancelFitException,
+    CancelTrainException,
+    CancelValidateException,
+    Learner,
+)
+from .plugins import PluginError, PluginWarning, hookimpl, load_entry_point_plugins
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Accuracy",
+    "AverageMetric",
+    "AvgLoss",
+    "CancelBatchException",
+    "CancelEpochException",
+    "CancelException",
+    "CancelFitException",
+    "CancelTrainException",
+    "CancelValidateException",
+    "ConsoleReport",
+    "DataLoaders",
+    "DefaultLoader",
+    "Device",
+    "Learner",
+    "MetricAdapter",
+    "MetricsLogger",
+    "PluginError",
+    "PluginWarning",
+    "ProgressBar",
+    "Recorder",
+    "TensorBatchLoader",
+    "TrainStep",
+    "hookimpl",
+    "load_entry_point_plugins",
+]

@@ -1,0 +1,72 @@
+"""Device: puts the model and every batch on one device (CUDA when present, else CPU).
+
+Example::
+
+    learn = Learner(model, dls, plugins=[Device()])          # cuda if available, else cpu
+    learn = Learner(model, dls, plugins=[Device("cpu")])
+
+The model moves in ``before_fit`` (and before a standalone validation); batches move in
+``before_batch`` (``tryfirst``, so other plugins see them on the device). Tensors nested in
+tuples, lists and dicts move too; ``non_blocking`` copies overlap with compute on CUDA.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from ..plugins.markers import hookimpl
+
+if TYPE_CHECKING:
+    from ..learner import Learner
+
+
+def to_device(obj: Any, device: torch.device, non_blocking: bool = False) -> Any:
+    """``obj`` with every tensor inside (tuples, lists, dicts) moved to ``device``."""
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device, non_blocking=non_blocking)
+    if isinstance(obj, (list, tuple)):
+        moved = [to_device(o, device, non_blocking) for o in obj]
+        return type(obj)(moved) if not hasattr(obj, "_fields") else type(obj)(*moved)
+    if isinstance(obj, dict):
+        return {k: to_device(v, device, non_blocking) for k, v in obj.items()}
+    return obj
+
+
+def default_device() -> torch.device:
+    """CUDA when available, else MPS when available, else CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+class Device:
+    """Moves the model and the batches to ``device`` (default: :func:`default_device`)."""
+
+    def __init__(self, device: str | torch.device | None = None) -> None:
+        self.device = torch.device(device) if device is not None else default_device()
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(
+                f"Device({str(self.device)!r}): CUDA is not available on this machine: use "
+                "Device() to pick the best available device, or Device('cpu')."
+            )
+        self.non_blocking = self.device.type == "cuda"
+
+    def _move_model(self, learn: Learner) -> None:
+        learn.model.to(self.device)
+
+    @hookimpl(tryfirst=True)
+    def before_fit(self, learn: Learner) -> None:
+        self._move_model(learn)
+
+    @hookimpl(tryfirst=True)
+    def before_validate(self, learn: Learner) -> None:
+        self._move_model(learn)
+
+    @hookimpl(tryfirst=True)
+    def before_batch(self, learn: Learner) -> None:
+        learn.batch = to_device(learn.batch, self.device, self.non_blocking)

@@ -1,0 +1,42 @@
+"""DefaultLoader: answers ``make_dataloader`` for in-memory tensors and map-style datasets.
+
+For a ``TensorDataset`` or an ``(x, y)`` tuple of tensors it returns a
+:class:`~pluglearn.data.loaders.TensorBatchLoader` (one index operation per batch); for any
+other map-style dataset the from-scratch :class:`~pluglearn.scratch.data.DataLoader`
+(``__getitem__`` per item, then collate). Both shuffle the training set with
+``learn.dls.generator`` and can resume mid-epoch. It answers last, so a plugin such as
+``MultiprocessLoader`` takes over by answering first.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ..data.loaders import TensorBatchLoader, tensors_of
+from ..plugins.markers import hookimpl
+
+if TYPE_CHECKING:
+    from ..learner import Learner
+
+
+class DefaultLoader:
+    """The built-in answer to ``make_dataloader``."""
+
+    @hookimpl(trylast=True)
+    def make_dataloader(self, learn: Learner, dataset: Any, train: bool) -> Any:
+        dls = learn.dls
+        batch_size = dls.batch_size if train else dls.valid_batch_size
+        drop_last = dls.drop_last and train
+        tensors = tensors_of(dataset)
+        if tensors is not None and dls.collate_fn is None:
+            return TensorBatchLoader(tensors, batch_size, train, drop_last, dls.generator)
+        from ..scratch.data import DataLoader, collate
+
+        return DataLoader(
+            dataset,
+            batch_size,
+            shuffle=train,
+            drop_last=drop_last,
+            collate_fn=dls.collate_fn or collate,
+            generator=dls.generator,
+        )

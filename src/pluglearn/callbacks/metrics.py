@@ -1,0 +1,177 @@
+"""Metrics: per-item averages of a pass, reduced across processes, reported by name.
+
+Every metric plugin resets at the start of a pass, accumulates in ``after_loss`` and answers
+``collect_metrics`` at the end of the pass; the Learner merges the answers and hands them to every
+reporter through ``report``, so no reporter depends on the order of the metric plugins.
+
+Names: a metric reports ``name`` for the validation pass and ``train_name`` for the train pass
+(``AvgLoss`` reports ``train_loss`` and ``valid_loss``). Averages are per item, so a smaller last
+batch weighs less, and sums and counts are all-reduced when torch.distributed is initialised.
+
+Example::
+
+    learn = Learner(model, dls, plugins=[Accuracy(), MetricAdapter(MulticlassF1Score(10), "f1")])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from ..dist import reduce_sum
+from ..plugins.markers import hookimpl
+
+if TYPE_CHECKING:
+    from ..learner import Learner
+
+PHASES = ("train", "valid")
+
+
+def _check_phases(phases: Sequence[str]) -> tuple[str, ...]:
+    bad = [p for p in phases if p not in PHASES]
+    if bad or not phases:
+        raise ValueError(f"phases must be a non-empty subset of {PHASES}, got {tuple(phases)}.")
+    return tuple(phases)
+
+
+def batch_size_of(yb: Any) -> int:
+    """The number of items in a batch of targets."""
+    return len(yb)
+
+
+class AverageMetric:
+    """Base class: the per-item average of ``batch_sum(learn)`` over a pass.
+
+    Subclasses implement ``batch_sum(learn) -> (sum over the batch's items, number of items)``.
+    """
+
+    name = "metric"
+
+    def __init__(self, name: str | None = None, phases: Sequence[str] = ("valid",)) -> None:
+        if name is not None:
+            self.name = name
+        self.phases = _check_phases(phases)
+        self.total: float | torch.Tensor = 0.0
+        self.count = 0
+
+    def batch_sum(self, learn: Learner) -> tuple[float | torch.Tensor, int]:
+        raise NotImplementedError(f"{type(self).__name__} must implement batch_sum(learn)")
+
+    def metric_name(self, phase: str) -> str:
+        return self.name if phase == "valid" else f"train_{self.name}"
+
+    def _reset(self) -> None:
+        self.total, self.count = 0.0, 0
+
+    @hookimpl
+    def before_train(self) -> None:
+        self._reset()
+
+    @hookimpl
+    def before_validate(self) -> None:
+        self._reset()
+
+    @hookimpl
+    def after_loss(self, learn: Learner) -> None:
+        if ("train" if learn.training else "valid") in self.phases:
+            value, n = self.batch_sum(learn)
+            self.total += value
+            self.count += n
+
+    @hookimpl
+    def collect_metrics(self, learn: Learner, phase: str) -> dict[str, float] | None:
+        if phase not in self.phases or self.count == 0:
+            return None
+        total, count = reduce_sum(float(self.total), float(self.count))
+        return {self.metric_name(phase): total / count}
+
+
+class AvgLoss(AverageMetric):
+    """``train_loss`` and ``valid_loss``: the loss averaged per item over each pass."""
+
+    name = "loss"
+
+    def __init__(self) -> None:
+        super().__init__(phases=PHASES)
+
+    def metric_name(self, phase: str) -> str:
+        return f"{phase}_loss"
+
+    def batch_sum(self, learn: Learner) -> tuple[float | torch.Tensor, int]:
+        n = batch_size_of(learn.batch[1])
+        loss = learn.loss.detach()
+        # on CPU a float is cheapest; on an accelerator a tensor sum avoids a sync per batch
+        return (loss.item() if loss.device.type == "cpu" else loss) * n, n
+
+
+class Accuracy(AverageMetric):
+    """The fraction of items whose arg-max prediction equals the target (validation only by
+    default; ``Accuracy(phases=("train", "valid"))`` adds ``train_accuracy``)."""
+
+    name = "accuracy"
+
+    def batch_sum(self, learn: Learner) -> tuple[float | torch.Tensor, int]:
+        preds, targets = learn.preds, learn.batch[1]
+        if preds.ndim != 2 or targets.shape != preds.shape[:1]:
+            raise ValueError(
+                f"Accuracy expects predictions (n, classes) and targets (n,), got "
+                f"{tuple(preds.shape)} and {tuple(targets.shape)}."
+            )
+        return (preds.argmax(dim=1) == targets).sum().item(), len(targets)
+
+
+class MetricAdapter:
+    """Any metric object with ``update(preds, targets)``, ``compute()`` and ``reset()``: the
+    protocol of torchmetrics and torcheval (which reduce across processes themselves)."""
+
+    def __init__(
+        self, metric: Any, name: str | None = None, phases: Sequence[str] = ("valid",)
+    ) -> None:
+        missing = [
+            m for m in ("update", "compute", "reset") if not callable(getattr(metric, m, None))
+        ]
+        if missing:
+            raise TypeError(
+                f"{type(metric).__name__} lacks {', '.join(missing)}: MetricAdapter needs an "
+                "object with update(preds, targets), compute() and reset() (e.g. a torchmetrics "
+                "metric)."
+            )
+        self.metric = metric
+        self.metric_base = name or type(metric).__name__.lower()
+        self.plugin_name = f"MetricAdapter[{self.metric_base}]"
+        self.phases = _check_phases(phases)
+        self._updated = False
+
+    def _reset(self) -> None:
+        self.metric.reset()
+        self._updated = False
+
+    @hookimpl
+    def before_train(self) -> None:
+        self._reset()
+
+    @hookimpl
+    def before_validate(self) -> None:
+        self._reset()
+
+    @hookimpl
+    def after_loss(self, learn: Learner) -> None:
+        if ("train" if learn.training else "valid") not in self.phases:
+            return
+        preds = learn.preds.detach()
+        if not self._updated and hasattr(self.metric, "to"):
+            self.metric.to(preds.device)  # follow the model's device
+        self.metric.update(preds, learn.batch[1])
+        self._updated = True
+
+    @hookimpl
+    def collect_metrics(self, learn: Learner, phase: str) -> dict[str, Any] | None:
+        if phase not in self.phases or not self._updated:
+            return None
+        value = self.metric.compute()
+        if isinstance(value, torch.Tensor) and value.numel() == 1:
+            value = value.item()
+        name = self.metric_base if phase == "valid" else f"train_{self.metric_base}"
+        return {name: value}

@@ -1,0 +1,119 @@
+"""ProgressBar: tqdm bars for epochs and batches with the loss, and one line per epoch.
+
+On a terminal: an epoch bar, a batch bar per pass showing the current loss, and the epoch's
+metrics written above the bars. When the output is not a terminal (a log file, CI), it writes
+one line per epoch and never one per batch (Lightning #8975 and fastai #3959 fill logs with a
+line per update). Reporters print on the main process only.
+
+Example::
+
+    learn = Learner(model, dls)                     # a ProgressBar is a default plugin
+    learn = Learner(model, dls, plugins=[ProgressBar(file=sys.stdout, mininterval=0.5)])
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import IO, TYPE_CHECKING, Any
+
+from tqdm.auto import tqdm
+
+from ..dist import is_main_process
+from ..plugins.markers import hookimpl
+from .report import format_line
+
+if TYPE_CHECKING:
+    from ..learner import Learner
+
+
+class ProgressBar:
+    """Epoch and batch bars on a terminal; one line per epoch elsewhere."""
+
+    def __init__(self, file: IO[str] | None = None, mininterval: float = 0.1) -> None:
+        self.file = file
+        self.mininterval = mininterval
+        self.epoch_bar: Any = None
+        self.bar: Any = None
+        self._next_show = 0.0
+
+    def _out(self) -> IO[str]:
+        return self.file or sys.stderr
+
+    def _interactive(self) -> bool:
+        isatty = getattr(self._out(), "isatty", None)
+        return bool(isatty and isatty()) and is_main_process()
+
+    @hookimpl
+    def before_fit(self, learn: Learner) -> None:
+        if self._interactive():
+            self.epoch_bar = tqdm(
+                total=learn.n_epochs,
+                initial=learn.epoch,
+                desc="epoch",
+                file=self._out(),
+                dynamic_ncols=True,
+            )
+
+    def _open(self, learn: Learner, desc: str) -> None:
+        if self._interactive():
+            self.bar = tqdm(
+                total=learn.n_iter,
+                initial=learn.iter if learn.iter else 0,
+                desc=desc,
+                leave=False,
+                file=self._out(),
+                mininterval=self.mininterval,
+                dynamic_ncols=True,
+            )
+            self._next_show = 0.0
+
+    @hookimpl
+    def before_train(self, learn: Learner) -> None:
+        self._open(learn, "train")
+
+    @hookimpl
+    def before_validate(self, learn: Learner) -> None:
+        self._open(learn, "valid")
+
+    @hookimpl
+    def after_batch(self, learn: Learner) -> None:
+        bar = self.bar
+        if bar is None:
+            return
+        bar.update(1)
+        now = time.monotonic()
+        if now >= self._next_show:  # read the loss (a sync on GPUs) only when it is shown
+            self._next_show = now + self.mininterval
+            bar.set_postfix_str(f"loss {learn.loss.item():.4f}", refresh=False)
+
+    def _close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    @hookimpl
+    def cleanup_train(self) -> None:
+        self._close()
+
+    @hookimpl
+    def cleanup_validate(self) -> None:
+        self._close()
+
+    @hookimpl
+    def report(self, learn: Learner, metrics: dict[str, Any]) -> None:
+        if not is_main_process():
+            return
+        line = format_line(metrics, learn.n_epochs)
+        if self.epoch_bar is not None:
+            self.epoch_bar.update(1)
+            tqdm.write(line, file=self._out())
+        else:
+            print(line, file=self._out(), flush=True)
+
+    @hookimpl
+    def cleanup_fit(self) -> None:
+        self._close()
+        if self.epoch_bar is not None:
+            self.epoch_bar.close()
+            self.epoch_bar = None

@@ -1,0 +1,64 @@
+"""ConsoleReport: a table row per epoch (epoch, losses, metrics, time), and the shared formatting.
+
+``ProgressBar`` already writes one line per epoch; ConsoleReport is for runs without the bar
+(``Learner(..., defaults=False, plugins=[ConsoleReport()])``) or for a table in a log file::
+
+    epoch  train_loss  valid_loss  accuracy  time
+        0      0.8131      0.4207    0.8872  0.9s
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import IO, TYPE_CHECKING, Any
+
+from tqdm.auto import tqdm
+
+from ..dist import is_main_process
+from ..plugins.markers import hookimpl
+
+if TYPE_CHECKING:
+    from ..learner import Learner
+
+
+def format_value(key: str, value: Any) -> str:
+    """How a metric reads in a report: 4 decimals, seconds for ``time``, ints as they are."""
+    if key == "time" and isinstance(value, float):
+        return f"{value:.1f}s"
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return str(value)
+
+
+def format_line(metrics: dict[str, Any], n_epochs: int | None = None) -> str:
+    """``epoch 1/3  train_loss 0.4120  valid_loss 0.3521  accuracy 0.9012  time 1.2s``."""
+    parts = []
+    for key, value in metrics.items():
+        if key == "epoch" and n_epochs:
+            parts.append(f"epoch {value + 1}/{n_epochs}")
+        else:
+            parts.append(f"{key} {format_value(key, value)}")
+    return "  ".join(parts)
+
+
+class ConsoleReport:
+    """Prints the header once, then one table row per epoch (on the main process)."""
+
+    def __init__(self, file: IO[str] | None = None) -> None:
+        self.file = file
+        self.columns: list[str] = []
+
+    @hookimpl
+    def before_fit(self) -> None:
+        self.columns = []
+
+    @hookimpl
+    def report(self, learn: Learner, metrics: dict[str, Any]) -> None:
+        if not is_main_process():
+            return
+        file = self.file or sys.stdout
+        if not self.columns or set(metrics) - set(self.columns):
+            self.columns = [*self.columns, *(k for k in metrics if k not in self.columns)]
+            tqdm.write("  ".join(f"{c:>10}" for c in self.columns), file=file)
+        cells = [format_value(c, metrics[c]) if c in metrics else "-" for c in self.columns]
+        tqdm.write("  ".join(f"{c:>10}" for c in cells), file=file)

@@ -1,0 +1,429 @@
+"""The Learner: a small, fixed loop (fit, validate, get_preds) whose every extension is a plugin.
+
+The batch reads as the algorithm, with a hook after each step::
+
+    predict -> after_pred -> compute_loss -> after_loss
+            -> backward -> after_backward -> step -> after_step -> zero_grad     (training only)
+
+Each phase (fit, epoch, train, validate, batch) runs ``before_X``, its body, ``after_X``, and
+``cleanup_X`` as its ``finally``; raising ``CancelXException`` ends phase X early (``after_X``
+skipped, ``cleanup_X`` runs). The hooks are documented in :mod:`pluglearn.plugins.specs`.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager, suppress
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from fastcore.basics import listify
+from torch import nn
+
+from .callbacks.loaders import DefaultLoader
+from .callbacks.metrics import AvgLoss
+from .callbacks.progress import ProgressBar
+from .callbacks.train_step import TrainStep
+from .data.loaders import DataLoaders
+from .plugins.manager import HookCalls, PluginRegistry
+from .plugins.markers import hookimpl
+
+
+class CancelException(Exception):
+    """Base of the cancel exceptions: raised from a hook, it ends a phase early (not an error)."""
+
+
+class CancelFitException(CancelException):
+    """End the fit: ``after_fit`` is skipped, ``cleanup_fit`` runs."""
+
+
+class CancelEpochException(CancelException):
+    """End this epoch (its remaining passes too); the next epoch starts."""
+
+
+class CancelTrainException(CancelException):
+    """End this epoch's train pass; validation still runs."""
+
+
+class CancelValidateException(CancelException):
+    """End the validation pass."""
+
+
+class CancelBatchException(CancelException):
+    """Skip the rest of this batch (e.g. the step); the next batch starts."""
+
+
+def check_lr(lr: object) -> float:
+    """``lr`` as a float, or a clear error: it must be a finite number >= 0."""
+    if isinstance(lr, bool) or not isinstance(lr, numbers.Real):
+        raise TypeError(
+            f"lr must be a number, got {lr!r} ({type(lr).__name__}): pass e.g. lr=0.1 "
+            "(for one learning rate per group, set them on learn.opt.param_groups)."
+        )
+    if not math.isfinite(lr) or lr < 0:
+        raise ValueError(f"lr must be a finite number >= 0, got {lr}: pass e.g. lr=0.1.")
+    return float(lr)
+
+
+class Learner:
+    """Trains ``model`` on ``dls`` with ``loss_func`` and an optimizer made by ``opt_func``.
+
+    Plugins run in list order for every hook. A bare Learner has the default plugins
+    ``AvgLoss`` (train/valid loss), ``ProgressBar``, and the providers ``TrainStep`` and
+    ``DefaultLoader`` (which answer last, so any plugin can replace them). ``defaults=False``
+    leaves out ``AvgLoss`` and ``ProgressBar``; a plugin of the same class as a default
+    replaces it; ``learn.remove_plugin("ProgressBar")`` removes one by name.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        dls: DataLoaders,
+        loss_func: Callable[..., torch.Tensor] = F.cross_entropy,
+        opt_func: Callable[..., Any] = torch.optim.SGD,
+        lr: float = 0.1,
+        plugins: object | Sequence[object] = (),
+        *,
+        defaults: bool = True,
+    ) -> None:
+        if not isinstance(dls, DataLoaders):
+            raise TypeError(
+                f"dls must be a pluglearn DataLoaders, got {type(dls).__name__}: wrap your loaders "
+                "as DataLoaders(train_dl, valid_dl) or use DataLoaders.from_datasets(...)."
+            )
+        self.model, self.dls, self.loss_func, self.opt_func = model, dls, loss_func, opt_func
+        self.lr = check_lr(lr)
+        self.opt: Any = None
+        self.epoch, self.n_epochs, self.iter, self.n_iter = 0, 0, 0, None
+        self.train_iter = 0  # optimizer steps taken over the Learner's life
+        self.training = False
+        self.dl: Iterable[Any] | None = None
+        self.batch: Any = None
+        self.preds: Any = None
+        self.loss: torch.Tensor | None = None
+        self.metrics: dict[str, Any] = {}
+        self.stop_reason: str | None = None
+        self._registry = PluginRegistry()
+        self._in_batch = False
+        user = listify(plugins)
+        chosen = [AvgLoss(), ProgressBar()] if defaults else []
+        chosen += [TrainStep(), DefaultLoader()]
+        chosen = [d for d in chosen if not any(type(p) is type(d) for p in user)]
+        self._defaults = {id(p) for p in chosen}
+        for plugin in [*user, *chosen]:
+            self._registry.add(plugin)
+
+    # ------------------------------------------------------------------------------ plugins
+
+    @property
+    def plugins(self) -> list[object]:
+        """The registered plugins in call order (before ``tryfirst``/``trylast``)."""
+        return list(self._registry)
+
+    def add_plugin(self, plugin: object) -> str:
+        """Register ``plugin`` after the user's plugins, before the defaults; returns its name."""
+        at = next((i for i, p in enumerate(self._registry) if id(p) in self._defaults), None)
+        return self._registry.add(plugin, index=at)
+
+    def remove_plugin(self, plugin: object | str) -> object:
+        """Unregister a plugin given as the object or its name; returns it."""
+        removed = self._registry.remove(plugin)
+        self._defaults.discard(id(removed))
+        return removed
+
+    def plugin(self, name: str) -> object:
+        """The registered plugin named ``name`` (its class name, or ``name_2`` for a second)."""
+        return self._registry.get(name)
+
+    def show_hooks(self) -> str:
+        """Print and return the resolved call order of every hook."""
+        text = self._registry.describe()
+        print(text)
+        return text
+
+    @property
+    def hooks(self) -> HookCalls:
+        """The callers of the current plugin set (``learn.hooks.call("report", ...)``)."""
+        return self._registry.calls
+
+    # --------------------------------------------------------------------------- batch state
+
+    @property
+    def xb(self) -> Any:
+        return self.batch[0]
+
+    @property
+    def yb(self) -> Any:
+        return self.batch[1]
+
+    # ----------------------------------------------------------------------------- public
+
+    def fit(
+        self,
+        n_epochs: int,
+        lr: float | None = None,
+        plugins: object | Sequence[object] = (),
+        *,
+        resume_from: Any = None,
+    ) -> None:
+        """Train for ``n_epochs`` (a train pass then a validate pass each). ``plugins`` live for
+        this fit only and are removed afterwards, also after an error. ``resume_from`` (a
+        checkpoint file or directory) continues an interrupted fit exactly where it stopped."""
+        if isinstance(n_epochs, bool) or not isinstance(n_epochs, int) or n_epochs < 0:
+            raise ValueError(f"n_epochs must be an int >= 0, got {n_epochs!r}.")
+        added: list[object] = []
+        try:
+            for plugin in listify(plugins):
+                self.add_plugin(plugin)
+                added.append(plugin)
+            if lr is not None:
+                self.lr = check_lr(lr)
+            self.n_epochs, self.epoch, self.stop_reason = n_epochs, 0, None
+            self._make_opt()
+            with self._loaders():
+                if resume_from is not None:
+                    from .checkpoint import restore
+
+                    restore(self, resume_from)
+                self._phase("fit", CancelFitException, self._do_fit)
+        finally:
+            for plugin in reversed(added):
+                if plugin in self._registry:
+                    self.remove_plugin(plugin)
+
+    def validate(self, dl: Iterable[Any] | None = None) -> dict[str, Any]:
+        """One validation pass (eval mode, no gradients); returns its metrics."""
+        self.metrics = {}
+        with self._loaders():
+            self._pass(train=False, dl=dl)
+        return dict(self.metrics)
+
+    def get_preds(self, dl: Iterable[Any] | None = None) -> tuple[Any, Any]:
+        """Predictions and targets over the validation set (or ``dl``), concatenated."""
+        gather = _GatherPreds()
+        self._registry.add(gather)
+        try:
+            self.validate(dl)
+        finally:
+            self._registry.remove(gather)
+        return torch.cat(gather.preds), torch.cat(gather.targets)
+
+    # ------------------------------------------------------------------------------- loop
+
+    def _do_fit(self) -> None:
+        for self.epoch in range(self.epoch, self.n_epochs):  # noqa: B020 (state hooks read)
+            self._phase("epoch", CancelEpochException, self._do_epoch)
+
+    def _do_epoch(self) -> None:
+        start = time.perf_counter()
+        self.metrics, self._metric_owner = {"epoch": self.epoch}, {}
+        self._pass(train=True)
+        if self.dls.valid is not None:
+            self._pass(train=False)
+        self.metrics["time"] = time.perf_counter() - start
+        self.metrics = _report_order(self.metrics)
+        self._registry.calls.call("report", learn=self, metrics=dict(self.metrics))
+
+    def _pass(self, train: bool, dl: Iterable[Any] | None = None) -> None:
+        if dl is None:
+            dl = self.dls.train if train else self.dls.valid
+        if dl is None:
+            raise ValueError(
+                "no validation data: build DataLoaders(train, valid) with a validation set, "
+                "or pass one: learn.validate(dl=...)."
+            )
+        self.training, self.dl = train, dl
+        self.n_iter = len(dl) if hasattr(dl, "__len__") else None
+        # a loader resumed mid-epoch starts at its saved position, not at batch 0
+        self.iter = getattr(dl, "position", 0)
+        self.model.train(train)
+        with torch.set_grad_enabled(train):
+            if train:
+                self._phase("train", CancelTrainException, self._run_batches)
+            else:
+                self._phase("validate", CancelValidateException, self._run_batches)
+        self._collect("train" if train else "valid")
+
+    def _run_batches(self) -> None:
+        start, self.batch = self.iter, None
+        for self.iter, self.batch in enumerate(self.dl, start):  # noqa: B020 (state hooks read)
+            self._one_batch()
+        if self.batch is None and start == 0:
+            which = "train" if self.training else "validation"
+            raise ValueError(
+                f"the {which} loader yielded no batch: is its dataset empty, or smaller than "
+                "one batch with drop_last=True?"
+            )
+
+    def _one_batch(self) -> None:
+        hooks = self._registry.calls
+        self._in_batch = True
+        try:
+            hooks.before_batch(self)
+            _check_pair(self.batch)
+            self.preds = hooks.predict(self)
+            if self.preds is None:
+                raise TypeError("no plugin answered 'predict' (every implementation returned None)")
+            hooks.after_pred(self)
+            self.loss = hooks.compute_loss(self)
+            if not isinstance(self.loss, torch.Tensor):
+                raise TypeError(
+                    f"'compute_loss' must return a tensor, got {type(self.loss).__name__}: return "
+                    "the loss tensor itself (not loss.item())."
+                )
+            hooks.after_loss(self)
+            if self.training:
+                _check_done("backward", hooks.backward(self))
+                hooks.after_backward(self)
+                _check_done("step", hooks.step(self))
+                hooks.after_step(self)
+                _check_done("zero_grad", hooks.zero_grad(self))
+                self.train_iter += 1
+            hooks.after_batch(self)
+        except CancelBatchException:
+            pass
+        except BaseException as error:
+            if not isinstance(error, CancelException):
+                self._on_error(error)
+            self._cleanup(hooks.cleanup_batch, error)
+            raise
+        finally:
+            self._in_batch = False
+        hooks.cleanup_batch(self)
+
+    def _phase(self, name: str, cancel: type[CancelException], body: Callable[[], None]) -> None:
+        hooks = self._registry.calls  # one snapshot: every before_X meets its own cleanup_X
+        cleanup = getattr(hooks, f"cleanup_{name}")
+        try:
+            getattr(hooks, f"before_{name}")(self)
+            body()
+            getattr(hooks, f"after_{name}")(self)
+        except cancel:
+            pass
+        except BaseException as error:
+            if not isinstance(error, CancelException):
+                self._on_error(error)
+            self._cleanup(cleanup, error)
+            raise
+        cleanup(self)
+
+    def _cleanup(self, cleanup: Callable[[Learner], None], error: BaseException) -> None:
+        try:
+            cleanup(self)
+        except Exception as cleanup_error:
+            error.add_note(f"pluglearn: a cleanup hook also failed: {cleanup_error!r}")
+
+    def _on_error(self, error: BaseException) -> None:
+        if getattr(error, "_pluglearn_seen", False):
+            return
+        with suppress(AttributeError):  # mark it, so outer phases do not report it again
+            error._pluglearn_seen = True  # type: ignore[attr-defined]
+        error.add_note(self._where(error))
+        try:
+            self._registry.calls.call_all("on_error", learn=self, error=error)
+        except Exception as hook_error:
+            error.add_note(f"pluglearn: an on_error hook also failed: {hook_error!r}")
+
+    def _where(self, error: BaseException) -> str:
+        owners = self._registry.calls.owner_of(error)
+        plugins = sorted({o.plugin for o in owners})
+        hooks = " or ".join(repr(h) for h in dict.fromkeys(o.hook for o in owners))
+        source = (
+            f"in plugin {' or '.join(map(repr, plugins))}, hook {hooks}"
+            if owners
+            else "outside any plugin (in the loader, the model or the loop)"
+        )
+        when = f"epoch {self.epoch}" if self.n_epochs else "outside fit"
+        if self._in_batch:
+            when += f", {'train' if self.training else 'validation'} batch {self.iter}"
+        return f"pluglearn: raised {source}, {when}"
+
+    def _collect(self, phase: str) -> None:
+        owners = getattr(self, "_metric_owner", {})
+        for impl, result in self._registry.calls.call_each(
+            "collect_metrics", learn=self, phase=phase
+        ):
+            if result is None:
+                continue
+            if not isinstance(result, dict):
+                raise TypeError(
+                    f"plugin {impl.plugin!r}: 'collect_metrics' must return a dict of metrics or "
+                    f"None, got {type(result).__name__}."
+                )
+            for key, value in result.items():
+                if key in owners and owners[key] != impl.plugin:
+                    raise ValueError(
+                        f"metric {key!r} is reported by both {owners[key]!r} and {impl.plugin!r}: "
+                        "give one of them another name (e.g. its name= argument)."
+                    )
+                owners[key] = impl.plugin
+                self.metrics[key] = value
+        self._metric_owner = owners
+
+    def _make_opt(self) -> None:
+        if self.opt is None:
+            self.opt = self.opt_func(self.model.parameters(), lr=self.lr)
+        elif hasattr(self.opt, "param_groups"):
+            for group in self.opt.param_groups:
+                group["lr"] = self.lr
+        else:
+            self.opt.lr = self.lr
+
+    @contextmanager
+    def _loaders(self) -> Iterator[None]:
+        """Ask ``make_dataloader`` for the datasets of ``dls``; close the loaders afterwards."""
+        if self.dls.resolved:
+            yield
+            return
+        made = self.dls.resolve(self)
+        try:
+            yield
+        finally:
+            self.dls.release(made)
+
+
+def _report_order(metrics: dict[str, Any]) -> dict[str, Any]:
+    """epoch, the losses, the other metrics as collected, time: the order reports read best."""
+    first = [k for k in ("epoch", "train_loss", "valid_loss") if k in metrics]
+    rest = [k for k in metrics if k not in first and k != "time"]
+    return {k: metrics[k] for k in [*first, *rest, *(["time"] if "time" in metrics else [])]}
+
+
+def _check_pair(batch: Any) -> None:
+    if not isinstance(batch, (tuple, list)) or len(batch) != 2:
+        kind = (
+            f"{type(batch).__name__} of length {len(batch)}"
+            if hasattr(batch, "__len__")
+            else type(batch).__name__
+        )
+        raise TypeError(
+            f"a batch must be an (xb, yb) pair, got a {kind}: make the dataset return (x, y) "
+            "items, or convert the batch in a before_batch plugin."
+        )
+
+
+def _check_done(hook: str, result: object) -> None:
+    if result is not None and not isinstance(result, bool):
+        raise TypeError(
+            f"'{hook}' must return True when done (or None to let the next plugin answer), got "
+            f"{type(result).__name__}."
+        )
+
+
+class _GatherPreds:
+    """Internal plugin for ``get_preds``: keeps every validation batch's predictions and targets."""
+
+    plugin_name = "get_preds"
+
+    def __init__(self) -> None:
+        self.preds: list[torch.Tensor] = []
+        self.targets: list[torch.Tensor] = []
+
+    @hookimpl
+    def after_loss(self, learn: Learner) -> None:
+        self.preds.append(learn.preds.detach())
+        self.targets.append(learn.yb.detach())

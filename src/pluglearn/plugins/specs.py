@@ -1,0 +1,256 @@
+"""Every hook of pluglearn, where it fires, what state is valid then and what a plugin may change.
+
+A plugin is an *instance* whose methods carry ``@hookimpl``; each method may take any subset of
+the arguments declared here (most take only ``learn``). The call order of one ``learn.fit(2)``::
+
+    before_fit
+      before_epoch                                    epoch 0
+        before_train
+          before_batch                                one per training batch
+            predict -> after_pred
+            compute_loss -> after_loss
+            backward -> after_backward
+            step -> after_step
+            zero_grad
+          after_batch
+          cleanup_batch
+        after_train
+        cleanup_train
+        collect_metrics(phase="train")
+        before_validate                               model.eval() under torch.no_grad()
+          before_batch, predict, after_pred, compute_loss, after_loss, after_batch, cleanup_batch
+        after_validate
+        cleanup_validate
+        collect_metrics(phase="valid")
+        report(metrics)                               once per epoch, merged metrics
+      after_epoch
+      cleanup_epoch
+      before_epoch                                    epoch 1 ... as above
+    after_fit
+    cleanup_fit
+
+``make_dataloader`` is called at the start of a fit (before ``before_fit``) for every dataset
+the :class:`~pluglearn.DataLoaders` holds as a dataset rather than as a ready loader.
+
+Cancelling: raising ``CancelXException`` (X = Fit, Epoch, Train, Validate, Batch) from any hook
+ends phase X early: ``after_X`` is skipped, ``cleanup_X`` runs, the loop goes on after X.
+Any other exception calls ``on_error`` once (before any cleanup), then every ``cleanup_*`` of
+the phases it crosses runs, then it reaches the caller with a note naming the plugin, the hook,
+the epoch and the batch. Every implementation of ``on_error`` and ``cleanup_*`` runs even when
+one of them raises (the first such error is raised after the others ran).
+
+Steps (``predict``, ``compute_loss``, ``backward``, ``step``, ``zero_grad``,
+``make_dataloader``) are *first result wins*: the first implementation that returns something
+other than ``None`` answers and the rest are not called. The built-in ``TrainStep`` and
+``DefaultLoader`` answer last, so any plugin that answers replaces the default.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .markers import hookspec
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    import torch
+
+    from ..learner import Learner
+
+
+# --------------------------------------------------------------------------------------- fit
+
+
+@hookspec
+def before_fit(learn: Learner) -> None:
+    """Start of ``fit``. Valid: ``model``, ``opt`` (created), ``dls`` (loaders made),
+    ``n_epochs``, ``epoch`` (the first epoch to run: 0, or the resumed one).
+    Typical use: set up state, move the model, open files."""
+
+
+@hookspec
+def after_fit(learn: Learner) -> None:
+    """All epochs ran (skipped when the fit was cancelled or failed)."""
+
+
+@hookspec
+def cleanup_fit(learn: Learner) -> None:
+    """The fit's ``finally``: always runs, after success, cancel or error. Close what you opened."""
+
+
+# ------------------------------------------------------------------------------------- epoch
+
+
+@hookspec
+def before_epoch(learn: Learner) -> None:
+    """Start of an epoch. Valid: ``epoch`` (0-based), ``n_epochs``. An epoch is a train pass then
+    a validate pass."""
+
+
+@hookspec
+def after_epoch(learn: Learner) -> None:
+    """End of an epoch, after ``report``. Valid: ``metrics`` (this epoch's merged metrics).
+    Typical use: early stopping, saving the best model, schedules per epoch."""
+
+
+@hookspec
+def cleanup_epoch(learn: Learner) -> None:
+    """The epoch's ``finally``: always runs."""
+
+
+# ------------------------------------------------------------------------- train / validate
+
+
+@hookspec
+def before_train(learn: Learner) -> None:
+    """Start of the train pass; the model is in train mode. Valid: ``dl`` (the training loader),
+    ``n_iter`` (its number of batches, when it has a length), ``training`` is True."""
+
+
+@hookspec
+def after_train(learn: Learner) -> None:
+    """Every training batch of the epoch ran (skipped when the pass was cancelled)."""
+
+
+@hookspec
+def cleanup_train(learn: Learner) -> None:
+    """The train pass's ``finally``: always runs."""
+
+
+@hookspec
+def before_validate(learn: Learner) -> None:
+    """Start of a validation pass: the model is in eval mode and gradients are off
+    (``torch.no_grad``). Valid: ``dl``, ``n_iter``; ``training`` is False. Also fires for
+    ``learn.validate()`` and ``learn.get_preds()`` outside a fit."""
+
+
+@hookspec
+def after_validate(learn: Learner) -> None:
+    """Every validation batch ran (skipped when the pass was cancelled)."""
+
+
+@hookspec
+def cleanup_validate(learn: Learner) -> None:
+    """The validation pass's ``finally``: always runs."""
+
+
+# ------------------------------------------------------------------------------------- batch
+
+
+@hookspec
+def before_batch(learn: Learner) -> None:
+    """A batch was drawn. Valid: ``batch`` (an ``(xb, yb)`` pair), ``xb``, ``yb``, ``iter``
+    (0-based index in the pass). A plugin may replace ``learn.batch`` (move it to a device,
+    augment it)."""
+
+
+@hookspec
+def after_pred(learn: Learner) -> None:
+    """``predict`` answered. Valid: ``preds``; a plugin may replace it."""
+
+
+@hookspec
+def after_loss(learn: Learner) -> None:
+    """``compute_loss`` answered. Valid: ``loss`` (a scalar tensor); a plugin may replace it.
+    Metrics accumulate here (in both passes; test ``learn.training``)."""
+
+
+@hookspec
+def after_backward(learn: Learner) -> None:
+    """Training only: gradients are in the parameters' ``.grad`` (clip or inspect them here)."""
+
+
+@hookspec
+def after_step(learn: Learner) -> None:
+    """Training only: the optimizer stepped (schedulers per batch go here)."""
+
+
+@hookspec
+def after_batch(learn: Learner) -> None:
+    """The batch is done (after ``zero_grad`` when training). Progress bars update here."""
+
+
+@hookspec
+def cleanup_batch(learn: Learner) -> None:
+    """The batch's ``finally``: always runs."""
+
+
+@hookspec
+def on_error(learn: Learner, error: BaseException) -> None:
+    """An exception other than a cancel (including ``KeyboardInterrupt``) was raised; called once,
+    before any ``cleanup_*``. ``error`` already carries pluglearn's note of where it came from.
+    Use it to save a last checkpoint or to log; the error is re-raised after the cleanups."""
+
+
+# ------------------------------------------------------------------- steps: first result wins
+
+
+@hookspec(firstresult=True)
+def predict(learn: Learner) -> Any:
+    """Compute predictions for ``learn.xb`` and return them (default: ``learn.model(learn.xb)``)."""
+
+
+@hookspec(firstresult=True)
+def compute_loss(learn: Learner) -> torch.Tensor | None:
+    """Compute the loss from ``learn.preds`` and ``learn.yb``; return it (the default:
+    ``learn.loss_func(learn.preds, learn.yb)``)."""
+
+
+@hookspec(firstresult=True)
+def backward(learn: Learner) -> bool | None:
+    """Training only. Compute gradients; return True when done (the default:
+    ``learn.loss.backward()``). Manual backward and mixed precision answer this."""
+
+
+@hookspec(firstresult=True)
+def step(learn: Learner) -> bool | None:
+    """Training only. Update the weights; return True when done (the default: ``learn.opt.step()``).
+    Gradient accumulation answers True without stepping on the batches it skips."""
+
+
+@hookspec(firstresult=True)
+def zero_grad(learn: Learner) -> bool | None:
+    """Training only. Reset the gradients; return True when done (the default:
+    ``learn.opt.zero_grad()``)."""
+
+
+@hookspec(firstresult=True)
+def make_dataloader(learn: Learner, dataset: Any, train: bool) -> Iterable[Any] | None:
+    """Return an iterable of ``(xb, yb)`` batches over ``dataset`` (``train``: shuffled, for the
+    train pass), or ``None`` to let the next plugin answer. Called once per fit for each dataset
+    of ``learn.dls`` built with ``DataLoaders.from_datasets``; the loader's ``close()`` (if any)
+    is called at the end of the fit. Settings live in ``learn.dls`` (``batch_size``, ...)."""
+
+
+# ------------------------------------------------------------------- metrics and reporting
+
+
+@hookspec
+def collect_metrics(learn: Learner, phase: str) -> dict[str, float] | None:
+    """End of a pass (``phase`` is ``"train"`` or ``"valid"``): return this plugin's metrics
+    for the pass, already reduced across processes. The Learner merges every answer into
+    ``learn.metrics``; two plugins giving the same name is an error."""
+
+
+@hookspec
+def report(learn: Learner, metrics: dict[str, Any]) -> None:
+    """Once per epoch, after the validation pass: every reporter receives the merged metrics
+    (``epoch``, ``train_loss``, ``valid_loss``, each metric, ``time``). Reporters must not depend
+    on one another; print only on the main process (see ``pluglearn.dist.is_main_process``)."""
+
+
+# --------------------------------------------------------------------------- checkpoint state
+
+
+@hookspec
+def state_dict(learn: Learner) -> dict[str, Any] | None:
+    """Return this plugin's state for a checkpoint (tensors, numbers, strings, lists, dicts only:
+    checkpoints load with ``weights_only=True``). Collected from every plugin, keyed by the
+    plugin's name."""
+
+
+@hookspec
+def load_state_dict(learn: Learner, state: dict[str, Any]) -> None:
+    """Restore the state this plugin returned from ``state_dict`` (called only for plugins that
+    saved state, with their own part)."""
