@@ -1,0 +1,346 @@
+"""Layers with a hand-written backward pass, following the fastai notebook's Module convention.
+
+The convention
+--------------
+* ``module(*inputs)`` stores ``module.args = inputs``, computes ``module.out =
+  module.forward(*inputs)`` and returns ``out``.
+* ``module.backward()`` calls ``module.bwd(module.out, *module.args)``.
+* ``bwd(out, *inputs)`` reads the upstream gradient ``out.g`` (dL/d out) and *assigns*
+  ``.g`` on each input and on each of the module's parameters (chain rule, one layer).
+
+Gradients live in a plain Python attribute ``.g`` on ordinary tensors, beside autograd's
+``.grad``. ``backward()`` runs ``bwd`` under ``torch.no_grad()``; every ``forward`` uses
+differentiable torch ops, so ``loss.backward()`` (autograd) works on the same forward pass.
+
+A 0-d output (a loss) with no ``.g`` yet is seeded with ``out.g = 1`` (dL/dL), so the backward of
+a whole network is ``loss_fn.backward(); model.backward()``.
+
+Limitations (as in the notebook): ``.g`` is assigned, not accumulated, so a tensor that feeds
+two layers, or a module instance called twice in one forward, gets the wrong gradient. Targets
+passed to a loss get no ``.g``.
+
+Parameters
+----------
+A parameter is a plain tensor marked by :func:`Parameter` (or a ``torch.nn.Parameter``).
+Assigning one to a Module attribute registers it; assigning a Module registers a child. A list
+or tuple of Modules is stored as a :class:`Sequential`, so ``self.layers = [Linear(2, 3)]``
+registers ``layers.0.w``. :meth:`Module.named_parameters` yields dotted names like torch's.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from pluglearn.scratch.functional import cross_entropy, lin, log_softmax, mse, relu
+
+__all__ = [
+    "MLP",
+    "MSE",
+    "CrossEntropy",
+    "Linear",
+    "Module",
+    "Parameter",
+    "ReLU",
+    "Sequential",
+    "is_parameter",
+]
+
+_FLAG = "_scratch_parameter"
+
+
+def Parameter(data: Tensor, requires_grad: bool = False) -> Tensor:
+    """Mark ``data`` as a parameter and return the *same* tensor object (no copy, no subclass).
+
+    The result stays a plain ``torch.Tensor``: ``.g`` (manual backward) and ``.grad``
+    (autograd) can both be read from it. ``requires_grad=True`` also enables autograd on it;
+    a whole model can be switched with :meth:`Module.requires_grad_`.
+    """
+    if not isinstance(data, Tensor):
+        raise TypeError(f"Parameter expects a torch.Tensor, got {type(data).__name__}")
+    setattr(data, _FLAG, True)
+    if requires_grad:
+        data.requires_grad_(True)
+    return data
+
+
+def is_parameter(t: object) -> bool:
+    """True if ``t`` is a tensor marked by :func:`Parameter` or a ``torch.nn.Parameter``."""
+    if isinstance(t, torch.nn.Parameter):
+        return True
+    return isinstance(t, Tensor) and getattr(t, _FLAG, False) is True
+
+
+class Module:
+    """Base class: subclass it and write ``forward(*inputs)`` and ``bwd(out, *inputs)``.
+
+    Calling ``super().__init__()`` is optional: the registries are created on first use.
+    """
+
+    _modules: dict[str, Module]
+    _params: dict[str, Tensor]
+
+    def __init__(self) -> None:
+        object.__setattr__(self, "_modules", {})
+        object.__setattr__(self, "_params", {})
+
+    def _registries(self) -> tuple[dict[str, Module], dict[str, Tensor]]:
+        d = self.__dict__
+        if "_modules" not in d:
+            Module.__init__(self)
+        return d["_modules"], d["_params"]
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        """Register Modules as children and parameter tensors as parameters, then assign."""
+        modules, params = self._registries()
+        modules.pop(name, None)
+        params.pop(name, None)
+        if isinstance(value, (list, tuple)) and value and all(isinstance(v, Module) for v in value):
+            value = Sequential(*value)
+        if isinstance(value, Module):
+            modules[name] = value
+        elif is_parameter(value):
+            params[name] = value
+        object.__setattr__(self, name, value)
+
+    def __delattr__(self, name: str) -> None:
+        modules, params = self._registries()
+        modules.pop(name, None)
+        params.pop(name, None)
+        object.__delattr__(self, name)
+
+    # ---- forward / backward -------------------------------------------------------------
+    def __call__(self, *args: Any) -> Any:
+        """Run ``forward``, remembering inputs (``self.args``) and output (``self.out``)."""
+        object.__setattr__(self, "args", args)
+        object.__setattr__(self, "out", self.forward(*args))
+        return self.out
+
+    def forward(self, *args: Any) -> Any:
+        """Compute the output from the inputs with differentiable torch ops."""
+        raise NotImplementedError(
+            f"{type(self).__name__}.forward is not implemented: define "
+            "`def forward(self, *inputs)` returning the output tensor"
+        )
+
+    def bwd(self, out: Tensor, *args: Any) -> None:
+        """Read ``out.g`` and assign ``.g`` on every input and parameter."""
+        raise NotImplementedError(
+            f"{type(self).__name__}.bwd is not implemented: define "
+            "`def bwd(self, out, *inputs)` that reads out.g and sets .g on each input "
+            "(and on each parameter of the module)"
+        )
+
+    def backward(self) -> None:
+        """Back-propagate ``self.out.g`` through this module into ``.g`` of inputs/params."""
+        if "out" not in self.__dict__:
+            raise RuntimeError(
+                f"{type(self).__name__}.backward() called before a forward pass: "
+                "call the module on its inputs first, e.g. `out = module(x)`"
+            )
+        out = self.out
+        if getattr(out, "g", None) is None:
+            if isinstance(out, Tensor) and out.ndim == 0:
+                out.g = torch.ones_like(out).detach()  # dL/dL = 1 for a scalar loss
+            else:
+                raise RuntimeError(
+                    f"{type(self).__name__}.backward(): out.g is missing, so there is no "
+                    "upstream gradient; run the backward of the next layer (or the loss) first, "
+                    "or set module.out.g yourself"
+                )
+        with torch.no_grad():
+            self.bwd(out, *self.args)
+
+    # ---- parameters and children ---------------------------------------------------------
+    def named_children(self) -> Iterator[tuple[str, Module]]:
+        """Yield ``(name, child)`` for the direct child modules, in assignment order."""
+        yield from self._registries()[0].items()
+
+    def children(self) -> Iterator[Module]:
+        """Yield the direct child modules."""
+        for _, m in self.named_children():
+            yield m
+
+    def named_parameters(self, prefix: str = "") -> Iterator[tuple[str, Tensor]]:
+        """Yield ``(dotted_name, tensor)`` for every parameter, own ones first, then children's.
+
+        A tensor shared by several modules is yielded once, under its first name.
+        """
+        seen: set[int] = set()
+        for name, p in self._named_parameters_all(prefix):
+            if id(p) not in seen:
+                seen.add(id(p))
+                yield name, p
+
+    def _named_parameters_all(self, prefix: str) -> Iterator[tuple[str, Tensor]]:
+        modules, params = self._registries()
+        for name, p in params.items():
+            yield prefix + name, p
+        for name, m in modules.items():
+            yield from m._named_parameters_all(f"{prefix}{name}.")
+
+    def parameters(self) -> Iterator[Tensor]:
+        """Yield every parameter tensor, recursively (each shared tensor once)."""
+        for _, p in self.named_parameters():
+            yield p
+
+    def requires_grad_(self, requires_grad: bool = True) -> Module:
+        """Switch autograd on (or off) for every parameter; returns ``self``."""
+        for p in self.parameters():
+            p.requires_grad_(requires_grad)
+        return self
+
+    # ---- repr -----------------------------------------------------------------------------
+    def extra_repr(self) -> str:
+        """The text between the parentheses of this module's one-line repr."""
+        return ""
+
+    def __repr__(self) -> str:
+        children = list(self.named_children())
+        head = f"{type(self).__name__}({self.extra_repr()}"
+        if not children:
+            return head + ")"
+        lines = [head]
+        for name, m in children:
+            lines.append(f"  ({name}): " + repr(m).replace("\n", "\n  "))
+        return "\n".join(lines) + "\n)"
+
+
+class Linear(Module):
+    """Affine layer ``x @ w.T + b`` with ``w`` (n_out, n_in) and ``b`` (n_out,).
+
+    ``w`` gets Kaiming/He init, ``randn * sqrt(2 / n_in)`` (keeps activations' scale through
+    ReLU layers); ``b`` starts at zero. Pass a ``torch.Generator`` for reproducible weights.
+    """
+
+    def __init__(
+        self,
+        n_in: int,
+        n_out: int,
+        bias: bool = True,
+        generator: torch.Generator | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        if n_in < 1 or n_out < 1:
+            raise ValueError(f"Linear needs n_in >= 1 and n_out >= 1, got ({n_in}, {n_out})")
+        self.n_in, self.n_out = n_in, n_out
+        w = torch.randn(n_out, n_in, generator=generator, dtype=dtype)  # (out, in)
+        self.w = Parameter(w * math.sqrt(2.0 / n_in))  # Var(w) = 2 / n_in
+        self.b = Parameter(torch.zeros(n_out, dtype=dtype)) if bias else None  # (out,)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return lin(x, self.w, self.b)  # (n, in) @ (in, out) + (out,) -> (n, out)
+
+    def bwd(self, out: Tensor, x: Tensor) -> None:
+        g = out.g.reshape(-1, self.n_out)  # (*, out) -> (n, out)
+        x2 = x.reshape(-1, self.n_in)  # (*, in) -> (n, in)
+        x.g = (g @ self.w).reshape(x.shape)  # dL/dx = dL/dy · W: (n, out) @ (out, in) -> (n, in)
+        self.w.g = g.T @ x2  # dL/dW = (dL/dy)ᵀ · x: (out, n) @ (n, in) -> (out, in)
+        if self.b is not None:
+            self.b.g = g.sum(0)  # dL/db = Σ_rows dL/dy: (n, out) -> (out,)
+
+    def extra_repr(self) -> str:
+        return f"n_in={self.n_in}, n_out={self.n_out}, bias={self.b is not None}"
+
+
+class ReLU(Module):
+    """``max(x, 0)`` elementwise."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return relu(x)  # (*) -> (*)
+
+    def bwd(self, out: Tensor, x: Tensor) -> None:
+        x.g = (x > 0).to(out.g.dtype) * out.g  # dL/dx = dL/dy · 1[x > 0]  (0 at x == 0, as torch)
+
+
+class MSE(Module):
+    """Mean squared error loss: ``MSE()(pred, target)`` with pred (n,) or (n, 1), target (n,)."""
+
+    def forward(self, pred: Tensor, target: Tensor) -> Tensor:
+        return mse(pred, target)  # (n, 1), (n,) -> ()
+
+    def bwd(self, out: Tensor, pred: Tensor, target: Tensor) -> None:
+        diff = pred.reshape(target.shape) - target  # (n, 1) -> (n,)
+        pred.g = (out.g * 2.0 * diff / target.numel()).reshape(pred.shape)  # dL/dp = 2(p - t)/n
+
+
+class CrossEntropy(Module):
+    """Cross-entropy loss of (n, c) logits against (n,) integer class indices."""
+
+    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
+        return cross_entropy(logits, target)  # (n, c), (n,) -> ()
+
+    def bwd(self, out: Tensor, logits: Tensor, target: Tensor) -> None:
+        n = logits.shape[0]
+        g = log_softmax(logits).exp()  # softmax: (n, c)
+        g[torch.arange(n, device=g.device), target] -= 1  # softmax - one_hot(target)
+        logits.g = out.g * g / n  # dL/dz = (softmax(z) - one_hot) / n: (n, c)
+
+
+class Sequential(Module):
+    """Chain of layers: ``forward`` feeds each output to the next; ``bwd`` runs in reverse.
+
+    Children are named ``"0"``, ``"1"``, ... like ``torch.nn.Sequential``; it supports
+    ``len``, indexing and iteration.
+    """
+
+    def __init__(self, *layers: Module) -> None:
+        super().__init__()
+        for i, layer in enumerate(layers):
+            if not isinstance(layer, Module):
+                raise TypeError(
+                    f"Sequential: layer {i} is a {type(layer).__name__}, not a scratch Module; "
+                    "wrap the function in a Module subclass with forward and bwd"
+                )
+            setattr(self, str(i), layer)
+
+    def __len__(self) -> int:
+        return len(self._registries()[0])
+
+    def __getitem__(self, i: int) -> Module:
+        return list(self.children())[i]
+
+    def __iter__(self) -> Iterator[Module]:
+        return iter(list(self.children()))
+
+    def forward(self, x: Any) -> Any:
+        for layer in self:
+            x = layer(x)
+        return x
+
+    def bwd(self, out: Tensor, x: Any) -> None:
+        for layer in reversed(list(self)):
+            layer.backward()  # each layer reads its out.g (set by the next) and sets inp.g
+
+
+class MLP(Module):
+    """``Linear(n_in, n_hidden) -> ReLU -> Linear(n_hidden, n_out)``, the notebook's model.
+
+    Its layers sit in ``self.layers``, so parameter names are ``layers.0.w``, ``layers.2.b``...
+    """
+
+    def __init__(
+        self,
+        n_in: int,
+        n_hidden: int,
+        n_out: int,
+        generator: torch.Generator | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        self.layers = Sequential(
+            Linear(n_in, n_hidden, generator=generator, dtype=dtype),
+            ReLU(),
+            Linear(n_hidden, n_out, generator=generator, dtype=dtype),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.layers(x)  # (n, in) -> (n, out)
+
+    def bwd(self, out: Tensor, x: Tensor) -> None:
+        self.layers.backward()  # self.layers.out is out, so it reads the same out.g

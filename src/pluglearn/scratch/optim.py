@@ -1,0 +1,137 @@
+"""Stochastic gradient descent written from scratch, step-for-step equal to ``torch.optim.SGD``.
+
+Where the gradient comes from is an explicit choice, ``grad_attr``:
+
+* ``"g"`` (default): the manual gradients written by a scratch Module's ``backward()``.
+* ``"grad"``: autograd's gradients from ``loss.backward()``.
+
+A parameter whose gradient attribute is missing or ``None`` is skipped, as torch does.
+
+The update, for each parameter ``p`` with gradient ``g`` (dampening 0, like torch's default)::
+
+    g = g + weight_decay * p                      # L2 penalty, before momentum
+    buf = g                  (first step)         # momentum buffer
+    buf = momentum * buf + g (later steps)
+    g = buf                  (or g + momentum * buf with nesterov=True)
+    p = p - lr * g
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from numbers import Real
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+__all__ = ["SGD"]
+
+
+def _check_number(name: str, value: object, low: float, high: float | None, fix: str) -> float:
+    """Return ``value`` as a float if it is a real number in range, else raise ValueError."""
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise ValueError(f"SGD: {name} must be a real number, got {value!r}; {fix}")
+    v = float(value)
+    if not (math.isfinite(v) and v >= low and (high is None or v < high)):
+        bounds = f"[{low}, {high})" if high is not None else f">= {low}"
+        raise ValueError(f"SGD: {name} must be {bounds}, got {value!r}; {fix}")
+    return v
+
+
+class SGD:
+    """SGD with optional momentum, Nesterov momentum and weight decay.
+
+    ``lr`` is a plain (validated) attribute, so a scheduler may read and set ``opt.lr``.
+    Momentum buffers are kept per parameter in ``self.buffers`` (``None`` until first step).
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Tensor],
+        lr: float,
+        momentum: float = 0.0,
+        weight_decay: float = 0.0,
+        nesterov: bool = False,
+        grad_attr: Literal["g", "grad"] = "g",
+    ) -> None:
+        self.params: list[Tensor] = list(params)
+        if not self.params:
+            raise ValueError("SGD got an empty parameter list; pass model.parameters()")
+        for i, p in enumerate(self.params):
+            if not isinstance(p, Tensor) or not p.is_floating_point():
+                raise ValueError(
+                    f"SGD: parameter {i} must be a floating-point tensor, got "
+                    f"{getattr(p, 'dtype', type(p).__name__)}"
+                )
+        if grad_attr not in ("g", "grad"):
+            raise ValueError(
+                f"SGD: grad_attr must be 'g' (manual backward) or 'grad' (autograd), "
+                f"got {grad_attr!r}"
+            )
+        self.lr = lr
+        self.momentum = _check_number(
+            "momentum", momentum, 0.0, 1.0, "pass e.g. momentum=0.9, or 0 for none"
+        )
+        self.weight_decay = _check_number(
+            "weight_decay", weight_decay, 0.0, None, "pass e.g. weight_decay=1e-4, or 0 for none"
+        )
+        if nesterov and self.momentum == 0:
+            raise ValueError("SGD: nesterov=True needs momentum > 0; pass e.g. momentum=0.9")
+        self.nesterov = nesterov
+        self.grad_attr = grad_attr
+        self.buffers: list[Tensor | None] = [None] * len(self.params)
+
+    @property
+    def lr(self) -> float:
+        """The learning rate (> 0); assigning it is validated."""
+        return self._lr
+
+    @lr.setter
+    def lr(self, value: float) -> None:
+        lr = _check_number("lr", value, 0.0, None, "pass a positive step size, e.g. lr=0.1")
+        if lr == 0:
+            raise ValueError("SGD: lr must be > 0, got 0; pass a positive step size, e.g. lr=0.1")
+        self._lr = lr
+
+    def _grad(self, i: int, p: Tensor) -> Tensor | None:
+        g = getattr(p, self.grad_attr, None)
+        if g is not None and g.shape != p.shape:
+            raise ValueError(
+                f"SGD: parameter {i} has shape {tuple(p.shape)} but its .{self.grad_attr} has "
+                f"shape {tuple(g.shape)}; the backward pass must give one gradient per entry"
+            )
+        return g
+
+    @torch.no_grad()
+    def step(self) -> None:
+        """Update every parameter that has a gradient, in place."""
+        for i, p in enumerate(self.params):
+            d_p = self._grad(i, p)
+            if d_p is None:
+                continue
+            if self.weight_decay != 0:
+                d_p = d_p.add(p, alpha=self.weight_decay)  # g + λ·p  (d/dp of λ/2·|p|²)
+            if self.momentum != 0:
+                buf = self.buffers[i]
+                if buf is None:
+                    buf = self.buffers[i] = d_p.detach().clone()  # first step: buf = g
+                else:
+                    buf.mul_(self.momentum).add_(d_p)  # buf = μ·buf + g
+                d_p = d_p.add(buf, alpha=self.momentum) if self.nesterov else buf
+            p.add_(d_p, alpha=-self.lr)  # p = p - lr·g
+
+    def zero_grad(self) -> None:
+        """Clear the gradients (set ``.g`` or ``.grad`` to ``None``, like torch's default)."""
+        for p in self.params:
+            if self.grad_attr == "grad":
+                p.grad = None
+            elif getattr(p, "g", None) is not None:
+                p.g = None
+
+    def __repr__(self) -> str:
+        return (
+            f"SGD(lr={self.lr}, momentum={self.momentum}, weight_decay={self.weight_decay}, "
+            f"nesterov={self.nesterov}, grad_attr={self.grad_attr!r}, n_params={len(self.params)})"
+        )
