@@ -194,12 +194,23 @@ def test_list_order_and_tryfirst_trylast():
         return P()
 
     learn = tiny_learner(
-        [make("a"), make("b"), make("last", trylast=True), make("c"), make("first", tryfirst=True)]
+        [
+            make("a"),
+            make("z_last", trylast=True),
+            make("b"),
+            make("last", trylast=True),
+            make("c"),
+            make("first", tryfirst=True),
+            make("z_first", tryfirst=True),
+        ]
     )
     learn.fit(1)
-    assert calls[:5] == ["first", "a", "b", "c", "last"]
+    expected = ["first", "z_first", "a", "b", "c", "z_last", "last"]  # list order in each group
+    assert calls[:7] == expected
     order = [line for line in learn.show_hooks().splitlines() if line.startswith("before_batch")]
-    assert order[0].split(None, 1)[1] == "first (tryfirst) -> a -> b -> c -> last (trylast)"
+    tag = {"first": " (tryfirst)", "z_first": " (tryfirst)", "z_last": " (trylast)"}
+    tag["last"] = " (trylast)"
+    assert order[0].split(None, 1)[1] == " -> ".join(n + tag.get(n, "") for n in expected)
 
 
 def test_add_plugin_goes_after_user_plugins_and_before_defaults():

@@ -1,9 +1,10 @@
 """The plugin registry: guards at registration, list order, and a fast dispatcher over pluggy.
 
-pluggy calls the *last* registered implementation first. pluglearn wants ``plugins=[a, b]`` to run
-``a`` then ``b`` for every hook, so the registry keeps its own ordered list and registers it into a
-fresh ``pluggy.PluginManager`` in reverse whenever the list changes (``tryfirst``/``trylast`` then
-work as pluggy defines them). Registration is rare; hook calls happen a dozen times a batch.
+pluggy calls the *last* registered implementation first (and, within ``trylast``, the first).
+pluglearn wants ``plugins=[a, b]`` to run ``a`` then ``b`` for every hook, so the registry keeps
+its own ordered list, registers it into a fresh ``pluggy.PluginManager`` whenever the list changes,
+and sorts each hook's implementations into ``tryfirst`` / plain / ``trylast`` groups, list order
+within each group. Registration is rare; hook calls happen a dozen times a batch.
 
 Dispatch: pluggy spends about a microsecond per hook call. For hooks whose only argument is
 ``learn`` and whose implementations have no wrappers, :class:`HookCalls` calls the implementations
@@ -340,7 +341,28 @@ class PluginRegistry:
         for plugin, name in zip(reversed(self._plugins), reversed(self._names), strict=True):
             pm.register(plugin, name=name)
         pm.check_pending()
+        self._order_hooks(pm)
         return HookCalls(pm)
+
+    def _order_hooks(self, pm: pluggy.PluginManager) -> None:
+        """Put every hook's implementations in (tryfirst, plain, trylast) x list order.
+
+        pluggy calls plain and tryfirst implementations last-registered-first but trylast ones
+        first-registered-first, so no single registration order gives list order in all three
+        groups; the registry sorts pluggy's list itself (kept back to front, as pluggy calls it).
+        """
+        position = {name: i for i, name in enumerate(self._names)}
+
+        def key(impl: Any) -> tuple[int, int]:
+            group = 0 if impl.tryfirst else 2 if impl.trylast else 1
+            return group, position[impl.plugin_name]
+
+        for hook in HOOKS:
+            caller = getattr(pm.hook, hook)
+            impls = caller.get_hookimpls()
+            plain = sorted((i for i in impls if not (i.hookwrapper or i.wrapper)), key=key)
+            wrappers = sorted((i for i in impls if i.hookwrapper or i.wrapper), key=key)
+            caller._hookimpls[:] = [*reversed(plain), *reversed(wrappers)]
 
     def describe(self) -> str:
         """The resolved call order of every hook, one line each."""
