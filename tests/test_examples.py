@@ -1,0 +1,50 @@
+"""The examples run, print their result and check it themselves (tiny settings where possible)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_PICKLE = ROOT.parent / "shared/data/mnist/mnist-t10k-split.pkl.gz"
+
+
+def run_example(name: str, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(ROOT / "examples" / name), *args],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=cwd or ROOT,
+    )
+
+
+def test_main_example_trains_on_digits_and_writes_the_plot(tmp_path):
+    plot = tmp_path / "loss.png"
+    result = run_example("train_mlp.py", "--epochs", "3", "--plot", str(plot))
+    assert result.returncode == 0, result.stderr
+    assert "final validation accuracy" in result.stdout
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_main_example_exits_non_zero_below_its_target():
+    result = run_example("train_mlp.py", "--epochs", "1", "--plot", "", "--target", "1.01")
+    assert result.returncode == 1
+    assert "below the target" in result.stderr
+
+
+@pytest.mark.skipif(not SHARED_PICKLE.exists(), reason="needs ../shared/data/mnist (real MNIST)")
+def test_main_example_reaches_95_percent_on_the_shared_mnist_pickle():
+    result = run_example("train_mlp.py", "--data", str(SHARED_PICKLE), "--plot", "")
+    assert result.returncode == 0, result.stderr
+    accuracy = float(result.stdout.split("final validation accuracy: ")[1].split()[0])
+    assert accuracy >= 0.95
+
+
+def test_plugin_example_stops_at_its_target():
+    result = run_example("write_a_plugin.py")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "stopped: StopAtAccuracy" in result.stdout and result.stdout.rstrip().endswith("OK")
