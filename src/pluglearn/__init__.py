@@ -20,15 +20,15 @@ from .callbacks import (
     TrainStep,
 )
 from .data import DataLoaders, TensorBatchLoader
-from .learner import (
+from .exceptions import (
     CancelBatchException,
     CancelEpochException,
     CancelException,
     CancelFitException,
     CancelTrainException,
     CancelValidateException,
-    Learner,
 )
+from .learner import Learner
 from .plugins import PluginError, PluginWarning, hookimpl, load_entry_point_plugins
 
 __version__ = "0.1.0"

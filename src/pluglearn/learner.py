@@ -12,8 +12,6 @@ skipped, ``cleanup_X`` runs). The hooks are documented in :mod:`pluglearn.plugin
 
 from __future__ import annotations
 
-import math
-import numbers
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
@@ -28,45 +26,18 @@ from .callbacks.loaders import DefaultLoader
 from .callbacks.metrics import AvgLoss
 from .callbacks.progress import ProgressBar
 from .callbacks.train_step import TrainStep
+from .checks import check_done, check_lr, check_pair, report_order
 from .data.loaders import DataLoaders
+from .exceptions import (
+    CancelBatchException,
+    CancelEpochException,
+    CancelException,
+    CancelFitException,
+    CancelTrainException,
+    CancelValidateException,
+)
 from .plugins.manager import HookCalls, PluginRegistry
 from .plugins.markers import hookimpl
-
-
-class CancelException(Exception):
-    """Base of the cancel exceptions: raised from a hook, it ends a phase early (not an error)."""
-
-
-class CancelFitException(CancelException):
-    """End the fit: ``after_fit`` is skipped, ``cleanup_fit`` runs."""
-
-
-class CancelEpochException(CancelException):
-    """End this epoch (its remaining passes too); the next epoch starts."""
-
-
-class CancelTrainException(CancelException):
-    """End this epoch's train pass; validation still runs."""
-
-
-class CancelValidateException(CancelException):
-    """End the validation pass."""
-
-
-class CancelBatchException(CancelException):
-    """Skip the rest of this batch (e.g. the step); the next batch starts."""
-
-
-def check_lr(lr: object) -> float:
-    """``lr`` as a float, or a clear error: it must be a finite number >= 0."""
-    if isinstance(lr, bool) or not isinstance(lr, numbers.Real):
-        raise TypeError(
-            f"lr must be a number, got {lr!r} ({type(lr).__name__}): pass e.g. lr=0.1 "
-            "(for one learning rate per group, set them on learn.opt.param_groups)."
-        )
-    if not math.isfinite(lr) or lr < 0:
-        raise ValueError(f"lr must be a finite number >= 0, got {lr}: pass e.g. lr=0.1.")
-    return float(lr)
 
 
 class Learner:
@@ -225,7 +196,7 @@ class Learner:
         if self.dls.valid is not None:
             self._pass(train=False)
         self.metrics["time"] = time.perf_counter() - start
-        self.metrics = _report_order(self.metrics)
+        self.metrics = report_order(self.metrics)
         self._registry.calls.call("report", learn=self, metrics=dict(self.metrics))
 
     def _pass(self, train: bool, dl: Iterable[Any] | None = None) -> None:
@@ -264,7 +235,7 @@ class Learner:
         self._in_batch = True
         try:
             hooks.before_batch(self)
-            _check_pair(self.batch)
+            check_pair(self.batch)
             self.preds = hooks.predict(self)
             if self.preds is None:
                 raise TypeError("no plugin answered 'predict' (every implementation returned None)")
@@ -277,11 +248,11 @@ class Learner:
                 )
             hooks.after_loss(self)
             if self.training:
-                _check_done("backward", hooks.backward(self))
+                check_done("backward", hooks.backward(self))
                 hooks.after_backward(self)
-                _check_done("step", hooks.step(self))
+                check_done("step", hooks.step(self))
                 hooks.after_step(self)
-                _check_done("zero_grad", hooks.zero_grad(self))
+                check_done("zero_grad", hooks.zero_grad(self))
                 self.train_iter += 1
             hooks.after_batch(self)
         except CancelBatchException:
@@ -384,34 +355,6 @@ class Learner:
             yield
         finally:
             self.dls.release(made)
-
-
-def _report_order(metrics: dict[str, Any]) -> dict[str, Any]:
-    """epoch, the losses, the other metrics as collected, time: the order reports read best."""
-    first = [k for k in ("epoch", "train_loss", "valid_loss") if k in metrics]
-    rest = [k for k in metrics if k not in first and k != "time"]
-    return {k: metrics[k] for k in [*first, *rest, *(["time"] if "time" in metrics else [])]}
-
-
-def _check_pair(batch: Any) -> None:
-    if not isinstance(batch, (tuple, list)) or len(batch) != 2:
-        kind = (
-            f"{type(batch).__name__} of length {len(batch)}"
-            if hasattr(batch, "__len__")
-            else type(batch).__name__
-        )
-        raise TypeError(
-            f"a batch must be an (xb, yb) pair, got a {kind}: make the dataset return (x, y) "
-            "items, or convert the batch in a before_batch plugin."
-        )
-
-
-def _check_done(hook: str, result: object) -> None:
-    if result is not None and not isinstance(result, bool):
-        raise TypeError(
-            f"'{hook}' must return True when done (or None to let the next plugin answer), got "
-            f"{type(result).__name__}."
-        )
 
 
 class _GatherPreds:

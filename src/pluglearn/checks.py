@@ -1,0 +1,50 @@
+"""What the loop checks about its inputs, each failure an error that names the problem and the fix.
+
+Kept out of the hot path where possible: the checks per batch are a type test or two.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any
+
+
+def check_lr(lr: object) -> float:
+    """``lr`` as a float, or a clear error: it must be a finite number >= 0."""
+    if isinstance(lr, bool) or not isinstance(lr, numbers.Real):
+        raise TypeError(
+            f"lr must be a number, got {lr!r} ({type(lr).__name__}): pass e.g. lr=0.1 "
+            "(for one learning rate per group, set them on learn.opt.param_groups)."
+        )
+    if not math.isfinite(lr) or lr < 0:
+        raise ValueError(f"lr must be a finite number >= 0, got {lr}: pass e.g. lr=0.1.")
+    return float(lr)
+
+
+def report_order(metrics: dict[str, Any]) -> dict[str, Any]:
+    """epoch, the losses, the other metrics as collected, time: the order reports read best."""
+    first = [k for k in ("epoch", "train_loss", "valid_loss") if k in metrics]
+    rest = [k for k in metrics if k not in first and k != "time"]
+    return {k: metrics[k] for k in [*first, *rest, *(["time"] if "time" in metrics else [])]}
+
+
+def check_pair(batch: Any) -> None:
+    if not isinstance(batch, (tuple, list)) or len(batch) != 2:
+        kind = (
+            f"{type(batch).__name__} of length {len(batch)}"
+            if hasattr(batch, "__len__")
+            else type(batch).__name__
+        )
+        raise TypeError(
+            f"a batch must be an (xb, yb) pair, got a {kind}: make the dataset return (x, y) "
+            "items, or convert the batch in a before_batch plugin."
+        )
+
+
+def check_done(hook: str, result: object) -> None:
+    if result is not None and not isinstance(result, bool):
+        raise TypeError(
+            f"'{hook}' must return True when done (or None to let the next plugin answer), got "
+            f"{type(result).__name__}."
+        )

@@ -1,0 +1,123 @@
+"""Guards at registration: each refusal names the plugin, the hook and the fix.
+
+Checked before pluggy sees a plugin: a class instead of an instance ("forgot the ()?"), the same
+object twice, two equal ``@dataclass`` plugins (pluggy compares plugins with ``==``), ``@hookimpl``
+on a name that is no hook (with a did-you-mean), an argument the hook does not provide. A method
+named like a hook, or within a typo of one, that lacks ``@hookimpl`` only warns.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+import warnings
+
+from . import specs
+from .markers import PROJECT_NAME
+
+
+class PluginError(TypeError):
+    """A plugin breaks the contract; raised at registration, naming the plugin, hook and fix."""
+
+
+class PluginWarning(UserWarning):
+    """A plugin looks wrong but may be intended (a hook-like method without ``@hookimpl``)."""
+
+
+def _spec_table() -> dict[str, tuple[tuple[str, ...], bool]]:
+    table = {}
+    for name, fn in vars(specs).items():
+        opts = getattr(fn, f"{PROJECT_NAME}_spec", None)
+        if opts is not None:
+            table[name] = (tuple(inspect.signature(fn).parameters), bool(opts["firstresult"]))
+    return table
+
+
+#: hook name -> (argument names, first result wins)
+HOOKS: dict[str, tuple[tuple[str, ...], bool]] = _spec_table()
+#: hooks whose every implementation runs even when one raises
+RUN_ALL_HOOKS = frozenset(h for h in HOOKS if h.startswith("cleanup_") or h == "on_error")
+
+
+def plugin_name(plugin: object) -> str:
+    """A plugin's display name: its ``plugin_name`` attribute when set, else its class name."""
+    name = getattr(plugin, "plugin_name", None)
+    return name if isinstance(name, str) and name else type(plugin).__name__
+
+
+def _did_you_mean(name: str) -> str:
+    close = difflib.get_close_matches(name, HOOKS, n=1, cutoff=0.6)
+    return f" Did you mean '{close[0]}'?" if close else ""
+
+
+def check_plugin(plugin: object, registered: list[object]) -> None:
+    """Raise :class:`PluginError` (or warn) if ``plugin`` cannot join ``registered``."""
+    if isinstance(plugin, type):
+        raise PluginError(
+            f"{plugin.__name__} is a class, not a plugin instance: pass {plugin.__name__}() "
+            "(forgot the ()?)."
+        )
+    label = plugin_name(plugin)
+    for other in registered:
+        if other is plugin:
+            raise PluginError(
+                f"plugin {label} is already registered: remove it first, or create a second "
+                f"instance ({type(plugin).__name__}(...)) if you want it twice."
+            )
+        if type(other) is type(plugin) and other == plugin:
+            raise PluginError(
+                f"plugin {label} compares equal to the registered {plugin_name(other)}, and pluggy "
+                "cannot hold two equal plugins (a @dataclass compares by value): declare it "
+                "with @dataclass(eq=False)."
+            )
+    impl_attr = f"{PROJECT_NAME}_impl"
+    for attr in dir(plugin):
+        if attr.startswith("__"):
+            continue
+        try:
+            value = inspect.getattr_static(plugin, attr)
+        except AttributeError:
+            continue
+        func = value.__func__ if isinstance(value, (staticmethod, classmethod)) else value
+        if not callable(func):
+            continue
+        if getattr(func, impl_attr, None) is None:
+            _warn_if_hook_like(label, attr)
+            continue
+        if attr not in HOOKS:
+            raise PluginError(
+                f"plugin {label}: '{attr}' is marked @hookimpl but no hook has that name, so it "
+                f"would never run.{_did_you_mean(attr)} The hooks are listed in "
+                "pluglearn.plugins.specs."
+            )
+        allowed = HOOKS[attr][0]
+        bound = getattr(plugin, attr)
+        params = [
+            p.name
+            for p in inspect.signature(bound).parameters.values()
+            if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+        ]
+        extra = [p for p in params if p not in allowed]
+        if extra:
+            raise PluginError(
+                f"plugin {label}: hook '{attr}' has argument(s) {', '.join(map(repr, extra))} that "
+                f"the hook does not provide; it provides {', '.join(allowed)}. Rename or remove "
+                "them (hooks are called by keyword)."
+            )
+
+
+def _warn_if_hook_like(label: str, attr: str) -> None:
+    if attr.startswith("_"):
+        return
+    if attr in HOOKS:
+        message = f"'{attr}' is named like a hook but lacks @hookimpl, so it never runs"
+    else:
+        close = difflib.get_close_matches(attr, HOOKS, n=1, cutoff=0.85)
+        if not close:
+            return
+        message = f"'{attr}' lacks @hookimpl and looks like a misspelled '{close[0]}'"
+    warnings.warn(
+        f"plugin {label}: {message}: decorate it with @hookimpl (from pluglearn import hookimpl).",
+        PluginWarning,
+        stacklevel=4,
+    )
