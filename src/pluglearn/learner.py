@@ -15,6 +15,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
+from itertools import islice
 from typing import Any
 
 import torch
@@ -77,7 +78,9 @@ class Learner:
         self.preds: Any = None
         self.loss: torch.Tensor | None = None
         self.metrics: dict[str, Any] = {}
-        self.stop_reason: str | None = None
+        self.stop_reason: str | None = None  # who ended the last fit early, and why
+        self._replay = 0  # batches to skip after a resume on a loader that cannot seek
+        self._batches: Iterable[Any] = ()
         self._registry = PluginRegistry()
         self._in_batch = False
         user = listify(plugins)
@@ -159,7 +162,8 @@ class Learner:
                 if resume_from is not None:
                     from .checkpoint import restore
 
-                    restore(self, resume_from)
+                    if not restore(self, resume_from):
+                        return  # the checkpointed run had already stopped: nothing to resume
                 self._phase("fit", CancelFitException, self._do_fit)
         finally:
             for plugin in reversed(added):
@@ -168,7 +172,7 @@ class Learner:
 
     def validate(self, dl: Iterable[Any] | None = None) -> dict[str, Any]:
         """One validation pass (eval mode, no gradients); returns its metrics."""
-        self.metrics = {}
+        self.metrics, self._metric_owner = {}, {}
         with self._loaders():
             self._pass(train=False, dl=dl)
         return dict(self.metrics)
@@ -210,7 +214,10 @@ class Learner:
         self.training, self.dl = train, dl
         self.n_iter = len(dl) if hasattr(dl, "__len__") else None
         # a loader resumed mid-epoch starts at its saved position, not at batch 0
-        self.iter = getattr(dl, "position", 0)
+        self.iter, self._batches = (getattr(dl, "resume_at", 0), dl) if train else (0, dl)
+        if train and self._replay:  # a loader without state: replay to the cut (O(batches))
+            self.iter, self._batches = self._replay, islice(dl, self._replay, None)
+            self._replay = 0
         self.model.train(train)
         with torch.set_grad_enabled(train):
             if train:
@@ -221,7 +228,7 @@ class Learner:
 
     def _run_batches(self) -> None:
         start, self.batch = self.iter, None
-        for self.iter, self.batch in enumerate(self.dl, start):  # noqa: B020 (state hooks read)
+        for self.iter, self.batch in enumerate(self._batches, start):  # noqa: B020 (state hooks read)
             self._one_batch()
         if self.batch is None and start == 0:
             which = "train" if self.training else "validation"
@@ -273,8 +280,9 @@ class Learner:
             getattr(hooks, f"before_{name}")(self)
             body()
             getattr(hooks, f"after_{name}")(self)
-        except cancel:
-            pass
+        except cancel as cancelled:
+            if name == "fit" and self.stop_reason is None:
+                self.stop_reason = self._cancel_reason(cancelled)
         except BaseException as error:
             if not isinstance(error, CancelException):
                 self._on_error(error)
@@ -312,6 +320,11 @@ class Learner:
         if self._in_batch:
             when += f", {'train' if self.training else 'validation'} batch {self.iter}"
         return f"pluglearn: raised {source}, {when}"
+
+    def _cancel_reason(self, cancelled: CancelException) -> str:
+        owners = self._registry.calls.owner_of(cancelled)
+        who = " or ".join(sorted({o.plugin for o in owners})) or "the loop"
+        return f"{who}: {cancelled}" if str(cancelled) else f"{who} raised CancelFitException"
 
     def _collect(self, phase: str) -> None:
         owners = getattr(self, "_metric_owner", {})

@@ -53,7 +53,8 @@ class MetricsLogger:
     def report(self, metrics: dict[str, Any]) -> None:
         if not is_main_process():
             return
-        row = {k: (v.item() if hasattr(v, "item") else v) for k, v in metrics.items()}
+        # tolist(): a number for a 0-d tensor or numpy scalar, a list for a per-class metric
+        row = {k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in metrics.items()}
         if self.format == "jsonl":
             with self.path.open("a") as f:
                 f.write(json.dumps(row) + "\n")

@@ -66,8 +66,9 @@ class AverageMetric:
         self.total, self.count = 0.0, 0
 
     @hookimpl
-    def before_train(self) -> None:
-        self._reset()
+    def before_train(self, learn: Learner) -> None:
+        if learn.iter == 0:  # a pass resumed mid-way keeps the sums restored from its checkpoint
+            self._reset()
 
     @hookimpl
     def before_validate(self) -> None:
@@ -79,6 +80,14 @@ class AverageMetric:
             value, n = self.batch_sum(learn)
             self.total += value
             self.count += n
+
+    @hookimpl
+    def state_dict(self) -> dict[str, Any]:
+        return {"total": float(self.total), "count": self.count}
+
+    @hookimpl
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.total, self.count = float(state["total"]), int(state["count"])
 
     @hookimpl
     def collect_metrics(self, learn: Learner, phase: str) -> dict[str, float] | None:

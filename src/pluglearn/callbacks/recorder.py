@@ -44,7 +44,7 @@ class Recorder:
 
     @hookimpl
     def after_batch(self, learn: Learner) -> None:
-        if learn.training and learn.iter % self.every == 0:
+        if learn.training and (learn.train_iter - 1) % self.every == 0:  # steps, not epochs
             self.steps.append(learn.train_iter)
             self.losses.append(learn.loss.item())
             self.lrs.append(current_lr(learn.opt))
