@@ -273,3 +273,17 @@ def test_sequential_rejects_non_modules_and_bad_linear_sizes():
         Sequential(Linear(2, 2), torch.relu)
     with pytest.raises(ValueError, match="n_in >= 1"):
         Linear(0, 3)
+
+
+def test_train_eval_and_state_dict_round_trip():
+    from pluglearn.scratch.modules import MLP
+
+    torch.manual_seed(0)
+    model = MLP(4, 5, 3)
+    assert model.training
+    model.eval()
+    assert not model.training and all(not m.training for m in model.children())
+    other = MLP(4, 5, 3)
+    other.load_state_dict(model.state_dict())
+    for (n1, a), (n2, b) in zip(model.named_parameters(), other.named_parameters(), strict=True):
+        assert n1 == n2 and torch.equal(a, b) and a is not b

@@ -1,8 +1,11 @@
 """The built-in plugins of pluglearn, one concept per module."""
 
+from .checkpoint import Checkpoint
 from .device import Device, to_device
+from .gradcheck import GradCheck, GradCheckError, GradCheckWarning
 from .loaders import DefaultLoader
 from .logger import MetricsLogger
+from .manual_backward import ManualBackward
 from .metrics import Accuracy, AverageMetric, AvgLoss, MetricAdapter
 from .progress import ProgressBar
 from .recorder import Recorder
@@ -13,9 +16,14 @@ __all__ = [
     "Accuracy",
     "AverageMetric",
     "AvgLoss",
+    "Checkpoint",
     "ConsoleReport",
     "DefaultLoader",
     "Device",
+    "GradCheck",
+    "GradCheckError",
+    "GradCheckWarning",
+    "ManualBackward",
     "MetricAdapter",
     "MetricsLogger",
     "ProgressBar",

@@ -71,44 +71,55 @@ class TensorBatchLoader:
         self.batch_size = check_batch_size(batch_size)
         self.shuffle, self.drop_last = shuffle, drop_last
         self.generator = generator if generator is not None else torch.Generator()
-        self.position = 0  # index of the next batch of the current epoch
-        self._epoch_rng: torch.Tensor | None = None  # generator state at the epoch's start
+        self.position = 0  # batches of the current epoch yielded so far
+        self.resume_at = 0  # where the next iteration starts (non-zero only after a resume)
+        self._epoch_rng = self.generator.get_state()  # generator state at the epoch's start
 
     def __len__(self) -> int:
         full, rest = divmod(self.n, self.batch_size)
         return full + (1 if rest and not self.drop_last else 0)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
-        if self.position == 0 or self._epoch_rng is None:
-            self._epoch_rng = self.generator.get_state()
-        else:  # resuming: redraw the same permutation from the saved state
+        start, self.resume_at = self.resume_at, 0
+        if start:  # resuming: redraw the interrupted epoch's permutation from its saved state
             self.generator.set_state(self._epoch_rng)
+        else:
+            self._epoch_rng = self.generator.get_state()
         order = torch.randperm(self.n, generator=self.generator) if self.shuffle else None
         bs, tensors = self.batch_size, self.tensors
-        for i in range(self.position, len(self)):
+        self.position = start
+        for i in range(start, len(self)):
             self.position = i + 1
             if order is None:
                 yield tuple(t[i * bs : (i + 1) * bs] for t in tensors)
             else:
                 idx = order[i * bs : (i + 1) * bs]
                 yield tuple(t[idx] for t in tensors)
-        self.position = 0
 
     def state_dict(self) -> dict[str, Any]:
-        """Where the current epoch stands: enough to continue it exactly in a fresh loader."""
-        rng = self._epoch_rng if self.position else self.generator.get_state()
-        return {"position": self.position, "epoch_rng": rng.clone(), "n": self.n}
+        """Where the current epoch stands: ``position`` batches done, the generator state at the
+        epoch's start (to redraw its permutation) and now (for the epochs after)."""
+        return {
+            "position": self.position,
+            "epoch_rng": self._epoch_rng.clone(),
+            "rng": self.generator.get_state(),
+            "n": self.n,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from ``state``: a ``position`` > 0 resumes that epoch at that batch, without
+        fetching the batches before it; 0 starts the next epoch as the saved run would have."""
         if state.get("n") != self.n:
             raise ValueError(
                 f"the loader state is for a dataset of {state.get('n')} items, this one has "
                 f"{self.n}: resume with the same data."
             )
-        self.position = int(state["position"])
+        position = int(state["position"])
+        if not 0 <= position <= len(self):
+            raise ValueError(f"loader position {position} is outside 0..{len(self)} batches.")
+        self.position = self.resume_at = position
         self._epoch_rng = state["epoch_rng"].clone()
-        if self.position == 0:
-            self.generator.set_state(self._epoch_rng)
+        self.generator.set_state(state["rng"].clone())
 
 
 class DataLoaders:

@@ -188,6 +188,44 @@ class Module:
         for _, p in self.named_parameters():
             yield p
 
+    # ---- the few nn.Module habits a training loop relies on -------------------------------
+    @property
+    def training(self) -> bool:
+        """True in train mode (the default), False after ``eval()``."""
+        return self.__dict__.get("_training", True)
+
+    def train(self, mode: bool = True) -> Module:
+        """Set train mode (or eval mode with ``mode=False``) here and in every child."""
+        object.__setattr__(self, "_training", bool(mode))
+        for child in self.children():
+            child.train(mode)
+        return self
+
+    def eval(self) -> Module:
+        """Set eval mode: ``train(False)``."""
+        return self.train(False)
+
+    def state_dict(self) -> dict[str, Tensor]:
+        """``{dotted_name: tensor}`` of every parameter (the tensors themselves, not copies)."""
+        return dict(self.named_parameters())
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        """Copy ``state``'s tensors into the parameters, in place; names and shapes must match."""
+        own = self.state_dict()
+        missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+        if missing or unexpected:
+            raise KeyError(
+                f"{type(self).__name__}.load_state_dict: missing {missing}, unexpected "
+                f"{unexpected}: load a state saved from the same architecture"
+            )
+        with torch.no_grad():
+            for name, p in own.items():
+                if p.shape != state[name].shape:
+                    raise ValueError(
+                        f"{name}: saved shape {tuple(state[name].shape)} != {tuple(p.shape)}"
+                    )
+                p.copy_(state[name])
+
     def requires_grad_(self, requires_grad: bool = True) -> Module:
         """Switch autograd on (or off) for every parameter; returns ``self``."""
         for p in self.parameters():

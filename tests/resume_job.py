@@ -1,0 +1,77 @@
+"""A small deterministic training job that checkpoints every batch; run as a child process by
+the kill-and-resume tests and by benchmarks/kill_resume.py.
+
+    python tests/resume_job.py DIR [--resume] [--out WEIGHTS] [--epochs N] [--sleep S]
+
+It prints ``batch N`` after each training batch's checkpoint is written (N counts optimizer
+steps), so a parent can kill it at a chosen batch. ``--out`` saves the final parameters.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from pluglearn import Accuracy, DataLoaders, Learner, Recorder, hookimpl
+from pluglearn.callbacks.checkpoint import Checkpoint
+
+N_TRAIN, N_VALID, BATCH_SIZE = 640, 128, 32  # 20 training batches an epoch
+
+
+class Announce:
+    """Prints each finished training batch (after the checkpoint of that batch is on disk)."""
+
+    def __init__(self, sleep: float) -> None:
+        self.sleep = sleep
+
+    @hookimpl(trylast=True)
+    def after_batch(self, learn: Learner) -> None:
+        if learn.training:
+            print(f"batch {learn.train_iter}", flush=True)
+            time.sleep(self.sleep)
+
+
+def make_learner(directory: str, sleep: float = 0.0) -> Learner:
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(N_TRAIN + N_VALID, 20, generator=g)
+    y = (x[:, :3].sum(1) > 0).long() + (x[:, 3] > 1).long()
+    dls = DataLoaders.from_datasets(
+        (x[:N_TRAIN], y[:N_TRAIN]), (x[N_TRAIN:], y[N_TRAIN:]), batch_size=BATCH_SIZE, seed=2
+    )
+    model = nn.Sequential(nn.Linear(20, 64), nn.ReLU(), nn.Dropout(0.3), nn.Linear(64, 3))
+
+    def opt_func(params, lr):
+        return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=1e-4)
+
+    plugins = [Accuracy(), Recorder(), Checkpoint(directory, every_n_batches=1, keep_last=2)]
+    return Learner(model, dls, opt_func=opt_func, lr=0.05, plugins=[*plugins, Announce(sleep)])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("directory")
+    parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--out")
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--sleep", type=float, default=0.0)
+    args = parser.parse_args()
+    learn = make_learner(args.directory, args.sleep)
+    has_checkpoint = any(Path(args.directory).glob("*.pt"))
+    start = time.perf_counter()
+    learn.fit(args.epochs, resume_from=args.directory if args.resume and has_checkpoint else None)
+    print(f"done in {time.perf_counter() - start:.3f}s", flush=True)
+    if args.out:
+        torch.save({k: v.clone() for k, v in learn.model.state_dict().items()}, args.out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,221 @@
+"""Checkpoints and exact resume: SIGKILL and Ctrl-C at random batches, atomic writes, bad files."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from pluglearn import CancelFitException, DataLoaders, Learner, hookimpl
+from pluglearn.callbacks.checkpoint import Checkpoint
+from pluglearn.checkpoint import (
+    CheckpointError,
+    capture,
+    checkpoints_in,
+    load_checkpoint,
+    save_checkpoint,
+)
+from tests.helpers import EventLog, batches, tiny_data
+from tests.resume_job import make_learner
+
+JOB = Path(__file__).with_name("resume_job.py")
+BATCHES_PER_EPOCH, EPOCHS = 20, 3
+
+
+def run_job(directory: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(JOB), str(directory), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def start_and_signal(directory: Path, at_batch: int, sig: int) -> tuple[int, str]:
+    """Start the job, send ``sig`` once it has finished training batch ``at_batch``; returns
+    the exit code and what the job wrote to stderr."""
+    child = subprocess.Popen(
+        [sys.executable, str(JOB), str(directory), "--sleep", "0.01"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert child.stdout is not None
+    for line in child.stdout:
+        if line.strip() == f"batch {at_batch}":
+            os.kill(child.pid, sig)
+            break
+    _, stderr = child.communicate(timeout=60)
+    return child.returncode, stderr
+
+
+def load_weights(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, weights_only=True)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> dict[str, torch.Tensor]:
+    """The final weights of a run that was never interrupted."""
+    tmp = tmp_path_factory.mktemp("reference")
+    result = run_job(tmp / "ckpt", "--out", str(tmp / "ref.pt"))
+    assert result.returncode == 0, result.stderr
+    return load_weights(tmp / "ref.pt")
+
+
+def assert_bit_identical(weights: dict[str, torch.Tensor], reference: dict[str, torch.Tensor]):
+    assert weights.keys() == reference.keys()
+    for name, value in reference.items():
+        assert torch.equal(weights[name], value), f"{name} differs after resume"
+
+
+@pytest.mark.timeout(300)
+def test_sigkill_at_random_batches_then_resume_is_bit_identical(tmp_path, reference):
+    cuts = random.Random(7).sample(range(1, BATCHES_PER_EPOCH * EPOCHS), 2)
+    for cut in [BATCHES_PER_EPOCH, *cuts]:  # an epoch boundary and two random batches
+        directory = tmp_path / f"cut{cut}"
+        returncode, _ = start_and_signal(directory, cut, signal.SIGKILL)
+        assert returncode == -signal.SIGKILL
+        assert checkpoints_in(directory), "the job was killed before any checkpoint"
+        resumed = run_job(directory, "--resume", "--out", str(tmp_path / f"out{cut}.pt"))
+        assert resumed.returncode == 0, resumed.stderr
+        assert_bit_identical(load_weights(tmp_path / f"out{cut}.pt"), reference)
+
+
+@pytest.mark.timeout(120)
+def test_ctrl_c_saves_a_checkpoint_after_the_batch_then_resume_is_bit_identical(
+    tmp_path, reference
+):
+    returncode, stderr = start_and_signal(tmp_path / "ckpt", 27, signal.SIGINT)
+    assert returncode != 0 and "KeyboardInterrupt: interrupted; resume with" in stderr
+    newest = load_checkpoint(checkpoints_in(tmp_path / "ckpt")[-1])
+    assert newest["loop"]["train_iter"] in (27, 28)  # the batch running when Ctrl-C came
+    resumed = run_job(tmp_path / "ckpt", "--resume", "--out", str(tmp_path / "out.pt"))
+    assert resumed.returncode == 0, resumed.stderr
+    assert_bit_identical(load_weights(tmp_path / "out.pt"), reference)
+
+
+def test_resume_starts_at_the_cut_without_replaying_batches(tmp_path):
+    class StopAt:
+        @hookimpl
+        def after_batch(self, learn):
+            if learn.training and learn.train_iter == 25:
+                raise RuntimeError("die")
+
+    learn = make_learner(str(tmp_path))
+    with pytest.raises(RuntimeError, match="die"):
+        learn.fit(EPOCHS, plugins=[StopAt()])
+    saved_at = load_checkpoint(checkpoints_in(tmp_path)[-1])["loop"]["train_iter"]
+    assert saved_at == 24  # batch 25 raised before its checkpoint (Checkpoint runs trylast)
+    resumed = make_learner(str(tmp_path))
+    log = EventLog()
+    resumed.fit(EPOCHS, resume_from=tmp_path, plugins=[log])
+    train_batches = sum(1 for e in log.events if e == "after_backward")
+    assert train_batches == BATCHES_PER_EPOCH * EPOCHS - saved_at  # nothing before the cut
+    assert resumed.train_iter == BATCHES_PER_EPOCH * EPOCHS
+
+
+def test_keep_last_and_names_sort_in_run_order(tmp_path):
+    learn = make_learner(str(tmp_path))
+    learn.fit(1)
+    files = checkpoints_in(tmp_path)
+    assert len(files) == 2  # keep_last=2 in the job
+    steps = [load_checkpoint(f)["loop"]["train_iter"] for f in files]
+    epochs = [load_checkpoint(f)["loop"]["epoch"] for f in files]
+    assert steps == [20, 20] and epochs == [0, 1]  # the last batch, then the epoch's end
+
+
+def test_a_failed_write_leaves_the_previous_checkpoint_intact(tmp_path):
+    learn = make_learner(str(tmp_path / "unused"))
+    learn.fit(1)
+    path = save_checkpoint(capture(learn, epoch_end=True), tmp_path / "ckpt.pt")
+    before = path.read_bytes()
+    broken = capture(learn, epoch_end=True)
+    broken["plugins"]["Bad"] = {"fn": lambda: None}  # torch.save cannot pickle a lambda
+    with pytest.raises((AttributeError, pickle_error_types())):
+        save_checkpoint(broken, path)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp left
+    load_checkpoint(path)
+
+
+def pickle_error_types() -> type[Exception]:
+    import pickle
+
+    return pickle.PicklingError
+
+
+def test_truncated_newest_checkpoint_in_a_directory_is_skipped_with_a_warning(tmp_path):
+    learn = make_learner(str(tmp_path))
+    learn.fit(1)
+    newest = checkpoints_in(tmp_path)[-1]
+    newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match="corrupt or truncated"):
+        load_checkpoint(newest)
+    resumed = make_learner(str(tmp_path / "again"))
+    with pytest.warns(UserWarning, match="skipping an unreadable checkpoint"):
+        resumed.fit(2, resume_from=tmp_path)
+    assert resumed.epoch == 1 and resumed.train_iter == 40
+
+
+def test_checkpoint_of_another_model_names_the_keys(tmp_path):
+    learn = make_learner(str(tmp_path))
+    learn.fit(1)
+    x, y = tiny_data(8, n_in=20)
+    other = Learner(
+        nn.Sequential(nn.Linear(20, 32), nn.Linear(32, 3)), DataLoaders(batches(x, y, 4))
+    )
+    with pytest.raises(CheckpointError, match=r"different model.*missing keys: 1.weight") as info:
+        other.fit(1, resume_from=tmp_path)
+    assert "unexpected keys: 3.weight" in str(info.value)
+    assert "shape mismatches" in str(info.value) and "0.weight (64, 20) != (32, 20)" in str(
+        info.value
+    )
+
+
+def test_stop_reason_survives_a_resume(tmp_path):
+    class StopAfterOne:
+        @hookimpl
+        def after_epoch(self, learn):
+            raise CancelFitException("enough after one epoch")
+
+    learn = make_learner(str(tmp_path))
+    learn.fit(EPOCHS, plugins=[StopAfterOne()])
+    assert learn.stop_reason == "StopAfterOne: enough after one epoch"
+    resumed = make_learner(str(tmp_path))
+    with pytest.warns(UserWarning, match="had stopped"):
+        resumed.fit(EPOCHS, resume_from=tmp_path)
+    assert resumed.stop_reason == "StopAfterOne: enough after one epoch"
+    assert resumed.train_iter == BATCHES_PER_EPOCH  # it did not train past the stop
+
+
+def test_a_loader_without_state_replays_to_the_cut_with_a_warning(tmp_path):
+    def learner(directory=tmp_path):
+        torch.manual_seed(0)
+        x, y = tiny_data(40, n_in=4)
+        dls = DataLoaders(batches(x[:32], y[:32], 4), batches(x[32:], y[32:], 4))
+        return Learner(nn.Linear(4, 3), dls, plugins=[Checkpoint(directory, every_n_batches=1)])
+
+    reference = learner(tmp_path / "reference")
+    reference.fit(2)
+
+    class Die:
+        @hookimpl
+        def after_batch(self, learn):
+            if learn.training and learn.train_iter == 11:
+                raise RuntimeError("die")
+
+    with pytest.raises(RuntimeError):
+        learner().fit(2, plugins=[Die()])
+    resumed = learner()
+    with pytest.warns(UserWarning, match="replays 2 batches"):  # saved at step 10 = 8 + 2
+        resumed.fit(2, resume_from=tmp_path)
+    for a, b in zip(reference.model.parameters(), resumed.model.parameters(), strict=True):
+        assert torch.equal(a, b)
