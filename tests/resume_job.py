@@ -4,7 +4,9 @@ the kill-and-resume tests and by benchmarks/kill_resume.py.
     python tests/resume_job.py DIR [--resume] [--out WEIGHTS] [--epochs N] [--sleep S]
 
 It prints ``batch N`` after each training batch's checkpoint is written (N counts optimizer
-steps), so a parent can kill it at a chosen batch. ``--out`` saves the final parameters.
+steps), so a parent can kill it at a chosen batch; at the end ``startup S`` (seconds from the
+``fit`` call to the first batch: with ``--resume``, the resume's cost) and ``batch_time S`` (the median
+training batch, checkpoint excluded). ``--out`` saves the final parameters.
 """
 
 from __future__ import annotations
@@ -38,6 +40,26 @@ class Announce:
             time.sleep(self.sleep)
 
 
+class Timing:
+    """When the first batch of this process started, and how long each training batch took."""
+
+    def __init__(self) -> None:
+        self.first_batch: float | None = None
+        self.batch_times: list[float] = []
+        self._start = 0.0
+
+    @hookimpl(tryfirst=True)
+    def before_batch(self, learn: Learner) -> None:
+        self._start = time.perf_counter()
+        if self.first_batch is None:
+            self.first_batch = self._start
+
+    @hookimpl(tryfirst=True)  # before the checkpoint is written: the batch's own compute
+    def after_batch(self, learn: Learner) -> None:
+        if learn.training:
+            self.batch_times.append(time.perf_counter() - self._start)
+
+
 def make_learner(directory: str, sleep: float = 0.0) -> Learner:
     torch.manual_seed(0)
     torch.set_num_threads(1)
@@ -65,10 +87,19 @@ def main() -> None:
     parser.add_argument("--sleep", type=float, default=0.0)
     args = parser.parse_args()
     learn = make_learner(args.directory, args.sleep)
+    # the first optimizer of a process imports torch._dynamo (seconds): keep that out of the
+    # measured start-up, which should show the resume's own cost
+    torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    timing = Timing()
+    learn.add_plugin(timing)
     has_checkpoint = any(Path(args.directory).glob("*.pt"))
     start = time.perf_counter()
-    learn.fit(args.epochs, resume_from=args.directory if args.resume and has_checkpoint else None)
-    print(f"done in {time.perf_counter() - start:.3f}s", flush=True)
+    resume_from = args.directory if args.resume and has_checkpoint else None
+    learn.fit(args.epochs, resume_from=resume_from)
+    if timing.first_batch is not None:  # fit() call to the first batch: the resume's cost
+        print(f"startup {timing.first_batch - start:.6f}", flush=True)
+    if timing.batch_times:
+        print(f"batch_time {sorted(timing.batch_times)[len(timing.batch_times) // 2]:.6f}", flush=True)
     if args.out:
         torch.save({k: v.clone() for k, v in learn.model.state_dict().items()}, args.out)
 

@@ -1,0 +1,94 @@
+"""Soak test of exact resume: kill a training job at random batches, resume it, compare weights.
+
+Each run starts ``tests/resume_job.py`` (3 epochs of 20 batches, a checkpoint after every batch,
+dropout, momentum, shuffling), SIGKILLs it right after a random training batch, resumes it in a
+new process and compares every parameter with an uninterrupted run, bit for bit. It also reports
+the time from ``fit(resume_from=...)`` to the first batch against the time of one batch, grouped
+by where the cut was: it should not grow with the cut (no replay of the batches before it).
+
+    python benchmarks/kill_resume.py [--runs 50] [--seed 0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+JOB = Path(__file__).resolve().parents[1] / "tests" / "resume_job.py"
+TOTAL_BATCHES = 60
+
+
+def run(args: list[str]) -> str:
+    result = subprocess.run([sys.executable, str(JOB), *args], capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"job failed: {result.stderr[-2000:]}")
+    return result.stdout
+
+
+def kill_at(directory: Path, batch: int) -> None:
+    child = subprocess.Popen(
+        [sys.executable, str(JOB), str(directory)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    assert child.stdout is not None
+    for line in child.stdout:
+        if line.strip() == f"batch {batch}":
+            os.kill(child.pid, signal.SIGKILL)
+            break
+    child.wait()
+
+
+def value(output: str, key: str) -> float:
+    return float(next(line.split()[1] for line in output.splitlines() if line.startswith(key)))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=50)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    rng = random.Random(args.seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp_path = Path(tmp)
+        run([str(tmp_path / "ref"), "--out", str(tmp_path / "ref.pt")])
+        reference = torch.load(tmp_path / "ref.pt", weights_only=True)
+        identical, results = 0, []
+        for i in range(args.runs):
+            cut = rng.randrange(1, TOTAL_BATCHES)
+            directory = tmp_path / f"run{i}"
+            kill_at(directory, cut)
+            out = run([str(directory), "--resume", "--out", str(tmp_path / f"out{i}.pt")])
+            weights = torch.load(tmp_path / f"out{i}.pt", weights_only=True)
+            same = all(torch.equal(weights[k], v) for k, v in reference.items())
+            identical += same
+            ratio = value(out, "startup") / value(out, "batch_time")
+            results.append((cut, ratio))
+            print(
+                f"run {i + 1:>3}: killed after batch {cut:>2}, resumed "
+                f"{'bit-identical' if same else 'DIFFERENT'}, resume = {ratio:6.1f} batches",
+                flush=True,
+            )
+    print(f"\n{identical}/{args.runs} resumed runs ended bit-identical to the uninterrupted run")
+    thirds = [(lo, lo + TOTAL_BATCHES // 3) for lo in range(0, TOTAL_BATCHES, TOTAL_BATCHES // 3)]
+    for lo, hi in thirds:
+        ratios = [r for cut, r in results if lo <= cut < hi]
+        if ratios:
+            print(
+                f"cut in batches {lo:>2}-{hi - 1:>2}: median resume time = "
+                f"{statistics.median(ratios):6.1f} batches ({len(ratios)} runs)"
+            )
+
+
+if __name__ == "__main__":
+    main()
