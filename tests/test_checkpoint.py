@@ -219,3 +219,37 @@ def test_a_loader_without_state_replays_to_the_cut_with_a_warning(tmp_path):
         resumed.fit(2, resume_from=tmp_path)
     for a, b in zip(reference.model.parameters(), resumed.model.parameters(), strict=True):
         assert torch.equal(a, b)
+
+
+class _DieAt:
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    @hookimpl
+    def after_batch(self, learn):
+        if learn.training and learn.train_iter == self.step:
+            raise RuntimeError("die")
+
+
+def _map_style_learner(directory: Path) -> Learner:
+    """A generic map-style dataset, so the default loader is the scratch DataLoader."""
+    from pluglearn.scratch.data import Dataset
+
+    torch.manual_seed(0)
+    x, y = tiny_data(50, n_in=4)
+    dls = DataLoaders.from_datasets(Dataset(x[:40], y[:40]), Dataset(x[40:], y[40:]), 8, seed=3)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Dropout(0.25), nn.Linear(8, 3))
+    return Learner(model, dls, plugins=[Checkpoint(directory, every_n_batches=1)])
+
+
+@pytest.mark.parametrize("cut", [2, 5, 6, 11])  # 5 batches an epoch: 5 ends epoch 0
+def test_resume_with_the_scratch_dataloader_is_bit_identical(tmp_path, cut):
+    reference = _map_style_learner(tmp_path / "reference")
+    reference.fit(3)
+    with pytest.raises(RuntimeError, match="die"):
+        _map_style_learner(tmp_path / "run").fit(3, plugins=[_DieAt(cut)])
+    resumed = _map_style_learner(tmp_path / "run")
+    resumed.fit(3, resume_from=tmp_path / "run")
+    for a, b in zip(reference.model.parameters(), resumed.model.parameters(), strict=True):
+        assert torch.equal(a, b)
+    assert resumed.metrics["train_loss"] == reference.metrics["train_loss"]

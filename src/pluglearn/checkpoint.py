@@ -73,10 +73,6 @@ def capture(learn: Learner, epoch_end: bool = False) -> dict[str, Any]:
     finished epoch (the resume then starts the next epoch)."""
     loader = learn.dls.train
     loader_state = loader.state_dict() if hasattr(loader, "state_dict") else None
-    position = 0 if epoch_end else learn.iter + 1
-    if loader_state is not None:
-        loader_state = dict(loader_state, position=0) if epoch_end else loader_state
-        position = int(loader_state["position"])
     plugins = {}
     for impl, result in learn.hooks.call_each("state_dict", learn=learn):
         if result is not None:
@@ -92,7 +88,7 @@ def capture(learn: Learner, epoch_end: bool = False) -> dict[str, Any]:
         "loader": loader_state,
         "loop": {
             "epoch": learn.epoch + 1 if epoch_end else learn.epoch,
-            "position": position,
+            "position": 0 if epoch_end else learn.iter + 1,  # training batches done
             "train_iter": learn.train_iter,
             "n_epochs": learn.n_epochs,
             "stop_reason": learn.stop_reason,
@@ -219,17 +215,18 @@ def restore(learn: Learner, source: str | Path) -> bool:
     loop = state["loop"]
     learn.epoch, learn.train_iter = int(loop["epoch"]), int(loop["train_iter"])
     learn.stop_reason = loop["stop_reason"]
-    loader = learn.dls.train
-    if state["loader"] is not None and hasattr(loader, "load_state_dict"):
+    loader, position = learn.dls.train, int(loop["position"])
+    stateful = hasattr(loader, "load_state_dict")
+    if state["loader"] is not None and stateful:
         loader.load_state_dict(state["loader"])
-    elif loop["position"]:
+    elif position and position < (len(loader) if hasattr(loader, "__len__") else position + 1):
         warnings.warn(
             f"the training loader ({type(loader).__name__}) has no state_dict, so the resume "
-            f"replays {loop['position']} batches to reach the cut; use DataLoaders.from_datasets "
-            "for an O(1) resume.",
+            f"replays {position} batches to reach the cut; use DataLoaders.from_datasets for "
+            "an O(1) resume.",
             stacklevel=3,
         )
-        learn._replay = int(loop["position"])
+    learn._resume_position, learn._resume_replays = position, not stateful
     plugin_states = state["plugins"]
     for impl in learn.hooks.impls["load_state_dict"]:
         if impl.plugin in plugin_states:

@@ -79,7 +79,8 @@ class Learner:
         self.loss: torch.Tensor | None = None
         self.metrics: dict[str, Any] = {}
         self.stop_reason: str | None = None  # who ended the last fit early, and why
-        self._replay = 0  # batches to skip after a resume on a loader that cannot seek
+        self._resume_position = 0  # training batches of this epoch done before a resume
+        self._resume_replays = False  # the loader cannot seek: skip those batches by reading
         self._batches: Iterable[Any] = ()
         self._registry = PluginRegistry()
         self._in_batch = False
@@ -213,11 +214,13 @@ class Learner:
             )
         self.training, self.dl = train, dl
         self.n_iter = len(dl) if hasattr(dl, "__len__") else None
-        # a loader resumed mid-epoch starts at its saved position, not at batch 0
-        self.iter, self._batches = (getattr(dl, "resume_at", 0), dl) if train else (0, dl)
-        if train and self._replay:  # a loader without state: replay to the cut (O(batches))
-            self.iter, self._batches = self._replay, islice(dl, self._replay, None)
-            self._replay = 0
+        self.iter, self._batches = 0, dl
+        if train and self._resume_position:  # the first pass after a resume starts mid-way
+            self.iter, self._resume_position = self._resume_position, 0
+            if self.n_iter is not None and self.iter >= self.n_iter:
+                self._batches = ()  # the cut came after the last training batch
+            elif self._resume_replays:
+                self._batches = islice(dl, self.iter, None)  # O(batches): no state to seek
         self.model.train(train)
         with torch.set_grad_enabled(train):
             if train:

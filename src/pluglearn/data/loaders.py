@@ -71,8 +71,8 @@ class TensorBatchLoader:
         self.batch_size = check_batch_size(batch_size)
         self.shuffle, self.drop_last = shuffle, drop_last
         self.generator = generator if generator is not None else torch.Generator()
-        self.position = 0  # batches of the current epoch yielded so far
-        self.resume_at = 0  # where the next iteration starts (non-zero only after a resume)
+        self.position = 0  # batches of the open epoch handed out (0: no epoch open)
+        self._resume = False  # the next iteration continues the epoch restored by a load
         self._epoch_rng = self.generator.get_state()  # generator state at the epoch's start
 
     def __len__(self) -> int:
@@ -80,16 +80,16 @@ class TensorBatchLoader:
         return full + (1 if rest and not self.drop_last else 0)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
-        start, self.resume_at = self.resume_at, 0
-        if start:  # resuming: redraw the interrupted epoch's permutation from its saved state
+        start, resume, self._resume = self.position, self._resume, False
+        if resume:  # redraw the interrupted epoch's permutation from its saved state
             self.generator.set_state(self._epoch_rng)
         else:
-            self._epoch_rng = self.generator.get_state()
+            start, self._epoch_rng = 0, self.generator.get_state()
         order = torch.randperm(self.n, generator=self.generator) if self.shuffle else None
-        bs, tensors = self.batch_size, self.tensors
-        self.position = start
-        for i in range(start, len(self)):
-            self.position = i + 1
+        bs, tensors, n_batches = self.batch_size, self.tensors, len(self)
+        for i in range(start, n_batches):
+            # handing out the last batch closes the epoch: a state saved after it starts the next
+            self.position = 0 if i + 1 == n_batches else i + 1
             if order is None:
                 yield tuple(t[i * bs : (i + 1) * bs] for t in tensors)
             else:
@@ -97,8 +97,8 @@ class TensorBatchLoader:
                 yield tuple(t[idx] for t in tensors)
 
     def state_dict(self) -> dict[str, Any]:
-        """Where the current epoch stands: ``position`` batches done, the generator state at the
-        epoch's start (to redraw its permutation) and now (for the epochs after)."""
+        """Where the open epoch stands: ``position`` batches handed out, the generator state at
+        the epoch's start (to redraw its permutation) and now (for the epochs after)."""
         return {
             "position": self.position,
             "epoch_rng": self._epoch_rng.clone(),
@@ -107,17 +107,17 @@ class TensorBatchLoader:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue from ``state``: a ``position`` > 0 resumes that epoch at that batch, without
-        fetching the batches before it; 0 starts the next epoch as the saved run would have."""
+        """Continue from ``state``: the next iteration resumes its open epoch at ``position``
+        without fetching the batches before it, or starts the next epoch as the saved run would."""
         if state.get("n") != self.n:
             raise ValueError(
                 f"the loader state is for a dataset of {state.get('n')} items, this one has "
                 f"{self.n}: resume with the same data."
             )
         position = int(state["position"])
-        if not 0 <= position <= len(self):
-            raise ValueError(f"loader position {position} is outside 0..{len(self)} batches.")
-        self.position = self.resume_at = position
+        if not 0 <= position < len(self):
+            raise ValueError(f"loader position {position} is outside 0..{len(self) - 1}.")
+        self.position, self._resume = position, position > 0
         self._epoch_rng = state["epoch_rng"].clone()
         self.generator.set_state(state["rng"].clone())
 
