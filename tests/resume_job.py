@@ -5,8 +5,8 @@ the kill-and-resume tests and by benchmarks/kill_resume.py.
 
 It prints ``batch N`` after each training batch's checkpoint is written (N counts optimizer
 steps), so a parent can kill it at a chosen batch; at the end ``startup S`` (seconds from the
-``fit`` call to the first batch: with ``--resume``, the resume's cost) and ``batch_time S`` (the median
-training batch, checkpoint excluded). ``--out`` saves the final parameters.
+``fit`` call to the first batch: with ``--resume``, the resume's cost) and ``batch_time S``
+(the median training batch, checkpoint excluded). ``--out`` saves the final parameters.
 """
 
 from __future__ import annotations
@@ -99,7 +99,8 @@ def main() -> None:
     if timing.first_batch is not None:  # fit() call to the first batch: the resume's cost
         print(f"startup {timing.first_batch - start:.6f}", flush=True)
     if timing.batch_times:
-        print(f"batch_time {sorted(timing.batch_times)[len(timing.batch_times) // 2]:.6f}", flush=True)
+        median = sorted(timing.batch_times)[len(timing.batch_times) // 2]
+        print(f"batch_time {median:.6f}", flush=True)
     if args.out:
         torch.save({k: v.clone() for k, v in learn.model.state_dict().items()}, args.out)
 

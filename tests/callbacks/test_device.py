@@ -98,8 +98,12 @@ def dict_batches(n: int = 8, bs: int = 4):
 
 def test_device_moves_the_model_and_every_batch_before_other_plugins_see_it():
     probe = Probe()  # listed first: Device's before_batch is tryfirst, so the probe sees moved data
-    learn = Learner(DictModel(), DataLoaders(dict_batches(), dict_batches()),
-                    plugins=[probe, Device("meta")], defaults=False)
+    learn = Learner(
+        DictModel(),
+        DataLoaders(dict_batches(), dict_batches()),
+        plugins=[probe, Device("meta")],
+        defaults=False,
+    )
     learn.fit(1)
     assert all(p.device == META for p in learn.model.parameters())
     assert probe.batch_devices and all(d == META for d in probe.batch_devices)
@@ -108,8 +112,12 @@ def test_device_moves_the_model_and_every_batch_before_other_plugins_see_it():
 
 def test_device_moves_the_model_for_a_standalone_validation():
     probe = Probe()
-    learn = Learner(DictModel(), DataLoaders(dict_batches(), dict_batches()),
-                    plugins=[probe, Device("meta")], defaults=False)
+    learn = Learner(
+        DictModel(),
+        DataLoaders(dict_batches(), dict_batches()),
+        plugins=[probe, Device("meta")],
+        defaults=False,
+    )
     learn.validate()
     assert all(p.device == META for p in learn.model.parameters())
     assert probe.pred_devices == [META] * 2
@@ -120,8 +128,11 @@ def test_device_cpu_fit_matches_a_plain_fit():
     model = DictModel()
     ref = copy.deepcopy(model)
     silent = ProgressBar(file=io.StringIO())
-    learn = Learner(model, DataLoaders(dict_batches(), dict_batches()),
-                    plugins=[probe, Device("cpu"), Accuracy(), silent])
+    learn = Learner(
+        model,
+        DataLoaders(dict_batches(), dict_batches()),
+        plugins=[probe, Device("cpu"), Accuracy(), silent],
+    )
     learn.fit(2)
     assert all(p.device.type == "cpu" for p in model.parameters())
     assert all(d.type == "cpu" for d in probe.batch_devices + probe.pred_devices)
@@ -157,8 +168,11 @@ def test_fit_on_cuda_puts_parameters_and_predictions_on_the_gpu():
     probe = Probe()
     model = DictModel()
     ref = copy.deepcopy(model)
-    learn = Learner(model, DataLoaders(dict_batches(), dict_batches()),
-                    plugins=[probe, Device("cuda"), Accuracy(), ProgressBar(file=io.StringIO())])
+    learn = Learner(
+        model,
+        DataLoaders(dict_batches(), dict_batches()),
+        plugins=[probe, Device("cuda"), Accuracy(), ProgressBar(file=io.StringIO())],
+    )
     learn.fit(2)
     assert all(p.device.type == "cuda" for p in model.parameters())
     assert probe.pred_devices and all(d.type == "cuda" for d in probe.pred_devices)

@@ -41,8 +41,11 @@ def make_learner(plugins=()) -> Learner:
     train = [(x[i : i + 8], y[i : i + 8]) for i in range(0, 20, 8)]
     valid = [(x[20:], y[20:])]
     torch.manual_seed(0)
-    return Learner(nn.Linear(4, K), DataLoaders(train, valid),
-                   plugins=[*plugins, ProgressBar(file=io.StringIO())])
+    return Learner(
+        nn.Linear(4, K),
+        DataLoaders(train, valid),
+        plugins=[*plugins, ProgressBar(file=io.StringIO())],
+    )
 
 
 def read_csv(path) -> tuple[list[str], list[dict[str, str]]]:
@@ -157,7 +160,7 @@ def test_tensor_metrics_are_logged_as_numbers_and_lists(tmp_path):
     learn = make_learner([per_class, Scalar(), MetricsLogger(path)])
     learn.fit(1)
     (row,) = [json.loads(line) for line in path.read_text().splitlines()]
-    (xv, yv), = learn.dls.valid
+    ((xv, yv),) = learn.dls.valid
     with torch.no_grad():
         expected = MulticlassAccuracy(num_classes=K, average=None)(learn.model(xv), yv)
     assert row["per_class"] == pytest.approx(expected.tolist())

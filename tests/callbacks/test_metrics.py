@@ -143,7 +143,9 @@ def test_accuracy_rejects_one_dimensional_predictions(data):
     model = nn.Sequential(nn.Linear(4, 1), nn.Flatten(0))  # preds of shape (n,)
     regression = [(xb, yb.float()) for xb, yb in train]
     learn = Learner(
-        model, DataLoaders(regression, regression), loss_func=F.mse_loss,
+        model,
+        DataLoaders(regression, regression),
+        loss_func=F.mse_loss,
         plugins=[Accuracy(), ProgressBar(file=io.StringIO())],
     )
     with pytest.raises(ValueError, match=r"Accuracy expects predictions \(n, classes\)") as info:
@@ -155,7 +157,8 @@ def test_accuracy_rejects_targets_of_the_wrong_shape(data):
     train, _, _, _ = data
     column = [(xb, yb.unsqueeze(1)) for xb, yb in train]  # targets (n, 1)
     learn = Learner(
-        make_model(), DataLoaders(column, column),
+        make_model(),
+        DataLoaders(column, column),
         loss_func=lambda preds, y: F.cross_entropy(preds, y.squeeze(1)),
         plugins=[Accuracy(), ProgressBar(file=io.StringIO())],
     )
@@ -179,8 +182,13 @@ def test_average_metric_subclass_is_a_per_item_average():
     x, y = torch.randn(11, 2), torch.randn(11)
     model = nn.Sequential(nn.Linear(2, 1), nn.Flatten(0))
     dl = batches(x, y, 3)  # 3, 3, 3, 2
-    learn = Learner(model, DataLoaders(dl, dl), loss_func=F.mse_loss, defaults=False,
-                    plugins=[MeanAbsError(phases=("train", "valid"))])
+    learn = Learner(
+        model,
+        DataLoaders(dl, dl),
+        loss_func=F.mse_loss,
+        defaults=False,
+        plugins=[MeanAbsError(phases=("train", "valid"))],
+    )
     learn.fit(1)
     with torch.no_grad():
         expected = F.l1_loss(model(x), y).item()
@@ -287,8 +295,12 @@ def test_bad_phases_raise(make, phases):
     ("second", "second_name"),
     [
         (lambda: Accuracy(), "Accuracy_2"),
-        (lambda: MetricAdapter(MulticlassAccuracy(num_classes=K, average="micro"), name="accuracy"),
-         "MetricAdapter[accuracy]"),
+        (
+            lambda: MetricAdapter(
+                MulticlassAccuracy(num_classes=K, average="micro"), name="accuracy"
+            ),
+            "MetricAdapter[accuracy]",
+        ),
     ],
     ids=["two-Accuracy", "Accuracy-and-adapter"],
 )

@@ -28,8 +28,9 @@ def make_model() -> nn.Module:
 
 
 def make_learner(model, train, valid, plugins, lr=0.5) -> Learner:
-    return Learner(model, DataLoaders(train, valid), lr=lr,
-                   plugins=[*plugins, ProgressBar(file=io.StringIO())])
+    return Learner(
+        model, DataLoaders(train, valid), lr=lr, plugins=[*plugins, ProgressBar(file=io.StringIO())]
+    )
 
 
 def hand_losses(model, train, n_epochs, lr):

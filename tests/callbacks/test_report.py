@@ -29,8 +29,9 @@ def make_learner(plugins, lr: float = 0.3) -> tuple[Learner, list]:
     train = [(x[i : i + 5], y[i : i + 5]) for i in range(0, 12, 5)]
     valid = [(x[:7], y[:7])]
     torch.manual_seed(0)
-    learn = Learner(nn.Linear(3, 3), DataLoaders(train, valid), lr=lr, plugins=plugins,
-                    defaults=False)
+    learn = Learner(
+        nn.Linear(3, 3), DataLoaders(train, valid), lr=lr, plugins=plugins, defaults=False
+    )
     return learn, valid
 
 
@@ -59,7 +60,7 @@ def test_the_row_values_are_the_hand_computed_losses():
     out = io.StringIO()
     learn, valid = make_learner([AvgLoss(), ConsoleReport(file=out)], lr=0.0)
     learn.fit(1)
-    (xv, yv), = valid
+    ((xv, yv),) = valid
     with torch.no_grad():
         valid_loss = F.cross_entropy(learn.model(xv), yv).item()
     header, row = parse(out.getvalue())

@@ -33,8 +33,13 @@ def make_model() -> nn.Module:
 
 
 def make_learner(model, train, valid, plugins=(), lr: float = 0.3, **kwargs) -> Learner:
-    return Learner(model, DataLoaders(train, valid), lr=lr,
-                   plugins=[*plugins, ProgressBar(file=io.StringIO())], **kwargs)
+    return Learner(
+        model,
+        DataLoaders(train, valid),
+        lr=lr,
+        plugins=[*plugins, ProgressBar(file=io.StringIO())],
+        **kwargs,
+    )
 
 
 def hand_sgd(model, epochs, lr, loss_of=F.cross_entropy):
@@ -68,8 +73,9 @@ def test_default_step_equals_a_hand_written_sgd_loop(data):
     learn.fit(2)
     hand_sgd(ref, [train, train], lr=0.3)
     assert_same_weights(model, ref)
-    assert not all(torch.equal(p, q) for p, q in zip(model.parameters(), start.parameters(),
-                                                        strict=True))
+    assert not all(
+        torch.equal(p, q) for p, q in zip(model.parameters(), start.parameters(), strict=True)
+    )
 
 
 def test_default_step_with_a_shuffling_loader_equals_a_loop_over_torch_randperm():

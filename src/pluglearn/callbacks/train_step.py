@@ -12,11 +12,17 @@ batches answers ``step`` and ``zero_grad`` on odd batches and leaves the rest to
         @hookimpl
         def zero_grad(self, learn):
             return True if learn.iter % 2 == 0 else None
+
+When ``loss_func`` fails (targets of another length, labels beyond the model's classes, float
+labels...), the error keeps its type and gains a note with both shapes and dtypes, what looks
+wrong and the fix (:func:`explain_loss_failure`).
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
+
+import torch
 
 from ..plugins.markers import hookimpl
 
@@ -33,7 +39,11 @@ class TrainStep:
 
     @hookimpl(trylast=True)
     def compute_loss(self, learn: Learner) -> Any:
-        return learn.loss_func(learn.preds, learn.batch[1])
+        try:  # free when nothing fails; torch's own messages name neither shape nor the fix
+            return learn.loss_func(learn.preds, learn.batch[1])
+        except Exception as error:
+            error.add_note(explain_loss_failure(learn.loss_func, learn.preds, learn.batch[1]))
+            raise
 
     @hookimpl(trylast=True)
     def backward(self, learn: Learner) -> bool:
@@ -49,3 +59,81 @@ class TrainStep:
     def zero_grad(self, learn: Learner) -> bool:
         learn.opt.zero_grad()
         return True
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"shape {tuple(value.shape)} {str(value.dtype).removeprefix('torch.')}"
+    return f"type {type(value).__name__}"
+
+
+def _problems(preds: torch.Tensor, targets: torch.Tensor) -> list[str]:
+    """What looks wrong with ``preds`` and ``targets`` for a loss, each with its fix."""
+    if preds.ndim == 0 or targets.ndim == 0:
+        return []
+    n, m = preds.shape[0], targets.shape[0]
+    if n != m:
+        return [
+            f"the predictions have {n} items and the targets {m}: every input needs one target. "
+            "Check that the dataset returns (x, y) pairs of equal length, and that the model "
+            "keeps the batch dimension first (e.g. x.flatten(1), not x.view(-1))."
+        ]
+    if targets.is_floating_point() or targets.dtype == torch.bool:
+        if targets.shape != preds.shape and targets.ndim == preds.ndim:
+            return [
+                f"float targets {tuple(targets.shape)} are read as class probabilities, which "
+                f"must have the predictions' shape {tuple(preds.shape)}: pass class labels of "
+                f"shape ({n},) as int64 (y.long()), or targets of shape {tuple(preds.shape)}."
+            ]
+        if targets.ndim == preds.ndim - 1 and preds.ndim >= 2:
+            return [
+                f"the targets are float labels of shape {tuple(targets.shape)}: a classification "
+                "loss wants int64 class labels, pass y.long()."
+            ]
+        return []
+    if preds.ndim < 2:
+        return [
+            f"the predictions {tuple(preds.shape)} have no class dimension: a classification "
+            f"loss wants ({n}, n_classes), e.g. a final nn.Linear(..., n_classes)."
+        ]
+    n_classes = preds.shape[1]
+    if targets.shape == preds.shape:
+        return [
+            f"integer targets {tuple(targets.shape)} have the predictions' shape (one-hot?): "
+            "pass class labels y.argmax(1), or probabilities y.float()."
+        ]
+    low, high = int(targets.min()), int(targets.max())  # only on failure: may sync a device
+    if low < 0 or high >= n_classes:
+        fix = (
+            f"give the model's last layer {high + 1} outputs, or remap the labels"
+            if high >= n_classes
+            else "remap the labels (or mark the ones to skip with the loss's ignore_index)"
+        )
+        return [
+            f"the targets hold class labels {low}..{high}, but the predictions have {n_classes} "
+            f"classes, so labels must lie in 0..{n_classes - 1}: {fix}."
+        ]
+    if targets.dtype not in (torch.int64, torch.uint8):
+        return [f"the targets are {targets.dtype}: class labels must be int64, pass y.long()."]
+    return []
+
+
+def explain_loss_failure(loss_func: Any, preds: Any, targets: Any) -> str:
+    """A note for an error raised by ``loss_func(preds, targets)``: both shapes and dtypes, what
+    looks wrong with them and how to fix it."""
+    name = getattr(loss_func, "__name__", type(loss_func).__name__)
+    head = (
+        f"pluglearn: the loss {name}(preds, targets) failed on predictions of "
+        f"{_describe(preds)} and targets of {_describe(targets)}"
+    )
+    try:
+        found = (
+            _problems(preds, targets)
+            if isinstance(preds, torch.Tensor) and isinstance(targets, torch.Tensor)
+            else []
+        )
+    except Exception:  # the diagnosis must never hide the original error (e.g. a dead device)
+        found = []
+    if not found:
+        return f"{head}: check that the loss function accepts these."
+    return f"{head}; " + " ".join(found)

@@ -33,8 +33,17 @@ from typing import BinaryIO, NamedTuple
 import numpy as np
 import torch
 
-__all__ = ["DEFAULT_URL", "ChecksumError", "DataFormatError", "DownloadError", "MnistSplits",
-           "default_cache_dir", "load_mnist", "read_idx", "read_mnist_pickle"]
+__all__ = [
+    "DEFAULT_URL",
+    "ChecksumError",
+    "DataFormatError",
+    "DownloadError",
+    "MnistSplits",
+    "default_cache_dir",
+    "load_mnist",
+    "read_idx",
+    "read_mnist_pickle",
+]
 
 #: The URL the classic notebook downloads (50,000 / 10,000 / 10,000 images).
 DEFAULT_URL = (
@@ -234,8 +243,10 @@ def _str_md5(md5: object, source: str) -> str | None:
 
 def _map_md5(md5: object, source: str) -> dict[str, str]:
     if not isinstance(md5, Mapping | None):
-        raise ValueError(f"{source!r} is read as IDX files, so md5 must map file names to md5s,"
-                         f" e.g. {{'t10k-images-idx3-ubyte.gz': '...'}}, got {md5!r}")
+        raise ValueError(
+            f"{source!r} is read as IDX files, so md5 must map file names to md5s,"
+            f" e.g. {{'t10k-images-idx3-ubyte.gz': '...'}}, got {md5!r}"
+        )
     return {name: value for name, value in (md5 or {}).items() if _str_md5(value, name)}
 
 
@@ -296,8 +307,10 @@ def read_mnist_pickle(path: Source) -> MnistSplits:
     except Exception as error:  # an untrusted file can fail in any allowed constructor
         raise DataFormatError(f"{path} is not a readable MNIST pickle ({error!r})") from error
     if not (isinstance(splits, tuple | list) and len(splits) == 3):
-        raise DataFormatError(f"{path}: expected ((train_x, train_y), (valid_x, valid_y), (test_x,"
-                              f" test_y)), got a {type(splits).__name__}")
+        raise DataFormatError(
+            f"{path}: expected ((train_x, train_y), (valid_x, valid_y), (test_x,"
+            f" test_y)), got a {type(splits).__name__}"
+        )
     return _splits(splits, path)
 
 
@@ -310,10 +323,16 @@ def _pair(split: object, what: str) -> Pair:
     if not (isinstance(split, tuple | list) and len(split) == 2):
         raise DataFormatError(f"{what}: expected an (x, y) pair")
     x, y = split
-    if not (isinstance(x, np.ndarray) and x.ndim == 2 and x.shape[1] == 784
-            and np.issubdtype(x.dtype, np.floating)):
-        raise DataFormatError(f"{what}: x must be a float array shaped (n, 784), got "
-                              f"{getattr(x, 'dtype', type(x))} {getattr(x, 'shape', '')}")
+    if not (
+        isinstance(x, np.ndarray)
+        and x.ndim == 2
+        and x.shape[1] == 784
+        and np.issubdtype(x.dtype, np.floating)
+    ):
+        raise DataFormatError(
+            f"{what}: x must be a float array shaped (n, 784), got "
+            f"{getattr(x, 'dtype', type(x))} {getattr(x, 'shape', '')}"
+        )
     if x.size and not (x.min() >= 0 and x.max() <= 1):
         raise DataFormatError(f"{what}: pixel values must lie in [0, 1]")
     return _tensor(x, np.float32), _labels(y, len(x), what)
@@ -321,8 +340,10 @@ def _pair(split: object, what: str) -> Pair:
 
 def _labels(y: object, n: int, what: str) -> torch.Tensor:
     if not (isinstance(y, np.ndarray) and y.shape == (n,) and np.issubdtype(y.dtype, np.integer)):
-        raise DataFormatError(f"{what}: y must be {n} integer labels, got "
-                              f"{getattr(y, 'dtype', type(y))} {getattr(y, 'shape', '')}")
+        raise DataFormatError(
+            f"{what}: y must be {n} integer labels, got "
+            f"{getattr(y, 'dtype', type(y))} {getattr(y, 'shape', '')}"
+        )
     if y.size and not (y.min() >= 0 and y.max() <= 9):
         raise DataFormatError(f"{what}: labels must lie in 0..9")
     return _tensor(y, np.int64)
@@ -357,17 +378,24 @@ def read_idx(path: Source, magic: int | None = None) -> np.ndarray:
         raise DataFormatError(f"{path} could not be read or decompressed ({error!r})") from error
     found = int.from_bytes(data[:4], "big") if len(data) >= 4 else None
     if found is None or (magic is not None and found != magic) or found >> 8 != 0x08:
-        want = f"{magic} ({'images' if magic == IMAGES_MAGIC else 'labels'})" if magic else \
-            "0x08nn (unsigned bytes)"
-        raise DataFormatError(f"{path}: IDX magic number is {found}, expected {want}; is this the"
-                              f" right file, and is it complete?")
+        want = (
+            f"{magic} ({'images' if magic == IMAGES_MAGIC else 'labels'})"
+            if magic
+            else "0x08nn (unsigned bytes)"
+        )
+        raise DataFormatError(
+            f"{path}: IDX magic number is {found}, expected {want}; is this the"
+            f" right file, and is it complete?"
+        )
     ndim, header = found & 0xFF, 4 + 4 * (found & 0xFF)
     if len(data) < header:
         raise DataFormatError(f"{path}: truncated IDX header; download the file again")
     dims = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     if (size := int(np.prod(dims))) != len(data) - header:
-        raise DataFormatError(f"{path}: header promises {dims} = {size} bytes but the file has"
-                              f" {len(data) - header}: truncated or corrupt; download it again")
+        raise DataFormatError(
+            f"{path}: header promises {dims} = {size} bytes but the file has"
+            f" {len(data) - header}: truncated or corrupt; download it again"
+        )
     return np.frombuffer(data, np.uint8, size, header).reshape(dims)
 
 
@@ -390,15 +418,19 @@ def _read_idx_sets(folder: Path, sets: Sequence[str], md5s: Mapping[str, str]) -
     for s in sets:
         paths = [_find(folder, f"{s}-{k}-ubyte") for k in ("images-idx3", "labels-idx1")]
         if None in paths:
-            raise FileNotFoundError(f"{folder} lacks {s}-images-idx3-ubyte[.gz] or"
-                                    f" {s}-labels-idx1-ubyte[.gz]; put both IDX files there")
+            raise FileNotFoundError(
+                f"{folder} lacks {s}-images-idx3-ubyte[.gz] or"
+                f" {s}-labels-idx1-ubyte[.gz]; put both IDX files there"
+            )
         for p in paths:
             _verify(p, md5s.get(p.name))
             used.add(p.name)
         images, labels = read_idx(paths[0], IMAGES_MAGIC), read_idx(paths[1], LABELS_MAGIC)
         if images.ndim != 3 or images.shape[1:] != (28, 28) or labels.shape != images.shape[:1]:
-            raise DataFormatError(f"{folder}: {s} images {images.shape} and labels {labels.shape}"
-                                  f" do not make n 28x28 images with n labels")
+            raise DataFormatError(
+                f"{folder}: {s} images {images.shape} and labels {labels.shape}"
+                f" do not make n 28x28 images with n labels"
+            )
         pairs[s] = (images.reshape(len(images), 784).astype(np.float32) / 255, labels)
     if unknown := set(md5s) - used:
         raise ValueError(f"md5 names files that were not read: {sorted(unknown)}; check spelling")

@@ -1,0 +1,230 @@
+"""Bad inputs: each is an error of a known type whose message names the problem and the fix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pluglearn import DataLoaders, Learner, hookimpl
+from pluglearn.checkpoint import CheckpointError, capture, save_checkpoint
+from tests.helpers import batches, tiny_data
+
+X, Y = tiny_data(12)  # 4 inputs, 3 classes
+TRAIN, VALID = batches(X[:8], Y[:8], 4), batches(X[8:], Y[8:], 4)
+
+
+def learner(train=TRAIN, valid=VALID, model=None, **kwargs) -> Learner:
+    torch.manual_seed(0)
+    model = model if model is not None else nn.Linear(4, 3)
+    return Learner(model, DataLoaders(train, valid), defaults=False, **kwargs)
+
+
+def message(error: BaseException) -> str:
+    """What the user reads: the message and every note added on the way up."""
+    return "\n".join([str(error), *getattr(error, "__notes__", [])])
+
+
+def raised_by(call, error_type) -> str:
+    with pytest.raises(error_type) as info:
+        call()
+    return message(info.value)
+
+
+# ------------------------------------------------------------------ predictions vs targets
+
+
+def test_targets_of_another_length_name_both_shapes_and_the_fix():
+    text = raised_by(lambda: learner([(X[:4], Y[:5])]).fit(1), ValueError)
+    assert "batch_size (4) to match target batch_size (5)" in text  # torch's own message
+    assert "predictions of shape (4, 3) float32 and targets of shape (5,) int64" in text
+    assert "4 items and the targets 5" in text and "every input needs one target" in text
+
+
+def test_float_targets_of_another_shape_name_both_shapes_and_the_fix():
+    soft = torch.rand(4, 2)
+    text = raised_by(lambda: learner([(X[:4], soft)]).fit(1), RuntimeError)
+    assert "float targets (4, 2) are read as class probabilities" in text
+    assert "predictions' shape (4, 3)" in text and "y.long()" in text
+
+
+def test_labels_beyond_the_classes_name_the_range_and_the_fix():
+    labels = torch.tensor([0, 1, 5, 2])
+    text = raised_by(lambda: learner([(X[:4], labels)]).fit(1), IndexError)
+    assert "Target 5 is out of bounds" in text
+    assert "class labels 0..5, but the predictions have 3 classes" in text
+    assert "must lie in 0..2" in text and "last layer 6 outputs, or remap the labels" in text
+
+
+def test_negative_labels_suggest_remapping_not_a_bigger_layer():
+    labels = torch.tensor([0, -1, 1, 2])
+    text = raised_by(lambda: learner([(X[:4], labels)]).fit(1), IndexError)
+    assert "class labels -1..2" in text and "remap the labels" in text
+    assert "outputs" not in text
+
+
+def test_float_labels_ask_for_long():
+    text = raised_by(lambda: learner([(X[:4], Y[:4].float())]).fit(1), RuntimeError)
+    assert "float labels of shape (4,)" in text and "y.long()" in text
+
+
+def test_a_loss_failure_the_check_cannot_explain_still_shows_both_shapes():
+    def loss_func(preds, targets):
+        raise ArithmeticError("my loss is broken")
+
+    text = raised_by(lambda: learner(loss_func=loss_func).fit(1), ArithmeticError)
+    assert "my loss is broken" in text
+    assert "loss_func(preds, targets) failed on predictions of shape (4, 3)" in text
+    assert "check that the loss function accepts these" in text
+
+
+# ------------------------------------------------------------------------------ the data
+
+
+def test_an_empty_dataset_is_refused_when_the_loaders_are_built():
+    empty = (torch.empty(0, 4), torch.empty(0, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"train_ds is empty: a dataset needs at least one item"):
+        DataLoaders.from_datasets(empty, batch_size=4)
+    with pytest.raises(ValueError, match=r"valid_ds is empty"):
+        DataLoaders.from_datasets((X, Y), empty, batch_size=4)
+
+
+@pytest.mark.parametrize(
+    ("train", "valid", "which"), [([], VALID, "train"), (TRAIN, [], "validation")]
+)
+def test_an_empty_ready_loader_names_the_loader_and_the_likely_cause(train, valid, which):
+    text = raised_by(lambda: learner(train, valid).fit(1), ValueError)
+    assert f"the {which} loader yielded no batch" in text
+    assert "is its dataset empty, or smaller than one batch with drop_last=True?" in text
+
+
+def test_a_batch_that_is_not_a_pair_names_what_it_got_and_the_fix():
+    text = raised_by(lambda: learner([(X[:4], Y[:4], torch.ones(4))]).fit(1), TypeError)
+    assert "a batch must be an (xb, yb) pair, got a tuple of length 3" in text
+    assert "make the dataset return (x, y) items" in text
+
+
+def test_validate_without_validation_data_says_how_to_give_some():
+    text = raised_by(learner(valid=None).validate, ValueError)
+    assert "no validation data" in text and "learn.validate(dl=...)" in text
+
+
+# ------------------------------------------------------------------------------ arguments
+
+
+@pytest.mark.parametrize("lr", ["0.1", None, [0.1]])
+def test_a_non_numeric_learning_rate_is_refused_at_construction_and_in_fit(lr):
+    text = raised_by(lambda: learner(lr=lr), TypeError)
+    assert f"lr must be a number, got {lr!r}" in text and "pass e.g. lr=0.1" in text
+    if lr is not None:  # fit(lr=None) keeps the Learner's lr
+        text = raised_by(lambda: learner().fit(1, lr=lr), TypeError)
+        assert f"lr must be a number, got {lr!r}" in text
+
+
+# ------------------------------------------------------------------------ provider hooks
+
+
+class LossAsFloat:
+    @hookimpl
+    def compute_loss(self, learn):
+        return F.cross_entropy(learn.preds, learn.yb).item()
+
+
+class StepSaysDone:
+    @hookimpl
+    def step(self, learn):
+        return "done"
+
+
+@pytest.mark.parametrize(
+    ("plugin", "expected"),
+    [
+        (LossAsFloat(), "'compute_loss' must return a tensor, got float: return the loss tensor"),
+        (StepSaysDone(), "'step' must return True when done (or None to let the next plugin"),
+    ],
+)
+def test_a_step_answering_the_wrong_type_names_the_hook_and_the_fix(plugin, expected):
+    text = raised_by(lambda: learner(plugins=[plugin]).fit(1), TypeError)
+    assert expected in text
+
+
+def test_make_dataloader_answering_an_int_names_the_hook_and_the_fix():
+    class IntLoader:
+        @hookimpl
+        def make_dataloader(self, learn, dataset, train):
+            return 3
+
+    dls = DataLoaders.from_datasets((X, Y), batch_size=4, seed=0)
+    learn = Learner(nn.Linear(4, 3), dls, plugins=[IntLoader()], defaults=False)
+    text = raised_by(lambda: learn.fit(1), TypeError)
+    assert "'make_dataloader' gave int for the train dataset" in text
+    assert "must return an iterable of batches (or None to pass)" in text
+
+
+# ---------------------------------------------------------------------------- checkpoints
+
+
+@pytest.fixture
+def checkpoint(tmp_path) -> Path:
+    """A real checkpoint of one epoch of the tiny learner."""
+    learn = learner()
+    learn.fit(1)
+    return save_checkpoint(capture(learn, epoch_end=True), tmp_path / "ckpt.pt")
+
+
+def half(data: bytes) -> bytes:
+    return data[: len(data) // 2]
+
+
+def flip_header(data: bytes) -> bytes:
+    return bytes(b ^ 0xFF for b in data[:64]) + data[64:]
+
+
+@pytest.mark.parametrize("damage", [half, flip_header, lambda data: b""], ids=["half", "flip", "0"])
+def test_a_corrupt_checkpoint_names_the_file_and_the_fix(checkpoint, damage):
+    checkpoint.write_bytes(damage(checkpoint.read_bytes()))
+    learn = learner()
+    before = {k: v.clone() for k, v in learn.model.state_dict().items()}
+    text = raised_by(lambda: learn.fit(2, resume_from=checkpoint), CheckpointError)
+    assert f"checkpoint {checkpoint} is corrupt or truncated" in text
+    assert "resume from an earlier checkpoint" in text
+    assert all(torch.equal(v, learn.model.state_dict()[k]) for k, v in before.items())
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=pytest.fail.Exception,  # only "DID NOT RAISE": a broken set-up is a real failure
+    reason="known gap: torch.load does not verify the CRC of tensor data, nor does pluglearn",
+)
+def test_a_flipped_byte_inside_the_weights_is_detected(checkpoint):
+    data = bytearray(checkpoint.read_bytes())
+    saved = torch.load(checkpoint, weights_only=True)["model"]["weight"]
+    at = bytes(data).find(saved.numpy().tobytes())  # the stored weight matrix, as raw floats
+    assert at > 0
+    data[at + 1] ^= 0x40
+    checkpoint.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError):
+        learner().fit(2, resume_from=checkpoint)
+
+
+def test_a_file_that_is_not_a_checkpoint_says_how_to_load_it(tmp_path):
+    bare = tmp_path / "weights.pt"
+    torch.save(nn.Linear(4, 3).state_dict(), bare)
+    text = raised_by(lambda: learner().fit(1, resume_from=bare), CheckpointError)
+    assert f"{bare} is not a pluglearn checkpoint" in text and "model.load_state_dict" in text
+    text = raised_by(lambda: learner().fit(1, resume_from=tmp_path / "nope.pt"), CheckpointError)
+    assert "no checkpoint file at" in text and "nope.pt" in text
+
+
+def test_a_checkpoint_of_another_model_names_the_keys_and_shapes(checkpoint):
+    wider = learner(model=nn.Linear(4, 5))
+    text = raised_by(lambda: wider.fit(2, resume_from=checkpoint), CheckpointError)
+    assert f"checkpoint {checkpoint} is of a different model" in text
+    assert "shape mismatches (saved != model): weight (3, 4) != (5, 4), bias (3,) != (5,)" in text
+    deeper = learner(model=nn.Sequential(nn.Linear(4, 3)))
+    text = raised_by(lambda: deeper.fit(2, resume_from=checkpoint), CheckpointError)
+    assert "missing keys: 0.weight, 0.bias" in text and "unexpected keys: weight, bias" in text
+    assert "Build the model the checkpoint was saved from" in text
