@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from itertools import islice
 from typing import Any
 
@@ -28,7 +28,9 @@ from .callbacks.metrics import AvgLoss
 from .callbacks.progress import ProgressBar
 from .callbacks.train_step import TrainStep
 from .checks import check_done, check_lr, check_pair, report_order
+from .collect import GatherPreds, merge_metrics
 from .data.loaders import DataLoaders
+from .errors import cancel_reason, cleanup_after_error, report_error
 from .exceptions import (
     CancelBatchException,
     CancelEpochException,
@@ -38,7 +40,6 @@ from .exceptions import (
     CancelValidateException,
 )
 from .plugins.manager import HookCalls, PluginRegistry
-from .plugins.markers import hookimpl
 
 
 class Learner:
@@ -84,6 +85,7 @@ class Learner:
         self._batches: Iterable[Any] = ()
         self._registry = PluginRegistry()
         self._in_batch = False
+        self._metric_owner: dict[str, str] = {}
         user = listify(plugins)
         chosen = [AvgLoss(), ProgressBar()] if defaults else []
         chosen += [TrainStep(), DefaultLoader()]
@@ -180,7 +182,7 @@ class Learner:
 
     def get_preds(self, dl: Iterable[Any] | None = None) -> tuple[Any, Any]:
         """Predictions and targets over the validation set (or ``dl``), concatenated."""
-        gather = _GatherPreds()
+        gather = GatherPreds()
         self._registry.add(gather)
         try:
             self.validate(dl)
@@ -227,7 +229,7 @@ class Learner:
                 self._phase("train", CancelTrainException, self._run_batches)
             else:
                 self._phase("validate", CancelValidateException, self._run_batches)
-        self._collect("train" if train else "valid")
+        merge_metrics(self, "train" if train else "valid")
 
     def _run_batches(self) -> None:
         start, self.batch = self.iter, None
@@ -269,8 +271,8 @@ class Learner:
             pass
         except BaseException as error:
             if not isinstance(error, CancelException):
-                self._on_error(error)
-            self._cleanup(hooks.cleanup_batch, error)
+                report_error(self, error)
+            cleanup_after_error(self, hooks.cleanup_batch, error)
             raise
         finally:
             self._in_batch = False
@@ -285,71 +287,13 @@ class Learner:
             getattr(hooks, f"after_{name}")(self)
         except cancel as cancelled:
             if name == "fit" and self.stop_reason is None:
-                self.stop_reason = self._cancel_reason(cancelled)
+                self.stop_reason = cancel_reason(self, cancelled)
         except BaseException as error:
             if not isinstance(error, CancelException):
-                self._on_error(error)
-            self._cleanup(cleanup, error)
+                report_error(self, error)
+            cleanup_after_error(self, cleanup, error)
             raise
         cleanup(self)
-
-    def _cleanup(self, cleanup: Callable[[Learner], None], error: BaseException) -> None:
-        try:
-            cleanup(self)
-        except Exception as cleanup_error:
-            error.add_note(f"pluglearn: a cleanup hook also failed: {cleanup_error!r}")
-
-    def _on_error(self, error: BaseException) -> None:
-        if getattr(error, "_pluglearn_seen", False):
-            return
-        with suppress(AttributeError):  # mark it, so outer phases do not report it again
-            error._pluglearn_seen = True  # type: ignore[attr-defined]
-        error.add_note(self._where(error))
-        try:
-            self._registry.calls.call_all("on_error", learn=self, error=error)
-        except Exception as hook_error:
-            error.add_note(f"pluglearn: an on_error hook also failed: {hook_error!r}")
-
-    def _where(self, error: BaseException) -> str:
-        owners = self._registry.calls.owner_of(error)
-        plugins = sorted({o.plugin for o in owners})
-        hooks = " or ".join(repr(h) for h in dict.fromkeys(o.hook for o in owners))
-        source = (
-            f"in plugin {' or '.join(map(repr, plugins))}, hook {hooks}"
-            if owners
-            else "outside any plugin (in the loader, the model or the loop)"
-        )
-        when = f"epoch {self.epoch}" if self.n_epochs else "outside fit"
-        if self._in_batch:
-            when += f", {'train' if self.training else 'validation'} batch {self.iter}"
-        return f"pluglearn: raised {source}, {when}"
-
-    def _cancel_reason(self, cancelled: CancelException) -> str:
-        owners = self._registry.calls.owner_of(cancelled)
-        who = " or ".join(sorted({o.plugin for o in owners})) or "the loop"
-        return f"{who}: {cancelled}" if str(cancelled) else f"{who} raised CancelFitException"
-
-    def _collect(self, phase: str) -> None:
-        owners = getattr(self, "_metric_owner", {})
-        for impl, result in self._registry.calls.call_each(
-            "collect_metrics", learn=self, phase=phase
-        ):
-            if result is None:
-                continue
-            if not isinstance(result, dict):
-                raise TypeError(
-                    f"plugin {impl.plugin!r}: 'collect_metrics' must return a dict of metrics or "
-                    f"None, got {type(result).__name__}."
-                )
-            for key, value in result.items():
-                if key in owners and owners[key] != impl.plugin:
-                    raise ValueError(
-                        f"metric {key!r} is reported by both {owners[key]!r} and {impl.plugin!r}: "
-                        "give one of them another name (e.g. its name= argument)."
-                    )
-                owners[key] = impl.plugin
-                self.metrics[key] = value
-        self._metric_owner = owners
 
     def _make_opt(self) -> None:
         if self.opt is None:
@@ -371,18 +315,3 @@ class Learner:
             yield
         finally:
             self.dls.release(made)
-
-
-class _GatherPreds:
-    """Internal plugin for ``get_preds``: keeps every validation batch's predictions and targets."""
-
-    plugin_name = "get_preds"
-
-    def __init__(self) -> None:
-        self.preds: list[torch.Tensor] = []
-        self.targets: list[torch.Tensor] = []
-
-    @hookimpl
-    def after_loss(self, learn: Learner) -> None:
-        self.preds.append(learn.preds.detach())
-        self.targets.append(learn.yb.detach())

@@ -1,0 +1,49 @@
+"""The Learner's collectors: merging the metric plugins' answers, gathering predictions."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+
+from .plugins.markers import hookimpl
+
+if TYPE_CHECKING:
+    from .learner import Learner
+
+
+def merge_metrics(learn: Learner, phase: str) -> None:
+    """Merge every ``collect_metrics`` answer for ``phase`` into ``learn.metrics``; two plugins
+    giving one name is an error naming both."""
+    owners = learn._metric_owner
+    for impl, result in learn.hooks.call_each("collect_metrics", learn=learn, phase=phase):
+        if result is None:
+            continue
+        if not isinstance(result, dict):
+            raise TypeError(
+                f"plugin {impl.plugin!r}: 'collect_metrics' must return a dict of metrics or "
+                f"None, got {type(result).__name__}."
+            )
+        for key, value in result.items():
+            if key in owners and owners[key] != impl.plugin:
+                raise ValueError(
+                    f"metric {key!r} is reported by both {owners[key]!r} and {impl.plugin!r}: "
+                    "give one of them another name (e.g. its name= argument)."
+                )
+            owners[key] = impl.plugin
+            learn.metrics[key] = value
+
+
+class GatherPreds:
+    """Internal plugin for ``get_preds``: keeps every validation batch's predictions and targets."""
+
+    plugin_name = "get_preds"
+
+    def __init__(self) -> None:
+        self.preds: list[torch.Tensor] = []
+        self.targets: list[torch.Tensor] = []
+
+    @hookimpl
+    def after_loss(self, learn: Learner) -> None:
+        self.preds.append(learn.preds.detach())
+        self.targets.append(learn.yb.detach())
