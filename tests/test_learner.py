@@ -307,3 +307,42 @@ def test_loaders_from_datasets_are_made_per_fit_and_released():
     learn.fit(1, plugins=[log])
     assert log.events.count("before_batch") == 2 + 1
     assert dls.train is None and dls.valid is None  # released after the fit
+
+
+def test_ctrl_c_runs_on_error_and_every_cleanup_and_removes_fit_plugins():
+    log = EventLog(("after_backward", 0, 1), KeyboardInterrupt())
+    learn = tiny_learner()
+    before = learn.plugins
+    with pytest.raises(KeyboardInterrupt):
+        learn.fit(2, plugins=[log])
+    assert log.events[-5:] == [
+        ("on_error", "KeyboardInterrupt"),
+        "cleanup_batch",
+        "cleanup_train",
+        "cleanup_epoch",
+        "cleanup_fit",
+    ]
+    assert learn.plugins == before
+
+
+def test_a_failing_dataset_is_located_in_the_loader_and_cleaned_up():
+    from pluglearn.scratch.data import Dataset
+
+    class Broken(Dataset):
+        def __getitem__(self, i):
+            if i == 5:
+                raise OSError("disk read failed")
+            return super().__getitem__(i)
+
+    x, y = tiny_data(12)
+    dls = DataLoaders.from_datasets(Broken(x[:8], y[:8]), Broken(x[8:], y[8:]), 4, seed=0)
+    log = EventLog()
+    learn = Learner(nn.Linear(4, 3), dls, defaults=False)
+    with pytest.raises(OSError, match="disk read failed") as info:
+        learn.fit(1, plugins=[log])
+    assert "outside any plugin (in the loader, the model or the loop), epoch 0" in str(
+        info.value.__notes__
+    )
+    tail = [("on_error", "OSError"), "cleanup_train", "cleanup_epoch", "cleanup_fit"]
+    assert log.events[-4:] == tail  # the fetch failed between batches: no batch was open
+    assert dls.train is None  # the loaders made for the fit were released
