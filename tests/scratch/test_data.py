@@ -328,3 +328,8 @@ def test_superseded_iterator_is_refused():
     with pytest.raises(RuntimeError, match="superseded"):
         next(old)
     assert loader.state_dict()["sampler"]["epoch"] == 2  # the abandoned epoch still counts
+
+
+def test_collate_names_a_dataset_that_returned_none():
+    with pytest.raises(TypeError, match=r"returned None for 1 of the 2 items.*`return` missing"):
+        collate([(torch.zeros(2), 1), None])

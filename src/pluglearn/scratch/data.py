@@ -61,6 +61,12 @@ def collate(items: Sequence[Any]) -> Any:
     if len(items) == 0:
         raise ValueError("collate needs at least one item; the batch is empty")
     first = items[0]
+    if any(item is None for item in items):  # a __getitem__ that forgot its return
+        raise TypeError(
+            f"the dataset returned None for {sum(item is None for item in items)} of the "
+            f"{len(items)} items of this batch: its __getitem__ must return the item, e.g. "
+            "(x, y) (is a `return` missing?)"
+        )
     np = sys.modules.get("numpy")  # numpy arrays are only possible if numpy is imported
     if isinstance(first, torch.Tensor):
         return torch.stack(list(items))
