@@ -194,11 +194,6 @@ def test_a_corrupt_checkpoint_names_the_file_and_the_fix(checkpoint, damage):
     assert all(torch.equal(v, learn.model.state_dict()[k]) for k, v in before.items())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=pytest.fail.Exception,  # only "DID NOT RAISE": a broken set-up is a real failure
-    reason="known gap: torch.load does not verify the CRC of tensor data, nor does pluglearn",
-)
 def test_a_flipped_byte_inside_the_weights_is_detected(checkpoint):
     data = bytearray(checkpoint.read_bytes())
     saved = torch.load(checkpoint, weights_only=True)["model"]["weight"]
@@ -206,8 +201,25 @@ def test_a_flipped_byte_inside_the_weights_is_detected(checkpoint):
     assert at > 0
     data[at + 1] ^= 0x40
     checkpoint.write_bytes(bytes(data))
-    with pytest.raises(CheckpointError):
+    with pytest.raises(CheckpointError, match="fails its CRC check"):
         learner().fit(2, resume_from=checkpoint)
+
+
+def test_a_plugin_state_a_safe_load_would_refuse_is_refused_when_saving(tmp_path):
+    import numpy as np
+
+    from pluglearn import hookimpl
+    from pluglearn.callbacks.checkpoint import Checkpoint
+
+    class NumpyState:
+        @hookimpl
+        def state_dict(self):
+            return {"seen": [1, np.zeros(3)]}
+
+    learn = learner()
+    learn.add_plugin(NumpyState())
+    with pytest.raises(TypeError, match=r"plugin 'NumpyState': state\['seen'\]\[1\] is a numpy"):
+        learn.fit(1, plugins=[Checkpoint(tmp_path)])
 
 
 def test_a_file_that_is_not_a_checkpoint_says_how_to_load_it(tmp_path):

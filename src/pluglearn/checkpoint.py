@@ -76,6 +76,7 @@ def capture(learn: Learner, epoch_end: bool = False) -> dict[str, Any]:
     plugins = {}
     for impl, result in learn.hooks.call_each("state_dict", learn=learn):
         if result is not None:
+            check_safe_state(result, f"plugin {impl.plugin!r}: state")
             plugins[impl.plugin] = result
     opt_state = learn.opt.state_dict() if hasattr(learn.opt, "state_dict") else None
     return {
@@ -94,6 +95,27 @@ def capture(learn: Learner, epoch_end: bool = False) -> dict[str, Any]:
             "stop_reason": learn.stop_reason,
         },
     }
+
+
+SAFE_TYPES = (torch.Tensor, int, float, bool, str, bytes, type(None))
+
+
+def check_safe_state(value: Any, path: str) -> None:
+    """Refuse, when saving, what ``torch.load(weights_only=True)`` would refuse at resume time."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, (str, int)):
+                raise TypeError(f"{path} has a key {key!r} of type {type(key).__name__}: use str.")
+            check_safe_state(item, f"{path}[{key!r}]")
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            check_safe_state(item, f"{path}[{i}]")
+    elif not isinstance(value, SAFE_TYPES):
+        raise TypeError(
+            f"{path} is a {type(value).__module__}.{type(value).__name__}, which a safe load "
+            "(weights_only=True) refuses: a state_dict hook must return tensors, numbers, "
+            "strings, lists and dicts (e.g. torch.from_numpy(array), or array.tolist())."
+        )
 
 
 def checkpoint_name(state: dict[str, Any], prefix: str = "ckpt") -> str:
@@ -133,13 +155,25 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise CheckpointError(f"no checkpoint file at {path}: pass a file or a directory of them.")
     try:
+        with zipfile.ZipFile(path) as archive:  # torch.load does not check the records' CRCs
+            damaged = archive.testzip()
+        if damaged is not None:
+            raise CheckpointError(
+                f"checkpoint {path} is corrupt or truncated: its record {damaged!r} fails its CRC "
+                "check (the file changed after it was written): resume from an earlier checkpoint, "
+                "or pass its directory to use the newest readable one."
+            )
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile) as error:
+    except pickle.UnpicklingError as error:
+        if "Weights only load failed" not in str(error):
+            raise _unreadable(path, error) from error
         raise CheckpointError(
-            f"checkpoint {path} is corrupt or truncated ({type(error).__name__}: "
-            f"{str(error).splitlines()[0] if str(error) else ''}): resume from an earlier "
-            "checkpoint, or pass its directory to use the newest readable one."
+            f"checkpoint {path} holds an object that a safe load (weights_only=True) refuses, so "
+            "it is not resumed: it was not written by pluglearn's Checkpoint, or a plugin's "
+            f"state held such an object ({str(error).splitlines()[-1][:200]})."
         ) from error
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile) as error:
+        raise _unreadable(path, error) from error
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(
             f"{path} is not a pluglearn checkpoint (no '{FORMAT}' marker): for bare weights use "
@@ -151,6 +185,14 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
             "upgrade pluglearn to resume it."
         )
     return state
+
+
+def _unreadable(path: Path, error: BaseException) -> CheckpointError:
+    first_line = str(error).splitlines()[0] if str(error) else ""
+    return CheckpointError(
+        f"checkpoint {path} is corrupt or truncated ({type(error).__name__}: {first_line}): "
+        "resume from an earlier checkpoint, or pass its directory to use the newest readable one."
+    )
 
 
 def checkpoints_in(directory: str | Path) -> list[Path]:

@@ -7,7 +7,6 @@ traceback for the innermost frame whose code belongs to a hook implementation.
 from __future__ import annotations
 
 from collections.abc import Callable
-from contextlib import suppress
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -26,11 +25,11 @@ def cleanup_after_error(
 
 
 def report_error(learn: Learner, error: BaseException) -> None:
-    """Once per error: add the note of where it came from, then call every ``on_error``."""
-    if getattr(error, "_pluglearn_seen", False):
+    """Once per error and call: add the note of where it came from, then call every
+    ``on_error`` (the phases it crosses on the way out see the same error and skip this)."""
+    if learn._reported is error:
         return
-    with suppress(AttributeError):  # mark it, so outer phases do not report it again
-        error._pluglearn_seen = True  # type: ignore[attr-defined]
+    learn._reported = error
     error.add_note(where(learn, error))
     try:
         learn.hooks.call_all("on_error", learn=learn, error=error)
@@ -59,3 +58,14 @@ def cancel_reason(learn: Learner, cancelled: CancelException) -> str:
     owners = learn.hooks.owner_of(cancelled)
     who = " or ".join(sorted({o.plugin for o in owners})) or "the loop"
     return f"{who}: {cancelled}" if str(cancelled) else f"{who} raised CancelFitException"
+
+
+def stray_cancel(learn: Learner, cancelled: CancelException) -> RuntimeError:
+    """The error for a cancel that no running phase could take (``CancelTrainException`` raised
+    in a validation batch, ``CancelBatchException`` outside a batch, a cancel from a cleanup)."""
+    phase = type(cancelled).__name__.removeprefix("Cancel").removesuffix("Exception").lower()
+    return RuntimeError(
+        f"{type(cancelled).__name__} {where(learn, cancelled).removeprefix('pluglearn: ')}, "
+        f"where no {phase} phase was running to end: raise it from a hook that runs inside that "
+        "phase (cleanup hooks cannot cancel; see pluglearn.plugins.specs)."
+    )

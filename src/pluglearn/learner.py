@@ -30,7 +30,7 @@ from .callbacks.train_step import TrainStep
 from .checks import check_done, check_lr, check_pair, report_order
 from .collect import GatherPreds, merge_metrics
 from .data.loaders import DataLoaders
-from .errors import cancel_reason, cleanup_after_error, report_error
+from .errors import cancel_reason, cleanup_after_error, report_error, stray_cancel
 from .exceptions import (
     CancelBatchException,
     CancelEpochException,
@@ -85,6 +85,7 @@ class Learner:
         self._batches: Iterable[Any] = ()
         self._registry = PluginRegistry()
         self._in_batch = False
+        self._reported: BaseException | None = None  # the error on_error was called for
         self._metric_owner: dict[str, str] = {}
         user = listify(plugins)
         chosen = [AvgLoss(), ProgressBar()] if defaults else []
@@ -167,7 +168,7 @@ class Learner:
 
                     if not restore(self, resume_from):
                         return  # the checkpointed run had already stopped: nothing to resume
-                self._phase("fit", CancelFitException, self._do_fit)
+                self._run_entry(lambda: self._phase("fit", CancelFitException, self._do_fit))
         finally:
             for plugin in reversed(added):
                 if plugin in self._registry:
@@ -177,7 +178,7 @@ class Learner:
         """One validation pass (eval mode, no gradients); returns its metrics."""
         self.metrics, self._metric_owner = {}, {}
         with self._loaders():
-            self._pass(train=False, dl=dl)
+            self._run_entry(lambda: self._pass(train=False, dl=dl))
         return dict(self.metrics)
 
     def get_preds(self, dl: Iterable[Any] | None = None) -> tuple[Any, Any]:
@@ -294,6 +295,18 @@ class Learner:
             cleanup_after_error(self, cleanup, error)
             raise
         cleanup(self)
+
+    def _run_entry(self, run: Callable[[], None]) -> None:
+        """Run a public entry point (fit, validate): an error that no phase reported (one from
+        ``cleanup_fit`` itself) is reported here; a cancel that no phase took becomes an error."""
+        self._reported = None
+        try:
+            run()
+        except CancelException as stray:
+            raise stray_cancel(self, stray) from stray
+        except BaseException as error:
+            report_error(self, error)
+            raise
 
     def _make_opt(self) -> None:
         if self.opt is None:

@@ -79,10 +79,10 @@ class RaiseAt:
 
 
 class PoisonInput:
-    """Replaces the inputs of one batch by NaN, as corrupt data would."""
+    """Replaces the inputs of one training batch by NaN, as corrupt data would."""
 
-    def __init__(self, epoch: int, batch: int, training: bool = True) -> None:
-        self.at = (epoch, batch, training)
+    def __init__(self, epoch: int, batch: int) -> None:
+        self.at = (epoch, batch, True)
         self.before: dict[str, torch.Tensor] | None = None  # weights as that batch started
 
     @hookimpl

@@ -10,6 +10,7 @@ from .metrics import Accuracy, AverageMetric, AvgLoss, MetricAdapter
 from .progress import ProgressBar
 from .recorder import Recorder
 from .report import ConsoleReport
+from .stopping import EarlyStopping, MetricNotFoundError, SaveBest, TerminateOnNaN
 from .train_step import TrainStep
 
 __all__ = [
@@ -20,14 +21,18 @@ __all__ = [
     "ConsoleReport",
     "DefaultLoader",
     "Device",
+    "EarlyStopping",
     "GradCheck",
     "GradCheckError",
     "GradCheckWarning",
     "ManualBackward",
     "MetricAdapter",
+    "MetricNotFoundError",
     "MetricsLogger",
     "ProgressBar",
     "Recorder",
+    "SaveBest",
+    "TerminateOnNaN",
     "TrainStep",
     "to_device",
 ]

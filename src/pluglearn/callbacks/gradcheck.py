@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import copy
 import warnings
-from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any, Literal
 
 import torch
@@ -50,6 +49,7 @@ from tqdm.auto import tqdm
 from ..dist import is_main_process
 from ..plugins.markers import hookimpl
 from ..scratch.modules import Module
+from .gradcheck_report import GradRow, blame, failure_message, format_table, grad_errors, one_line
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -60,7 +60,6 @@ __all__ = ["GradCheck", "GradCheckError", "GradCheckWarning", "GradRow", "grad_e
 
 _MANUAL_TOL = {torch.float64: (1e-9, 1e-12), torch.float32: (1e-4, 1e-6)}
 _HALF_TOL, _NUMERIC_TOL = (1e-2, 1e-3), (1e-5, 1e-7)
-_TITLE = {"manual": "manual backward vs autograd", "numeric": "autograd vs finite differences"}
 
 
 class GradCheckError(AssertionError):
@@ -69,43 +68,6 @@ class GradCheckError(AssertionError):
 
 class GradCheckWarning(UserWarning):
     """Issued instead of :class:`GradCheckError` with ``on_fail="warn"``."""
-
-
-@dataclass(frozen=True)
-class GradRow:
-    """One compared gradient (a parameter, or ``"input"``) of one checked batch."""
-
-    epoch: int
-    batch: int
-    name: str
-    module: str  # one-line repr of the module owning the parameter
-    shape: tuple[int, ...]
-    checked: int  # entries compared (numeric mode may sample a subset)
-    max_abs: float
-    max_rel: float
-    ok: bool  # max_abs <= atol + rtol * max |oracle|
-    rtol: float
-    atol: float
-    note: str = ""  # why a gradient could not be compared (missing .g, wrong shape)
-
-
-def grad_errors(got: Tensor | None, ref: Tensor) -> tuple[float, float, float]:
-    """``(max abs error, max rel error, max |ref|)`` of ``got`` against the oracle ``ref``.
-
-    A missing gradient or a wrong shape gives infinite errors.
-
-    >>> grad_errors(torch.tensor([1.0, 3.0]), torch.tensor([1.0, 4.0]))
-    (1.0, 0.25, 4.0)
-    """
-    scale = ref.abs().max().item() if ref.numel() else 0.0
-    if got is None or got.shape != ref.shape:
-        return float("inf"), float("inf"), scale
-    diff = (got.detach().to(ref.dtype) - ref).abs().max().item() if ref.numel() else 0.0
-    return diff, diff / max(scale, torch.finfo(ref.dtype).tiny), scale
-
-
-def _one_line(module: Any) -> str:
-    return f"{type(module).__name__}({module.extra_repr()})"
 
 
 def _walk(module: Module, path: str = "") -> Iterator[tuple[str, Module]]:
@@ -245,7 +207,7 @@ class GradCheck:
             elif id(out) in ref:
                 out.g = ref[id(out)]  # dL/d(out) from autograd: only the model's bwd is checked
             model.backward()
-            return self._manual_rows(learn, params, x, ref), self._culprit(modules, ref, loss)
+            return self._manual_rows(learn, params, x, ref), blame(modules, ref, loss, self._ok)
         finally:
             for _, p in params:
                 had, g = saved[id(p)]
@@ -265,26 +227,6 @@ class GradCheck:
         rtol, atol = self._tol(ref.dtype)
         err, _, scale = grad_errors(got, ref)
         return err <= atol + rtol * scale
-
-    def _culprit(self, modules: list[tuple[str, Module]], ref: dict, loss: Tensor) -> str:
-        """The modules whose bwd gets a right ``out.g`` but writes a wrong ``.g``; leaves first."""
-        leaves, others = [], []
-        for path, m in modules:
-            out = m.__dict__.get("out")
-            if out is not loss and (
-                id(out) not in ref or not self._ok(getattr(out, "g", None), ref[id(out)])
-            ):
-                continue  # the upstream gradient is already wrong (or unknown): not this bwd
-            own = [p for n, p in m.named_parameters() if "." not in n]
-            inputs = [t for t in [*m.__dict__.get("args", ()), *own] if id(t) in ref]
-            if any(not self._ok(getattr(t, "g", None), ref[id(t)]) for t in inputs):
-                where = (
-                    f"{type(m).__name__}.bwd (module {path!r})"
-                    if path
-                    else f"{type(m).__name__}.bwd (the model)"
-                )
-                (others if next(m.children(), None) else leaves).append(where)
-        return " / ".join(leaves or others)
 
     # ------------------------------------------------------------------------ numeric mode
 
@@ -354,38 +296,15 @@ class GradCheck:
         if got is not None and got.shape != ref.shape:
             note = f"(.g has shape {tuple(got.shape)})"
         n, ok = t.numel() if checked is None else checked, self._ok(got, ref)
-        head = (learn.epoch, learn.iter, name, _one_line(module), tuple(t.shape), n, err, rel, ok)
+        head = (learn.epoch, learn.iter, name, one_line(module), tuple(t.shape), n, err, rel, ok)
         return GradRow(*head, *self._tol(ref.dtype), note)
 
     def format_table(self, rows: list[GradRow]) -> str:
         """The table printed for one checked batch."""
-        head = (
-            f"GradCheck ({_TITLE[self.mode]}), epoch {rows[0].epoch}, batch {rows[0].batch}"
-            if rows
-            else ""
-        )
-        w = max([9, *(len(r.name) for r in rows)])
-        cols = f"{'shape':<14}{'checked':>8}  {'max abs err':>11}  {'max rel err':>11}  result"
-        lines = [head, f"{'parameter':<{w}}  {cols}"]
-        for r in rows:
-            result = "ok" if r.ok else f"FAIL {r.note}".rstrip()
-            errs = f"{r.max_abs:>11.2e}  {r.max_rel:>11.2e}"
-            lines.append(f"{r.name:<{w}}  {r.shape!s:<14}{r.checked:>8}  {errs}  {result}")
-        return "\n".join(lines)
+        return format_table(rows, self.mode)  # the function of gradcheck_report, not this method
 
     def _fail(self, failed: list[GradRow], culprit: str) -> None:
-        # name the failing parameter nearest the output: the others may only inherit its error
-        params = [r for r in failed if r.name != "input"]
-        worst = (params or failed)[-1]
-        where = culprit or f"{worst.module.split('(')[0]}.bwd"
-        msg = (
-            f"{worst.name} of {worst.module}: max rel error {worst.max_rel:.3g} > rtol "
-            f"{worst.rtol:g} (max abs error {worst.max_abs:.3g}, atol {worst.atol:g})"
-            f"{' ' + worst.note if worst.note else ''}: check {where}"
-        )
-        if len(failed) > 1:
-            msg += f". Failing: {', '.join(r.name for r in failed)}"
-        msg += f" (epoch {worst.epoch}, batch {worst.batch})."
+        msg = failure_message(failed, culprit)
         if self.on_fail == "raise":
             raise GradCheckError(msg)
         warnings.warn(msg, GradCheckWarning, stacklevel=2)
