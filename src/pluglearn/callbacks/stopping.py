@@ -165,6 +165,18 @@ class _Monitored:
         )
         return False
 
+    def _state(self, **extra: Any) -> dict[str, Any]:
+        """The monitored state every subclass saves, plus its own ``extra`` fields."""
+        best = {"best": self.best, "best_epoch": self.best_epoch}
+        return {"monitor": self.monitor, "mode": self.mode, **best, **extra}
+
+    def _load(self, learn: Learner, state: Mapping[str, Any]) -> bool:
+        """Restore the monitored state when it is this plugin's; True when it was."""
+        if not self._own_state(learn, state):
+            return False
+        self.best, self.best_epoch = state["best"], state["best_epoch"]
+        return True
+
 
 class EarlyStopping(_Monitored):
     """Ends the fit once ``monitor`` has not improved for ``patience`` epochs in a row.
@@ -220,18 +232,11 @@ class EarlyStopping(_Monitored):
 
     @hookimpl
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "monitor": self.monitor,
-            "mode": self.mode,
-            "best": self.best,
-            "best_epoch": self.best_epoch,
-            "wait": self.wait,
-        }
+        return self._state(wait=self.wait)
 
     @hookimpl
     def load_state_dict(self, learn: Learner, state: dict[str, Any]) -> None:
-        if self._own_state(learn, state):
-            self.best, self.best_epoch = state["best"], state["best_epoch"]
+        if self._load(learn, state):
             self.wait = int(state["wait"])
 
 
@@ -282,16 +287,9 @@ class SaveBest(_Monitored):
 
     @hookimpl
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "monitor": self.monitor,
-            "mode": self.mode,
-            "best": self.best,
-            "best_epoch": self.best_epoch,
-            "weights": self.weights,
-        }
+        return self._state(weights=self.weights)
 
     @hookimpl
     def load_state_dict(self, learn: Learner, state: dict[str, Any]) -> None:
-        if self._own_state(learn, state):
-            self.best, self.best_epoch = state["best"], state["best_epoch"]
+        if self._load(learn, state):
             self.weights = state["weights"]
