@@ -346,3 +346,17 @@ def test_a_failing_dataset_is_located_in_the_loader_and_cleaned_up():
     tail = [("on_error", "OSError"), "cleanup_train", "cleanup_epoch", "cleanup_fit"]
     assert log.events[-4:] == tail  # the fetch failed between batches: no batch was open
     assert dls.train is None  # the loaders made for the fit were released
+
+
+def test_validate_asks_only_for_the_validation_loader():
+    asked = []
+
+    class Spy:
+        @hookimpl
+        def make_dataloader(self, dataset, train):
+            asked.append(train)
+
+    x, y = tiny_data(12)
+    dls = DataLoaders.from_datasets((x[:8], y[:8]), (x[8:], y[8:]), 4, seed=0)
+    Learner(nn.Linear(4, 3), dls, plugins=[Spy()], defaults=False).validate()
+    assert asked == [False]

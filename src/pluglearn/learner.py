@@ -177,7 +177,7 @@ class Learner:
     def validate(self, dl: Iterable[Any] | None = None) -> dict[str, Any]:
         """One validation pass (eval mode, no gradients); returns its metrics."""
         self.metrics, self._metric_owner = {}, {}
-        with self._loaders():
+        with self._loaders(train=False):
             self._run_entry(lambda: self._pass(train=False, dl=dl))
         return dict(self.metrics)
 
@@ -318,12 +318,13 @@ class Learner:
             self.opt.lr = self.lr
 
     @contextmanager
-    def _loaders(self) -> Iterator[None]:
-        """Ask ``make_dataloader`` for the datasets of ``dls``; close the loaders afterwards."""
+    def _loaders(self, train: bool = True) -> Iterator[None]:
+        """Ask ``make_dataloader`` for the datasets of ``dls`` (the validation one only when not
+        ``train``); close the loaders afterwards."""
         if self.dls.resolved:
             yield
             return
-        made = self.dls.resolve(self)
+        made = self.dls.resolve(self, train=train)
         try:
             yield
         finally:

@@ -7,6 +7,7 @@ from .loaders import DefaultLoader
 from .logger import MetricsLogger
 from .manual_backward import ManualBackward
 from .metrics import Accuracy, AverageMetric, AvgLoss, MetricAdapter
+from .multiprocess_loader import MultiprocessLoader
 from .progress import ProgressBar
 from .recorder import Recorder
 from .report import ConsoleReport
@@ -29,6 +30,7 @@ __all__ = [
     "MetricAdapter",
     "MetricNotFoundError",
     "MetricsLogger",
+    "MultiprocessLoader",
     "ProgressBar",
     "Recorder",
     "SaveBest",

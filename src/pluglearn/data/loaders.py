@@ -190,17 +190,18 @@ class DataLoaders:
             self.valid_ds is None or self.valid is not None
         )
 
-    def resolve(self, learn: Learner) -> list[Any]:
-        """Ask ``make_dataloader`` for a loader per dataset; returns the loaders made."""
+    def resolve(self, learn: Learner, train: bool = True) -> list[Any]:
+        """Ask ``make_dataloader`` for a loader per dataset (the validation one only, when
+        ``train`` is False); returns the loaders made."""
         made = []
         try:
-            for attr, ds, train in (
+            for attr, ds, is_train in (
                 ("train", self.train_ds, True),
                 ("valid", self.valid_ds, False),
             ):
-                if ds is None or getattr(self, attr) is not None:
+                if ds is None or getattr(self, attr) is not None or (is_train and not train):
                     continue
-                dl = learn.hooks.call("make_dataloader", learn=learn, dataset=ds, train=train)
+                dl = learn.hooks.call("make_dataloader", learn=learn, dataset=ds, train=is_train)
                 if dl is None or not hasattr(dl, "__iter__"):
                     raise TypeError(
                         f"'make_dataloader' gave {type(dl).__name__} for the {attr} dataset: a "

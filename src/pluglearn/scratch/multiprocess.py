@@ -13,6 +13,7 @@ Before fetching batch `b` of epoch `e`, torch, `random` and numpy are seeded fro
 from __future__ import annotations
 
 import hashlib
+import io
 import multiprocessing
 import os
 import pickle
@@ -39,6 +40,7 @@ __all__ = ["MultiprocessDataLoader", "WorkerError"]
 _POLL_S = 0.1  # how often a waiting parent checks that its workers are alive
 _WATCHDOG_S = 1.0  # how often an idle worker checks that its parent is alive
 _JOIN_S = 5.0  # grace period for workers to exit before they are terminated
+_INLINE_MAX = 1 << 20  # bytes: smaller tensors travel inside the pickled batch (_BatchPickler)
 
 
 class WorkerError(RuntimeError):
@@ -80,11 +82,48 @@ def _make_batch(dataset: Any, collate_fn: Callable, idxs: list[int], seed: int) 
         return collate_fn([dataset[i] for i in idxs])
 
 
+def _tensor_from_bytes(data: bytearray, dtype: torch.dtype, shape: tuple[int, ...]) -> torch.Tensor:
+    return torch.frombuffer(data, dtype=torch.uint8).view(dtype).reshape(shape)
+
+
+class _BatchPickler(ForkingPickler):
+    """`ForkingPickler` that copies small CPU tensors into the pickle itself.
+
+    torch's own reduction moves every tensor into a new shared-memory file whose descriptor the
+    parent then fetches from the worker: a socket handshake per tensor, answered by a thread of
+    the worker only when its main thread (busy with the next batch) lets go of the GIL. For
+    tensors up to `_INLINE_MAX` bytes copying is cheaper than that round trip (2 workers on the
+    2-core development machine, 120 us items, 64 x 28 x 28 float32 batches: 13.2k items/s
+    against 11.4k).
+    Larger tensors, subclasses and anything unusual keep torch's shared-memory path. Tensors
+    of a batch that share storage arrive as separate copies.
+    """
+
+    def reducer_override(self, obj: Any) -> Any:
+        np = sys.modules.get("numpy")  # .numpy() gives the bytes without another copy
+        if (
+            type(obj) is torch.Tensor
+            and 0 < obj.nbytes <= _INLINE_MAX
+            and np is not None
+            and obj.device.type == "cpu"
+            and obj.layout == torch.strided
+            and not (obj.requires_grad or obj.is_quantized)
+        ):
+            flat = obj.resolve_conj().resolve_neg().contiguous().view(-1)
+            data = bytearray(flat.view(torch.uint8).numpy())
+            return _tensor_from_bytes, (data, obj.dtype, tuple(obj.shape))
+        return NotImplemented
+
+
 def _run_task(dataset: Any, collate_fn: Callable, idxs: list[int], seed: int) -> tuple:
     """Make one batch and pickle it here, so a failure (even in pickling) reaches the parent
     instead of dying silently in the queue's feeder thread."""
     try:
-        return True, bytes(ForkingPickler.dumps(_make_batch(dataset, collate_fn, idxs, seed)))
+        out = io.BytesIO()
+        _BatchPickler(out, pickle.HIGHEST_PROTOCOL).dump(
+            _make_batch(dataset, collate_fn, idxs, seed)
+        )
+        return True, out.getvalue()
     except Exception as exc:
         try:
             exc_bytes = pickle.dumps(exc)
@@ -328,6 +367,10 @@ class MultiprocessDataLoader:
             if method != "fork":  # fork children inherit these; other methods pickle them
                 _check_picklable(self.dataset, "dataset", method)
                 _check_picklable(self.collate_fn, "collate_fn", method)
+            elif "numpy" in sys.modules:
+                # numpy.random loads lazily and _seeded needs it: load it once, before the
+                # fork, rather than in every worker of every pool (6 ms each, 100+ ms when busy)
+                import numpy.random  # noqa: F401
             self._pool = _WorkerPool(ctx, self.n_workers, self.dataset, self.collate_fn)
             self._finalizer = weakref.finalize(self, self._pool.shutdown)
         return self._pool
