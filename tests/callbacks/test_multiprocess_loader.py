@@ -4,8 +4,6 @@ pool per fit kept across epochs, no process left behind on any exit, exact resum
 from __future__ import annotations
 
 import multiprocessing
-import os
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -19,6 +17,7 @@ from pluglearn.callbacks.checkpoint import Checkpoint
 from pluglearn.callbacks.multiprocess_loader import MultiprocessLoader, TensorItems
 from pluglearn.scratch.data import collate
 from pluglearn.scratch.multiprocess import MultiprocessDataLoader, WorkerError
+from tests.helpers import process_alive, wait_dead
 
 from . import _mp_datasets as D
 
@@ -40,30 +39,6 @@ def no_workers_left():
     assert multiprocessing.active_children() == []
 
 
-def _alive(pid: int) -> bool:
-    """True while ``pid`` runs; a zombie (exited, not yet reaped) counts as dead."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return False
-    except OSError:  # no /proc: signal 0 tells whether the pid exists
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        return True
-    return state != "Z"
-
-
-def _wait_dead(pids: list[int], within: float = 5.0) -> bool:
-    deadline = time.monotonic() + within
-    while any(_alive(p) for p in pids):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
-
-
 class WorkerPids:
     """Records the worker pids of the loader serving each batch, and whether they run."""
 
@@ -73,7 +48,7 @@ class WorkerPids:
     @hookimpl
     def after_batch(self, learn) -> None:
         pids = tuple(learn.dl.worker_pids)
-        assert all(_alive(p) for p in pids)
+        assert all(process_alive(p) for p in pids)
         self.seen.append((learn.epoch, learn.training, pids))
 
     def pids(self, training: bool) -> set[tuple[int, ...]]:
@@ -227,11 +202,11 @@ def test_one_pool_per_fit_is_kept_across_epochs_and_closed_at_the_end():
     (train,), (valid,) = pids.pids(training=True), pids.pids(training=False)
     assert len(train) == len(valid) == 2 and not set(train) & set(valid)
     assert {epoch for epoch, _, _ in pids.seen} == {0, 1, 2}  # the same pids in every epoch
-    assert multiprocessing.active_children() == [] and _wait_dead(pids.all_pids())
+    assert multiprocessing.active_children() == [] and wait_dead(pids.all_pids())
     learn.fit(1, plugins=[again := WorkerPids()])  # the next fit starts a pool of its own
     (train_again,) = again.pids(training=True)
     assert len(train_again) == 2 and not set(train_again) & set(train)
-    assert _wait_dead(again.all_pids())
+    assert wait_dead(again.all_pids())
     learn.validate()  # outside a fit: a pool for the validation set only, closed afterwards
 
 
@@ -246,7 +221,7 @@ def test_an_error_or_ctrl_c_from_a_plugin_mid_epoch_leaves_no_worker(exc):
     assert any("in plugin 'RaiseAt'" in note for note in info.value.__notes__)
     assert (learn.epoch, learn.iter) == (1, 2)
     assert len(set(pids.all_pids())) == 4  # a train pool and a valid pool were running
-    assert multiprocessing.active_children() == [] and _wait_dead(pids.all_pids())
+    assert multiprocessing.active_children() == [] and wait_dead(pids.all_pids())
 
 
 @needs_fork
@@ -266,7 +241,7 @@ def test_an_error_in_a_worker_names_the_batch_carries_its_traceback_and_leaves_n
     assert "Worker traceback:" in message and "in _corrupt_item" in message
     assert info.value.batch_index == batch and isinstance(info.value.__cause__, ValueError)
     assert any(n.startswith("pluglearn: raised") for n in info.value.__notes__)
-    assert multiprocessing.active_children() == [] and _wait_dead(pids.all_pids())
+    assert multiprocessing.active_children() == [] and wait_dead(pids.all_pids())
 
 
 @pytest.mark.timeout(120)

@@ -20,6 +20,7 @@ import torch
 
 from pluglearn.scratch.data import DataLoader, Dataset
 from pluglearn.scratch.multiprocess import MultiprocessDataLoader, WorkerError
+from tests.helpers import wait_dead
 
 from . import _datasets as D
 
@@ -36,30 +37,6 @@ ROOT = Path(__file__).resolve().parents[2]
 def no_workers_left():
     yield
     assert multiprocessing.active_children() == []
-
-
-def _alive(pid: int) -> bool:
-    """True while `pid` runs; a zombie (exited, not yet reaped by its parent) counts as dead."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return False
-    except OSError:  # no /proc: fall back to signal 0
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        return True
-    return state != "Z"
-
-
-def _wait_dead(pids: list[int], within: float = 5.0) -> bool:
-    deadline = time.monotonic() + within
-    while any(_alive(p) for p in pids):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
 
 
 def _gen(seed: int = 0) -> torch.Generator:
@@ -154,12 +131,12 @@ def test_pool_is_reused_across_epochs_and_closed():
         _epoch(loader)
         assert loader.worker_pids == pids
     loader.close()
-    assert loader.worker_pids == [] and _wait_dead(pids)
+    assert loader.worker_pids == [] and wait_dead(pids)
     loader.close()  # idempotent
     with loader:  # usable again: a new pool, closed by the with block
         assert len(_epoch(loader)) == 3
         pids = loader.worker_pids
-    assert _wait_dead(pids)
+    assert wait_dead(pids)
 
 
 @needs_fork
@@ -229,7 +206,7 @@ def test_keyboard_interrupt_closes_the_pool():
     pids = loader.worker_pids
     with pytest.raises(KeyboardInterrupt):
         it.throw(KeyboardInterrupt)
-    assert loader.worker_pids == [] and _wait_dead(pids)
+    assert loader.worker_pids == [] and wait_dead(pids)
     # A real SIGINT, while the parent waits for batch 1: with prefetch=1 that batch is only
     # requested inside next(), which cannot return before the batch (sent after the signal).
     # (Background jobs start with SIGINT ignored: install Python's handler for the test.)
@@ -243,7 +220,7 @@ def test_keyboard_interrupt_closes_the_pool():
             next(it)
     finally:
         signal.signal(signal.SIGINT, previous)
-    assert ctrl_c.worker_pids == [] and _wait_dead(pids)
+    assert ctrl_c.worker_pids == [] and wait_dead(pids)
 
 
 @needs_fork
@@ -253,7 +230,7 @@ def test_garbage_collection_closes_the_pool():
     pids = loader.worker_pids
     del loader
     gc.collect()
-    assert _wait_dead(pids)
+    assert wait_dead(pids)
 
 
 @needs_fork
@@ -273,7 +250,7 @@ def test_interpreter_exit_leaves_no_workers():
     )
     pids = [int(p) for p in out.stdout.split()]
     assert len(pids) == 2, out.stderr
-    assert _wait_dead(pids)
+    assert wait_dead(pids)
 
 
 def _start_loader_then_die(conn) -> None:
@@ -292,7 +269,7 @@ def test_workers_of_a_killed_parent_exit_on_their_own():
     pids = receiver.recv()
     parent.join()
     assert parent.exitcode == -signal.SIGKILL and len(pids) == 2
-    assert _wait_dead(pids)  # their watchdog noticed the orphaning
+    assert wait_dead(pids)  # their watchdog noticed the orphaning
 
 
 def test_unpicklable_arguments_are_named_before_any_worker_starts(monkeypatch):

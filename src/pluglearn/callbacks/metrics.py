@@ -41,7 +41,24 @@ def batch_size_of(yb: Any) -> int:
     return len(yb)
 
 
-class AverageMetric:
+class PerPass:
+    """Base of the metric plugins: ``_reset()`` at the start of every pass, except a train pass
+    resumed mid-way, which keeps the sums restored from its checkpoint."""
+
+    def _reset(self) -> None:
+        raise NotImplementedError(f"{type(self).__name__} must implement _reset()")
+
+    @hookimpl
+    def before_train(self, learn: Learner) -> None:
+        if learn.iter == 0:
+            self._reset()
+
+    @hookimpl
+    def before_validate(self) -> None:
+        self._reset()
+
+
+class AverageMetric(PerPass):
     """Base class: the per-item average of ``batch_sum(learn)`` over a pass.
 
     Subclasses implement ``batch_sum(learn) -> (sum over the batch's items, number of items)``.
@@ -64,15 +81,6 @@ class AverageMetric:
 
     def _reset(self) -> None:
         self.total, self.count = 0.0, 0
-
-    @hookimpl
-    def before_train(self, learn: Learner) -> None:
-        if learn.iter == 0:  # a pass resumed mid-way keeps the sums restored from its checkpoint
-            self._reset()
-
-    @hookimpl
-    def before_validate(self) -> None:
-        self._reset()
 
     @hookimpl
     def after_loss(self, learn: Learner) -> None:
@@ -131,7 +139,7 @@ class Accuracy(AverageMetric):
         return (preds.argmax(dim=1) == targets).sum().item(), len(targets)
 
 
-class MetricAdapter:
+class MetricAdapter(PerPass):
     """Any metric object with ``update(preds, targets)``, ``compute()`` and ``reset()``: the
     protocol of torchmetrics and torcheval (which reduce across processes themselves)."""
 
@@ -156,14 +164,6 @@ class MetricAdapter:
     def _reset(self) -> None:
         self.metric.reset()
         self._updated = False
-
-    @hookimpl
-    def before_train(self) -> None:
-        self._reset()
-
-    @hookimpl
-    def before_validate(self) -> None:
-        self._reset()
 
     @hookimpl
     def after_loss(self, learn: Learner) -> None:
