@@ -1,0 +1,45 @@
+"""Metrics reduce across processes and reporters print on rank 0 only (two gloo processes)."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from pluglearn.dist import is_main_process, reduce_sum
+from tests import _dist_worker
+
+
+@pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")
+@pytest.mark.timeout(120)
+def test_metrics_are_averaged_over_every_process_and_only_rank_0_reports(tmp_path):
+    ctx = mp.get_context("spawn")
+    ranks = [
+        ctx.Process(target=_dist_worker.run, args=(r, 2, str(tmp_path / "store"), str(tmp_path)))
+        for r in range(2)
+    ]
+    for p in ranks:
+        p.start()
+    for p in ranks:
+        p.join(100)
+    assert [p.exitcode for p in ranks] == [0, 0]
+    results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    # the oracle: the per-item average over all 9 items, computed in one process
+    x = torch.cat([_dist_worker.shard(r)[0] for r in range(2)])
+    y = torch.cat([_dist_worker.shard(r)[1] for r in range(2)])
+    preds = _dist_worker.model()(x)
+    loss = F.cross_entropy(preds, y).item()
+    accuracy = (preds.argmax(1) == y).float().mean().item()
+    for result in results:
+        assert result["valid_loss"] == pytest.approx(loss, rel=1e-6)
+        assert result["accuracy"] == pytest.approx(accuracy, rel=1e-6)
+    assert "epoch 1/1" in results[0]["printed"] and results[1]["printed"] == ""
+
+
+def test_on_one_process_reduction_is_the_identity():
+    assert is_main_process()
+    assert reduce_sum(2.5, 4.0) == [2.5, 4.0]
