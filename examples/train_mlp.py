@@ -1,9 +1,11 @@
 """Train the notebook's MLP (784-50-10 on MNIST) with the pluglearn Learner.
 
 For: anyone trying pluglearn for the first time; it is the main job of the README.
-Offline by default on scikit-learn's bundled 8x8 digits (the MLP is sized to the data, 64-50-10);
-``--data mnist`` uses the cached or downloaded MNIST, ``--data PATH_OR_URL`` a pickle in the
-notebook's layout (or a folder of IDX files). It shows a progress bar, prints the final accuracy,
+By default it trains on MNIST when MNIST is available without a download (already in the cache,
+or ``PLUGLEARN_MNIST_URL`` names a file or mirror), else offline on scikit-learn's bundled 8x8
+digits (the MLP is sized to the data, 64-50-10). ``--data digits`` forces the digits, ``--data
+mnist`` the cache or download, ``--data PATH_OR_URL`` a pickle in the notebook's layout (or a
+folder of IDX files). It shows a progress bar, prints the final accuracy,
 writes the loss plot, and exits non-zero when the accuracy misses the target.
 
     python examples/train_mlp.py
@@ -21,7 +23,7 @@ from torch import nn
 from pluglearn import Accuracy, DataLoaders, Learner, Recorder
 
 # ----------------------------------------------------------------------------- settings
-DATA = "digits"  # "digits" (bundled, offline), "mnist" (cache or download), or a path / URL
+DATA = "auto"  # "auto" (MNIST if available, else digits), "digits", "mnist", or a path / URL
 EPOCHS = 10
 BATCH_SIZE = 64
 LR = 0.05
@@ -37,6 +39,10 @@ def load(
     data: str,
 ) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor], str]:
     """(train, valid, kind) where kind names the target: "digits" or "mnist"."""
+    if data == "auto":
+        from pluglearn.data.mnist import mnist_available
+
+        data = "mnist" if mnist_available() else "digits"
     if data == "digits":
         from pluglearn.data.digits import load_digits
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,26 +13,29 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED_PICKLE = ROOT.parent / "shared/data/mnist/mnist-t10k-split.pkl.gz"
 
 
-def run_example(name: str, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+def run_example(name: str, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, str(ROOT / "examples" / name), *args],
+        env={**os.environ, **(env or {})},
         capture_output=True,
         text=True,
         timeout=240,
-        cwd=cwd or ROOT,
+        cwd=ROOT,
     )
 
 
 def test_main_example_trains_on_digits_and_writes_the_plot(tmp_path):
     plot = tmp_path / "loss.png"
-    result = run_example("train_mlp.py", "--epochs", "3", "--plot", str(plot))
+    result = run_example("train_mlp.py", "--data", "digits", "--epochs", "3", "--plot", str(plot))
     assert result.returncode == 0, result.stderr
     assert "final validation accuracy" in result.stdout
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_main_example_exits_non_zero_below_its_target():
-    result = run_example("train_mlp.py", "--epochs", "1", "--plot", "", "--target", "1.01")
+    result = run_example(
+        "train_mlp.py", "--data", "digits", "--epochs", "1", "--plot", "", "--target", "1.01"
+    )
     assert result.returncode == 1
     assert "below the target" in result.stderr
 
@@ -48,3 +52,18 @@ def test_plugin_example_stops_at_its_target():
     result = run_example("write_a_plugin.py")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "stopped: StopAtAccuracy" in result.stdout and result.stdout.rstrip().endswith("OK")
+
+
+def test_main_example_defaults_to_digits_when_mnist_needs_a_download(tmp_path):
+    env = {"PLUGLEARN_CACHE": str(tmp_path), "PLUGLEARN_MNIST_URL": ""}
+    result = run_example("train_mlp.py", "--epochs", "1", "--plot", "", "--target", "0", env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("digits: ")
+
+
+@pytest.mark.skipif(not SHARED_PICKLE.exists(), reason="needs ../shared/data/mnist (real MNIST)")
+def test_main_example_defaults_to_mnist_when_it_is_available(tmp_path):
+    env = {"PLUGLEARN_CACHE": str(tmp_path), "PLUGLEARN_MNIST_URL": str(SHARED_PICKLE)}
+    result = run_example("train_mlp.py", "--epochs", "1", "--plot", "", "--target", "0", env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("mnist: 8000 train / 1000 valid items, MLP 784-50-10")

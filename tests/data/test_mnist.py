@@ -434,3 +434,21 @@ def test_shared_tampered_copy_is_refused(shared_mnist_dir, tmp_path, serve, cach
     with pytest.raises(ChecksumError, match=SHARED_PKL_MD5):
         load_mnist(serve(tmp_path).url + SHARED_PKL, md5=SHARED_PKL_MD5)
     assert _files(cache) == []
+
+
+def test_mnist_available_only_without_a_download(tmp_path, monkeypatch):
+    from urllib.parse import urlsplit
+
+    from pluglearn.data.download import cache_path, file_name
+    from pluglearn.data.mnist import DEFAULT_URL, URL_ENV, mnist_available
+
+    monkeypatch.delenv(URL_ENV, raising=False)
+    assert not mnist_available(cache_dir=tmp_path)  # empty cache, no configured source
+    cached = cache_path(tmp_path, DEFAULT_URL) / file_name(urlsplit(DEFAULT_URL).path)
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(b"x")
+    assert mnist_available(cache_dir=tmp_path)
+    monkeypatch.setenv(URL_ENV, str(tmp_path / "missing.pkl.gz"))
+    assert not mnist_available(cache_dir=tmp_path)
+    monkeypatch.setenv(URL_ENV, "http://127.0.0.1:9/mnist.pkl.gz")
+    assert mnist_available(cache_dir=tmp_path)

@@ -58,6 +58,7 @@ __all__ = [
     "MnistSplits",
     "default_cache_dir",
     "load_mnist",
+    "mnist_available",
     "read_idx",
     "read_mnist_pickle",
 ]
@@ -129,6 +130,18 @@ def load_mnist(
         )
     verify(path, _str_md5(md5, source))
     return read_mnist_pickle(path)
+
+
+def mnist_available(cache_dir: Source | None = None) -> bool:
+    """True when :func:`load_mnist` with no source can work without asking for a download:
+    ``$PLUGLEARN_MNIST_URL`` names something (a path that exists, or a URL the user chose), or
+    the default URL's file is already in the cache."""
+    configured = os.environ.get(URL_ENV)
+    if configured:
+        return "://" in configured or Path(configured).expanduser().exists()
+    cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    url = urllib.parse.urlsplit(DEFAULT_URL)
+    return (cache_path(cache, DEFAULT_URL) / file_name(url.path)).is_file()
 
 
 def _str_md5(md5: object, source: str) -> str | None:
