@@ -10,17 +10,8 @@ import torch
 from torch import nn
 
 from pluglearn import DataLoaders, Learner, hookimpl
-from pluglearn.plugins.manager import HOOKS
+from pluglearn.plugins.guards import BATCH_EVENTS, HOOKS
 
-BATCH_EVENTS = {
-    "before_batch",
-    "after_pred",
-    "after_loss",
-    "after_backward",
-    "after_step",
-    "after_batch",
-    "cleanup_batch",
-}
 EVENTS = [h for h in HOOKS if h.split("_")[0] in ("before", "after", "cleanup")] + ["on_error"]
 
 

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pluglearn import DataLoaders, Learner, hookimpl
+from pluglearn.callbacks.accumulate import GradientAccumulation
 from pluglearn.callbacks.manual_backward import ManualBackward
 from pluglearn.scratch.modules import CrossEntropy, Linear, ReLU, Sequential
 from pluglearn.scratch.optim import SGD
@@ -77,25 +78,13 @@ def test_every_optimizer_reads_the_manual_gradients_without_autograd(opt_func, a
     assert_weights_close(got, expected, 1e-12, 1e-14)
 
 
-class Accumulate2:
-    """Steps and zeroes on odd batches only: .grad sums two batches, as autograd does."""
-
-    @hookimpl
-    def step(self, learn):
-        return True if learn.iter % 2 == 0 else None
-
-    @hookimpl
-    def zero_grad(self, learn):
-        return True if learn.iter % 2 == 0 else None
-
-
 def test_gradients_accumulate_into_grad_like_autograd():
     dt = torch.float64
-    expected = fit(net(dt), [Accumulate2()], dtype=dt)
-    got = fit(net(dt), [Accumulate2(), ManualBackward()], dtype=dt)
+    expected = fit(net(dt), [GradientAccumulation(2, scale_loss=False)], dtype=dt)
+    got = fit(net(dt), [GradientAccumulation(2, scale_loss=False), ManualBackward()], dtype=dt)
     assert_weights_close(got, expected, 1e-12, 1e-14)
     # scratch SGD's default reads .g, which holds only the last batch: not the accumulated fit
-    plugins = [Accumulate2(), ManualBackward()]
+    plugins = [GradientAccumulation(2, scale_loss=False), ManualBackward()]
     last_only = fit(net(dt), plugins, opt_func=partial(SGD, grad_attr="g"), dtype=dt)
     with pytest.raises(AssertionError):
         assert_weights_close(last_only, expected, 1e-6, 1e-6)

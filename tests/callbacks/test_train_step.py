@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pluglearn import DataLoaders, Learner, ProgressBar, TrainStep, hookimpl
+from pluglearn.callbacks.accumulate import GradientAccumulation
 
 K = 3
 
@@ -175,24 +176,14 @@ def test_backward_and_compute_loss_providers_replace_the_default(data, provider,
     assert_same_weights(model, ref)
 
 
-class Accumulate2:
-    """The module docstring's example: step and zero the gradients every second batch."""
-
-    @hookimpl
-    def step(self, learn):
-        return True if learn.iter % 2 == 0 else None
-
-    @hookimpl
-    def zero_grad(self, learn):
-        return True if learn.iter % 2 == 0 else None
-
-
 def test_gradient_accumulation_by_step_and_zero_grad_providers():
     x, y = make_data(16, seed=4)
     train = shuffled_batches(x, y, 4, seed=5)  # 4 batches
     model = make_model()
     ref = copy.deepcopy(model)
-    make_learner(model, train, train[:1], plugins=[Accumulate2()]).fit(1)
+    make_learner(model, train, train[:1], plugins=[GradientAccumulation(2, scale_loss=False)]).fit(
+        1
+    )
 
     opt = torch.optim.SGD(ref.parameters(), lr=0.3)
     for i, (xb, yb) in enumerate(train):

@@ -1,5 +1,6 @@
 """The built-in plugins of pluglearn, one concept per module."""
 
+from .accumulate import GradientAccumulation
 from .checkpoint import Checkpoint
 from .device import Device, to_device
 from .gradcheck import GradCheck, GradCheckError, GradCheckWarning
@@ -26,6 +27,7 @@ __all__ = [
     "GradCheck",
     "GradCheckError",
     "GradCheckWarning",
+    "GradientAccumulation",
     "ManualBackward",
     "MetricAdapter",
     "MetricNotFoundError",

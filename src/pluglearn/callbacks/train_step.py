@@ -1,21 +1,9 @@
 """TrainStep: the default predict / compute_loss / backward / step / zero_grad.
 
 Registered last by every Learner, with ``trylast``, so that any plugin answering one of these
-steps replaces it for that step only. Example: a plugin that accumulates gradients over two
-batches answers ``step`` and ``zero_grad`` on odd batches and leaves the rest to TrainStep::
-
-    class Accumulate2:
-        @hookimpl
-        def step(self, learn):
-            return True if learn.iter % 2 == 0 else None   # skip the step on even batches
-
-        @hookimpl
-        def zero_grad(self, learn):
-            return True if learn.iter % 2 == 0 else None
-
-When ``loss_func`` fails (targets of another length, labels beyond the model's classes, float
-labels...), the error keeps its type and gains a note with both shapes and dtypes, what looks
-wrong and the fix (:func:`explain_loss_failure`).
+steps replaces it for that step only: ``GradientAccumulation`` answers ``step`` and
+``zero_grad`` on the batches where gradients keep adding up, ``ManualBackward`` answers
+``backward``.
 """
 
 from __future__ import annotations

@@ -35,6 +35,16 @@ def _spec_table() -> dict[str, tuple[tuple[str, ...], bool]]:
 
 #: hook name -> (argument names, first result wins)
 HOOKS: dict[str, tuple[tuple[str, ...], bool]] = _spec_table()
+#: the events of one training batch, in call order (a validation batch skips the two steps)
+BATCH_EVENTS = (
+    "before_batch",
+    "after_pred",
+    "after_loss",
+    "after_backward",
+    "after_step",
+    "after_batch",
+    "cleanup_batch",
+)
 #: hooks whose every implementation runs even when one raises
 RUN_ALL_HOOKS = frozenset(h for h in HOOKS if h.startswith("cleanup_") or h == "on_error")
 
