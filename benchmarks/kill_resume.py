@@ -12,7 +12,6 @@ by where the cut was: it should not grow with the cut (no replay of the batches 
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import signal
 import statistics
@@ -23,7 +22,11 @@ from pathlib import Path
 
 import torch
 
-JOB = Path(__file__).resolve().parents[1] / "tests" / "resume_job.py"
+ROOT = Path(__file__).resolve().parents[1]
+JOB = ROOT / "tests" / "resume_job.py"
+sys.path.insert(0, str(ROOT))
+from tests.resume_job import run_and_signal  # noqa: E402  (the job and how to kill it)
+
 TOTAL_BATCHES = 60
 
 
@@ -32,21 +35,6 @@ def run(args: list[str]) -> str:
     if result.returncode != 0:
         raise RuntimeError(f"job failed: {result.stderr[-2000:]}")
     return result.stdout
-
-
-def kill_at(directory: Path, batch: int) -> None:
-    child = subprocess.Popen(
-        [sys.executable, str(JOB), str(directory)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    assert child.stdout is not None
-    for line in child.stdout:
-        if line.strip() == f"batch {batch}":
-            os.kill(child.pid, signal.SIGKILL)
-            break
-    child.wait()
 
 
 def value(output: str, key: str) -> float:
@@ -67,7 +55,7 @@ def main() -> None:
         for i in range(args.runs):
             cut = rng.randrange(1, TOTAL_BATCHES)
             directory = tmp_path / f"run{i}"
-            kill_at(directory, cut)
+            run_and_signal(directory, cut, signal.SIGKILL, sleep=0.0)
             out = run([str(directory), "--resume", "--out", str(tmp_path / f"out{i}.pt")])
             weights = torch.load(tmp_path / f"out{i}.pt", weights_only=True)
             same = all(torch.equal(weights[k], v) for k, v in reference.items())

@@ -78,6 +78,29 @@ def make_learner(directory: str, sleep: float = 0.0) -> Learner:
     return Learner(model, dls, opt_func=opt_func, lr=0.05, plugins=[*plugins, Announce(sleep)])
 
 
+def run_and_signal(
+    directory: str | Path, at_batch: int, sig: int, sleep: float = 0.03
+) -> tuple[int, str]:
+    """Run this job as a child process and send it ``sig`` once it has finished training batch
+    ``at_batch``; returns its exit code and what it wrote to stderr."""
+    import os
+    import subprocess
+
+    child = subprocess.Popen(
+        [sys.executable, __file__, str(directory), "--sleep", str(sleep)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert child.stdout is not None
+    for line in child.stdout:
+        if line.strip() == f"batch {at_batch}":
+            os.kill(child.pid, sig)
+            break
+    _, stderr = child.communicate(timeout=60)
+    return child.returncode, stderr
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("directory")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import random
 import signal
 import subprocess
@@ -23,7 +22,7 @@ from pluglearn.checkpoint import (
     save_checkpoint,
 )
 from tests.helpers import EventLog, batches, tiny_data
-from tests.resume_job import make_learner
+from tests.resume_job import make_learner, run_and_signal
 
 JOB = Path(__file__).with_name("resume_job.py")
 BATCHES_PER_EPOCH, EPOCHS = 20, 3
@@ -37,24 +36,6 @@ def run_job(directory: Path, *args: str) -> subprocess.CompletedProcess:
         timeout=120,
         check=False,
     )
-
-
-def start_and_signal(directory: Path, at_batch: int, sig: int) -> tuple[int, str]:
-    """Start the job, send ``sig`` once it has finished training batch ``at_batch``; returns
-    the exit code and what the job wrote to stderr."""
-    child = subprocess.Popen(
-        [sys.executable, str(JOB), str(directory), "--sleep", "0.03"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert child.stdout is not None
-    for line in child.stdout:
-        if line.strip() == f"batch {at_batch}":
-            os.kill(child.pid, sig)
-            break
-    _, stderr = child.communicate(timeout=60)
-    return child.returncode, stderr
 
 
 def load_weights(path: Path) -> dict[str, torch.Tensor]:
@@ -81,7 +62,7 @@ def test_sigkill_at_random_batches_then_resume_is_bit_identical(tmp_path, refere
     cuts = random.Random(7).sample(range(1, BATCHES_PER_EPOCH * EPOCHS), 2)
     for cut in [BATCHES_PER_EPOCH, *cuts]:  # an epoch boundary and two random batches
         directory = tmp_path / f"cut{cut}"
-        returncode, _ = start_and_signal(directory, cut, signal.SIGKILL)
+        returncode, _ = run_and_signal(directory, cut, signal.SIGKILL)
         assert returncode == -signal.SIGKILL
         assert checkpoints_in(directory), "the job was killed before any checkpoint"
         resumed = run_job(directory, "--resume", "--out", str(tmp_path / f"out{cut}.pt"))
@@ -93,7 +74,7 @@ def test_sigkill_at_random_batches_then_resume_is_bit_identical(tmp_path, refere
 def test_ctrl_c_saves_a_checkpoint_after_the_batch_then_resume_is_bit_identical(
     tmp_path, reference
 ):
-    returncode, stderr = start_and_signal(tmp_path / "ckpt", 27, signal.SIGINT)
+    returncode, stderr = run_and_signal(tmp_path / "ckpt", 27, signal.SIGINT)
     assert returncode != 0 and "KeyboardInterrupt: interrupted; resume with" in stderr
     newest = load_checkpoint(checkpoints_in(tmp_path / "ckpt")[-1])
     # saved after the batch that was running when Ctrl-C came (later if the machine is slow)

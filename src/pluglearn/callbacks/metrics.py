@@ -36,11 +36,6 @@ def _check_phases(phases: Sequence[str]) -> tuple[str, ...]:
     return tuple(phases)
 
 
-def batch_size_of(yb: Any) -> int:
-    """The number of items in a batch of targets."""
-    return len(yb)
-
-
 class PerPass:
     """Base of the metric plugins: ``_reset()`` at the start of every pass, except a train pass
     resumed mid-way, which keeps the sums restored from its checkpoint."""
@@ -117,7 +112,7 @@ class AvgLoss(AverageMetric):
         return f"{phase}_loss"
 
     def batch_sum(self, learn: Learner) -> tuple[float | torch.Tensor, int]:
-        n = batch_size_of(learn.batch[1])
+        n = len(learn.batch[1])
         loss = learn.loss.detach()
         # on CPU a float is cheapest; on an accelerator a tensor sum avoids a sync per batch
         return (loss.item() if loss.device.type == "cpu" else loss) * n, n

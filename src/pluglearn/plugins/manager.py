@@ -59,9 +59,6 @@ class PluginRegistry:
     def __contains__(self, plugin: object) -> bool:
         return any(p is plugin for p in self._plugins)
 
-    def name_of(self, plugin: object) -> str:
-        return self._names[self._index(plugin)]
-
     def get(self, name: str) -> object:
         """The plugin registered under ``name``."""
         if name not in self._names:
