@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from pluglearn import DataLoaders, Learner, hookimpl
-from pluglearn.checkpoint import CheckpointError, capture, save_checkpoint
+from pluglearn.checkpoint import CheckpointError, save_checkpoint
+from pluglearn.resume import capture
 from tests.helpers import batches, tiny_data
 
 X, Y = tiny_data(12)  # 4 inputs, 3 classes

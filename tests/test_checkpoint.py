@@ -14,13 +14,8 @@ from torch import nn
 
 from pluglearn import CancelFitException, DataLoaders, Learner, hookimpl
 from pluglearn.callbacks.checkpoint import Checkpoint
-from pluglearn.checkpoint import (
-    CheckpointError,
-    capture,
-    checkpoints_in,
-    load_checkpoint,
-    save_checkpoint,
-)
+from pluglearn.checkpoint import CheckpointError, checkpoints_in, load_checkpoint, save_checkpoint
+from pluglearn.resume import capture
 from tests.helpers import EventLog, batches, tiny_data
 from tests.resume_job import make_learner, run_and_signal
 

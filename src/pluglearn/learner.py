@@ -164,7 +164,7 @@ class Learner:
             self._make_opt()
             with self._loaders():
                 if resume_from is not None:
-                    from .checkpoint import restore
+                    from .resume import restore
 
                     if not restore(self, resume_from):
                         return  # the checkpointed run had already stopped: nothing to resume

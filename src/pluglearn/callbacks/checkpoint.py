@@ -20,8 +20,9 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..checkpoint import capture, checkpoint_name, checkpoints_in, load_checkpoint, save_checkpoint
+from ..checkpoint import checkpoint_name, checkpoints_in, load_checkpoint, save_checkpoint
 from ..plugins.markers import hookimpl
+from ..resume import capture
 
 if TYPE_CHECKING:
     from ..learner import Learner
