@@ -1,0 +1,143 @@
+"""Plugins from installed packages: the entry-point group ``pluglearn`` (pytest's ``pytest11``).
+
+A package publishes a plugin by declaring it in its ``pyproject.toml``::
+
+    [project.entry-points.pluglearn]
+    grad_norm = "pluglearn_gradnorm:GradNorm"      # a class (made with no arguments) or an object
+
+and every ``Learner`` then gets it, after the user's plugins and before the defaults. Users
+control this as in pytest:
+
+- ``PLUGLEARN_DISABLE_PLUGIN_AUTOLOAD=1``: load no installed plugin ...
+- ``PLUGLEARN_PLUGINS=grad_norm,other``: ... except these (by entry-point name);
+- ``PLUGLEARN_BLOCK_PLUGINS=grad_norm``, or ``Learner(..., block_plugins=["grad_norm"])``: never
+  load these.
+
+Example::
+
+    from pluglearn.plugins.entrypoints import autoload_plugins, installed_plugins
+    [p.name for p in installed_plugins()]          # what is installed, in load order
+    autoload_plugins(block=["grad_norm"])          # the plugin objects a Learner would get
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Iterable
+from dataclasses import dataclass
+from importlib.metadata import EntryPoint, entry_points
+
+from .guards import PluginError, PluginWarning
+
+__all__ = [
+    "BLOCK_ENV",
+    "DISABLE_ENV",
+    "GROUP",
+    "PLUGINS_ENV",
+    "InstalledPlugin",
+    "PluginLoadError",
+    "autoload_plugins",
+    "installed_plugins",
+]
+
+#: the entry-point group a package declares its plugins under
+GROUP = "pluglearn"
+#: set (to anything but "" or "0") to load no installed plugin unless PLUGINS_ENV names it
+DISABLE_ENV = "PLUGLEARN_DISABLE_PLUGIN_AUTOLOAD"
+#: comma-separated entry-point names to load even when autoloading is disabled
+PLUGINS_ENV = "PLUGLEARN_PLUGINS"
+#: comma-separated entry-point names never to load
+BLOCK_ENV = "PLUGLEARN_BLOCK_PLUGINS"
+
+
+class PluginLoadError(PluginError):
+    """An installed plugin could not be imported or made; names the package and entry point."""
+
+
+@dataclass(frozen=True)
+class InstalledPlugin:
+    """One entry point of the ``pluglearn`` group: ``name = value`` from ``package version``."""
+
+    name: str
+    value: str
+    package: str
+    version: str
+    entry_point: EntryPoint
+
+    def describe(self) -> str:
+        """``grad_norm = pluglearn_gradnorm:GradNorm (pluglearn-gradnorm 0.1.0)``."""
+        return f"{self.name} = {self.value} ({self.package} {self.version})"
+
+    def load(self) -> object:
+        """Import the object and make the plugin (a class is called with no arguments)."""
+        try:
+            obj = self.entry_point.load()
+            return obj() if isinstance(obj, type) else obj
+        except Exception as error:
+            raise PluginLoadError(
+                f"installed plugin {self.describe()} failed to load: "
+                f"{type(error).__name__}: {error}. Fix or upgrade the package "
+                f"(pip install -U {self.package}), uninstall it, or skip it with "
+                f"{BLOCK_ENV}={self.name} or Learner(..., block_plugins=[{self.name!r}])."
+            ) from error
+
+
+def installed_plugins(group: str = GROUP) -> list[InstalledPlugin]:
+    """Every entry point of ``group`` in the installed packages, sorted by name then package."""
+    found = []
+    for ep in entry_points(group=group):
+        dist = ep.dist
+        package = dist.metadata["Name"] if dist is not None else "?"
+        version = dist.version if dist is not None else "?"
+        found.append(InstalledPlugin(ep.name, ep.value, package, version, ep))
+    return sorted(found, key=lambda p: (p.name, p.package))
+
+
+def _env_names(var: str) -> list[str]:
+    return [n.strip() for n in os.environ.get(var, "").split(",") if n.strip()]
+
+
+def _autoload_disabled() -> bool:
+    return os.environ.get(DISABLE_ENV, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def _unknown(names: Iterable[str], installed: list[InstalledPlugin], how: str) -> str | None:
+    known = {p.name for p in installed}
+    missing = [n for n in names if n not in known]
+    if not missing:
+        return None
+    listing = ", ".join(p.describe() for p in installed) or "none"
+    return (
+        f"{how} names no installed pluglearn plugin: {', '.join(map(repr, missing))}. "
+        f"Installed (entry-point names): {listing}. Check the spelling, or run `pluglearn plugins`."
+    )
+
+
+def autoload_plugins(block: Iterable[str] = (), group: str = GROUP) -> list[object]:
+    """The plugin objects of the installed packages, in entry-point name order.
+
+    ``block`` (entry-point names) and ``$PLUGLEARN_BLOCK_PLUGINS`` are never loaded; with
+    ``$PLUGLEARN_DISABLE_PLUGIN_AUTOLOAD`` set, only those named in ``$PLUGLEARN_PLUGINS`` are.
+    A name in ``block`` that matches no installed plugin is a :class:`PluginError`; one in the
+    environment variables only warns (the variable may be meant for another environment).
+    A plugin that fails to import raises :class:`PluginLoadError` naming the package and entry
+    point, with the original error chained.
+    """
+    if isinstance(block, str):
+        block = [n.strip() for n in block.split(",") if n.strip()]
+    block = list(block)
+    installed = installed_plugins(group)
+    problem = _unknown(block, installed, "block_plugins")
+    if problem:
+        raise PluginError(problem)
+    for var in (BLOCK_ENV, PLUGINS_ENV):
+        problem = _unknown(_env_names(var), installed, f"${var}")
+        if problem:
+            warnings.warn(problem, PluginWarning, stacklevel=2)
+    blocked = {*block, *_env_names(BLOCK_ENV)}
+    wanted = set(_env_names(PLUGINS_ENV))
+    disabled = _autoload_disabled()
+    return [
+        p.load() for p in installed if p.name not in blocked and (not disabled or p.name in wanted)
+    ]
