@@ -13,10 +13,13 @@ checkpoint resume mid-epoch in O(1): the generator state of the epoch start and 
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
+
+from .arrays import as_dataset, check_input_dtype, tensors_of
 
 if TYPE_CHECKING:
     from ..learner import Learner
@@ -29,23 +32,23 @@ def check_batch_size(batch_size: object, what: str = "batch_size") -> int:
     return batch_size
 
 
-def tensors_of(dataset: Any) -> tuple[torch.Tensor, ...] | None:
-    """The tensors behind an in-memory dataset (a ``TensorDataset`` or an ``(x, y)`` tuple of
-    tensors of equal length), or None when ``dataset`` is something else."""
-    tensors = getattr(dataset, "tensors", dataset)
-    if (
-        isinstance(tensors, (tuple, list))
-        and len(tensors) >= 1
-        and all(isinstance(t, torch.Tensor) for t in tensors)
-    ):
-        lengths = {len(t) for t in tensors}
-        if len(lengths) != 1:
-            raise ValueError(
-                f"the dataset's tensors have different lengths {sorted(lengths)}: inputs and "
-                "targets must have one row per item."
-            )
-        return tuple(tensors)
-    return None
+def check_seed(seed: object) -> int:
+    """``seed`` as an int torch's generators take, or an error naming the fix."""
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise ValueError(
+            f"seed must be an int, got {seed!r} ({type(seed).__name__}): pass e.g. seed=0 "
+            "(int(seed) for a number read from a string or a config), or None to draw one "
+            "from torch's global generator."
+        )
+    if not -(2**63) <= int(seed) < 2**64:
+        raise ValueError(f"seed must lie in [-2**63, 2**64), got {seed}: pass e.g. seed=0.")
+    return int(seed)
+
+
+def draw_seed() -> int:
+    """A seed drawn from torch's global generator (as torch's DataLoader draws its base seed):
+    reproducible after ``torch.manual_seed``, and the global generator is never reseeded."""
+    return int(torch.empty((), dtype=torch.int64).random_().item())
 
 
 class TensorBatchLoader:
@@ -55,6 +58,9 @@ class TensorBatchLoader:
     >>> [len(yb) for _, yb in TensorBatchLoader((x, y), batch_size=4)]
     [4, 4, 2]
     """
+
+    #: the settings that decide which items each batch holds: a resume must keep them
+    ORDER_SETTINGS = ("batch_size", "drop_last", "shuffle")
 
     def __init__(
         self,
@@ -69,9 +75,9 @@ class TensorBatchLoader:
         if self.n == 0:
             raise ValueError("the dataset is empty: a loader needs at least one item.")
         self.batch_size = check_batch_size(batch_size)
-        self.shuffle, self.drop_last = shuffle, drop_last
+        self.shuffle, self.drop_last = bool(shuffle), bool(drop_last)
         self.generator = generator if generator is not None else torch.Generator()
-        self.position = 0  # batches of the open epoch handed out (0: no epoch open)
+        self.cursor = 0  # items of the open epoch handed out (0: no epoch open)
         self._resume = False  # the next iteration continues the epoch restored by a load
         self._epoch_rng = self.generator.get_state()  # generator state at the epoch's start
 
@@ -79,45 +85,84 @@ class TensorBatchLoader:
         full, rest = divmod(self.n, self.batch_size)
         return full + (1 if rest and not self.drop_last else 0)
 
+    @property
+    def epoch_items(self) -> int:
+        """How many items an epoch hands out (``n``, less a short last batch with drop_last)."""
+        return self.n - self.n % self.batch_size if self.drop_last else self.n
+
     def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
-        start, resume, self._resume = self.position, self._resume, False
+        start, resume, self._resume = self.cursor, self._resume, False
         if resume:  # redraw the interrupted epoch's permutation from its saved state
             self.generator.set_state(self._epoch_rng)
         else:
             start, self._epoch_rng = 0, self.generator.get_state()
         order = torch.randperm(self.n, generator=self.generator) if self.shuffle else None
-        bs, tensors, n_batches = self.batch_size, self.tensors, len(self)
-        for i in range(start, n_batches):
+        bs, tensors, end = self.batch_size, self.tensors, self.epoch_items
+        for first in range(start, end, bs):
+            last = min(first + bs, end)
             # handing out the last batch closes the epoch: a state saved after it starts the next
-            self.position = 0 if i + 1 == n_batches else i + 1
+            self.cursor = 0 if last == end else last
             if order is None:
-                yield tuple(t[i * bs : (i + 1) * bs] for t in tensors)
+                yield tuple(t[first:last] for t in tensors)
             else:
-                idx = order[i * bs : (i + 1) * bs]
+                idx = order[first:last]
                 yield tuple(t[idx] for t in tensors)
 
     def state_dict(self) -> dict[str, Any]:
-        """Where the open epoch stands: ``position`` batches handed out, the generator state at
-        the epoch's start (to redraw its permutation) and now (for the epochs after)."""
+        """Where the open epoch stands: ``cursor`` items handed out, the generator state at the
+        epoch's start (to redraw its permutation) and now (for the epochs after), and the
+        settings that decide the order (``n``, ``batch_size``, ``drop_last``, ``shuffle``)."""
         return {
-            "position": self.position,
+            "cursor": self.cursor,
+            "n": self.n,
+            **{key: getattr(self, key) for key in self.ORDER_SETTINGS},
             "epoch_rng": self._epoch_rng.clone(),
             "rng": self.generator.get_state(),
-            "n": self.n,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue from ``state``: the next iteration resumes its open epoch at ``position``
-        without fetching the batches before it, or starts the next epoch as the saved run would."""
+        """Continue from ``state``: the next iteration resumes its open epoch at ``cursor``
+        without fetching the items before it, or starts the next epoch as the saved run would.
+
+        A state saved with other order settings is refused (the resume would skip or repeat
+        items). A state of the older format (``position`` in batches, no settings) is read as
+        saved with this loader's settings, which it could not record."""
         if state.get("n") != self.n:
             raise ValueError(
                 f"the loader state is for a dataset of {state.get('n')} items, this one has "
                 f"{self.n}: resume with the same data."
             )
-        position = int(state["position"])
-        if not 0 <= position < len(self):
-            raise ValueError(f"loader position {position} is outside 0..{len(self) - 1}.")
-        self.position, self._resume = position, position > 0
+        mismatched = [
+            (key, state[key], getattr(self, key))
+            for key in self.ORDER_SETTINGS
+            if key in state and state[key] != getattr(self, key)
+        ]
+        if mismatched:
+            saved = ", ".join(f"{key}={was!r}" for key, was, _ in mismatched)
+            raise ValueError(
+                "the checkpoint's training loader ran with "
+                + ", ".join(
+                    f"{key}={was!r} (this one has {key}={now!r})" for key, was, now in mismatched
+                )
+                + f": the items would come in another order, so the resume would skip or repeat "
+                f"some. Resume with {saved}, as the checkpoint was written, or start a new run "
+                "(fit without resume_from)."
+            )
+        if "cursor" in state:
+            cursor = int(state["cursor"])
+        elif "position" in state:  # older format: batches handed out
+            cursor = int(state["position"]) * self.batch_size
+        else:
+            raise ValueError(
+                f"the loader state has no cursor (keys {sorted(state)}): it was not saved by a "
+                "TensorBatchLoader. Resume from a checkpoint of this kind of run."
+            )
+        if not 0 <= cursor < self.epoch_items:
+            raise ValueError(
+                f"loader cursor {cursor} is outside 0..{self.epoch_items - 1} (items of an "
+                "epoch): the checkpoint is corrupt or of other data; start a new run."
+            )
+        self.cursor, self._resume = cursor, cursor > 0
         self._epoch_rng = state["epoch_rng"].clone()
         self.generator.set_state(state["rng"].clone())
 
@@ -159,27 +204,39 @@ class DataLoaders:
         collate_fn: Callable[[list[Any]], Any] | None = None,
     ) -> DataLoaders:
         """Loaders made by the ``make_dataloader`` hook at fit time (see the class doc)."""
+        if train_ds is None:
+            raise ValueError("train_ds is None: a Learner needs training data.")
+        train_ds, valid_ds = as_dataset(train_ds, "train_ds"), as_dataset(valid_ds, "valid_ds")
         for name, ds in (("train_ds", train_ds), ("valid_ds", valid_ds)):
-            if ds is None and name == "train_ds":
-                raise ValueError("train_ds is None: a Learner needs training data.")
-            if ds is not None and tensors_of(ds) is None and not hasattr(ds, "__getitem__"):
+            tensors = tensors_of(ds) if ds is not None else None
+            if ds is not None and tensors is None and not hasattr(ds, "__getitem__"):
                 raise TypeError(
                     f"{name} must be a map-style dataset (with __len__ and __getitem__) or a tuple "
-                    f"of tensors, got {type(ds).__name__}: for a ready iterable of batches use "
-                    "DataLoaders(train_dl, valid_dl)."
+                    f"of tensors or numpy arrays, got {type(ds).__name__}: for a ready iterable of "
+                    "batches use DataLoaders(train_dl, valid_dl)."
                 )
-            if ds is not None and len(ds if tensors_of(ds) is None else tensors_of(ds)[0]) == 0:
+            if ds is not None and len(ds if tensors is None else tensors[0]) == 0:
                 raise ValueError(f"{name} is empty: a dataset needs at least one item.")
+        batch_size = check_batch_size(batch_size)
+        if valid_batch_size is None:
+            valid_batch_size = 2 * batch_size
+        elif isinstance(valid_batch_size, bool) or not isinstance(valid_batch_size, int):
+            valid_batch_size = check_batch_size(valid_batch_size, "valid_batch_size")
+        elif valid_batch_size < 1:
+            raise ValueError(
+                f"valid_batch_size must be a positive int, got {valid_batch_size}: pass None "
+                f"for twice batch_size ({2 * batch_size})."
+            )
+        if not isinstance(drop_last, bool):
+            raise ValueError(f"drop_last must be True or False, got {drop_last!r}.")
         dls = cls.__new__(cls)
         dls.train = dls.valid = None
         dls.train_ds, dls.valid_ds = train_ds, valid_ds
-        dls.batch_size = check_batch_size(batch_size)
-        dls.valid_batch_size = check_batch_size(
-            valid_batch_size or 2 * batch_size, "valid_batch_size"
-        )
+        dls.batch_size, dls.valid_batch_size = batch_size, valid_batch_size
         dls.drop_last = drop_last
         dls.generator = torch.Generator()
-        dls.generator.manual_seed(seed if seed is not None else int(torch.seed() % 2**63))
+        # drawn from, never reseeding, the global generator: torch.manual_seed governs it
+        dls.generator.manual_seed(check_seed(seed) if seed is not None else draw_seed())
         dls.collate_fn = collate_fn
         return dls
 
@@ -194,6 +251,9 @@ class DataLoaders:
         """Ask ``make_dataloader`` for a loader per dataset (the validation one only, when
         ``train`` is False); returns the loaders made."""
         made = []
+        for name, ds in (("train_ds", self.train_ds), ("valid_ds", self.valid_ds)):
+            if (name == "valid_ds" or train) and getattr(self, name[:-3]) is None:
+                check_input_dtype(learn.model, ds, name)
         try:
             for attr, ds, is_train in (
                 ("train", self.train_ds, True),
