@@ -20,7 +20,7 @@ from pluglearn import Accuracy, DataLoaders, Learner
 from pluglearn.callbacks.gradcheck import GradCheck, GradCheckError
 from pluglearn.callbacks.manual_backward import ManualBackward
 from pluglearn.data.digits import load_digits
-from pluglearn.scratch.modules import CrossEntropy, Linear, Module, Sequential
+from pluglearn.scratch import CrossEntropy, Linear, Module, Sequential
 
 # ----------------------------------------------------------------------------- settings
 EPOCHS = 3

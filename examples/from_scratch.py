@@ -33,9 +33,11 @@ from pluglearn.callbacks.multiprocess_loader import MultiprocessLoader
 from pluglearn.scratch import (
     MLP,
     SGD,
+    BatchSampler,
     CrossEntropy,
     DataLoader,
     Dataset,
+    Sampler,
     accuracy,
     lin,
     log_softmax,
@@ -105,10 +107,11 @@ def main(argv: list[str] | None = None) -> int:
     # 2. a forward pass by hand: (n, in) -> (n, hidden) -> (n, out)
     xb, yb = x_train[:BATCH_SIZE], y_train[:BATCH_SIZE]
     g = torch.Generator().manual_seed(SEED)
-    w1, b1 = torch.randn(HIDDEN, n_in, generator=g) * (2 / n_in) ** 0.5, torch.zeros(HIDDEN)
-    w2, b2 = torch.randn(n_out, HIDDEN, generator=g) * (2 / HIDDEN) ** 0.5, torch.zeros(n_out)
-    out = lin(relu(lin(xb, w1, b1)), w2, b2)
-    forward_diff = (out - F.linear(F.relu(F.linear(xb, w1, b1)), w2, b2)).abs().max().item()
+    w1, b1 = torch.randn(n_in, HIDDEN, generator=g) * (2 / n_in) ** 0.5, torch.zeros(HIDDEN)
+    w2, b2 = torch.randn(HIDDEN, n_out, generator=g) * (2 / HIDDEN) ** 0.5, torch.zeros(n_out)
+    out = lin(relu(lin(xb, w1, b1)), w2, b2)  # lin(x, w, b) = x @ w + b, w is (in, out)
+    torch_out = F.linear(F.relu(F.linear(xb, w1.T, b1)), w2.T, b2)  # torch's weights: (out, in)
+    forward_diff = (out - torch_out).abs().max().item()
     print(f"2. forward by hand: {tuple(xb.shape)} -> {tuple(out.shape)}, ", end="")
     print(f"largest difference from torch.nn.functional {forward_diff:.1e}")
     if forward_diff > 1e-5:
@@ -151,7 +154,9 @@ def main(argv: list[str] | None = None) -> int:
     model = MLP(n_in, HIDDEN, n_out, generator=torch.Generator().manual_seed(SEED))
     opt = SGD(model.parameters(), lr=LR)  # steps on the manual gradients (.g)
     shuffle = torch.Generator().manual_seed(SEED)  # the same permutations as the Learner's below
-    loader = DataLoader(Dataset(x_train, y_train), BATCH_SIZE, shuffle=True, generator=shuffle)
+    train_ds = Dataset(x_train, y_train)
+    batchs = BatchSampler(Sampler(train_ds, shuffle=True, generator=shuffle), BATCH_SIZE)
+    loader = DataLoader(train_ds, batchs)  # the notebook's form: a dataset and its batches
     print(f"5. training by hand: {args.epochs} epochs of {len(loader)} batches, SGD lr={LR}")
     for epoch in range(args.epochs):
         total = 0.0

@@ -14,7 +14,7 @@ from torch import nn
 from pluglearn import DataLoaders, Learner
 from pluglearn.callbacks.gradcheck import GradCheck, GradCheckError, GradCheckWarning, grad_errors
 from pluglearn.callbacks.manual_backward import ManualBackward
-from pluglearn.scratch.modules import CrossEntropy, Linear, Module, ReLU, Sequential
+from pluglearn.scratch import CrossEntropy, Linear, Module, Relu, Sequential
 from tests.helpers import batches, tiny_data
 
 Net = Sequential
@@ -29,14 +29,14 @@ class HalfBiasLinear(Linear):
 
 
 class TransposedLinear(Linear):
-    """Transposes dL/dW: (in, out) instead of (out, in)."""
+    """Transposes dL/dW: (out, in) instead of (in, out)."""
 
     def bwd(self, out, x):
         super().bwd(out, x)
-        self.w.g = x.T @ out.g
+        self.w.g = out.g.T @ x
 
 
-class MasklessReLU(ReLU):
+class MasklessReLU(Relu):
     """Forgets the 1[x > 0] mask: passes out.g straight through."""
 
     def bwd(self, out, x):
@@ -52,7 +52,7 @@ class DoubledCrossEntropy(CrossEntropy):
 def net(act: Module | None = None, last: type[Linear] = Linear, dtype=torch.float32) -> Net:
     g = torch.Generator().manual_seed(0)
     first = Linear(4, 5, generator=g, dtype=dtype)
-    return Net(first, act or ReLU(), last(5, 3, generator=g, dtype=dtype)).requires_grad_(True)
+    return Net(first, act or Relu(), last(5, 3, generator=g, dtype=dtype)).requires_grad_(True)
 
 
 def learner(model, plugins, n_train=8, loss_func=None, dtype=torch.float32) -> Learner:
@@ -85,9 +85,9 @@ def test_correct_model_passes_with_a_row_per_parameter_and_the_input():
         (b, n, s)
         for b in (0, 1)
         for n, s in [
-            ("0.w", (5, 4)),
+            ("0.w", (4, 5)),
             ("0.b", (5,)),
-            ("2.w", (3, 5)),
+            ("2.w", (5, 3)),
             ("2.b", (3,)),
             ("input", (4, 4)),
         ]
@@ -116,8 +116,8 @@ def test_a_forgotten_factor_is_caught_naming_the_module_and_parameter():
 
 class NoBiasGradLinear(Linear):
     def bwd(self, out, x):
-        x.g = out.g @ self.w
-        self.w.g = out.g.T @ x  # forgets self.b.g
+        x.g = out.g @ self.w.T
+        self.w.g = x.T @ out.g  # forgets self.b.g
 
 
 class Nested(Module):
@@ -155,7 +155,7 @@ def test_frozen_parameters_are_skipped_and_float64_gets_tighter_defaults():
 
 
 def test_a_transposed_weight_gradient_is_reported_by_its_shape():
-    with pytest.raises(GradCheckError, match=r"2\.w of TransposedLinear.*\.g has shape \(5, 3\)"):
+    with pytest.raises(GradCheckError, match=r"2\.w of TransposedLinear.*\.g has shape \(3, 5\)"):
         learner(net(last=TransposedLinear), [GradCheck(show=False)]).fit(1)
 
 

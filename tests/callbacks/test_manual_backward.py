@@ -12,8 +12,7 @@ from torch import nn
 from pluglearn import DataLoaders, Learner, hookimpl
 from pluglearn.callbacks.accumulate import GradientAccumulation
 from pluglearn.callbacks.manual_backward import ManualBackward
-from pluglearn.scratch.modules import CrossEntropy, Linear, ReLU, Sequential
-from pluglearn.scratch.optim import SGD
+from pluglearn.scratch import SGD, CrossEntropy, Linear, Relu, Sequential
 from tests.helpers import batches, tiny_data
 
 Net = Sequential
@@ -21,14 +20,14 @@ Net = Sequential
 
 class NoBiasGradLinear(Linear):
     def bwd(self, out, x):
-        x.g = out.g @ self.w
-        self.w.g = out.g.T @ x  # forgets self.b.g
+        x.g = out.g @ self.w.T
+        self.w.g = x.T @ out.g  # forgets self.b.g
 
 
 def net(dtype=torch.float32, last: type[Linear] = Linear, autograd: bool = True) -> Net:
     g = torch.Generator().manual_seed(0)
     model = Net(
-        Linear(4, 5, generator=g, dtype=dtype), ReLU(), last(5, 3, generator=g, dtype=dtype)
+        Linear(4, 5, generator=g, dtype=dtype), Relu(), last(5, 3, generator=g, dtype=dtype)
     )
     return model.requires_grad_(autograd)
 

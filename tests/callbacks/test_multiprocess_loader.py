@@ -15,8 +15,9 @@ from torch.utils.data import TensorDataset
 from pluglearn import DataLoaders, Learner, TensorBatchLoader, hookimpl
 from pluglearn.callbacks.checkpoint import Checkpoint
 from pluglearn.callbacks.multiprocess_loader import MultiprocessLoader, TensorItems
+from pluglearn.data.multiprocess import MultiprocessDataLoader
+from pluglearn.data.worker_pool import WorkerError
 from pluglearn.scratch.data import collate
-from pluglearn.scratch.multiprocess import MultiprocessDataLoader, WorkerError
 from tests.helpers import process_alive, wait_dead
 
 from . import _mp_datasets as D
@@ -307,6 +308,6 @@ def test_the_in_process_path_needs_no_picklable_data():
 
     learn = _learner(Local(), Local(), MultiprocessLoader(0))
     learn.fit(2)
-    reference = _learner(Local(), Local())  # the DefaultLoader: the scratch DataLoader
+    reference = _learner(Local(), Local())  # the DefaultLoader: an ItemLoader
     reference.fit(2)
     _assert_equal(_weights(learn), _weights(reference))

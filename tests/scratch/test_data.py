@@ -1,8 +1,8 @@
-"""pluglearn.scratch.data against torch.utils.data (the oracle) and hand values."""
+"""pluglearn.scratch.data against torch.utils.data (the oracle) and hand values; the notebook's
+forms (BatchSampler passed to DataLoader, a generator to collate, the process pool)."""
 
 from __future__ import annotations
 
-import io
 from collections import namedtuple
 
 import numpy as np
@@ -24,29 +24,9 @@ def _ds(n: int) -> Dataset:
     return Dataset(torch.arange(n, dtype=torch.float32) * 10, torch.arange(n))
 
 
-class CountingDataset(Dataset):
-    """A real Dataset that counts item fetches."""
-
-    def __init__(self, n: int):
-        super().__init__(torch.arange(n, dtype=torch.float32), torch.arange(n))
-        self.fetches = 0
-
-    def __getitem__(self, i):
-        self.fetches += 1
-        return super().__getitem__(i)
-
-
 def _epoch(loader) -> list[list[int]]:
     """The y-values (= indices) of one epoch's batches."""
     return [yb.tolist() for _, yb in loader]
-
-
-def _roundtrip(state: dict) -> dict:
-    """Through torch.save / torch.load(weights_only=True), as a checkpoint would go."""
-    buf = io.BytesIO()
-    torch.save(state, buf)
-    buf.seek(0)
-    return torch.load(buf, weights_only=True)
 
 
 # --- Dataset and collate ------------------------------------------------------------------
@@ -140,9 +120,12 @@ def test_default_generator_follows_torch_manual_seed():
 @pytest.mark.parametrize(
     ("kwargs", "error", "match"),
     [
-        (dict(batch_size=0), ValueError, "batch_size must be a positive int, got 0"),
-        (dict(batch_size=2.0), TypeError, "batch_size must be a positive int, got 2.0"),
-        (dict(batch_size=True), TypeError, "batch_size must be a positive int"),
+        (dict(batch_size=0), ValueError, "batch_size must be an int >= 1, got 0"),
+        (dict(batch_size=2.0), TypeError, "batch_size must be an int >= 1, got 2.0"),
+        (dict(batch_size=True), TypeError, "batch_size must be an int >= 1"),
+        (dict(batch_size=2, n_workers=-1), ValueError, "n_workers must be an int >= 0"),
+        (dict(), TypeError, r"needs the batches: pass a BatchSampler"),
+        (dict(batchs=[[0, 1]], shuffle=True), TypeError, "belong to the BatchSampler"),
         (dict(batch_size=2, generator=0), TypeError, r"torch.Generator\(\).manual_seed"),
         (dict(batch_size=2, collate_fn="stack"), TypeError, "collate_fn must be callable"),
     ],
@@ -206,128 +189,6 @@ def test_shuffled_batches_equal_torch_dataloader_given_our_order():
         theirs = list(TorchLoader(ds, 5, sampler=order))
         for (xb, yb), (txb, tyb) in zip(loader, theirs, strict=True):
             assert torch.equal(xb, txb) and torch.equal(yb, tyb)
-
-
-# --- resumable state ----------------------------------------------------------------------
-
-
-def _reference(n: int, bs: int, drop_last: bool, shuffle: bool, epochs: int) -> list:
-    loader = DataLoader(_ds(n), bs, shuffle=shuffle, drop_last=drop_last, generator=_gen(7))
-    return [_epoch(loader) for _ in range(epochs)]
-
-
-@pytest.mark.parametrize(
-    ("n", "bs", "drop_last"), [(10, 3, False), (10, 3, True), (6, 2, False), (1, 4, False)]
-)
-@pytest.mark.parametrize("shuffle", [True, False])
-def test_resume_at_every_cut_point(n, bs, drop_last, shuffle):
-    epochs = 3
-    ref = _reference(n, bs, drop_last, shuffle, epochs)
-    for e in range(epochs):
-        for k in range(len(ref[e]) + 1):
-            first = DataLoader(_ds(n), bs, shuffle=shuffle, drop_last=drop_last, generator=_gen(7))
-            for _ in range(e):
-                _epoch(first)
-            it = iter(first)
-            for _ in range(k):
-                next(it)
-            state = _roundtrip(first.state_dict())
-            # A different seed: everything must come from the state.
-            ds = CountingDataset(n)
-            resumed = DataLoader(ds, bs, shuffle=shuffle, drop_last=drop_last, generator=_gen(99))
-            resumed.load_state_dict(state)
-            rest = ref[e][k:] if k < len(ref[e]) else []
-            got = _epoch(resumed) if rest else []
-            assert got == rest, (e, k)
-            assert ds.fetches == sum(len(b) for b in rest)  # skipped batches never fetched
-            for later in range(e + 1, epochs):
-                assert _epoch(resumed) == ref[later], (e, k, later)
-
-
-def test_state_after_last_batch_points_at_next_epoch():
-    loader = DataLoader(_ds(7), 3, shuffle=True, generator=_gen(7))
-    ref = _reference(7, 3, False, True, 2)
-    assert _epoch(loader) == ref[0]
-    state = loader.state_dict()
-    assert state["sampler"]["epoch"] == 1 and not state["sampler"]["in_epoch"]
-    resumed = DataLoader(_ds(7), 3, shuffle=True)
-    resumed.load_state_dict(state)
-    assert _epoch(resumed) == ref[1]
-
-
-def test_state_dict_layout_is_plain_and_loads_with_weights_only():
-    loader = DataLoader(_ds(10), 4, shuffle=True, generator=_gen(0))
-    it = iter(loader)
-    next(it)
-    state = _roundtrip(loader.state_dict())
-    assert state.keys() == {"batch_size", "drop_last", "sampler"}
-    assert state["sampler"].keys() == {
-        "n",
-        "shuffle",
-        "epoch",
-        "cursor",
-        "in_epoch",
-        "rng",
-        "rng_epoch_start",
-    }
-    assert (state["batch_size"], state["sampler"]["cursor"], state["sampler"]["epoch"]) == (4, 4, 0)
-    assert state["sampler"]["rng"].dtype == torch.uint8
-    assert DataLoader(_ds(3), 1).state_dict()["sampler"].keys() == {
-        "n",
-        "shuffle",
-        "epoch",
-        "cursor",
-        "in_epoch",
-    }
-
-
-def test_state_dict_of_a_loaded_but_unstarted_loader_round_trips():
-    ref = _reference(9, 2, False, True, 2)
-    first = DataLoader(_ds(9), 2, shuffle=True, generator=_gen(7))
-    it = iter(first)
-    next(it), next(it)
-    middle = DataLoader(_ds(9), 2, shuffle=True)
-    middle.load_state_dict(first.state_dict())
-    last = DataLoader(_ds(9), 2, shuffle=True)
-    last.load_state_dict(middle.state_dict())  # saved before the resumed epoch started
-    assert _epoch(last) == ref[0][2:] and _epoch(last) == ref[1]
-
-
-@pytest.mark.parametrize(
-    ("other", "match"),
-    [
-        (dict(dataset=_ds(11), batch_size=3), "n=10 but this sampler has n=11"),
-        (dict(dataset=_ds(10), batch_size=4), "batch_size=3 but this loader has batch_size=4"),
-        (dict(dataset=_ds(10), batch_size=3, shuffle=False), "shuffle=True but"),
-        (dict(dataset=_ds(10), batch_size=3, drop_last=True), "drop_last=False but"),
-    ],
-)
-def test_load_state_dict_refuses_other_settings(other, match):
-    loader = DataLoader(_ds(10), 3, shuffle=True)
-    next(iter(loader))
-    with pytest.raises(ValueError, match=match):
-        DataLoader(**{"shuffle": True, **other}).load_state_dict(loader.state_dict())
-
-
-def test_sampler_resumes_mid_epoch_on_its_own():
-    ref = Sampler(8, shuffle=True, generator=_gen(4))
-    orders = [list(ref) for _ in range(2)]
-    first = Sampler(8, shuffle=True, generator=_gen(4))
-    it = iter(first)
-    head = [next(it) for _ in range(5)]
-    resumed = Sampler(8, shuffle=True)
-    resumed.load_state_dict(_roundtrip(first.state_dict()))
-    assert head + list(resumed) == orders[0] and list(resumed) == orders[1]
-
-
-def test_superseded_iterator_is_refused():
-    loader = DataLoader(_ds(6), 2, shuffle=True, generator=_gen(0))
-    old = iter(loader)
-    next(old)
-    assert len(_epoch(loader)) == 3  # a new iter() starts a new epoch
-    with pytest.raises(RuntimeError, match="superseded"):
-        next(old)
-    assert loader.state_dict()["sampler"]["epoch"] == 2  # the abandoned epoch still counts
 
 
 def test_collate_names_a_dataset_that_returned_none():

@@ -39,12 +39,13 @@ def _targets(n: int = 6, c: int = 4) -> torch.Tensor:
 # ---- equality with torch ----------------------------------------------------------------------
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_lin_matches_f_linear(dtype):
+    # the notebook's w is (in, out); torch's Linear.weight is its transpose, (out, in)
     g = _gen()
-    x, w, b = (torch.randn(*s, generator=g, dtype=dtype) for s in [(5, 3), (4, 3), (4,)])
-    torch.testing.assert_close(lin(x, w, b), F.linear(x, w, b), **TOL[dtype])
-    torch.testing.assert_close(lin(x, w), F.linear(x, w), **TOL[dtype])
+    x, w, b = (torch.randn(*s, generator=g, dtype=dtype) for s in [(5, 3), (3, 4), (4,)])
+    torch.testing.assert_close(lin(x, w, b), F.linear(x, w.T, b), **TOL[dtype])
+    torch.testing.assert_close(lin(x, w), F.linear(x, w.T), **TOL[dtype])
     x3 = torch.randn(2, 5, 3, generator=g, dtype=dtype)  # extra leading dims
-    torch.testing.assert_close(lin(x3, w, b), F.linear(x3, w, b), **TOL[dtype])
+    torch.testing.assert_close(lin(x3, w, b), F.linear(x3, w.T, b), **TOL[dtype])
     assert lin(x, w, b).shape == (5, 4)
 
 
@@ -149,8 +150,8 @@ def test_logsumexp_infinite_rows_match_torch():
 
 # ---- errors -------------------------------------------------------------------------------------
 def test_lin_errors_name_the_problem():
-    x, w, b = torch.randn(5, 3), torch.randn(4, 3), torch.randn(4)
-    with pytest.raises(ValueError, match="transpose w"):
+    x, w, b = torch.randn(5, 3), torch.randn(3, 4), torch.randn(4)
+    with pytest.raises(ValueError, match=r"transpose w if it is \(out, in\)"):
         lin(x, w.T, b)
     with pytest.raises(ValueError, match=r"b must have shape \(4,\)"):
         lin(x, w, torch.randn(3))

@@ -8,14 +8,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pluglearn.scratch.modules import (
+from pluglearn.scratch import (
     MLP,
-    MSE,
     CrossEntropy,
     Linear,
     Module,
+    Mse,
     Parameter,
-    ReLU,
+    Relu,
     Sequential,
     is_parameter,
 )
@@ -48,9 +48,9 @@ def _mlp(n_in: int, n_h: int, n_out: int, dtype) -> Sequential:
     g = _gen(1)
     return Sequential(
         Linear(n_in, n_h, generator=g, dtype=dtype),
-        ReLU(),
+        Relu(),
         Linear(n_h, n_h, generator=g, dtype=dtype),
-        ReLU(),
+        Relu(),
         Linear(n_h, n_out, generator=g, dtype=dtype),
     )
 
@@ -62,7 +62,7 @@ def test_sequential_mse_gradients_equal_autograd(dtype):
     x = torch.randn(16, 20, generator=g, dtype=dtype)
     y = torch.randn(16, generator=g, dtype=dtype)
     x[0] = 0.0  # zero row + zero biases: ReLU inputs exactly 0, where slopes must agree (0)
-    _check_manual_equals_autograd(_mlp(20, 8, 1, dtype), MSE(), x, y, dtype)
+    _check_manual_equals_autograd(_mlp(20, 8, 1, dtype), Mse(), x, y, dtype)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
@@ -80,7 +80,7 @@ def test_mlp_helper_gradients_and_names():
     y = torch.randint(0, 3, (7,), generator=g)
     _check_manual_equals_autograd(model, CrossEntropy(), x, y, torch.float64)
     names = [n for n, _ in model.named_parameters()]
-    assert names == ["layers.0.w", "layers.0.b", "layers.2.w", "layers.2.b"]
+    assert names == ["l1.w", "l1.b", "l2.w", "l2.b"]  # the notebook's l1, l2
 
 
 def test_linear_alone_with_upstream_gradient_and_extra_dims():
@@ -89,7 +89,7 @@ def test_linear_alone_with_upstream_gradient_and_extra_dims():
     lin.b.data.uniform_(-1, 1, generator=g)  # non-zero bias
     x = torch.randn(2, 5, 3, generator=g, dtype=torch.float64, requires_grad=True)
     out = lin(x)
-    torch.testing.assert_close(out, F.linear(x, lin.w, lin.b))
+    torch.testing.assert_close(out, F.linear(x, lin.w.T, lin.b))  # w is (in, out)
     upstream = torch.randn(out.shape, generator=g, dtype=torch.float64)
     out.g = upstream
     lin.backward()
@@ -100,7 +100,7 @@ def test_linear_alone_with_upstream_gradient_and_extra_dims():
 
 def test_relu_and_mse_hand_values():
     x = torch.tensor([[-1.0], [0.0], [2.0]], dtype=torch.float64)
-    relu = ReLU()
+    relu = Relu()
     out = relu(x)
     out.g = torch.tensor([[5.0], [5.0], [5.0]], dtype=torch.float64)
     relu.backward()
@@ -109,7 +109,7 @@ def test_relu_and_mse_hand_values():
 
     pred = torch.tensor([[1.0], [3.0]], dtype=torch.float64)
     targ = torch.tensor([0.0, 1.0], dtype=torch.float64)
-    loss_fn = MSE()
+    loss_fn = Mse()
     assert loss_fn(pred, targ).item() == pytest.approx((1 + 4) / 2)
     loss_fn.backward()
     assert pred.g.shape == (2, 1)
@@ -126,10 +126,10 @@ def test_cross_entropy_backward_is_softmax_minus_one_hot():
     torch.testing.assert_close(logits.g, expected)
 
 
-@pytest.mark.parametrize("loss_cls", [MSE, CrossEntropy])
+@pytest.mark.parametrize("loss_cls", [Mse, CrossEntropy])
 def test_loss_modules_scale_by_upstream_gradient(loss_cls):
     g = _gen(9)
-    if loss_cls is MSE:
+    if loss_cls is Mse:
         inp, targ = torch.randn(5, 1, generator=g).double(), torch.randn(5, generator=g).double()
     else:
         inp, targ = torch.randn(5, 3, generator=g).double(), torch.randint(0, 3, (5,), generator=g)
@@ -158,7 +158,7 @@ def test_user_defined_tanh_subclass():
     )
     x = torch.randn(9, 4, generator=g, dtype=torch.float64)
     y = torch.randn(9, generator=g, dtype=torch.float64)
-    _check_manual_equals_autograd(model, MSE(), x, y, torch.float64)
+    _check_manual_equals_autograd(model, Mse(), x, y, torch.float64)
     assert "(1): Tanh()" in repr(model)
 
 
@@ -166,7 +166,7 @@ def test_manual_backward_without_autograd_leaves_no_grad():
     g = _gen(7)
     model = _mlp(5, 4, 1, torch.float32)
     x, y = torch.randn(3, 5, generator=g), torch.randn(3, generator=g)
-    loss_fn = MSE()
+    loss_fn = Mse()
     loss_fn(model(x), y)
     loss_fn.backward()
     model.backward()
@@ -184,8 +184,8 @@ def test_parameters_are_plain_tensors_registered_by_setattr():
     assert len(params) == 6
     assert all(type(p) is torch.Tensor and is_parameter(p) for p in params)
     assert params[0] is model[0].w
-    assert model[0].w.shape == (3, 4) and model[0].b.shape == (3,)
-    assert [type(m).__name__ for m in model] == ["Linear", "ReLU", "Linear", "ReLU", "Linear"]
+    assert model[0].w.shape == (4, 3) and model[0].b.shape == (3,)  # w is (in, out)
+    assert [type(m).__name__ for m in model] == ["Linear", "Relu", "Linear", "Relu", "Linear"]
     assert len(model) == 5
 
 
@@ -194,7 +194,7 @@ def test_registration_rules():
         def __init__(self):  # no super().__init__(): registries are created lazily
             self.scale = Parameter(torch.ones(1))
             self.buffer = torch.zeros(3)  # plain tensor: not a parameter
-            self.layers = [Linear(2, 3), ReLU()]  # list of Modules -> Sequential
+            self.layers = [Linear(2, 3), Relu()]  # list of Modules -> Sequential
             self.tp = torch.nn.Parameter(torch.ones(2))  # torch parameters count too
 
     net = Net()
@@ -230,12 +230,14 @@ def test_kaiming_init_and_generator_reproducibility():
 
 def test_repr_is_torch_like():
     model = MLP(4, 3, 2)
-    text = repr(model)
-    assert text.startswith("MLP(\n  (layers): Sequential(\n")
-    assert "    (0): Linear(n_in=4, n_out=3, bias=True)" in text
-    assert "    (1): ReLU()" in text
-    assert text.endswith("  )\n)")
-    assert repr(MSE()) == "MSE()"
+    assert repr(model) == (
+        "MLP(\n"
+        "  (l1): Linear(n_in=4, n_out=3, bias=True)\n"
+        "  (l2): Linear(n_in=3, n_out=2, bias=True)\n"
+        "  (relu): Relu()\n"
+        ")"
+    )
+    assert repr(Mse()) == "Mse()"
 
 
 # ---- errors -------------------------------------------------------------------------------------
@@ -276,7 +278,6 @@ def test_sequential_rejects_non_modules_and_bad_linear_sizes():
 
 
 def test_train_eval_and_state_dict_round_trip():
-    from pluglearn.scratch.modules import MLP
 
     torch.manual_seed(0)
     model = MLP(4, 5, 3)

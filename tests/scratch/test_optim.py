@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pluglearn.scratch.modules import MSE, CrossEntropy, Linear, ReLU, Sequential
-from pluglearn.scratch.optim import SGD
+from pluglearn.scratch import SGD, CrossEntropy, Linear, Mse, Relu, Sequential
 
 
 def _gen(seed: int = 0) -> torch.Generator:
@@ -65,7 +64,7 @@ def test_sgd_trains_scratch_model_with_manual_gradients_like_torch():
         g = _gen(seed)
         return Sequential(
             Linear(4, 8, generator=g, dtype=torch.float64),
-            ReLU(),
+            Relu(),
             Linear(8, 3, generator=g, dtype=torch.float64),
         )
 
@@ -111,7 +110,7 @@ def test_mse_training_reduces_loss():
     g = _gen(3)
     x = torch.randn(64, 2, generator=g, dtype=torch.float64)
     y = x @ torch.tensor([2.0, -1.0], dtype=torch.float64) + 0.5
-    lin, loss_fn = Linear(2, 1, generator=g, dtype=torch.float64), MSE()
+    lin, loss_fn = Linear(2, 1, generator=g, dtype=torch.float64), Mse()
     opt = SGD(lin.parameters(), lr=0.1)
     first = loss_fn(lin(x), y).item()
     for _ in range(100):

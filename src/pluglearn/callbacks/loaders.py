@@ -2,7 +2,7 @@
 
 For a ``TensorDataset`` or an ``(x, y)`` tuple of tensors it returns a
 :class:`~pluglearn.data.loaders.TensorBatchLoader` (one index operation per batch); for any
-other map-style dataset the from-scratch :class:`~pluglearn.scratch.data.DataLoader`
+other map-style dataset an :class:`~pluglearn.data.epochs.ItemLoader`
 (``__getitem__`` per item, then collate). Both shuffle the training set with
 ``learn.dls.generator`` and can resume mid-epoch. It answers last, so a plugin such as
 ``MultiprocessLoader`` takes over by answering first.
@@ -30,9 +30,10 @@ class DefaultLoader:
         tensors = tensors_of(dataset)
         if tensors is not None and dls.collate_fn is None:
             return TensorBatchLoader(tensors, batch_size, train, drop_last, dls.generator)
-        from ..scratch.data import DataLoader, collate
+        from ..data.epochs import ItemLoader
+        from ..scratch.data import collate
 
-        return DataLoader(
+        return ItemLoader(
             dataset,
             batch_size,
             shuffle=train,

@@ -2,7 +2,7 @@
 
 It answers ``make_dataloader`` (a plain ``hookimpl``, so before the built-in ``DefaultLoader``)
 for any map-style dataset, a ``TensorDataset`` or an ``(x, y)`` tuple of tensors, with a
-:class:`~pluglearn.scratch.multiprocess.MultiprocessDataLoader` built from the settings of
+:class:`~pluglearn.data.multiprocess.MultiprocessDataLoader` built from the settings of
 ``learn.dls``: ``batch_size`` (``valid_batch_size`` for validation), ``drop_last`` (training
 only), ``collate_fn`` (else the scratch ``collate``), and shuffling of the training set with
 ``learn.dls.generator``, the same permutations the ``DefaultLoader`` draws.
@@ -37,9 +37,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..data.loaders import tensors_of
+from ..data.multiprocess import MultiprocessDataLoader
 from ..plugins.markers import hookimpl
 from ..scratch.data import collate
-from ..scratch.multiprocess import MultiprocessDataLoader
 
 if TYPE_CHECKING:
     from ..learner import Learner

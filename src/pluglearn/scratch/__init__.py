@@ -1,14 +1,38 @@
 """The notebook "Implementing a Neural Network from Scratch", as a library.
 
-Every piece is written by hand and tested against its torch twin: the functions (``lin``,
-``relu``, ``mse``, ``log_softmax``, ``logsumexp``, ``nll``, ``cross_entropy``), modules with a
-manual backward (``Module``, ``Linear``, ``ReLU``, ``MSE``, ``CrossEntropy``, ``Sequential``),
-``SGD``, the data pipeline (``Dataset``, ``Sampler``, ``BatchSampler``, ``collate``,
-``DataLoader``) and a sound multiprocessing loader. It imports torch and fastcore only, never the
-Learner.
+The fastai course's notebooks (part 2: ``03_backprop``, ``04_minibatch_training``) run with only
+their imports changed to ``from pluglearn.scratch import ...`` and give the same values. Every
+piece is written by hand and tested against its torch twin (``tests/scratch``); it imports torch
+and fastcore only, never the Learner. Tensor shapes and derivatives sit in margin comments.
+
+Notebook name -> pluglearn (the same name unless said)::
+
+    lin(x, w, b)  (w is (in, out))    lin                 functional.py
+    relu, mse                         relu, mse           functional.py
+    log_softmax, logsumexp, nll       log_softmax (stable), logsumexp, nll; the first, naive
+                                      log_softmax is log_softmax_naive      functional.py
+    accuracy                          accuracy            functional.py
+    F.cross_entropy                   cross_entropy, CrossEntropy (module)  functional.py, losses.py
+    Module (forward / bwd)            Module (+ parameter registration)     modules.py
+    Lin(w, b), Relu, Mse              Lin, Relu, Mse      layers.py, losses.py
+    Linear(n_in, n_out)               Linear (a Lin that makes its weights)  layers.py
+    Model(w1, b1, w2, b2)             Model               layers.py
+    MLP(n_in, nh, n_out)              MLP (l1, relu, l2)  layers.py
+    nn.Sequential                     Sequential          layers.py
+    MyModule (registration)           MyModule            registration.py
+    Optimizer(params, lr)             Optimizer; SGD adds momentum, weight decay and the
+                                      manual gradients (.g)                 optim.py
+    Dataset, Sampler, BatchSampler    Dataset, Sampler, BatchSampler        data.py
+    collate                           collate (any nesting, like default_collate)  data.py
+    DataLoader(ds, batchs,            DataLoader; also DataLoader(ds, batch_size=64,
+      n_workers, collate_fn)          shuffle=True), torch's form           data.py
+    fit(epochs, model, ...), get_dls  fit, get_dls        training.py
+
+The production loaders the Learner uses, resumable mid-epoch and with a persistent worker pool,
+are in :mod:`pluglearn.data.epochs` and :mod:`pluglearn.data.multiprocess`.
 """
 
-from .data import BatchSampler, DataLoader, Dataset, EpochPlan, Sampler, collate
+from .data import BatchSampler, DataLoader, Dataset, Sampler, collate
 from .functional import (
     accuracy,
     cross_entropy,
@@ -20,40 +44,36 @@ from .functional import (
     nll,
     relu,
 )
-from .modules import (
-    MLP,
-    MSE,
-    CrossEntropy,
-    Linear,
-    Module,
-    Parameter,
-    ReLU,
-    Sequential,
-    is_parameter,
-)
-from .multiprocess import MultiprocessDataLoader, WorkerError
-from .optim import SGD
+from .layers import MLP, Lin, Linear, Model, Relu, Sequential
+from .losses import CrossEntropy, Mse
+from .modules import Module, Parameter, is_parameter
+from .optim import SGD, Optimizer
+from .registration import MyModule
+from .training import fit, get_dls
 
 __all__ = [
     "MLP",
-    "MSE",
     "SGD",
     "BatchSampler",
     "CrossEntropy",
     "DataLoader",
     "Dataset",
-    "EpochPlan",
+    "Lin",
     "Linear",
+    "Model",
     "Module",
-    "MultiprocessDataLoader",
+    "Mse",
+    "MyModule",
+    "Optimizer",
     "Parameter",
-    "ReLU",
+    "Relu",
     "Sampler",
     "Sequential",
-    "WorkerError",
     "accuracy",
     "collate",
     "cross_entropy",
+    "fit",
+    "get_dls",
     "is_parameter",
     "lin",
     "log_softmax",

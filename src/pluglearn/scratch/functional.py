@@ -70,28 +70,30 @@ def _check_class_targets(fn: str, scores: Tensor, target: Tensor) -> None:
 
 
 def lin(x: Tensor, w: Tensor, b: Tensor | None = None) -> Tensor:
-    """Affine layer ``x @ w.T + b``, with ``w`` shaped ``(out, in)`` as in ``F.linear``.
+    """The notebook's linear layer ``x @ w + b``, with ``w`` shaped ``(in, out)``.
 
-    ``x`` may have any leading dimensions: ``(*, in) -> (*, out)``.
+    ``x`` may have any leading dimensions: ``(*, in) -> (*, out)``. (``torch.nn.functional.linear``
+    takes its weight transposed, ``(out, in)``: ``lin(x, w, b) == F.linear(x, w.T, b)``.)
     """
     _check_float("x", x)
     _check_float("w", w)
     if w.ndim != 2:
-        raise ValueError(f"lin: w must be 2-D (out, in), got shape {tuple(w.shape)}")
-    if x.ndim == 0 or x.shape[-1] != w.shape[1]:
+        raise ValueError(f"lin: w must be 2-D (in, out), got shape {tuple(w.shape)}")
+    if x.ndim == 0 or x.shape[-1] != w.shape[0]:
         raise ValueError(
             f"lin: x has {x.shape[-1] if x.ndim else 0} features (last dim) but w expects "
-            f"{w.shape[1]} (w is (out, in) = {tuple(w.shape)}); transpose w if it is (in, out)"
+            f"{w.shape[0]} (w is (in, out) = {tuple(w.shape)}); transpose w if it is (out, in), "
+            "as torch's Linear.weight is"
         )
     if x.dtype != w.dtype:
         raise ValueError(f"lin: x is {x.dtype} but w is {w.dtype}; convert one with .to({w.dtype})")
-    out = x @ w.T  # (*, in) @ (in, out) -> (*, out)
+    out = x @ w  # (*, in) @ (in, out) -> (*, out)
     if b is None:
         return out
     _check_float("b", b)
-    if b.shape != (w.shape[0],):
+    if b.shape != (w.shape[1],):
         raise ValueError(
-            f"lin: b must have shape ({w.shape[0]},) to match w's {w.shape[0]} outputs, "
+            f"lin: b must have shape ({w.shape[1]},) to match w's {w.shape[1]} outputs, "
             f"got {tuple(b.shape)}"
         )
     return out + b  # (*, out) + (out,) -> (*, out)
@@ -100,10 +102,10 @@ def lin(x: Tensor, w: Tensor, b: Tensor | None = None) -> Tensor:
 def relu(x: Tensor) -> Tensor:
     """Rectified linear unit ``max(x, 0)`` elementwise (same shape as ``x``).
 
-    Written with ``where`` rather than the notebook's ``clamp_min(0.)``: autograd gives
-    ``clamp_min`` a slope of 1 at exactly ``x == 0`` while ``F.relu`` (and the manual backward
-    of :class:`~pluglearn.scratch.modules.ReLU`) use 0; a zero-bias layer fed an all-zero row
-    hits that case. ``nan`` stays ``nan``, as with ``F.relu``.
+    Written with ``where`` rather than the notebook's ``clamp_min(0.)`` (same values): autograd
+    gives ``clamp_min`` a slope of 1 at exactly ``x == 0`` while ``F.relu`` (and the manual
+    backward of :class:`~pluglearn.scratch.layers.Relu`) use 0; a zero-bias layer fed an all-zero
+    row hits that case. ``nan`` stays ``nan``, as with ``F.relu``.
     """
     return torch.where(x <= 0, 0.0, x)  # (*) -> (*); dy/dx = 1 where x > 0 else 0
 
@@ -195,6 +197,7 @@ def cross_entropy(logits: Tensor, target: Tensor) -> Tensor:
 
 
 def accuracy(logits: Tensor, target: Tensor) -> Tensor:
-    """Fraction of rows whose arg-max score is the target class, a 0-d float32 tensor."""
+    """Fraction of rows whose arg-max score is the target class, a 0-d float32 tensor (the
+    notebook's ``(out.argmax(dim=1) == yb).float().mean()``)."""
     _check_class_targets("accuracy", logits, target)
     return (logits.argmax(-1) == target).float().mean()  # (n, c) -> (n,) -> ()

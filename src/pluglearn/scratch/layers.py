@@ -1,8 +1,16 @@
-"""Layers with a hand-written backward pass: ``Linear``, ``ReLU``, ``Sequential`` and ``MLP``.
+"""Layers with a hand-written backward pass: the notebook's ``Lin``, ``Relu`` and ``Model``.
 
 Each follows the convention of :class:`~pluglearn.scratch.modules.Module`: ``forward`` computes
 the output with differentiable torch ops and ``bwd(out, *inputs)`` reads ``out.g`` and assigns
-``.g`` on each input and parameter.
+``.g`` on each input and parameter. Weights are ``(in, out)``, as in the notebook's
+``lin(x, w, b) = x @ w + b``.
+
+* ``Lin(w, b)`` wraps given tensors; ``Linear(n_in, n_out)`` creates its own (Kaiming init), like
+  the notebook's ``Linear`` built on ``nn.Module``.
+* ``Model(w1, b1, w2, b2)`` is the notebook's 784-50-1 regression model: its call returns the
+  MSE loss, its ``backward()`` fills ``.g`` of the weights, biases and input.
+* ``MLP(n_in, nh, n_out)`` is the notebook's ``l1``/``relu``/``l2`` model; ``Sequential`` chains
+  any layers, like ``nn.Sequential``.
 """
 
 from __future__ import annotations
@@ -15,16 +23,57 @@ import torch
 from torch import Tensor
 
 from pluglearn.scratch.functional import lin, relu
+from pluglearn.scratch.losses import Mse
 from pluglearn.scratch.modules import Module, Parameter
 
-__all__ = ["MLP", "Linear", "ReLU", "Sequential"]
+__all__ = ["MLP", "Lin", "Linear", "Model", "Relu", "Sequential"]
 
 
-class Linear(Module):
-    """Affine layer ``x @ w.T + b`` with ``w`` (n_out, n_in) and ``b`` (n_out,).
+class Lin(Module):
+    """Affine layer ``x @ w + b`` on the given tensors ``w`` (in, out) and ``b`` (out,).
 
-    ``w`` gets Kaiming/He init, ``randn * sqrt(2 / n_in)`` (keeps activations' scale through
-    ReLU layers); ``b`` starts at zero. Pass a ``torch.Generator`` for reproducible weights.
+    ``w`` and ``b`` are marked as parameters (the same tensor objects, not copies), so a model
+    built from ``Lin`` layers lists them in ``parameters()``.
+    """
+
+    def __init__(self, w: Tensor, b: Tensor | None = None) -> None:
+        super().__init__()
+        if not isinstance(w, Tensor) or w.ndim != 2:
+            shape = tuple(w.shape) if isinstance(w, Tensor) else type(w).__name__
+            raise ValueError(
+                f"Lin: w must be a 2-D tensor (in, out), got {shape}; e.g. torch.randn(784, 50)"
+            )
+        self.w = Parameter(w)
+        self.b = Parameter(b) if b is not None else None
+
+    @property
+    def n_in(self) -> int:
+        return self.w.shape[0]
+
+    @property
+    def n_out(self) -> int:
+        return self.w.shape[1]
+
+    def forward(self, x: Tensor) -> Tensor:
+        return lin(x, self.w, self.b)  # (n, in) @ (in, out) + (out,) -> (n, out)
+
+    def bwd(self, out: Tensor, x: Tensor) -> None:
+        g = out.g.reshape(-1, self.n_out)  # (*, out) -> (n, out)
+        x2 = x.reshape(-1, self.n_in)  # (*, in) -> (n, in)
+        x.g = (g @ self.w.T).reshape(x.shape)  # dL/dx = dL/dy · Wᵀ: (n, out) @ (out, in)
+        self.w.g = x2.T @ g  # dL/dW = xᵀ · dL/dy: (in, n) @ (n, out) -> (in, out)
+        if self.b is not None:
+            self.b.g = g.sum(0)  # dL/db = Σ_rows dL/dy: (n, out) -> (out,)
+
+    def extra_repr(self) -> str:
+        return f"n_in={self.n_in}, n_out={self.n_out}, bias={self.b is not None}"
+
+
+class Linear(Lin):
+    """A ``Lin`` that creates its weights: ``w`` (n_in, n_out) with Kaiming/He init
+    ``randn * sqrt(2 / n_in)`` (keeps activations' scale through ReLU layers), ``b`` zeros.
+
+    Pass a ``torch.Generator`` for reproducible weights.
     """
 
     def __init__(
@@ -35,30 +84,14 @@ class Linear(Module):
         generator: torch.Generator | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
-        super().__init__()
         if n_in < 1 or n_out < 1:
             raise ValueError(f"Linear needs n_in >= 1 and n_out >= 1, got ({n_in}, {n_out})")
-        self.n_in, self.n_out = n_in, n_out
-        w = torch.randn(n_out, n_in, generator=generator, dtype=dtype)  # (out, in)
-        self.w = Parameter(w * math.sqrt(2.0 / n_in))  # Var(w) = 2 / n_in
-        self.b = Parameter(torch.zeros(n_out, dtype=dtype)) if bias else None  # (out,)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return lin(x, self.w, self.b)  # (n, in) @ (in, out) + (out,) -> (n, out)
-
-    def bwd(self, out: Tensor, x: Tensor) -> None:
-        g = out.g.reshape(-1, self.n_out)  # (*, out) -> (n, out)
-        x2 = x.reshape(-1, self.n_in)  # (*, in) -> (n, in)
-        x.g = (g @ self.w).reshape(x.shape)  # dL/dx = dL/dy · W: (n, out) @ (out, in) -> (n, in)
-        self.w.g = g.T @ x2  # dL/dW = (dL/dy)ᵀ · x: (out, n) @ (n, in) -> (out, in)
-        if self.b is not None:
-            self.b.g = g.sum(0)  # dL/db = Σ_rows dL/dy: (n, out) -> (out,)
-
-    def extra_repr(self) -> str:
-        return f"n_in={self.n_in}, n_out={self.n_out}, bias={self.b is not None}"
+        w = torch.randn(n_in, n_out, generator=generator, dtype=dtype)  # (in, out)
+        b = torch.zeros(n_out, dtype=dtype) if bias else None  # (out,)
+        super().__init__(w * math.sqrt(2.0 / n_in), b)  # Var(w) = 2 / n_in
 
 
-class ReLU(Module):
+class Relu(Module):
     """``max(x, 0)`` elementwise."""
 
     def forward(self, x: Tensor) -> Tensor:
@@ -72,7 +105,7 @@ class Sequential(Module):
     """Chain of layers: ``forward`` feeds each output to the next; ``bwd`` runs in reverse.
 
     Children are named ``"0"``, ``"1"``, ... like ``torch.nn.Sequential``; it supports
-    ``len``, indexing and iteration.
+    ``len``, indexing, iteration and ``reversed``.
     """
 
     def __init__(self, *layers: Module) -> None:
@@ -94,39 +127,65 @@ class Sequential(Module):
     def __iter__(self) -> Iterator[Module]:
         return iter(list(self.children()))
 
+    def __reversed__(self) -> Iterator[Module]:
+        return reversed(list(self.children()))
+
     def forward(self, x: Any) -> Any:
         for layer in self:
             x = layer(x)
         return x
 
     def bwd(self, out: Tensor, x: Any) -> None:
-        for layer in reversed(list(self)):
+        for layer in reversed(self):
             layer.backward()  # each layer reads its out.g (set by the next) and sets inp.g
 
 
-class MLP(Module):
-    """``Linear(n_in, n_hidden) -> ReLU -> Linear(n_hidden, n_out)``, the notebook's model.
+class Model(Module):
+    """The notebook's regression model ``Lin(w1, b1) -> Relu -> Lin(w2, b2)`` with its loss.
 
-    Its layers sit in ``self.layers``, so parameter names are ``layers.0.w``, ``layers.2.b``...
+    ``model(x, targ)`` returns the MSE loss (a 0-d tensor); ``model.backward()`` runs the loss's
+    backward, then the layers' in reverse, filling ``.g`` of ``w1, b1, w2, b2`` and of ``x``.
+    """
+
+    def __init__(self, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor) -> None:
+        super().__init__()
+        self.layers = [Lin(w1, b1), Relu(), Lin(w2, b2)]  # stored as a Sequential
+        self.loss = Mse()
+
+    def forward(self, x: Tensor, targ: Tensor) -> Tensor:
+        for layer in self.layers:
+            x = layer(x)  # (n, in) -> (n, nh) -> (n, nh) -> (n, 1)
+        return self.loss(x, targ)  # (n, 1), (n,) -> ()
+
+    def bwd(self, out: Tensor, x: Tensor, targ: Tensor) -> None:
+        self.loss.backward()  # self.loss.out is out: it reads the same out.g (1 for the loss)
+        for layer in reversed(self.layers):
+            layer.backward()
+
+
+class MLP(Module):
+    """The notebook's ``MLP(n_in, nh, n_out)``: ``l2(relu(l1(x)))`` with ``Linear`` layers.
+
+    Parameters are named ``l1.w``, ``l1.b``, ``l2.w``, ``l2.b``.
     """
 
     def __init__(
         self,
         n_in: int,
-        n_hidden: int,
+        nh: int,
         n_out: int,
         generator: torch.Generator | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        self.layers = Sequential(
-            Linear(n_in, n_hidden, generator=generator, dtype=dtype),
-            ReLU(),
-            Linear(n_hidden, n_out, generator=generator, dtype=dtype),
-        )
+        self.l1 = Linear(n_in, nh, generator=generator, dtype=dtype)
+        self.l2 = Linear(nh, n_out, generator=generator, dtype=dtype)
+        self.relu = Relu()
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.layers(x)  # (n, in) -> (n, out)
+        return self.l2(self.relu(self.l1(x)))  # (n, in) -> (n, nh) -> (n, out)
 
     def bwd(self, out: Tensor, x: Tensor) -> None:
-        self.layers.backward()  # self.layers.out is out, so it reads the same out.g
+        self.l2.backward()  # self.l2.out is out, so it reads the same out.g
+        self.relu.backward()
+        self.l1.backward()

@@ -1,4 +1,4 @@
-"""Losses with a hand-written backward pass: ``MSE`` and ``CrossEntropy``.
+"""Losses with a hand-written backward pass: the notebook's ``Mse``, and ``CrossEntropy``.
 
 A loss is a :class:`~pluglearn.scratch.modules.Module` whose output is 0-d, so its
 ``backward()`` seeds ``out.g = 1`` (dL/dL) and the backward of a whole network is
@@ -13,11 +13,11 @@ from torch import Tensor
 from pluglearn.scratch.functional import cross_entropy, log_softmax, mse
 from pluglearn.scratch.modules import Module
 
-__all__ = ["MSE", "CrossEntropy"]
+__all__ = ["CrossEntropy", "Mse"]
 
 
-class MSE(Module):
-    """Mean squared error loss: ``MSE()(pred, target)`` with pred (n,) or (n, 1), target (n,)."""
+class Mse(Module):
+    """Mean squared error loss: ``Mse()(pred, target)`` with pred (n, 1) or (n,), target (n,)."""
 
     def forward(self, pred: Tensor, target: Tensor) -> Tensor:
         return mse(pred, target)  # (n, 1), (n,) -> ()

@@ -27,7 +27,7 @@ or tuple of Modules is stored as a :class:`Sequential`, so ``self.layers = [Line
 registers ``layers.0.w``. :meth:`Module.named_parameters` yields dotted names like torch's.
 
 The layers (:mod:`~pluglearn.scratch.layers`) and losses (:mod:`~pluglearn.scratch.losses`) live
-in their own modules and are re-exported from this one.
+in their own modules; import them all from :mod:`pluglearn.scratch`.
 """
 
 from __future__ import annotations
@@ -38,17 +38,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = [
-    "MLP",
-    "MSE",
-    "CrossEntropy",
-    "Linear",
-    "Module",
-    "Parameter",
-    "ReLU",
-    "Sequential",
-    "is_parameter",
-]
+__all__ = ["Module", "Parameter", "is_parameter"]
 
 _FLAG = "_scratch_parameter"
 
@@ -100,6 +90,8 @@ class Module:
         modules.pop(name, None)
         params.pop(name, None)
         if isinstance(value, (list, tuple)) and value and all(isinstance(v, Module) for v in value):
+            from pluglearn.scratch.layers import Sequential  # layers.py imports this module
+
             value = Sequential(*value)
         if isinstance(value, Module):
             modules[name] = value
@@ -246,10 +238,3 @@ class Module:
         for name, m in children:
             lines.append(f"  ({name}): " + repr(m).replace("\n", "\n  "))
         return "\n".join(lines) + "\n)"
-
-
-# Re-exported so ``from pluglearn.scratch.modules import Linear, CrossEntropy`` keeps working;
-# ``Module.__setattr__`` also uses ``Sequential`` from here. Imported last because layers.py and
-# losses.py import ``Module`` from this module (the package __init__ imports this one first).
-from pluglearn.scratch.layers import MLP, Linear, ReLU, Sequential  # noqa: E402
-from pluglearn.scratch.losses import MSE, CrossEntropy  # noqa: E402

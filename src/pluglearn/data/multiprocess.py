@@ -1,4 +1,8 @@
-"""A multiprocessing DataLoader: the notebook's process-pool idea, made sound.
+"""A multiprocessing DataLoader: the notebook's process-pool idea, made sound and resumable.
+
+(The notebook's own few-line form is :class:`pluglearn.scratch.DataLoader` with ``n_workers``;
+this is the production loader that :class:`~pluglearn.callbacks.multiprocess_loader.
+MultiprocessLoader` gives the Learner.)
 
 Worker processes take batches of indices from a task queue, fetch `dataset[i]`, call
 `collate_fn` and send the collated batch back. The parent keeps at most `prefetch` batches in
@@ -21,9 +25,10 @@ from typing import Any
 
 import torch
 
-from .data import BatchSampler, EpochPlan, Sampler, collate
+from ..scratch.data import collate
+from .epochs import EpochBatches, EpochOrder, EpochPlan
 from .picklability import check_picklable
-from .workers import (
+from .worker_pool import (
     WorkerError,
     WorkerPool,
     batch_seed,
@@ -36,10 +41,11 @@ __all__ = ["MultiprocessDataLoader", "WorkerError"]
 
 
 class MultiprocessDataLoader:
-    """Like `DataLoader`, with `n_workers` processes making batches (0: in this process, with
-    the same per-batch seeding, for debugging). The pool starts on the first `iter()`, is
-    reused across epochs, and is shut down by `close()` or `with`, on any error (or Ctrl-C)
-    inside an iteration, when the loader is garbage collected, or at interpreter exit.
+    """Like :class:`~pluglearn.data.epochs.ItemLoader`, with `n_workers` processes making
+    batches (0: in this process, with the same per-batch seeding, for debugging). The pool
+    starts on the first `iter()`, is reused across epochs, and is shut down by `close()` or
+    `with`, on any error (or Ctrl-C) inside an iteration, when the loader is garbage
+    collected, or at interpreter exit.
 
     `seed` (default: drawn from torch's global RNG) is the base of the per-batch seeds;
     `state_dict()` saves it with the position, so resuming reproduces random transforms too.
@@ -74,9 +80,7 @@ class MultiprocessDataLoader:
             raise ValueError(f"start_method must be one of {methods} or None, got {start_method!r}")
         self.dataset, self.collate_fn, self.n_workers = dataset, collate_fn, n_workers
         self.prefetch, self.start_method = prefetch, start_method
-        self.batch_sampler = BatchSampler(
-            Sampler(dataset, shuffle, generator), batch_size, drop_last
-        )
+        self.batches = EpochBatches(EpochOrder(dataset, shuffle, generator), batch_size, drop_last)
         if seed is None:
             seed = int(torch.randint(2**62, ()).item())
         self.base_seed = seed
@@ -85,7 +89,7 @@ class MultiprocessDataLoader:
         self._run = 0  # id of the live iteration; bumped by iter() and close()
 
     def __len__(self) -> int:
-        return len(self.batch_sampler)
+        return len(self.batches)
 
     @property
     def worker_pids(self) -> list[int]:
@@ -121,14 +125,14 @@ class MultiprocessDataLoader:
         self.close()
 
     def __iter__(self) -> Iterator[Any]:
-        plan = self.batch_sampler.start_epoch()
+        plan = self.batches.start_epoch()
         if not plan.batches:
             return
         if self.n_workers == 0:
             for j, idxs in enumerate(plan.batches):
                 seed = batch_seed(self.base_seed, plan.epoch, plan.first + j)
                 batch = make_batch(self.dataset, self.collate_fn, idxs, seed)
-                self.batch_sampler.advance(plan, j)
+                self.batches.advance(plan, j)
                 yield batch
             return
         self._run += 1
@@ -163,7 +167,7 @@ class MultiprocessDataLoader:
                 if not ok:
                     raise worker_error(plan.first + j, plan.epoch, *payload)
                 batch = pickle.loads(payload)
-                self.batch_sampler.advance(plan, j)
+                self.batches.advance(plan, j)
                 yield batch
                 if run != self._run:
                     raise RuntimeError(
@@ -177,10 +181,12 @@ class MultiprocessDataLoader:
             raise
 
     def state_dict(self) -> dict[str, Any]:
-        """`DataLoader.state_dict()` plus `"base_seed"`; batches prefetched but not yet
-        yielded do not count as delivered."""
-        return {**self.batch_sampler.state_dict(), "base_seed": self.base_seed}
+        """:meth:`EpochBatches.state_dict` (settings, and the position in items) plus
+        ``"base_seed"``; batches prefetched but not yet yielded do not count as delivered."""
+        return {**self.batches.state_dict(), "base_seed": self.base_seed}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.batch_sampler.load_state_dict(state)
+        """Restore a ``state_dict()``; one saved with another batch_size, drop_last, shuffle or
+        dataset length is refused with a ValueError naming the setting."""
+        self.batches.load_state_dict(state)
         self.base_seed = int(state["base_seed"])

@@ -3,11 +3,18 @@
 Each worker takes ``(epoch, batch, indices, seed)`` tasks, seeds torch, ``random`` and numpy
 from ``(base_seed, epoch, batch)``, fetches ``dataset[i]``, calls ``collate_fn`` and sends the
 pickled batch back (small tensors inside the pickle, large ones through shared memory). Workers
-ignore Ctrl-C (the parent handles it) and exit by themselves when their parent dies.
+ignore Ctrl-C (the parent handles it).
+
+A worker never outlives its parent by more than about a second, even in the middle of a slow
+batch: on Linux the kernel sends it SIGKILL when the parent dies (``prctl(PR_SET_PDEATHSIG)``,
+set first thing in the worker); everywhere it checks ``os.getppid()`` between items and, when
+idle, every ``_WATCHDOG_S`` seconds.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import hashlib
 import io
 import os
@@ -65,9 +72,41 @@ def _seeded(seed: int) -> Iterator[None]:
             np.random.set_state(saved[2])
 
 
+class ParentDied(Exception):
+    """Raised inside a worker whose parent process is gone; the worker then exits."""
+
+
+_parent = {"pid": None}  # set in each worker: the process whose death ends it
+
+
+def _check_parent() -> None:
+    if _parent["pid"] is not None and os.getppid() != _parent["pid"]:
+        raise ParentDied
+
+
+def _die_with_parent(parent_pid: int | None) -> None:
+    """Ask the kernel to SIGKILL this process when its parent dies (Linux), and remember the
+    parent for the checks between items. ``parent_pid`` is the pid the parent had when it
+    started us (None when a forkserver, not the loader's process, is our parent)."""
+    PR_SET_PDEATHSIG = 1  # from <sys/prctl.h>
+    if sys.platform.startswith("linux"):
+        with suppress(Exception):  # no libc by that name: the getppid checks remain
+            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+            libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    _parent["pid"] = os.getppid()
+    if parent_pid is not None and _parent["pid"] != parent_pid:
+        os._exit(0)  # the parent died before prctl took effect: we were reparented already
+
+
 def make_batch(dataset: Any, collate_fn: Callable, idxs: list[int], seed: int) -> Any:
+    """``collate_fn([dataset[i] for i in idxs])`` under the batch's seed; inside a worker, each
+    item first checks that the parent still lives."""
     with _seeded(seed):
-        return collate_fn([dataset[i] for i in idxs])
+        items = []
+        for i in idxs:
+            _check_parent()  # a no-op in the parent process (the in-process path)
+            items.append(dataset[i])
+        return collate_fn(items)
 
 
 def _tensor_from_bytes(data: bytearray, dtype: torch.dtype, shape: tuple[int, ...]) -> torch.Tensor:
@@ -112,6 +151,8 @@ def _run_task(dataset: Any, collate_fn: Callable, idxs: list[int], seed: int) ->
             make_batch(dataset, collate_fn, idxs, seed)
         )
         return True, out.getvalue()
+    except ParentDied:
+        raise
     except Exception as exc:
         try:
             exc_bytes = pickle.dumps(exc)
@@ -120,22 +161,26 @@ def _run_task(dataset: Any, collate_fn: Callable, idxs: list[int], seed: int) ->
         return False, (traceback.format_exc(), exc_bytes)
 
 
-def _worker_loop(dataset, collate_fn, tasks, results, current, parent_pid: int) -> None:
+def _worker_loop(dataset, collate_fn, tasks, results, current, parent_pid: int | None) -> None:
+    _die_with_parent(parent_pid)
     # Ctrl-C reaches the whole process group; the parent handles it and shuts us down.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(1)  # n workers x all cores would oversubscribe the CPU
-    while True:
-        try:
-            task = tasks.get(timeout=_WATCHDOG_S)
-        except queue.Empty:
-            if os.getppid() != parent_pid:  # the parent died without closing us
+    try:
+        while True:
+            try:
+                task = tasks.get(timeout=_WATCHDOG_S)
+            except queue.Empty:
+                _check_parent()  # the parent died without closing us
+                continue
+            if task is None:
                 break
-            continue
-        if task is None:
-            break
-        run, batch_index, idxs, seed = task
-        if run == current.value:  # tasks of an abandoned iteration are skipped
-            results.put((run, batch_index, *_run_task(dataset, collate_fn, idxs, seed)))
+            run, batch_index, idxs, seed = task
+            _check_parent()
+            if run == current.value:  # tasks of an abandoned iteration are skipped
+                results.put((run, batch_index, *_run_task(dataset, collate_fn, idxs, seed)))
+    except ParentDied:
+        pass
     results.cancel_join_thread()  # exiting must not wait for the parent to read
 
 
@@ -165,7 +210,10 @@ class WorkerPool:
     def __init__(self, ctx: Any, n_workers: int, dataset: Any, collate_fn: Callable):
         self.tasks, self.results, self.closed = ctx.Queue(), ctx.Queue(), False
         self.current = ctx.Value("q", 0, lock=False)  # id of the iteration being served
-        args = (dataset, collate_fn, self.tasks, self.results, self.current, os.getpid())
+        # a forkserver, not this process, is the parent of forkserver workers (and it exits
+        # when this process dies, so their parent-death signal still fires)
+        parent = None if ctx.get_start_method() == "forkserver" else os.getpid()
+        args = (dataset, collate_fn, self.tasks, self.results, self.current, parent)
         self.procs = [
             ctx.Process(target=_worker_loop, args=args, name=f"pluglearn-worker-{i}", daemon=True)
             for i in range(n_workers)

@@ -1,4 +1,4 @@
-"""pluglearn.scratch.multiprocess: same batches as the in-process loader, seeded per batch,
+"""pluglearn.data.multiprocess: same batches as the in-process loader, seeded per batch,
 bounded prefetch, worker errors surfaced, and no worker process ever left behind."""
 
 from __future__ import annotations
@@ -18,11 +18,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from pluglearn.scratch.data import DataLoader, Dataset
-from pluglearn.scratch.multiprocess import MultiprocessDataLoader, WorkerError
+from pluglearn.data.epochs import ItemLoader
+from pluglearn.data.multiprocess import MultiprocessDataLoader
+from pluglearn.data.worker_pool import WorkerError
+from pluglearn.scratch import Dataset
 from tests.helpers import wait_dead
 
-from . import _datasets as D
+from . import _worker_datasets as D
 
 pytestmark = pytest.mark.timeout(60)  # a hang fails the test instead of blocking the run
 
@@ -63,7 +65,7 @@ def test_batches_equal_the_in_process_path(start_method):
     n_workers = 1 if start_method == "spawn" else 2  # each spawn worker imports torch anew
     with _loader(D.Noisy(11), n_workers=n_workers, start_method=start_method) as loader:
         assert [_epoch(loader) for _ in range(2)] == expected
-    plain = DataLoader(
+    plain = ItemLoader(
         Dataset(torch.arange(11), torch.arange(11)), 3, shuffle=True, generator=_gen()
     )
     assert [[yb for _, yb in epoch] for epoch in expected] == [
@@ -237,8 +239,8 @@ def test_garbage_collection_closes_the_pool():
 def test_interpreter_exit_leaves_no_workers():
     # The loader is never closed: weakref.finalize shuts it down at interpreter exit.
     code = """if True:
-        from tests.scratch import _datasets as D
-        from pluglearn.scratch.multiprocess import MultiprocessDataLoader
+        from tests.data import _worker_datasets as D
+        from pluglearn.data.multiprocess import MultiprocessDataLoader
         loader = MultiprocessDataLoader(D.Items(9), 2, start_method="fork")
         it = iter(loader)
         next(it)
@@ -332,7 +334,7 @@ def test_resume_mid_epoch_ignores_prefetched_batches(n_workers):
             got = [next(it) for _ in range(k)]  # workers have prefetched beyond k
             state = _roundtrip(first.state_dict())
         at_end = k == len(expected[0])  # then the state points at the next epoch
-        assert state["base_seed"] == 5 and state["sampler"]["cursor"] == (0 if at_end else 3 * k)
+        assert state["base_seed"] == 5 and state["cursor"] == (0 if at_end else 3 * k)
         with _loader(D.Noisy(10), n_workers=n_workers, seed=None, generator=None) as resumed:
             resumed.load_state_dict(state)
             rest = [] if at_end else _epoch(resumed)
