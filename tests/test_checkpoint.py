@@ -52,6 +52,18 @@ def assert_bit_identical(weights: dict[str, torch.Tensor], reference: dict[str, 
         assert torch.equal(weights[name], value), f"{name} differs after resume"
 
 
+def assert_resumed_after(stdout: str, saved_at: int) -> None:
+    """The resumed job trained batches ``saved_at + 1 ...`` only: it did not start over (a
+    resume that is silently ignored would give the same weights, from batch 1)."""
+    trained = [int(line.split()[1]) for line in stdout.splitlines() if line.startswith("batch ")]
+    assert trained == list(range(saved_at + 1, BATCHES_PER_EPOCH * EPOCHS + 1))
+
+
+def saved_at(directory: Path) -> int:
+    """The training step of the newest checkpoint in ``directory``."""
+    return load_checkpoint(checkpoints_in(directory)[-1])["loop"]["train_iter"]
+
+
 @pytest.mark.timeout(300)
 def test_sigkill_at_random_batches_then_resume_is_bit_identical(tmp_path, reference):
     cuts = random.Random(7).sample(range(1, BATCHES_PER_EPOCH * EPOCHS), 2)
@@ -60,9 +72,12 @@ def test_sigkill_at_random_batches_then_resume_is_bit_identical(tmp_path, refere
         returncode, _ = run_and_signal(directory, cut, signal.SIGKILL)
         assert returncode == -signal.SIGKILL
         assert checkpoints_in(directory), "the job was killed before any checkpoint"
+        step = saved_at(directory)
+        assert cut <= step < BATCHES_PER_EPOCH * EPOCHS  # killed after batch `cut` was saved
         resumed = run_job(directory, "--resume", "--out", str(tmp_path / f"out{cut}.pt"))
         assert resumed.returncode == 0, resumed.stderr
         assert_bit_identical(load_weights(tmp_path / f"out{cut}.pt"), reference)
+        assert_resumed_after(resumed.stdout, step)
 
 
 @pytest.mark.timeout(120)
@@ -71,12 +86,13 @@ def test_ctrl_c_saves_a_checkpoint_after_the_batch_then_resume_is_bit_identical(
 ):
     returncode, stderr = run_and_signal(tmp_path / "ckpt", 27, signal.SIGINT)
     assert returncode != 0 and "KeyboardInterrupt: interrupted; resume with" in stderr
-    newest = load_checkpoint(checkpoints_in(tmp_path / "ckpt")[-1])
+    step = saved_at(tmp_path / "ckpt")
     # saved after the batch that was running when Ctrl-C came (later if the machine is slow)
-    assert 27 <= newest["loop"]["train_iter"] < BATCHES_PER_EPOCH * EPOCHS
+    assert 27 <= step < BATCHES_PER_EPOCH * EPOCHS
     resumed = run_job(tmp_path / "ckpt", "--resume", "--out", str(tmp_path / "out.pt"))
     assert resumed.returncode == 0, resumed.stderr
     assert_bit_identical(load_weights(tmp_path / "out.pt"), reference)
+    assert_resumed_after(resumed.stdout, step)
 
 
 def test_resume_starts_at_the_cut_without_replaying_batches(tmp_path):
@@ -208,6 +224,18 @@ class _DieAt:
             raise RuntimeError("die")
 
 
+class _TrainSteps:
+    """The training steps a fit ran (``train_iter`` after each training batch)."""
+
+    def __init__(self) -> None:
+        self.steps: list[int] = []
+
+    @hookimpl
+    def after_batch(self, learn):
+        if learn.training:
+            self.steps.append(learn.train_iter)
+
+
 def _map_style_learner(directory: Path) -> Learner:
     """A generic map-style dataset, so the default loader is the scratch DataLoader."""
     from pluglearn.scratch.data import Dataset
@@ -225,8 +253,11 @@ def test_resume_with_the_scratch_dataloader_is_bit_identical(tmp_path, cut):
     reference.fit(3)
     with pytest.raises(RuntimeError, match="die"):
         _map_style_learner(tmp_path / "run").fit(3, plugins=[_DieAt(cut)])
-    resumed = _map_style_learner(tmp_path / "run")
-    resumed.fit(3, resume_from=tmp_path / "run")
+    step = saved_at(tmp_path / "run")
+    assert step == cut - 1  # batch `cut` raised before its own checkpoint
+    resumed, ran = _map_style_learner(tmp_path / "run"), _TrainSteps()
+    resumed.fit(3, resume_from=tmp_path / "run", plugins=[ran])
     for a, b in zip(reference.model.parameters(), resumed.model.parameters(), strict=True):
         assert torch.equal(a, b)
     assert resumed.metrics["train_loss"] == reference.metrics["train_loss"]
+    assert ran.steps == list(range(step + 1, 16))  # not from scratch: 15 steps in 3 epochs
