@@ -1,5 +1,10 @@
 """Fetching a data file into the cache: download with a timeout, verify its md5, write atomically.
 
+Two limits keep a download from hanging: ``timeout`` (seconds to connect, or to wait for the
+next bytes: a silent server) and ``deadline`` (seconds for the whole download: a server that
+trickles bytes), by default ``$PLUGLEARN_DOWNLOAD_DEADLINE`` or :data:`DEFAULT_DEADLINE`. The
+deadline is checked as bytes arrive, so a download stops at most ``timeout`` seconds after it.
+
 Downloads go through a temporary file that is checked (size, md5) before ``os.replace`` moves it
 into the cache, so the cache never holds a partial or corrupt file. Used by
 :func:`pluglearn.data.mnist.load_mnist`, whose advice the error messages give.
@@ -12,6 +17,7 @@ import http.client
 import os
 import re
 import tempfile
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -21,6 +27,8 @@ from typing import BinaryIO
 
 __all__ = [
     "CACHE_ENV",
+    "DEADLINE_ENV",
+    "DEFAULT_DEADLINE",
     "URL_ENV",
     "ChecksumError",
     "DownloadError",
@@ -34,6 +42,10 @@ __all__ = [
 #: Where load_mnist() reads its default source; a failed download suggests setting it.
 URL_ENV = "PLUGLEARN_MNIST_URL"
 CACHE_ENV = "PLUGLEARN_CACHE"
+#: Seconds a whole download may take, when ``deadline`` is not given (else DEFAULT_DEADLINE).
+DEADLINE_ENV = "PLUGLEARN_DOWNLOAD_DEADLINE"
+#: 10 minutes: MNIST's 17 MB at 30 KB/s; a slower or stalling server is reported, not awaited.
+DEFAULT_DEADLINE = 600.0
 
 
 class DownloadError(ConnectionError):
@@ -52,8 +64,34 @@ def default_cache_dir() -> Path:
     return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "pluglearn"
 
 
-def fetch(url: str, dest: Path, md5: str | None, timeout: float) -> Path:
-    """Return ``dest``, downloading ``url`` there first unless a verified copy is cached."""
+def resolve_deadline(deadline: float | None) -> float:
+    """``deadline``, else ``$PLUGLEARN_DOWNLOAD_DEADLINE``, else :data:`DEFAULT_DEADLINE`:
+    a positive, finite number of seconds, or an error that names where the bad value came from."""
+    source = "deadline"
+    if deadline is None:
+        text = os.environ.get(DEADLINE_ENV, "").strip()
+        if not text:
+            return DEFAULT_DEADLINE
+        source = f"${DEADLINE_ENV}"
+        try:
+            deadline = float(text)
+        except ValueError:
+            deadline = None
+    is_number = isinstance(deadline, int | float) and not isinstance(deadline, bool)
+    if not (is_number and 0 < deadline < float("inf")):  # type: ignore[operator]
+        raise ValueError(
+            f"{source} must be a positive, finite number of seconds for a whole download, got "
+            f"{deadline if source == 'deadline' else os.environ.get(DEADLINE_ENV)!r}: e.g. 600."
+        )
+    return float(deadline)  # type: ignore[arg-type]
+
+
+def fetch(
+    url: str, dest: Path, md5: str | None, timeout: float, deadline: float | None = None
+) -> Path:
+    """Return ``dest``, downloading ``url`` there first unless a verified copy is cached.
+    ``deadline``: seconds for the whole download (None: :func:`resolve_deadline`)."""
+    deadline = resolve_deadline(deadline)
     if dest.is_file():
         if md5 is None or _md5(dest) == md5.lower():
             return dest
@@ -64,7 +102,7 @@ def fetch(url: str, dest: Path, md5: str | None, timeout: float) -> Path:
     fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
     try:
         with os.fdopen(fd, "wb") as out:
-            digest, size, expected = _download(url, out, timeout, dest)
+            digest, size, expected = _download(url, out, timeout, deadline, dest)
             if expected is not None and size != expected:
                 raise DownloadError(
                     f"download of {url} stopped after {size} of {expected} bytes; nothing was"
@@ -85,17 +123,23 @@ def fetch(url: str, dest: Path, md5: str | None, timeout: float) -> Path:
     return dest
 
 
-def _download(url: str, out: BinaryIO, timeout: float, dest: Path) -> tuple[str, int, int | None]:
+def _download(
+    url: str, out: BinaryIO, timeout: float, deadline: float, dest: Path
+) -> tuple[str, int, int | None]:
     """Stream ``url`` into ``out``; return (md5 hex, bytes read, Content-Length or None)."""
-    digest, size = hashlib.md5(usedforsecurity=False), 0
+    digest, size, length = hashlib.md5(usedforsecurity=False), 0, None
     request = urllib.request.Request(url, headers={"User-Agent": "pluglearn"})
+    end, late = time.monotonic() + deadline, False
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             length = response.headers.get("Content-Length")
-            while chunk := response.read(1 << 20):
+            # read1: what has arrived (one receive), so the deadline is checked between arrivals
+            while chunk := response.read1(1 << 20):
                 out.write(chunk)
                 digest.update(chunk)
                 size += len(chunk)
+                if late := time.monotonic() > end:
+                    break
     except (OSError, http.client.HTTPException) as error:  # URLError, timeouts, resets
         reason = getattr(error, "reason", None) or error
         if isinstance(error, urllib.error.HTTPError):
@@ -105,7 +149,16 @@ def _download(url: str, out: BinaryIO, timeout: float, dest: Path) -> tuple[str,
             f" offline, fetch the file elsewhere and pass its path to load_mnist() (or set"
             f" {URL_ENV} to that path or to a reachable mirror), or place it at {dest}."
         ) from error
-    return digest.hexdigest(), size, int(length) if length and length.isdigit() else None
+    expected = int(length) if length and length.isdigit() else None
+    if late and (expected is None or size < expected):
+        of = f" of {expected}" if expected is not None else ""
+        raise DownloadError(
+            f"download of {url} passed its {deadline:g} s deadline with {size}{of} bytes"
+            f" received: the server is too slow. Nothing was cached at {dest}. Retry later,"
+            f" allow more time (load_mnist(deadline=...) or ${DEADLINE_ENV}), or fetch the file"
+            " elsewhere and pass its path to load_mnist()."
+        )
+    return digest.hexdigest(), size, expected
 
 
 def cache_path(cache: Path, url: str) -> Path:

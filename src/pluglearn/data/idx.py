@@ -1,11 +1,14 @@
 """IDX files, as MNIST is published: a reader, and the MNIST layout of the ``train``/``t10k`` sets.
 
 The files are ``{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]``: a big-endian header (magic
-number, then one size per dimension) and unsigned bytes.
+number, then one size per dimension) and unsigned bytes. :func:`read_idx` reads the header first
+and then at most the bytes it promises (+1, to see excess), so a small gzip'd file that
+decompresses to gigabytes is refused without reading it.
 """
 
 from __future__ import annotations
 
+import math
 import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -13,7 +16,15 @@ from pathlib import Path
 import numpy as np
 
 from .download import verify
-from .mnist_format import DataFormatError, MnistSplits, Source, make_splits, open_maybe_gzip
+from .mnist_format import (
+    DataFormatError,
+    MnistSplits,
+    Source,
+    byte_limit,
+    make_splits,
+    open_maybe_gzip,
+    read_at_most,
+)
 
 __all__ = [
     "IDX_SETS",
@@ -30,18 +41,43 @@ IDX_SETS = ("train", "t10k")
 IMAGES_MAGIC, LABELS_MAGIC = 2051, 2049
 
 
-def read_idx(path: Source, magic: int | None = None) -> np.ndarray:
+def read_idx(path: Source, magic: int | None = None, max_bytes: int | None = None) -> np.ndarray:
     """Read an unsigned-byte IDX file (gzip'd or not) as a uint8 array shaped by its header.
 
-    ``magic`` (2051 images, 2049 labels) is checked when given.
+    ``magic`` (2051 images, 2049 labels) is checked when given. ``max_bytes`` bounds the size a
+    header may promise (None: :data:`~pluglearn.data.mnist_format.MAX_DECOMPRESSED_BYTES`);
+    no more than the promised bytes + 1 are ever read.
     """
-    path = Path(path)
+    path, limit = Path(path), byte_limit(max_bytes)
     try:
         with open_maybe_gzip(path) as f:
-            data = f.read()
+            found = _check_magic(path, read_at_most(f, 4), magic)
+            ndim = found & 0xFF
+            raw_dims = read_at_most(f, 4 * ndim)
+            if len(raw_dims) < 4 * ndim:
+                raise DataFormatError(f"{path}: truncated IDX header; download the file again")
+            dims = tuple(int.from_bytes(raw_dims[4 * i : 4 * i + 4], "big") for i in range(ndim))
+            if (size := math.prod(dims)) > limit:
+                raise DataFormatError(
+                    f"{path}: header promises {dims} = {size} bytes, more than max_bytes="
+                    f"{limit}: the file is corrupt or crafted. Pass a larger max_bytes= to "
+                    "read_idx if it is genuine."
+                )
+            data = read_at_most(f, size + 1)
     except (EOFError, OSError, zlib.error) as error:
         raise DataFormatError(f"{path} could not be read or decompressed ({error!r})") from error
-    found = int.from_bytes(data[:4], "big") if len(data) >= 4 else None
+    if len(data) != size:
+        got = f"{len(data)}" if len(data) < size else "more"
+        raise DataFormatError(
+            f"{path}: header promises {dims} = {size} bytes but the file has {got}: truncated "
+            "or corrupt; download it again"
+        )
+    return np.frombuffer(data, np.uint8).reshape(dims)
+
+
+def _check_magic(path: Path, head: bytes | bytearray, magic: int | None) -> int:
+    """The magic number in ``head`` (the file's first 4 bytes), or an error naming it."""
+    found = int.from_bytes(head, "big") if len(head) == 4 else None
     if found is None or (magic is not None and found != magic) or found >> 8 != 0x08:
         want = (
             f"{magic} ({'images' if magic == IMAGES_MAGIC else 'labels'})"
@@ -52,16 +88,7 @@ def read_idx(path: Source, magic: int | None = None) -> np.ndarray:
             f"{path}: IDX magic number is {found}, expected {want}; is this the"
             f" right file, and is it complete?"
         )
-    ndim, header = found & 0xFF, 4 + 4 * (found & 0xFF)
-    if len(data) < header:
-        raise DataFormatError(f"{path}: truncated IDX header; download the file again")
-    dims = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    if (size := int(np.prod(dims))) != len(data) - header:
-        raise DataFormatError(
-            f"{path}: header promises {dims} = {size} bytes but the file has"
-            f" {len(data) - header}: truncated or corrupt; download it again"
-        )
-    return np.frombuffer(data, np.uint8, size, header).reshape(dims)
+    return found
 
 
 def find_idx(folder: Path, stem: str) -> Path | None:

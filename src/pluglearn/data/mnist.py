@@ -9,7 +9,9 @@ Two on-disk layouts are read:
 * the IDX files as published (``{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]``).
 
 Downloads go through a temporary file that is checked (size, md5) before ``os.replace`` moves it
-into the cache, so the cache never holds a partial or corrupt file.
+into the cache, so the cache never holds a partial or corrupt file; a download has a deadline
+as a whole, beside the timeout for each wait. Reading never decompresses more than a file may
+hold (an IDX header's promise + 1 byte; for the pickle ``MAX_DECOMPRESSED_BYTES``, 1 GiB).
 
 This module ties the pieces together (:func:`load_mnist`) and re-exports their public names:
 :mod:`~pluglearn.data.download` (fetch, cache, md5), :mod:`~pluglearn.data.safe_pickle` (the
@@ -35,6 +37,7 @@ from .download import (
     default_cache_dir,
     fetch,
     file_name,
+    resolve_deadline,
     verify,
 )
 from .idx import (
@@ -79,6 +82,7 @@ def load_mnist(
     md5: str | Mapping[str, str] | None = None,
     timeout: float = 10.0,
     idx_sets: Sequence[str] = IDX_SETS,
+    deadline: float | None = None,
 ) -> MnistSplits:
     """Load MNIST from a local file or folder, or from a URL through the cache.
 
@@ -90,6 +94,9 @@ def load_mnist(
         md5: expected md5 of the pickle (a str), or of IDX files (a mapping file name -> md5).
             Downloads from :data:`KNOWN_MD5` URLs are checked even when it is None.
         timeout: seconds to wait for the server to connect or to send the next bytes.
+        deadline: seconds a whole download may take (a server that trickles bytes is stopped,
+            and reported with the bytes received). Default: ``$PLUGLEARN_DOWNLOAD_DEADLINE``,
+            else 600.
         idx_sets: for an IDX base URL, which sets to download (``"t10k"`` is required).
 
     IDX splits: with the ``train`` files, train / valid are the first 5/6 and the last 1/6 of
@@ -101,6 +108,8 @@ def load_mnist(
     is_number = isinstance(timeout, int | float) and not isinstance(timeout, bool)
     if not (is_number and 0 < timeout < float("inf")):
         raise ValueError(f"timeout must be a positive, finite number of seconds, got {timeout!r}")
+    if deadline is not None:  # None: fetch reads $PLUGLEARN_DOWNLOAD_DEADLINE when it downloads
+        deadline = resolve_deadline(deadline)
     if source is None:
         source = os.environ.get(URL_ENV) or DEFAULT_URL
     source = os.fspath(source)
@@ -112,12 +121,12 @@ def load_mnist(
         if _is_pickle_name(url.path):
             checksum = _str_md5(md5, source) or KNOWN_MD5.get(source)
             dest = cache_path(cache, source) / file_name(url.path)
-            return read_mnist_pickle(fetch(source, dest, checksum, timeout))
+            return read_mnist_pickle(fetch(source, dest, checksum, timeout, deadline))
         sets = check_sets(idx_sets)
         base = source if url.path.endswith("/") else source + "/"
         folder, md5s = cache_path(cache, base), _map_md5(md5, source)
         for name in idx_names(sets):
-            fetch(base + name, folder / name, md5s.get(name), timeout)
+            fetch(base + name, folder / name, md5s.get(name), timeout, deadline)
         return read_idx_sets(folder, sets, md5s)
     path = Path(source).expanduser()
     if path.is_dir():

@@ -2,7 +2,9 @@
 
 The file is a (gzip'd) pickle of ``((train_x, train_y), (valid_x, valid_y), (test_x, test_y))``,
 x float in [0, 1] shaped (n, 784), y integer labels. It is unpickled with a restricted unpickler
-that only builds numpy arrays, so a crafted file cannot run code.
+that only builds numpy arrays, so a crafted file cannot run code, and its decompressed size is
+bounded (``max_bytes``, default :data:`~pluglearn.data.mnist_format.MAX_DECOMPRESSED_BYTES`), so a
+small crafted file cannot fill the memory.
 """
 
 from __future__ import annotations
@@ -12,7 +14,15 @@ from pathlib import Path
 
 import numpy as np
 
-from .mnist_format import DataFormatError, MnistSplits, Source, make_splits, open_maybe_gzip
+from .mnist_format import (
+    BoundedReader,
+    DataFormatError,
+    MnistSplits,
+    Source,
+    byte_limit,
+    make_splits,
+    open_maybe_gzip,
+)
 
 __all__ = ["read_mnist_pickle"]
 
@@ -56,13 +66,19 @@ class _ArrayOnlyUnpickler(pickle.Unpickler):
             ) from None
 
 
-def read_mnist_pickle(path: Source) -> MnistSplits:
-    """Read the (optionally gzip'd) notebook pickle safely; see the module docstring."""
-    path = Path(path)
+def read_mnist_pickle(path: Source, max_bytes: int | None = None) -> MnistSplits:
+    """Read the (optionally gzip'd) notebook pickle safely; see the module docstring.
+
+    ``max_bytes``: the most bytes the file may decompress to (None:
+    :data:`~pluglearn.data.mnist_format.MAX_DECOMPRESSED_BYTES`); a file past it is refused
+    after reading ``max_bytes + 1`` bytes.
+    """
+    path, limit = Path(path), byte_limit(max_bytes)
     try:
         with open_maybe_gzip(path) as f:
-            splits = _ArrayOnlyUnpickler(f, encoding="latin1").load()
-    except _RefusedGlobal:
+            bounded = BoundedReader(f, limit, path)
+            splits = _ArrayOnlyUnpickler(bounded, encoding="latin1").load()
+    except (_RefusedGlobal, DataFormatError):
         raise
     except Exception as error:  # an untrusted file can fail in any allowed constructor
         raise DataFormatError(f"{path} is not a readable MNIST pickle ({error!r})") from error
