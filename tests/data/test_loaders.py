@@ -254,3 +254,22 @@ def test_an_old_loader_state_in_batches_still_resumes():
     resumed = loader()
     resumed.load_state_dict(old)
     assert all(torch.equal(a, b) for a, b in zip([yb for _, yb in resumed], want[2:], strict=True))
+
+
+def test_a_refused_loader_state_changes_nothing():
+    loader = TensorBatchLoader((torch.arange(20.0), torch.arange(20)), 4, shuffle=True)
+    iter_ = iter(loader)
+    next(iter_)
+    state = loader.state_dict()
+    fresh = TensorBatchLoader((torch.arange(20.0), torch.arange(20)), 4, shuffle=True)
+    before = fresh.state_dict()
+    for bad in (
+        {**state, "batch_size": 5},
+        {k: v for k, v in state.items() if k != "rng"},
+        {**state, "cursor": 20},
+    ):
+        with pytest.raises(ValueError, match=r"batch_size=5|generator states|outside 0\.\.19"):
+            fresh.load_state_dict(bad)
+        after = fresh.state_dict()
+        assert after["cursor"] == before["cursor"] == 0
+        assert torch.equal(after["rng"], before["rng"])

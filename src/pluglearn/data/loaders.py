@@ -8,7 +8,9 @@ start of each fit, so a plugin (the multiprocessing loader, say) decides how bat
 :class:`TensorBatchLoader` is the default for in-memory tensors: one index operation fetches a
 whole batch (the notebook's closing insight: no per-item ``__getitem__`` and no collate), and the
 training set is shuffled each epoch with a seedable ``torch.Generator``. Its ``state_dict`` lets a
-checkpoint resume mid-epoch in O(1): the generator state of the epoch start and a cursor.
+checkpoint resume mid-epoch in O(1): the generator state of the epoch start, a cursor in items,
+and the settings that decide the order (a resume with another ``batch_size`` or ``drop_last``
+is refused, as it would skip or repeat items).
 """
 
 from __future__ import annotations
@@ -123,6 +125,14 @@ class TensorBatchLoader:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from ``state``: the next iteration resumes its open epoch at ``cursor``
         without fetching the items before it, or starts the next epoch as the saved run would.
+        Refused, changing nothing, when :meth:`check_state_dict` refuses ``state``."""
+        cursor = self.check_state_dict(state)
+        self.cursor, self._resume = cursor, cursor > 0
+        self._epoch_rng = state["epoch_rng"].clone()
+        self.generator.set_state(state["rng"].clone())
+
+    def check_state_dict(self, state: dict[str, Any]) -> int:
+        """The cursor ``state`` resumes at, or a ValueError naming the fix; changes nothing.
 
         A state saved with other order settings is refused (the resume would skip or repeat
         items). A state of the older format (``position`` in batches, no settings) is read as
@@ -157,14 +167,17 @@ class TensorBatchLoader:
                 f"the loader state has no cursor (keys {sorted(state)}): it was not saved by a "
                 "TensorBatchLoader. Resume from a checkpoint of this kind of run."
             )
+        if not all(isinstance(state.get(k), torch.Tensor) for k in ("epoch_rng", "rng")):
+            raise ValueError(
+                "the loader state lacks its generator states (epoch_rng, rng): the checkpoint "
+                "is corrupt; resume from another one or start a new run."
+            )
         if not 0 <= cursor < self.epoch_items:
             raise ValueError(
                 f"loader cursor {cursor} is outside 0..{self.epoch_items - 1} (items of an "
                 "epoch): the checkpoint is corrupt or of other data; start a new run."
             )
-        self.cursor, self._resume = cursor, cursor > 0
-        self._epoch_rng = state["epoch_rng"].clone()
-        self.generator.set_state(state["rng"].clone())
+        return cursor
 
 
 class DataLoaders:
