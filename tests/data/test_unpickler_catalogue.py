@@ -9,6 +9,7 @@ error naming the global, and leave ``tmp_path`` exactly as it was.
 
 from __future__ import annotations
 
+import gzip
 import os
 import pickle
 import re
@@ -17,6 +18,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -300,3 +302,85 @@ def test_the_allowed_globals_are_exactly_what_numpy_arrays_need(tmp_path):
         path = as_mnist_file(tmp_path / "p.pkl", call(module, name, (_int(1),)))
         with pytest.raises(pickle.UnpicklingError, match=f"refused global {module}.{name}"):
             read_mnist_pickle(path)
+
+
+# ----------------------------------------------------------------------------- codecs, layout, size
+
+
+@pytest.mark.parametrize("encoding", ["latin1", "latin-1", "Latin_1", "iso-8859-1", "ISO_8859_1"])
+def test_every_spelling_of_latin1_is_admitted_for_codecs_encode(tmp_path, encoding):
+    """Python 3 writes bytes as ``_codecs.encode(text, "latin1")``; codec names ignore case,
+    dashes and underscores, so each spelling must give the same bytes."""
+    text = "".join(map(chr, range(256)))
+    payload = call("_codecs", "encode", (_str(text), _str(encoding)))
+    data = b"\x80\x02" + _tuple(_tuple(payload, b"N"), b"N", b"N") + b"."
+    (tmp_path / "p.pkl").write_bytes(data)
+    with pytest.raises(DataFormatError, match=r"train: x must be a float array"):
+        read_mnist_pickle(tmp_path / "p.pkl")  # admitted: it fails on the layout, later
+    assert pickle.loads(data)[0][0] == bytes(range(256))
+
+
+@pytest.mark.parametrize("encoding", ["utf-8", "utf_16", "rot13", "hex", "latin2"])
+def test_other_codecs_are_refused(tmp_path, encoding):
+    payload = call("_codecs", "encode", (_str("x"), _str(encoding)))
+    path = as_mnist_file(tmp_path / "p.pkl", payload)
+    with pytest.raises(pickle.UnpicklingError, match=rf"refused _codecs\.encode .*{encoding!r}"):
+        read_mnist_pickle(path)
+
+
+class _Python2Pickler(pickle._Pickler):  # the pure-Python pickler, whose dispatch is a dict
+    """Writes protocol 2 as Python 2 did: bytes as BINSTRING (a py2 ``str``), not as
+    ``_codecs.encode(text, "latin1")``. The classic mnist.pkl.gz is such a file; only
+    ``encoding="latin1"`` turns those strings back into the very bytes."""
+
+    dispatch: ClassVar[dict] = dict(pickle._Pickler.dispatch)
+
+    def save_binstring(self, obj: bytes) -> None:
+        self.write(b"T" + struct.pack("<I", len(obj)) + obj)
+        self.memoize(obj)
+
+    dispatch[bytes] = save_binstring
+
+
+def test_a_python2_pickle_with_byte_strings_loads_bit_exact(tmp_path):
+    want = _tiny_splits()
+    with (tmp_path / "py2.pkl").open("wb") as f:
+        _Python2Pickler(f, protocol=2).dump(want)
+    assert b"_codecs" not in (tmp_path / "py2.pkl").read_bytes()
+    got = read_mnist_pickle(tmp_path / "py2.pkl")
+    for (gx, gy), (wx, wy) in zip(got, want, strict=True):
+        assert torch.equal(gx, torch.from_numpy(wx)) and torch.equal(gy, torch.from_numpy(wy))
+
+
+@pytest.mark.parametrize(
+    ("obj", "kind"),
+    [
+        (((np.zeros((1, 784), np.float32), np.zeros(1, np.int64)),) * 2, "tuple"),
+        ([(np.zeros((1, 784), np.float32), np.zeros(1, np.int64))] * 4, "list"),
+        ({"a": 1, "b": 2, "c": 3}, "dict"),
+        ("abc", "str"),
+    ],
+)
+def test_anything_but_three_splits_is_named_with_its_type(tmp_path, obj, kind):
+    path = tmp_path / "bad.pkl"
+    path.write_bytes(pickle.dumps(obj, protocol=2))
+    expected = rf"^{re.escape(str(path))}: expected \(\(train_x, .*\)\), got a {kind}$"
+    with pytest.raises(DataFormatError, match=expected):
+        read_mnist_pickle(path)
+
+
+def test_a_bad_split_is_named_with_the_file_and_the_split(tmp_path):
+    path = tmp_path / "bad.pkl"
+    path.write_bytes(pickle.dumps((1, 2, 3), protocol=2))
+    with pytest.raises(DataFormatError, match=rf"^{re.escape(str(path))} train: expected an"):
+        read_mnist_pickle(path)
+
+
+def test_max_bytes_bounds_the_decompressed_pickle_and_names_the_file(tmp_path):
+    data = pickle.dumps(_tiny_splits(), protocol=4)
+    path = tmp_path / "m.pkl.gz"
+    path.write_bytes(gzip.compress(data))
+    assert len(read_mnist_pickle(path, max_bytes=len(data)).train[0]) == 6
+    too_big = rf"^{re.escape(str(path))} decompresses to more than {len(data) - 1} bytes"
+    with pytest.raises(DataFormatError, match=too_big):
+        read_mnist_pickle(path, max_bytes=len(data) - 1)
