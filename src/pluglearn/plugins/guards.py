@@ -56,6 +56,11 @@ def plugin_name(plugin: object) -> str:
 
 
 def _did_you_mean(name: str) -> str:
+    from .foreign_names import suggest  # fastai / Lightning / Keras names: the real equivalent
+
+    foreign = suggest(name)
+    if foreign:
+        return f" {foreign}"
     close = difflib.get_close_matches(name, HOOKS, n=1, cutoff=0.6)
     return f" Did you mean '{close[0]}'?" if close else ""
 

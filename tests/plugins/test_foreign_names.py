@@ -1,0 +1,66 @@
+"""Hook names from other frameworks get the pluglearn equivalent, not a misleading did-you-mean."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from pluglearn import DataLoaders, Learner, PluginError, hookimpl
+from pluglearn.plugins import specs
+from pluglearn.plugins.foreign_names import FOREIGN_HOOKS, suggest
+
+REAL_HOOKS = {name for name, fn in vars(specs).items() if hasattr(fn, "pluglearn_spec")}
+
+
+def learner_with(plugin: object) -> Learner:
+    x, y = torch.randn(4, 3), torch.tensor([0, 1, 0, 1])
+    return Learner(nn.Linear(3, 2), DataLoaders([(x, y)], [(x, y)]), plugins=[plugin])
+
+
+def plugin_with_hook(name: str) -> object:
+    def method(self, learn):
+        pass
+
+    method.__name__ = name
+    return type("Ported", (), {name: hookimpl(method)})()
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("on_train_batch_end", "'after_batch'"),
+        ("on_epoch_end", "'after_epoch'"),
+        ("on_validation_epoch_end", "'after_validate'"),
+        ("before_backward", "'after_loss'"),
+        ("on_after_backward", "'after_backward'"),
+        ("on_before_optimizer_step", "'before_step'"),
+        ("after_cancel_batch", "'cleanup_batch'"),
+        ("training_step", "'predict' or 'compute_loss'"),
+        ("on_train_begin", "'before_fit'"),
+    ],
+)
+def test_a_foreign_hook_name_gets_its_pluglearn_equivalent_at_registration(name, expected):
+    with pytest.raises(PluginError) as info:
+        learner_with(plugin_with_hook(name))
+    message = str(info.value)
+    assert f"'{name}' is a " in message and f"in pluglearn use {expected}" in message
+    assert "Did you mean" not in message  # on_train_batch_end is not 'before_batch'
+
+
+def test_a_plain_typo_still_gets_a_did_you_mean():
+    with pytest.raises(PluginError, match="Did you mean 'after_batch'"):
+        learner_with(plugin_with_hook("after_bacth"))
+
+
+def test_real_hooks_are_not_foreign_and_every_suggestion_is_a_real_hook():
+    assert not set(FOREIGN_HOOKS) & REAL_HOOKS
+    for name in ("before_step", "after_create_opt", "should_step", "forward_context"):
+        assert suggest(name) is None  # pluglearn's own hooks, whatever fastai means by them
+    for name, hook in FOREIGN_HOOKS.items():
+        unknown = [h for h in hook.hooks if h not in REAL_HOOKS]
+        assert not unknown, f"{name} suggests {unknown}, which are not pluglearn hooks"
+
+
+def test_a_method_named_like_a_real_hook_registers():
+    learner_with(plugin_with_hook("before_fit"))  # no error: fastai's name is ours too
