@@ -1,4 +1,4 @@
-"""Recorder: per-batch losses and learning rates, per-epoch metrics, plot, every=n, state."""
+"""Recorder: per-batch losses, lrs and momenta, per-epoch metrics, plot, every=n, state."""
 
 from __future__ import annotations
 
@@ -122,7 +122,101 @@ def test_plot_writes_a_png(data, tmp_path):
     assert len(raw) > 0
     assert raw[:8] == PNG_SIGNATURE
     assert raw[12:16] == b"IHDR"
-    assert struct.unpack(">II", raw[16:24]) == (700, 400)  # figsize (7, 4) at 100 dpi
+    assert struct.unpack(">II", raw[16:24]) == (700, 600)  # figsize (7, 6) at 100 dpi
+
+
+def test_plot_without_a_path_returns_the_figure_with_a_loss_and_an_lr_panel(data, tmp_path):
+    from matplotlib.figure import Figure
+
+    train, valid = data
+    rec = Recorder()
+    make_learner(make_model(), train, valid, [InverseSchedule(), rec]).fit(2)
+    fig = rec.plot()
+    assert isinstance(fig, Figure)
+    loss_ax, lr_ax = fig.axes
+    assert loss_ax.get_ylabel() == "loss" and lr_ax.get_ylabel() == "learning rate"
+    (train_line, valid_line) = loss_ax.get_lines()
+    assert list(train_line.get_ydata()) == rec.losses
+    assert list(valid_line.get_ydata()) == [e["valid_loss"] for e in rec.epochs]
+    (lr_line,) = lr_ax.get_lines()
+    assert list(lr_line.get_xdata()) == rec.steps and list(lr_line.get_ydata()) == rec.lrs
+    assert not list(tmp_path.iterdir())  # nothing written
+
+
+class OneCycle:
+    """torch's OneCycleLR, stepped after every optimizer step (its documented use)."""
+
+    def __init__(self, total_steps: int) -> None:
+        self.total_steps = total_steps
+
+    @hookimpl
+    def before_fit(self, learn):
+        self.sched = torch.optim.lr_scheduler.OneCycleLR(
+            learn.opt, max_lr=0.5, total_steps=self.total_steps
+        )
+
+    @hookimpl
+    def after_step(self):
+        self.sched.step()
+
+
+def sgd_momentum(params, lr):
+    return torch.optim.SGD(params, lr=lr, momentum=0.9)
+
+
+def test_lrs_and_moms_are_those_each_batch_used_under_one_cycle_stepped_after_step(data):
+    train, valid = data
+    n_epochs = 3
+    model = make_model()
+    # the hand-written loop: record what the optimizer holds when it steps
+    hand = copy.deepcopy(model)
+    opt = sgd_momentum(hand.parameters(), lr=0.5)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.5, total_steps=n_epochs * 3)
+    lrs, moms, losses = [], [], []
+    for _ in range(n_epochs):
+        for xb, yb in train:
+            loss = F.cross_entropy(hand(xb), yb)
+            losses.append(loss.item())
+            loss.backward()
+            lrs.append(opt.param_groups[0]["lr"])
+            moms.append(opt.param_groups[0]["momentum"])
+            opt.step()
+            sched.step()
+            opt.zero_grad()
+
+    rec = Recorder()
+    learn = Learner(
+        model,
+        DataLoaders(train, valid),
+        opt_func=sgd_momentum,
+        lr=0.5,
+        plugins=[rec, OneCycle(n_epochs * 3), ProgressBar(file=io.StringIO())],
+    )
+    learn.fit(n_epochs)
+    assert rec.lrs == lrs  # exactly the floats the optimizer stepped with
+    assert rec.moms == moms
+    assert rec.lrs[0] == pytest.approx(0.5 / 25)  # OneCycleLR starts at max_lr / div_factor
+    assert len(set(rec.moms)) > 3  # momentum cycles too
+    assert rec.losses == pytest.approx(losses, rel=1e-6)
+
+
+def test_moms_are_adams_first_beta(data):
+    train, valid = data
+    rec = Recorder()
+
+    def adam(params, lr):
+        return torch.optim.Adam(params, lr=lr, betas=(0.85, 0.99))
+
+    learn = Learner(
+        make_model(),
+        DataLoaders(train, valid),
+        opt_func=adam,
+        lr=0.01,
+        plugins=[rec],
+        defaults=False,
+    )
+    learn.fit(1)
+    assert rec.moms == [0.85] * 3
 
 
 def test_plot_before_fit_is_an_error(tmp_path):
@@ -163,6 +257,7 @@ def test_state_dict_round_trips_through_a_weights_only_checkpoint(data):
     assert fresh.steps == rec.steps
     assert fresh.losses == rec.losses
     assert fresh.lrs == rec.lrs
+    assert fresh.moms == rec.moms == [0.0] * 6  # plain SGD: momentum 0
     assert fresh.epochs == rec.epochs
 
     learn.remove_plugin(rec)  # the restored Recorder carries on where the first one stopped
@@ -179,7 +274,7 @@ def test_state_dict_hook_is_collected_by_the_plugin_manager(data):
     rec = Recorder()
     learn = make_learner(make_model(), train, valid, [rec])
     learn.fit(1)
-    (state,) = [s for s in learn.hooks.call("state_dict", learn=learn) if s and "losses" in s]
+    state = dict(learn.hooks.call("state_dict", learn=learn))["Recorder"]  # (name, state) pairs
     assert state["steps"] == [1, 2, 3]
     assert state["lrs"] == [0.5] * 3
     assert [e["epoch"] for e in state["epochs"]] == [0]

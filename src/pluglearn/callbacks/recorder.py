@@ -1,12 +1,19 @@
-"""Recorder: the loss and learning rate of every training batch, and every epoch's metrics.
+"""Recorder: the loss, lr and momentum of every training batch, and every epoch's metrics.
 
 Example::
 
     rec = Recorder()
     learn = Learner(model, dls, plugins=[rec])
     learn.fit(3)
-    rec.losses[-1], rec.lrs[-1], rec.epochs[-1]["valid_loss"]
-    rec.plot("loss.png")                 # needs matplotlib (pip install matplotlib)
+    rec.losses[-1], rec.lrs[-1], rec.moms[-1], rec.epochs[-1]["valid_loss"]
+    rec.plot()                           # a matplotlib Figure (shows inline in a notebook)
+    rec.plot("loss.png")                 # writes the file (pip install matplotlib)
+
+``lrs[i]`` and ``moms[i]`` are the values batch ``i`` was trained with: they are read before the
+batch runs (after every other plugin's ``before_batch``), so a scheduler stepped in
+``after_step`` shows up from the next batch on, as in a hand-written loop. ``epochs`` holds the
+reported metrics, whose ``"epoch"`` counts from 0 (the data convention; reporters show people
+``epoch 1/3``).
 """
 
 from __future__ import annotations
@@ -17,6 +24,8 @@ from typing import TYPE_CHECKING, Any
 from ..plugins.markers import hookimpl
 
 if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
     from ..learner import Learner
 
 
@@ -26,11 +35,23 @@ def current_lr(opt: Any) -> float:
     return float(groups[0]["lr"]) if groups else float(opt.lr)
 
 
-class Recorder:
-    """Keeps ``losses`` and ``lrs`` per training batch and ``epochs`` (a metrics dict each).
+def current_momentum(opt: Any) -> float | None:
+    """The momentum of the first parameter group (``betas[0]`` for Adam-like), or None."""
+    groups = getattr(opt, "param_groups", None)
+    group = groups[0] if groups else vars(opt) if hasattr(opt, "__dict__") else {}
+    if "betas" in group:
+        return float(group["betas"][0])
+    if "momentum" in group:
+        return float(group["momentum"])
+    return None
 
-    Losses are read with ``.item()``, one device sync per batch; give ``every=n`` to record
-    one batch in n on accelerators.
+
+class Recorder:
+    """Keeps ``losses``, ``lrs`` and ``moms`` per training batch and ``epochs`` (a dict each).
+
+    ``steps`` numbers the recorded batches by training batches run over the Learner's life
+    (1-based). Losses are read with ``.item()``, one device sync per batch; give ``every=n`` to
+    record one batch in n on accelerators.
     """
 
     def __init__(self, every: int = 1) -> None:
@@ -40,14 +61,24 @@ class Recorder:
         self.steps: list[int] = []
         self.losses: list[float] = []
         self.lrs: list[float] = []
+        self.moms: list[float | None] = []
         self.epochs: list[dict[str, Any]] = []
+        self._used: tuple[float, float | None] | None = None
+
+    @hookimpl(trylast=True)  # after any plugin that sets this batch's lr in before_batch
+    def before_batch(self, learn: Learner) -> None:
+        self._used = None
+        if learn.training and learn.train_iter % self.every == 0:
+            self._used = current_lr(learn.opt), current_momentum(learn.opt)
 
     @hookimpl
     def after_batch(self, learn: Learner) -> None:
-        if learn.training and (learn.train_iter - 1) % self.every == 0:  # steps, not epochs
+        if learn.training and self._used is not None:
             self.steps.append(learn.train_iter)
             self.losses.append(learn.loss.item())
-            self.lrs.append(current_lr(learn.opt))
+            self.lrs.append(self._used[0])
+            self.moms.append(self._used[1])
+            self._used = None
 
     @hookimpl
     def report(self, metrics: dict[str, Any]) -> None:
@@ -55,40 +86,50 @@ class Recorder:
 
     @hookimpl
     def state_dict(self) -> dict[str, Any]:
-        return {"steps": self.steps, "losses": self.losses, "lrs": self.lrs, "epochs": self.epochs}
+        return {
+            "steps": self.steps,
+            "losses": self.losses,
+            "lrs": self.lrs,
+            "moms": self.moms,
+            "epochs": self.epochs,
+        }
 
     @hookimpl
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.steps, self.losses = list(state["steps"]), list(state["losses"])
         self.lrs, self.epochs = list(state["lrs"]), [dict(e) for e in state["epochs"]]
+        self.moms = list(state.get("moms", [None] * len(self.lrs)))
 
-    def plot(self, path: str | Path) -> Path:
-        """Write a PNG of the training loss per batch and the validation loss per epoch."""
+    def plot(self, path: str | Path | None = None) -> Figure | Path:
+        """Plot the training loss per batch (with the validation loss per epoch) above the
+        learning rate per batch. Without ``path``, return the matplotlib ``Figure`` (a notebook
+        shows it once, inline); with one, write the image there and return the path."""
         try:
-            import matplotlib
-
-            matplotlib.use("Agg")
-            import matplotlib.pyplot as plt
+            from matplotlib.figure import Figure
         except ImportError as error:
             raise ImportError("Recorder.plot needs matplotlib: pip install matplotlib") from error
         if not self.losses:
             raise ValueError("nothing to plot: the Recorder saw no training batch (run fit first).")
-        fig, ax = plt.subplots(figsize=(7, 4))
-        ax.plot(self.steps, self.losses, label="train loss (per batch)", alpha=0.7)
+        fig = Figure(figsize=(7, 6))  # not pyplot: no global figure, no second inline display
+        loss_ax, lr_ax = fig.subplots(2, 1, sharex=True, height_ratios=(2, 1))
+        loss_ax.plot(self.steps, self.losses, label="train loss (per batch)", alpha=0.7)
         valid = [(e["epoch"], e["valid_loss"]) for e in self.epochs if "valid_loss" in e]
         if valid:
             per_epoch = len(self.steps) / max(len(self.epochs), 1) * self.every
-            ax.plot(
+            loss_ax.plot(
                 [(ep + 1) * per_epoch for ep, _ in valid],
                 [v for _, v in valid],
                 "o-",
                 label="valid loss (per epoch)",
             )
-        ax.set_xlabel("optimizer step")
-        ax.set_ylabel("loss")
-        ax.legend()
+        loss_ax.set_ylabel("loss")
+        loss_ax.legend()
+        lr_ax.plot(self.steps, self.lrs, color="tab:green")
+        lr_ax.set_ylabel("learning rate")
+        lr_ax.set_xlabel("training batch")
         fig.tight_layout()
+        if path is None:
+            return fig
         path = Path(path)
         fig.savefig(path, dpi=100)
-        plt.close(fig)
         return path
