@@ -60,6 +60,7 @@ def test_csv_rows_equal_the_reported_metrics(tmp_path):
     header, rows = read_csv(path)
     assert header == ["epoch", "train_loss", "valid_loss", "accuracy", "time"]
     assert len(rows) == 3
+    assert [row["epoch"] for row in rows] == ["0", "1", "2"]  # data counts epochs from 0
     for row, metrics in zip(rows, keep.epochs, strict=True):
         assert int(row["epoch"]) == metrics["epoch"]
         for key in ("train_loss", "valid_loss", "accuracy", "time"):

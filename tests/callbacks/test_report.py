@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pluglearn import Accuracy, AvgLoss, ConsoleReport, DataLoaders, Learner, hookimpl
+from pluglearn import Accuracy, AvgLoss, ConsoleReport, DataLoaders, Learner, ProgressBar, hookimpl
 
 
 class Keep:
@@ -48,7 +48,8 @@ def test_header_then_one_row_per_epoch_with_the_reported_values():
     assert len(rows) == 3
     for i, (row, metrics) in enumerate(zip(rows, keep.epochs, strict=True)):
         cells = dict(zip(header, row, strict=True))
-        assert cells["epoch"] == str(i)
+        assert cells["epoch"] == f"{i + 1}/3"  # for people, from 1
+        assert metrics["epoch"] == i  # for data, from 0
         for key in ("train_loss", "valid_loss", "accuracy"):
             assert len(cells[key].split(".")[1]) == 4  # four decimals
             assert float(cells[key]) == pytest.approx(metrics[key], abs=5e-5)
@@ -92,10 +93,10 @@ def test_a_new_metric_reprints_the_header_and_a_missing_one_shows_a_dash():
     learn.fit(3)
     lines = parse(out.getvalue())
     assert lines[0] == ["epoch", "train_loss", "valid_loss", "time"]
-    assert lines[1][0] == "0"
+    assert lines[1][0] == "1/3"
     assert lines[2] == ["epoch", "train_loss", "valid_loss", "time", "extra"]
-    assert lines[3][0] == "1" and lines[3][-1] == "1.5000"
-    assert lines[4][0] == "2" and lines[4][-1] == "-"
+    assert lines[3][0] == "2/3" and lines[3][-1] == "1.5000"
+    assert lines[4][0] == "3/3" and lines[4][-1] == "-"
     assert len(lines) == 5
 
     out2 = io.StringIO()
@@ -109,4 +110,25 @@ def test_each_fit_prints_its_own_header_and_default_output_is_stdout(capsys):
     learn.fit(1)
     learn.fit(1)
     lines = parse(capsys.readouterr().out)
-    assert [line[0] for line in lines] == ["epoch", "0", "epoch", "0"]
+    assert [line[0] for line in lines] == ["epoch", "1/1", "epoch", "1/1"]
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("out", [io.StringIO, Terminal], ids=["log file", "terminal"])
+def test_next_to_the_default_progress_bar_each_epoch_is_printed_once(out):
+    out = out()
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(12, 3, generator=g), torch.randint(0, 3, (12,), generator=g)
+    data = DataLoaders([(x[:6], y[:6]), (x[6:], y[6:])], [(x, y)])
+    learn = Learner(nn.Linear(3, 3), data, plugins=[ConsoleReport(file=out), ProgressBar(file=out)])
+    learn.fit(2)
+    text = out.getvalue()
+    assert "epoch 1/2" not in text and "epoch 2/2" not in text  # the bar yielded its lines
+    rows = [line.split() for line in text.replace("\r", "\n").splitlines()]
+    assert [r[0] for r in rows if r and r[0] in ("1/2", "2/2")] == ["1/2", "2/2"]
+    if isinstance(out, Terminal):
+        assert "train:" in text  # the bars still move on a terminal

@@ -7,6 +7,9 @@ Example::
 The format follows the suffix (``.csv``, ``.jsonl``/``.json``). Each row is written and flushed
 when the epoch is reported, so a run that dies keeps every finished epoch. A CSV whose columns
 grow (a metric added later) is rewritten with the wider header; earlier rows get empty cells.
+
+The ``epoch`` column is data and counts from 0, like ``learn.epoch`` (the progress bar and
+``ConsoleReport`` show people ``epoch 1/3`` for the row whose ``epoch`` is 0).
 """
 
 from __future__ import annotations

@@ -5,6 +5,14 @@ metrics written above the bars. When the output is not a terminal (a log file, C
 one line per epoch and never one per batch (Lightning #8975 and fastai #3959 fill logs with a
 line per update). Reporters print on the main process only.
 
+Epochs are numbered for people here, from 1: ``epoch 5/6`` is the last-but-one of six. The
+metrics' ``"epoch"`` field (``learn.metrics``, CSV, JSON lines, TensorBoard steps) is data and
+counts from 0, like ``learn.epoch``.
+
+With a :class:`~pluglearn.callbacks.report.ConsoleReport` registered, the bar yields: it still
+draws its bars on a terminal but leaves the per-epoch line to the table, so no epoch is printed
+twice.
+
 Example::
 
     learn = Learner(model, dls)                     # a ProgressBar is a default plugin
@@ -36,6 +44,7 @@ class ProgressBar:
         self.epoch_bar: Any = None
         self.bar: Any = None
         self._next_show = 0.0
+        self._table_reports = False  # a ConsoleReport prints the epochs: the bar yields
 
     def _out(self) -> IO[str]:
         return self.file or sys.stderr
@@ -46,6 +55,9 @@ class ProgressBar:
 
     @hookimpl
     def before_fit(self, learn: Learner) -> None:
+        from .report import ConsoleReport
+
+        self._table_reports = any(isinstance(p, ConsoleReport) for p in learn.plugins)
         if self._interactive():
             self.epoch_bar = tqdm(
                 total=learn.n_epochs,
@@ -107,8 +119,9 @@ class ProgressBar:
         line = format_line(metrics, learn.n_epochs)
         if self.epoch_bar is not None:
             self.epoch_bar.update(1)
-            tqdm.write(line, file=self._out())
-        else:
+            if not self._table_reports:
+                tqdm.write(line, file=self._out())
+        elif not self._table_reports:
             print(line, file=self._out(), flush=True)
 
     @hookimpl
