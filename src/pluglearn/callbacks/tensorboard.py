@@ -1,0 +1,119 @@
+"""TensorBoardLogger: per-batch loss and lr, per-epoch metrics and the run's hyperparameters.
+
+Needs the optional extra: ``pip install "pluglearn[tensorboard]"``. Example::
+
+    learn.fit(5, plugins=[TensorBoardLogger("runs/mlp", hparams={"hidden": 50})])
+    # then: tensorboard --logdir runs
+
+Tags: ``train/loss`` and ``train/lr`` per training batch (step: the batch's 0-based index over
+the Learner's life; the lr is the one the batch used), ``epoch/<metric>`` per epoch (step: the
+0-based ``"epoch"`` of the metrics, the data convention; the bar shows people ``epoch 1/5`` for
+step 0), and the hyperparameters (``lr``, ``opt``, ``n_epochs``, ``model``, plus yours) with
+the last epoch's metrics in TensorBoard's HParams tab. Only the main process writes (rank 0
+under torch.distributed). ``MetricsLogger`` keeps CSV / JSON lines.
+"""
+
+from __future__ import annotations
+
+import numbers
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..dist import is_main_process
+from ..plugins.markers import hookimpl
+from .recorder import current_lr
+
+if TYPE_CHECKING:
+    from ..learner import Learner
+
+HPARAM_TYPES = (bool, int, float, str)
+
+
+def _summary_writer() -> Any:
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as error:
+        raise ImportError(
+            "TensorBoardLogger needs tensorboard: pip install 'pluglearn[tensorboard]' "
+            "(or pip install tensorboard)."
+        ) from error
+    return SummaryWriter
+
+
+class TensorBoardLogger:
+    """Writes TensorBoard event files under ``log_dir`` (on the main process).
+
+    ``hparams``: extra hyperparameters to record (bool, int, float or str values);
+    ``every``: log one training batch in ``every`` (each logged loss is a device sync).
+    """
+
+    def __init__(
+        self, log_dir: str | Path, hparams: dict[str, Any] | None = None, every: int = 1
+    ) -> None:
+        self._writer_class = _summary_writer()  # fail here, not at the end of the first epoch
+        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+            raise ValueError(f"every must be a positive int, got {every!r}.")
+        hparams = dict(hparams or {})
+        bad = {k: type(v).__name__ for k, v in hparams.items() if not isinstance(v, HPARAM_TYPES)}
+        if bad:
+            raise TypeError(
+                f"TensorBoardLogger hparams must be bool, int, float or str; got {bad}: pass "
+                "str(value) for anything else."
+            )
+        self.log_dir, self.hparams, self.every = Path(log_dir), hparams, every
+        self.writer: Any = None
+        self._lr: float | None = None
+        self._last: dict[str, float] = {}
+
+    @hookimpl
+    def before_fit(self, learn: Learner) -> None:
+        self._last = {}
+        if is_main_process():
+            self.writer = self._writer_class(log_dir=str(self.log_dir))
+
+    @hookimpl(trylast=True)  # after any plugin that sets this batch's lr in before_batch
+    def before_batch(self, learn: Learner) -> None:
+        self._lr = None
+        if self.writer is not None and learn.training and learn.train_iter % self.every == 0:
+            self._lr = current_lr(learn.opt)
+
+    @hookimpl
+    def after_batch(self, learn: Learner) -> None:
+        if self.writer is None or not learn.training or self._lr is None:
+            return
+        step = learn.train_iter - 1  # the batch just run, 0-based
+        self.writer.add_scalar("train/loss", learn.loss.item(), step)
+        self.writer.add_scalar("train/lr", self._lr, step)
+
+    @hookimpl
+    def report(self, metrics: dict[str, Any]) -> None:
+        if self.writer is None:
+            return
+        epoch = metrics.get("epoch", len(self._last))
+        for key, value in metrics.items():
+            if key != "epoch" and isinstance(value, numbers.Real) and not isinstance(value, bool):
+                self.writer.add_scalar(f"epoch/{key}", float(value), epoch)
+                self._last[f"epoch/{key}"] = float(value)
+        self.writer.flush()
+
+    @hookimpl
+    def cleanup_fit(self, learn: Learner) -> None:
+        if self.writer is None:
+            return
+        try:
+            from torch.utils.tensorboard.summary import hparams
+
+            run = {
+                "lr": float(learn.lr),
+                "opt": type(learn.opt).__name__,
+                "n_epochs": int(learn.n_epochs),
+                "model": type(learn.model).__name__,
+                **self.hparams,
+            }
+            metrics = {k: v for k, v in self._last.items() if k != "epoch/time"}
+            file_writer = self.writer._get_file_writer()
+            for summary in hparams(run, metrics):  # experiment, session start, session end
+                file_writer.add_summary(summary)
+        finally:
+            self.writer.close()
+            self.writer = None
