@@ -7,6 +7,7 @@ by reference: ``tests.callbacks._mp_datasets.<name>``.
 from __future__ import annotations
 
 import random
+import time
 
 import torch
 
@@ -77,3 +78,15 @@ class ManyKinds:
             torch.complex(x, -x).conj(),
             torch.randn(300, 300, generator=g),  # 360 kB; 1.4 MB a batch
         ), i
+
+
+class SlowItems(NoisyPoints):
+    """``NoisyPoints`` whose every item takes ``delay`` seconds to fetch (a slow disk)."""
+
+    def __init__(self, n: int, delay: float) -> None:
+        super().__init__(n=n, noise=0.0)
+        self.delay = delay
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        time.sleep(self.delay)
+        return super().__getitem__(i)

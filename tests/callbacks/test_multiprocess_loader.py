@@ -4,6 +4,9 @@ pool per fit kept across epochs, no process left behind on any exit, exact resum
 from __future__ import annotations
 
 import multiprocessing
+import signal
+import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -311,3 +314,69 @@ def test_the_in_process_path_needs_no_picklable_data():
     reference = _learner(Local(), Local())  # the DefaultLoader: an ItemLoader
     reference.fit(2)
     _assert_equal(_weights(learn), _weights(reference))
+
+
+@pytest.mark.parametrize("loader", ["MultiprocessLoader", "DefaultLoader"])
+def test_resume_with_another_batch_size_is_refused_naming_both(tmp_path, loader):
+    # bs 8 -> 16 would silently skip items 16-31; the saved position only means something in
+    # batches of 8. (The DefaultLoader serves this map-style dataset with an ItemLoader.)
+    def learner(bs: int) -> Learner:
+        plugins = [MultiprocessLoader(0)] if loader == "MultiprocessLoader" else []
+        return _learner(*_noisy(), *plugins, Checkpoint(tmp_path, every_n_batches=1), bs=bs)
+
+    with pytest.raises(RuntimeError, match="die"):
+        learner(8).fit(2, plugins=[RaiseAt(3, RuntimeError("die"))])
+    with pytest.raises(ValueError) as info:
+        learner(16).fit(2, resume_from=tmp_path)
+    message = str(info.value)
+    assert "saved with batch_size=8 but this loader has batch_size=16" in message
+    assert "resume with batch_size=8" in message and "without resume_from" in message
+    learner(8).fit(2, resume_from=tmp_path)  # the same settings resume
+
+
+# --- workers die with their parent ---------------------------------------------------------
+
+_PARENT = """
+import sys
+from torch import nn
+from pluglearn import DataLoaders, Learner, hookimpl
+from pluglearn.callbacks.multiprocess_loader import MultiprocessLoader
+from tests.callbacks._mp_datasets import SlowItems
+
+class ReportPids:
+    done = False
+
+    @hookimpl
+    def after_batch(self, learn):
+        if not self.done:
+            self.done = True
+            print(*learn.dl.worker_pids, flush=True)
+
+dls = DataLoaders.from_datasets(SlowItems(96, 0.3), SlowItems(8, 0.3), 8, seed=0)
+mp = MultiprocessLoader(2, start_method=sys.argv[1], prefetch=12)
+learn = Learner(nn.Linear(4, 3), dls, lr=0.1, plugins=[mp, ReportPids()])
+learn.remove_plugin("ProgressBar")
+learn.fit(1)
+"""
+
+
+@pytest.mark.slow
+@needs_fork
+@pytest.mark.timeout(120)
+def test_workers_of_a_sigkilled_parent_die_within_seconds_even_mid_task():
+    # 12 batches of 8 items of 0.3 s (2.4 s a batch, longer than the bound) are queued for 2
+    # workers: checking for the parent only between tasks would not do, and checking only when
+    # idle (as before) let each fetch for about 14 s more after the parent was gone
+    root = Path(__file__).resolve().parents[2]
+    parent = subprocess.Popen(
+        [sys.executable, "-c", _PARENT, FORK], cwd=root, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        pids = [int(p) for p in parent.stdout.readline().split()]
+        assert len(pids) == 2 and all(process_alive(p) for p in pids)
+        parent.send_signal(signal.SIGKILL)  # mid-epoch, mid-task: no cleanup can run
+        parent.wait()
+        assert wait_dead(pids, within=2.0), "a loader worker outlived its killed parent"
+    finally:
+        parent.kill()
+        parent.wait()

@@ -168,6 +168,9 @@ _in_worker: dict[str, Any] = {}
 
 
 def _start_worker(ds: Any, collate_fn: Callable) -> None:
+    # One thread each, as torch's own DataLoader workers: n workers x all cores would
+    # oversubscribe the CPU, and a forked copy of the parent's thread pool can deadlock.
+    torch.set_num_threads(1)
     _in_worker.update(ds=ds, collate_fn=collate_fn)
 
 
