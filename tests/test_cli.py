@@ -1,0 +1,146 @@
+"""The ``pluglearn`` command, run as users run it: the console script, in a subprocess."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pluglearn.plugins import specs
+
+SCRIPT = Path(sys.executable).with_name("pluglearn")
+HOOKS = [name for name, fn in vars(specs).items() if hasattr(fn, "pluglearn_spec")]
+
+PLUGINS = """
+from pluglearn import hookimpl
+
+class Good:
+    @hookimpl
+    def after_batch(self, learn):
+        pass
+
+class Ported:
+    @hookimpl
+    def on_train_batch_end(self, learn):
+        pass
+
+class WrongArg:
+    @hookimpl
+    def after_batch(self, learner):
+        pass
+
+class Unmarked:
+    def after_batch(self, learn):
+        pass
+
+class NeedsArgs:
+    def __init__(self, size):
+        self.size = size
+
+GOOD = Good()
+"""
+
+
+def pluglearn(*args: str, cwd: Path | None = None, env: dict | None = None):
+    assert SCRIPT.exists(), f"no console script at {SCRIPT}: reinstall with pip install -e ."
+    return subprocess.run(
+        [str(SCRIPT), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+    )
+
+
+@pytest.fixture
+def plugin_dir(tmp_path):
+    (tmp_path / "my_plugins.py").write_text(PLUGINS)
+    return tmp_path
+
+
+def test_hooks_lists_every_hook_with_its_arguments_and_kind():
+    result = pluglearn("hooks")
+    assert result.returncode == 0, result.stderr
+    rows = {line.split()[0]: line.split()[1:] for line in result.stdout.splitlines()[1:] if line}
+    for hook in HOOKS:
+        assert hook in rows, hook
+    assert rows["make_dataloader"][:3] == ["learn,", "dataset,", "train"]
+    assert rows["compute_loss"][1] == "first" and rows["after_batch"][1] == "event"
+
+
+def test_hooks_name_prints_one_hooks_documentation_and_an_unknown_name_fails():
+    result = pluglearn("hooks", "before_batch")
+    assert result.returncode == 0
+    assert result.stdout.startswith("before_batch(learn)")
+    assert "learn.batch" in result.stdout
+    result = pluglearn("hooks", "before_bacth")
+    assert result.returncode == 1 and "no hook named 'before_bacth'" in result.stderr
+
+
+def test_plugins_lists_built_in_and_installed_plugins_with_hooks_and_origin(tmp_path):
+    (tmp_path / "cli_fake_plugin.py").write_text(PLUGINS)
+    info = tmp_path / "cli_fake_plugin-2.5.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: cli-fake-plugin\nVersion: 2.5\n")
+    (info / "entry_points.txt").write_text("[pluglearn]\ngood = cli_fake_plugin:Good\n")
+    result = pluglearn("plugins", env={"PYTHONPATH": str(tmp_path)})
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    at = next(i for i, line in enumerate(lines) if line.split()[:1] == ["Recorder"])
+    assert lines[at].split()[1] == "pluglearn.callbacks.recorder"
+    assert "before_batch, after_batch, report" in lines[at + 1]
+    at = lines.index("  good = cli_fake_plugin:Good (cli-fake-plugin 2.5)")
+    assert lines[at + 1].split() == ["hooks:", "after_batch"]
+
+
+def test_check_passes_a_good_plugin_class_or_object(plugin_dir):
+    for spec in ("my_plugins:Good", "my_plugins:GOOD"):
+        result = pluglearn("check", spec, cwd=plugin_dir)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.strip() == f"OK {spec}: hooks after_batch"
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("my_plugins:Ported", "in pluglearn use 'after_batch'"),
+        ("my_plugins:WrongArg", "'learner' that the hook does not provide"),
+    ],
+)
+def test_check_fails_with_the_guards_message(plugin_dir, spec, message):
+    result = pluglearn("check", spec, cwd=plugin_dir)
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"FAILED {spec}: ") and message in result.stderr
+
+
+def test_check_warns_and_strict_turns_warnings_into_failures(plugin_dir):
+    result = pluglearn("check", "my_plugins:Unmarked", cwd=plugin_dir)
+    assert result.returncode == 0 and "lacks @hookimpl" in result.stderr
+    result = pluglearn("check", "--strict", "my_plugins:Unmarked", cwd=plugin_dir)
+    assert result.returncode == 1 and "--strict" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("my_plugins", "is not module:Object"),
+        ("no_such_module:Thing", "ModuleNotFoundError"),
+        ("my_plugins:Missing", "has no 'Missing'"),
+        ("my_plugins:NeedsArgs", "cannot be made with no arguments"),
+    ],
+)
+def test_check_names_what_could_not_be_loaded(plugin_dir, spec, message):
+    result = pluglearn("check", spec, cwd=plugin_dir)
+    assert result.returncode == 2
+    assert f"cannot load {spec}" in result.stderr and message in result.stderr
+
+
+def test_help_lists_the_three_commands():
+    result = pluglearn("--help")
+    assert result.returncode == 0
+    for command in ("hooks", "plugins", "check"):
+        assert command in result.stdout
