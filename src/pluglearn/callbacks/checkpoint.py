@@ -9,18 +9,34 @@ Example::
 Files are written atomically (see :mod:`pluglearn.checkpoint`), so a kill during a write leaves
 the previous checkpoint intact. With ``on_interrupt=True`` (the default) the first Ctrl-C lets the
 current training batch finish (or, during validation, the epoch), saves a checkpoint there and
-then stops with ``KeyboardInterrupt``; a second Ctrl-C stops at once. When a stopping plugin ends
-the fit, the newest checkpoint records why, so resuming it does not train past the stop.
+then stops with ``KeyboardInterrupt``; a second Ctrl-C stops at once (also during a write: the
+partial file is removed). When a stopping plugin ends the fit, the newest checkpoint records why,
+so resuming it does not train past the stop.
+
+Each fit is a run with its own id in the file names (see :mod:`pluglearn.checkpoint`): a new run
+in a used directory keeps the older runs' files, ``keep_last`` counts and deletes only this run's
+files, and a resumed fit goes on writing under the id of the run it resumes. At the start of a
+fit, the temporary files that killed writes left in the directory are removed.
 """
 
 from __future__ import annotations
 
 import signal
 import threading
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..checkpoint import checkpoint_name, checkpoints_in, load_checkpoint, save_checkpoint
+from ..checkpoint import (
+    RUN_ID,
+    checkpoint_name,
+    load_checkpoint,
+    new_run_id,
+    parse_name,
+    remove_stale_temporaries,
+    runs_in,
+    save_checkpoint,
+)
 from ..plugins.markers import hookimpl
 from ..resume import capture
 
@@ -55,6 +71,13 @@ class Checkpoint:
         self.saved: list[Path] = []
         self._interrupted = False
         self._previous_handler: Any = None
+        self._run: str | None = None  # this fit's run id, set in before_fit
+        self._resumed_run: str | None = None  # the run id a resume restored, for before_fit
+
+    @property
+    def run_id(self) -> str | None:
+        """The id of the run this plugin writes (None outside a fit)."""
+        return self._run
 
     @property
     def latest(self) -> Path | None:
@@ -63,23 +86,51 @@ class Checkpoint:
 
     def save(self, learn: Learner, epoch_end: bool = False) -> Path:
         """Write a checkpoint of ``learn`` now and drop the ones beyond ``keep_last``."""
+        if self._run is None:  # a save outside a fit
+            self._run = new_run_id()
         state = capture(learn, epoch_end=epoch_end)
-        path = save_checkpoint(state, self.directory / checkpoint_name(state, self.prefix))
+        name = checkpoint_name(state, self.prefix, self._run)
+        path = save_checkpoint(state, self.directory / name)
         if path not in self.saved:
             self.saved.append(path)
         if self.keep_last is not None:
-            mine = [p for p in checkpoints_in(self.directory) if p.name.startswith(self.prefix)]
-            for old in mine[: -self.keep_last]:
+            for old in self._own_files()[: -self.keep_last]:
                 old.unlink(missing_ok=True)
                 if old in self.saved:
                     self.saved.remove(old)
         return path
 
+    def _own_files(self) -> list[Path]:
+        """This run's checkpoints with this plugin's prefix, oldest first."""
+        files = next((run.files for run in runs_in(self.directory) if run.id == self._run), [])
+        return [p for p in files if getattr(parse_name(p), "prefix", None) == self.prefix]
+
     # --------------------------------------------------------------------------- hooks
 
     @hookimpl
-    def before_fit(self) -> None:
+    def state_dict(self) -> dict[str, Any]:
+        return {"run": self._run}
+
+    @hookimpl
+    def load_state_dict(self, learn: Learner, state: dict[str, Any]) -> None:
+        run = state.get("run")
+        if isinstance(run, str) and RUN_ID.fullmatch(run) and learn.stop_reason is None:
+            self._resumed_run = run  # a run that had stopped is not resumed: no fit follows
+
+    @hookimpl
+    def before_fit(self, learn: Learner) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
+        self._run, self._resumed_run = self._resumed_run or new_run_id(), None
+        later = [p for p in self._own_files() if _after(p, learn)]
+        if later:  # resumed from an earlier checkpoint than the run's newest: keep those files
+            resumed, self._run = self._run, new_run_id()
+            warnings.warn(
+                f"resuming run {resumed} from before its newest checkpoint ({later[-1].name}): "
+                f"this fit writes its checkpoints as a new run, {self._run}, and keeps the later "
+                f"ones of run {resumed}.",
+                stacklevel=2,
+            )
+        remove_stale_temporaries(self.directory, self._run)
         self._interrupted = False
         if self.on_interrupt and threading.current_thread() is threading.main_thread():
             self._previous_handler = signal.signal(signal.SIGINT, self._on_sigint)
@@ -97,7 +148,14 @@ class Checkpoint:
 
     def _stop_if_interrupted(self, learn: Learner, epoch_end: bool) -> None:
         if self._interrupted:
-            path = self.save(learn, epoch_end=epoch_end)
+            try:
+                path = self.save(learn, epoch_end=epoch_end)
+            except KeyboardInterrupt as error:
+                error.add_note(
+                    "Checkpoint: the second Ctrl-C came during the checkpoint write; its partial "
+                    f"file was removed. The newest checkpoint is {self.latest or 'none'}."
+                )
+                raise
             raise KeyboardInterrupt(f"interrupted; resume with fit(..., resume_from='{path}')")
 
     @hookimpl(trylast=True)  # after the other plugins updated their state for this batch
@@ -116,7 +174,12 @@ class Checkpoint:
 
     @hookimpl
     def on_error(self, learn: Learner, error: BaseException) -> None:
-        if isinstance(error, KeyboardInterrupt) and not str(error).startswith("interrupted;"):
+        noted = any(n.startswith("Checkpoint:") for n in getattr(error, "__notes__", ()))
+        if (
+            isinstance(error, KeyboardInterrupt)
+            and not noted
+            and not str(error).startswith("interrupted;")
+        ):
             error.add_note(
                 "Checkpoint: stopped mid-batch, so no checkpoint was saved now; the newest is "
                 f"{self.latest or 'none'}."
@@ -127,8 +190,22 @@ class Checkpoint:
         if self._previous_handler is not None:
             signal.signal(signal.SIGINT, self._previous_handler)
             self._previous_handler = None
-        if learn.stop_reason is not None and self.latest is not None:
-            # record who stopped the run, so that a resume does not train past the stop
-            state = load_checkpoint(self.latest)
-            state["loop"]["stop_reason"] = learn.stop_reason
-            save_checkpoint(state, self.latest)
+        try:
+            latest = self.latest
+            if (
+                learn.stop_reason is not None
+                and latest
+                and getattr(parse_name(latest), "run", None) == self._run
+            ):
+                # record who stopped the run, so that a resume does not train past the stop
+                state = load_checkpoint(latest)
+                state["loop"]["stop_reason"] = learn.stop_reason
+                save_checkpoint(state, latest)
+        finally:
+            self._run = None  # the next fit is a new run (unless it resumes one)
+
+
+def _after(path: Path, learn: Learner) -> bool:
+    """Whether checkpoint ``path`` was written later in its run than the position of ``learn``."""
+    parts = parse_name(path)
+    return parts is not None and (parts.steps, parts.epoch) > (learn.train_iter, learn.epoch)
