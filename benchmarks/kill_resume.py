@@ -6,13 +6,20 @@ new process and compares every parameter with an uninterrupted run, bit for bit.
 the time from ``fit(resume_from=...)`` to the first batch against the time of one batch, grouped
 by where the cut was: it should not grow with the cut (no replay of the batches before it).
 
-    python benchmarks/kill_resume.py [--runs 50] [--seed 0]
+By default the job seeds only ``torch.manual_seed`` (its loader draws its seed from torch's
+global generator), and every run starts in a directory that already holds the checkpoints of an
+older, different run (another model seed, killed late), which must neither delete the new run's
+checkpoints nor be resumed in its place. ``--loader-seed`` gives the loader a seed of its own;
+``--fresh-dir`` starts every run in an empty directory.
+
+    python benchmarks/kill_resume.py [--runs 50] [--seed 0] [--loader-seed] [--fresh-dir]
 """
 
 from __future__ import annotations
 
 import argparse
 import random
+import shutil
 import signal
 import statistics
 import subprocess
@@ -31,6 +38,7 @@ TOTAL_BATCHES = 60
 
 
 def run(args: list[str]) -> str:
+    """Run the job to its end; returns what it printed."""
     result = subprocess.run([sys.executable, str(JOB), *args], capture_output=True, text=True)
     if result.returncode != 0:
         raise RuntimeError(f"job failed: {result.stderr[-2000:]}")
@@ -44,30 +52,46 @@ def value(output: str, key: str) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=50)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="the seed of the random cuts")
+    parser.add_argument("--loader-seed", action="store_true", help="seed the loader itself")
+    parser.add_argument("--fresh-dir", action="store_true", help="no older run in the directory")
     args = parser.parse_args()
+    job_args = () if args.loader_seed else ("--no-loader-seed",)
     rng = random.Random(args.seed)
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
-        run([str(tmp_path / "ref"), "--out", str(tmp_path / "ref.pt")])
+        run([str(tmp_path / "ref"), "--out", str(tmp_path / "ref.pt"), *job_args])
+        older = tmp_path / "older"  # another run (model seed 1), killed late: steps 44 and 45
+        if not args.fresh_dir:
+            run_and_signal(older, 45, signal.SIGKILL, sleep=0.0, args=(*job_args, "--seed", "1"))
         reference = torch.load(tmp_path / "ref.pt", weights_only=True)
         identical, results = 0, []
         for i in range(args.runs):
             cut = rng.randrange(1, TOTAL_BATCHES)
             directory = tmp_path / f"run{i}"
-            run_and_signal(directory, cut, signal.SIGKILL, sleep=0.0)
-            out = run([str(directory), "--resume", "--out", str(tmp_path / f"out{i}.pt")])
-            weights = torch.load(tmp_path / f"out{i}.pt", weights_only=True)
-            same = all(torch.equal(weights[k], v) for k, v in reference.items())
+            if not args.fresh_dir:
+                shutil.copytree(older, directory)  # copy2: the older run keeps its times
+            run_and_signal(directory, cut, signal.SIGKILL, sleep=0.0, args=job_args)
+            out_path = str(tmp_path / f"out{i}.pt")
+            out = run([str(directory), "--resume", "--out", out_path, *job_args])
+            weights = torch.load(out_path, weights_only=True)
+            kept = all((directory / p.name).exists() for p in older.glob("*.pt"))
+            same = kept and all(torch.equal(weights[k], v) for k, v in reference.items())
             identical += same
             ratio = value(out, "startup") / value(out, "batch_time")
             results.append((cut, ratio))
             print(
                 f"run {i + 1:>3}: killed after batch {cut:>2}, resumed "
-                f"{'bit-identical' if same else 'DIFFERENT'}, resume = {ratio:6.1f} batches",
+                f"{'bit-identical' if same else 'DIFFERENT'}, resume = {ratio:6.1f} batches"
+                f"{'' if kept else ', OLDER RUN DELETED'}",
                 flush=True,
             )
-    print(f"\n{identical}/{args.runs} resumed runs ended bit-identical to the uninterrupted run")
+    setting = "loader seeded" if args.loader_seed else "only torch.manual_seed"
+    where = "fresh directories" if args.fresh_dir else "directories holding an older run"
+    print(
+        f"\n{identical}/{args.runs} resumed runs ended bit-identical to the uninterrupted run "
+        f"({setting}, {where})"
+    )
     thirds = [(lo, lo + TOTAL_BATCHES // 3) for lo in range(0, TOTAL_BATCHES, TOTAL_BATCHES // 3)]
     for lo, hi in thirds:
         ratios = [r for cut, r in results if lo <= cut < hi]

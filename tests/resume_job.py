@@ -2,11 +2,14 @@
 the kill-and-resume tests and by benchmarks/kill_resume.py.
 
     python tests/resume_job.py DIR [--resume] [--out WEIGHTS] [--epochs N] [--sleep S]
+                               [--seed N] [--no-loader-seed]
 
 It prints ``batch N`` after each training batch's checkpoint is written (N counts optimizer
 steps), so a parent can kill it at a chosen batch; at the end ``startup S`` (seconds from the
 ``fit`` call to the first batch: with ``--resume``, the resume's cost) and ``batch_time S``
 (the median training batch, checkpoint excluded). ``--out`` saves the final parameters.
+``--seed`` is the ``torch.manual_seed`` of the job (another seed: another run); with
+``--no-loader-seed`` the training loader draws its seed from torch's global generator.
 """
 
 from __future__ import annotations
@@ -60,14 +63,19 @@ class Timing:
             self.batch_times.append(time.perf_counter() - self._start)
 
 
-def make_learner(directory: str, sleep: float = 0.0) -> Learner:
-    torch.manual_seed(0)
+def make_learner(
+    directory: str, sleep: float = 0.0, seed: int = 0, loader_seed: int | None = 2
+) -> Learner:
+    torch.manual_seed(seed)
     torch.set_num_threads(1)
     g = torch.Generator().manual_seed(1)
     x = torch.randn(N_TRAIN + N_VALID, 20, generator=g)
     y = (x[:, :3].sum(1) > 0).long() + (x[:, 3] > 1).long()
     dls = DataLoaders.from_datasets(
-        (x[:N_TRAIN], y[:N_TRAIN]), (x[N_TRAIN:], y[N_TRAIN:]), batch_size=BATCH_SIZE, seed=2
+        (x[:N_TRAIN], y[:N_TRAIN]),
+        (x[N_TRAIN:], y[N_TRAIN:]),
+        batch_size=BATCH_SIZE,
+        seed=loader_seed,
     )
     model = nn.Sequential(nn.Linear(20, 64), nn.ReLU(), nn.Dropout(0.3), nn.Linear(64, 3))
 
@@ -79,7 +87,7 @@ def make_learner(directory: str, sleep: float = 0.0) -> Learner:
 
 
 def run_and_signal(
-    directory: str | Path, at_batch: int, sig: int, sleep: float = 0.03
+    directory: str | Path, at_batch: int, sig: int, sleep: float = 0.03, args: tuple[str, ...] = ()
 ) -> tuple[int, str]:
     """Run this job as a child process and send it ``sig`` once it has finished training batch
     ``at_batch``; returns its exit code and what it wrote to stderr."""
@@ -87,7 +95,7 @@ def run_and_signal(
     import subprocess
 
     child = subprocess.Popen(
-        [sys.executable, __file__, str(directory), "--sleep", str(sleep)],
+        [sys.executable, __file__, str(directory), "--sleep", str(sleep), *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -108,8 +116,11 @@ def main() -> None:
     parser.add_argument("--out")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--sleep", type=float, default=0.0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-loader-seed", action="store_true")
     args = parser.parse_args()
-    learn = make_learner(args.directory, args.sleep)
+    loader_seed = None if args.no_loader_seed else 2
+    learn = make_learner(args.directory, args.sleep, args.seed, loader_seed)
     # the first optimizer of a process imports torch._dynamo (seconds): keep that out of the
     # measured start-up, which should show the resume's own cost
     torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
