@@ -40,10 +40,10 @@ TARGET = 0.90  # the kill rate every module should reach
 # tree (modules move) are skipped with a note, so the table can name old and new locations.
 MODULES: dict[str, list[str]] = {
     "data/safe_pickle.py": ["tests/data/test_mnist.py", "tests/data/test_unpickler_catalogue.py"],
-    "data/download.py": ["tests/data/test_mnist.py"],
-    "checkpoint.py": ["tests/test_checkpoint.py"],
+    "data/download.py": ["tests/data/test_mnist.py", "tests/data/test_download_limits.py"],
+    "checkpoint.py": ["tests/test_checkpoint.py", "tests/test_checkpoint_writes.py"],
     "resume.py": ["tests/test_checkpoint.py", "tests/callbacks/test_multiprocess_loader.py"],
-    "callbacks/checkpoint.py": ["tests/test_checkpoint.py"],
+    "callbacks/checkpoint.py": ["tests/test_checkpoint.py", "tests/test_checkpoint_runs.py"],
     "callbacks/gradcheck.py": [
         "tests/callbacks/test_gradcheck.py",
         "tests/callbacks/test_gradcheck_nonfinite.py",
@@ -55,12 +55,14 @@ MODULES: dict[str, list[str]] = {
     "data/loaders.py": ["tests/data/test_loaders.py", "tests/test_learner.py"],
     "data/epochs.py": ["tests/data/test_epochs.py", "tests/test_checkpoint.py"],
     "data/multiprocess.py": [
+        "tests/data/test_multiprocess_loader.py",
         "tests/data/test_multiprocess.py",
         "tests/scratch/test_multiprocess.py",
         "tests/callbacks/test_multiprocess_loader.py",
         "tests/callbacks/test_batch_seeding.py",
     ],
     "data/worker_pool.py": [
+        "tests/data/test_multiprocess_loader.py",
         "tests/data/test_multiprocess.py",
         "tests/scratch/test_multiprocess.py",
         "tests/callbacks/test_batch_seeding.py",
@@ -95,8 +97,13 @@ def copy_tree(dest: Path, ref: str | None) -> None:
             shutil.copy2(source, dest / name)
 
 
-def configure(tree: Path, modules: list[str], tests: list[str], extra: list[str]) -> None:
-    """Append mutmut's settings to the copy's pyproject.toml (mutmut reads them from there)."""
+def configure(
+    tree: Path, modules: list[str], tests: list[str], extra: list[str], slack: float
+) -> None:
+    """Append mutmut's settings to the copy's pyproject.toml (mutmut reads them from there).
+
+    A mutant's tests may use ``2 * slack * (t + 2 s)`` CPU seconds, ``t`` their time on the
+    unmutated code (mutmut's default slack, 15, lets one looping mutant hold a core a minute)."""
     as_list = ", ".join
 
     def quoted(items: list[str]) -> str:
@@ -109,6 +116,8 @@ def configure(tree: Path, modules: list[str], tests: list[str], extra: list[str]
         f"only_mutate = {quoted([f'{PACKAGE}/{m}' for m in modules])}",
         f"pytest_add_cli_args_test_selection = {quoted(tests)}",
         f"pytest_add_cli_args = {quoted(['-p', 'no:cacheprovider', *extra])}",
+        f"timeout_multiplier = {float(slack)}",
+        "timeout_constant = 2.0",
     ]
     with (tree / "pyproject.toml").open("a") as f:
         f.write("\n".join(settings) + "\n")
@@ -198,6 +207,7 @@ def main() -> None:
     parser.add_argument("--tests", action="append", help="test files for --module (default: table)")
     parser.add_argument("--jobs", type=int, default=1, help="mutants run in parallel")
     parser.add_argument("--pytest-arg", action="append", default=[], help="e.g. -m 'not slow'")
+    parser.add_argument("--slack", type=float, default=2.0, help="time limit factor (above)")
     parser.add_argument("--ref", help="test this commit (e.g. HEAD), not the working tree")
     parser.add_argument("--keep", action="store_true", help="keep the copy (to mutmut browse)")
     parser.add_argument("--list", action="store_true", help="print the module table and exit")
@@ -218,7 +228,7 @@ def main() -> None:
         tests = [t for t in tests if (tree / t).is_file()]
         if not present or not tests:
             sys.exit("nothing to run: no module or no test file found (see --list)")
-        configure(tree, present, tests, args.pytest_arg)
+        configure(tree, present, tests, args.pytest_arg, args.slack)
         print(f"mutating {', '.join(present)}\n  tests {' '.join(tests)}\n  in {tree}", flush=True)
         mutmut(tree, "run", "--max-children", str(args.jobs))
         ok = report(tree, statuses(tree), present)
