@@ -39,7 +39,8 @@ import torch
 from torch.utils.data import DataLoader as TorchDataLoader
 from torch.utils.data import TensorDataset
 
-from pluglearn import DataLoaders, DefaultLoader
+from pluglearn import DataLoaders
+from pluglearn.callbacks.loaders import DefaultLoader
 from pluglearn.callbacks.multiprocess_loader import MultiprocessLoader
 from pluglearn.scratch.data import DataLoader as ScratchDataLoader
 

@@ -4,32 +4,28 @@ from pluglearn import Learner, DataLoaders, hookimpl, Accuracy
 dls = DataLoaders.from_datasets((x_train, y_train), (x_valid, y_valid), batch_size=64)
 learn = Learner(model, dls, lr=0.1, plugins=[Accuracy()])
 learn.fit(3)
+
+The top level holds what users touch: the Learner, DataLoaders, ``hookimpl``, the cancel
+exceptions, the built-in plugins and the errors users catch. Everything else is imported from
+the module that defines it (``pluglearn.callbacks.train_step.TrainStep``,
+``pluglearn.data.loaders.TensorBatchLoader``, ``pluglearn.plugins.entrypoints.autoload_plugins``).
 """
 
-from .callbacks import (
-    Accuracy,
-    AverageMetric,
-    AvgLoss,
-    Checkpoint,
-    ConsoleReport,
-    DefaultLoader,
-    Device,
-    EarlyStopping,
-    GradCheck,
-    GradCheckError,
-    GradientAccumulation,
-    ManualBackward,
-    MetricAdapter,
-    MetricsLogger,
-    MultiprocessLoader,
-    ProgressBar,
-    Recorder,
-    SaveBest,
-    TerminateOnNaN,
-    TrainStep,
-)
+from .callbacks.accumulate import GradientAccumulation
+from .callbacks.checkpoint import Checkpoint
+from .callbacks.device import Device
+from .callbacks.gradcheck import GradCheck, GradCheckError
+from .callbacks.logger import MetricsLogger
+from .callbacks.manual_backward import ManualBackward
+from .callbacks.metrics import Accuracy, AvgLoss, MetricAdapter
+from .callbacks.multiprocess_loader import MultiprocessLoader
+from .callbacks.progress import ProgressBar
+from .callbacks.recorder import Recorder
+from .callbacks.report import ConsoleReport
+from .callbacks.stopping import EarlyStopping, SaveBest, TerminateOnNaN
+from .callbacks.tensorboard import TensorBoardLogger
 from .checkpoint import CheckpointError
-from .data import DataLoaders, TensorBatchLoader
+from .data.loaders import DataLoaders
 from .exceptions import (
     CancelBatchException,
     CancelEpochException,
@@ -39,13 +35,13 @@ from .exceptions import (
     CancelValidateException,
 )
 from .learner import Learner
-from .plugins import PluginError, PluginWarning, hookimpl, load_entry_point_plugins
+from .plugins.guards import PluginError, PluginWarning
+from .plugins.markers import hookimpl
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Accuracy",
-    "AverageMetric",
     "AvgLoss",
     "CancelBatchException",
     "CancelEpochException",
@@ -57,7 +53,6 @@ __all__ = [
     "CheckpointError",
     "ConsoleReport",
     "DataLoaders",
-    "DefaultLoader",
     "Device",
     "EarlyStopping",
     "GradCheck",
@@ -73,9 +68,7 @@ __all__ = [
     "ProgressBar",
     "Recorder",
     "SaveBest",
-    "TensorBatchLoader",
+    "TensorBoardLogger",
     "TerminateOnNaN",
-    "TrainStep",
     "hookimpl",
-    "load_entry_point_plugins",
 ]

@@ -13,7 +13,6 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 from pluglearn import (
     Accuracy,
-    AverageMetric,
     AvgLoss,
     DataLoaders,
     Learner,
@@ -21,6 +20,7 @@ from pluglearn import (
     ProgressBar,
     hookimpl,
 )
+from pluglearn.callbacks.metrics import AverageMetric
 
 K = 3  # classes
 

@@ -15,9 +15,10 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from pluglearn import DataLoaders, Learner, TensorBatchLoader, hookimpl
+from pluglearn import DataLoaders, Learner, hookimpl
 from pluglearn.callbacks.checkpoint import Checkpoint
 from pluglearn.callbacks.multiprocess_loader import MultiprocessLoader, TensorItems
+from pluglearn.data.loaders import TensorBatchLoader
 from pluglearn.data.multiprocess import MultiprocessDataLoader
 from pluglearn.data.worker_pool import WorkerError
 from pluglearn.scratch.data import collate

@@ -11,8 +11,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pluglearn import DataLoaders, Learner, ProgressBar, TrainStep, hookimpl
+from pluglearn import DataLoaders, Learner, ProgressBar, hookimpl
 from pluglearn.callbacks.accumulate import GradientAccumulation
+from pluglearn.callbacks.train_step import TrainStep
 
 K = 3
 

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from pluglearn import PluginError, PluginWarning, hookimpl, load_entry_point_plugins
-from pluglearn.plugins.manager import HOOKS, PluginRegistry
+from pluglearn import PluginError, PluginWarning, hookimpl
+from pluglearn.plugins.manager import HOOKS, PluginRegistry, load_entry_point_plugins
 from tests.helpers import tiny_learner
 
 

@@ -1,5 +1,3 @@
-"""Data for pluglearn: DataLoaders, the in-memory tensor loader, MNIST and the bundled digits."""
-
-from .loaders import DataLoaders, TensorBatchLoader
-
-__all__ = ["DataLoaders", "TensorBatchLoader"]
+"""Data for pluglearn: DataLoaders and the in-memory tensor loader (``loaders``), MNIST
+(``mnist``), the bundled digits (``digits``) and the production loaders. ``DataLoaders`` is
+importable from ``pluglearn``; everything else from the module that defines it."""

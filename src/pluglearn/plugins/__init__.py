@@ -1,27 +1,4 @@
-"""pluglearn's plugin machinery: markers (hookspec, hookimpl), specs (every hook), manager."""
-
-from .manager import (
-    HOOKS,
-    HookCalls,
-    PluginError,
-    PluginRegistry,
-    PluginWarning,
-    check_plugin,
-    load_entry_point_plugins,
-    plugin_name,
-)
-from .markers import PROJECT_NAME, hookimpl, hookspec
-
-__all__ = [
-    "HOOKS",
-    "PROJECT_NAME",
-    "HookCalls",
-    "PluginError",
-    "PluginRegistry",
-    "PluginWarning",
-    "check_plugin",
-    "hookimpl",
-    "hookspec",
-    "load_entry_point_plugins",
-    "plugin_name",
-]
+"""pluglearn's plugin machinery: markers (hookspec, hookimpl), specs (every hook and the dispatch
+table), guards (checks at registration), dispatch (the one caller of every hook), manager (the
+ordered registry) and entrypoints (plugins of installed packages). Plugin authors need only
+``from pluglearn import hookimpl``; everything else is imported from its defining module."""
