@@ -55,16 +55,45 @@ def load(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", default=DATA)
-    parser.add_argument("--epochs", type=int, default=EPOCHS)
-    parser.add_argument("--lr", type=float, default=LR)
-    parser.add_argument("--plot", default=PLOT)
-    parser.add_argument("--target", type=float, default=None, help="override the accuracy target")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--data",
+        default=DATA,
+        help="auto (MNIST if available without a download, else digits), digits (offline), "
+        "mnist (cache or $PLUGLEARN_MNIST_URL), or a pickle / IDX folder / URL "
+        f"(default: {DATA})",
+    )
+    parser.add_argument(
+        "--epochs", type=int, default=EPOCHS, help=f"epochs to train (default: {EPOCHS})"
+    )
+    parser.add_argument("--lr", type=float, default=LR, help=f"learning rate (default: {LR})")
+    parser.add_argument(
+        "--plot", default=PLOT, help=f'loss plot to write, "" for none (default: {PLOT})'
+    )
+    parser.add_argument(
+        "--target",
+        type=float,
+        default=None,
+        help="minimum validation accuracy; below it the script exits 1 "
+        f"(default: {TARGET['digits']} on digits, {TARGET['mnist']} on MNIST)",
+    )
     args = parser.parse_args(argv)
 
     torch.manual_seed(SEED)
-    (x_train, y_train), (x_valid, y_valid), kind = load(args.data)
+    try:
+        (x_train, y_train), (x_valid, y_valid), kind = load(args.data)
+    except (OSError, ValueError) as error:  # download, checksum, missing file, unknown format
+        if args.data == "digits":
+            raise
+        print(
+            f"could not load MNIST from {args.data!r}: {error}\n"
+            "Train offline on scikit-learn's bundled digits with --data digits, or point to a "
+            "local copy with --data PATH (the notebook's pickle or a folder of IDX files).",
+            file=sys.stderr,
+        )
+        return 2
     # normalise with the training set's statistics, as the notebook does
     mean, std = x_train.mean(), x_train.std()
     x_train, x_valid = (x_train - mean) / std, (x_valid - mean) / std

@@ -8,6 +8,7 @@ plugins of that hook) and a cancel exception (CancelFitException ends the fit cl
 
 from __future__ import annotations
 
+import argparse
 import sys
 
 import torch
@@ -45,19 +46,34 @@ class StopAtAccuracy:
             raise CancelFitException()
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--target",
+        type=float,
+        default=TARGET_ACCURACY,
+        help=f"validation accuracy at which the plugin stops the fit (default: {TARGET_ACCURACY})",
+    )
+    parser.add_argument(
+        "--max-epochs",
+        type=int,
+        default=MAX_EPOCHS,
+        help=f"epochs to run at most (default: {MAX_EPOCHS})",
+    )
+    parser.add_argument("--lr", type=float, default=LR, help=f"learning rate (default: {LR})")
+    args = parser.parse_args(argv)
     torch.manual_seed(0)
     data = load_digits(seed=0)
     dls = DataLoaders.from_datasets(data.train, data.valid, batch_size=64, seed=0)
     model = nn.Sequential(nn.Linear(64, 50), nn.ReLU(), nn.Linear(50, 10))
-    stop = StopAtAccuracy(TARGET_ACCURACY)
-    learn = Learner(model, dls, lr=LR, plugins=[Accuracy(), stop])
+    stop = StopAtAccuracy(args.target)
+    learn = Learner(model, dls, lr=args.lr, plugins=[Accuracy(), stop])
     learn.show_hooks()  # where our plugin sits in each hook's call order
-    learn.fit(MAX_EPOCHS)
+    learn.fit(args.max_epochs)
     print(f"stopped: {learn.stop_reason}")
     # the check of our own result: it stopped early, at an epoch that met the target
-    ok = stop.stopped_at is not None and stop.stopped_at < MAX_EPOCHS - 1
-    ok = ok and learn.metrics["accuracy"] >= TARGET_ACCURACY
+    ok = stop.stopped_at is not None and stop.stopped_at < args.max_epochs - 1
+    ok = ok and learn.metrics["accuracy"] >= args.target
     print("OK" if ok else "FAILED: the plugin did not stop the fit at the target")
     return 0 if ok else 1
 

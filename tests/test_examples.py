@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -67,3 +68,40 @@ def test_main_example_defaults_to_mnist_when_it_is_available(tmp_path):
     result = run_example("train_mlp.py", "--epochs", "1", "--plot", "", "--target", "0", env=env)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("mnist: 8000 train / 1000 valid items, MLP 784-50-10")
+
+
+NOT_YET = {  # examples owned elsewhere that still need argparse help (issue 10, part 3)
+    "custom_module.py": "ignores --help (runs)",
+    "from_scratch.py": "--epochs has no help text",
+}
+EXAMPLES = [
+    pytest.param(p.name, marks=pytest.mark.xfail(reason=NOT_YET[p.name], strict=False))
+    if p.name in NOT_YET
+    else p.name
+    for p in sorted((ROOT / "examples").glob("*.py"))
+]
+
+
+@pytest.mark.parametrize("name", EXAMPLES)
+def test_every_example_answers_help_and_every_flag_has_help_text(name):
+    result = run_example(name, "--help")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.startswith("usage:"), f"{name} does not answer --help"
+    lines = result.stdout.split("options:")[1].splitlines()[1:]
+    for i, line in enumerate(lines):
+        if line.startswith("  -"):  # argparse puts the help after the flag, or below a long one
+            same_line = re.match(r"  -\S.*?\s{2,}\S", line)
+            below = i + 1 < len(lines) and lines[i + 1].startswith(" " * 10)
+            assert same_line or below, f"{name}: {line.strip()} has no help text"
+
+
+def test_main_example_says_what_to_do_when_mnist_cannot_be_downloaded(tmp_path):
+    env = {
+        "PLUGLEARN_CACHE": str(tmp_path),
+        "PLUGLEARN_MNIST_URL": "http://127.0.0.1:9/mnist.pkl.gz",
+    }
+    result = run_example("train_mlp.py", "--data", "mnist", "--plot", "", env=env)
+    assert result.returncode == 2
+    assert "--data digits" in result.stderr and "--data PATH" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) <= 4
