@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import site
 import subprocess
 import sys
@@ -57,7 +58,8 @@ def test_the_example_package_installs_loads_blocks_and_uninstalls(tmp_path):
     adds = "".join(f"import site; site.addsitedir({d!r})\n" for d in dict.fromkeys(ours))
     Path(new_site.stdout.strip(), "_outer_env.pth").write_text(adds)  # runs their .pth files too
     pip = [python, "-m", "pip", "--disable-pip-version-check", "-q"]
-    run([*pip, "install", "--no-deps", "--no-build-isolation", "--no-index", str(PACKAGE)])
+    source = shutil.copytree(PACKAGE, tmp_path / "src", ignore=shutil.ignore_patterns("*.egg-info"))
+    run([*pip, "install", "--no-deps", "--no-build-isolation", "--no-index", str(source)])
 
     def probe(**env: str) -> dict:
         return json.loads(run([python, "-c", PROBE], **env).stdout.strip().splitlines()[-1])
