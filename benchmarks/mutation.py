@@ -207,7 +207,8 @@ def main() -> None:
     parser.add_argument("--tests", action="append", help="test files for --module (default: table)")
     parser.add_argument("--jobs", type=int, default=1, help="mutants run in parallel")
     parser.add_argument("--pytest-arg", action="append", default=[], help="e.g. -m 'not slow'")
-    parser.add_argument("--slack", type=float, default=2.0, help="time limit factor (above)")
+    parser.add_argument("--only", action="append", default=[], help="mutant names (globs)")
+    parser.add_argument("--slack", type=float, default=5.0, help="time limit factor (above)")
     parser.add_argument("--ref", help="test this commit (e.g. HEAD), not the working tree")
     parser.add_argument("--keep", action="store_true", help="keep the copy (to mutmut browse)")
     parser.add_argument("--list", action="store_true", help="print the module table and exit")
@@ -230,8 +231,9 @@ def main() -> None:
             sys.exit("nothing to run: no module or no test file found (see --list)")
         configure(tree, present, tests, args.pytest_arg, args.slack)
         print(f"mutating {', '.join(present)}\n  tests {' '.join(tests)}\n  in {tree}", flush=True)
-        mutmut(tree, "run", "--max-children", str(args.jobs))
-        ok = report(tree, statuses(tree), present)
+        mutmut(tree, "run", "--max-children", str(args.jobs), *args.only)
+        results = {k: v for k, v in statuses(tree).items() if v != "not checked"}
+        ok = report(tree, results, present)
     finally:
         if args.keep:
             print(f"\nkept {tree} (cd there and run: {sys.executable} -m mutmut browse)")
