@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pluglearn import DataLoaders, Learner, ProgressBar, hookimpl
-from pluglearn.plugins.guards import BATCH_EVENTS
+from pluglearn.plugins.specs import BATCH_EVENTS
 
 SHARED_PICKLE = Path(__file__).resolve().parents[2] / "shared/data/mnist/mnist-t10k-split.pkl.gz"
 BATCH_SIZE, LR, N_TRAIN, N_VALID = 64, 0.1, 8000, 1000

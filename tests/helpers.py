@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from pluglearn import DataLoaders, Learner, hookimpl
-from pluglearn.plugins.guards import BATCH_EVENTS, HOOKS
+from pluglearn.plugins.specs import BATCH_EVENTS, HOOKS
 
 EVENTS = [h for h in HOOKS if h.split("_")[0] in ("before", "after", "cleanup")] + ["on_error"]
 
@@ -65,7 +65,7 @@ for _event in EVENTS:
 
 
 def batch_events(training: bool) -> list[str]:
-    steps = ["after_backward", "after_step"] if training else []
+    steps = ["after_backward", "before_step", "after_step"] if training else []
     return ["before_batch", "after_pred", "after_loss", *steps, "after_batch", "cleanup_batch"]
 
 

@@ -229,7 +229,7 @@ def test_a_file_that_is_not_a_checkpoint_says_how_to_load_it(tmp_path):
     text = raised_by(lambda: learner().fit(1, resume_from=bare), CheckpointError)
     assert f"{bare} is not a pluglearn checkpoint" in text and "model.load_state_dict" in text
     text = raised_by(lambda: learner().fit(1, resume_from=tmp_path / "nope.pt"), CheckpointError)
-    assert "no checkpoint file at" in text and "nope.pt" in text
+    assert "no checkpoint to resume" in text and "missing_ok=True" in text and "nope.pt" in text
 
 
 def test_a_checkpoint_of_another_model_names_the_keys_and_shapes(checkpoint):

@@ -60,7 +60,7 @@ PARENTS = {
     "validate": ("epoch",),
     "batch": ("train", "validate"),
 }
-STEPS = {"train": ["pred", "loss", "backward", "step"], "validate": ["pred", "loss"]}
+STEPS = {"train": ["pred", "loss", "backward", "before_step", "step"], "validate": ["pred", "loss"]}
 X, Y = tiny_data(16)
 
 
@@ -156,6 +156,7 @@ def check_log(log: list, n_epochs: int, n_batches: dict[str, int]) -> Outcome:
     flying: type[BaseException] | None = None  # the exception propagating now
     origin, reported, on_errors, done = None, False, 0, False
     cancelled: set[str] = set()
+    opened = False  # a phase was entered (after_create_opt runs before any)
     for kind, hook, *rest in log:
         late = (kind, hook) == ("raise", "cleanup_fit") or (
             kind == "on_error" and origin == "cleanup_fit"
@@ -172,12 +173,19 @@ def check_log(log: list, n_epochs: int, n_batches: dict[str, int]) -> Outcome:
             assert not reported, "on_error called twice for one error"
             reported, on_errors = True, on_errors + 1
             continue
+        if hook == "after_create_opt":  # before the fit phase: no phase is open yet
+            assert not opened and flying is None, hook
+            continue
+        opened = True
         stage, name = hook.split("_", 1)
         epoch, index = rest[0], rest[1]
         if stage in ("before", "after"):
             assert flying is None, f"{hook} ran while {flying.__name__} was in flight"
             assert not stack or not stack[-1].after, f"{hook} after after_{stack[-1].name}"
-        if stage == "before":
+        if hook == "before_step":  # a step of a training batch that steps
+            assert stack[-1].name == "batch", hook
+            stack[-1].steps.append(hook)
+        elif stage == "before":
             assert (stack[-1].name if stack else None) in PARENTS[name], hook
             stack.append(Phase(name, epoch if name == "epoch" else index))
         elif stage == "after" and name in CANCEL_OF:
@@ -202,7 +210,8 @@ def check_log(log: list, n_epochs: int, n_batches: dict[str, int]) -> Outcome:
             if stack:
                 stack[-1].children.append(phase)
             done = name == "fit"
-    assert done and not stack, "the fit never ended"
+    assert not stack, "a phase never ended"
+    assert done or (flying is not None and not opened), "the fit never ended"
     return Outcome(flying, origin, on_errors, cancelled)
 
 

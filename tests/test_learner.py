@@ -33,6 +33,7 @@ def test_event_sequence_of_a_two_epoch_fit():
     log = EventLog()
     tiny_learner([log]).fit(2)  # 2 train batches, 1 valid batch per epoch
     assert log.events == [
+        "after_create_opt",
         "before_fit",
         *epoch_events(),
         *epoch_events(),
@@ -105,15 +106,21 @@ def test_event_sequence_of_a_two_epoch_fit():
 def test_cancel_ends_its_phase_only(exc, raise_at, expected):
     log = EventLog(raise_at, exc)
     tiny_learner([log]).fit(2)
-    first_epoch = log.events[1 : 1 + len(expected)]
+    first_epoch = log.events[2 : 2 + len(expected)]
     assert first_epoch == expected
-    assert log.events[1 + len(expected) :] == [*epoch_events(), "after_fit", "cleanup_fit"]
+    assert log.events[2 + len(expected) :] == [*epoch_events(), "after_fit", "cleanup_fit"]
 
 
 def test_cancel_fit_skips_after_fit_and_runs_cleanup():
     log = EventLog(("after_epoch", 0, None), CancelFitException())
     tiny_learner([log]).fit(3)
-    assert log.events == ["before_fit", *epoch_events()[:-1], "cleanup_epoch", "cleanup_fit"]
+    assert log.events == [
+        "after_create_opt",
+        "before_fit",
+        *epoch_events()[:-1],
+        "cleanup_epoch",
+        "cleanup_fit",
+    ]
 
 
 def test_error_runs_on_error_once_then_every_cleanup_with_a_note():
@@ -207,7 +214,7 @@ def test_list_order_and_tryfirst_trylast():
     learn.fit(1)
     expected = ["first", "z_first", "a", "b", "c", "z_last", "last"]  # list order in each group
     assert calls[:7] == expected
-    order = [line for line in learn.show_hooks().splitlines() if line.startswith("before_batch")]
+    order = [line for line in learn.hooks_table().splitlines() if line.startswith("before_batch")]
     tag = {"first": " (tryfirst)", "z_first": " (tryfirst)", "z_last": " (trylast)"}
     tag["last"] = " (trylast)"
     assert order[0].split(None, 1)[1] == " -> ".join(n + tag.get(n, "") for n in expected)

@@ -5,9 +5,17 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from pluglearn.plugins.manager import HOOKS
+from pluglearn.plugins.specs import HOOKS
 
 README = Path(__file__).resolve().parents[1] / "README.md"
+README_KIND = {
+    "event": "event",
+    "run_all": "run all",
+    "first": "step",
+    "collect": "collect",
+    "addressed": "addressed",
+    "context": "context",
+}
 
 
 def test_hook_reference_matches_the_specs():
@@ -19,9 +27,9 @@ def test_hook_reference_matches_the_specs():
         hook, args, kind = (c.strip() for c in row.strip("|").split("|")[:3])
         documented[hook.strip("`")] = (tuple(a.strip() for a in args.split(",")), kind)
     assert list(documented) == list(HOOKS), "README's hook table must list every hook, in order"
-    for hook, (args, firstresult) in HOOKS.items():
-        assert documented[hook][0] == args, f"README gives {hook} the wrong arguments"
-        assert documented[hook][1] == ("step" if firstresult else "event"), hook
+    for hook, spec in HOOKS.items():
+        assert documented[hook][0] == spec.args, f"README gives {hook} the wrong arguments"
+        assert documented[hook][1] == README_KIND[spec.kind], hook
 
 
 def test_readme_names_the_two_setup_commands_that_ci_runs():

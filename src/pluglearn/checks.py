@@ -9,6 +9,8 @@ import math
 import numbers
 from typing import Any
 
+import torch
+
 
 def check_lr(lr: object) -> float:
     """``lr`` as a float, or a clear error: it must be a finite number >= 0."""
@@ -48,3 +50,31 @@ def check_done(hook: str, result: object) -> None:
             f"'{hook}' must return True when done (or None to let the next plugin answer), got "
             f"{type(result).__name__}."
         )
+
+
+def check_should_step(answer: object) -> bool:
+    """``should_step``'s answer: None (nobody answered) means step."""
+    if answer is None:
+        return True
+    if not isinstance(answer, bool):
+        raise TypeError(
+            f"'should_step' must return True (step after this batch), False (keep adding up "
+            f"gradients) or None (let the next plugin answer), got {type(answer).__name__}."
+        )
+    return answer
+
+
+def check_loss(loss: object) -> torch.Tensor:
+    """The loss a step answered, or an error naming what is wrong with it and the fix."""
+    if not isinstance(loss, torch.Tensor):
+        raise TypeError(
+            f"'compute_loss' must return a tensor, got {type(loss).__name__}: return the loss "
+            "tensor itself (not loss.item())."
+        )
+    if loss.ndim != 0:
+        raise ValueError(
+            f"the loss has shape {tuple(loss.shape)}, but a loss must be one number (a 0-dim "
+            "tensor) to backpropagate and average: use a loss that reduces (reduction='mean', "
+            "the default of torch's losses) or reduce it yourself (loss.mean()) in loss_func."
+        )
+    return loss

@@ -27,10 +27,9 @@ from .callbacks.loaders import DefaultLoader
 from .callbacks.metrics import AvgLoss
 from .callbacks.progress import ProgressBar
 from .callbacks.train_step import TrainStep
-from .checks import check_done, check_lr, check_pair, report_order
-from .collect import GatherPreds, merge_metrics
+from .checks import check_done, check_loss, check_lr, check_pair, check_should_step, report_order
 from .data.loaders import DataLoaders
-from .errors import cancel_reason, cleanup_after_error, report_error, stray_cancel
+from .error_reporting import cancel_reason, cleanup_after_error, report_error, stray_cancel
 from .exceptions import (
     CancelBatchException,
     CancelEpochException,
@@ -39,7 +38,11 @@ from .exceptions import (
     CancelTrainException,
     CancelValidateException,
 )
-from .plugins.manager import HookCalls, PluginRegistry
+from .metric_merge import GatherPreds, merge_metrics
+from .plugins.dispatch import Dispatcher
+from .plugins.entrypoints import autoload_plugins
+from .plugins.manager import PluginRegistry
+from .run_state import RunState, position_property
 
 
 class Learner:
@@ -50,7 +53,19 @@ class Learner:
     ``DefaultLoader`` (which answer last, so any plugin can replace them). ``defaults=False``
     leaves out ``AvgLoss`` and ``ProgressBar``; a plugin of the same class as a default
     replaces it; ``learn.remove_plugin("ProgressBar")`` removes one by name.
+
+    The position attributes (``epoch``, ``iter``, ``training``, ...) read and write
+    ``learn.run`` (:class:`~pluglearn.run_state.RunState`), the one owner of the run state.
     """
+
+    epoch = position_property("epoch", "The epoch running (0-based), or the next to run.")
+    n_epochs = position_property("n_epochs", "The epochs of the current fit.")
+    iter = position_property("iter", "The batch index (0-based) in the current pass.")
+    n_iter = position_property("n_iter", "The batches of the current pass (None: no length).")
+    training = position_property("training", "True in a train pass, False in validation.")
+    train_iter = position_property("train_iter", "Training batches run over the Learner's life.")
+    opt_steps = position_property("opt_steps", "Optimizer steps taken over the Learner's life.")
+    will_step = position_property("will_step", "Training: this batch ends with an optimizer step.")
 
     def __init__(
         self,
@@ -62,6 +77,7 @@ class Learner:
         plugins: object | Sequence[object] = (),
         *,
         defaults: bool = True,
+        block_plugins: Iterable[str] = (),
     ) -> None:
         if not isinstance(dls, DataLoaders):
             raise TypeError(
@@ -71,28 +87,29 @@ class Learner:
         self.model, self.dls, self.loss_func, self.opt_func = model, dls, loss_func, opt_func
         self.lr = check_lr(lr)
         self.opt: Any = None
-        self.epoch, self.n_epochs, self.iter, self.n_iter = 0, 0, 0, None
-        self.train_iter = 0  # optimizer steps taken over the Learner's life
-        self.training = False
+        # what the default predict calls: a wrapper of ``model`` (DistributedDataParallel, a
+        # compiled module) set by a plugin for a fit, else None; ``model`` stays the user's own
+        self.wrapped_model: nn.Module | None = None
+        self.run = RunState()
         self.dl: Iterable[Any] | None = None
         self.batch: Any = None
         self.preds: Any = None
         self.loss: torch.Tensor | None = None
         self.metrics: dict[str, Any] = {}
         self.stop_reason: str | None = None  # who ended the last fit early, and why
-        self._resume_position = 0  # training batches of this epoch done before a resume
-        self._resume_replays = False  # the loader cannot seek: skip those batches by reading
         self._batches: Iterable[Any] = ()
         self._registry = PluginRegistry()
-        self._in_batch = False
-        self._reported: BaseException | None = None  # the error on_error was called for
-        self._metric_owner: dict[str, str] = {}
         user = listify(plugins)
         chosen = [AvgLoss(), ProgressBar()] if defaults else []
         chosen += [TrainStep(), DefaultLoader()]
         chosen = [d for d in chosen if not any(type(p) is type(d) for p in user)]
         self._defaults = {id(p) for p in chosen}
-        for plugin in [*user, *chosen]:
+        installed = [  # plugins of installed packages (entry-point group "pluglearn")
+            a
+            for a in autoload_plugins(block=block_plugins)
+            if not any(type(p) is type(a) for p in user)
+        ]
+        for plugin in [*user, *installed, *chosen]:
             self._registry.add(plugin)
 
     # ------------------------------------------------------------------------------ plugins
@@ -117,15 +134,17 @@ class Learner:
         """The registered plugin named ``name`` (its class name, or ``name_2`` for a second)."""
         return self._registry.get(name)
 
-    def show_hooks(self) -> str:
-        """Print and return the resolved call order of every hook."""
-        text = self._registry.describe()
-        print(text)
-        return text
+    def show_hooks(self) -> None:
+        """Print the resolved call order of every hook (``hooks_table()`` returns it)."""
+        print(self.hooks_table())
+
+    def hooks_table(self) -> str:
+        """The resolved call order of every hook, one line each."""
+        return self._registry.describe()
 
     @property
-    def hooks(self) -> HookCalls:
-        """The callers of the current plugin set (``learn.hooks.call("report", ...)``)."""
+    def hooks(self) -> Dispatcher:
+        """The dispatcher of the current plugin set (``learn.hooks.call("report", ...)``)."""
         return self._registry.calls
 
     # --------------------------------------------------------------------------- batch state
@@ -147,39 +166,53 @@ class Learner:
         plugins: object | Sequence[object] = (),
         *,
         resume_from: Any = None,
+        missing_ok: bool = False,
     ) -> None:
         """Train for ``n_epochs`` (a train pass then a validate pass each). ``plugins`` live for
-        this fit only and are removed afterwards, also after an error. ``resume_from`` (a
-        checkpoint file or directory) continues an interrupted fit exactly where it stopped."""
+        this fit only and are removed afterwards, also after an error.
+
+        ``resume_from`` (a checkpoint file or directory) continues an interrupted fit exactly
+        where it stopped; with ``missing_ok=True`` a directory that holds no checkpoint yet
+        starts a fresh fit (a restart script can run the same command every time). A resumed
+        run keeps the lr it was started with: ``lr`` may be omitted, and a different one is
+        refused (``learn.lr`` is the run's base lr; ``learn.opt.param_groups`` hold the current
+        ones, which a scheduler may have changed)."""
         if isinstance(n_epochs, bool) or not isinstance(n_epochs, int) or n_epochs < 0:
             raise ValueError(f"n_epochs must be an int >= 0, got {n_epochs!r}.")
-        added: list[object] = []
-        try:
-            for plugin in listify(plugins):
-                self.add_plugin(plugin)
-                added.append(plugin)
-            if lr is not None:
-                self.lr = check_lr(lr)
-            self.n_epochs, self.epoch, self.stop_reason = n_epochs, 0, None
-            self._make_opt()
-            with self._loaders():
-                if resume_from is not None:
-                    from .resume import restore
+        if missing_ok and resume_from is None:
+            raise ValueError("missing_ok=True goes with resume_from=...: pass the directory.")
+        new_lr = None if lr is None else check_lr(lr)
+        with self.run.entry("fit"):
+            added: list[object] = []
+            try:
+                for plugin in listify(plugins):
+                    self.add_plugin(plugin)
+                    added.append(plugin)
+                if new_lr is not None and resume_from is None:
+                    self.lr = new_lr
+                self.n_epochs, self.epoch, self.stop_reason = n_epochs, 0, None
+                self._make_opt()
+                with self._loaders():
+                    self._run_entry(lambda: self.hooks.after_create_opt(self))
+                    if resume_from is not None:
+                        from .resume import restore
 
-                    if not restore(self, resume_from):
-                        return  # the checkpointed run had already stopped: nothing to resume
-                self._run_entry(lambda: self._phase("fit", CancelFitException, self._do_fit))
-        finally:
-            for plugin in reversed(added):
-                if plugin in self._registry:
-                    self.remove_plugin(plugin)
+                        if not restore(self, resume_from, lr=new_lr, missing_ok=missing_ok):
+                            return  # nothing to resume: the saved run had stopped or finished
+                    self._run_entry(lambda: self._phase("fit", CancelFitException, self._do_fit))
+            finally:
+                self.run.clear_resume()
+                for plugin in reversed(added):
+                    if plugin in self._registry:
+                        self.remove_plugin(plugin)
 
     def validate(self, dl: Iterable[Any] | None = None) -> dict[str, Any]:
-        """One validation pass (eval mode, no gradients); returns its metrics."""
-        self.metrics, self._metric_owner = {}, {}
-        with self._loaders(train=False):
-            self._run_entry(lambda: self._pass(train=False, dl=dl))
-        return dict(self.metrics)
+        """One validation pass (eval mode, no gradients); returns its metrics. Called from a
+        training hook (validate every n batches), it leaves training exactly as it was."""
+        with self.run.entry("validate") as nested:
+            if nested:
+                return self._nested(lambda: self._validate(dl, nested=True))
+            return self._validate(dl)
 
     def get_preds(self, dl: Iterable[Any] | None = None) -> tuple[Any, Any]:
         """Predictions and targets over the validation set (or ``dl``), concatenated."""
@@ -191,21 +224,51 @@ class Learner:
             self._registry.remove(gather)
         return torch.cat(gather.preds), torch.cat(gather.targets)
 
+    def _validate(self, dl: Iterable[Any] | None, nested: bool = False) -> dict[str, Any]:
+        self.metrics, self.run.metric_owner = {}, {}
+        with self._loaders(train=False):
+            if nested:  # a cancel of the outer fit's phases goes on to the outer fit
+                self._pass(train=False, dl=dl)
+            else:
+                self._run_entry(lambda: self._pass(train=False, dl=dl))
+        return dict(self.metrics)
+
+    def _nested(self, body: Callable[[], Any]) -> Any:
+        """Run ``body`` inside a running call and put everything back: the position, the batch
+        state, the metrics, every module's train/eval mode and the random states, so the
+        outer call continues as if ``body`` had not run."""
+        from .resume import rng_state, set_rng_state
+
+        run = self.run
+        position, reported, owners = run.snapshot(), run.reported, run.metric_owner
+        batch_state = (self.dl, self._batches, self.batch, self.preds, self.loss, self.metrics)
+        modes = [(m, m.training) for m in self.model.modules()]
+        rng = rng_state()
+        try:
+            return body()
+        finally:
+            run.restore_position(position)
+            run.reported, run.metric_owner = reported, owners
+            self.dl, self._batches, self.batch, self.preds, self.loss, self.metrics = batch_state
+            for module, mode in modes:
+                module.training = mode
+            set_rng_state(rng)
+
     # ------------------------------------------------------------------------------- loop
 
     def _do_fit(self) -> None:
-        for self.epoch in range(self.epoch, self.n_epochs):  # noqa: B020 (state hooks read)
+        for self.epoch in range(self.epoch, self.n_epochs):  # noqa: B020 (hooks read it)
             self._phase("epoch", CancelEpochException, self._do_epoch)
 
     def _do_epoch(self) -> None:
         start = time.perf_counter()
-        self.metrics, self._metric_owner = {"epoch": self.epoch}, {}
+        self.metrics, self.run.metric_owner = {"epoch": self.epoch}, {}
         self._pass(train=True)
         if self.dls.valid is not None:
             self._pass(train=False)
         self.metrics["time"] = time.perf_counter() - start
         self.metrics = report_order(self.metrics)
-        self._registry.calls.call("report", learn=self, metrics=dict(self.metrics))
+        self.hooks.call("report", learn=self, metrics=dict(self.metrics))
 
     def _pass(self, train: bool, dl: Iterable[Any] | None = None) -> None:
         if dl is None:
@@ -215,15 +278,17 @@ class Learner:
                 "no validation data: build DataLoaders(train, valid) with a validation set, "
                 "or pass one: learn.validate(dl=...)."
             )
-        self.training, self.dl = train, dl
-        self.n_iter = len(dl) if hasattr(dl, "__len__") else None
-        self.iter, self._batches = 0, dl
-        if train and self._resume_position:  # the first pass after a resume starts mid-way
-            self.iter, self._resume_position = self._resume_position, 0
-            if self.n_iter is not None and self.iter >= self.n_iter:
+        pos = self.run.pos
+        pos.training, self.dl = train, dl
+        pos.n_iter = len(dl) if hasattr(dl, "__len__") else None
+        pos.iter, self._batches = 0, dl
+        resume = self.run.take_resume() if train else None
+        if resume is not None and resume.position:  # the first pass after a resume: mid-way
+            pos.iter = resume.position
+            if pos.n_iter is not None and pos.iter >= pos.n_iter:
                 self._batches = ()  # the cut came after the last training batch
-            elif self._resume_replays:
-                self._batches = islice(dl, self.iter, None)  # O(batches): no state to seek
+            elif resume.replays:
+                self._batches = islice(dl, pos.iter, None)  # O(batches): no state to seek
         self.model.train(train)
         with torch.set_grad_enabled(train):
             if train:
@@ -233,40 +298,44 @@ class Learner:
         merge_metrics(self, "train" if train else "valid")
 
     def _run_batches(self) -> None:
-        start, self.batch = self.iter, None
-        for self.iter, self.batch in enumerate(self._batches, start):  # noqa: B020 (state hooks read)
+        pos = self.run.pos
+        start, self.batch = pos.iter, None
+        for i, batch in enumerate(self._batches, start):
+            pos.iter, self.batch = i, batch
             self._one_batch()
         if self.batch is None and start == 0:
-            which = "train" if self.training else "validation"
+            which = "train" if pos.training else "validation"
             raise ValueError(
                 f"the {which} loader yielded no batch: is its dataset empty, or smaller than "
                 "one batch with drop_last=True?"
             )
 
     def _one_batch(self) -> None:
-        hooks = self._registry.calls
-        self._in_batch = True
+        hooks, pos = self._registry.calls, self.run.pos
+        pos.in_batch = True
         try:
             hooks.before_batch(self)
             check_pair(self.batch)
-            self.preds = hooks.predict(self)
-            if self.preds is None:
-                raise TypeError("no plugin answered 'predict' (every implementation returned None)")
-            hooks.after_pred(self)
-            self.loss = hooks.compute_loss(self)
-            if not isinstance(self.loss, torch.Tensor):
-                raise TypeError(
-                    f"'compute_loss' must return a tensor, got {type(self.loss).__name__}: return "
-                    "the loss tensor itself (not loss.item())."
-                )
+            training = pos.training
+            if training:
+                pos.will_step = check_should_step(hooks.should_step(self))
+            with hooks.forward_context(self):
+                self.preds = hooks.predict(self)
+                if self.preds is None:
+                    raise TypeError("no plugin answered 'predict' (every one returned None)")
+                hooks.after_pred(self)
+                self.loss = check_loss(hooks.compute_loss(self))
             hooks.after_loss(self)
-            if self.training:
+            if training:
                 check_done("backward", hooks.backward(self))
                 hooks.after_backward(self)
-                check_done("step", hooks.step(self))
-                hooks.after_step(self)
-                check_done("zero_grad", hooks.zero_grad(self))
-                self.train_iter += 1
+                if pos.will_step:
+                    hooks.before_step(self)
+                    check_done("step", hooks.step(self))
+                    hooks.after_step(self)
+                    check_done("zero_grad", hooks.zero_grad(self))
+                    pos.opt_steps += 1
+                pos.train_iter += 1
             hooks.after_batch(self)
         except CancelBatchException:
             pass
@@ -276,7 +345,7 @@ class Learner:
             cleanup_after_error(self, hooks.cleanup_batch, error)
             raise
         finally:
-            self._in_batch = False
+            pos.in_batch = False
         hooks.cleanup_batch(self)
 
     def _phase(self, name: str, cancel: type[CancelException], body: Callable[[], None]) -> None:
@@ -288,7 +357,7 @@ class Learner:
             getattr(hooks, f"after_{name}")(self)
         except cancel as cancelled:
             if name == "fit" and self.stop_reason is None:
-                self.stop_reason = cancel_reason(self, cancelled)
+                self.stop_reason = cancel_reason(cancelled)
         except BaseException as error:
             if not isinstance(error, CancelException):
                 report_error(self, error)
@@ -299,7 +368,7 @@ class Learner:
     def _run_entry(self, run: Callable[[], None]) -> None:
         """Run a public entry point (fit, validate): an error that no phase reported (one from
         ``cleanup_fit`` itself) is reported here; a cancel that no phase took becomes an error."""
-        self._reported = None
+        self.run.begin_call()
         try:
             run()
         except CancelException as stray:

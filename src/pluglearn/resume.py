@@ -8,6 +8,7 @@ state; ``restore`` checks all of it before changing anything, then loads it into
 
 from __future__ import annotations
 
+import copy
 import random
 import warnings
 from pathlib import Path
@@ -15,7 +16,14 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .checkpoint import FORMAT, VERSION, CheckpointError, load_checkpoint, load_latest
+from .checkpoint import (
+    FORMAT,
+    VERSION,
+    CheckpointError,
+    NoCheckpointError,
+    load_checkpoint,
+    load_latest,
+)
 
 if TYPE_CHECKING:
     from .learner import Learner
@@ -61,10 +69,9 @@ def capture(learn: Learner, epoch_end: bool = False) -> dict[str, Any]:
     loader = learn.dls.train
     loader_state = loader.state_dict() if hasattr(loader, "state_dict") else None
     plugins = {}
-    for impl, result in learn.hooks.call_each("state_dict", learn=learn):
-        if result is not None:
-            check_safe_state(result, f"plugin {impl.plugin!r}: state")
-            plugins[impl.plugin] = result
+    for plugin, result in learn.hooks.call("state_dict", learn=learn):
+        check_safe_state(result, f"plugin {plugin!r}: state")
+        plugins[plugin] = result
     opt_state = learn.opt.state_dict() if hasattr(learn.opt, "state_dict") else None
     return {
         "format": FORMAT,
@@ -78,7 +85,9 @@ def capture(learn: Learner, epoch_end: bool = False) -> dict[str, Any]:
             "epoch": learn.epoch + 1 if epoch_end else learn.epoch,
             "position": 0 if epoch_end else learn.iter + 1,  # training batches done
             "train_iter": learn.train_iter,
+            "opt_steps": learn.opt_steps,
             "n_epochs": learn.n_epochs,
+            "lr": learn.lr,
             "stop_reason": learn.stop_reason,
         },
     }
@@ -133,40 +142,169 @@ def _check_model(learn: Learner, saved: dict[str, torch.Tensor], source: Path) -
         )
 
 
-def restore(learn: Learner, source: str | Path) -> bool:
-    """Load a checkpoint (a file, or the newest in a directory) into ``learn``, inside ``fit``
-    once the optimizer and loaders exist. Returns False when the saved run had already stopped
-    (``learn.stop_reason`` is then restored and nothing is left to train)."""
-    source = Path(source)
-    path, state = load_latest(source) if source.is_dir() else (source, load_checkpoint(source))
-    _check_model(learn, state["model"], path)
-    learn.model.load_state_dict(state["model"])
-    if state["opt"] is not None:
-        learn.opt.load_state_dict(state["opt"])
+def _int_at_least_0(loop: dict[str, Any], key: str, path: Path) -> int:
+    value = loop.get(key)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise CheckpointError(
+            f"checkpoint {path} has loop[{key!r}] = {value!r}, not an int >= 0: the file was not "
+            "written by pluglearn's Checkpoint or was altered; resume from another checkpoint."
+        )
+    return value
+
+
+def _check_state(learn: Learner, state: dict[str, Any], path: Path, lr: float | None) -> None:
+    """Every check a resume needs, before anything is changed."""
+    kinds = {"model": dict, "plugins": dict, "rng": dict, "loop": dict}
+    for key in ("model", "opt", "plugins", "rng", "loader", "loop"):
+        if key not in state or (key in kinds and not isinstance(state[key], kinds[key])):
+            raise CheckpointError(
+                f"checkpoint {path} lacks a valid {key!r} record (has: {', '.join(state)}): it is "
+                "damaged or not a pluglearn checkpoint; resume from another checkpoint."
+            )
+    if "python" not in state["rng"] or "torch" not in state["rng"]:
+        raise CheckpointError(f"checkpoint {path} lacks the python or torch random state.")
     loop = state["loop"]
-    learn.epoch, learn.train_iter = int(loop["epoch"]), int(loop["train_iter"])
-    learn.stop_reason = loop["stop_reason"]
-    loader, position = learn.dls.train, int(loop["position"])
+    epoch = _int_at_least_0(loop, "epoch", path)
+    position = _int_at_least_0(loop, "position", path)
+    _int_at_least_0(loop, "train_iter", path)
+    if not isinstance(loop.get("stop_reason"), (str, type(None))):
+        raise CheckpointError(f"checkpoint {path} has a stop_reason that is not a string.")
+    if epoch > learn.n_epochs or (epoch == learn.n_epochs and position > 0):
+        raise CheckpointError(
+            f"checkpoint {path} is at epoch {epoch}, batch {position} of its run, past the "
+            f"{learn.n_epochs} epoch(s) this fit asks for, so nothing would train: pass "
+            f"n_epochs={loop.get('n_epochs', epoch + 1)} (the run's own), or more to train further."
+        )
+    saved_lr = loop.get("lr")
+    if lr is not None and saved_lr is not None and lr != saved_lr:
+        raise CheckpointError(
+            f"fit(lr={lr}) with resume_from={path}: the checkpointed run was started with "
+            f"lr={saved_lr}, and a resume continues that run exactly. Drop lr= (learn.lr then "
+            "becomes the run's), or start a new run without resume_from to use another lr."
+        )
+    _check_model(learn, state["model"], path)
+    own_opt = hasattr(learn.opt, "load_state_dict")
+    saved_opt = state["opt"]
+    if own_opt != (saved_opt is not None):
+        raise CheckpointError(
+            f"checkpoint {path} {'has no' if own_opt else 'has an'} optimizer state, but this "
+            f"Learner's optimizer ({type(learn.opt).__name__}) "
+            f"{'has one' if own_opt else 'has none'}: resume with the optimizer the run used."
+        )
+    if own_opt:
+        own_groups = [len(g["params"]) for g in learn.opt.state_dict()["param_groups"]]
+        saved_groups = [len(g.get("params", ())) for g in saved_opt.get("param_groups", ())]
+        if own_groups != saved_groups:
+            raise CheckpointError(
+                f"checkpoint {path} holds an optimizer with parameter groups of sizes "
+                f"{saved_groups}, this Learner's has {own_groups}: build the optimizer the run "
+                "used (same opt_func, same parameter groups)."
+            )
+
+
+def _backup(learn: Learner) -> tuple[Any, ...]:
+    """What restore may change, to put back if applying a checkpoint fails half-way."""
+    loader = learn.dls.train
+    return (
+        learn.run.snapshot(),
+        {k: v.clone() for k, v in learn.model.state_dict().items()},
+        copy.deepcopy(learn.opt.state_dict()) if hasattr(learn.opt, "state_dict") else None,
+        loader.state_dict() if hasattr(loader, "state_dict") else None,
+        dict(learn.hooks.call("state_dict", learn=learn)),
+        rng_state(),
+    )
+
+
+def _roll_back(learn: Learner, backup: tuple[Any, ...]) -> None:
+    position, model, opt, loader, plugins, rng = backup
+    learn.run.restore_position(position)
+    learn.model.load_state_dict(model)
+    if opt is not None:
+        learn.opt.load_state_dict(opt)
+    if loader is not None:
+        learn.dls.train.load_state_dict(loader)
+    learn.hooks.call("load_state_dict", learn=learn, state=plugins)
+    set_rng_state(rng)
+
+
+def restore(
+    learn: Learner, source: str | Path, lr: float | None = None, missing_ok: bool = False
+) -> bool:
+    """Load a checkpoint (a file, or the newest run's newest in a directory) into ``learn``,
+    inside ``fit`` once the optimizer and loaders exist. Everything is checked before anything
+    changes, and a failure while applying it puts the Learner back as it was.
+
+    Returns False when there is nothing to train (the saved run had stopped, or finished the
+    epochs asked for); with ``missing_ok`` a source without checkpoints starts a fresh run."""
+    source = Path(source)
+    try:
+        path, state = (source, load_checkpoint(source)) if source.is_file() else load_latest(source)
+    except NoCheckpointError:
+        if not missing_ok:
+            raise
+        warnings.warn(
+            f"no checkpoint in {source} yet: starting a fresh run (missing_ok=True).", stacklevel=3
+        )
+        return True
+    _check_state(learn, state, path, lr)
+    loop, loader = state["loop"], learn.dls.train
+    position = int(loop["position"])
     stateful = hasattr(loader, "load_state_dict")
-    if state["loader"] is not None and stateful:
-        loader.load_state_dict(state["loader"])
-    elif position and position < (len(loader) if hasattr(loader, "__len__") else position + 1):
+    unknown = sorted(
+        set(state["plugins"]) - {i.plugin for i in learn.hooks.impls["load_state_dict"]}
+    )
+    if unknown:
+        warnings.warn(
+            f"checkpoint {path} holds the state of plugin(s) {', '.join(unknown)}, which this "
+            "Learner does not have, so the resumed run can differ from the uninterrupted one: "
+            "add the same plugins as the saved run.",
+            stacklevel=3,
+        )
+    backup = _backup(learn)
+    try:
+        if state["loader"] is not None and stateful:
+            loader.load_state_dict(state["loader"])  # first: it refuses other loader settings
+        learn.model.load_state_dict(state["model"])
+        if state["opt"] is not None:
+            learn.opt.load_state_dict(state["opt"])
+        # the plugins load with the position of the checkpoint in place (they may record it)
+        learn.epoch, learn.train_iter = int(loop["epoch"]), int(loop["train_iter"])
+        learn.opt_steps = int(loop.get("opt_steps", loop["train_iter"]))
+        learn.stop_reason = loop["stop_reason"]
+        learn.hooks.call("load_state_dict", learn=learn, state=state["plugins"])
+        set_rng_state(state["rng"])
+    except BaseException:
+        _roll_back(learn, backup)
+        learn.stop_reason = None
+        raise
+    if (
+        not stateful
+        and position
+        and position < (len(loader) if hasattr(loader, "__len__") else position + 1)
+    ):
         warnings.warn(
             f"the training loader ({type(loader).__name__}) has no state_dict, so the resume "
             f"replays {position} batches to reach the cut; use DataLoaders.from_datasets for "
             "an O(1) resume.",
             stacklevel=3,
         )
-    learn._resume_position, learn._resume_replays = position, not stateful
-    plugin_states = state["plugins"]
-    for impl in learn.hooks.impls["load_state_dict"]:
-        if impl.plugin in plugin_states:
-            impl.call({"learn": learn, "state": plugin_states[impl.plugin]})
-    set_rng_state(state["rng"])
+    saved_lr = loop.get("lr")
+    if saved_lr is None and hasattr(learn.opt, "param_groups"):
+        saved_lr = learn.opt.param_groups[0].get("initial_lr", learn.opt.param_groups[0]["lr"])
+    if saved_lr is not None:
+        learn.lr = float(saved_lr)
+    learn.run.start_resume(position, replays=not stateful)
     if learn.stop_reason is not None:
         warnings.warn(
             f"checkpoint {path} is of a run that had stopped ({learn.stop_reason}): nothing to "
             "resume. Call fit() without resume_from to train further.",
+            stacklevel=3,
+        )
+        return False
+    if learn.epoch == learn.n_epochs:
+        warnings.warn(
+            f"checkpoint {path} is of a run that finished its {learn.n_epochs} epoch(s): nothing "
+            "to train. Pass a larger n_epochs to train further.",
             stacklevel=3,
         )
         return False

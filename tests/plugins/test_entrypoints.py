@@ -171,14 +171,6 @@ class UserPlugin:
     """A plugin of the user's own (hooks are not needed to register)."""
 
 
-LEARNER_WIRING = pytest.mark.xfail(
-    raises=(TypeError, AssertionError),
-    reason="waits for the Learner to call autoload_plugins(block=block_plugins)",
-    strict=False,
-)
-
-
-@LEARNER_WIRING
 def test_a_learner_registers_installed_plugins_after_the_users_and_before_the_defaults(site):
     site.install("a", "first", "A")
     user = UserPlugin()
@@ -190,7 +182,6 @@ def test_a_learner_registers_installed_plugins_after_the_users_and_before_the_de
     assert learn.plugins[1].fits == 1
 
 
-@LEARNER_WIRING
 def test_a_learner_blocks_installed_plugins_by_argument_and_env(site, monkeypatch):
     site.install("a", "first", "A")
     site.install("b", "second", "B")

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import sys
-import textwrap
 from dataclasses import dataclass
 
 import pytest
 
 from pluglearn import PluginError, PluginWarning, hookimpl
-from pluglearn.plugins.manager import HOOKS, PluginRegistry, load_entry_point_plugins
+from pluglearn.plugins.manager import PluginRegistry
+from pluglearn.plugins.specs import HOOKS
 from tests.helpers import tiny_learner
 
 
@@ -134,27 +133,3 @@ def test_every_hook_is_documented_with_its_call_order():
         assert doc and len(doc.split()) >= 5, f"hook {hook} needs a docstring"
         if hook not in ("state_dict", "load_state_dict", "make_dataloader", "on_error"):
             assert hook in specs.__doc__, f"the call order in specs' docstring lacks {hook}"
-
-
-def test_entry_point_plugins_are_loaded(tmp_path, monkeypatch):
-    (tmp_path / "my_plugin.py").write_text(
-        textwrap.dedent("""
-        from pluglearn import hookimpl
-
-        class FromEntryPoint:
-            @hookimpl
-            def before_fit(self, learn):
-                learn.seen_entry_point = True
-    """)
-    )
-    dist = tmp_path / "my_plugin-1.0.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: my-plugin\nVersion: 1.0\n")
-    (dist / "entry_points.txt").write_text("[pluglearn]\nmine = my_plugin:FromEntryPoint\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    plugins = load_entry_point_plugins()
-    assert [type(p).__name__ for p in plugins] == ["FromEntryPoint"]
-    learn = tiny_learner(plugins)
-    learn.fit(1)
-    assert learn.seen_entry_point is True
-    sys.modules.pop("my_plugin", None)

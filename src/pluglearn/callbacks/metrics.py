@@ -15,6 +15,7 @@ Example::
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -37,20 +38,21 @@ def _check_phases(phases: Sequence[str]) -> tuple[str, ...]:
 
 
 class PerPass:
-    """Base of the metric plugins: ``_reset()`` at the start of every pass, except a train pass
-    resumed mid-way, which keeps the sums restored from its checkpoint."""
+    """Base of the metric plugins: ``_reset(phase)`` at the start of every pass, except a train
+    pass resumed mid-way, which keeps the sums restored from its checkpoint. Each phase keeps its
+    own accumulator, so a validation run from inside a training hook leaves the train sums be."""
 
-    def _reset(self) -> None:
-        raise NotImplementedError(f"{type(self).__name__} must implement _reset()")
+    def _reset(self, phase: str) -> None:
+        raise NotImplementedError(f"{type(self).__name__} must implement _reset(phase)")
 
     @hookimpl
     def before_train(self, learn: Learner) -> None:
         if learn.iter == 0:
-            self._reset()
+            self._reset("train")
 
     @hookimpl
     def before_validate(self) -> None:
-        self._reset()
+        self._reset("valid")
 
 
 class AverageMetric(PerPass):
@@ -65,8 +67,7 @@ class AverageMetric(PerPass):
         if name is not None:
             self.name = name
         self.phases = _check_phases(phases)
-        self.total: float | torch.Tensor = 0.0
-        self.count = 0
+        self.sums: dict[str, list[Any]] = {phase: [0.0, 0] for phase in PHASES}  # total, count
 
     def batch_sum(self, learn: Learner) -> tuple[float | torch.Tensor, int]:
         raise NotImplementedError(f"{type(self).__name__} must implement batch_sum(learn)")
@@ -74,29 +75,34 @@ class AverageMetric(PerPass):
     def metric_name(self, phase: str) -> str:
         return self.name if phase == "valid" else f"train_{self.name}"
 
-    def _reset(self) -> None:
-        self.total, self.count = 0.0, 0
+    def _reset(self, phase: str) -> None:
+        self.sums[phase] = [0.0, 0]
 
     @hookimpl
     def after_loss(self, learn: Learner) -> None:
-        if ("train" if learn.training else "valid") in self.phases:
+        phase = "train" if learn.training else "valid"
+        if phase in self.phases:
             value, n = self.batch_sum(learn)
-            self.total += value
-            self.count += n
+            sums = self.sums[phase]
+            sums[0] += value
+            sums[1] += n
 
     @hookimpl
     def state_dict(self) -> dict[str, Any]:
-        return {"total": float(self.total), "count": self.count}
+        """The train pass's sums: a checkpoint is taken mid-train-pass or at an epoch's end."""
+        total, count = self.sums["train"]
+        return {"total": float(total), "count": count}
 
     @hookimpl
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.total, self.count = float(state["total"]), int(state["count"])
+        self.sums["train"] = [float(state["total"]), int(state["count"])]
 
     @hookimpl
     def collect_metrics(self, learn: Learner, phase: str) -> dict[str, float] | None:
-        if phase not in self.phases or self.count == 0:
+        total, count = self.sums[phase]
+        if phase not in self.phases or count == 0:
             return None
-        total, count = reduce_sum(float(self.total), float(self.count))
+        total, count = reduce_sum(float(total), float(count))
         return {self.metric_name(phase): total / count}
 
 
@@ -150,31 +156,41 @@ class MetricAdapter(PerPass):
                 "object with update(preds, targets), compute() and reset() (e.g. a torchmetrics "
                 "metric)."
             )
-        self.metric = metric
         self.metric_base = name or type(metric).__name__.lower()
         self.plugin_name = f"MetricAdapter[{self.metric_base}]"
         self.phases = _check_phases(phases)
-        self._updated = False
+        # one metric object per phase, so a nested validation leaves the train one be
+        self.metrics = {
+            p: metric if i == 0 else copy.deepcopy(metric) for i, p in enumerate(self.phases)
+        }
+        self._updated = dict.fromkeys(self.phases, False)
 
-    def _reset(self) -> None:
-        self.metric.reset()
-        self._updated = False
+    @property
+    def metric(self) -> Any:
+        """The metric object of the first phase (the one given)."""
+        return self.metrics[self.phases[0]]
+
+    def _reset(self, phase: str) -> None:
+        if phase in self.phases:
+            self.metrics[phase].reset()
+            self._updated[phase] = False
 
     @hookimpl
     def after_loss(self, learn: Learner) -> None:
-        if ("train" if learn.training else "valid") not in self.phases:
+        phase = "train" if learn.training else "valid"
+        if phase not in self.phases:
             return
-        preds = learn.preds.detach()
-        if not self._updated and hasattr(self.metric, "to"):
-            self.metric.to(preds.device)  # follow the model's device
-        self.metric.update(preds, learn.batch[1])
-        self._updated = True
+        preds, metric = learn.preds.detach(), self.metrics[phase]
+        if not self._updated[phase] and hasattr(metric, "to"):
+            metric.to(preds.device)  # follow the model's device
+        metric.update(preds, learn.batch[1])
+        self._updated[phase] = True
 
     @hookimpl
     def collect_metrics(self, learn: Learner, phase: str) -> dict[str, Any] | None:
-        if phase not in self.phases or not self._updated:
+        if phase not in self.phases or not self._updated[phase]:
             return None
-        value = self.metric.compute()
+        value = self.metrics[phase].compute()
         if isinstance(value, torch.Tensor) and value.numel() == 1:
             value = value.item()
         name = self.metric_base if phase == "valid" else f"train_{self.metric_base}"

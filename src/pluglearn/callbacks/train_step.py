@@ -23,12 +23,21 @@ class TrainStep:
 
     @hookimpl(trylast=True)
     def predict(self, learn: Learner) -> Any:
-        return learn.model(learn.batch[0])
+        model = learn.wrapped_model if learn.wrapped_model is not None else learn.model
+        return model(learn.batch[0])
 
     @hookimpl(trylast=True)
     def compute_loss(self, learn: Learner) -> Any:
+        preds, targets = learn.preds, learn.batch[1]
+        if (
+            type(preds) is torch.Tensor
+            and type(targets) is torch.Tensor
+            and preds.shape != targets.shape
+            and targets.is_floating_point()
+        ):
+            check_broadcast(preds, targets)
         try:  # free when nothing fails; torch's own messages name neither shape nor the fix
-            return learn.loss_func(learn.preds, learn.batch[1])
+            return learn.loss_func(preds, targets)
         except Exception as error:
             error.add_note(explain_loss_failure(learn.loss_func, learn.preds, learn.batch[1]))
             raise
@@ -47,6 +56,24 @@ class TrainStep:
     def zero_grad(self, learn: Learner) -> bool:
         learn.opt.zero_grad()
         return True
+
+
+def check_broadcast(preds: torch.Tensor, targets: torch.Tensor) -> None:
+    """Refuse float targets that an element-wise loss would broadcast *with* the predictions
+    into a larger shape: predictions (n, 1) against targets (n,) become an (n, n) comparison and
+    train a useless model with only a warning from torch."""
+    try:
+        shape = torch.broadcast_shapes(preds.shape, targets.shape)
+    except RuntimeError:
+        return  # not broadcastable: the loss raises, and its note explains the shapes
+    if shape != preds.shape:
+        p, t = tuple(preds.shape), tuple(targets.shape)
+        raise ValueError(
+            f"predictions of shape {p} and float targets of shape {t} would broadcast to "
+            f"{tuple(shape)} in an element-wise loss, comparing every prediction with every "
+            f"target: give them one shape, e.g. a model that returns {t} (out.squeeze(-1)) or "
+            f"targets of shape {p} (y.unsqueeze(-1) / y.view({', '.join(map(str, p))}))."
+        )
 
 
 def _describe(value: Any) -> str:

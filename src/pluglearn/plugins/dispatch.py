@@ -1,23 +1,36 @@
-"""Fast dispatch: one caller per hook, calling the implementations in pluggy's resolved order.
+"""The dispatcher: the one place that calls hook implementations, by the kind of each hook.
 
-pluggy spends about a microsecond per hook call. For hooks whose only argument is ``learn`` and
-whose implementations have no wrappers, :class:`HookCalls` calls the implementations directly,
-and a hook with no implementation is a no-op. Hooks with wrappers fall back to pluggy's own call.
-Semantics stay pluggy's: same order, first result wins for steps, the first exception stops the
-remaining implementations (except for ``cleanup_*`` and ``on_error``, where every implementation
-runs, then the first error is raised).
+Every hook call of pluglearn goes through a :class:`Dispatcher` built for one registry state. It
+reads the kind of each hook from :data:`pluglearn.plugins.specs.HOOKS` and compiles one caller per
+hook, so the semantics live here once:
+
+- ``event``: every implementation in order; the first exception stops the rest.
+- ``run_all`` (``cleanup_*``, ``on_error``): every implementation, even when some raise; then the
+  first error is raised, the others attached to it as notes.
+- ``first`` (steps): the first result other than ``None`` wins; the rest are not called.
+- ``collect`` (``collect_metrics``, ``state_dict``): ``[(plugin name, answer), ...]`` of the
+  implementations that answered.
+- ``addressed`` (``load_state_dict``): each plugin receives its own part of ``state``.
+- ``context`` (``forward_context``): one context manager entering every returned one.
+
+``@hookimpl(wrapper=True)`` implementations wrap the whole call, outermost first, and keep the
+rules of its kind (a failing cleanup still lets the others run). The dispatcher knows which
+implementation it is running, so an exception leaving one is tagged with it on the spot (a
+``try`` costs nothing in Python 3.11 until something raises): :func:`origin_of` tells the notes
+which plugin and hook raised. Hooks whose only argument is ``learn`` get a fast positional
+caller as an attribute (``calls.before_batch(learn)``); a hook nobody implements is a no-op.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager, nullcontext, suppress
 from dataclasses import dataclass
-from types import CodeType
 from typing import Any
 
-import pluggy
+from .specs import HOOKS
 
-from .guards import HOOKS, RUN_ALL_HOOKS
+_ORIGIN = "_pluglearn_origin"
 
 
 @dataclass(frozen=True)
@@ -32,122 +45,268 @@ class Impl:
     trylast: bool
     wrapper: bool
 
-    def call(self, kwargs: dict[str, Any]) -> Any:
-        return self.function(*(kwargs[a] for a in self.argnames))
+
+def mark_origin(error: BaseException, impl: Impl) -> None:
+    """Tag ``error`` with the implementation it left, unless an inner one was tagged first."""
+    if getattr(error, _ORIGIN, None) is None:
+        with suppress(AttributeError):  # an exception type with __slots__ cannot carry the tag
+            setattr(error, _ORIGIN, impl)
 
 
-def _noop(learn: Any) -> None:
+def origin_of(error: BaseException) -> Impl | None:
+    """The hook implementation ``error`` was raised in (the innermost), or None."""
+    return getattr(error, _ORIGIN, None)
+
+
+def _noop(*args: Any) -> None:
     return None
 
 
-def _learn_caller(impl: Impl) -> Callable[[Any], Any]:
-    if impl.argnames == ("learn",):
+_NO_CONTEXT = nullcontext()
+
+Caller = Callable[..., Any]
+Pairs = list[tuple[Impl, Caller]]
+
+
+def _adapt(impl: Impl, spec_args: tuple[str, ...]) -> Caller:
+    """A callable taking the hook's arguments positionally, in spec order."""
+    if impl.argnames == spec_args:
         return impl.function
+    where = tuple(spec_args.index(a) for a in impl.argnames)
     function = impl.function
-    return lambda learn: function()  # an implementation may take no argument at all
+    return lambda *args: function(*(args[i] for i in where))
 
 
-class HookCalls:
-    """Callers for every hook of one registry state: ``calls.before_batch(learn)``, ..."""
+def _event(pairs: Pairs) -> Caller:
+    if not pairs:
+        return _noop
+    if len(pairs) == 1:
+        ((impl, fn),) = pairs
 
-    def __init__(self, pm: pluggy.PluginManager) -> None:
-        self.pm = pm
-        self.impls: dict[str, list[Impl]] = {}
-        self.code_owner: dict[CodeType, list[Impl]] = {}
-        for hook, (argnames, firstresult) in HOOKS.items():
-            caller = getattr(pm.hook, hook)
-            impls = [
-                Impl(
-                    plugin=i.plugin_name,
-                    hook=hook,
-                    function=i.function,
-                    argnames=tuple(i.argnames),
-                    tryfirst=i.tryfirst,
-                    trylast=i.trylast,
-                    wrapper=i.hookwrapper or i.wrapper,
-                )
-                for i in reversed(caller.get_hookimpls())  # pluggy calls the list back to front
-            ]
-            self.impls[hook] = impls
-            for impl in impls:
-                code = getattr(getattr(impl.function, "__func__", impl.function), "__code__", None)
-                if code is not None:  # generated methods may share one code object
-                    self.code_owner.setdefault(code, []).append(impl)
-            if argnames == ("learn",):
-                setattr(self, hook, self._fast(impls, firstresult, hook in RUN_ALL_HOOKS, caller))
-
-    @staticmethod
-    def _fast(
-        impls: list[Impl], firstresult: bool, run_all: bool, caller: Any
-    ) -> Callable[[Any], Any]:
-        if any(i.wrapper for i in impls):
-            return lambda learn: caller(learn=learn)
-        fns = [_learn_caller(i) for i in impls]
-        if not fns:
-            return _noop
-        if len(fns) == 1:
-            return fns[0]
-        if run_all:
-
-            def every(learn: Any) -> None:
-                first_error: Exception | None = None
-                for fn in fns:
-                    try:
-                        fn(learn)
-                    except Exception as error:
-                        first_error = first_error or error
-                if first_error is not None:
-                    raise first_error
-
-            return every
-        if firstresult:
-
-            def first(learn: Any) -> Any:
-                for fn in fns:
-                    result = fn(learn)
-                    if result is not None:
-                        return result
-                return None
-
-            return first
-
-        def each(learn: Any) -> None:
-            for fn in fns:
-                fn(learn)
-
-        return each
-
-    def call(self, hook: str, **kwargs: Any) -> Any:
-        """Call any hook through pluggy (results as pluggy returns them)."""
-        return getattr(self.pm.hook, hook)(**kwargs)
-
-    def call_each(self, hook: str, **kwargs: Any) -> Iterator[tuple[Impl, Any]]:
-        """Yield ``(impl, result)`` for every implementation, in call order."""
-        for impl in self.impls[hook]:
-            yield impl, impl.call(kwargs)
-
-    def call_all(self, hook: str, **kwargs: Any) -> None:
-        """Run every implementation even if some raise; then raise the first error."""
-        impls = self.impls[hook]
-        if any(i.wrapper for i in impls):
-            self.call(hook, **kwargs)
-            return
-        first_error: Exception | None = None
-        for impl in impls:
+        def one(*args: Any) -> None:
             try:
-                impl.call(kwargs)
-            except Exception as error:
+                fn(*args)
+            except BaseException as error:
+                mark_origin(error, impl)
+                raise
+
+        return one
+
+    def each(*args: Any) -> None:
+        for impl, fn in pairs:
+            try:
+                fn(*args)
+            except BaseException as error:
+                mark_origin(error, impl)
+                raise
+
+    return each
+
+
+def _first(pairs: Pairs) -> Caller:
+    if not pairs:
+        return _noop
+
+    def first(*args: Any) -> Any:
+        for impl, fn in pairs:
+            try:
+                result = fn(*args)
+            except BaseException as error:
+                mark_origin(error, impl)
+                raise
+            if result is not None:
+                return result
+        return None
+
+    return first
+
+
+def _run_all(pairs: Pairs) -> Caller:
+    if not pairs:
+        return _noop
+
+    def every(*args: Any) -> None:
+        first_error: BaseException | None = None
+        for impl, fn in pairs:
+            try:
+                fn(*args)
+            except BaseException as error:
+                mark_origin(error, impl)
                 if first_error is None:
                     first_error = error
+                else:
+                    first_error.add_note(
+                        f"pluglearn: plugin {impl.plugin!r}, hook {impl.hook!r} also failed: "
+                        f"{error!r}"
+                    )
         if first_error is not None:
             raise first_error
 
-    def owner_of(self, error: BaseException) -> list[Impl]:
-        """The innermost hook implementation on ``error``'s traceback (several candidates when
-        one function implements several hooks), or an empty list."""
-        owner: list[Impl] = []
-        tb = error.__traceback__
-        while tb is not None:
-            owner = self.code_owner.get(tb.tb_frame.f_code, owner)
-            tb = tb.tb_next
-        return owner
+    return every
+
+
+def _collect(pairs: Pairs) -> Caller:
+    def collect(*args: Any) -> list[tuple[str, Any]]:
+        answers = []
+        for impl, fn in pairs:
+            try:
+                result = fn(*args)
+            except BaseException as error:
+                mark_origin(error, impl)
+                raise
+            if result is not None:
+                answers.append((impl.plugin, result))
+        return answers
+
+    return collect
+
+
+def _addressed(pairs: Pairs) -> Caller:
+    """``load_state_dict(learn, state)`` with ``state`` mapping plugin name -> its own part."""
+
+    def addressed(learn: Any, state: dict[str, Any]) -> None:
+        for impl, fn in pairs:
+            if impl.plugin in state:
+                try:
+                    fn(learn, state[impl.plugin])
+                except BaseException as error:
+                    mark_origin(error, impl)
+                    raise
+
+    return addressed
+
+
+def _context(pairs: Pairs) -> Caller:
+    if not pairs:
+        return lambda *args: _NO_CONTEXT
+
+    def contexts(*args: Any) -> Any:
+        entered = []
+        for impl, fn in pairs:
+            try:
+                cm = fn(*args)
+            except BaseException as error:
+                mark_origin(error, impl)
+                raise
+            if cm is not None:
+                entered.append((impl, cm))
+        if not entered:
+            return _NO_CONTEXT
+        return _enter_all(entered)
+
+    return contexts
+
+
+@contextmanager
+def _enter_all(contexts: list[tuple[Impl, Any]]) -> Iterator[None]:
+    with ExitStack() as stack:
+        for impl, cm in contexts:
+            try:
+                stack.enter_context(cm)
+            except BaseException as error:
+                mark_origin(error, impl)
+                raise
+        yield
+
+
+_KINDS: dict[str, Callable[[Pairs], Caller]] = {
+    "event": _event,
+    "first": _first,
+    "run_all": _run_all,
+    "collect": _collect,
+    "addressed": _addressed,
+    "context": _context,
+}
+
+
+def _wrap(wrappers: Pairs, inner: Caller) -> Caller:
+    """``inner`` inside new-style wrappers (generators), the first one outermost."""
+
+    def wrapped(*args: Any) -> Any:
+        entered: Pairs = []
+        error: BaseException | None = None
+        result: Any = None
+        try:
+            for impl, fn in wrappers:
+                try:
+                    gen = fn(*args)
+                    next(gen)
+                except StopIteration:
+                    raise RuntimeError(
+                        f"plugin {impl.plugin!r}: the wrapper {impl.hook!r} returned without "
+                        "yielding: a wrapper must `result = yield` exactly once."
+                    ) from None
+                except BaseException as raised:
+                    mark_origin(raised, impl)
+                    raise
+                entered.append((impl, gen))
+            result = inner(*args)
+        except BaseException as raised:
+            error = raised
+        for impl, gen in reversed(entered):
+            try:
+                if error is not None:
+                    gen.throw(error)
+                else:
+                    gen.send(result)
+            except StopIteration as stop:
+                result, error = stop.value, None
+            except BaseException as raised:
+                if raised is not error:
+                    mark_origin(raised, impl)
+                error = raised
+            else:
+                error = RuntimeError(
+                    f"plugin {impl.plugin!r}: the wrapper {impl.hook!r} yielded twice: a wrapper "
+                    "must `result = yield` exactly once, then return the result."
+                )
+        if error is not None:
+            raise error
+        return result
+
+    return wrapped
+
+
+Instrument = Callable[[Impl, Caller], Caller]
+
+
+class Dispatcher:
+    """The compiled callers of one registry state: ``calls.before_batch(learn)``,
+    ``calls.call("report", learn=learn, metrics=m)``, ``calls.impls["after_loss"]``."""
+
+    def __init__(self, impls: dict[str, list[Impl]], instrument: Instrument | None = None) -> None:
+        self.impls = impls
+        self._callers: dict[str, Caller] = {}
+        for hook, spec in HOOKS.items():
+            pairs: Pairs = []
+            wrappers: Pairs = []
+            for impl in impls.get(hook, []):
+                fn = _adapt(impl, spec.args)
+                if instrument is not None:
+                    fn = instrument(impl, fn)
+                (wrappers if impl.wrapper else pairs).append((impl, fn))
+            caller = _KINDS[spec.kind](pairs)
+            if wrappers:
+                caller = _wrap(wrappers, caller)
+            self._callers[hook] = caller
+            if spec.args == ("learn",):
+                setattr(self, hook, caller)
+
+    def call(self, hook: str, **kwargs: Any) -> Any:
+        """Call ``hook`` with its arguments by keyword; the result follows the hook's kind."""
+        try:
+            spec, caller = HOOKS[hook], self._callers[hook]
+        except KeyError:
+            raise KeyError(f"no hook named {hook!r}; see pluglearn.plugins.specs") from None
+        missing = [a for a in spec.args if a not in kwargs]
+        extra = [k for k in kwargs if k not in spec.args]
+        if missing or extra:
+            raise TypeError(
+                f"hook {hook!r} takes {', '.join(spec.args)} by keyword; missing: {missing}, "
+                f"unexpected: {extra}."
+            )
+        return caller(*(kwargs[a] for a in spec.args))
+
+    def implemented(self, hook: str) -> bool:
+        """True when some plugin implements ``hook``."""
+        return bool(self.impls.get(hook))

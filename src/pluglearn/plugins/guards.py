@@ -12,8 +12,8 @@ import difflib
 import inspect
 import warnings
 
-from . import specs
 from .markers import PROJECT_NAME
+from .specs import HOOKS
 
 
 class PluginError(TypeError):
@@ -22,31 +22,6 @@ class PluginError(TypeError):
 
 class PluginWarning(UserWarning):
     """A plugin looks wrong but may be intended (a hook-like method without ``@hookimpl``)."""
-
-
-def _spec_table() -> dict[str, tuple[tuple[str, ...], bool]]:
-    table = {}
-    for name, fn in vars(specs).items():
-        opts = getattr(fn, f"{PROJECT_NAME}_spec", None)
-        if opts is not None:
-            table[name] = (tuple(inspect.signature(fn).parameters), bool(opts["firstresult"]))
-    return table
-
-
-#: hook name -> (argument names, first result wins)
-HOOKS: dict[str, tuple[tuple[str, ...], bool]] = _spec_table()
-#: the events of one training batch, in call order (a validation batch skips the two steps)
-BATCH_EVENTS = (
-    "before_batch",
-    "after_pred",
-    "after_loss",
-    "after_backward",
-    "after_step",
-    "after_batch",
-    "cleanup_batch",
-)
-#: hooks whose every implementation runs even when one raises
-RUN_ALL_HOOKS = frozenset(h for h in HOOKS if h.startswith("cleanup_") or h == "on_error")
 
 
 def plugin_name(plugin: object) -> str:
@@ -105,7 +80,15 @@ def check_plugin(plugin: object, registered: list[object]) -> None:
                 f"would never run.{_did_you_mean(attr)} The hooks are listed in "
                 "pluglearn.plugins.specs."
             )
-        allowed = HOOKS[attr][0]
+        opts = getattr(func, impl_attr)
+        if opts.get("hookwrapper"):
+            raise PluginError(
+                f"plugin {label}: '{attr}' uses the old-style @hookimpl(hookwrapper=True), which "
+                "pluglearn does not call: use @hookimpl(wrapper=True), a generator whose "
+                "`result = yield` receives the hook's result (or raises its exception), and "
+                "which returns the result."
+            )
+        allowed = HOOKS[attr].args
         bound = getattr(plugin, attr)
         params = [
             p.name

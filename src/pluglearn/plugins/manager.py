@@ -2,44 +2,26 @@
 
 pluggy calls the *last* registered implementation first (and, within ``trylast``, the first).
 pluglearn wants ``plugins=[a, b]`` to run ``a`` then ``b`` for every hook, so the registry keeps
-its own ordered list, registers it into a fresh ``pluggy.PluginManager`` whenever the list changes,
-and sorts each hook's implementations into ``tryfirst`` / plain / ``trylast`` groups, list order
-within each group. Registration is rare; hook calls happen a dozen times a batch. Guards live in
-:mod:`.guards`, the fast callers in :mod:`.dispatch`.
+its own ordered list, registers it into a fresh ``pluggy.PluginManager`` whenever the list changes
+(pluggy validates the implementations against the specs), reads each hook's implementations
+through pluggy's public ``get_hookimpls()`` and orders them itself into ``tryfirst`` / plain /
+``trylast`` groups, list order within each group. Nothing is written into pluggy's state, and
+nothing calls pluggy's hook callers: the :class:`~.dispatch.Dispatcher` does every call.
+Registration is rare; hook calls happen a dozen times a batch. Guards live in :mod:`.guards`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from importlib.metadata import entry_points
 from typing import Any
 
 import pluggy
 
 from . import specs
-from .dispatch import HookCalls, Impl
-from .guards import (
-    HOOKS,
-    RUN_ALL_HOOKS,
-    PluginError,
-    PluginWarning,
-    check_plugin,
-    plugin_name,
-)
+from .dispatch import Dispatcher, Impl, Instrument
+from .guards import check_plugin, plugin_name
 from .markers import PROJECT_NAME
-
-__all__ = [
-    "HOOKS",
-    "RUN_ALL_HOOKS",
-    "HookCalls",
-    "Impl",
-    "PluginError",
-    "PluginRegistry",
-    "PluginWarning",
-    "check_plugin",
-    "load_entry_point_plugins",
-    "plugin_name",
-]
+from .specs import HOOKS
 
 
 class PluginRegistry:
@@ -48,6 +30,7 @@ class PluginRegistry:
     def __init__(self) -> None:
         self._plugins: list[object] = []
         self._names: list[str] = []
+        self.instrument: Instrument | None = None  # wraps every implementation (a profiler)
         self.calls = self._rebuild()
 
     def __iter__(self) -> Iterator[object]:
@@ -103,57 +86,51 @@ class PluginRegistry:
             f"plugin {plugin!r} is not registered; registered: {', '.join(self._names)}"
         )
 
-    def _rebuild(self) -> HookCalls:
+    def rebuild(self) -> None:
+        """Recompile the dispatcher (after ``instrument`` changed)."""
+        self.calls = self._rebuild()
+
+    def _rebuild(self) -> Dispatcher:
         pm = pluggy.PluginManager(PROJECT_NAME)
         pm.add_hookspecs(specs)
-        for plugin, name in zip(reversed(self._plugins), reversed(self._names), strict=True):
+        for plugin, name in zip(self._plugins, self._names, strict=True):
             pm.register(plugin, name=name)
         pm.check_pending()
-        self._order_hooks(pm)
-        return HookCalls(pm)
-
-    def _order_hooks(self, pm: pluggy.PluginManager) -> None:
-        """Put every hook's implementations in (tryfirst, plain, trylast) x list order.
-
-        pluggy calls plain and tryfirst implementations last-registered-first but trylast ones
-        first-registered-first, so no single registration order gives list order in all three
-        groups; the registry sorts pluggy's list itself (kept back to front, as pluggy calls it).
-        """
         position = {name: i for i, name in enumerate(self._names)}
 
-        def key(impl: Any) -> tuple[int, int]:
+        def order(impl: Any) -> tuple[int, int]:
             group = 0 if impl.tryfirst else 2 if impl.trylast else 1
             return group, position[impl.plugin_name]
 
-        for hook in HOOKS:
-            caller = getattr(pm.hook, hook)
-            impls = caller.get_hookimpls()
-            plain = sorted((i for i in impls if not (i.hookwrapper or i.wrapper)), key=key)
-            wrappers = sorted((i for i in impls if i.hookwrapper or i.wrapper), key=key)
-            caller._hookimpls[:] = [*reversed(plain), *reversed(wrappers)]
+        impls = {
+            hook: [
+                Impl(
+                    plugin=i.plugin_name,
+                    hook=hook,
+                    function=i.function,
+                    argnames=tuple(i.argnames),
+                    tryfirst=i.tryfirst,
+                    trylast=i.trylast,
+                    wrapper=i.wrapper,
+                )
+                for i in sorted(getattr(pm.hook, hook).get_hookimpls(), key=order)
+            ]
+            for hook in HOOKS
+        }
+        return Dispatcher(impls, self.instrument)
 
     def describe(self) -> str:
         """The resolved call order of every hook, one line each."""
         lines = []
         for hook, impls in self.calls.impls.items():
-            tags = ["first result wins"] if HOOKS[hook][1] else []
+            kind = HOOKS[hook].kind
+            tags = [] if kind == "event" else [{"first": "first result wins"}.get(kind, kind)]
             names = [
-                i.plugin + (" (tryfirst)" if i.tryfirst else " (trylast)" if i.trylast else "")
+                i.plugin
+                + (" (wrapper)" if i.wrapper else "")
+                + (" (tryfirst)" if i.tryfirst else " (trylast)" if i.trylast else "")
                 for i in impls
             ]
             suffix = f"  [{', '.join(tags)}]" if tags else ""
             lines.append(f"{hook:<18} {' -> '.join(names) or '-'}{suffix}")
         return "\n".join(lines)
-
-
-def load_entry_point_plugins(group: str = "pluglearn") -> list[object]:
-    """Plugins advertised by installed packages under the entry-point ``group``.
-
-    A package exposes one with ``[project.entry-points.pluglearn] name = "pkg.module:Plugin"``;
-    a class is instantiated without arguments, any other object is used as is.
-    """
-    found = []
-    for ep in sorted(entry_points(group=group), key=lambda e: e.name):
-        obj = ep.load()
-        found.append(obj() if isinstance(obj, type) else obj)
-    return found

@@ -3,22 +3,23 @@
 A plugin is an *instance* whose methods carry ``@hookimpl``; each method may take any subset of
 the arguments declared here (most take only ``learn``). The call order of one ``learn.fit(2)``::
 
+    after_create_opt                                  the optimizer exists, no resume loaded yet
     before_fit
       before_epoch                                    epoch 0
         before_train
           before_batch                                one per training batch
-            predict -> after_pred
-            compute_loss -> after_loss
+            should_step                               does this batch end with an optimizer step?
+            forward_context: [ predict -> after_pred -> compute_loss ]
+            after_loss
             backward -> after_backward
-            step -> after_step
-            zero_grad
+            before_step -> step -> after_step -> zero_grad      (only when should_step)
           after_batch
           cleanup_batch
         after_train
         cleanup_train
         collect_metrics(phase="train")
         before_validate                               model.eval() under torch.no_grad()
-          before_batch, predict, after_pred, compute_loss, after_loss, after_batch, cleanup_batch
+          before_batch, [predict, after_pred, compute_loss], after_loss, after_batch, cleanup_batch
         after_validate
         cleanup_validate
         collect_metrics(phase="valid")
@@ -39,7 +40,16 @@ the phases it crosses runs, then it reaches the caller with a note naming the pl
 the epoch and the batch. Every implementation of ``on_error`` and ``cleanup_*`` runs even when
 one of them raises (the first such error is raised after the others ran).
 
-Steps (``predict``, ``compute_loss``, ``backward``, ``step``, ``zero_grad``,
+How each hook is called is one table, :data:`HOOKS` at the end of this module, read by the
+dispatcher (:mod:`pluglearn.plugins.dispatch`): *events* call every implementation in order and the
+first exception stops the rest; *run-all* hooks (``cleanup_*``, ``on_error``) call every
+implementation even when some raise, then raise the first error; *steps* are first result wins;
+*collect* hooks (``collect_metrics``, ``state_dict``) return every plugin's answer with its name;
+``load_state_dict`` gives each plugin its own saved part; ``forward_context`` enters every
+returned context manager. ``@hookimpl(wrapper=True)`` implementations (pluggy's new-style
+wrappers) wrap the whole call and keep every rule of its kind.
+
+Steps (``predict``, ``compute_loss``, ``should_step``, ``backward``, ``step``, ``zero_grad``,
 ``make_dataloader``) are *first result wins*: the first implementation that returns something
 other than ``None`` answers and the rest are not called. The built-in ``TrainStep`` and
 ``DefaultLoader`` answer last, so any plugin that answers replaces the default.
@@ -47,9 +57,10 @@ other than ``None`` answers and the rest are not called. The built-in ``TrainSte
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import inspect
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-from .markers import hookspec
+from .markers import PROJECT_NAME, hookspec
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -60,6 +71,14 @@ if TYPE_CHECKING:
 
 
 # --------------------------------------------------------------------------------------- fit
+
+
+@hookspec
+def after_create_opt(learn: Learner) -> None:
+    """Start of ``fit``, before ``before_fit``: ``learn.opt`` exists with ``lr`` set, and a
+    checkpoint given as ``resume_from`` is NOT loaded yet. Build what wraps the optimizer here
+    (an lr scheduler): the resume then loads its saved state into it, so a resumed run follows
+    the same lr and momentum sequence. Also fires for ``lr_find``."""
 
 
 @hookspec
@@ -158,12 +177,21 @@ def after_loss(learn: Learner) -> None:
 
 @hookspec
 def after_backward(learn: Learner) -> None:
-    """Training only: gradients are in the parameters' ``.grad`` (clip or inspect them here)."""
+    """Training only, every batch: this batch's backward ran. With gradient accumulation
+    ``.grad`` holds a partial sum: clip in ``before_step``, which sees the whole gradient."""
+
+
+@hookspec
+def before_step(learn: Learner) -> None:
+    """Training only, on the batches that step (see ``should_step``): every backward of the
+    accumulated group ran, the optimizer has not stepped. The whole gradient is in ``.grad``:
+    clip, unscale or inspect it here."""
 
 
 @hookspec
 def after_step(learn: Learner) -> None:
-    """Training only: the optimizer stepped (schedulers per batch go here)."""
+    """Training only: the optimizer stepped (schedulers per batch go here). Skipped on batches
+    that only accumulate gradients."""
 
 
 @hookspec
@@ -198,6 +226,21 @@ def compute_loss(learn: Learner) -> torch.Tensor | None:
 
 
 @hookspec(firstresult=True)
+def should_step(learn: Learner) -> bool | None:
+    """Training only, after ``before_batch``: True when this batch ends with an optimizer step,
+    False when its gradients keep adding up (the default answers True). Sets
+    ``learn.will_step`` before the forward pass, so a DDP plugin can skip the gradient
+    all-reduce of the batches that do not step."""
+
+
+@hookspec
+def forward_context(learn: Learner) -> Any:
+    """Return a context manager (or None) to enter around ``predict``, ``after_pred`` and
+    ``compute_loss`` of every batch, e.g. ``torch.autocast("cpu", torch.bfloat16)``. Every
+    returned context is entered in plugin order and exited in reverse, before ``after_loss``."""
+
+
+@hookspec(firstresult=True)
 def backward(learn: Learner) -> bool | None:
     """Training only. Compute gradients; return True when done (the default:
     ``learn.loss.backward()``). Manual backward and mixed precision answer this."""
@@ -205,14 +248,14 @@ def backward(learn: Learner) -> bool | None:
 
 @hookspec(firstresult=True)
 def step(learn: Learner) -> bool | None:
-    """Training only. Update the weights; return True when done (the default: ``learn.opt.step()``).
-    Gradient accumulation answers True without stepping on the batches it skips."""
+    """Training only, on the batches that step. Update the weights; return True when done (the
+    default: ``learn.opt.step()``)."""
 
 
 @hookspec(firstresult=True)
 def zero_grad(learn: Learner) -> bool | None:
-    """Training only. Reset the gradients; return True when done (the default:
-    ``learn.opt.zero_grad()``)."""
+    """Training only, after ``after_step``. Reset the gradients; return True when done (the
+    default: ``learn.opt.zero_grad()``)."""
 
 
 @hookspec(firstresult=True)
@@ -254,3 +297,54 @@ def state_dict(learn: Learner) -> dict[str, Any] | None:
 def load_state_dict(learn: Learner, state: dict[str, Any]) -> None:
     """Restore the state this plugin returned from ``state_dict`` (called only for plugins that
     saved state, with their own part)."""
+
+
+# ------------------------------------------------------------------------ the dispatch table
+
+
+class Hook(NamedTuple):
+    """How the dispatcher calls one hook: the arguments it provides and its kind."""
+
+    args: tuple[str, ...]
+    kind: str  # "event", "run_all", "first", "collect", "addressed" or "context"
+
+
+#: the hooks that are not plain events or first-result steps (those follow from the spec)
+_KINDS = {
+    "cleanup_fit": "run_all",
+    "cleanup_epoch": "run_all",
+    "cleanup_train": "run_all",
+    "cleanup_validate": "run_all",
+    "cleanup_batch": "run_all",
+    "on_error": "run_all",
+    "collect_metrics": "collect",
+    "state_dict": "collect",
+    "load_state_dict": "addressed",
+    "forward_context": "context",
+}
+
+
+def _table() -> dict[str, Hook]:
+    table = {}
+    for name, fn in list(globals().items()):
+        opts = getattr(fn, f"{PROJECT_NAME}_spec", None)
+        if opts is not None:
+            kind = _KINDS.get(name, "first" if opts["firstresult"] else "event")
+            table[name] = Hook(tuple(inspect.signature(fn).parameters), kind)
+    return table
+
+
+#: every hook: name -> (arguments, kind), in declaration order
+HOOKS: dict[str, Hook] = _table()
+#: the events of one training batch that steps, in call order (a validation batch skips the
+#: backward and step events)
+BATCH_EVENTS = (
+    "before_batch",
+    "after_pred",
+    "after_loss",
+    "after_backward",
+    "before_step",
+    "after_step",
+    "after_batch",
+    "cleanup_batch",
+)

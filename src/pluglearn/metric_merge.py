@@ -1,4 +1,4 @@
-"""The Learner's collectors: merging the metric plugins' answers, gathering predictions."""
+"""Merging the metric plugins' answers into ``learn.metrics``, and gathering predictions."""
 
 from __future__ import annotations
 
@@ -15,22 +15,20 @@ if TYPE_CHECKING:
 def merge_metrics(learn: Learner, phase: str) -> None:
     """Merge every ``collect_metrics`` answer for ``phase`` into ``learn.metrics``; two plugins
     giving one name is an error naming both."""
-    owners = learn._metric_owner
-    for impl, result in learn.hooks.call_each("collect_metrics", learn=learn, phase=phase):
-        if result is None:
-            continue
+    owners = learn.run.metric_owner
+    for plugin, result in learn.hooks.call("collect_metrics", learn=learn, phase=phase):
         if not isinstance(result, dict):
             raise TypeError(
-                f"plugin {impl.plugin!r}: 'collect_metrics' must return a dict of metrics or "
+                f"plugin {plugin!r}: 'collect_metrics' must return a dict of metrics or "
                 f"None, got {type(result).__name__}."
             )
         for key, value in result.items():
-            if key in owners and owners[key] != impl.plugin:
+            if key in owners and owners[key] != plugin:
                 raise ValueError(
-                    f"metric {key!r} is reported by both {owners[key]!r} and {impl.plugin!r}: "
+                    f"metric {key!r} is reported by both {owners[key]!r} and {plugin!r}: "
                     "give one of them another name (e.g. its name= argument)."
                 )
-            owners[key] = impl.plugin
+            owners[key] = plugin
             learn.metrics[key] = value
 
 

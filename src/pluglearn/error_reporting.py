@@ -1,13 +1,16 @@
-"""Where an error came from, and who cancelled a fit: the notes and reasons users read.
+"""What users read when a run fails or is cancelled: where it happened, and who stopped it.
 
-The plugin that raised is found without bookkeeping on the hot path: the registry walks the
-traceback for the innermost frame whose code belongs to a hook implementation.
+The dispatcher tags an exception with the hook implementation it left
+(:func:`~pluglearn.plugins.dispatch.origin_of`), so the note names the plugin and hook that really
+raised, with no traceback matching; the position comes from the Learner's run state.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import TYPE_CHECKING
+
+from .plugins.dispatch import origin_of
 
 if TYPE_CHECKING:
     from .exceptions import CancelException
@@ -20,43 +23,52 @@ def cleanup_after_error(
     """Run a phase's cleanup while ``error`` is in flight; a cleanup failure becomes a note."""
     try:
         cleanup(learn)
-    except Exception as cleanup_error:
-        error.add_note(f"pluglearn: a cleanup hook also failed: {cleanup_error!r}")
+    except BaseException as cleanup_error:
+        error.add_note(
+            f"pluglearn: a cleanup hook also failed: {cleanup_error!r}{_source(cleanup_error)}"
+        )
 
 
 def report_error(learn: Learner, error: BaseException) -> None:
     """Once per error and call: add the note of where it came from, then call every
     ``on_error`` (the phases it crosses on the way out see the same error and skip this)."""
-    if learn._reported is error:
+    if not learn.run.first_report(error):
         return
-    learn._reported = error
     error.add_note(where(learn, error))
     try:
-        learn.hooks.call_all("on_error", learn=learn, error=error)
-    except Exception as hook_error:
-        error.add_note(f"pluglearn: an on_error hook also failed: {hook_error!r}")
+        learn.hooks.call("on_error", learn=learn, error=error)
+    except BaseException as hook_error:
+        error.add_note(
+            f"pluglearn: an on_error hook also failed: {hook_error!r}{_source(hook_error)}"
+        )
+
+
+def _source(error: BaseException) -> str:
+    impl = origin_of(error)
+    return f" (plugin {impl.plugin!r}, hook {impl.hook!r})" if impl is not None else ""
 
 
 def where(learn: Learner, error: BaseException) -> str:
     """``pluglearn: raised in plugin 'X', hook 'after_loss', epoch 1, train batch 3``."""
-    owners = learn.hooks.owner_of(error)
-    plugins = sorted({o.plugin for o in owners})
-    hooks = " or ".join(repr(h) for h in dict.fromkeys(o.hook for o in owners))
+    impl = origin_of(error)
     source = (
-        f"in plugin {' or '.join(map(repr, plugins))}, hook {hooks}"
-        if owners
+        f"in plugin {impl.plugin!r}, hook {impl.hook!r}"
+        if impl is not None
         else "outside any plugin (in the loader, the model or the loop)"
     )
-    when = f"epoch {learn.epoch}" if learn.n_epochs else "outside fit"
-    if learn._in_batch:
-        when += f", {'train' if learn.training else 'validation'} batch {learn.iter}"
+    pos = learn.run.pos
+    when = (
+        f"epoch {pos.epoch}" if learn.run.running == "fit" else f"in {learn.run.running or 'no'}()"
+    )
+    if pos.in_batch:
+        when += f", {'train' if pos.training else 'validation'} batch {pos.iter}"
     return f"pluglearn: raised {source}, {when}"
 
 
-def cancel_reason(learn: Learner, cancelled: CancelException) -> str:
+def cancel_reason(cancelled: CancelException) -> str:
     """The default ``learn.stop_reason`` for a cancelled fit: the plugin that raised, and why."""
-    owners = learn.hooks.owner_of(cancelled)
-    who = " or ".join(sorted({o.plugin for o in owners})) or "the loop"
+    impl = origin_of(cancelled)
+    who = impl.plugin if impl is not None else "the loop"
     return f"{who}: {cancelled}" if str(cancelled) else f"{who} raised CancelFitException"
 
 
