@@ -57,7 +57,7 @@ PARENTS = {
     "fit": (None,),
     "epoch": ("fit",),
     "train": ("epoch",),
-    "validate": ("epoch",),
+    "validate": ("epoch", "batch"),  # "batch": learn.validate() from a training hook
     "batch": ("train", "validate"),
 }
 STEPS = {"train": ["pred", "loss", "backward", "before_step", "step"], "validate": ["pred", "loss"]}
@@ -86,6 +86,8 @@ class Spec:
     hooks: dict[str, str]  # hook -> "plain" | "tryfirst" | "trylast"
     points: list[tuple[str, int, int, bool, type[BaseException]]]
     fit_scoped: bool
+    wrapper: bool = False  # new-style wrappers: they raise after the inner call succeeded
+    validate_at: tuple[int, int] | None = None  # (epoch, batch): learn.validate() in after_loss
 
 
 def raiser(spec: Spec, log: list) -> object:
@@ -104,11 +106,30 @@ def raiser(spec: Spec, log: list) -> object:
                     log.append(("raise", hook, error))
                     raise error(f"{error.__name__} at {hook}, epoch {epoch}, batch {batch}")
 
-        return hookimpl(
-            tryfirst=spec.hooks[hook] == "tryfirst", trylast=spec.hooks[hook] == "trylast"
-        )(call)
+        def wrap(self, learn):
+            result = yield
+            call(self, learn)
+            return result
 
-    return type("Fuzz", (), {h: method(h) for h in spec.hooks})()
+        return hookimpl(
+            tryfirst=spec.hooks[hook] == "tryfirst",
+            trylast=spec.hooks[hook] == "trylast",
+            wrapper=spec.wrapper,
+        )(wrap if spec.wrapper else call)
+
+    hooks = {h: method(h) for h in spec.hooks}
+    if spec.validate_at is not None:
+        own = hooks.get("after_loss")
+
+        def after_loss(self, learn):
+            if own is not None:
+                own(self, learn)
+            if learn.training and (learn.epoch, learn.iter) == spec.validate_at:
+                learn.validate()  # re-entrant: a nested validation inside a training batch
+
+        if not spec.wrapper:
+            hooks["after_loss"] = hookimpl(after_loss)
+    return type("Fuzz", (), hooks)()
 
 
 @st.composite
@@ -128,7 +149,14 @@ def specs(draw) -> Spec:
         st.booleans(),
         st.sampled_from(ERRORS),
     )
-    return Spec(hooks, draw(st.lists(point, max_size=2)), draw(st.booleans()))
+    validate_at = draw(st.none() | st.tuples(st.integers(0, 2), st.integers(0, 1)))
+    return Spec(
+        hooks,
+        draw(st.lists(point, max_size=2)),
+        draw(st.booleans()),
+        draw(st.booleans()),
+        validate_at,
+    )
 
 
 # ------------------------------------------------------------------------ the contract
@@ -243,6 +271,8 @@ def check_complete(phase: Phase, stack: list[Phase], n_epochs: int, n_batches: d
     n_valid=st.integers(1, 2),
 )
 def test_random_plugins_keep_the_contract(plugin_specs, n_epochs, n_valid):
+    """Random plugins, plain or new-style wrappers, some validating from inside a training
+    batch, raising cancels and errors at random points, keep the contract."""
     log: list = []
     plugins = [raiser(spec, log) for spec in plugin_specs]
     own = [p for p, s in zip(plugins, plugin_specs, strict=True) if not s.fit_scoped]

@@ -240,7 +240,8 @@ class Learner:
         from .resume import rng_state, set_rng_state
 
         run = self.run
-        position, reported, owners = run.snapshot(), run.reported, run.metric_owner
+        position, owners = run.snapshot(), run.metric_owner  # an error on its way out keeps
+        # run.reported: the outer call must not call on_error for it a second time
         batch_state = (self.dl, self._batches, self.batch, self.preds, self.loss, self.metrics)
         modes = [(m, m.training) for m in self.model.modules()]
         rng = rng_state()
@@ -248,7 +249,7 @@ class Learner:
             return body()
         finally:
             run.restore_position(position)
-            run.reported, run.metric_owner = reported, owners
+            run.metric_owner = owners
             self.dl, self._batches, self.batch, self.preds, self.loss, self.metrics = batch_state
             for module, mode in modes:
                 module.training = mode
