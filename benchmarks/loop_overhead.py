@@ -21,11 +21,14 @@ import statistics
 import time
 from pathlib import Path
 
+import pluggy
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from pluglearn import DataLoaders, Learner, ProgressBar, hookimpl
+from pluglearn.plugins import specs
+from pluglearn.plugins.markers import PROJECT_NAME
 from pluglearn.plugins.specs import BATCH_EVENTS
 
 SHARED_PICKLE = Path(__file__).resolve().parents[2] / "shared/data/mnist/mnist-t10k-split.pkl.gz"
@@ -172,7 +175,10 @@ def machinery_cost(n_batches: int = 20000, repeats: int = 5) -> None:
     # the same 12 calls per batch through pluggy's own hook callers, for comparison
     learn = Learner(nn.Identity(), DataLoaders(batches), defaults=False, plugins=[NullStep()])
     steps = ["predict", "compute_loss", "backward", "step", "zero_grad"]
-    callers = [getattr(learn.hooks.pm.hook, h) for h in [*BATCH_EVENTS, *steps]]
+    pm = pluggy.PluginManager(PROJECT_NAME)  # pluggy's own callers, same plugin
+    pm.add_hookspecs(specs)
+    pm.register(NullStep())
+    callers = [getattr(pm.hook, h) for h in [*BATCH_EVENTS, *steps]]
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
