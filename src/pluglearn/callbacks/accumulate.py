@@ -1,21 +1,39 @@
-"""GradientAccumulation: one optimizer step every n batches, as if the batch were n times larger.
+"""GradientAccumulation: one optimizer step every n batches, as if those batches were one.
 
 Example::
 
     learn.fit(3, plugins=[GradientAccumulation(4)])     # batch 16 x 4 = an effective batch of 64
 
-It answers the ``step`` and ``zero_grad`` hooks with "done" (True) on the batches where the
-gradients must keep adding up, and lets ``TrainStep`` step and zero them on every n-th batch and
-on the last batch of the pass (so no gradient carries over into the next epoch). With
-``scale_loss=True`` (the default) it also answers ``backward`` with ``(loss / n).backward()``,
-so the accumulated gradient is the mean over the n batches, as for one large batch; the loss that
-metrics and reporters see is left unscaled. Other ``backward`` providers (mixed precision, a
-manual backward) should be given with ``scale_loss=False``.
+The accumulated gradient equals the gradient of ONE batch holding the same items, also for a
+short group (the end of an epoch) and batches of unequal size. With a loss that is a mean over
+its items, the gradient of the big batch is ``sum_b count_b * grad(loss_b) / sum_b count_b``, so:
+
+* ``should_step`` answers True on every n-th batch of the pass and on its last batch (no
+  gradient carries over into the next epoch), False on the others;
+* a ``backward`` wrapper hands the backward provider ``learn.loss * count`` (and puts the loss
+  back afterwards, so metrics see the batch's own loss); any provider that calls backward on
+  ``learn.loss`` composes with it (the default, ``MixedPrecision``'s scaled backward);
+* ``before_step`` (``tryfirst``: before unscaling and clipping) divides every gradient by the
+  group's total count.
+
+``count(learn)`` is the number of items the batch's loss averages over: by default the length
+of the targets (``len(learn.batch[1])``). For a loss averaged per token give it, e.g.
+``GradientAccumulation(4, count=lambda learn: (learn.batch[1] != -100).sum())``.
+
+The group (its total count and the gradients added so far) is in the plugin's checkpoint state,
+so a resume from a checkpoint written inside a group continues it exactly.
+
+``scale_loss=False`` adds the raw gradients of the batches (a sum of per-batch means, not the
+big batch's gradient): the mode for a backward provider that does not read ``learn.loss``
+(``ManualBackward``), which the default mode refuses.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Generator
+from typing import TYPE_CHECKING, Any
+
+import torch
 
 from ..plugins.markers import hookimpl
 
@@ -23,30 +41,113 @@ if TYPE_CHECKING:
     from ..learner import Learner
 
 
-class GradientAccumulation:
-    """Steps the optimizer every ``n_batches`` training batches (see the module doc)."""
+def count_targets(learn: Learner) -> int:
+    """The default count: the number of items in the batch's targets."""
+    targets = learn.batch[1]
+    if isinstance(targets, torch.Tensor):
+        return targets.shape[0] if targets.ndim else 1
+    try:
+        return len(targets)
+    except TypeError:
+        raise TypeError(
+            f"GradientAccumulation cannot count the items of targets of type "
+            f"{type(targets).__name__}: pass count=lambda learn: <items in learn.batch>."
+        ) from None
 
-    def __init__(self, n_batches: int, scale_loss: bool = True) -> None:
+
+class GradientAccumulation:
+    """Steps the optimizer every ``n_batches`` training batches with the gradient of one batch of
+    all their items (see the module doc)."""
+
+    def __init__(
+        self,
+        n_batches: int,
+        count: Callable[[Learner], Any] | None = None,
+        scale_loss: bool = True,
+    ) -> None:
         if isinstance(n_batches, bool) or not isinstance(n_batches, int) or n_batches < 1:
             raise ValueError(f"GradientAccumulation(n_batches={n_batches!r}): give an int >= 1.")
+        if count is not None and not callable(count):
+            raise TypeError(
+                f"GradientAccumulation(count={count!r}): give a function of the Learner "
+                "returning the batch's number of items, e.g. count=lambda learn: len(learn.yb)."
+            )
+        if count is not None and not scale_loss:
+            raise ValueError("count= weights the batches, scale_loss=False sums them: pick one.")
         self.n_batches, self.scale_loss = n_batches, scale_loss
-
-    def _keep_adding(self, learn: Learner) -> bool | None:
-        """True (step done, i.e. skipped) while the gradients must keep adding up."""
-        boundary = (learn.iter + 1) % self.n_batches == 0 or learn.iter + 1 == learn.n_iter
-        return None if boundary else True
+        self.count = count if count is not None else count_targets
+        self.total: Any = 0  # items of the open group so far
 
     @hookimpl
-    def backward(self, learn: Learner) -> bool | None:
+    def before_fit(self, learn: Learner) -> None:
+        from .manual_backward import ManualBackward
+
+        if self.scale_loss and any(isinstance(p, ManualBackward) for p in learn.plugins):
+            raise ValueError(
+                "GradientAccumulation weights each batch through learn.loss, which ManualBackward "
+                "does not differentiate, so the accumulated gradient would be wrong: use "
+                "GradientAccumulation(n, scale_loss=False) (a plain sum of the batch gradients)."
+            )
+
+    @hookimpl
+    def before_train(self, learn: Learner) -> None:
+        if learn.n_iter is None and self.n_batches > 1:
+            raise ValueError(
+                f"GradientAccumulation({self.n_batches}) needs a training loader with a length "
+                "to close the last group of each epoch: give the loader a __len__ (or use "
+                "DataLoaders.from_datasets)."
+            )
+
+    @hookimpl
+    def should_step(self, learn: Learner) -> bool:
+        return (learn.iter + 1) % self.n_batches == 0 or learn.iter + 1 == learn.n_iter
+
+    @hookimpl(wrapper=True)
+    def backward(self, learn: Learner) -> Generator[None, Any, Any]:
         if not self.scale_loss:
-            return None
-        (learn.loss / self.n_batches).backward()
-        return True
+            return (yield)
+        count = self.count(learn)
+        self.total = self.total + count
+        loss = learn.loss
+        learn.loss = loss * count
+        try:
+            return (yield)
+        finally:
+            learn.loss = loss
+
+    @hookimpl(tryfirst=True)  # before unscaling and clipping: they see the group's gradient
+    def before_step(self, learn: Learner) -> None:
+        total, self.total = self.total, 0
+        if not self.scale_loss:
+            return
+        if isinstance(total, (int, float)) and total <= 0:
+            raise ValueError(
+                f"GradientAccumulation: the group ending at batch {learn.iter} counted {total} "
+                "items, so its gradient is undefined: check count= (it must return the number "
+                "of items the loss averages over, > 0 for every group)."
+            )
+        with torch.no_grad():
+            for p in learn.model.parameters():
+                if p.grad is not None:
+                    p.grad.div_(total)
 
     @hookimpl
-    def step(self, learn: Learner) -> bool | None:
-        return self._keep_adding(learn)
+    def state_dict(self, learn: Learner) -> dict[str, Any]:
+        if isinstance(self.total, (int, float)) and self.total == 0:
+            return {"total": 0}
+        grads = [p.grad for p in learn.model.parameters()]
+        return {"total": self.total, "grads": [None if g is None else g.clone() for g in grads]}
 
     @hookimpl
-    def zero_grad(self, learn: Learner) -> bool | None:
-        return self._keep_adding(learn)
+    def load_state_dict(self, learn: Learner, state: dict[str, Any]) -> None:
+        self.total = state["total"]
+        if "grads" in state:
+            params = list(learn.model.parameters())
+            if len(state["grads"]) != len(params):
+                raise ValueError(
+                    f"GradientAccumulation: the checkpoint holds {len(state['grads'])} gradients "
+                    f"of an open group, the model has {len(params)} parameters: resume with the "
+                    "model the run used."
+                )
+            for p, g in zip(params, state["grads"], strict=True):
+                p.grad = None if g is None else g.to(p.device).clone()
