@@ -19,6 +19,7 @@ from .callbacks.logger import MetricsLogger
 from .callbacks.manual_backward import ManualBackward
 from .callbacks.metrics import Accuracy, AvgLoss, MetricAdapter
 from .callbacks.multiprocess_loader import MultiprocessLoader
+from .callbacks.profiler import Profiler
 from .callbacks.progress import ProgressBar
 from .callbacks.recorder import Recorder
 from .callbacks.report import ConsoleReport
@@ -65,6 +66,7 @@ __all__ = [
     "MultiprocessLoader",
     "PluginError",
     "PluginWarning",
+    "Profiler",
     "ProgressBar",
     "Recorder",
     "SaveBest",

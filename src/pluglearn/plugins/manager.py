@@ -87,7 +87,8 @@ class PluginRegistry:
         )
 
     def rebuild(self) -> None:
-        """Recompile the dispatcher (after ``instrument`` changed)."""
+        """Recompile the dispatcher (after ``instrument`` changed). A plugin with an
+        ``instrument_hooks(impl, fn) -> fn`` method instruments every hook while registered."""
         self.calls = self._rebuild()
 
     def _rebuild(self) -> Dispatcher:
@@ -117,7 +118,27 @@ class PluginRegistry:
             ]
             for hook in HOOKS
         }
-        return Dispatcher(impls, self.instrument)
+        return Dispatcher(impls, self._instrument())
+
+    def _instrument(self) -> Instrument | None:
+        """``instrument`` composed with the ``instrument_hooks`` method of every registered plugin
+        that has one (a :class:`~pluglearn.callbacks.profiler.Profiler`); None when there is
+        none, so a Learner without a profiler compiles the bare callers."""
+        found = [self.instrument] if self.instrument is not None else []
+        found += [
+            p.instrument_hooks  # type: ignore[attr-defined]
+            for p in self._plugins
+            if callable(getattr(type(p), "instrument_hooks", None))
+        ]
+        if len(found) <= 1:
+            return found[0] if found else None
+
+        def chained(impl: Impl, fn: Any) -> Any:
+            for instrument in found:
+                fn = instrument(impl, fn)
+            return fn
+
+        return chained
 
     def describe(self) -> str:
         """The resolved call order of every hook, one line each."""
