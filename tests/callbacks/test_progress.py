@@ -98,3 +98,78 @@ def test_a_second_fit_after_an_error_draws_fresh_bars():
     learn.fit(1)
     assert "epoch 1/1  train_loss" in out.getvalue()
     assert bar.bar is None and bar.epoch_bar is None
+
+
+class ValidateEvery:
+    """Validates from inside the training loop every ``n`` batches (registered before the bar);
+    keeps what the bar showed around each call."""
+
+    def __init__(self, progress: ProgressBar, n: int, fail_nested: bool = False) -> None:
+        self.progress, self.n, self.fail_nested = progress, n, fail_nested
+        self.before: list = []  # the training bar before each nested validate
+        self.inner: list = []  # the validation bar while it ran
+        self.after: list = []  # the bar after it returned
+        self.train_bar_at_end = None
+        self.errors: list[Exception] = []
+
+    @hookimpl
+    def after_batch(self, learn):
+        shown = self.progress.bar
+        if learn.run.entries != ["fit"]:  # a nested pass's own batches
+            if not any(b is shown for b in self.inner):  # tqdm bars compare by position
+                self.inner.append(shown)
+            return
+        if learn.training and (learn.iter + 1) % self.n == 0:
+            self.before.append((shown, getattr(shown, "n", None)))
+            try:
+                learn.validate()
+            except RuntimeError as error:
+                self.errors.append(error)
+            self.after.append(self.progress.bar)
+
+    @hookimpl
+    def before_validate(self, learn):
+        if self.fail_nested and learn.run.entries != ["validate"] and len(learn.run.entries) > 1:
+            raise RuntimeError("nested validate refused")
+
+    @hookimpl
+    def after_train(self):
+        self.train_bar_at_end = self.progress.bar
+
+
+def test_a_validate_inside_a_training_hook_keeps_the_training_bar():
+    out = Terminal()
+    bar = ProgressBar(file=out)
+    every = ValidateEvery(bar, n=10)
+    learn = make_learner(bar, plugins=[every])  # 25 training batches, 5 validation ones
+    learn.fit(1)
+    assert len(every.before) == 2 and len(every.inner) == 2
+    train_bar = every.before[0][0]
+    assert every.before[0][1] == 9 and every.before[1] == (train_bar, 19)
+    assert every.after == [train_bar, train_bar]  # the training bar is back on top
+    assert all(b is not train_bar and b.disable for b in every.inner)  # each nested bar closed
+    assert every.train_bar_at_end is train_bar and train_bar.n == 25  # it went on to the end
+    assert bar.bar is None and bar.epoch_bar is None
+    assert out.getvalue().count("epoch 1/1  train_loss") == 1
+
+
+def test_a_nested_validate_that_fails_before_the_bar_opened_closes_nothing_of_training():
+    out = Terminal()
+    bar = ProgressBar(file=out)
+    every = ValidateEvery(bar, n=10, fail_nested=True)
+    learn = make_learner(bar, plugins=[every])
+    learn.fit(1)
+    assert [str(e) for e in every.errors] == ["nested validate refused"] * 2
+    train_bar = every.before[0][0]
+    assert every.after == [train_bar, train_bar] and not every.inner
+    assert every.train_bar_at_end is train_bar and train_bar.n == 25
+    assert bar.bar is None
+
+
+def test_a_validate_inside_a_training_hook_off_a_terminal_prints_nothing_extra():
+    out = io.StringIO()
+    bar = ProgressBar(file=out)
+    learn = make_learner(bar, plugins=[ValidateEvery(bar, n=10)])
+    learn.fit(2)
+    assert out.getvalue().splitlines()[0].startswith("epoch 1/2  ")
+    assert len(out.getvalue().splitlines()) == 2

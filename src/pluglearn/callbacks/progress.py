@@ -17,12 +17,16 @@ Example::
 
     learn = Learner(model, dls)                     # a ProgressBar is a default plugin
     learn = Learner(model, dls, plugins=[ProgressBar(file=sys.stdout, mininterval=0.5)])
+
+A ``learn.validate()`` from inside a training hook (validate every n batches) draws its own
+bar below the training one, removes it when done, and the training bar goes on.
 """
 
 from __future__ import annotations
 
 import sys
 import time
+from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any
 
 from tqdm.auto import tqdm
@@ -35,6 +39,17 @@ if TYPE_CHECKING:
     from ..learner import Learner
 
 
+@dataclass
+class _Open:
+    """One open batch bar: its pass (``"train"``/``"valid"``), the tqdm bar (None off a terminal)
+    and when it next shows the loss."""
+
+    kind: str
+    depth: int  # how many entry points (fit, validate) were running when it opened
+    bar: Any = None
+    next_show: float = 0.0
+
+
 class ProgressBar:
     """Epoch and batch bars on a terminal; one line per epoch elsewhere."""
 
@@ -42,8 +57,9 @@ class ProgressBar:
         self.file = file
         self.mininterval = mininterval
         self.epoch_bar: Any = None
-        self.bar: Any = None
-        self._next_show = 0.0
+        # the open batch bars, innermost last: a validate() called from a training hook opens
+        # its own bar over the training one, closes it, and the training bar goes on
+        self._bars: list[_Open] = []
         self._table_reports = False  # a ConsoleReport prints the epochs: the bar yields
 
     def _out(self) -> IO[str]:
@@ -67,18 +83,24 @@ class ProgressBar:
                 dynamic_ncols=True,
             )
 
-    def _open(self, learn: Learner, desc: str) -> None:
+    @property
+    def bar(self) -> Any:
+        """The batch bar of the innermost running pass (None off a terminal, or between passes)."""
+        return self._bars[-1].bar if self._bars else None
+
+    def _open(self, learn: Learner, kind: str) -> None:
+        bar = None
         if self._interactive():
-            self.bar = tqdm(
+            bar = tqdm(
                 total=learn.n_iter,
                 initial=learn.iter if learn.iter else 0,
-                desc=desc,
+                desc=kind,
                 leave=False,
                 file=self._out(),
                 mininterval=self.mininterval,
                 dynamic_ncols=True,
             )
-            self._next_show = 0.0
+        self._bars.append(_Open(kind, len(learn.run.entries), bar))
 
     @hookimpl
     def before_train(self, learn: Learner) -> None:
@@ -90,27 +112,35 @@ class ProgressBar:
 
     @hookimpl
     def after_batch(self, learn: Learner) -> None:
-        bar = self.bar
-        if bar is None:
+        if not self._bars or self._bars[-1].bar is None:
             return
-        bar.update(1)
+        top = self._bars[-1]
+        top.bar.update(1)
         now = time.monotonic()
-        if now >= self._next_show:  # read the loss (a sync on GPUs) only when it is shown
-            self._next_show = now + self.mininterval
-            bar.set_postfix_str(f"loss {learn.loss.item():.4f}", refresh=False)
+        if now >= top.next_show:  # read the loss (a sync on GPUs) only when it is shown
+            top.next_show = now + self.mininterval
+            top.bar.set_postfix_str(f"loss {learn.loss.item():.4f}", refresh=False)
 
-    def _close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
+    def _close(self, learn: Learner | None = None, kind: str = "") -> None:
+        """Close the bar this ``kind`` pass opened, if it opened one (a pass whose ``before_X``
+        failed before this plugin's ran did not); without ``learn``: close every bar."""
+        while self._bars:
+            top = self._bars[-1]
+            if learn is not None and (top.kind, top.depth) != (kind, len(learn.run.entries)):
+                return
+            self._bars.pop()
+            if top.bar is not None:
+                top.bar.close()
+            if learn is not None:
+                return
 
     @hookimpl
-    def cleanup_train(self) -> None:
-        self._close()
+    def cleanup_train(self, learn: Learner) -> None:
+        self._close(learn, "train")
 
     @hookimpl
-    def cleanup_validate(self) -> None:
-        self._close()
+    def cleanup_validate(self, learn: Learner) -> None:
+        self._close(learn, "valid")
 
     @hookimpl
     def report(self, learn: Learner, metrics: dict[str, Any]) -> None:
