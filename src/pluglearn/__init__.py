@@ -13,16 +13,19 @@ the module that defines it (``pluglearn.callbacks.train_step.TrainStep``,
 
 from .callbacks.accumulate import GradientAccumulation
 from .callbacks.checkpoint import Checkpoint
+from .callbacks.clipping import GradientClipping
 from .callbacks.device import Device
 from .callbacks.gradcheck import GradCheck, GradCheckError
 from .callbacks.logger import MetricsLogger
 from .callbacks.manual_backward import ManualBackward
 from .callbacks.metrics import Accuracy, AvgLoss, MetricAdapter
+from .callbacks.mixed_precision import MixedPrecision
 from .callbacks.multiprocess_loader import MultiprocessLoader
 from .callbacks.profiler import Profiler
 from .callbacks.progress import ProgressBar
 from .callbacks.recorder import Recorder
 from .callbacks.report import ConsoleReport
+from .callbacks.scheduler import Scheduler
 from .callbacks.stopping import EarlyStopping, SaveBest, TerminateOnNaN
 from .callbacks.tensorboard import TensorBoardLogger
 from .checkpoint import CheckpointError
@@ -59,10 +62,12 @@ __all__ = [
     "GradCheck",
     "GradCheckError",
     "GradientAccumulation",
+    "GradientClipping",
     "Learner",
     "ManualBackward",
     "MetricAdapter",
     "MetricsLogger",
+    "MixedPrecision",
     "MultiprocessLoader",
     "PluginError",
     "PluginWarning",
@@ -70,6 +75,7 @@ __all__ = [
     "ProgressBar",
     "Recorder",
     "SaveBest",
+    "Scheduler",
     "TensorBoardLogger",
     "TerminateOnNaN",
     "hookimpl",

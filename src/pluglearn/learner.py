@@ -23,9 +23,11 @@ import torch.nn.functional as F
 from fastcore.basics import listify
 from torch import nn
 
+from .callbacks.budget import StepBudget
 from .callbacks.loaders import DefaultLoader
 from .callbacks.metrics import AvgLoss
 from .callbacks.progress import ProgressBar
+from .callbacks.scheduler import fit_one_cycle
 from .callbacks.train_step import TrainStep
 from .checks import check_done, check_loss, check_lr, check_pair, check_should_step, report_order
 from .data.loaders import DataLoaders
@@ -161,12 +163,13 @@ class Learner:
 
     def fit(
         self,
-        n_epochs: int,
+        n_epochs: int | None = None,
         lr: float | None = None,
         plugins: object | Sequence[object] = (),
         *,
         resume_from: Any = None,
         missing_ok: bool = False,
+        max_steps: int | None = None,
     ) -> None:
         """Train for ``n_epochs`` (a train pass then a validate pass each). ``plugins`` live for
         this fit only and are removed afterwards, also after an error.
@@ -176,9 +179,20 @@ class Learner:
         starts a fresh fit (a restart script can run the same command every time). A resumed
         run keeps the lr it was started with: ``lr`` may be omitted, and a different one is
         refused (``learn.lr`` is the run's base lr; ``learn.opt.param_groups`` hold the current
-        ones, which a scheduler may have changed)."""
-        if isinstance(n_epochs, bool) or not isinstance(n_epochs, int) or n_epochs < 0:
+        ones, which a scheduler may have changed).
+
+        ``max_steps`` ends the fit after that many optimizer steps; without ``n_epochs`` it runs
+        the epochs they need, the last one partial (see :mod:`pluglearn.callbacks.budget`)."""
+        if n_epochs is None and max_steps is None:
+            raise ValueError(
+                "fit() needs n_epochs and/or max_steps, e.g. fit(3), fit(max_steps=500)."
+            )
+        if n_epochs is not None and (
+            isinstance(n_epochs, bool) or not isinstance(n_epochs, int) or n_epochs < 0
+        ):
             raise ValueError(f"n_epochs must be an int >= 0, got {n_epochs!r}.")
+        if max_steps is not None:
+            plugins = [*listify(plugins), StepBudget(max_steps, epochs_from_steps=n_epochs is None)]
         if missing_ok and resume_from is None:
             raise ValueError("missing_ok=True goes with resume_from=...: pass the directory.")
         new_lr = None if lr is None else check_lr(lr)
@@ -190,7 +204,7 @@ class Learner:
                     added.append(plugin)
                 if new_lr is not None and resume_from is None:
                     self.lr = new_lr
-                self.n_epochs, self.epoch, self.stop_reason = n_epochs, 0, None
+                self.n_epochs, self.epoch, self.stop_reason = n_epochs or 0, 0, None
                 self._make_opt()
                 with self._loaders():
                     self._run_entry(lambda: self.hooks.after_create_opt(self))
@@ -205,6 +219,17 @@ class Learner:
                 for plugin in reversed(added):
                     if plugin in self._registry:
                         self.remove_plugin(plugin)
+
+    def fit_one_cycle(
+        self,
+        n_epochs: int | None,
+        lr_max: float,
+        plugins: object | Sequence[object] = (),
+        **kw: Any,
+    ) -> None:
+        """``fit`` with a one-cycle lr and momentum schedule (``OneCycleLR``) over its optimizer
+        steps; see :func:`pluglearn.callbacks.scheduler.fit_one_cycle` for the options."""
+        fit_one_cycle(self, n_epochs, lr_max, plugins, **kw)
 
     def validate(self, dl: Iterable[Any] | None = None) -> dict[str, Any]:
         """One validation pass (eval mode, no gradients); returns its metrics. Called from a
@@ -319,13 +344,13 @@ class Learner:
             check_pair(self.batch)
             training = pos.training
             if training:
-                pos.will_step = check_should_step(hooks.should_step(self))
-            with hooks.forward_context(self):
-                self.preds = hooks.predict(self)
-                if self.preds is None:
-                    raise TypeError("no plugin answered 'predict' (every one returned None)")
-                hooks.after_pred(self)
-                self.loss = check_loss(hooks.compute_loss(self))
+                answer = hooks.should_step(self)
+                pos.will_step = True if answer is None else check_should_step(answer)
+            if hooks.wraps_forward:
+                with hooks.forward_context(self):
+                    self._forward(hooks)
+            else:
+                self._forward(hooks)
             hooks.after_loss(self)
             if training:
                 check_done("backward", hooks.backward(self))
@@ -348,6 +373,15 @@ class Learner:
         finally:
             pos.in_batch = False
         hooks.cleanup_batch(self)
+
+    def _forward(self, hooks: Dispatcher) -> None:
+        """predict, after_pred, compute_loss: what ``forward_context`` wraps."""
+        self.preds = hooks.predict(self)
+        if self.preds is None:
+            raise TypeError("no plugin answered 'predict' (every one returned None)")
+        hooks.after_pred(self)
+        loss = hooks.compute_loss(self)
+        self.loss = loss if type(loss) is torch.Tensor and not loss.ndim else check_loss(loss)
 
     def _phase(self, name: str, cancel: type[CancelException], body: Callable[[], None]) -> None:
         hooks = self._registry.calls  # one snapshot: every before_X meets its own cleanup_X

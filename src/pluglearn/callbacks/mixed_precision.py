@@ -1,0 +1,128 @@
+"""MixedPrecision: the forward pass and the loss under ``torch.autocast``; float16 with a scaler.
+
+Example::
+
+    learn.fit(3, plugins=[MixedPrecision()])                       # bfloat16, CPU or GPU
+    learn.fit(3, plugins=[MixedPrecision(torch.float16)])          # CUDA: with a GradScaler
+
+It answers ``forward_context`` with ``torch.autocast(device_type, dtype)``, the device type read
+from the model's parameters at the start of the fit, so ``predict``, ``after_pred`` and
+``compute_loss`` run under autocast and the backward and step do not (as torch's AMP recipe
+says). Weights and optimizer state stay in their own dtype.
+
+``float16`` (CUDA only: its range needs loss scaling) adds a ``torch.amp.GradScaler``:
+``backward`` computes ``scaler.scale(loss).backward()``; ``before_step`` (``tryfirst``)
+unscales the gradients, so clipping and inspection see the true ones; ``step`` is
+``scaler.step(opt)`` then ``scaler.update()``. A step the scaler skips (inf or NaN gradients)
+sets ``step_skipped``, and :class:`~pluglearn.callbacks.scheduler.Scheduler` then does not
+advance (the optimizer did not step). The scaler's state is in the checkpoints.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from ..plugins.markers import hookimpl
+
+if TYPE_CHECKING:
+    from ..learner import Learner
+
+
+class MixedPrecision:
+    """Autocast to ``dtype`` around the forward pass and loss; a GradScaler for float16."""
+
+    def __init__(self, dtype: torch.dtype = torch.bfloat16, **scaler_kwargs: Any) -> None:
+        if dtype not in (torch.bfloat16, torch.float16):
+            raise ValueError(
+                f"MixedPrecision(dtype={dtype!r}): give torch.bfloat16 (CPU and recent GPUs) or "
+                "torch.float16 (CUDA, with loss scaling)."
+            )
+        if scaler_kwargs and dtype != torch.float16:
+            raise ValueError(
+                f"MixedPrecision: scaler options {sorted(scaler_kwargs)} go with "
+                "dtype=torch.float16; bfloat16 needs no loss scaling."
+            )
+        self.dtype, self.scaler_kwargs = dtype, scaler_kwargs
+        self.device_type: str | None = None
+        self.scaler: torch.amp.GradScaler | None = None
+        self.step_skipped = False  # the last optimizer step was skipped by the scaler
+        self._scale = 0.0
+
+    def _setup(self, learn: Learner) -> None:
+        param = next(iter(learn.model.parameters()), None)
+        device = param.device.type if param is not None else "cpu"
+        if self.dtype == torch.float16 and device != "cuda":
+            raise ValueError(
+                f"MixedPrecision(torch.float16) needs a CUDA model (its parameters are on "
+                f"{device!r}): use MixedPrecision(torch.bfloat16) there, or move the model to "
+                "CUDA first (Device plugin, or model.cuda())."
+            )
+        self.device_type = device
+        if self.dtype == torch.float16 and self.scaler is None:
+            self.scaler = torch.amp.GradScaler("cuda", **self.scaler_kwargs)
+            self._scale = self.scaler.get_scale()
+
+    @hookimpl
+    def after_create_opt(self, learn: Learner) -> None:
+        self._setup(learn)
+
+    @hookimpl(trylast=True)  # after a plugin that moves the model (a Device plugin)
+    def before_fit(self, learn: Learner) -> None:
+        self._setup(learn)
+
+    @hookimpl
+    def forward_context(self, learn: Learner) -> Any:
+        if self.device_type is None:
+            self._setup(learn)  # validate() / get_preds() outside a fit
+        return torch.autocast(self.device_type, dtype=self.dtype)
+
+    @hookimpl
+    def backward(self, learn: Learner) -> bool | None:
+        if self.scaler is None:
+            return None
+        self.scaler.scale(learn.loss).backward()
+        return True
+
+    @hookimpl(tryfirst=True)  # before clipping (trylast) reads the gradients
+    def before_step(self, learn: Learner) -> None:
+        if self.scaler is not None:
+            self.scaler.unscale_(learn.opt)
+
+    @hookimpl
+    def step(self, learn: Learner) -> bool | None:
+        if self.scaler is None:
+            return None
+        self.scaler.step(learn.opt)
+        self.scaler.update()
+        scale = self.scaler.get_scale()  # the scale only drops when the step was skipped
+        self.step_skipped, self._scale = scale < self._scale, scale
+        return True
+
+    @hookimpl
+    def state_dict(self) -> dict[str, Any] | None:
+        if self.scaler is None:
+            return {"dtype": str(self.dtype)}
+        return {"dtype": str(self.dtype), "scaler": self.scaler.state_dict()}
+
+    @hookimpl
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("dtype") != str(self.dtype):
+            raise ValueError(
+                f"MixedPrecision: the checkpoint was trained with {state.get('dtype')}, this "
+                f"plugin uses {self.dtype}: resume with MixedPrecision({state.get('dtype')})."
+            )
+        if "scaler" in state and self.scaler is not None:
+            self.scaler.load_state_dict(state["scaler"])
+            self._scale = self.scaler.get_scale()
+
+
+def skipped_step(plugins: list[object]) -> Callable[[], bool]:
+    """A function telling whether the last optimizer step was skipped by one of ``plugins``
+    (any plugin with a ``step_skipped`` attribute, as :class:`MixedPrecision` has)."""
+    skippers = [p for p in plugins if hasattr(p, "step_skipped")]
+    if not skippers:
+        return lambda: False
+    return lambda: any(p.step_skipped for p in skippers)

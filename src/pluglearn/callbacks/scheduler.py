@@ -1,0 +1,148 @@
+"""Scheduler: any ``torch.optim.lr_scheduler``, stepped per optimizer step or per epoch, resumable.
+
+Example::
+
+    from torch.optim.lr_scheduler import CosineAnnealingLR, OneCycleLR, ReduceLROnPlateau
+    learn.fit(3, plugins=[Scheduler(lambda opt: OneCycleLR(opt, 0.5, total_steps=300))])
+    learn.fit(9, plugins=[Scheduler(lambda opt: CosineAnnealingLR(opt, 9), interval="epoch")])
+    learn.fit(9, plugins=[Scheduler(lambda opt: ReduceLROnPlateau(opt), interval="epoch")])
+    learn.fit_one_cycle(3, lr_max=0.5)                   # OneCycleLR over the fit's steps
+
+``factory(opt)`` builds the scheduler in ``after_create_opt``: the optimizer exists and a
+checkpoint given as ``resume_from`` is not loaded yet, so the resume then loads the saved
+optimizer and scheduler state over the fresh ones and the run follows the same lr and momentum
+sequence, bit for bit. ``interval="batch"`` steps it in ``after_step`` (once per optimizer step,
+so accumulated batches do not count, and not when ``MixedPrecision``'s scaler skipped the
+step); ``interval="epoch"`` steps it once per finished epoch, in ``report`` (before the
+epoch-end checkpoint is written), ``ReduceLROnPlateau`` with ``metrics[monitor]``.
+:class:`~pluglearn.callbacks.recorder.Recorder` logs the lr and momentum each batch used.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from torch.optim.lr_scheduler import OneCycleLR, ReduceLROnPlateau
+
+from ..plugins.markers import hookimpl
+from .mixed_precision import skipped_step
+
+if TYPE_CHECKING:
+    from ..learner import Learner
+
+INTERVALS = ("batch", "epoch")
+
+
+class Scheduler:
+    """Builds ``factory(learn.opt)`` at the start of each fit and steps it (see the module doc)."""
+
+    def __init__(
+        self, factory: Callable[[Any], Any], interval: str = "batch", monitor: str = "valid_loss"
+    ) -> None:
+        if not callable(factory) or hasattr(factory, "step"):
+            raise TypeError(
+                f"Scheduler takes a factory, a function of the optimizer, got "
+                f"{type(factory).__name__}: write Scheduler(lambda opt: OneCycleLR(opt, ...)), "
+                "so that each fit builds its scheduler on the Learner's optimizer."
+            )
+        if interval not in INTERVALS:
+            raise ValueError(f"Scheduler(interval={interval!r}): give 'batch' or 'epoch'.")
+        self.factory, self.interval, self.monitor = factory, interval, monitor
+        self.scheduler: Any = None
+        self._skipped: Callable[[], bool] = lambda: False
+
+    @hookimpl
+    def after_create_opt(self, learn: Learner) -> None:
+        scheduler = self.factory(learn.opt)
+        if not (hasattr(scheduler, "step") and hasattr(scheduler, "state_dict")):
+            raise TypeError(
+                f"Scheduler: the factory returned {type(scheduler).__name__}, not an lr "
+                "scheduler: return one built on the optimizer it receives, e.g. "
+                "lambda opt: torch.optim.lr_scheduler.StepLR(opt, 10)."
+            )
+        if getattr(scheduler, "optimizer", learn.opt) is not learn.opt:
+            raise ValueError(
+                "Scheduler: the factory built its scheduler on another optimizer than the one "
+                "it received: build it on its argument (lambda opt: StepLR(opt, 10))."
+            )
+        if self.interval == "batch" and isinstance(scheduler, ReduceLROnPlateau):
+            raise ValueError(
+                "Scheduler: ReduceLROnPlateau reads a metric once per epoch: give interval='epoch'."
+            )
+        self.scheduler = scheduler
+        self._skipped = skipped_step(learn.plugins)
+
+    @hookimpl
+    def after_step(self) -> None:
+        if self.interval == "batch" and not self._skipped():
+            self.scheduler.step()
+
+    @hookimpl
+    def report(self, metrics: dict[str, Any]) -> None:
+        if self.interval != "epoch":
+            return
+        if isinstance(self.scheduler, ReduceLROnPlateau):
+            if self.monitor not in metrics:
+                raise KeyError(
+                    f"Scheduler: ReduceLROnPlateau monitors {self.monitor!r}, which the epoch's "
+                    f"metrics lack (they have {', '.join(metrics)}): pass monitor=<one of them>."
+                )
+            self.scheduler.step(metrics[self.monitor])
+        else:
+            self.scheduler.step()
+
+    @hookimpl
+    def state_dict(self) -> dict[str, Any] | None:
+        if self.scheduler is None:
+            return None
+        return {"interval": self.interval, "scheduler": self.scheduler.state_dict()}
+
+    @hookimpl
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("interval") != self.interval:
+            raise ValueError(
+                f"Scheduler: the checkpoint's scheduler stepped per {state.get('interval')}, "
+                f"this one per {self.interval}: resume with interval={state.get('interval')!r}."
+            )
+        self.scheduler.load_state_dict(state["scheduler"])
+
+
+def fit_one_cycle(
+    learn: Learner,
+    n_epochs: int | None,
+    lr_max: float,
+    plugins: object | Sequence[object] = (),
+    *,
+    max_steps: int | None = None,
+    resume_from: Any = None,
+    missing_ok: bool = False,
+    **one_cycle: Any,
+) -> None:
+    """``learn.fit`` with a ``OneCycleLR(opt, lr_max, total_steps)`` stepped per optimizer step;
+    ``total_steps`` counts the fit's optimizer steps (batches divided by the accumulation, and
+    ``max_steps`` when given). ``one_cycle`` goes to ``OneCycleLR`` (``pct_start``,
+    ``div_factor``, ``final_div_factor``, ``base_momentum``, ...)."""
+    from fastcore.basics import listify
+
+    from .budget import planned_steps
+
+    for bad in ("total_steps", "epochs", "steps_per_epoch", "max_lr"):
+        if bad in one_cycle:
+            raise TypeError(
+                f"fit_one_cycle counts the steps itself and takes lr_max: drop {bad}= (use "
+                "Scheduler(lambda opt: OneCycleLR(opt, ...)) to set them by hand)."
+            )
+
+    def factory(opt: Any) -> OneCycleLR:
+        total = planned_steps(learn, learn.n_epochs, max_steps)
+        return OneCycleLR(opt, max_lr=lr_max, total_steps=total, **one_cycle)
+
+    learn.fit(
+        n_epochs,
+        lr=lr_max,
+        plugins=[*listify(plugins), Scheduler(factory)],
+        max_steps=max_steps,
+        resume_from=resume_from,
+        missing_ok=missing_ok,
+    )
