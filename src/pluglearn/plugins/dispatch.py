@@ -17,8 +17,10 @@ hook, so the semantics live here once:
 rules of its kind (a failing cleanup still lets the others run). The dispatcher knows which
 implementation it is running, so an exception leaving one is tagged with it on the spot (a
 ``try`` costs nothing in Python 3.11 until something raises): :func:`origin_of` tells the notes
-which plugin and hook raised. Hooks whose only argument is ``learn`` get a fast positional
-caller as an attribute (``calls.before_batch(learn)``); a hook nobody implements is a no-op.
+which plugin and hook raised. Hooks whose only argument is ``learn`` get a fast caller as an
+attribute (``calls.before_batch(learn)``); a hook nobody implements is a no-op. Every compiled
+caller takes one argument (``learn``, or the tuple of a hook's arguments), so the hot path packs
+nothing.
 """
 
 from __future__ import annotations
@@ -58,46 +60,51 @@ def origin_of(error: BaseException) -> Impl | None:
     return getattr(error, _ORIGIN, None)
 
 
-def _noop(*args: Any) -> None:
+def _noop(arg: Any) -> None:
     return None
 
 
 _NO_CONTEXT = nullcontext()
 
-Caller = Callable[..., Any]
+# Every compiled caller takes ONE argument: ``learn`` for the hooks whose only argument is
+# ``learn`` (the hot path: no packing), else the tuple of the hook's arguments in spec order.
+Caller = Callable[[Any], Any]
 Pairs = list[tuple[Impl, Caller]]
 
 
 def _adapt(impl: Impl, spec_args: tuple[str, ...]) -> Caller:
-    """A callable taking the hook's arguments positionally, in spec order."""
-    if impl.argnames == spec_args:
-        return impl.function
-    where = tuple(spec_args.index(a) for a in impl.argnames)
+    """The implementation as a one-argument callable (see ``Caller``)."""
     function = impl.function
-    return lambda *args: function(*(args[i] for i in where))
+    if spec_args == ("learn",):
+        return function if impl.argnames else lambda learn: function()
+    if impl.argnames == spec_args:
+        return lambda args: function(*args)
+    where = [spec_args.index(a) for a in impl.argnames]
+    return lambda args: function(*[args[i] for i in where])
 
 
 def _event(pairs: Pairs) -> Caller:
     if not pairs:
         return _noop
-    if len(pairs) == 1:
-        ((impl, fn),) = pairs
+    impls, fns = [i for i, _ in pairs], [f for _, f in pairs]
+    if len(fns) == 1:
+        impl, fn = pairs[0]
 
-        def one(*args: Any) -> None:
+        def one(arg: Any) -> None:
             try:
-                fn(*args)
+                fn(arg)
             except BaseException as error:
                 mark_origin(error, impl)
                 raise
 
         return one
 
-    def each(*args: Any) -> None:
-        for impl, fn in pairs:
+    def each(arg: Any) -> None:
+        for fn in fns:
             try:
-                fn(*args)
-            except BaseException as error:
-                mark_origin(error, impl)
+                fn(arg)
+            except BaseException as error:  # the failing one is still bound to fn
+                mark_origin(error, impls[fns.index(fn)])
                 raise
 
     return each
@@ -106,13 +113,25 @@ def _event(pairs: Pairs) -> Caller:
 def _first(pairs: Pairs) -> Caller:
     if not pairs:
         return _noop
+    impls, fns = [i for i, _ in pairs], [f for _, f in pairs]
+    if len(fns) == 1:  # the common case (a default provider alone): no loop
+        impl, fn = pairs[0]
 
-    def first(*args: Any) -> Any:
-        for impl, fn in pairs:
+        def only(arg: Any) -> Any:
             try:
-                result = fn(*args)
+                return fn(arg)
             except BaseException as error:
                 mark_origin(error, impl)
+                raise
+
+        return only
+
+    def first(arg: Any) -> Any:
+        for fn in fns:
+            try:
+                result = fn(arg)
+            except BaseException as error:
+                mark_origin(error, impls[fns.index(fn)])
                 raise
             if result is not None:
                 return result
@@ -125,11 +144,11 @@ def _run_all(pairs: Pairs) -> Caller:
     if not pairs:
         return _noop
 
-    def every(*args: Any) -> None:
+    def every(arg: Any) -> None:
         first_error: BaseException | None = None
         for impl, fn in pairs:
             try:
-                fn(*args)
+                fn(arg)
             except BaseException as error:
                 mark_origin(error, impl)
                 if first_error is None:
@@ -146,11 +165,11 @@ def _run_all(pairs: Pairs) -> Caller:
 
 
 def _collect(pairs: Pairs) -> Caller:
-    def collect(*args: Any) -> list[tuple[str, Any]]:
+    def collect(arg: Any) -> list[tuple[str, Any]]:
         answers = []
         for impl, fn in pairs:
             try:
-                result = fn(*args)
+                result = fn(arg)
             except BaseException as error:
                 mark_origin(error, impl)
                 raise
@@ -164,11 +183,12 @@ def _collect(pairs: Pairs) -> Caller:
 def _addressed(pairs: Pairs) -> Caller:
     """``load_state_dict(learn, state)`` with ``state`` mapping plugin name -> its own part."""
 
-    def addressed(learn: Any, state: dict[str, Any]) -> None:
+    def addressed(args: tuple[Any, dict[str, Any]]) -> None:
+        learn, state = args
         for impl, fn in pairs:
             if impl.plugin in state:
                 try:
-                    fn(learn, state[impl.plugin])
+                    fn((learn, state[impl.plugin]))
                 except BaseException as error:
                     mark_origin(error, impl)
                     raise
@@ -178,13 +198,13 @@ def _addressed(pairs: Pairs) -> Caller:
 
 def _context(pairs: Pairs) -> Caller:
     if not pairs:
-        return lambda *args: _NO_CONTEXT
+        return lambda arg: _NO_CONTEXT
 
-    def contexts(*args: Any) -> Any:
+    def contexts(arg: Any) -> Any:
         entered = []
         for impl, fn in pairs:
             try:
-                cm = fn(*args)
+                cm = fn(arg)
             except BaseException as error:
                 mark_origin(error, impl)
                 raise
@@ -222,14 +242,14 @@ _KINDS: dict[str, Callable[[Pairs], Caller]] = {
 def _wrap(wrappers: Pairs, inner: Caller) -> Caller:
     """``inner`` inside new-style wrappers (generators), the first one outermost."""
 
-    def wrapped(*args: Any) -> Any:
+    def wrapped(arg: Any) -> Any:
         entered: Pairs = []
         error: BaseException | None = None
         result: Any = None
         try:
             for impl, fn in wrappers:
                 try:
-                    gen = fn(*args)
+                    gen = fn(arg)
                     next(gen)
                 except StopIteration:
                     raise RuntimeError(
@@ -240,7 +260,7 @@ def _wrap(wrappers: Pairs, inner: Caller) -> Caller:
                     mark_origin(raised, impl)
                     raise
                 entered.append((impl, gen))
-            result = inner(*args)
+            result = inner(arg)
         except BaseException as raised:
             error = raised
         for impl, gen in reversed(entered):
@@ -276,6 +296,8 @@ class Dispatcher:
 
     def __init__(self, impls: dict[str, list[Impl]], instrument: Instrument | None = None) -> None:
         self.impls = impls
+        #: some plugin answers forward_context (else the loop skips entering a null context)
+        self.wraps_forward = bool(impls.get("forward_context"))
         self._callers: dict[str, Caller] = {}
         for hook, spec in HOOKS.items():
             pairs: Pairs = []
@@ -305,7 +327,9 @@ class Dispatcher:
                 f"hook {hook!r} takes {', '.join(spec.args)} by keyword; missing: {missing}, "
                 f"unexpected: {extra}."
             )
-        return caller(*(kwargs[a] for a in spec.args))
+        if spec.args == ("learn",):
+            return caller(kwargs["learn"])
+        return caller(tuple(kwargs[a] for a in spec.args))
 
     def implemented(self, hook: str) -> bool:
         """True when some plugin implements ``hook``."""
