@@ -12,6 +12,7 @@ through, or the accuracy misses the target. Runs in a few seconds on a CPU.
 
 from __future__ import annotations
 
+import argparse
 import sys
 
 import torch
@@ -59,27 +60,54 @@ def build(activation: type[Module]) -> MLP:
     return MLP(*layers).requires_grad_(True)  # GradCheck compares with autograd
 
 
-def learner(activation: type[Module], check: GradCheck) -> Learner:
+def learner(activation: type[Module], check: GradCheck, lr: float = LR) -> Learner:
     data = load_digits(seed=SEED)
     dls = DataLoaders.from_datasets(data.train, data.valid, batch_size=BATCH_SIZE, seed=SEED)
     model = build(activation)
     plugins = [check, ManualBackward(), Accuracy()]
-    return Learner(model, dls, loss_func=CrossEntropy(), lr=LR, plugins=plugins)
+    return Learner(model, dls, loss_func=CrossEntropy(), lr=lr, plugins=plugins)
 
 
-def main() -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--epochs",
+        type=int,
+        default=EPOCHS,
+        help=f"epochs of the training with the correct Tanh (default: {EPOCHS})",
+    )
+    parser.add_argument("--lr", type=float, default=LR, help=f"learning rate (default: {LR})")
+    parser.add_argument(
+        "--check-every",
+        type=int,
+        default=CHECK_EVERY,
+        help="GradCheck compares with autograd on the first training batch and then every "
+        f"this many (default: {CHECK_EVERY})",
+    )
+    parser.add_argument(
+        "--target",
+        type=float,
+        default=TARGET_ACCURACY,
+        help="validation accuracy to reach, else the exit status is 1 "
+        f"(default: {TARGET_ACCURACY})",
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     torch.manual_seed(SEED)
-    print(f"1. training with {Tanh.__name__}, checked every {CHECK_EVERY} batches")
-    check = GradCheck(every=CHECK_EVERY, show=False)  # show=True prints a table per check
-    learn = learner(Tanh, check)
-    learn.fit(EPOCHS)
+    print(f"1. training with {Tanh.__name__}, checked every {args.check_every} batches")
+    check = GradCheck(every=args.check_every, show=False)  # show=True prints a table per check
+    learn = learner(Tanh, check, lr=args.lr)
+    learn.fit(args.epochs)
     n_checks = len({(r.epoch, r.batch) for r in check.results})
     worst = max(r.max_rel for r in check.results)
     accuracy = learn.metrics["accuracy"]
     print(f"GradCheck passed on {n_checks} batches (worst max rel error {worst:.1e})")
     last = (check.results[-1].epoch, check.results[-1].batch)
     print(check.format_table([r for r in check.results if (r.epoch, r.batch) == last]))
-    print(f"validation accuracy {accuracy:.4f} (target {TARGET_ACCURACY})")
+    print(f"validation accuracy {accuracy:.4f} (target {args.target})")
 
     print(f"\n2. the same with {SlippedTanh.__name__}")
     caught = ""
@@ -94,8 +122,8 @@ def main() -> int:
         problems.append("the correct Tanh failed GradCheck")
     if "SlippedTanh.bwd" not in caught:
         problems.append("GradCheck did not catch (or did not name) SlippedTanh")
-    if accuracy < TARGET_ACCURACY:
-        problems.append(f"accuracy {accuracy:.4f} is below the target {TARGET_ACCURACY}")
+    if accuracy < args.target:
+        problems.append(f"accuracy {accuracy:.4f} is below the target {args.target}")
     print("OK" if not problems else "FAILED: " + "; ".join(problems))
     return 0 if not problems else 1
 

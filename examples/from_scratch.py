@@ -90,9 +90,25 @@ def load(data: str | None) -> tuple[Pair, Pair, str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", default=DATA, help="digits, mnist, or a path / URL of MNIST")
-    parser.add_argument("--epochs", type=int, default=EPOCHS)
-    parser.add_argument("--target", type=float, default=TARGET_ACCURACY, help="accuracy target")
+    parser.add_argument(
+        "--data",
+        default=DATA,
+        help="digits (offline), mnist (cache or $PLUGLEARN_MNIST_URL), or a path / URL of an "
+        f"MNIST pickle (default: {DATA})",
+    )
+    parser.add_argument(
+        "--epochs",
+        type=int,
+        default=EPOCHS,
+        help=f"epochs of each training, by hand and by the Learner (default: {EPOCHS})",
+    )
+    parser.add_argument(
+        "--target",
+        type=float,
+        default=TARGET_ACCURACY,
+        help="validation accuracy both trainings must reach, else the exit status is 1 "
+        f"(default: {TARGET_ACCURACY})",
+    )
     args = parser.parse_args(argv)
     torch.manual_seed(SEED)
     problems: list[str] = []

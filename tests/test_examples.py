@@ -70,16 +70,7 @@ def test_main_example_defaults_to_mnist_when_it_is_available(tmp_path):
     assert result.stdout.startswith("mnist: 8000 train / 1000 valid items, MLP 784-50-10")
 
 
-NOT_YET = {  # examples owned elsewhere that still need argparse help (issue 10, part 3)
-    "custom_module.py": "ignores --help (runs)",
-    "from_scratch.py": "--epochs has no help text",
-}
-EXAMPLES = [
-    pytest.param(p.name, marks=pytest.mark.xfail(reason=NOT_YET[p.name], strict=False))
-    if p.name in NOT_YET
-    else p.name
-    for p in sorted((ROOT / "examples").glob("*.py"))
-]
+EXAMPLES = [p.name for p in sorted((ROOT / "examples").glob("*.py"))]
 
 
 @pytest.mark.parametrize("name", EXAMPLES)
