@@ -163,17 +163,33 @@ def test_manual_mode_fails_when_autograds_own_gradient_is_infinite(dtype, loss):
     assert "1.s" in _failed(check)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="GradCheck bug: an infinite oracle makes the tolerance atol + rtol * max|ref| infinite,"
-    " so a finite (wrong) manual gradient passes; grad_errors should report non-finite ref",
-)
-def test_manual_mode_fails_a_finite_gradient_against_an_infinite_oracle():
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("loss", ["scratch", "autograd"])
+def test_manual_mode_fails_a_finite_gradient_against_an_infinite_oracle(dtype, loss):
+    """autograd's dL/ds[0] is infinite, the manual one is clamped to a finite value: the
+    tolerance atol + rtol * max|ref| would be infinite too, so only refusing the oracle fails it."""
+    g = torch.Generator().manual_seed(0)
+    model = Sequential(Linear(4, 3, generator=g, dtype=dtype), SqrtGain(3, dtype, finite=True))
+    model.requires_grad_(True)
+    check = GradCheck(show=False)
+    loss_func = CrossEntropy() if loss == "scratch" else F.cross_entropy
+    with pytest.raises(GradCheckError, match=r"^1\.s of SqrtGain.*\(oracle not finite: autograd"):
+        _learner(model, [check], loss_func, dtype).fit(1)
+    assert _failed(check) == ["1.s"]
+    row = {r.name: r for r in check.results}["1.s"]
+    assert row.max_abs == math.inf and "oracle not finite" in row.note
+
+
+def test_an_infinite_oracle_fails_in_warn_mode_too():
     g = torch.Generator().manual_seed(0)
     model = Sequential(Linear(4, 3, generator=g), SqrtGain(3, torch.float32, finite=True))
     model.requires_grad_(True)
-    with pytest.raises(GradCheckError, match=r"1\.s of SqrtGain"):
-        _learner(model, [GradCheck(show=False)], CrossEntropy()).fit(1)
+    check = GradCheck(every=1, on_fail="warn", show=False)
+    with pytest.warns(GradCheckWarning, match=r"oracle not finite") as record:
+        _learner(model, [check], CrossEntropy()).fit(1)
+    assert record  # later batches may fail too: the step moves s[0] off 0 (NaN from sqrt)
+    first = [r for r in check.results if r.batch == 0 and not r.ok]
+    assert [r.name for r in first] == ["1.s"] and "oracle not finite" in first[0].note
 
 
 # ----------------------------------------------------------------------------- numeric mode
@@ -241,3 +257,40 @@ def test_numeric_mode_fails_when_autograds_own_gradient_is_infinite():
     with pytest.raises(GradCheckError, match=r"2\.s of TorchSqrtGain"):
         _learner(_torch_net(TorchSqrtGain(5)), [check], F.cross_entropy).fit(1)
     assert "2.s" in _failed(check)
+
+
+class Cliff(nn.Module):
+    """``x * w``, plus +inf in column 0 as soon as ``w[0]`` is above its starting value: the loss
+    at ``w[0] + eps`` is infinite, so the central difference (the oracle) of ``w[0]`` is +inf,
+    while autograd's gradient is finite."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.linspace(1.0, 1.5, n))
+        self.register_buffer("start", self.weight.detach().clone())
+
+    def forward(self, x):
+        cliff = torch.zeros_like(self.weight)
+        cliff[0] = math.inf if self.weight[0] > self.start[0] else 0.0
+        return x * self.weight + cliff
+
+
+def test_numeric_mode_fails_an_infinite_finite_difference_oracle():
+    check = GradCheck(mode="numeric", show=False)
+    model = _torch_net(Cliff(5))
+    oracle = "finite differences gave NaN or inf"
+    with pytest.raises(
+        GradCheckError, match=rf"^2\.weight of Cliff.*\(oracle not finite: {oracle}"
+    ):
+        _learner(model, [check], lambda out, y: out.pow(2).mean()).fit(1)
+    assert _failed(check) == ["2.weight"]
+    row = {r.name: r for r in check.results}["2.weight"]
+    assert row.max_abs == math.inf  # autograd finite, oracle +inf
+
+
+def test_finite_oracles_carry_no_oracle_note():
+    """The note is about the oracle only: a right backward gets none, a wrong finite one
+    fails without it."""
+    check = GradCheck(mode="numeric", show=False)
+    _learner(_torch_net(nn.Tanh()), [check], F.cross_entropy).fit(1)
+    assert check.results and all(r.ok and r.note == "" for r in check.results)

@@ -21,7 +21,9 @@ the first ``probe`` items of the batch, compares autograd with central differenc
 
 Errors of a gradient ``a`` against its oracle ``b``: ``max abs = max |a - b|``, ``max rel =
 max |a - b| / max(max |b|, tiny)`` (scaled by the largest oracle entry, so near-zero entries do
-not blow it up). A row fails when ``max abs > atol + rtol * max |b|``. Defaults (``None``) follow
+not blow it up). A row fails when ``max abs > atol + rtol * max |b|``, when either side has a NaN
+or an infinite entry, and when the oracle ``b`` itself is not finite (an infinite oracle would
+make the tolerance infinite: the row says ``oracle not finite``). Defaults (``None``) follow
 the dtype: manual ``(rtol, atol) = (1e-4, 1e-6)`` for float32, ``(1e-9, 1e-12)`` for float64,
 ``(1e-2, 1e-3)`` for 16-bit floats; numeric ``(1e-5, 1e-7)`` (float64 central differences are
 good to ~1e-9, but a ReLU kink within ``eps`` of an input can fail a row: prefer smooth ones).
@@ -39,6 +41,7 @@ Example::
 from __future__ import annotations
 
 import copy
+import math
 import warnings
 from typing import IO, TYPE_CHECKING, Any, Literal
 
@@ -226,7 +229,8 @@ class GradCheck:
     def _ok(self, got: Tensor | None, ref: Tensor) -> bool:
         rtol, atol = self._tol(ref.dtype)
         err, _, scale = grad_errors(got, ref)
-        return err <= atol + rtol * scale
+        # a non-finite oracle cannot vouch for anything (and max |ref| = inf would pass all)
+        return math.isfinite(scale) and err <= atol + rtol * scale
 
     # ------------------------------------------------------------------------ numeric mode
 
@@ -295,6 +299,9 @@ class GradCheck:
         note = "" if got is not None else "(no .g: its bwd never set it)"
         if got is not None and got.shape != ref.shape:
             note = f"(.g has shape {tuple(got.shape)})"
+        elif not bool(torch.isfinite(ref).all()):
+            oracle = "autograd" if self.mode == "manual" else "finite differences"
+            note = f"(oracle not finite: {oracle} gave NaN or inf)"
         n, ok = t.numel() if checked is None else checked, self._ok(got, ref)
         head = (learn.epoch, learn.iter, name, one_line(module), tuple(t.shape), n, err, rel, ok)
         return GradRow(*head, *self._tol(ref.dtype), note)
