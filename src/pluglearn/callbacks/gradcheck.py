@@ -299,7 +299,7 @@ class GradCheck:
         note = "" if got is not None else "(no .g: its bwd never set it)"
         if got is not None and got.shape != ref.shape:
             note = f"(.g has shape {tuple(got.shape)})"
-        elif not bool(torch.isfinite(ref).all()):
+        elif got is not None and not bool(torch.isfinite(ref).all()):
             oracle = "autograd" if self.mode == "manual" else "finite differences"
             note = f"(oracle not finite: {oracle} gave NaN or inf)"
         n, ok = t.numel() if checked is None else checked, self._ok(got, ref)
