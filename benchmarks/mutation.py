@@ -71,7 +71,13 @@ MODULES: dict[str, list[str]] = {
         "tests/callbacks/test_multiprocess_loader.py",
         "tests/callbacks/test_batch_seeding.py",
     ],
-    "plugins/dispatch.py": ["tests/plugins/test_manager.py", "tests/test_learner.py"],
+    "plugins/dispatch.py": [
+        "tests/plugins/test_dispatch.py",
+        "tests/plugins/test_dispatch_mutants.py",
+        "tests/plugins/test_manager.py",
+        "tests/test_learner.py",
+        "tests/test_contract_fuzz.py",
+    ],
     "callbacks/accumulate.py": ["tests/callbacks/test_accumulate.py"],
 }
 KILLED = {"killed", "timeout", "segfault", "caught by type check"}
