@@ -159,6 +159,18 @@ class Learner:
     def yb(self) -> Any:
         return self.batch[1]
 
+    def __getattr__(self, name: str) -> Any:
+        """Runs only when a lookup misses: a public name gets what to use instead
+        (``learn.optimizer`` -> ``learn.opt``); private and dunder names fail plainly, as
+        pickle, copy and ``hasattr`` expect. The attributes: ``docs/learner_state.md``."""
+        if name.startswith("_"):
+            raise AttributeError(f"'{type(self).__name__}' object has no attribute {name!r}")
+        if hasattr(type(self), name):  # a property that raised AttributeError itself: re-raise
+            return object.__getattribute__(self, name)
+        from .attribute_hints import missing_attribute
+
+        raise missing_attribute(self, name)
+
     # ----------------------------------------------------------------------------- public
 
     def fit(
