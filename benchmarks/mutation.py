@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import os
 import re
 import shutil
 import subprocess
@@ -103,6 +104,18 @@ def copy_tree(dest: Path, ref: str | None) -> None:
             shutil.copy2(source, dest / name)
 
 
+# Appended to the copy's tests/conftest.py: a property test that fails on a mutant has killed it,
+# so hypothesis need not shrink the failing example (minutes, and a timeout, on two cores).
+HYPOTHESIS_PROFILE = """
+
+# benchmarks/mutation.py: a failing example kills the mutant; do not shrink it
+from hypothesis import Phase as _Phase
+from hypothesis import settings as _settings
+
+_settings.register_profile("mutation", phases=[_Phase.explicit, _Phase.reuse, _Phase.generate])
+"""
+
+
 def configure(
     tree: Path, modules: list[str], tests: list[str], extra: list[str], slack: float
 ) -> None:
@@ -114,6 +127,12 @@ def configure(
 
     def quoted(items: list[str]) -> str:
         return "[" + as_list(f'"{i}"' for i in items) + "]"
+
+    conftest = tree / "tests" / "conftest.py"
+    if conftest.is_file():
+        with conftest.open("a") as f:
+            f.write(HYPOTHESIS_PROFILE)
+        extra = ["--hypothesis-profile=mutation", *extra]
 
     settings = [
         "",
@@ -130,9 +149,14 @@ def configure(
 
 
 def mutmut(tree: Path, *args: str, quiet: bool = False) -> str:
+    # mutmut runs the tests once in its own process, then forks a child per mutant. A child that
+    # inherits torch's OpenMP thread pool from that parent waits forever at the pool's barrier
+    # (no CPU used, so the CPU-time limit never fires): one thread each keeps the forks sound.
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     done = subprocess.run(
         [sys.executable, "-m", "mutmut", *args],
         cwd=tree,
+        env=env,
         text=True,
         stdout=subprocess.PIPE if quiet else None,
         check=False,
