@@ -32,16 +32,25 @@ def report_order(metrics: dict[str, Any]) -> dict[str, Any]:
 
 
 def check_pair(batch: Any) -> None:
-    if not isinstance(batch, (tuple, list)) or len(batch) != 2:
-        kind = (
-            f"{type(batch).__name__} of length {len(batch)}"
-            if hasattr(batch, "__len__")
-            else type(batch).__name__
-        )
-        raise TypeError(
-            f"a batch must be an (xb, yb) pair, got a {kind}: make the dataset return (x, y) "
-            "items, or convert the batch in a before_batch plugin."
-        )
+    """Refuse a batch that is not an ``(xb, yb)`` pair, for the default ``predict`` and
+    ``compute_loss`` (the loop itself takes batches of any structure)."""
+    if isinstance(batch, (tuple, list)) and len(batch) == 2:
+        return
+    kind = (
+        f"{type(batch).__name__} of length {len(batch)}"
+        if hasattr(batch, "__len__")
+        else type(batch).__name__
+    )
+    adapter = (
+        "for a dict batch with a 'labels' key and a model that returns .loss/.logits (Hugging "
+        "Face style) add the adapter: Learner(model, dls, plugins=[HFModel()]); for any other "
+        "structure answer 'predict' (and 'compute_loss') in a plugin, or"
+    )
+    raise TypeError(
+        f"a batch must be an (xb, yb) pair, got a {kind}: make the dataset return (x, y) items "
+        f"(the default step calls model(xb) and loss_func(preds, yb)); {adapter} convert the "
+        "batch in a before_batch plugin."
+    )
 
 
 def check_done(hook: str, result: object) -> None:

@@ -23,13 +23,14 @@ import torch.nn.functional as F
 from fastcore.basics import listify
 from torch import nn
 
+from .batches import inputs_of, targets_of
 from .callbacks.budget import StepBudget
 from .callbacks.loaders import DefaultLoader
 from .callbacks.metrics import AvgLoss
 from .callbacks.progress import ProgressBar
 from .callbacks.scheduler import fit_one_cycle
 from .callbacks.train_step import TrainStep
-from .checks import check_done, check_loss, check_lr, check_pair, check_should_step, report_order
+from .checks import check_done, check_loss, check_lr, check_should_step, report_order
 from .data.loaders import DataLoaders
 from .error_reporting import cancel_reason, cleanup_after_error, report_error, stray_cancel
 from .exceptions import (
@@ -153,11 +154,13 @@ class Learner:
 
     @property
     def xb(self) -> Any:
-        return self.batch[0]
+        """The batch's inputs: ``batch[0]`` of a pair, a dict batch without its ``labels``."""
+        return inputs_of(self.batch)
 
     @property
     def yb(self) -> Any:
-        return self.batch[1]
+        """The batch's targets: ``batch[1]`` of a pair, ``batch["labels"]`` of a dict batch."""
+        return targets_of(self.batch)
 
     def __getattr__(self, name: str) -> Any:
         """Runs only when a lookup misses: a public name gets what to use instead
@@ -259,7 +262,47 @@ class Learner:
             self.validate(dl)
         finally:
             self._registry.remove(gather)
-        return torch.cat(gather.preds), torch.cat(gather.targets)
+        return gather.result()
+
+    def predict(self, x: Any, *, batched: bool | None = None) -> Any:
+        """Predictions for one item or a batch ``x`` (eval mode, no gradients; every module's
+        train/eval mode is put back). ``batched=None`` tells them apart by the dataset's items;
+        one item gives its prediction without the batch dimension. See :mod:`pluglearn.predict`."""
+        from .predict import predict
+
+        with self.run.entry("predict") as nested:
+            if nested:
+                return self._nested(lambda: predict(self, x, batched))
+            return predict(self, x, batched)
+
+    def lr_find(
+        self,
+        start_lr: float = 1e-7,
+        end_lr: float = 10.0,
+        num_it: int = 100,
+        stop_div: bool = True,
+    ) -> Any:
+        """Sweep the lr exponentially from ``start_lr`` to ``end_lr`` over ``num_it`` training
+        batches and return an :class:`~pluglearn.lr_find.LRFindResult` (``.suggestion``,
+        ``.plot()``); the model, optimizer, random and loader states are put back exactly."""
+        from .lr_find import lr_find
+
+        with self.run.entry("lr_find"):
+            return lr_find(self, start_lr, end_lr, num_it, stop_div)
+
+    def save(self, path: Any) -> Any:
+        """Write the model's weights to ``path`` (safetensors, atomically); see
+        :func:`pluglearn.weights.save_weights`. Returns the path written."""
+        from .weights import save_weights
+
+        return save_weights(self.model, path)
+
+    def load(self, path: Any) -> None:
+        """Load weights written by ``save`` (or any state dict file) into the model, checking
+        every key and shape first; see :func:`pluglearn.weights.load_weights`."""
+        from .weights import load_weights
+
+        load_weights(self.model, path)
 
     def _validate(self, dl: Iterable[Any] | None, nested: bool = False) -> dict[str, Any]:
         self.metrics, self.run.metric_owner = {}, {}
@@ -353,7 +396,6 @@ class Learner:
         pos.in_batch = True
         try:
             hooks.before_batch(self)
-            check_pair(self.batch)
             training = pos.training
             if training:
                 answer = hooks.should_step(self)

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-import torch
-
+from .batches import concat, detach
 from .plugins.markers import hookimpl
 
 if TYPE_CHECKING:
@@ -33,15 +32,20 @@ def merge_metrics(learn: Learner, phase: str) -> None:
 
 
 class GatherPreds:
-    """Internal plugin for ``get_preds``: keeps every validation batch's predictions and targets."""
+    """Internal plugin for ``get_preds``: keeps every validation batch's predictions and targets
+    (tensors, or structures of them: see :func:`pluglearn.batches.concat`)."""
 
     plugin_name = "get_preds"
 
     def __init__(self) -> None:
-        self.preds: list[torch.Tensor] = []
-        self.targets: list[torch.Tensor] = []
+        self.preds: list[Any] = []
+        self.targets: list[Any] = []
 
     @hookimpl
     def after_loss(self, learn: Learner) -> None:
-        self.preds.append(learn.preds.detach())
-        self.targets.append(learn.yb.detach())
+        self.preds.append(detach(learn.preds))
+        self.targets.append(detach(learn.yb))
+
+    def result(self) -> tuple[Any, Any]:
+        """The predictions and targets of every batch, concatenated."""
+        return concat(self.preds), concat(self.targets)

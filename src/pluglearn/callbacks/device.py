@@ -6,32 +6,22 @@ Example::
     learn = Learner(model, dls, plugins=[Device("cpu")])
 
 The model moves in ``before_fit`` (and before a standalone validation); batches move in
-``before_batch`` (``tryfirst``, so other plugins see them on the device). Tensors nested in
-tuples, lists and dicts move too; ``non_blocking`` copies overlap with compute on CUDA.
+``before_batch`` (``tryfirst``, so other plugins see them on the device). Batches of any
+structure move: tensors nested in tuples, named tuples, lists, dicts and dataclasses
+(:func:`pluglearn.batches.to_device`); ``non_blocking`` copies overlap with compute on CUDA.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 
+from ..batches import to_device
 from ..plugins.markers import hookimpl
 
 if TYPE_CHECKING:
     from ..learner import Learner
-
-
-def to_device(obj: Any, device: torch.device, non_blocking: bool = False) -> Any:
-    """``obj`` with every tensor inside (tuples, lists, dicts) moved to ``device``."""
-    if isinstance(obj, torch.Tensor):
-        return obj.to(device, non_blocking=non_blocking)
-    if isinstance(obj, (list, tuple)):
-        moved = [to_device(o, device, non_blocking) for o in obj]
-        return type(obj)(moved) if not hasattr(obj, "_fields") else type(obj)(*moved)
-    if isinstance(obj, dict):
-        return {k: to_device(v, device, non_blocking) for k, v in obj.items()}
-    return obj
 
 
 def default_device() -> torch.device:

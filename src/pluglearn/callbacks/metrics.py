@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ..batches import count_items
 from ..dist import reduce_sum
 from ..plugins.markers import hookimpl
 
@@ -118,7 +119,7 @@ class AvgLoss(AverageMetric):
         return f"{phase}_loss"
 
     def batch_sum(self, learn: Learner) -> tuple[float | torch.Tensor, int]:
-        n = len(learn.batch[1])
+        n = count_items(learn.batch)  # a pair's targets, a dict's labels, else the first tensor
         loss = learn.loss.detach()
         # on CPU a float is cheapest; on an accelerator a tensor sum avoids a sync per batch
         return (loss.item() if loss.device.type == "cpu" else loss) * n, n
@@ -131,7 +132,7 @@ class Accuracy(AverageMetric):
     name = "accuracy"
 
     def batch_sum(self, learn: Learner) -> tuple[float | torch.Tensor, int]:
-        preds, targets = learn.preds, learn.batch[1]
+        preds, targets = learn.preds, learn.yb
         if preds.ndim != 2 or targets.shape != preds.shape[:1]:
             raise ValueError(
                 f"Accuracy expects predictions (n, classes) and targets (n,), got "
@@ -183,7 +184,7 @@ class MetricAdapter(PerPass):
         preds, metric = learn.preds.detach(), self.metrics[phase]
         if not self._updated[phase] and hasattr(metric, "to"):
             metric.to(preds.device)  # follow the model's device
-        metric.update(preds, learn.batch[1])
+        metric.update(preds, learn.yb)
         self._updated[phase] = True
 
     @hookimpl

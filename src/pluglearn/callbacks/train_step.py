@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ..checks import check_pair
 from ..plugins.markers import hookimpl
 
 if TYPE_CHECKING:
@@ -19,15 +20,22 @@ if TYPE_CHECKING:
 
 
 class TrainStep:
-    """The default training step: ``model(xb)``, ``loss_func(preds, yb)``, autograd, ``opt``."""
+    """The default training step: ``model(xb)``, ``loss_func(preds, yb)``, autograd, ``opt``.
+
+    ``predict`` and ``compute_loss`` take ``(xb, yb)`` pairs; for a batch of another structure
+    they raise an error saying what to use instead (``HFModel`` for Hugging Face style dict
+    batches, or a plugin answering ``predict`` and ``compute_loss``)."""
 
     @hookimpl(trylast=True)
     def predict(self, learn: Learner) -> Any:
+        batch = learn.batch
+        check_pair(batch)  # any other structure: the error names the adapter and the hook
         model = learn.wrapped_model if learn.wrapped_model is not None else learn.model
-        return model(learn.batch[0])
+        return model(batch[0])
 
     @hookimpl(trylast=True)
     def compute_loss(self, learn: Learner) -> Any:
+        check_pair(learn.batch)
         preds, targets = learn.preds, learn.batch[1]
         if (
             type(preds) is torch.Tensor
