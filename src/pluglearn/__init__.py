@@ -14,6 +14,7 @@ the module that defines it (``pluglearn.callbacks.train_step.TrainStep``,
 from .callbacks.accumulate import GradientAccumulation
 from .callbacks.checkpoint import Checkpoint
 from .callbacks.clipping import GradientClipping
+from .callbacks.ddp import DDP
 from .callbacks.device import Device
 from .callbacks.gradcheck import GradCheck, GradCheckError
 from .callbacks.logger import MetricsLogger
@@ -45,6 +46,7 @@ from .plugins.markers import hookimpl
 __version__ = "0.1.0"
 
 __all__ = [
+    "DDP",
     "Accuracy",
     "AvgLoss",
     "CancelBatchException",

@@ -4,6 +4,17 @@
 the random states (python, numpy, torch, CUDA), the loop position and the training loader's
 state; ``restore`` checks all of it before changing anything, then loads it into a Learner inside
 ``fit`` once the optimizer and loaders exist. Files are :mod:`pluglearn.checkpoint`'s business.
+
+Many processes: the model and optimizer are the same on every rank (DDP keeps them so), but the
+random states, the plugins' states (a metric's running sums) and a loader's state are each
+rank's own. ``capture`` gathers them to rank 0 (``state["ranks"]``, one record per rank, and
+``state["world_size"]``), so one file written by rank 0 holds the whole run; at a resume each
+rank takes its own record. With another number of processes (:func:`rank_view`) the resume
+continues the same global order when the loader's state is the same on every saved rank
+(pluglearn's loaders: the state counts global items) and the global batch is unchanged; plugin
+states that differ between saved ranks are merged when they are running sums
+(``{"total", "count"}``: rank 0 takes the sums, the others zero), and anything else is refused,
+naming both numbers of processes.
 """
 
 from __future__ import annotations
@@ -16,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from . import dist as pdist
 from .checkpoint import (
     FORMAT,
     VERSION,
@@ -73,14 +85,19 @@ def capture(learn: Learner, epoch_end: bool = False) -> dict[str, Any]:
         check_safe_state(result, f"plugin {plugin!r}: state")
         plugins[plugin] = result
     opt_state = learn.opt.state_dict() if hasattr(learn.opt, "state_dict") else None
+    rng = rng_state()
+    ranks = None
+    if pdist.world_size() > 1:  # every rank's own parts, gathered to rank 0 (a collective)
+        ranks = pdist.gather_to_main({"rng": rng, "plugins": plugins, "loader": loader_state})
     return {
         "format": FORMAT,
         "version": VERSION,
         "model": learn.model.state_dict(),
         "opt": opt_state,
         "plugins": plugins,
-        "rng": rng_state(),
+        "rng": rng,
         "loader": loader_state,
+        **({"ranks": ranks, "world_size": len(ranks)} if ranks else {}),
         "loop": {
             "epoch": learn.epoch + 1 if epoch_end else learn.epoch,
             "position": 0 if epoch_end else learn.iter + 1,  # training batches done
@@ -227,6 +244,70 @@ def _roll_back(learn: Learner, backup: tuple[Any, ...]) -> None:
     set_rng_state(rng)
 
 
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and torch.equal(a, b)
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    return type(a) is type(b) and a == b
+
+
+def rank_view(state: dict[str, Any], path: Path, rank: int, world: int) -> dict[str, Any]:
+    """``state`` as rank ``rank`` of ``world`` resumes it: its own random, plugin and loader
+    states. With another number of processes than the saved run's, see the module doc; a state
+    that cannot be split across ``world`` ranks raises :class:`CheckpointError` naming both
+    numbers. Changes nothing."""
+    ranks = state.get("ranks")
+    if ranks is None:  # written by one process
+        ranks = [{"rng": state["rng"], "plugins": state["plugins"], "loader": state["loader"]}]
+    if not isinstance(ranks, list) or not all(
+        isinstance(r, dict) and {"rng", "plugins", "loader"} <= r.keys() for r in ranks
+    ):
+        raise CheckpointError(
+            f"checkpoint {path} has a damaged per-rank record: resume from another checkpoint."
+        )
+    saved = len(ranks)
+    if saved == world:
+        return {**state, **ranks[rank]}
+    refuse = f"checkpoint {path} was written by {saved} process(es) and this run has {world}: "
+    loaders = [r["loader"] for r in ranks]
+    if loaders[0] is None and state["loop"].get("position"):
+        raise CheckpointError(
+            refuse + "its training loader has no state_dict (a torch DataLoader: its sampler "
+            f"splits the data by the number of processes), so the order would change. Resume "
+            f"with {saved} process(es), or use DataLoaders.from_datasets (batch_size is then the "
+            "global batch, the same on any number of processes)."
+        )
+    if not all(_same(loaders[0], other) for other in loaders[1:]):
+        raise CheckpointError(
+            refuse + f"the ranks' loader states differ, so they cannot be split across {world} "
+            f"process(es). Resume with {saved} process(es)."
+        )
+    plugins: list[dict[str, Any]] = [{} for _ in range(world)]
+    for name, first in ranks[0]["plugins"].items():
+        states = [r["plugins"].get(name) for r in ranks]
+        if all(_same(first, other) for other in states[1:]):
+            for mine in plugins:
+                mine[name] = first
+        elif all(isinstance(st, dict) and st.keys() == {"total", "count"} for st in states):
+            total = sum(float(st["total"]) for st in states)  # running sums: rank 0 holds them
+            count = sum(int(st["count"]) for st in states)
+            plugins[0][name] = {"total": total, "count": count}
+            for mine in plugins[1:]:
+                mine[name] = {"total": 0.0, "count": 0}
+        else:
+            raise CheckpointError(
+                refuse + f"plugin {name!r} saved a different state on each rank (e.g. an open "
+                f"gradient-accumulation group), which cannot be split across {world} "
+                f"process(es). Resume with {saved} process(es), or from a checkpoint written "
+                "where that state agrees (an epoch's end)."
+            )
+    own = ranks[rank % saved]
+    return {**state, "rng": own["rng"], "loader": loaders[0], "plugins": plugins[rank]}
+
+
 def restore(
     learn: Learner, source: str | Path, lr: float | None = None, missing_ok: bool = False
 ) -> bool:
@@ -247,6 +328,7 @@ def restore(
         )
         return True
     _check_state(learn, state, path, lr)
+    state = rank_view(state, path, pdist.rank(), pdist.world_size())
     loop, loader = state["loop"], learn.dls.train
     position = int(loop["position"])
     stateful = hasattr(loader, "load_state_dict")

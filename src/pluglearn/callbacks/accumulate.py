@@ -26,6 +26,9 @@ so a resume from a checkpoint written inside a group continues it exactly.
 ``scale_loss=False`` adds the raw gradients of the batches (a sum of per-batch means, not the
 big batch's gradient): the mode for a backward provider that does not read ``learn.loss``
 (``ManualBackward``), which the default mode refuses.
+
+Under ``DDP`` the group's total is the items of every rank (an all-reduce in ``before_step``),
+and the batches that do not step skip DDP's gradient all-reduce.
 """
 
 from __future__ import annotations
@@ -34,7 +37,9 @@ from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any
 
 import torch
+from torch.nn.parallel import DistributedDataParallel
 
+from ..dist import reduce_sum, world_size
 from ..plugins.markers import hookimpl
 
 if TYPE_CHECKING:
@@ -120,6 +125,9 @@ class GradientAccumulation:
         total, self.total = self.total, 0
         if not self.scale_loss:
             return
+        if isinstance(learn.wrapped_model, DistributedDataParallel):
+            # DDP averaged the ranks' summed gradients: divide by the items of all ranks / W
+            total = reduce_sum(float(total))[0] / world_size()
         if isinstance(total, (int, float)) and total <= 0:
             raise ValueError(
                 f"GradientAccumulation: the group ending at batch {learn.iter} counted {total} "

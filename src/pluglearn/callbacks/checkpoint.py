@@ -17,6 +17,12 @@ Each fit is a run with its own id in the file names (see :mod:`pluglearn.checkpo
 in a used directory keeps the older runs' files, ``keep_last`` counts and deletes only this run's
 files, and a resumed fit goes on writing under the id of the run it resumes. At the start of a
 fit, the temporary files that killed writes left in the directory are removed.
+
+Many processes (``DDP``): every rank calls ``save`` at the same batches (it is a collective: the
+ranks' random, plugin and loader states are gathered to rank 0, see :mod:`pluglearn.resume`),
+and rank 0 alone writes the one file, deletes old ones and removes stale temporaries; the run id
+is rank 0's, broadcast at the start of the fit. A Ctrl-C on any rank is agreed on after each
+training batch, so every rank saves the same checkpoint and stops together.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .. import dist as pdist
 from ..checkpoint import (
     RUN_ID,
     checkpoint_name,
@@ -88,8 +95,13 @@ class Checkpoint:
         """Write a checkpoint of ``learn`` now and drop the ones beyond ``keep_last``."""
         if self._run is None:  # a save outside a fit
             self._run = new_run_id()
-        state = capture(learn, epoch_end=epoch_end)
+        state = capture(learn, epoch_end=epoch_end)  # on several ranks: gathered to rank 0
         name = checkpoint_name(state, self.prefix, self._run)
+        if not pdist.is_main_process():  # rank 0 writes the one file
+            path = self.directory / name
+            if path not in self.saved:
+                self.saved.append(path)
+            return path
         path = save_checkpoint(state, self.directory / name)
         if path not in self.saved:
             self.saved.append(path)
@@ -119,18 +131,20 @@ class Checkpoint:
 
     @hookimpl
     def before_fit(self, learn: Learner) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
         self._run, self._resumed_run = self._resumed_run or new_run_id(), None
-        later = [p for p in self._own_files() if _after(p, learn)]
-        if later:  # resumed from an earlier checkpoint than the run's newest: keep those files
-            resumed, self._run = self._run, new_run_id()
-            warnings.warn(
-                f"resuming run {resumed} from before its newest checkpoint ({later[-1].name}): "
-                f"this fit writes its checkpoints as a new run, {self._run}, and keeps the later "
-                f"ones of run {resumed}.",
-                stacklevel=2,
-            )
-        remove_stale_temporaries(self.directory, self._run)
+        if pdist.is_main_process():  # the files are rank 0's
+            self.directory.mkdir(parents=True, exist_ok=True)
+            later = [p for p in self._own_files() if _after(p, learn)]
+            if later:  # resumed from an earlier checkpoint than the run's newest: keep those
+                resumed, self._run = self._run, new_run_id()
+                warnings.warn(
+                    f"resuming run {resumed} from before its newest checkpoint "
+                    f"({later[-1].name}): this fit writes its checkpoints as a new run, "
+                    f"{self._run}, and keeps the later ones of run {resumed}.",
+                    stacklevel=2,
+                )
+            remove_stale_temporaries(self.directory, self._run)
+        self._run = pdist.broadcast_from_main(self._run)
         self._interrupted = False
         if self.on_interrupt and threading.current_thread() is threading.main_thread():
             self._previous_handler = signal.signal(signal.SIGINT, self._on_sigint)
@@ -147,6 +161,8 @@ class Checkpoint:
         )
 
     def _stop_if_interrupted(self, learn: Learner, epoch_end: bool) -> None:
+        if self.on_interrupt and pdist.world_size() > 1:  # every rank stops at the same batch
+            self._interrupted = pdist.reduce_sum(float(self._interrupted))[0] > 0
         if self._interrupted:
             try:
                 path = self.save(learn, epoch_end=epoch_end)
@@ -194,6 +210,7 @@ class Checkpoint:
             latest = self.latest
             if (
                 learn.stop_reason is not None
+                and pdist.is_main_process()
                 and latest
                 and getattr(parse_name(latest), "run", None) == self._run
             ):

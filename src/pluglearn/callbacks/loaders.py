@@ -4,8 +4,9 @@ For a ``TensorDataset`` or an ``(x, y)`` tuple of tensors it returns a
 :class:`~pluglearn.data.loaders.TensorBatchLoader` (one index operation per batch); for any
 other map-style dataset an :class:`~pluglearn.data.epochs.ItemLoader`
 (``__getitem__`` per item, then collate). Both shuffle the training set with
-``learn.dls.generator`` and can resume mid-epoch. It answers last, so a plugin such as
-``MultiprocessLoader`` takes over by answering first.
+``learn.dls.generator`` and can resume mid-epoch. Under torch.distributed ``batch_size`` is the
+global batch and each rank gets its slice of every batch (see :mod:`pluglearn.data.loaders`).
+It answers last, so a plugin such as ``MultiprocessLoader`` takes over by answering first.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ..data.loaders import TensorBatchLoader, tensors_of
+from ..dist import rank, world_size
 from ..plugins.markers import hookimpl
 
 if TYPE_CHECKING:
@@ -28,8 +30,10 @@ class DefaultLoader:
         batch_size = dls.batch_size if train else dls.valid_batch_size
         drop_last = dls.drop_last and train
         tensors = tensors_of(dataset)
+        # under torch.distributed each rank takes its slice of every global batch
+        shard = {"rank": rank(), "world_size": world_size(), "skip_empty": not train}
         if tensors is not None and dls.collate_fn is None:
-            return TensorBatchLoader(tensors, batch_size, train, drop_last, dls.generator)
+            return TensorBatchLoader(tensors, batch_size, train, drop_last, dls.generator, **shard)
         from ..data.epochs import ItemLoader
         from ..scratch.data import collate
 
@@ -40,4 +44,5 @@ class DefaultLoader:
             drop_last=drop_last,
             collate_fn=dls.collate_fn or collate,
             generator=dls.generator,
+            **shard,
         )

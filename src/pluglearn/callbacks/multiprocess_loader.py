@@ -38,6 +38,7 @@ import torch
 
 from ..data.loaders import tensors_of
 from ..data.multiprocess import MultiprocessDataLoader
+from ..dist import rank, world_size
 from ..plugins.markers import hookimpl
 from ..scratch.data import collate
 
@@ -133,6 +134,9 @@ class MultiprocessLoader:
             generator=dls.generator if train else None,
             start_method=self.start_method,
             prefetch=self.prefetch,
+            rank=rank(),  # under torch.distributed: this rank's slice of every global batch
+            world_size=world_size(),
+            skip_empty=not train,
         )
         if not train:
             self._valid_dl = weakref.ref(loader)

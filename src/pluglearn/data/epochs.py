@@ -18,6 +18,12 @@ The state (``state_dict()``) is one flat dict of plain values and uint8 tensors,
 position (``epoch``, ``cursor`` in items, ``in_epoch``) and, when shuffling, the generator states
 (``rng``, and ``rng_epoch_start`` inside an epoch). Loading it into a loader whose settings
 differ is refused: the position and the permutation only mean something for the same settings.
+
+Many processes: ``EpochBatches(..., rank=r, world_size=W)`` cuts the same global batches on every
+rank and hands rank ``r`` its contiguous slice of each (:func:`~pluglearn.dist.shard_bounds`), so
+``batch_size`` is the global batch and the position (in global items) is the same on every rank.
+A training plan keeps an empty slice (a last batch with fewer items than ranks: every rank must
+take part in each step); with ``skip_empty`` (validation) it is dropped.
 """
 
 from __future__ import annotations
@@ -28,9 +34,10 @@ from typing import Any, NamedTuple
 import torch
 from fastcore.all import chunked
 
+from ..dist import shard_bounds
 from ..scratch.data import collate
 
-__all__ = ["EpochBatches", "EpochOrder", "EpochPlan", "ItemLoader"]
+__all__ = ["EpochBatches", "EpochOrder", "EpochPlan", "ItemLoader", "no_items"]
 
 
 def _dataset_size(data: int | Sized) -> int:
@@ -207,33 +214,85 @@ class EpochPlan(NamedTuple):
     first: int  # index within the epoch of ``batches[0]`` (> 0 when resuming)
     batches: list[list[int]]
     run: int  # the order's run id; a newer start_epoch() makes this plan stale
+    sizes: list[int] | None = None  # items of each global batch, when sharded across ranks
+    emptied: int | None = None  # a batch to fetch as one item and hand out with none (see below)
+
+
+def no_items(batch: Any) -> Any:
+    """``batch`` with every tensor cut to zero items (a rank's empty slice of a short last
+    training batch keeps the structure and dtypes of a real batch)."""
+    if isinstance(batch, torch.Tensor):
+        return batch[:0]
+    if isinstance(batch, (tuple, list)):
+        return type(batch)(no_items(b) for b in batch)
+    if isinstance(batch, dict):
+        return {k: no_items(v) for k, v in batch.items()}
+    return batch
 
 
 class EpochBatches:
     """Cuts each epoch of ``order`` into lists of ``batch_size`` indices (fastcore's
     ``chunked``); ``drop_last`` drops a final short batch. Resumable: see the module doc."""
 
-    def __init__(self, order: EpochOrder, batch_size: int, drop_last: bool = False) -> None:
+    def __init__(
+        self,
+        order: EpochOrder,
+        batch_size: int,
+        drop_last: bool = False,
+        *,
+        rank: int = 0,
+        world_size: int = 1,
+        skip_empty: bool = False,
+    ) -> None:
         self.batch_size, self.drop_last = check_batch_size(batch_size), bool(drop_last)
+        if not (isinstance(world_size, int) and world_size >= 1 and 0 <= rank < world_size):
+            raise ValueError(
+                f"rank={rank!r}, world_size={world_size!r}: give 0 <= rank < world_size "
+                "(pluglearn.dist.rank() and world_size() under torch.distributed)"
+            )
+        self.rank, self.world_size, self.skip_empty = rank, world_size, bool(skip_empty)
         self.order = order
+        if self.batch_size < world_size:
+            raise ValueError(
+                f"batch_size={self.batch_size} is smaller than the {world_size} processes: "
+                "batch_size is the global batch, split across the ranks; give at least "
+                f"batch_size={world_size} (a multiple of {world_size} splits evenly)."
+            )
 
     def __len__(self) -> int:
         n, bs = len(self.order), self.batch_size
-        return n // bs if self.drop_last else -(-n // bs)
+        full, rest = divmod(n, bs)
+        if not rest or self.drop_last:
+            return full
+        empty = self.skip_empty and shard_bounds(rest, self.rank, self.world_size)[0] == rest
+        return full + (0 if empty else 1)
 
     def start_epoch(self) -> EpochPlan:
         """Begin (or resume) an epoch; report each delivered batch with ``advance``."""
         order = self.order.start_epoch()
         first = self.order.cursor // self.batch_size
         batches = list(chunked(order, self.batch_size, drop_last=self.drop_last))
+        sizes, emptied = None, None
+        if self.world_size > 1:  # this rank's slice of each global batch
+            sizes = [len(b) for b in batches]
+            bounds = [shard_bounds(len(b), self.rank, self.world_size) for b in batches]
+            full, batches = batches, [b[lo:hi] for b, (lo, hi) in zip(batches, bounds, strict=True)]
+            if batches and not batches[-1] and self.skip_empty:
+                batches.pop()  # its items go with the batch before it, for the position
+                dropped = sizes.pop()
+                if sizes:
+                    sizes[-1] += dropped
+            elif batches and not batches[-1]:  # fetched as one item, handed out with none
+                emptied, batches[-1] = len(batches) - 1, full[-1][:1]
         if not batches:  # nothing left to deliver: the epoch is already over
             self.order.advance(0, end=True)
-        return EpochPlan(self.order.epoch, first, batches, self.order.run)
+        return EpochPlan(self.order.epoch, first, batches, self.order.run, sizes, emptied)
 
     def advance(self, plan: EpochPlan, j: int) -> None:
         """Record that ``plan.batches[j]`` was delivered to the consumer."""
         last = j == len(plan.batches) - 1
-        self.order.advance(len(plan.batches[j]), end=last, run=plan.run)
+        n = plan.sizes[j] if plan.sizes is not None else len(plan.batches[j])
+        self.order.advance(n, end=last, run=plan.run)
 
     def __iter__(self) -> Iterator[list[int]]:
         plan = self.start_epoch()
@@ -275,6 +334,10 @@ class ItemLoader:
         drop_last: bool = False,
         collate_fn: Callable[[list[Any]], Any] = collate,
         generator: torch.Generator | None = None,
+        *,
+        rank: int = 0,
+        world_size: int = 1,
+        skip_empty: bool = False,
     ) -> None:
         if not callable(collate_fn):
             raise TypeError(
@@ -282,7 +345,14 @@ class ItemLoader:
                 "that turns a list of items into a batch"
             )
         self.dataset, self.collate_fn = dataset, collate_fn
-        self.batches = EpochBatches(EpochOrder(dataset, shuffle, generator), batch_size, drop_last)
+        self.batches = EpochBatches(
+            EpochOrder(dataset, shuffle, generator),
+            batch_size,
+            drop_last,
+            rank=rank,
+            world_size=world_size,
+            skip_empty=skip_empty,
+        )
 
     def __len__(self) -> int:
         return len(self.batches)
@@ -291,6 +361,8 @@ class ItemLoader:
         plan = self.batches.start_epoch()
         for j, idxs in enumerate(plan.batches):
             batch = self.collate_fn([self.dataset[i] for i in idxs])
+            if j == plan.emptied:
+                batch = no_items(batch)
             self.batches.advance(plan, j)  # only once the batch exists
             yield batch
 

@@ -11,6 +11,17 @@ training set is shuffled each epoch with a seedable ``torch.Generator``. Its ``s
 checkpoint resume mid-epoch in O(1): the generator state of the epoch start, a cursor in items,
 and the settings that decide the order (a resume with another ``batch_size`` or ``drop_last``
 is refused, as it would skip or repeat items).
+
+Many processes (``rank``, ``world_size``; the :class:`~pluglearn.DDP` plugin's loaders get them
+from :mod:`pluglearn.dist`): ``batch_size`` is the *global* batch. Every rank draws the same
+permutation from the same generator, cuts it into the same global batches, and takes its
+contiguous slice of each (:func:`~pluglearn.dist.shard_bounds`: B/W items when W divides B), so
+W ranks see exactly the items one process would, batch by batch. A short last batch is split as
+evenly as it goes; with fewer items than ranks some ranks get an empty slice: a training loader
+yields it (every rank must take part in each step; the DDP plugin gives it zero weight), a
+validation loader (``skip_empty``) skips it, so no item is counted twice or left out. The state
+(cursor in global items, generator states) is the same on every rank, so a resume may use
+another number of ranks with the same global batch.
 """
 
 from __future__ import annotations
@@ -21,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ..dist import shard_bounds
 from .arrays import as_dataset, check_input_dtype, tensors_of
 
 if TYPE_CHECKING:
@@ -71,12 +83,28 @@ class TensorBatchLoader:
         shuffle: bool = False,
         drop_last: bool = False,
         generator: torch.Generator | None = None,
+        *,
+        rank: int = 0,
+        world_size: int = 1,
+        skip_empty: bool = False,
     ) -> None:
+        if not (isinstance(world_size, int) and world_size >= 1 and 0 <= rank < world_size):
+            raise ValueError(
+                f"rank={rank!r}, world_size={world_size!r}: give 0 <= rank < world_size "
+                "(pluglearn.dist.rank() and world_size() under torch.distributed)."
+            )
+        self.rank, self.world_size, self.skip_empty = rank, world_size, bool(skip_empty)
         self.tensors = tuple(tensors)
         self.n = len(self.tensors[0])
         if self.n == 0:
             raise ValueError("the dataset is empty: a loader needs at least one item.")
         self.batch_size = check_batch_size(batch_size)
+        if self.batch_size < world_size:
+            raise ValueError(
+                f"batch_size={self.batch_size} is smaller than the {world_size} processes: "
+                "batch_size is the global batch, split across the ranks; give at least "
+                f"batch_size={world_size} (a multiple of {world_size} splits evenly)."
+            )
         self.shuffle, self.drop_last = bool(shuffle), bool(drop_last)
         self.generator = generator if generator is not None else torch.Generator()
         self.cursor = 0  # items of the open epoch handed out (0: no epoch open)
@@ -85,7 +113,10 @@ class TensorBatchLoader:
 
     def __len__(self) -> int:
         full, rest = divmod(self.n, self.batch_size)
-        return full + (1 if rest and not self.drop_last else 0)
+        if rest and not self.drop_last:
+            short = self.skip_empty and shard_bounds(rest, self.rank, self.world_size)[0] == rest
+            return full + (0 if short else 1)  # a skipped empty slice is no batch
+        return full
 
     @property
     def epoch_items(self) -> int:
@@ -100,14 +131,21 @@ class TensorBatchLoader:
             start, self._epoch_rng = 0, self.generator.get_state()
         order = torch.randperm(self.n, generator=self.generator) if self.shuffle else None
         bs, tensors, end = self.batch_size, self.tensors, self.epoch_items
+        rank, world = self.rank, self.world_size
         for first in range(start, end, bs):
             last = min(first + bs, end)
             # handing out the last batch closes the epoch: a state saved after it starts the next
             self.cursor = 0 if last == end else last
+            lo, hi = first, last
+            if world > 1:  # this rank's slice of the global batch
+                lo, hi = shard_bounds(last - first, rank, world)
+                if lo == hi and self.skip_empty:
+                    continue
+                lo, hi = first + lo, first + hi
             if order is None:
-                yield tuple(t[first:last] for t in tensors)
+                yield tuple(t[lo:hi] for t in tensors)
             else:
-                idx = order[first:last]
+                idx = order[lo:hi]
                 yield tuple(t[idx] for t in tensors)
 
     def state_dict(self) -> dict[str, Any]:
@@ -120,6 +158,7 @@ class TensorBatchLoader:
             **{key: getattr(self, key) for key in self.ORDER_SETTINGS},
             "epoch_rng": self._epoch_rng.clone(),
             "rng": self.generator.get_state(),
+            "world_size": self.world_size,  # for messages: the state is the same on every rank
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -149,6 +188,12 @@ class TensorBatchLoader:
         ]
         if mismatched:
             saved = ", ".join(f"{key}={was!r}" for key, was, _ in mismatched)
+            ranks = state.get("world_size", 1)
+            if ranks != self.world_size:
+                saved += (
+                    f" (the global batch: {ranks} process(es) then, {self.world_size} now; "
+                    "batch_size counts the items of all ranks together)"
+                )
             raise ValueError(
                 "the checkpoint's training loader ran with "
                 + ", ".join(

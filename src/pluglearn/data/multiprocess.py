@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from ..scratch.data import collate
-from .epochs import EpochBatches, EpochOrder, EpochPlan
+from .epochs import EpochBatches, EpochOrder, EpochPlan, no_items
 from .picklability import check_picklable
 from .worker_pool import (
     WorkerError,
@@ -64,6 +64,10 @@ class MultiprocessDataLoader:
         generator: torch.Generator | None = None,
         start_method: str | None = None,
         prefetch: int | None = None,
+        *,
+        rank: int = 0,
+        world_size: int = 1,
+        skip_empty: bool = False,
     ):
         if not callable(collate_fn):
             raise TypeError(f"collate_fn must be callable, got {type(collate_fn).__name__}")
@@ -80,7 +84,14 @@ class MultiprocessDataLoader:
             raise ValueError(f"start_method must be one of {methods} or None, got {start_method!r}")
         self.dataset, self.collate_fn, self.n_workers = dataset, collate_fn, n_workers
         self.prefetch, self.start_method = prefetch, start_method
-        self.batches = EpochBatches(EpochOrder(dataset, shuffle, generator), batch_size, drop_last)
+        self.batches = EpochBatches(
+            EpochOrder(dataset, shuffle, generator),
+            batch_size,
+            drop_last,
+            rank=rank,
+            world_size=world_size,
+            skip_empty=skip_empty,
+        )
         if seed is None:
             seed = int(torch.randint(2**62, ()).item())
         self.base_seed = seed
@@ -132,6 +143,8 @@ class MultiprocessDataLoader:
             for j, idxs in enumerate(plan.batches):
                 seed = batch_seed(self.base_seed, plan.epoch, plan.first + j)
                 batch = make_batch(self.dataset, self.collate_fn, idxs, seed)
+                if j == plan.emptied:
+                    batch = no_items(batch)
                 self.batches.advance(plan, j)
                 yield batch
             return
@@ -167,6 +180,8 @@ class MultiprocessDataLoader:
                 if not ok:
                     raise worker_error(plan.first + j, plan.epoch, *payload)
                 batch = pickle.loads(payload)
+                if j == plan.emptied:
+                    batch = no_items(batch)
                 self.batches.advance(plan, j)
                 yield batch
                 if run != self._run:

@@ -1,0 +1,290 @@
+"""DDP under torchrun (gloo on 127.0.0.1): the same weights as one process, sharded loaders,
+checkpoints written once and resumed bit-identically after a SIGKILL of the whole group, resume
+with another number of processes, stopping together, one rank's error ending the group, and two
+launchers joined by a c10d rendezvous (two "machines")."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.skipif(
+    not torch.distributed.is_available(), reason="torch.distributed is not available"
+)
+
+JOB = Path(__file__).with_name("ddp_job.py")
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun(nproc: int, port: int, *, nnodes: int = 1, node_rank: int = 0) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nnodes={nnodes}",
+        f"--node-rank={node_rank}",
+        f"--nproc-per-node={nproc}",
+        "--rdzv-backend=c10d",
+        f"--rdzv-endpoint=127.0.0.1:{port}",
+        "--max-restarts=0",
+        "--monitor-interval=0.1",
+    ]
+
+
+def run_job(out: Path, *args: str, nproc: int = 2, timeout: float = 90) -> dict:
+    """Run the job (alone when nproc is 1) to its end; returns rank 0's result."""
+    launcher = torchrun(nproc, free_port()) if nproc > 1 else [sys.executable]
+    done = subprocess.run(
+        [*launcher, str(JOB), str(out), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=ENV,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+    return torch.load(out / "result.pt", weights_only=False)
+
+
+def assert_close(a: dict, b: dict, tol: float = 1e-10) -> None:
+    for key in a:
+        assert (a[key] - b[key]).abs().max().item() <= tol, key
+
+
+def assert_equal(a: dict, b: dict) -> None:
+    assert all(torch.equal(a[key], b[key]) for key in a)
+
+
+@pytest.fixture(scope="module")
+def oracle(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """One process, global batch 8, three epochs."""
+    return run_job(tmp_path_factory.mktemp("oracle"), nproc=1)
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    return run_job(tmp_path_factory.mktemp("two"))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_two_ranks_with_half_batches_give_the_weights_of_one_process(oracle, two_ranks):
+    assert two_ranks["world"] == 2 and oracle["world"] == 1
+    assert_close(oracle["weights"], two_ranks["weights"])
+    for one, two in zip(oracle["history"], two_ranks["history"], strict=True):
+        for key in ("train_loss", "valid_loss", "accuracy"):
+            assert one[key] == pytest.approx(two[key], rel=1e-12, abs=1e-12), key
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_each_rank_gets_its_contiguous_half_of_every_global_batch(oracle, two_ranks):
+    (alone,), (rank0, rank1) = oracle["seen"], two_ranks["seen"]
+    assert len(alone) == len(rank0) == len(rank1) == 18  # 6 global batches x 3 epochs
+    for whole, a, b in zip(alone, rank0, rank1, strict=True):
+        assert whole[:2] == a[:2] == b[:2]
+        assert a[3] + b[3] == whole[3]  # disjoint, contiguous, in the global order
+        assert len(a[3]) == -(-len(whole[3]) // 2)
+    assert rank1[5][2] == []  # the last batch has 1 item: rank 1's slice is empty
+    epochs = [sorted(x for s in alone if s[0] == e for x in s[3]) for e in range(3)]
+    assert epochs[0] == epochs[1] == epochs[2]  # every item once per epoch
+    assert [s[3] for s in alone[:6]] != [s[3] for s in alone[6:12]]  # reshuffled
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("loader", ["item", "multiprocess"])
+def test_map_style_and_multiprocess_loaders_shard_exactly(tmp_path, oracle, loader):
+    result = run_job(tmp_path, "--loader", loader, "--epochs", "2")
+    alone = run_job(tmp_path / "alone", "--loader", loader, "--epochs", "2", nproc=1)
+    assert_close(alone["weights"], result["weights"])
+    assert result["history"][1]["valid_loss"] == pytest.approx(alone["history"][1]["valid_loss"])
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_gradient_accumulation_under_ddp_equals_one_process(tmp_path):
+    two = run_job(tmp_path / "two", "--accum", "2", "--batch-size", "6")
+    one = run_job(tmp_path / "one", "--accum", "2", "--batch-size", "6", nproc=1)
+    assert_close(one["weights"], two["weights"])
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_distributed_sampler_gets_set_epoch_and_validation_counts_each_item_once(tmp_path):
+    two = run_job(tmp_path / "two", "--loader", "sampler", "--epochs", "2")
+    one = run_job(tmp_path / "one", "--loader", "sampler", "--epochs", "2", nproc=1)
+    rank0 = two["seen"][0]
+    first, second = ([s[3] for s in rank0 if s[0] == e] for e in (0, 1))
+    assert first != second  # set_epoch(epoch): a new permutation each epoch
+    # 23 validation items on 2 ranks: torch pads one repeat, which must not count
+    model_valid = two["history"][-1]
+    assert 0 < model_valid["accuracy"] <= 1
+    # the valid metrics are those of the same weights over the 23 real items, alone
+    from tests.distributed.ddp_job import data
+
+    _, _, xv, yv = data()
+    net = torch.nn.Sequential(torch.nn.Linear(5, 16), torch.nn.Tanh(), torch.nn.Linear(16, 3))
+    net = net.double()
+    net.load_state_dict(two["weights"])
+    with torch.no_grad():
+        preds = net(xv)
+    loss = torch.nn.functional.cross_entropy(preds, yv).item()
+    accuracy = (preds.argmax(1) == yv).double().mean().item()
+    assert model_valid["valid_loss"] == pytest.approx(loss, rel=1e-12)
+    assert model_valid["accuracy"] == pytest.approx(accuracy, rel=1e-12)
+    assert one["world"] == 1
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (torchrun starts its workers in sessions of their own)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        kids = children.get(todo.pop(), [])
+        found += kids
+        todo += kids
+    return found
+
+
+def kill_all(pid: int) -> None:
+    """SIGKILL the launcher and every worker at once, as a preempted machine goes."""
+    for victim in [pid, *descendants(pid)]:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(victim, signal.SIGKILL)
+
+
+def start_and_kill(out: Path, ckpt: Path, at_batch: int, nproc: int = 2) -> None:
+    """Start the job with a checkpoint every batch and SIGKILL the launcher and all its workers
+    once rank 0 has written checkpoint ``at_batch``."""
+    child = subprocess.Popen(
+        [*torchrun(nproc, free_port()), str(JOB), str(out), "--ckpt", str(ckpt)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=ENV,
+        start_new_session=True,
+    )
+    assert child.stdout is not None
+    for line in child.stdout:
+        if line.strip() == f"batch {at_batch}":
+            kill_all(child.pid)
+            break
+    child.wait(30)
+    newest = max(int(p.name.split("-s")[1][:9]) for p in ckpt.glob("*.pt"))
+    assert newest == at_batch  # nothing was written after the kill
+    assert child.returncode == -signal.SIGKILL
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_sigkill_of_the_group_mid_epoch_then_resume_is_bit_identical(tmp_path, two_ranks):
+    ckpt = tmp_path / "ckpt"
+    start_and_kill(tmp_path / "killed", ckpt, at_batch=8)  # epoch 1, batch 2 of 6
+    files = sorted(ckpt.glob("*.pt"))
+    assert len(files) == 2  # keep_last=2, written once (rank 0), not once per rank
+    state = torch.load(files[-1], weights_only=True)
+    assert state["world_size"] == 2 and len(state["ranks"]) == 2
+    resumed = run_job(tmp_path / "out", "--ckpt", str(ckpt), "--resume")
+    assert_equal(two_ranks["weights"], resumed["weights"])
+    assert resumed["history"][-1]["train_loss"] == two_ranks["history"][-1]["train_loss"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_resume_on_another_number_of_processes_continues_the_same_global_order(tmp_path, two_ranks):
+    ckpt = tmp_path / "ckpt"
+    start_and_kill(tmp_path / "killed", ckpt, at_batch=9)
+    kept = tmp_path / "kept"
+    shutil.copytree(ckpt, kept)  # the resume below writes on into ckpt
+    alone = run_job(tmp_path / "alone", "--ckpt", str(ckpt), "--resume", nproc=1)
+    assert_close(two_ranks["weights"], alone["weights"])
+    for key in ("train_loss", "valid_loss"):  # the running sums of both ranks were merged
+        assert alone["history"][-1][key] == pytest.approx(two_ranks["history"][-1][key])
+    # another global batch is refused, naming both batch sizes and both numbers of processes
+    refused = subprocess.run(
+        [
+            sys.executable,
+            str(JOB),
+            str(tmp_path / "x"),
+            "--ckpt",
+            str(kept),
+            "--resume",
+            "--batch-size",
+            "4",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=ENV,
+    )
+    assert refused.returncode != 0
+    assert "batch_size=8 (this one has batch_size=4)" in refused.stderr
+    assert "2 process(es) then, 1 now" in refused.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_a_nan_on_one_rank_stops_every_rank_at_the_same_batch(tmp_path, oracle):
+    result = run_job(tmp_path, "--nan-rank", "1", "--nan-at", "3")  # the job asserts agreement
+    assert result["stop_reason"].startswith("TerminateOnNaN: loss is nan at epoch 0, train batch 3")
+    assert [len(s) for s in result["seen"]] == [4, 4]  # no rank trained past the stop
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_an_error_on_one_rank_ends_the_group_quickly_with_that_error(tmp_path):
+    start = time.monotonic()
+    done = subprocess.run(
+        [*torchrun(2, free_port()), str(JOB), str(tmp_path), "--fail-rank", "1", "--fail-at", "2"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=ENV,
+    )
+    elapsed = time.monotonic() - start
+    assert done.returncode != 0
+    assert "ValueError: planted failure on rank 1" in done.stderr
+    assert elapsed < 60  # not the 30-minute collective timeout
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_two_launchers_joined_by_c10d_rendezvous_train_like_one_process(tmp_path, oracle):
+    port = free_port()
+    launchers = [
+        subprocess.Popen(
+            [*torchrun(1, port, nnodes=2, node_rank=rank), str(JOB), str(tmp_path)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=ENV,
+        )
+        for rank in (0, 1)
+    ]
+    errors = [p.communicate(timeout=120)[1] for p in launchers]
+    assert [p.returncode for p in launchers] == [0, 0], errors
+    result = torch.load(tmp_path / "result.pt", weights_only=False)
+    assert result["world"] == 2
+    assert_close(oracle["weights"], result["weights"])
