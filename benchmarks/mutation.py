@@ -191,7 +191,9 @@ def where(tree: Path, mutant: str) -> tuple[str, str]:
 
 def _line_of(source: Path, mutant: str, text: str) -> int | str:
     """The line of ``text`` inside the function the mutant belongs to (``?`` if not found)."""
-    name = re.sub(r"__mutmut_\d+$", "", mutant.split(".x", 1)[-1]).lstrip("_ǁ").split("ǁ")[-1]
+    # x_name (a function: name may start with "_" itself) or xǁClassǁname (a method)
+    name = re.sub(r"__mutmut_\d+$", "", mutant.split(".x", 1)[-1])
+    name = name.split("ǁ")[-1] if name.startswith("ǁ") else name.removeprefix("_")
     tree = ast.parse(source.read_text())
     spans = [
         (node.lineno, node.end_lineno or node.lineno)
