@@ -122,7 +122,7 @@ class _Sweep:
         for group in learn.opt.param_groups:
             group["lr"] = self.lr
 
-    @hookimpl(tryfirst=True)
+    @hookimpl(trylast=True)  # the other plugins see every loss, the last one too
     def after_loss(self, learn: Learner) -> None:
         loss = float(learn.loss.detach())
         n = len(self.losses) + 1

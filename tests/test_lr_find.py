@@ -1,0 +1,197 @@
+"""learn.lr_find: the sweep, its stop and suggestion, and that a fit after it is bit-identical."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from pluglearn import Checkpoint, DataLoaders, Learner, ProgressBar, hookimpl
+from pluglearn.lr_find import LRFindResult, suggest
+
+X = torch.randn(96, 6, generator=torch.Generator().manual_seed(0))
+Y = (X[:, 0] + X[:, 1] > 0).long()
+
+
+def make(opt_func=None, plugins=(), defaults=False) -> Learner:
+    """Shuffled loaders from datasets, dropout, SGD with momentum: every state lr_find touches."""
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Dropout(0.3), nn.Linear(16, 2))
+    dls = DataLoaders.from_datasets((X[:64], Y[:64]), (X[64:], Y[64:]), batch_size=8)
+    opt = opt_func or (lambda params, lr: torch.optim.SGD(params, lr=lr, momentum=0.9))
+    return Learner(model, dls, lr=0.05, opt_func=opt, plugins=plugins, defaults=defaults)
+
+
+def weights(learn: Learner) -> list[torch.Tensor]:
+    return [t.clone() for t in learn.model.state_dict().values()]
+
+
+def same(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:
+    return len(a) == len(b) and all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+
+
+@pytest.mark.parametrize("num_it", [5, 20])  # shorter than an epoch, and more than two epochs
+def test_a_fit_after_lr_find_gives_the_weights_of_a_fit_without_it(num_it):
+    plain = make()
+    plain.fit(2)
+    swept = make()
+    result = swept.lr_find(num_it=num_it, stop_div=False)
+    assert len(result.losses) == num_it
+    assert swept.opt is None  # the sweep made it, the fit makes a fresh one as without a sweep
+    swept.fit(2)
+    assert same(weights(swept), weights(plain))
+
+
+def test_lr_find_between_fits_puts_back_the_optimizer_state_and_position():
+    plain = make()
+    plain.fit(1)
+    plain.fit(1)
+    swept = make()
+    swept.fit(1)
+    momentum = [s["momentum_buffer"].clone() for s in swept.opt.state.values()]
+    position = (swept.epoch, swept.train_iter, swept.opt_steps)
+    swept.lr_find(num_it=12)
+    assert same([s["momentum_buffer"] for s in swept.opt.state.values()], momentum)
+    assert (swept.epoch, swept.train_iter, swept.opt_steps) == position
+    assert [g["lr"] for g in swept.opt.param_groups] == [0.05]
+    swept.fit(1)
+    assert same(weights(swept), weights(plain))
+
+
+def test_lr_find_with_ready_loaders_and_default_plugins_leaves_the_fit_unchanged():
+    def ready():
+        torch.manual_seed(1)
+        model = nn.Sequential(nn.Linear(6, 16), nn.Dropout(0.3), nn.Linear(16, 2))
+        train = [(X[i : i + 8], Y[i : i + 8]) for i in range(0, 64, 8)]
+        return Learner(model, DataLoaders(train, [(X[64:], Y[64:])]), lr=0.1)
+
+    plain = ready()
+    plain.fit(2)
+    swept = ready()
+    swept.remove_plugin("ProgressBar")
+    swept.add_plugin(ProgressBar())
+    swept.lr_find(num_it=10)
+    swept.fit(2)
+    assert same(weights(swept), weights(plain))
+
+
+def test_the_sweep_is_exponential_and_the_model_modes_are_put_back():
+    learn = make()
+    learn.model.eval()
+    learn.model[0].train()
+    result = learn.lr_find(start_lr=1e-4, end_lr=1.0, num_it=9, stop_div=False)
+    assert result.lrs[0] == pytest.approx(1e-4) and result.lrs[-1] == pytest.approx(1.0)
+    ratios = [b / a for a, b in zip(result.lrs, result.lrs[1:], strict=False)]
+    assert ratios == pytest.approx([10**0.5] * 8)
+    assert [m.training for m in learn.model.modules()] == [False, True, False, False, False]
+
+
+def test_a_diverging_loss_ends_the_sweep_early():
+    learn = make(opt_func=torch.optim.SGD)
+    result = learn.lr_find(start_lr=1e-3, end_lr=1e6, num_it=100)
+    assert result.diverged and len(result.losses) < 100
+    last = result.smoothed[-1]
+    assert not math.isfinite(last) or last > 4 * min(result.smoothed[:-1])
+
+
+def test_hooks_fire_as_in_a_fit_without_validation_or_report():
+    seen: list[str] = []
+
+    class Log:
+        @hookimpl
+        def after_create_opt(self, learn):
+            seen.append(f"after_create_opt:{learn.run.running}")
+
+        @hookimpl
+        def before_fit(self):
+            seen.append("before_fit")
+
+        @hookimpl
+        def before_train(self):
+            seen.append("before_train")
+
+        @hookimpl
+        def after_loss(self, learn):
+            seen.append(f"after_loss:{learn.opt.param_groups[0]['lr']:.0e}")
+
+        @hookimpl
+        def before_validate(self):
+            seen.append("before_validate")
+
+        @hookimpl
+        def report(self):
+            seen.append("report")
+
+        @hookimpl
+        def cleanup_fit(self):
+            seen.append("cleanup_fit")
+
+    learn = make(plugins=[Log()])
+    learn.lr_find(start_lr=1e-3, end_lr=1e-1, num_it=3)
+    assert seen == [
+        "after_create_opt:lr_find",
+        "before_fit",
+        "before_train",
+        "after_loss:1e-03",
+        "after_loss:1e-02",
+        "after_loss:1e-01",
+        "cleanup_fit",
+    ]
+
+
+def test_lr_find_from_inside_a_hook_is_refused():
+    class Nested:
+        @hookimpl
+        def after_batch(self, learn):
+            learn.lr_find()
+
+    learn = make(plugins=[Nested()])
+    with pytest.raises(RuntimeError, match=r"lr_find\(\) cannot run inside another call"):
+        learn.fit(1)
+
+
+def test_checkpoints_are_not_written_during_the_sweep(tmp_path):
+    ckpt = Checkpoint(tmp_path, every_n_batches=1)
+    learn = make(plugins=[ckpt])
+    learn.lr_find(num_it=4)
+    assert list(tmp_path.iterdir()) == []
+    assert learn.plugins[0] is ckpt
+    learn.fit(1)
+    assert list(tmp_path.glob("*.pt"))
+
+
+def test_plot_returns_a_figure_or_writes_the_file(tmp_path):
+    result = make().lr_find(num_it=6)
+    assert type(result.plot()).__name__ == "Figure"
+    path = result.plot(tmp_path / "lr.png")
+    assert path.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_suggestion_is_the_steepest_descent_before_the_minimum():
+    lrs = [10.0**k for k in range(-6, 1)]
+    smoothed = [5.0, 4.9, 4.0, 2.0, 1.5, 1.4, 9.0]  # central slopes -0.5, -1.45, -1.25, ...
+    assert suggest(lrs, smoothed) == 1e-4
+    assert suggest(lrs[:3], [1.0, 2.0, 3.0]) == pytest.approx(1e-7)  # no descent: min / 10
+    assert suggest([], []) is None
+
+
+def test_the_result_holds_a_suggestion_within_the_sweep():
+    result = make().lr_find(start_lr=1e-5, end_lr=1.0, num_it=30, stop_div=False)
+    assert isinstance(result, LRFindResult)
+    assert 1e-6 <= result.suggestion <= 1.0
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"start_lr": 1.0, "end_lr": 0.1}, "goes up from start_lr > 0"),
+        ({"start_lr": 0.0}, "goes up from start_lr > 0"),
+        ({"num_it": 1}, r"num_it=1\): give an int >= 2"),
+        ({"end_lr": float("nan")}, "finite number"),
+    ],
+)
+def test_bad_arguments_are_refused(kwargs, message):
+    with pytest.raises((ValueError, TypeError), match=message):
+        make().lr_find(**kwargs)
