@@ -288,3 +288,22 @@ def test_two_launchers_joined_by_c10d_rendezvous_train_like_one_process(tmp_path
     result = torch.load(tmp_path / "result.pt", weights_only=False)
     assert result["world"] == 2
     assert_close(oracle["weights"], result["weights"])
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_the_example_trains_alike_under_torchrun_and_alone():
+    example = Path(__file__).parents[2] / "examples" / "train_ddp.py"
+    outputs = []
+    for launcher in (torchrun(2, free_port()), [sys.executable]):
+        done = subprocess.run(
+            [*launcher, str(example), "--epochs", "2", "--target", "0.7"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=ENV,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        outputs.append(done.stdout.strip().splitlines()[-1])
+    assert outputs[0].startswith("2 process(es): accuracy")
+    assert outputs[0].split()[-1] == outputs[1].split()[-1]  # the same accuracy

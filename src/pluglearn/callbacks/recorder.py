@@ -21,6 +21,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..dist import is_main_process
 from ..plugins.markers import hookimpl
 
 if TYPE_CHECKING:
@@ -131,5 +132,6 @@ class Recorder:
         if path is None:
             return fig
         path = Path(path)
-        fig.savefig(path, dpi=100)
+        if is_main_process():  # under DDP every rank holds the same record: rank 0 writes
+            fig.savefig(path, dpi=100)
         return path

@@ -30,6 +30,14 @@ the arguments declared here (most take only ``learn``). The call order of one ``
     after_fit
     cleanup_fit
 
+Many processes (``DDP`` under ``torchrun``): every hook runs on every rank, in the same order,
+with ``learn.batch`` holding that rank's slice of the global batch. Metrics are all-reduced
+before ``collect_metrics`` answers, so ``report``, ``after_epoch`` and the stopping plugins see
+the same numbers on every rank; reporters print and write files on rank 0 only
+(``pluglearn.dist.is_main_process``); ``state_dict`` is collected on every rank and gathered to
+rank 0 for the one checkpoint file. A ``CancelXException`` raised by an event hook on one rank
+is raised on every rank at the next synchronisation point (see :mod:`pluglearn.callbacks.ddp`).
+
 ``make_dataloader`` is called at the start of a fit (before ``before_fit``) for every dataset
 the :class:`~pluglearn.DataLoaders` holds as a dataset rather than as a ready loader.
 
