@@ -17,6 +17,7 @@ from .callbacks.clipping import GradientClipping
 from .callbacks.ddp import DDP
 from .callbacks.device import Device
 from .callbacks.gradcheck import GradCheck, GradCheckError
+from .callbacks.hf import HFModel
 from .callbacks.logger import MetricsLogger
 from .callbacks.manual_backward import ManualBackward
 from .callbacks.metrics import Accuracy, AvgLoss, MetricAdapter
@@ -42,6 +43,7 @@ from .exceptions import (
 from .learner import Learner
 from .plugins.guards import PluginError, PluginWarning
 from .plugins.markers import hookimpl
+from .weights import WeightsError
 
 __version__ = "0.1.0"
 
@@ -65,6 +67,7 @@ __all__ = [
     "GradCheckError",
     "GradientAccumulation",
     "GradientClipping",
+    "HFModel",
     "Learner",
     "ManualBackward",
     "MetricAdapter",
@@ -80,5 +83,6 @@ __all__ = [
     "Scheduler",
     "TensorBoardLogger",
     "TerminateOnNaN",
+    "WeightsError",
     "hookimpl",
 ]

@@ -35,7 +35,7 @@ class DefaultLoader:
         if tensors is not None and dls.collate_fn is None:
             return TensorBatchLoader(tensors, batch_size, train, drop_last, dls.generator, **shard)
         from ..data.epochs import ItemLoader
-        from ..scratch.data import collate
+        from ..batches import collate
 
         return ItemLoader(
             dataset,

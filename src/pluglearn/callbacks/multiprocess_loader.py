@@ -40,7 +40,7 @@ from ..data.loaders import tensors_of
 from ..data.multiprocess import MultiprocessDataLoader
 from ..dist import rank, world_size
 from ..plugins.markers import hookimpl
-from ..scratch.data import collate
+from ..batches import collate
 
 if TYPE_CHECKING:
     from ..learner import Learner

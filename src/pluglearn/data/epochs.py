@@ -35,7 +35,7 @@ import torch
 from fastcore.all import chunked
 
 from ..dist import shard_bounds
-from ..scratch.data import collate
+from ..batches import collate
 
 __all__ = ["EpochBatches", "EpochOrder", "EpochPlan", "ItemLoader", "no_items"]
 

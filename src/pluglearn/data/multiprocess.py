@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from ..scratch.data import collate
+from ..batches import collate
 from .epochs import EpochBatches, EpochOrder, EpochPlan, no_items
 from .picklability import check_picklable
 from .worker_pool import (
