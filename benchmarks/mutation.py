@@ -41,7 +41,22 @@ TARGET = 0.90  # the kill rate every module should reach
 # tree (modules move) are skipped with a note, so the table can name old and new locations.
 MODULES: dict[str, list[str]] = {
     "data/safe_pickle.py": ["tests/data/test_mnist.py", "tests/data/test_unpickler_catalogue.py"],
-    "data/download.py": ["tests/data/test_mnist.py", "tests/data/test_download_limits.py"],
+    "data/download.py": [
+        "tests/data/test_mnist.py",
+        "tests/data/test_download_limits.py",
+        "tests/data/test_download_mutants.py",
+    ],
+    "data/idx.py": [
+        "tests/data/test_mnist.py",
+        "tests/data/test_download_limits.py",
+        "tests/data/test_idx_mutants.py",
+    ],
+    "data/mnist_format.py": [
+        "tests/data/test_mnist.py",
+        "tests/data/test_download_limits.py",
+        "tests/data/test_unpickler_catalogue.py",
+        "tests/data/test_idx_mutants.py",
+    ],
     "checkpoint.py": ["tests/test_checkpoint.py", "tests/test_checkpoint_writes.py"],
     "resume.py": ["tests/test_checkpoint.py", "tests/callbacks/test_multiprocess_loader.py"],
     "callbacks/checkpoint.py": ["tests/test_checkpoint.py", "tests/test_checkpoint_runs.py"],
