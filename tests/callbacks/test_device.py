@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pluglearn import Accuracy, DataLoaders, Device, Learner, ProgressBar, hookimpl
-from pluglearn.callbacks.device import to_device
+from pluglearn.batches import to_device
 
 META = torch.device("meta")
 Pair = namedtuple("Pair", ["left", "right"])

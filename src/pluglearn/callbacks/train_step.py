@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ..batches import targets_of
 from ..checks import check_pair
 from ..plugins.markers import hookimpl
 
@@ -22,9 +23,10 @@ if TYPE_CHECKING:
 class TrainStep:
     """The default training step: ``model(xb)``, ``loss_func(preds, yb)``, autograd, ``opt``.
 
-    ``predict`` and ``compute_loss`` take ``(xb, yb)`` pairs; for a batch of another structure
-    they raise an error saying what to use instead (``HFModel`` for Hugging Face style dict
-    batches, or a plugin answering ``predict`` and ``compute_loss``)."""
+    ``predict`` takes ``(xb, yb)`` pairs; for a batch of another structure it raises an error
+    saying what to use instead (``HFModel`` for Hugging Face style dict batches, or a plugin
+    answering ``predict``). ``compute_loss`` reads ``learn.yb``: a pair's targets or a dict
+    batch's ``labels``."""
 
     @hookimpl(trylast=True)
     def predict(self, learn: Learner) -> Any:
@@ -35,8 +37,7 @@ class TrainStep:
 
     @hookimpl(trylast=True)
     def compute_loss(self, learn: Learner) -> Any:
-        check_pair(learn.batch)
-        preds, targets = learn.preds, learn.batch[1]
+        preds, targets = learn.preds, targets_of(learn.batch)  # a pair's yb, a dict's labels
         if (
             type(preds) is torch.Tensor
             and type(targets) is torch.Tensor
@@ -47,7 +48,7 @@ class TrainStep:
         try:  # free when nothing fails; torch's own messages name neither shape nor the fix
             return learn.loss_func(preds, targets)
         except Exception as error:
-            error.add_note(explain_loss_failure(learn.loss_func, learn.preds, learn.batch[1]))
+            error.add_note(explain_loss_failure(learn.loss_func, learn.preds, targets))
             raise
 
     @hookimpl(trylast=True)
