@@ -79,6 +79,11 @@ def main(argv: list[str] | None = None) -> int:
         help="minimum validation accuracy; below it the script exits 1 "
         f"(default: {TARGET['digits']} on digits, {TARGET['mnist']} on MNIST)",
     )
+    parser.add_argument(
+        "--lr-find",
+        action="store_true",
+        help="run learn.lr_find() first, print its suggestion and train with it instead of --lr",
+    )
     args = parser.parse_args(argv)
 
     torch.manual_seed(SEED)
@@ -110,6 +115,10 @@ def main(argv: list[str] | None = None) -> int:
 
     learn = Learner(model, dls, opt_func=sgd, lr=args.lr, plugins=[Accuracy(), recorder])
     print(f"{kind}: {len(x_train)} train / {len(x_valid)} valid items, MLP {n_in}-{HIDDEN}-{n_out}")
+    if args.lr_find:
+        found = learn.lr_find()
+        print(f"lr_find: {len(found.lrs)} batches, suggested lr {found.suggestion:.3g}")
+        learn.lr = found.suggestion
     learn.fit(args.epochs)
 
     accuracy = learn.metrics["accuracy"]

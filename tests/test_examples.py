@@ -96,3 +96,31 @@ def test_main_example_says_what_to_do_when_mnist_cannot_be_downloaded(tmp_path):
     assert "--data digits" in result.stderr and "--data PATH" in result.stderr
     assert "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) <= 4
+
+
+def test_main_example_with_lr_find_prints_and_uses_the_suggestion():
+    result = run_example(
+        "train_mlp.py", "--data", "digits", "--epochs", "2", "--plot", "", "--lr-find"
+    )
+    assert result.returncode == 0, result.stderr
+    found = re.search(r"lr_find: 100 batches, suggested lr (\S+)", result.stdout)
+    assert found and 1e-7 <= float(found.group(1)) <= 10
+
+
+def test_hf_example_trains_a_tiny_transformer_and_checks_itself():
+    pytest.importorskip("transformers")
+    result = run_example("hf_model.py", "--epochs", "4")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "final validation accuracy" in result.stdout
+
+
+def test_hf_example_skips_cleanly_without_transformers():
+    blocked = (
+        "import runpy, sys; sys.modules['transformers'] = None; sys.argv = ['hf_model.py']; "
+        "runpy.run_path('examples/hf_model.py', run_name='__main__')"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", blocked], capture_output=True, text=True, timeout=240, cwd=ROOT
+    )
+    assert result.returncode == 0, result.stderr
+    assert "transformers is not installed: skipping" in result.stdout
