@@ -37,10 +37,14 @@ def data() -> tuple[torch.Tensor, ...]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--epochs", type=int, default=EPOCHS)
-    parser.add_argument("--batch-size", type=int, default=BATCH_SIZE)
+    parser.add_argument("--epochs", type=int, default=EPOCHS, help="epochs to train")
+    parser.add_argument(
+        "--batch-size", type=int, default=BATCH_SIZE, help="the global batch, split over the ranks"
+    )
     parser.add_argument("--checkpoints", help="directory: checkpoint each epoch, resume if any")
-    parser.add_argument("--target", type=float, default=TARGET)
+    parser.add_argument(
+        "--target", type=float, default=TARGET, help="exit non-zero below this validation accuracy"
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     ddp = DDP()  # under torchrun: joins the process group; alone: a warning, nothing else
