@@ -63,10 +63,12 @@ MODULES: dict[str, list[str]] = {
     "callbacks/gradcheck.py": [
         "tests/callbacks/test_gradcheck.py",
         "tests/callbacks/test_gradcheck_nonfinite.py",
+        "tests/callbacks/test_gradcheck_mutants.py",
     ],
     "callbacks/gradcheck_report.py": [
         "tests/callbacks/test_gradcheck.py",
         "tests/callbacks/test_gradcheck_nonfinite.py",
+        "tests/callbacks/test_gradcheck_mutants.py",
     ],
     "data/loaders.py": ["tests/data/test_loaders.py", "tests/test_learner.py"],
     "data/epochs.py": ["tests/data/test_epochs.py", "tests/test_checkpoint.py"],
