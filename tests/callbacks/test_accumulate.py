@@ -188,3 +188,54 @@ def test_the_number_of_batches_must_be_a_positive_int(n):
 def test_count_must_be_a_function():
     with pytest.raises(TypeError, match="give a function of the Learner"):
         GradientAccumulation(2, count=16)
+
+
+class FirstBackward:
+    """A backward provider that answers before GradientAccumulation (tryfirst, registered
+    earlier): the weighting never happens, which must be refused, not trained on."""
+
+    @hookimpl(tryfirst=True)
+    def backward(self, learn):
+        learn.loss.backward()
+        return True
+
+
+def test_a_backward_provider_answering_before_the_weighting_is_refused():
+    x, y = data(12)
+    learn = Learner(model(), DataLoaders(split(x, y, [4, 4, 4])), lr=0.1)
+    learn.add_plugin(FirstBackward())
+    learn.add_plugin(GradientAccumulation(2))
+    with pytest.raises(RuntimeError, match=r"answered before it weighted the loss.*FirstBackward"):
+        learn.fit(1)
+
+
+class BackwardFails:
+    def __init__(self) -> None:
+        self.seen: list[torch.Tensor] = []
+
+    @hookimpl
+    def backward(self, learn):
+        raise ValueError("backward broke")
+
+    @hookimpl
+    def on_error(self, learn):
+        self.seen.append(learn.loss)
+
+    @hookimpl
+    def cleanup_batch(self, learn):
+        self.seen.append(learn.loss)
+
+
+def test_a_failed_backward_leaves_the_batch_loss_for_on_error_and_the_cleanups():
+    x, y = data(12)
+    failing = BackwardFails()
+    learn = Learner(model(), DataLoaders(split(x, y, [4, 4, 4])), lr=0.1)
+    learn.add_plugin(GradientAccumulation(2))
+    learn.add_plugin(failing)
+    with pytest.raises(ValueError, match="backward broke"):
+        learn.fit(1)
+    with torch.no_grad():
+        own = F.cross_entropy(model()(x[:4]), y[:4])
+    assert len(failing.seen) == 2
+    for loss in failing.seen:  # the batch's own loss, not the loss weighted by its 4 items
+        assert torch.equal(loss.detach(), own)

@@ -164,6 +164,66 @@ def test_forward_context_enters_every_context_in_order_around_predict_and_loss()
     ]
 
 
+class EnterFails:
+    plugin_name = "enter_fails"
+
+    @hookimpl
+    def forward_context(self, learn):
+        @contextlib.contextmanager
+        def cm():
+            raise RuntimeError("cannot enter")
+            yield  # pragma: no cover
+
+        return cm()
+
+
+@pytest.mark.parametrize("others", [0, 1])
+def test_a_context_failing_to_enter_is_tagged_with_its_plugin_alone_or_with_others(others):
+    from pluglearn.plugins.dispatch import origin_of
+
+    log: list = []
+
+    class Quiet:
+        @hookimpl
+        def forward_context(self, learn):
+            return contextlib.nullcontext() if others else None
+
+    learn = tiny_learner([Quiet(), EnterFails()])
+    with (
+        pytest.raises(RuntimeError, match="cannot enter") as info,
+        learn.hooks.forward_context(learn),
+    ):
+        log.append("body")
+    assert log == []
+    impl = origin_of(info.value)
+    assert (impl.plugin, impl.hook) == ("enter_fails", "forward_context")
+
+
+def test_a_single_context_sees_the_body_error_and_may_suppress_it_like_several():
+    seen: list = []
+
+    class Suppress:
+        def __init__(self, name):
+            self.plugin_name = name
+
+        @hookimpl
+        def forward_context(self, learn):
+            @contextlib.contextmanager
+            def cm():
+                try:
+                    yield self.plugin_name
+                except KeyError as error:
+                    seen.append((self.plugin_name, str(error)))
+
+            return cm()
+
+    for plugins in ([Suppress("one")], [Suppress("a"), Suppress("b")]):
+        learn = tiny_learner(plugins)
+        with learn.hooks.forward_context(learn):
+            raise KeyError("body")
+    assert seen == [("one", "'body'"), ("b", "'body'")]  # the innermost suppresses it
+
+
 def test_old_style_hookwrappers_are_refused_with_the_new_style_fix():
     class Old:
         @hookimpl(hookwrapper=True)

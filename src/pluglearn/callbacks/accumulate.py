@@ -10,9 +10,11 @@ its items, the gradient of the big batch is ``sum_b count_b * grad(loss_b) / sum
 
 * ``should_step`` answers True on every n-th batch of the pass and on its last batch (no
   gradient carries over into the next epoch), False on the others;
-* a ``backward`` wrapper hands the backward provider ``learn.loss * count`` (and puts the loss
-  back afterwards, so metrics see the batch's own loss); any provider that calls backward on
-  ``learn.loss`` composes with it (the default, ``MixedPrecision``'s scaled backward);
+* its ``backward`` (``tryfirst``, answering None) sets ``learn.loss`` to ``loss * count`` for
+  the backward provider after it, and ``after_backward`` (``tryfirst``) puts the batch's own
+  loss back, so metrics see it (``on_error`` and ``cleanup_batch`` too, when the backward
+  failed); any provider that calls backward on ``learn.loss`` composes with it (the default,
+  ``MixedPrecision``'s scaled backward); a provider answering before it is refused;
 * ``before_step`` (``tryfirst``: before unscaling and clipping) divides every gradient by the
   group's total count.
 
@@ -33,7 +35,7 @@ and the batches that do not step skip DDP's gradient all-reduce.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -82,6 +84,7 @@ class GradientAccumulation:
         self.n_batches, self.scale_loss = n_batches, scale_loss
         self.count = count if count is not None else count_targets
         self.total: Any = 0  # items of the open group so far
+        self._loss: Any = None  # the batch's own loss while learn.loss holds it weighted
 
     @hookimpl
     def before_fit(self, learn: Learner) -> None:
@@ -105,20 +108,47 @@ class GradientAccumulation:
 
     @hookimpl
     def should_step(self, learn: Learner) -> bool:
-        return (learn.iter + 1) % self.n_batches == 0 or learn.iter + 1 == learn.n_iter
+        pos = learn.run.pos
+        done = pos.iter + 1
+        return done % self.n_batches == 0 or done == pos.n_iter
 
-    @hookimpl(wrapper=True)
-    def backward(self, learn: Learner) -> Generator[None, Any, Any]:
-        if not self.scale_loss:
-            return (yield)
-        count = self.count(learn)
-        self.total = self.total + count
-        loss = learn.loss
-        learn.loss = loss * count
-        try:
-            return (yield)
-        finally:
-            learn.loss = loss
+    @hookimpl(tryfirst=True)  # before every backward provider: each differentiates learn.loss
+    def backward(self, learn: Learner) -> None:
+        if self.scale_loss:
+            count = self.count(learn)
+            self.total = self.total + count
+            self._loss = loss = learn.loss
+            learn.loss = loss * count
+        # None: the next backward provider (the default, MixedPrecision's scaled backward)
+        # differentiates the weighted loss
+
+    def _put_back(self, learn: Learner) -> bool:
+        """The batch's own loss back in ``learn.loss`` (metrics and loggers read it); False
+        when this batch's backward never weighted it."""
+        loss, self._loss = self._loss, None
+        if loss is None:
+            return False
+        learn.loss = loss
+        return True
+
+    @hookimpl(tryfirst=True)
+    def after_backward(self, learn: Learner) -> None:
+        if not self._put_back(learn) and self.scale_loss:
+            order = [i.plugin for i in learn.hooks.impls["backward"] if not i.wrapper]
+            raise RuntimeError(
+                "GradientAccumulation: another backward provider answered before it weighted "
+                f"the loss (backward providers in call order: {order}), so the gradient is a "
+                "plain sum: register GradientAccumulation after any plugin answering backward "
+                "with tryfirst=True, or drop tryfirst there."
+            )
+
+    @hookimpl(tryfirst=True)
+    def on_error(self, learn: Learner) -> None:
+        self._put_back(learn)  # a failed backward: on_error and cleanups see the batch's loss
+
+    @hookimpl(tryfirst=True)
+    def cleanup_batch(self, learn: Learner) -> None:
+        self._put_back(learn)  # a backward that cancelled the batch
 
     @hookimpl(tryfirst=True)  # before unscaling and clipping: they see the group's gradient
     def before_step(self, learn: Learner) -> None:

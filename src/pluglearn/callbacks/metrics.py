@@ -81,7 +81,7 @@ class AverageMetric(PerPass):
 
     @hookimpl
     def after_loss(self, learn: Learner) -> None:
-        phase = "train" if learn.training else "valid"
+        phase = "train" if learn.run.pos.training else "valid"
         if phase in self.phases:
             value, n = self.batch_sum(learn)
             sums = self.sums[phase]
@@ -119,10 +119,16 @@ class AvgLoss(AverageMetric):
         return f"{phase}_loss"
 
     def batch_sum(self, learn: Learner) -> tuple[float | torch.Tensor, int]:
-        n = count_items(learn.batch)  # a pair's targets, a dict's labels, else the first tensor
-        loss = learn.loss.detach()
+        batch, loss = learn.batch, learn.loss
+        targets = batch[1] if type(batch) is tuple and len(batch) == 2 else None
+        if type(targets) is torch.Tensor and targets.ndim:
+            n = targets.shape[0]  # the common (xb, yb) pair, without the general walk
+        else:
+            n = count_items(batch)  # a pair's targets, a dict's labels, else the first tensor
         # on CPU a float is cheapest; on an accelerator a tensor sum avoids a sync per batch
-        return (loss.item() if loss.device.type == "cpu" else loss) * n, n
+        if loss.device.type == "cpu":
+            return loss.item() * n, n
+        return loss.detach() * n, n
 
 
 class Accuracy(AverageMetric):

@@ -20,7 +20,6 @@ advance (the optimizer did not step). The scaler's state is in the checkpoints.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -119,10 +118,13 @@ class MixedPrecision:
             self._scale = self.scaler.get_scale()
 
 
-def skipped_step(plugins: list[object]) -> Callable[[], bool]:
-    """A function telling whether the last optimizer step was skipped by one of ``plugins``
-    (any plugin with a ``step_skipped`` attribute, as :class:`MixedPrecision` has)."""
-    skippers = [p for p in plugins if hasattr(p, "step_skipped")]
-    if not skippers:
-        return lambda: False
-    return lambda: any(p.step_skipped for p in skippers)
+def skippers(plugins: list[object]) -> list[Any]:
+    """The plugins among ``plugins`` that may skip an optimizer step: those with a
+    ``step_skipped`` attribute (True after a skipped step), as :class:`MixedPrecision` with a
+    float16 scaler has (with bfloat16 it never skips, and is left out)."""
+    return [
+        p
+        for p in plugins
+        if hasattr(p, "step_skipped")
+        and not (isinstance(p, MixedPrecision) and p.dtype != torch.float16)
+    ]

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from torch.optim.lr_scheduler import OneCycleLR, ReduceLROnPlateau
 
 from ..plugins.markers import hookimpl
-from .mixed_precision import skipped_step
+from .mixed_precision import skippers
 
 if TYPE_CHECKING:
     from ..learner import Learner
@@ -50,7 +50,7 @@ class Scheduler:
             raise ValueError(f"Scheduler(interval={interval!r}): give 'batch' or 'epoch'.")
         self.factory, self.interval, self.monitor = factory, interval, monitor
         self.scheduler: Any = None
-        self._skipped: Callable[[], bool] = lambda: False
+        self._skippers: list[Any] = []  # plugins that may skip an optimizer step (a scaler)
 
     @hookimpl
     def after_create_opt(self, learn: Learner) -> None:
@@ -71,12 +71,16 @@ class Scheduler:
                 "Scheduler: ReduceLROnPlateau reads a metric once per epoch: give interval='epoch'."
             )
         self.scheduler = scheduler
-        self._skipped = skipped_step(learn.plugins)
+        self._skippers = skippers(learn.plugins)
 
     @hookimpl
     def after_step(self) -> None:
-        if self.interval == "batch" and not self._skipped():
-            self.scheduler.step()
+        if self.interval != "batch":
+            return
+        for plugin in self._skippers:
+            if plugin.step_skipped:
+                return  # the optimizer did not step: neither does the schedule
+        self.scheduler.step()
 
     @hookimpl
     def report(self, metrics: dict[str, Any]) -> None:

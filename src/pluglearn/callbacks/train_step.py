@@ -31,13 +31,16 @@ class TrainStep:
     @hookimpl(trylast=True)
     def predict(self, learn: Learner) -> Any:
         batch = learn.batch
-        check_pair(batch)  # any other structure: the error names the adapter and the hook
-        model = learn.wrapped_model if learn.wrapped_model is not None else learn.model
-        return model(batch[0])
+        if type(batch) is not tuple or len(batch) != 2:
+            check_pair(batch)  # any other structure: the error names the adapter and the hook
+        model = learn.wrapped_model
+        return (learn.model if model is None else model)(batch[0])
 
     @hookimpl(trylast=True)
     def compute_loss(self, learn: Learner) -> Any:
-        preds, targets = learn.preds, targets_of(learn.batch)  # a pair's yb, a dict's labels
+        preds, batch = learn.preds, learn.batch
+        # a pair's yb, a dict's labels
+        targets = batch[1] if type(batch) is tuple and len(batch) == 2 else targets_of(batch)
         if (
             type(preds) is torch.Tensor
             and type(targets) is torch.Tensor

@@ -11,7 +11,8 @@ hook, so the semantics live here once:
 - ``collect`` (``collect_metrics``, ``state_dict``): ``[(plugin name, answer), ...]`` of the
   implementations that answered.
 - ``addressed`` (``load_state_dict``): each plugin receives its own part of ``state``.
-- ``context`` (``forward_context``): one context manager entering every returned one.
+- ``context`` (``forward_context``): one context manager entering every returned one (a single
+  one is entered as it is, without an ``ExitStack``).
 
 ``@hookimpl(wrapper=True)`` implementations wrap the whole call, outermost first, and keep the
 rules of its kind (a failing cleanup still lets the others run). The dispatcher knows which
@@ -212,9 +213,31 @@ def _context(pairs: Pairs) -> Caller:
                 entered.append((impl, cm))
         if not entered:
             return _NO_CONTEXT
+        if len(entered) == 1:  # the common case (autocast alone): no generator, no ExitStack
+            return _Tagged(*entered[0])
         return _enter_all(entered)
 
     return contexts
+
+
+class _Tagged:
+    """One returned context manager, entered as it is; an error leaving its ``__enter__`` is
+    tagged with the implementation that returned it (as :func:`_enter_all` does for several)."""
+
+    __slots__ = ("cm", "impl")
+
+    def __init__(self, impl: Impl, cm: Any) -> None:
+        self.impl, self.cm = impl, cm
+
+    def __enter__(self) -> Any:
+        try:
+            return self.cm.__enter__()
+        except BaseException as error:
+            mark_origin(error, self.impl)
+            raise
+
+    def __exit__(self, *exc_info: Any) -> Any:
+        return self.cm.__exit__(*exc_info)
 
 
 @contextmanager
