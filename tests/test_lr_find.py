@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -195,3 +196,34 @@ def test_the_result_holds_a_suggestion_within_the_sweep():
 def test_bad_arguments_are_refused(kwargs, message):
     with pytest.raises((ValueError, TypeError), match=message):
         make().lr_find(**kwargs)
+
+
+def recorded(learn: Learner) -> tuple:
+    rec = learn.plugin("Recorder")
+    epochs = [{k: v for k, v in e.items() if k != "time"} for e in rec.epochs]
+    return list(rec.steps), list(rec.losses), list(rec.lrs), list(rec.moms), epochs
+
+
+@pytest.mark.parametrize("fits_before", [0, 1])
+def test_plugins_state_after_lr_find_is_the_state_without_it(fits_before):
+    from pluglearn import Recorder
+
+    def learner() -> Learner:  # each built and run in turn: the loaders seed from torch's RNG
+        learn = make(plugins=[Recorder()], defaults=True)
+        learn.remove_plugin("ProgressBar")
+        for _ in range(fits_before):
+            learn.fit(1)
+        return learn
+
+    plain = learner()
+    plain_sums = copy.deepcopy(plain.plugin("AvgLoss").sums)
+    plain.fit(1)
+    swept = learner()
+    before = recorded(swept)
+    swept.lr_find(num_it=12, stop_div=False)
+    assert recorded(swept) == before  # the sweep's 12 batches are not in the history
+    assert swept.plugin("AvgLoss").sums == plain_sums
+    swept.fit(1)
+    assert recorded(swept) == recorded(plain)
+    assert len(recorded(plain)[0]) == 8 * (fits_before + 1)
+    assert same(weights(swept), weights(plain))

@@ -15,10 +15,12 @@ sweep (its checkpoints would be of a throwaway run that a later resume could pic
 Afterwards everything the sweep changed is put back exactly: the weights and buffers, the
 gradients, the optimizer (its state and lrs; one that the sweep created is dropped, as if no
 sweep had run), the random states, the loaders' shuffling generator and state, the position,
-every module's train/eval mode, and ``learn.stop_reason``. A fit after ``lr_find`` gives the
-same weights, bit for bit, as the same fit without it. Plugins' own state is not put back: the
-sweep is a fit for them, and every built-in plugin resets its state when a fit starts
-(``Recorder`` keeps the sweep's batches in its history).
+every module's train/eval mode, ``learn.stop_reason``, and every plugin's own state through its
+``state_dict`` / ``load_state_dict`` hooks (captured before the sweep, loaded after it: the
+``Recorder`` forgets the sweep's batches, the metrics their sums). A fit after ``lr_find`` gives
+the same weights, bit for bit, and leaves the plugins in the same state as the same fit without
+it. A plugin without these hooks, or whose ``state_dict`` answered None before the sweep, keeps
+what the sweep left in it.
 
 The suggestion: the losses are smoothed with an exponential moving average (``beta=0.98``,
 bias-corrected); the suggested lr is where the smoothed loss falls fastest against ``log(lr)``
@@ -179,6 +181,8 @@ def _state(learn: Learner) -> dict[str, Any]:
         "loader": loader.state_dict() if hasattr(loader, "state_dict") else None,
         "learner": (learn.dl, learn._batches, learn.batch, learn.preds, learn.loss),
         "metrics": (learn.metrics, learn.run.metric_owner, learn.stop_reason),
+        # copied: a plugin may answer with its live lists (Recorder), which the sweep extends
+        "plugins": copy.deepcopy(dict(learn.hooks.call("state_dict", learn=learn))),
     }
 
 
@@ -200,6 +204,8 @@ def _put_back(learn: Learner, state: dict[str, Any]) -> None:
         learn.dls.train.load_state_dict(state["loader"])
     learn.dl, learn._batches, learn.batch, learn.preds, learn.loss = state["learner"]
     learn.metrics, learn.run.metric_owner, learn.stop_reason = state["metrics"]
+    # last: a plugin's state may refer to the gradients and optimizer put back above
+    learn.hooks.call("load_state_dict", learn=learn, state=state["plugins"])
 
 
 def lr_find(
