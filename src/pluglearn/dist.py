@@ -55,8 +55,9 @@ def shard_bounds(n: int, rank: int, world: int) -> tuple[int, int]:
     return start, start + q + (1 if rank < r else 0)
 
 
-def _device() -> torch.device | str:
-    if dist.get_backend() == "nccl":
+def device() -> torch.device | str:
+    """Where this rank's collectives keep their tensors: its GPU under NCCL, else the CPU."""
+    if is_distributed() and dist.get_backend() == "nccl":
         return torch.device("cuda", torch.cuda.current_device())
     return "cpu"
 
@@ -65,7 +66,7 @@ def reduce_sum(*values: float) -> list[float]:
     """Sum each value over every process (no-op on one process)."""
     if not is_distributed():
         return list(values)
-    total = torch.tensor(values, dtype=torch.float64, device=_device())
+    total = torch.tensor(values, dtype=torch.float64, device=device())
     dist.all_reduce(total, op=dist.ReduceOp.SUM)
     return total.tolist()
 

@@ -12,13 +12,18 @@ reason, and each rank's items of every training batch. ``--ckpt DIR`` checkpoint
 training batch N; ``--nan-rank R --nan-at N``: rank R's batch N gives a NaN loss
 (TerminateOnNaN stops every rank); ``--accum K``: GradientAccumulation(K); ``--loader``:
 tensor (the default loader), item (a map-style dataset), multiprocess (MultiprocessLoader with
-one worker) or sampler (a torch DataLoader with a DistributedSampler).
+one worker) or sampler (a torch DataLoader with a DistributedSampler). ``--cancel-rank R
+--cancel-at N --cancel-in HOOK``: rank R raises CancelEpochException from HOOK (compute_loss,
+predict, after_loss, after_batch) at training batch N. ``--sigint-rank R --sigint-at N``: rank R
+sends itself SIGINT (a Ctrl-C) at the start of training batch N; the job records the
+KeyboardInterrupt every rank ended with.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from functools import partial
 from pathlib import Path
@@ -31,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
 from pluglearn import (
     DDP,
     Accuracy,
+    CancelEpochException,
     DataLoaders,
     GradientAccumulation,
     Learner,
@@ -80,11 +86,33 @@ class Probe:
             learn.batch = (learn.xb * float("nan"), learn.yb)
         if self._here(learn, self.args.fail_rank, self.args.fail_at):
             raise ValueError(f"planted failure on rank {pdist.rank()}")
+        if self._here(learn, self.args.sigint_rank, self.args.sigint_at):
+            os.kill(os.getpid(), signal.SIGINT)  # a Ctrl-C reaching this rank only
+        self._cancel(learn, "before_batch")
+
+    def _cancel(self, learn: Learner, hook: str) -> None:
+        if hook == self.args.cancel_in and self._here(
+            learn, self.args.cancel_rank, self.args.cancel_at
+        ):
+            raise CancelEpochException(f"planted in {hook} on rank {pdist.rank()}")
+
+    @hookimpl
+    def predict(self, learn: Learner) -> None:
+        self._cancel(learn, "predict")  # else None: the default answers
+
+    @hookimpl
+    def compute_loss(self, learn: Learner) -> None:
+        self._cancel(learn, "compute_loss")
+
+    @hookimpl
+    def after_loss(self, learn: Learner) -> None:
+        self._cancel(learn, "after_loss")
 
     @hookimpl(trylast=True)
     def after_batch(self, learn: Learner) -> None:
         if learn.training and pdist.is_main_process():
             print(f"batch {learn.train_iter}", flush=True)
+        self._cancel(learn, "after_batch")
 
 
 def main() -> None:
@@ -96,8 +124,10 @@ def main() -> None:
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--accum", type=int, default=1)
     parser.add_argument("--loader", default="tensor")
-    for name in ("fail-rank", "fail-at", "nan-rank", "nan-at"):
-        parser.add_argument(f"--{name}", type=int)
+    for name in ("fail", "nan", "cancel", "sigint"):
+        parser.add_argument(f"--{name}-rank", type=int)
+        parser.add_argument(f"--{name}-at", type=int)
+    parser.add_argument("--cancel-in")
     args = parser.parse_args()
     torch.set_num_threads(1)
     ddp = DDP()  # joins torchrun's process group (alone: a warning, and nothing)
@@ -140,7 +170,12 @@ def main() -> None:
     learn = Learner(model, dls, opt_func=opt_func, lr=0.1, plugins=plugins, defaults=False)
     learn.add_plugin(__import__("pluglearn").AvgLoss())
     resume = args.ckpt if args.resume else None
-    learn.fit(args.epochs, resume_from=resume, missing_ok=resume is not None)
+    interrupted = None
+    try:
+        learn.fit(args.epochs, resume_from=resume, missing_ok=resume is not None)
+    except KeyboardInterrupt as error:  # Checkpoint saved and stopped every rank together
+        interrupted = (str(error), learn.epoch, learn.train_iter)
+    interrupts = pdist.gather_to_main(interrupted)
     seen = pdist.gather_to_main(probe.seen)
     if pdist.is_main_process():
         Path(args.out).mkdir(parents=True, exist_ok=True)
@@ -150,6 +185,7 @@ def main() -> None:
             "stop_reason": learn.stop_reason,
             "seen": seen,
             "world": pdist.world_size(),
+            "interrupted": interrupts,
         }
         torch.save(result, Path(args.out) / "result.pt")
     stops = pdist.all_gather(learn.stop_reason)

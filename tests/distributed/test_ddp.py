@@ -307,3 +307,62 @@ def test_the_example_trains_alike_under_torchrun_and_alone():
         outputs.append(done.stdout.strip().splitlines()[-1])
     assert outputs[0].startswith("2 process(es): accuracy")
     assert outputs[0].split()[-1] == outputs[1].split()[-1]  # the same accuracy
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("hook", ["compute_loss", "after_loss"])
+def test_a_cancel_on_one_rank_before_the_backward_equals_one_process_cancelling_there(
+    tmp_path, hook
+):
+    plant = ["--cancel-in", hook, "--cancel-at", "3", "--epochs", "2"]
+    two = run_job(tmp_path / "two", *plant, "--cancel-rank", "1")
+    one = run_job(tmp_path / "one", *plant, "--cancel-rank", "0", nproc=1)
+    assert_close(one["weights"], two["weights"])  # the batch's step was skipped on every rank
+    # train_iter 3 comes twice (a cancelled batch does not count): epoch 0's batch 3, then
+    # epoch 1's first batch; every rank stopped both epochs there, as the one process did
+    assert [len(s) for s in two["seen"]] == [5, 5] and len(one["seen"][0]) == 5
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_a_cancel_after_the_step_takes_effect_at_the_next_batch_with_its_step_skipped(tmp_path):
+    plant = ["--cancel-in", "after_batch", "--cancel-at", "3", "--epochs", "2"]
+    two = run_job(tmp_path / "two", *plant, "--cancel-rank", "1")
+    one = run_job(tmp_path / "one", *plant, "--cancel-rank", "0", nproc=1)
+    assert_close(one["weights"], two["weights"])  # batch 4 was computed, not stepped
+    # one process: 3 batches, then a whole epoch; two ranks: batch 3 too, computed, not stepped
+    assert [len(s) for s in two["seen"]] == [10, 10] and len(one["seen"][0]) == 9
+
+
+PLANT_IN_PREDICT = ("--cancel-in", "predict", "--cancel-rank", "1", "--cancel-at", "2")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_a_cancel_from_predict_on_one_rank_is_refused_naming_the_hook(tmp_path):
+    done = subprocess.run(
+        [*torchrun(2, free_port()), str(JOB), str(tmp_path), *PLANT_IN_PREDICT],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=ENV,
+    )
+    assert done.returncode != 0
+    assert "was raised by the 'predict' hook on rank 1" in done.stderr
+    assert "Raise it from an event hook" in done.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_ctrl_c_on_one_rank_saves_one_checkpoint_stops_every_rank_and_resumes_exactly(
+    tmp_path, two_ranks
+):
+    ckpt = tmp_path / "ckpt"
+    run = run_job(tmp_path / "cut", "--ckpt", str(ckpt), "--sigint-rank", "1", "--sigint-at", "7")
+    (msg0, *where0), (msg1, *where1) = run["interrupted"]  # every rank stopped, at one batch
+    assert where0 == where1 == [1, 8]
+    assert msg0 == msg1 and msg0.startswith("interrupted; resume with")
+    assert [len(s) for s in run["seen"]] == [8, 8]
+    resumed = run_job(tmp_path / "out", "--ckpt", str(ckpt), "--resume")
+    assert_equal(two_ranks["weights"], resumed["weights"])

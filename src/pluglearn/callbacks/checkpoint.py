@@ -21,8 +21,10 @@ fit, the temporary files that killed writes left in the directory are removed.
 Many processes (``DDP``): every rank calls ``save`` at the same batches (it is a collective: the
 ranks' random, plugin and loader states are gathered to rank 0, see :mod:`pluglearn.resume`),
 and rank 0 alone writes the one file, deletes old ones and removes stale temporaries; the run id
-is rank 0's, broadcast at the start of the fit. A Ctrl-C on any rank is agreed on after each
-training batch, so every rank saves the same checkpoint and stops together.
+is rank 0's, broadcast at the start of the fit. A Ctrl-C on any rank is agreed on by all of them
+where they save anyway (one small all-reduce after each save, none per batch): every rank stops
+together after the next checkpoint, at the next multiple of ``every_n_batches`` or the epoch's
+end, with that checkpoint to resume from.
 """
 
 from __future__ import annotations
@@ -160,12 +162,17 @@ class Checkpoint:
             flush=True,
         )
 
-    def _stop_if_interrupted(self, learn: Learner, epoch_end: bool) -> None:
-        if self.on_interrupt and pdist.world_size() > 1:  # every rank stops at the same batch
-            self._interrupted = pdist.reduce_sum(float(self._interrupted))[0] > 0
-        if self._interrupted:
+    def _stop_if_interrupted(
+        self, learn: Learner, epoch_end: bool, saved: Path | None = None
+    ) -> None:
+        interrupted = self._interrupted
+        if self.on_interrupt and pdist.world_size() > 1:  # every rank stops at the same save
+            if not (epoch_end or saved):
+                return
+            interrupted = pdist.reduce_sum(float(interrupted))[0] > 0
+        if interrupted:
             try:
-                path = self.save(learn, epoch_end=epoch_end)
+                path = saved or self.save(learn, epoch_end=epoch_end)
             except KeyboardInterrupt as error:
                 error.add_note(
                     "Checkpoint: the second Ctrl-C came during the checkpoint write; its partial "
@@ -178,15 +185,15 @@ class Checkpoint:
     def after_batch(self, learn: Learner) -> None:
         if not learn.training:
             return
+        saved = None
         if self.every_n_batches and learn.train_iter % self.every_n_batches == 0:
-            self.save(learn)
-        self._stop_if_interrupted(learn, epoch_end=False)
+            saved = self.save(learn)
+        self._stop_if_interrupted(learn, epoch_end=False, saved=saved)
 
     @hookimpl(tryfirst=True)  # before a stopping plugin can cancel the fit
     def after_epoch(self, learn: Learner) -> None:
-        if self.every_epoch:
-            self.save(learn, epoch_end=True)
-        self._stop_if_interrupted(learn, epoch_end=True)
+        saved = self.save(learn, epoch_end=True) if self.every_epoch else None
+        self._stop_if_interrupted(learn, epoch_end=True, saved=saved)
 
     @hookimpl
     def on_error(self, learn: Learner, error: BaseException) -> None:

@@ -27,14 +27,26 @@ ragged tail by repeating items (in training that is torch's contract, not one pr
 batches); in validation this plugin cuts the repeats off each rank's batches, so the metrics
 count every item once.
 
-Stopping together: a cancel (``CancelFitException`` from ``TerminateOnNaN``, ``EarlyStopping``
-or any plugin, and the other ``CancelXException``) raised by an event hook on one rank is held,
-and every rank raises it at the next synchronisation point: the end of ``after_loss`` of a
-training batch (before the backward and its all-reduce), the end of ``before_step`` when a
-plugin implements ``before_step`` or ``after_backward``, and the end of each ``before_X`` and
-``after_X`` of fit, epoch, train and validate. A ``CancelBatchException`` raised after the step
-(``after_step``, ``after_batch``) has nothing left to skip and is dropped. Errors need nothing:
-the failing rank exits and ``torchrun`` ends the others at once, printing that rank's error.
+Stopping together, with no collective of its own per batch: a cancel (``CancelFitException``
+from ``TerminateOnNaN``, ``EarlyStopping`` or any plugin, and the other ``CancelXException``)
+raised on one rank in a training batch is held, and its flag rides along with DDP's gradient
+all-reduce (a communication hook starts a 6-number all-reduce next to the first bucket's).
+**A cancel takes effect on every rank at the next optimizer step**: right after that batch's
+backward, before ``after_backward`` and the step, which is skipped; the gradients are put back
+as ``zero_grad`` left them, so the run is the one process's that cancels in that batch before
+its backward. A cancel raised after a step (``after_step``, ``after_batch``) thus takes effect
+at the next batch (computed, not stepped); a ``CancelBatchException`` there is dropped. When a
+plugin answers ``should_step`` (``GradientAccumulation``), batches that do not step have no
+all-reduce to ride on, so the ranks agree before each backward (one small all-reduce per
+batch); when a plugin implements ``before_step`` or ``after_backward``, once more before each
+step. The ends of fit, epoch, train and validate agree too (once per pass). In validation a
+``CancelBatchException`` is rank-local (no collective there); stronger cancels are agreed at its
+end. A cancel from ``compute_loss`` is held like one from an event hook (the rank backpropagates
+a zero); one from ``predict``, ``backward``, ``step`` or ``zero_grad`` in training is refused
+with an error naming the hook (the other ranks are already in the gradient all-reduce).
+``Checkpoint``'s Ctrl-C rides on the same all-reduce: every rank saves the same checkpoint at
+the same batch and stops. Errors need nothing: the failing rank exits and ``torchrun`` ends the
+others at once, printing that rank's error.
 """
 
 from __future__ import annotations
@@ -83,6 +95,14 @@ def _items(learn: Learner) -> int:
     return len(targets)
 
 
+def _zero_loss(learn: Learner) -> torch.Tensor:
+    """A zero that reaches every parameter, so DDP's all-reduce gets this rank's zero gradient."""
+    preds = learn.preds
+    if isinstance(preds, torch.Tensor) and preds.requires_grad:
+        return preds.sum() * 0.0
+    return sum(p.sum() for p in learn.model.parameters() if p.requires_grad) * 0.0
+
+
 class DDP:
     """Data-parallel training with ``DistributedDataParallel`` (see the module doc)."""
 
@@ -94,9 +114,12 @@ class DDP:
             atexit.register(self._teardown)
         self._failed = False
         self._pending: CancelException | None = None  # a cancel of this rank, not yet agreed
-        self._global_items = 0.0
         self._weigh = True
-        self._step_sync = False
+        self._step_sync = False  # agree again before each step (before_step/after_backward)
+        self._early = False  # agree before each backward (batches that do not step)
+        self._probe_param: torch.Tensor | None = None  # the parameter whose gradient is marked
+        self._probe: torch.Tensor | None = None  # it, on a batch whose backward carries a mark
+        self._marked: Any = None  # the hook that marks this rank's gradient of it
         self._saved_wrapper: list[Any] = []
         self._padded: tuple[int, int] | None = None
         if not pdist.is_distributed():
@@ -130,17 +153,22 @@ class DDP:
         if device.type == "cuda" and "device_ids" not in kwargs:
             kwargs["device_ids"] = [device]
         self.module = torch.nn.parallel.DistributedDataParallel(learn.model, **kwargs)
+        trained = [p for p in learn.model.parameters() if p.requires_grad]
+        self._probe_param = min(trained, key=lambda p: p.numel())  # the smallest one
         learn.wrapped_model = self.module
         self._weigh = not any(
             isinstance(p, GradientAccumulation) and p.scale_loss for p in learn.plugins
         )
-        self._failed, self._pending = False, None
+        self._failed, self._pending, self._probe, self._marked = False, None, None, None
 
     @hookimpl
     def cleanup_fit(self, learn: Learner) -> None:
         if self.module is not None and learn.wrapped_model is self.module:
             learn.wrapped_model = None
+        if self._marked is not None:
+            self._marked.remove()
         self.module, self._pending, self._saved_wrapper = None, None, []
+        self._probe = self._probe_param = self._marked = None
 
     @hookimpl
     def on_error(self) -> None:
@@ -148,17 +176,22 @@ class DDP:
 
     # --------------------------------------------------------------------- each pass
 
+    def _others_implement(self, learn: Learner, *names: str) -> bool:
+        return any(
+            getattr(i.function, "__self__", None) is not self
+            for h in names
+            for i in learn.hooks.impls.get(h, [])
+        )
+
     @hookimpl(wrapper=True)
     def before_train(self, learn: Learner) -> Wrapper:
         sampler = getattr(learn.dl, "sampler", None)
         if hasattr(sampler, "set_epoch"):  # torch's DistributedSampler: a new order each epoch
             sampler.set_epoch(learn.epoch)
         # a cancel from before_step or after_backward must be agreed before the step
-        self._step_sync = any(
-            getattr(i.function, "__self__", None) is not self
-            for h in ("before_step", "after_backward")
-            for i in learn.hooks.impls.get(h, [])
-        )
+        self._step_sync = self._others_implement(learn, "before_step", "after_backward")
+        # a batch that does not step has no gradient all-reduce to carry the flags
+        self._early = self._others_implement(learn, "should_step")
         return (yield from self._sync_after(learn))
 
     @hookimpl(wrapper=True)
@@ -188,18 +221,8 @@ class DDP:
             self.module.require_backward_grad_sync = learn.will_step
 
     @hookimpl(wrapper=True)
-    def compute_loss(self, learn: Learner) -> Wrapper:
-        loss = yield
-        if self.module is not None and learn.training and _items(learn) == 0:
-            # this rank's empty slice of a short last batch: a zero that still reaches every
-            # parameter, so the all-reduce has this rank's (zero) gradient
-            preds = learn.preds
-            return preds.sum() * 0.0 if isinstance(preds, torch.Tensor) else loss * 0.0
-        return loss
-
-    @hookimpl(wrapper=True)
     def before_batch(self, learn: Learner) -> Wrapper:
-        result = yield from self._hold()
+        result = yield from self._hold(learn)
         if not learn.training and self._padded is not None:
             self._trim_padding(learn)
         return result
@@ -218,49 +241,102 @@ class DDP:
         learn.batch = tuple(t[:real] for t in learn.batch)
 
     @hookimpl(wrapper=True)
+    def predict(self, learn: Learner) -> Wrapper:
+        return (yield from self._refuse_cancel(learn, "predict"))
+
+    @hookimpl(wrapper=True)
     def after_pred(self, learn: Learner) -> Wrapper:
-        return (yield from self._hold())
+        return (yield from self._hold(learn))
+
+    @hookimpl(wrapper=True)
+    def compute_loss(self, learn: Learner) -> Wrapper:
+        if self.module is None or not learn.training:
+            return (yield from self._refuse_cancel(learn, "compute_loss"))
+        try:
+            loss = yield
+        except CancelException as cancel:
+            self._keep(cancel)  # agreed at the next step; this rank adds a zero gradient
+            return _zero_loss(learn)
+        if _items(learn) == 0:
+            # this rank's empty slice of a short last batch: its (zero) gradient still joins
+            # the all-reduce
+            return _zero_loss(learn)
+        return loss
 
     @hookimpl(wrapper=True)
     def after_loss(self, learn: Learner) -> Wrapper:
-        result = yield from self._hold()
-        if self.module is not None and learn.training:
-            self._global_items = self._sync(learn, _items(learn))  # before the backward
+        result = yield from self._hold(learn)
+        if self.module is not None and learn.training and self._early:
+            self._sync(learn)  # before the backward: a batch that does not step has no all-reduce
         return result
 
     @hookimpl(wrapper=True)
     def backward(self, learn: Learner) -> Wrapper:
-        if self.module is None or not self._weigh:
+        if self.module is None:
             return (yield)
-        here, total = _items(learn), self._global_items
+        self._probe = None
+        if learn.will_step and not self._early:  # the mark rides on the gradient all-reduce
+            self._probe = self._probe_param
+            if self._pending is not None:  # NaN into this rank's gradient of the probe
+                self._marked = self._probe.register_hook(lambda g: g + float("nan"))
+        if not self._weigh:
+            return (yield from self._refuse_cancel(learn, "backward"))
+        here = _items(learn)
+        total = self._global_items(learn, here)
         factor = here * pdist.world_size() / total if total else 0.0
         if factor == 1.0:
-            return (yield)
+            return (yield from self._refuse_cancel(learn, "backward"))
         loss = learn.loss
         learn.loss = loss * factor
         try:
-            return (yield)
+            return (yield from self._refuse_cancel(learn, "backward"))
         finally:
             learn.loss = loss
 
+    def _global_items(self, learn: Learner, here: int) -> float:
+        """Items of the global batch: told by pluglearn's loaders, equal slices under a torch
+        ``DistributedSampler``, else summed over the ranks (one all-reduce)."""
+        told = getattr(learn.dl, "global_items", None)
+        if isinstance(told, int) and told > 0:
+            return told
+        if isinstance(getattr(learn.dl, "sampler", None), DistributedSampler):
+            return here * pdist.world_size()  # every rank gets as many items
+        return pdist.reduce_sum(float(here))[0]
+
     @hookimpl(wrapper=True)
     def after_backward(self, learn: Learner) -> Wrapper:
-        return (yield from self._hold())
+        result = yield from self._hold(learn)
+        if self._marked is not None:
+            self._marked.remove()
+            self._marked = None
+        probe = self._probe.grad if self._probe is not None else None
+        # NaN here on every rank: some rank marked it (or the gradient is NaN): agree now
+        if probe is not None and probe.reshape(-1)[0].isnan().item():
+            self._sync(learn, after_backward=True)
+        return result
 
     @hookimpl(wrapper=True)
     def before_step(self, learn: Learner) -> Wrapper:
-        result = yield from self._hold()
+        result = yield from self._hold(learn)
         if self.module is not None and self._step_sync:
             self._sync(learn)
         return result
 
     @hookimpl(wrapper=True)
+    def step(self, learn: Learner) -> Wrapper:
+        return (yield from self._refuse_cancel(learn, "step"))
+
+    @hookimpl(wrapper=True)
+    def zero_grad(self, learn: Learner) -> Wrapper:
+        return (yield from self._refuse_cancel(learn, "zero_grad"))
+
+    @hookimpl(wrapper=True)
     def after_step(self, learn: Learner) -> Wrapper:
-        return (yield from self._hold(drop_batch=True))
+        return (yield from self._hold(learn, drop_batch=True))
 
     @hookimpl(wrapper=True)
     def after_batch(self, learn: Learner) -> Wrapper:
-        return (yield from self._hold(drop_batch=True))
+        return (yield from self._hold(learn, drop_batch=True))
 
     # ------------------------------------------------------------- the other phases
 
@@ -282,45 +358,67 @@ class DDP:
 
     # ------------------------------------------------------------- holding cancels
 
-    def _hold(self, drop_batch: bool = False) -> Wrapper:
-        """Run the hook; on several processes keep a cancel for the next synchronisation."""
+    def _keep(self, cancel: CancelException) -> None:
+        if self._pending is None or _level(cancel) > _level(self._pending):
+            self._pending = cancel
+
+    def _hold(self, learn: Learner, drop_batch: bool = False) -> Wrapper:
+        """Run the hook; on several processes keep a cancel for the next agreement."""
         try:
             return (yield)
         except CancelException as cancel:
-            if self.module is None:
-                raise
+            if self.module is None or (not learn.training and _level(cancel) == 0):
+                raise  # alone, or a validation batch skipped on this rank: nothing to agree
             if drop_batch and _level(cancel) == 0:
                 return None  # after the step a batch cancel has nothing left to skip
-            if self._pending is None or _level(cancel) > _level(self._pending):
-                self._pending = cancel
+            self._keep(cancel)
             return None
 
+    def _refuse_cancel(self, learn: Learner, hook: str) -> Wrapper:
+        """Run a step hook; under DDP a cancel from it is refused (in training the other ranks
+        are in, or past, the gradient all-reduce; in validation a stronger cancel than a batch's
+        would leave them waiting at its end), except a validation batch's own skip."""
+        try:
+            return (yield)
+        except CancelException as cancel:
+            if self.module is None or (not learn.training and _level(cancel) == 0):
+                raise  # alone, or a validation batch skipped on this rank: nothing to agree
+            raise RuntimeError(
+                f"DDP: {type(cancel).__name__}({cancel}) was raised by the {hook!r} hook on rank "
+                f"{pdist.rank()}, where the other ranks cannot follow it: under DDP every rank "
+                "takes part in each batch's gradient all-reduce. Raise it from an event hook "
+                "(before_batch, after_pred, after_loss, ...) or from compute_loss, and DDP "
+                "stops every rank together at the next optimizer step."
+            ) from cancel
+
     def _sync_after(self, learn: Learner) -> Wrapper:
-        result = yield from self._hold()
+        result = yield from self._hold(learn)
         if self.module is not None:
             self._sync(learn)
         return result
 
-    def _sync(self, learn: Learner, items: float = 0.0) -> float:
-        """Agree on the cancels every rank holds (raise the strongest on all of them) and sum
-        ``items``: one all-reduce of a few numbers."""
+    def _sync(self, learn: Learner, after_backward: bool = False) -> None:
+        """Agree now on the cancels every rank holds (one all-reduce of a few numbers); raise
+        the strongest any rank holds, on every rank (after a backward, putting the gradients
+        back as ``zero_grad`` left them first)."""
         flags = [0.0] * len(LEVELS)
         if self._pending is not None:
             flags[_level(self._pending)] = 1.0
-        *held, total = pdist.reduce_sum(*flags, float(items))
+        held = pdist.reduce_sum(*flags)
         if not any(held):
-            return total
+            return
         level = max(i for i, n in enumerate(held) if n)
-        mine = (
-            self._pending if self._pending is not None and _level(self._pending) == level else None
-        )
-        self._pending = None
+        mine, self._pending = self._pending, None
+        if mine is not None and _level(mine) != level:
+            mine = None
         said = pdist.all_gather(
             (pdist.rank(), str(mine), learn.stop_reason) if mine is not None else None
         )
         who, message, reason = next(s for s in said if s is not None)
         if learn.stop_reason is None:
             learn.stop_reason = reason
+        if after_backward:  # the batch is cancelled before its step: as if never backpropagated
+            learn.hooks.zero_grad(learn)
         if mine is not None:
             raise mine
         cancel = LEVELS[level](message)

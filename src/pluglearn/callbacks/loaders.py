@@ -34,8 +34,8 @@ class DefaultLoader:
         shard = {"rank": rank(), "world_size": world_size(), "skip_empty": not train}
         if tensors is not None and dls.collate_fn is None:
             return TensorBatchLoader(tensors, batch_size, train, drop_last, dls.generator, **shard)
-        from ..data.epochs import ItemLoader
         from ..batches import collate
+        from ..data.epochs import ItemLoader
 
         return ItemLoader(
             dataset,

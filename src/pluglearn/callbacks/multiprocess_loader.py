@@ -36,11 +36,11 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ..batches import collate
 from ..data.loaders import tensors_of
 from ..data.multiprocess import MultiprocessDataLoader
 from ..dist import rank, world_size
 from ..plugins.markers import hookimpl
-from ..batches import collate
 
 if TYPE_CHECKING:
     from ..learner import Learner

@@ -34,8 +34,8 @@ from typing import Any, NamedTuple
 import torch
 from fastcore.all import chunked
 
-from ..dist import shard_bounds
 from ..batches import collate
+from ..dist import shard_bounds
 
 __all__ = ["EpochBatches", "EpochOrder", "EpochPlan", "ItemLoader", "no_items"]
 
@@ -252,6 +252,8 @@ class EpochBatches:
             )
         self.rank, self.world_size, self.skip_empty = rank, world_size, bool(skip_empty)
         self.order = order
+        #: items of the global batch whose slice was delivered last (the same on every rank)
+        self.global_items = 0
         if self.batch_size < world_size:
             raise ValueError(
                 f"batch_size={self.batch_size} is smaller than the {world_size} processes: "
@@ -289,9 +291,11 @@ class EpochBatches:
         return EpochPlan(self.order.epoch, first, batches, self.order.run, sizes, emptied)
 
     def advance(self, plan: EpochPlan, j: int) -> None:
-        """Record that ``plan.batches[j]`` was delivered to the consumer."""
+        """Record that ``plan.batches[j]`` was delivered to the consumer; ``global_items``
+        becomes the size of the global batch it is a slice of."""
         last = j == len(plan.batches) - 1
         n = plan.sizes[j] if plan.sizes is not None else len(plan.batches[j])
+        self.global_items = n
         self.order.advance(n, end=last, run=plan.run)
 
     def __iter__(self) -> Iterator[list[int]]:
@@ -356,6 +360,11 @@ class ItemLoader:
 
     def __len__(self) -> int:
         return len(self.batches)
+
+    @property
+    def global_items(self) -> int:
+        """Items of the global batch whose slice this loader handed out last."""
+        return self.batches.global_items
 
     def __iter__(self) -> Iterator[Any]:
         plan = self.batches.start_epoch()

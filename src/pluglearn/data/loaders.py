@@ -21,7 +21,9 @@ evenly as it goes; with fewer items than ranks some ranks get an empty slice: a 
 yields it (every rank must take part in each step; the DDP plugin gives it zero weight), a
 validation loader (``skip_empty``) skips it, so no item is counted twice or left out. The state
 (cursor in global items, generator states) is the same on every rank, so a resume may use
-another number of ranks with the same global batch.
+another number of ranks with the same global batch. ``global_items`` is the size of the global
+batch that the batch just handed out is a slice of: every rank knows it without communicating
+(the DDP plugin weights each rank's loss by it).
 """
 
 from __future__ import annotations
@@ -110,6 +112,8 @@ class TensorBatchLoader:
         self.cursor = 0  # items of the open epoch handed out (0: no epoch open)
         self._resume = False  # the next iteration continues the epoch restored by a load
         self._epoch_rng = self.generator.get_state()  # generator state at the epoch's start
+        #: items of the global batch whose slice was handed out last (the same on every rank)
+        self.global_items = 0
 
     def __len__(self) -> int:
         full, rest = divmod(self.n, self.batch_size)
@@ -142,6 +146,7 @@ class TensorBatchLoader:
                 if lo == hi and self.skip_empty:
                     continue
                 lo, hi = first + lo, first + hi
+            self.global_items = last - first
             if order is None:
                 yield tuple(t[lo:hi] for t in tensors)
             else:

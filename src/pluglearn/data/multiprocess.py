@@ -103,6 +103,12 @@ class MultiprocessDataLoader:
         return len(self.batches)
 
     @property
+    def global_items(self) -> int:
+        """Items of the global batch whose slice this loader handed out last (under
+        torch.distributed the same on every rank; the DDP plugin weights the loss by it)."""
+        return self.batches.global_items
+
+    @property
     def worker_pids(self) -> list[int]:
         """Process ids of the running workers (empty when no pool is running)."""
         return [p.pid for p in self._pool.procs] if self._pool else []
