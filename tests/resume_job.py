@@ -2,7 +2,7 @@
 the kill-and-resume tests and by benchmarks/kill_resume.py.
 
     python tests/resume_job.py DIR [--resume] [--out WEIGHTS] [--epochs N] [--sleep S]
-                               [--seed N] [--no-loader-seed]
+                               [--seed N] [--no-loader-seed] [--recipes] [--record FILE]
 
 It prints ``batch N`` after each training batch's checkpoint is written (N counts optimizer
 steps), so a parent can kill it at a chosen batch; at the end ``startup S`` (seconds from the
@@ -10,6 +10,10 @@ steps), so a parent can kill it at a chosen batch; at the end ``startup S`` (sec
 (the median training batch, checkpoint excluded). ``--out`` saves the final parameters.
 ``--seed`` is the ``torch.manual_seed`` of the job (another seed: another run); with
 ``--no-loader-seed`` the training loader draws its seed from torch's global generator.
+``--recipes`` trains with the four training recipes together: ``fit_one_cycle`` (a
+``Scheduler`` of ``OneCycleLR``), ``GradientAccumulation(2)``, ``GradientClipping(0.5)`` and
+``MixedPrecision(torch.bfloat16)``. ``--record`` saves the Recorder's per-batch lrs, momentums
+and losses (the whole run's, a resumed one's included: they are in the checkpoints).
 """
 
 from __future__ import annotations
@@ -24,7 +28,16 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from pluglearn import Accuracy, DataLoaders, Learner, Recorder, hookimpl
+from pluglearn import (
+    Accuracy,
+    DataLoaders,
+    GradientAccumulation,
+    GradientClipping,
+    Learner,
+    MixedPrecision,
+    Recorder,
+    hookimpl,
+)
 from pluglearn.callbacks.checkpoint import Checkpoint
 
 N_TRAIN, N_VALID, BATCH_SIZE = 640, 128, 32  # 20 training batches an epoch
@@ -63,8 +76,20 @@ class Timing:
             self.batch_times.append(time.perf_counter() - self._start)
 
 
+RECIPES_LR_MAX = 0.2
+
+
+def recipes() -> list[object]:
+    """The recipes of ``--recipes`` but the Scheduler, which ``fit_one_cycle`` adds."""
+    return [GradientAccumulation(2), GradientClipping(0.5), MixedPrecision(torch.bfloat16)]
+
+
 def make_learner(
-    directory: str, sleep: float = 0.0, seed: int = 0, loader_seed: int | None = 2
+    directory: str,
+    sleep: float = 0.0,
+    seed: int = 0,
+    loader_seed: int | None = 2,
+    with_recipes: bool = False,
 ) -> Learner:
     torch.manual_seed(seed)
     torch.set_num_threads(1)
@@ -83,6 +108,8 @@ def make_learner(
         return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=1e-4)
 
     plugins = [Accuracy(), Recorder(), Checkpoint(directory, every_n_batches=1, keep_last=2)]
+    if with_recipes:
+        plugins = [*recipes(), *plugins]
     return Learner(model, dls, opt_func=opt_func, lr=0.05, plugins=[*plugins, Announce(sleep)])
 
 
@@ -118,9 +145,11 @@ def main() -> None:
     parser.add_argument("--sleep", type=float, default=0.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-loader-seed", action="store_true")
+    parser.add_argument("--recipes", action="store_true")
+    parser.add_argument("--record")
     args = parser.parse_args()
     loader_seed = None if args.no_loader_seed else 2
-    learn = make_learner(args.directory, args.sleep, args.seed, loader_seed)
+    learn = make_learner(args.directory, args.sleep, args.seed, loader_seed, args.recipes)
     # the first optimizer of a process imports torch._dynamo (seconds): keep that out of the
     # measured start-up, which should show the resume's own cost
     torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
@@ -129,7 +158,10 @@ def main() -> None:
     has_checkpoint = any(Path(args.directory).glob("*.pt"))
     start = time.perf_counter()
     resume_from = args.directory if args.resume and has_checkpoint else None
-    learn.fit(args.epochs, resume_from=resume_from)
+    if args.recipes:
+        learn.fit_one_cycle(args.epochs, RECIPES_LR_MAX, resume_from=resume_from)
+    else:
+        learn.fit(args.epochs, resume_from=resume_from)
     if timing.first_batch is not None:  # fit() call to the first batch: the resume's cost
         print(f"startup {timing.first_batch - start:.6f}", flush=True)
     if timing.batch_times:
@@ -137,6 +169,10 @@ def main() -> None:
         print(f"batch_time {median:.6f}", flush=True)
     if args.out:
         torch.save({k: v.clone() for k, v in learn.model.state_dict().items()}, args.out)
+    if args.record:
+        rec = learn.plugin("Recorder")
+        record = {"lrs": rec.lrs, "moms": rec.moms, "losses": rec.losses, "steps": rec.steps}
+        torch.save({**record, "opt_steps": learn.opt_steps}, args.record)
 
 
 if __name__ == "__main__":
