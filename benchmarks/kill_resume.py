@@ -12,7 +12,14 @@ older, different run (another model seed, killed late), which must neither delet
 checkpoints nor be resumed in its place. ``--loader-seed`` gives the loader a seed of its own;
 ``--fresh-dir`` starts every run in an empty directory.
 
+``--ddp``: the same soak on two processes under ``torchrun`` (gloo, CPU): the job of
+``tests/distributed/ddp_job.py`` (3 epochs of 6 global batches of 8, the last one ragged, a
+checkpoint after every batch) is SIGKILLed with its launcher and every worker right after a
+random training batch, resumed by a new ``torchrun``, and compared bit for bit with an
+uninterrupted 2-process run.
+
     python benchmarks/kill_resume.py [--runs 50] [--seed 0] [--loader-seed] [--fresh-dir]
+    python benchmarks/kill_resume.py --ddp [--runs 5] [--seed 0]
 """
 
 from __future__ import annotations
@@ -49,13 +56,47 @@ def value(output: str, key: str) -> float:
     return float(next(line.split()[1] for line in output.splitlines() if line.startswith(key)))
 
 
+def main_ddp(runs: int, seed: int) -> None:
+    """Kill the whole torchrun group at random batches, resume, compare with one whole run."""
+    from tests.distributed.launch import run_job, start_and_kill
+
+    total = 18  # 3 epochs of 6 global batches
+    rng = random.Random(seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp_path = Path(tmp)
+        reference = run_job(tmp_path / "ref", timeout=300)["weights"]
+        identical = 0
+        for i in range(runs):
+            cut = rng.randrange(1, total)
+            ckpt = tmp_path / f"ckpt{i}"
+            start_and_kill(tmp_path / f"killed{i}", ckpt, at_batch=cut)
+            out = run_job(tmp_path / f"out{i}", "--ckpt", str(ckpt), "--resume", timeout=300)
+            same = all(torch.equal(out["weights"][k], v) for k, v in reference.items())
+            identical += same
+            print(
+                f"run {i + 1:>3}: 2 ranks killed after batch {cut:>2} of {total}, resumed "
+                f"{'bit-identical' if same else 'DIFFERENT'}",
+                flush=True,
+            )
+    print(
+        f"\n{identical}/{runs} resumed 2-process runs ended bit-identical to the uninterrupted "
+        "2-process run"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=50)
     parser.add_argument("--seed", type=int, default=0, help="the seed of the random cuts")
     parser.add_argument("--loader-seed", action="store_true", help="seed the loader itself")
     parser.add_argument("--fresh-dir", action="store_true", help="no older run in the directory")
+    parser.add_argument(
+        "--ddp", action="store_true", help="two processes under torchrun (ddp_job.py)"
+    )
     args = parser.parse_args()
+    if args.ddp:
+        main_ddp(args.runs, args.seed)
+        return
     job_args = () if args.loader_seed else ("--no-loader-seed",)
     rng = random.Random(args.seed)
     with tempfile.TemporaryDirectory() as tmp:

@@ -27,83 +27,51 @@ ragged tail by repeating items (in training that is torch's contract, not one pr
 batches); in validation this plugin cuts the repeats off each rank's batches, so the metrics
 count every item once.
 
-Stopping together, with no collective of its own per batch: a cancel (``CancelFitException``
-from ``TerminateOnNaN``, ``EarlyStopping`` or any plugin, and the other ``CancelXException``)
-raised on one rank in a training batch is held, and its flag rides along with DDP's gradient
-all-reduce (a communication hook starts a 6-number all-reduce next to the first bucket's).
-**A cancel takes effect on every rank at the next optimizer step**: right after that batch's
-backward, before ``after_backward`` and the step, which is skipped; the gradients are put back
-as ``zero_grad`` left them, so the run is the one process's that cancels in that batch before
-its backward. A cancel raised after a step (``after_step``, ``after_batch``) thus takes effect
-at the next batch (computed, not stepped); a ``CancelBatchException`` there is dropped. When a
-plugin answers ``should_step`` (``GradientAccumulation``), batches that do not step have no
-all-reduce to ride on, so the ranks agree before each backward (one small all-reduce per
-batch); when a plugin implements ``before_step`` or ``after_backward``, once more before each
-step. The ends of fit, epoch, train and validate agree too (once per pass). In validation a
-``CancelBatchException`` is rank-local (no collective there); stronger cancels are agreed at its
-end. A cancel from ``compute_loss`` is held like one from an event hook (the rank backpropagates
-a zero); one from ``predict``, ``backward``, ``step`` or ``zero_grad`` in training is refused
-with an error naming the hook (the other ranks are already in the gradient all-reduce).
-``Checkpoint``'s Ctrl-C rides on the same all-reduce: every rank saves the same checkpoint at
-the same batch and stops. Errors need nothing: the failing rank exits and ``torchrun`` ends the
-others at once, printing that rank's error.
+Stopping together, with no collective of its own per batch (see
+:mod:`pluglearn.callbacks.ddp_cancels`): a cancel (``CancelFitException`` from
+``TerminateOnNaN``, ``EarlyStopping`` or any plugin, and the other ``CancelXException``) raised
+on one rank in a training batch is held, and the rank marks its gradient of the model's smallest
+parameter with NaN before the backward of the next batch that steps. DDP's own gradient
+all-reduce carries the mark to every rank, which looks at one number after the backward and
+only then agrees (one small all-reduce) on which cancel to raise. **A cancel takes effect on
+every rank at the next optimizer step**: right after that batch's backward, before
+``after_backward`` and the step, which is skipped; the gradients are put back as ``zero_grad``
+left them, so the run is the one process's that cancels in that batch before its backward
+(tested against one process, from ``after_loss`` and ``compute_loss``). A cancel raised after
+a step (``after_step``, ``after_batch``) takes effect at the next batch (computed, not
+stepped; the weights are those of one process stopping there); a ``CancelBatchException``
+there is dropped. A NaN gradient of that parameter with no cancel held costs one agreement.
+When a plugin answers ``should_step`` (``GradientAccumulation``), batches that do not step have
+no all-reduce to carry the mark, so the ranks agree before each backward (one small all-reduce
+per batch); when a plugin implements ``before_step`` or ``after_backward``, once more before
+each step. The starts and ends of fit, epoch, train and validate agree too (once per pass). In
+validation a ``CancelBatchException`` is rank-local (there is no collective there); stronger
+cancels are agreed at its end. A cancel from ``compute_loss`` is held like one from an event
+hook (the rank backpropagates a zero); one from ``predict``, ``backward``, ``step`` or
+``zero_grad`` is refused with an error naming the hook. ``Checkpoint`` agrees on a Ctrl-C at
+its saves. Errors need nothing: the failing rank exits and ``torchrun`` ends the others at
+once, printing that rank's error.
 """
 
 from __future__ import annotations
 
 import atexit
 import warnings
-from collections.abc import Generator
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.utils.data import DistributedSampler
 
 from .. import dist as pdist
-from ..exceptions import (
-    CancelBatchException,
-    CancelEpochException,
-    CancelException,
-    CancelFitException,
-    CancelTrainException,
-    CancelValidateException,
-)
+from ..exceptions import CancelBatchException, CancelException
 from ..plugins.markers import hookimpl
+from .ddp_cancels import CancelAgreement, Wrapper, batch_items, zero_loss
 
 if TYPE_CHECKING:
     from ..learner import Learner
 
-#: the cancels, weakest first: when ranks hold different ones, every rank raises the strongest
-LEVELS = (
-    CancelBatchException,
-    CancelValidateException,
-    CancelTrainException,
-    CancelEpochException,
-    CancelFitException,
-)
-Wrapper = Generator[None, Any, Any]
 
-
-def _level(cancel: CancelException) -> int:
-    return max(i for i, kind in enumerate(LEVELS) if isinstance(cancel, kind))
-
-
-def _items(learn: Learner) -> int:
-    targets = learn.batch[1]
-    if isinstance(targets, torch.Tensor):
-        return targets.shape[0] if targets.ndim else 1
-    return len(targets)
-
-
-def _zero_loss(learn: Learner) -> torch.Tensor:
-    """A zero that reaches every parameter, so DDP's all-reduce gets this rank's zero gradient."""
-    preds = learn.preds
-    if isinstance(preds, torch.Tensor) and preds.requires_grad:
-        return preds.sum() * 0.0
-    return sum(p.sum() for p in learn.model.parameters() if p.requires_grad) * 0.0
-
-
-class DDP:
+class DDP(CancelAgreement):
     """Data-parallel training with ``DistributedDataParallel`` (see the module doc)."""
 
     def __init__(self, **ddp_kwargs: Any) -> None:
@@ -231,7 +199,7 @@ class DDP:
         """A ``DistributedSampler`` pads the validation set by repeating items so that every
         rank gets as many: cut the repeats off, so no item counts twice in the metrics."""
         real_here, seen = self._padded
-        n = _items(learn)
+        n = batch_items(learn)
         real = max(0, min(n, real_here - seen))
         self._padded = (real_here, seen + n)
         if real == n:
@@ -256,11 +224,11 @@ class DDP:
             loss = yield
         except CancelException as cancel:
             self._keep(cancel)  # agreed at the next step; this rank adds a zero gradient
-            return _zero_loss(learn)
-        if _items(learn) == 0:
+            return zero_loss(learn)
+        if batch_items(learn) == 0:
             # this rank's empty slice of a short last batch: its (zero) gradient still joins
             # the all-reduce
-            return _zero_loss(learn)
+            return zero_loss(learn)
         return loss
 
     @hookimpl(wrapper=True)
@@ -281,7 +249,7 @@ class DDP:
                 self._marked = self._probe.register_hook(lambda g: g + float("nan"))
         if not self._weigh:
             return (yield from self._refuse_cancel(learn, "backward"))
-        here = _items(learn)
+        here = batch_items(learn)
         total = self._global_items(learn, here)
         factor = here * pdist.world_size() / total if total else 0.0
         if factor == 1.0:
@@ -355,72 +323,3 @@ class DDP:
     @hookimpl(wrapper=True)
     def after_epoch(self, learn: Learner) -> Wrapper:
         return (yield from self._sync_after(learn))
-
-    # ------------------------------------------------------------- holding cancels
-
-    def _keep(self, cancel: CancelException) -> None:
-        if self._pending is None or _level(cancel) > _level(self._pending):
-            self._pending = cancel
-
-    def _hold(self, learn: Learner, drop_batch: bool = False) -> Wrapper:
-        """Run the hook; on several processes keep a cancel for the next agreement."""
-        try:
-            return (yield)
-        except CancelException as cancel:
-            if self.module is None or (not learn.training and _level(cancel) == 0):
-                raise  # alone, or a validation batch skipped on this rank: nothing to agree
-            if drop_batch and _level(cancel) == 0:
-                return None  # after the step a batch cancel has nothing left to skip
-            self._keep(cancel)
-            return None
-
-    def _refuse_cancel(self, learn: Learner, hook: str) -> Wrapper:
-        """Run a step hook; under DDP a cancel from it is refused (in training the other ranks
-        are in, or past, the gradient all-reduce; in validation a stronger cancel than a batch's
-        would leave them waiting at its end), except a validation batch's own skip."""
-        try:
-            return (yield)
-        except CancelException as cancel:
-            if self.module is None or (not learn.training and _level(cancel) == 0):
-                raise  # alone, or a validation batch skipped on this rank: nothing to agree
-            raise RuntimeError(
-                f"DDP: {type(cancel).__name__}({cancel}) was raised by the {hook!r} hook on rank "
-                f"{pdist.rank()}, where the other ranks cannot follow it: under DDP every rank "
-                "takes part in each batch's gradient all-reduce. Raise it from an event hook "
-                "(before_batch, after_pred, after_loss, ...) or from compute_loss, and DDP "
-                "stops every rank together at the next optimizer step."
-            ) from cancel
-
-    def _sync_after(self, learn: Learner) -> Wrapper:
-        result = yield from self._hold(learn)
-        if self.module is not None:
-            self._sync(learn)
-        return result
-
-    def _sync(self, learn: Learner, after_backward: bool = False) -> None:
-        """Agree now on the cancels every rank holds (one all-reduce of a few numbers); raise
-        the strongest any rank holds, on every rank (after a backward, putting the gradients
-        back as ``zero_grad`` left them first)."""
-        flags = [0.0] * len(LEVELS)
-        if self._pending is not None:
-            flags[_level(self._pending)] = 1.0
-        held = pdist.reduce_sum(*flags)
-        if not any(held):
-            return
-        level = max(i for i, n in enumerate(held) if n)
-        mine, self._pending = self._pending, None
-        if mine is not None and _level(mine) != level:
-            mine = None
-        said = pdist.all_gather(
-            (pdist.rank(), str(mine), learn.stop_reason) if mine is not None else None
-        )
-        who, message, reason = next(s for s in said if s is not None)
-        if learn.stop_reason is None:
-            learn.stop_reason = reason
-        if after_backward:  # the batch is cancelled before its step: as if never backpropagated
-            learn.hooks.zero_grad(learn)
-        if mine is not None:
-            raise mine
-        cancel = LEVELS[level](message)
-        cancel.add_note(f"pluglearn DDP: raised on rank {who}; every rank stops together")
-        raise cancel

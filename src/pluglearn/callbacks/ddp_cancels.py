@@ -1,0 +1,134 @@
+"""How the DDP plugin holds a cancel raised on one rank and makes every rank raise it together.
+
+A cancel caught by one of the DDP plugin's hook wrappers is kept (the strongest one wins) until
+an agreement: :meth:`CancelAgreement._sync`, one all-reduce of a flag per cancel kind, then the
+strongest cancel any rank holds is raised on every rank, with that rank's message and stop
+reason. Where and when the agreements happen is the plugin's business (see
+:mod:`pluglearn.callbacks.ddp`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from .. import dist as pdist
+from ..exceptions import (
+    CancelBatchException,
+    CancelEpochException,
+    CancelException,
+    CancelFitException,
+    CancelTrainException,
+    CancelValidateException,
+)
+
+if TYPE_CHECKING:
+    from ..learner import Learner
+
+#: the cancels, weakest first: when ranks hold different ones, every rank raises the strongest
+LEVELS = (
+    CancelBatchException,
+    CancelValidateException,
+    CancelTrainException,
+    CancelEpochException,
+    CancelFitException,
+)
+Wrapper = Generator[None, Any, Any]
+
+
+def _level(cancel: CancelException) -> int:
+    return max(i for i, kind in enumerate(LEVELS) if isinstance(cancel, kind))
+
+
+def batch_items(learn: Learner) -> int:
+    targets = learn.batch[1]
+    if isinstance(targets, torch.Tensor):
+        return targets.shape[0] if targets.ndim else 1
+    return len(targets)
+
+
+def zero_loss(learn: Learner) -> torch.Tensor:
+    """A zero that reaches every parameter, so DDP's all-reduce gets this rank's zero gradient."""
+    preds = learn.preds
+    if isinstance(preds, torch.Tensor) and preds.requires_grad:
+        return preds.sum() * 0.0
+    return sum(p.sum() for p in learn.model.parameters() if p.requires_grad) * 0.0
+
+
+class CancelAgreement:
+    """Holding cancels and agreeing on them; ``module`` is the DDP wrapper inside a fit on
+    several processes (None otherwise: every cancel is raised at once)."""
+
+    module: Any = None
+    _pending: CancelException | None = None
+
+    # ------------------------------------------------------------- holding cancels
+
+    def _keep(self, cancel: CancelException) -> None:
+        if self._pending is None or _level(cancel) > _level(self._pending):
+            self._pending = cancel
+
+    def _hold(self, learn: Learner, drop_batch: bool = False) -> Wrapper:
+        """Run the hook; on several processes keep a cancel for the next agreement."""
+        try:
+            return (yield)
+        except CancelException as cancel:
+            if self.module is None or (not learn.training and _level(cancel) == 0):
+                raise  # alone, or a validation batch skipped on this rank: nothing to agree
+            if drop_batch and _level(cancel) == 0:
+                return None  # after the step a batch cancel has nothing left to skip
+            self._keep(cancel)
+            return None
+
+    def _refuse_cancel(self, learn: Learner, hook: str) -> Wrapper:
+        """Run a step hook; under DDP a cancel from it is refused (in training the other ranks
+        are in, or past, the gradient all-reduce; in validation a stronger cancel than a batch's
+        would leave them waiting at its end), except a validation batch's own skip."""
+        try:
+            return (yield)
+        except CancelException as cancel:
+            if self.module is None or (not learn.training and _level(cancel) == 0):
+                raise  # alone, or a validation batch skipped on this rank: nothing to agree
+            raise RuntimeError(
+                f"DDP: {type(cancel).__name__}({cancel}) was raised by the {hook!r} hook on rank "
+                f"{pdist.rank()}, where the other ranks cannot follow it: under DDP every rank "
+                "takes part in each batch's gradient all-reduce. Raise it from an event hook "
+                "(before_batch, after_pred, after_loss, ...) or from compute_loss, and DDP "
+                "stops every rank together at the next optimizer step."
+            ) from cancel
+
+    def _sync_after(self, learn: Learner) -> Wrapper:
+        result = yield from self._hold(learn)
+        if self.module is not None:
+            self._sync(learn)
+        return result
+
+    def _sync(self, learn: Learner, after_backward: bool = False) -> None:
+        """Agree now on the cancels every rank holds (one all-reduce of a few numbers); raise
+        the strongest any rank holds, on every rank (after a backward, putting the gradients
+        back as ``zero_grad`` left them first)."""
+        flags = [0.0] * len(LEVELS)
+        if self._pending is not None:
+            flags[_level(self._pending)] = 1.0
+        held = pdist.reduce_sum(*flags)
+        if not any(held):
+            return
+        level = max(i for i, n in enumerate(held) if n)
+        mine, self._pending = self._pending, None
+        if mine is not None and _level(mine) != level:
+            mine = None
+        said = pdist.all_gather(
+            (pdist.rank(), str(mine), learn.stop_reason) if mine is not None else None
+        )
+        who, message, reason = next(s for s in said if s is not None)
+        if learn.stop_reason is None:
+            learn.stop_reason = reason
+        if after_backward:  # the batch is cancelled before its step: as if never backpropagated
+            learn.hooks.zero_grad(learn)
+        if mine is not None:
+            raise mine
+        cancel = LEVELS[level](message)
+        cancel.add_note(f"pluglearn DDP: raised on rank {who}; every rank stops together")
+        raise cancel

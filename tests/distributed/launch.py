@@ -1,0 +1,104 @@
+"""Launching tests/distributed/ddp_job.py under torchrun and killing the whole group, shared by
+tests/distributed/test_ddp.py and ``benchmarks/kill_resume.py --ddp``."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+JOB = Path(__file__).with_name("ddp_job.py")
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun(nproc: int, port: int, *, nnodes: int = 1, node_rank: int = 0) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nnodes={nnodes}",
+        f"--node-rank={node_rank}",
+        f"--nproc-per-node={nproc}",
+        "--rdzv-backend=c10d",
+        f"--rdzv-endpoint=127.0.0.1:{port}",
+        "--max-restarts=0",
+        "--monitor-interval=0.1",
+    ]
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (torchrun starts its workers in sessions of their own)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        kids = children.get(todo.pop(), [])
+        found += kids
+        todo += kids
+    return found
+
+
+def kill_all(pid: int) -> None:
+    """SIGKILL the launcher and every worker at once, as a preempted machine goes."""
+    for victim in [pid, *descendants(pid)]:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(victim, signal.SIGKILL)
+
+
+def start_and_kill(
+    out: Path, ckpt: Path, at_batch: int, nproc: int = 2, args: tuple[str, ...] = ()
+) -> None:
+    """Start the job with a checkpoint every batch and SIGKILL the launcher and all its workers
+    once rank 0 has written checkpoint ``at_batch``."""
+    child = subprocess.Popen(
+        [*torchrun(nproc, free_port()), str(JOB), str(out), "--ckpt", str(ckpt), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=ENV,
+        start_new_session=True,
+    )
+    assert child.stdout is not None
+    for line in child.stdout:
+        if line.strip() == f"batch {at_batch}":
+            kill_all(child.pid)
+            break
+    child.wait(30)
+    newest = max(int(p.name.split("-s")[1][:9]) for p in ckpt.glob("*.pt"))
+    if newest != at_batch or child.returncode != -signal.SIGKILL:
+        raise AssertionError(
+            f"killed after checkpoint {at_batch}: the newest is {newest}, the launcher's "
+            f"status {child.returncode} (expected -SIGKILL, nothing written after the kill)"
+        )
+
+
+def run_job(out: Path, *args: str, nproc: int = 2, timeout: float = 90) -> dict:
+    """Run the job (alone when nproc is 1) to its end; returns rank 0's result."""
+    launcher = torchrun(nproc, free_port()) if nproc > 1 else [sys.executable]
+    done = subprocess.run(
+        [*launcher, str(JOB), str(out), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=ENV,
+    )
+    if done.returncode != 0:
+        raise AssertionError(f"the job failed:\n{done.stdout[-3000:]}{done.stderr[-5000:]}")
+    return torch.load(out / "result.pt", weights_only=False)
