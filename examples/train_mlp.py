@@ -8,8 +8,14 @@ mnist`` the cache or download, ``--data PATH_OR_URL`` a pickle in the notebook's
 folder of IDX files). It shows a progress bar, prints the final accuracy,
 writes the loss plot, and exits non-zero when the accuracy misses the target.
 
+Training recipes: ``--one-cycle`` trains with ``learn.fit_one_cycle`` (a one-cycle lr and
+momentum schedule peaking at ``--lr``), ``--bf16`` adds ``MixedPrecision(torch.bfloat16)``
+(the forward pass and loss under bfloat16 autocast, the weights in float32), ``--lr-find``
+picks the lr with ``learn.lr_find()`` first.
+
     python examples/train_mlp.py
     python examples/train_mlp.py --data ../shared/data/mnist/mnist-t10k-split.pkl.gz --epochs 20
+    python examples/train_mlp.py --one-cycle --bf16
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ import sys
 import torch
 from torch import nn
 
-from pluglearn import Accuracy, DataLoaders, Learner, Recorder
+from pluglearn import Accuracy, DataLoaders, Learner, MixedPrecision, Recorder
 
 # ----------------------------------------------------------------------------- settings
 DATA = "auto"  # "auto" (MNIST if available, else digits), "digits", "mnist", or a path / URL
@@ -84,6 +90,18 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="run learn.lr_find() first, print its suggestion and train with it instead of --lr",
     )
+    parser.add_argument(
+        "--one-cycle",
+        action="store_true",
+        help="train with learn.fit_one_cycle: the lr rises to --lr (or the lr_find suggestion) "
+        "and anneals, the momentum moves the other way",
+    )
+    parser.add_argument(
+        "--bf16",
+        action="store_true",
+        help="mixed precision: the forward pass and loss under bfloat16 autocast "
+        "(MixedPrecision(torch.bfloat16)); the weights stay float32",
+    )
     args = parser.parse_args(argv)
 
     torch.manual_seed(SEED)
@@ -113,13 +131,22 @@ def main(argv: list[str] | None = None) -> int:
     def sgd(params, lr):
         return torch.optim.SGD(params, lr=lr, momentum=MOMENTUM)
 
-    learn = Learner(model, dls, opt_func=sgd, lr=args.lr, plugins=[Accuracy(), recorder])
+    plugins: list[object] = [Accuracy(), recorder]
+    if args.bf16:
+        plugins.append(MixedPrecision(torch.bfloat16))
+    learn = Learner(model, dls, opt_func=sgd, lr=args.lr, plugins=plugins)
     print(f"{kind}: {len(x_train)} train / {len(x_valid)} valid items, MLP {n_in}-{HIDDEN}-{n_out}")
     if args.lr_find:
         found = learn.lr_find()
         print(f"lr_find: {len(found.lrs)} batches, suggested lr {found.suggestion:.3g}")
         learn.lr = found.suggestion
-    learn.fit(args.epochs)
+    recipes = [name for name, on in (("one-cycle", args.one_cycle), ("bf16", args.bf16)) if on]
+    if recipes:
+        print(f"recipes: {', '.join(recipes)}")
+    if args.one_cycle:
+        learn.fit_one_cycle(args.epochs, lr_max=learn.lr)
+    else:
+        learn.fit(args.epochs)
 
     accuracy = learn.metrics["accuracy"]
     target = args.target if args.target is not None else TARGET[kind]

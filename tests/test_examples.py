@@ -124,3 +124,23 @@ def test_hf_example_skips_cleanly_without_transformers():
     )
     assert result.returncode == 0, result.stderr
     assert "transformers is not installed: skipping" in result.stdout
+
+
+def final_accuracy(stdout: str) -> float:
+    return float(stdout.split("final validation accuracy: ")[1].split()[0])
+
+
+def test_main_example_with_one_cycle_reaches_its_target():
+    result = run_example(
+        "train_mlp.py", "--data", "digits", "--epochs", "3", "--plot", "", "--one-cycle"
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "recipes: one-cycle\n" in result.stdout
+
+
+def test_main_example_in_bfloat16_reaches_its_target_in_the_band_of_float32():
+    args = ("train_mlp.py", "--data", "digits", "--epochs", "3", "--plot", "")
+    bf16, fp32 = run_example(*args, "--bf16"), run_example(*args)
+    assert bf16.returncode == 0 and fp32.returncode == 0, bf16.stderr + fp32.stderr
+    assert "recipes: bf16\n" in bf16.stdout and "recipes:" not in fp32.stdout
+    assert abs(final_accuracy(bf16.stdout) - final_accuracy(fp32.stdout)) <= 0.02
