@@ -54,6 +54,13 @@ def test_max_bytes_admits_exactly_the_promised_size_and_refuses_one_byte_less(tm
     )
 
 
+def test_the_smallest_max_bytes_is_one(tmp_path):
+    path = _idx(tmp_path / "one", 0x0801, (1,), b"\x07")
+    assert read_idx(path, max_bytes=1).tolist() == [7]
+    with pytest.raises(ValueError, match=r"max_bytes must be a positive int \(or None\), got 0"):
+        read_idx(path, max_bytes=0)
+
+
 def test_dimensions_use_all_four_bytes_of_the_header(tmp_path):
     """A dimension of 70,000 (above 2**16) is read whole, as is each of several dimensions."""
     data = bytes(i % 251 for i in range(70000))
