@@ -36,7 +36,9 @@ before ``collect_metrics`` answers, so ``report``, ``after_epoch`` and the stopp
 the same numbers on every rank; reporters print and write files on rank 0 only
 (``pluglearn.dist.is_main_process``); ``state_dict`` is collected on every rank and gathered to
 rank 0 for the one checkpoint file. A ``CancelXException`` raised by an event hook on one rank
-is raised on every rank at the next synchronisation point (see :mod:`pluglearn.callbacks.ddp`).
+is raised on every rank at the next optimizer step (one batch later when raised after the
+step); one from ``predict``, ``backward``, ``step`` or ``zero_grad`` is refused (see
+:mod:`pluglearn.callbacks.ddp`).
 
 ``make_dataloader`` is called at the start of a fit (before ``before_fit``) for every dataset
 the :class:`~pluglearn.DataLoaders` holds as a dataset rather than as a ready loader.
