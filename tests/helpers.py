@@ -106,3 +106,16 @@ def wait_dead(pids: list[int], within: float = 5.0) -> bool:
             return False
         time.sleep(0.05)
     return True
+
+
+class CrashAt:
+    """Raises ``RuntimeError("killed")`` after training batch ``batch`` of ``epoch``: a crash at a
+    known point, for resume tests that need no subprocess."""
+
+    def __init__(self, epoch: int, batch: int) -> None:
+        self.at = (epoch, batch)
+
+    @hookimpl
+    def after_batch(self, learn):
+        if learn.training and (learn.epoch, learn.iter) == self.at:
+            raise RuntimeError("killed")

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from pluglearn import Checkpoint, DataLoaders, GradientAccumulation, Learner, Recorder, hookimpl
-from tests.helpers import tiny_data
+from tests.helpers import CrashAt, tiny_data
 
 N, BS = 40, 8  # 5 training batches an epoch
 
@@ -63,16 +63,6 @@ def test_with_more_epochs_than_the_budget_the_fit_stops_saying_why():
     assert (learn.opt_steps, learn.stop_reason) == (5, None)
 
 
-class Crash:
-    def __init__(self, epoch: int, batch: int) -> None:
-        self.at = (epoch, batch)
-
-    @hookimpl
-    def after_batch(self, learn):
-        if learn.training and (learn.epoch, learn.iter) == self.at:
-            raise RuntimeError("killed")
-
-
 class CrashInValidation:
     @hookimpl
     def before_validate(self, learn):
@@ -87,7 +77,7 @@ def test_a_resume_across_the_partial_epoch_is_exact(tmp_path, batch):
     done = learner()
     done.fit_one_cycle(None, 0.5, max_steps=8)
     with pytest.raises(RuntimeError, match="killed"):
-        crash = CrashInValidation() if batch == "validation" else Crash(1, batch)
+        crash = CrashInValidation() if batch == "validation" else CrashAt(1, batch)
         learner([Checkpoint(tmp_path, every_n_batches=1), crash]).fit_one_cycle(
             None, 0.5, max_steps=8
         )
@@ -103,7 +93,7 @@ def test_a_resume_across_the_partial_epoch_is_exact(tmp_path, batch):
 
 def test_a_resume_with_another_budget_is_refused(tmp_path):
     with pytest.raises(RuntimeError, match="killed"):
-        learner([Checkpoint(tmp_path, every_n_batches=1), Crash(1, 1)]).fit(max_steps=8)
+        learner([Checkpoint(tmp_path, every_n_batches=1), CrashAt(1, 1)]).fit(max_steps=8)
     with pytest.raises(ValueError, match="pass the run's own max_steps"):
         learner([Checkpoint(tmp_path, every_n_batches=1)]).fit(max_steps=9, resume_from=tmp_path)
 

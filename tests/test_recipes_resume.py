@@ -19,9 +19,8 @@ from pluglearn import (
     Learner,
     MixedPrecision,
     Recorder,
-    hookimpl,
 )
-from tests.helpers import tiny_data
+from tests.helpers import CrashAt, tiny_data
 
 
 def learner(plugins=()):
@@ -38,23 +37,13 @@ def learner(plugins=()):
     return Learner(model, dls, plugins=[*recipes, *plugins])
 
 
-class Crash:
-    def __init__(self, epoch: int, batch: int) -> None:
-        self.at = (epoch, batch)
-
-    @hookimpl
-    def after_batch(self, learn):
-        if learn.training and (learn.epoch, learn.iter) == self.at:
-            raise RuntimeError("killed")
-
-
 # 11 batches an epoch in groups of 3: cuts inside a group, at a group's end, in the tail
 @pytest.mark.parametrize("cut", [(0, 4), (1, 5), (1, 9), (2, 10)])
 def test_all_four_recipes_resume_bit_identical(tmp_path, cut):
     done = learner()
     done.fit_one_cycle(3, 0.4)
     with pytest.raises(RuntimeError, match="killed"):
-        learner([Checkpoint(tmp_path, every_n_batches=1), Crash(*cut)]).fit_one_cycle(3, 0.4)
+        learner([Checkpoint(tmp_path, every_n_batches=1), CrashAt(*cut)]).fit_one_cycle(3, 0.4)
     resumed = learner([Checkpoint(tmp_path, every_n_batches=1)])
     resumed.fit_one_cycle(3, 0.4, resume_from=tmp_path)
     a, b = done.plugin("Recorder"), resumed.plugin("Recorder")

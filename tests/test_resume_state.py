@@ -10,7 +10,7 @@ from torch import nn
 from pluglearn import CheckpointError, DataLoaders, Learner, hookimpl
 from pluglearn.callbacks.checkpoint import Checkpoint
 from pluglearn.checkpoint import checkpoints_in, load_checkpoint, save_checkpoint
-from tests.helpers import tiny_data
+from tests.helpers import CrashAt, tiny_data
 
 N, BS = 40, 8  # 5 training batches an epoch
 
@@ -20,16 +20,6 @@ def learner(plugins=(), lr=0.1, bs=BS):
     x, y = tiny_data(N + 8)
     dls = DataLoaders.from_datasets((x[:N], y[:N]), (x[N:], y[N:]), batch_size=bs, seed=3)
     return Learner(nn.Linear(4, 3), dls, lr=lr, plugins=plugins)
-
-
-class Crash:
-    def __init__(self, epoch, batch):
-        self.at = (epoch, batch)
-
-    @hookimpl
-    def after_batch(self, learn):
-        if learn.training and (learn.epoch, learn.iter) == self.at:
-            raise RuntimeError("killed")
 
 
 class Positions:
@@ -45,7 +35,7 @@ class Positions:
 def crashed_run(tmp_path, epoch=2, batch=2, **kwargs):
     with pytest.raises(RuntimeError, match="killed"):
         learner(**kwargs).fit(
-            4, plugins=[Checkpoint(tmp_path, every_n_batches=1), Crash(epoch, batch)]
+            4, plugins=[Checkpoint(tmp_path, every_n_batches=1), CrashAt(epoch, batch)]
         )
 
 

@@ -87,3 +87,25 @@ def check_loss(loss: object) -> torch.Tensor:
             "the default of torch's losses) or reduce it yourself (loss.mean()) in loss_func."
         )
     return loss
+
+
+def state_dict_mismatch(shapes: dict[str, tuple[int, ...]], saved: dict[str, Any]) -> str:
+    """What keeps the tensors ``saved`` from loading into a model whose state has ``shapes``
+    (``"missing keys: a; unexpected keys: b; shape mismatches (saved != model): c (2,) != (3,)"``),
+    or ``""`` when they fit. Checkpoints and weight files both say it this way."""
+    missing = [k for k in shapes if k not in saved]
+    unexpected = [k for k in saved if k not in shapes]
+    reshaped = [
+        f"{k} {tuple(saved[k].shape)} != {shape}"
+        for k, shape in shapes.items()
+        if k in saved and tuple(saved[k].shape) != shape
+    ]
+    return "; ".join(
+        f"{label}: {', '.join(keys[:5])}{' ...' if len(keys) > 5 else ''}"
+        for label, keys in (
+            ("missing keys", missing),
+            ("unexpected keys", unexpected),
+            ("shape mismatches (saved != model)", reshaped),
+        )
+        if keys
+    )

@@ -36,6 +36,7 @@ from .checkpoint import (
     load_checkpoint,
     load_latest,
 )
+from .checks import state_dict_mismatch
 
 if TYPE_CHECKING:
     from .learner import Learner
@@ -135,27 +136,12 @@ def check_safe_state(value: Any, path: str) -> None:
 
 
 def _check_model(learn: Learner, saved: dict[str, torch.Tensor], source: Path) -> None:
-    own = learn.model.state_dict()
-    missing = [k for k in own if k not in saved]
-    unexpected = [k for k in saved if k not in own]
-    reshaped = [
-        f"{k} {tuple(saved[k].shape)} != {tuple(v.shape)}"
-        for k, v in own.items()
-        if k in saved and tuple(saved[k].shape) != tuple(v.shape)
-    ]
-    if missing or unexpected or reshaped:
-        parts = [
-            f"{label}: {', '.join(keys[:5])}{' ...' if len(keys) > 5 else ''}"
-            for label, keys in (
-                ("missing keys", missing),
-                ("unexpected keys", unexpected),
-                ("shape mismatches (saved != model)", reshaped),
-            )
-            if keys
-        ]
+    shapes = {k: tuple(v.shape) for k, v in learn.model.state_dict().items()}
+    mismatch = state_dict_mismatch(shapes, saved)
+    if mismatch:
         raise CheckpointError(
-            f"checkpoint {source} is of a different model; " + "; ".join(parts) + ". Build the "
-            "model the checkpoint was saved from, or start without resume_from."
+            f"checkpoint {source} is of a different model; {mismatch}. Build the model the "
+            "checkpoint was saved from, or start without resume_from."
         )
 
 

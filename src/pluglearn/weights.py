@@ -35,6 +35,7 @@ from safetensors.torch import save as st_save
 from torch import nn
 
 from .checkpoint import temporary_path
+from .checks import state_dict_mismatch
 
 FORMAT = "pluglearn-weights"
 PREFIXES = ("_orig_mod.", "module.")
@@ -172,25 +173,10 @@ def load_weights(model: nn.Module, path: str | os.PathLike[str]) -> None:
     saved = _canonical(read_weights(path), str(path))
     own = {strip_prefixes(k): k for k in model.state_dict()}
     shapes = {strip_prefixes(k): tuple(v.shape) for k, v in model.state_dict().items()}
-    missing = [k for k in own if k not in saved]
-    unexpected = [k for k in saved if k not in own]
-    reshaped = [
-        f"{k} {tuple(saved[k].shape)} != {shapes[k]}"
-        for k in own
-        if k in saved and tuple(saved[k].shape) != shapes[k]
-    ]
-    if missing or unexpected or reshaped:
-        parts = [
-            f"{label}: {', '.join(keys[:5])}{' ...' if len(keys) > 5 else ''}"
-            for label, keys in (
-                ("missing keys", missing),
-                ("unexpected keys", unexpected),
-                ("shape mismatches (saved != model)", reshaped),
-            )
-            if keys
-        ]
+    mismatch = state_dict_mismatch(shapes, saved)
+    if mismatch:
         raise WeightsError(
-            f"weights file {path} does not fit this model; " + "; ".join(parts) + ". Build the "
-            "model the weights were saved from (same architecture and sizes)."
+            f"weights file {path} does not fit this model; {mismatch}. Build the model the "
+            "weights were saved from (same architecture and sizes)."
         )
     model.load_state_dict({own[k]: v for k, v in saved.items()})

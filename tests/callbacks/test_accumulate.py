@@ -12,7 +12,7 @@ from torch import nn
 from pluglearn import DataLoaders, Learner, ManualBackward, hookimpl
 from pluglearn.callbacks.accumulate import GradientAccumulation
 from pluglearn.callbacks.checkpoint import Checkpoint
-from tests.helpers import tiny_data
+from tests.helpers import CrashAt, tiny_data
 
 DT = torch.float64
 
@@ -127,16 +127,6 @@ def test_the_loss_metrics_see_stays_the_batch_loss():
     assert learn.metrics["train_loss"] == pytest.approx(expected, rel=1e-12)
 
 
-class Crash:
-    def __init__(self, epoch: int, batch: int) -> None:
-        self.at = (epoch, batch)
-
-    @hookimpl
-    def after_batch(self, learn):
-        if learn.training and (learn.epoch, learn.iter) == self.at:
-            raise RuntimeError("killed")
-
-
 def from_datasets_learner(plugins=()):
     x, y = data(70, seed=3)
     dls = DataLoaders.from_datasets((x[:60], y[:60]), (x[60:], y[60:]), batch_size=16, seed=4)
@@ -148,7 +138,7 @@ def test_a_checkpoint_inside_a_group_resumes_exactly(tmp_path, batch):
     done = from_datasets_learner()
     done.fit(2)
     with pytest.raises(RuntimeError, match="killed"):
-        from_datasets_learner([Checkpoint(tmp_path, every_n_batches=1), Crash(1, batch)]).fit(2)
+        from_datasets_learner([Checkpoint(tmp_path, every_n_batches=1), CrashAt(1, batch)]).fit(2)
     resumed = from_datasets_learner([Checkpoint(tmp_path, every_n_batches=1)])
     resumed.fit(2, resume_from=tmp_path)
     for p, q in zip(done.model.parameters(), resumed.model.parameters(), strict=True):

@@ -17,9 +17,8 @@ from pluglearn import (
     Learner,
     Recorder,
     Scheduler,
-    hookimpl,
 )
-from tests.helpers import tiny_data
+from tests.helpers import CrashAt, tiny_data
 
 
 def mlp() -> nn.Module:
@@ -84,16 +83,6 @@ def test_an_epoch_scheduler_steps_once_per_epoch_and_plateau_reads_the_monitor()
     assert rec.lrs[::3] == [1e-6, 1e-6, 5e-7, 2.5e-7]
 
 
-class Crash:
-    def __init__(self, epoch: int, batch: int) -> None:
-        self.at = (epoch, batch)
-
-    @hookimpl
-    def after_batch(self, learn):
-        if learn.training and (learn.epoch, learn.iter) == self.at:
-            raise RuntimeError("killed")
-
-
 def learner(plugins=()):
     x, y = tiny_data(64, seed=8)
     dls = DataLoaders.from_datasets((x[:56], y[:56]), (x[56:], y[56:]), batch_size=8, seed=2)
@@ -113,7 +102,7 @@ def test_a_resumed_run_follows_the_same_lr_and_momentum_sequence(tmp_path, facto
     done.fit(3)
     with pytest.raises(RuntimeError, match="killed"):
         learner([Scheduler(factory, interval), Checkpoint(tmp_path, every_n_batches=1)]).fit(
-            3, plugins=[Crash(1, 3)]
+            3, plugins=[CrashAt(1, 3)]
         )
     resumed = learner([Scheduler(factory, interval), Checkpoint(tmp_path, every_n_batches=1)])
     resumed.fit(3, resume_from=tmp_path)
@@ -127,7 +116,7 @@ def test_fit_one_cycle_resumes_exactly(tmp_path):
     done = learner()
     done.fit_one_cycle(3, 0.5)
     with pytest.raises(RuntimeError, match="killed"):
-        learner([Checkpoint(tmp_path, every_n_batches=1), Crash(1, 4)]).fit_one_cycle(3, 0.5)
+        learner([Checkpoint(tmp_path, every_n_batches=1), CrashAt(1, 4)]).fit_one_cycle(3, 0.5)
     resumed = learner([Checkpoint(tmp_path, every_n_batches=1)])
     resumed.fit_one_cycle(3, 0.5, resume_from=tmp_path)
     a, b = done.plugin("Recorder"), resumed.plugin("Recorder")
