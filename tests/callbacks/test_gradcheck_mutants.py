@@ -10,6 +10,8 @@ backwards whose culprit is known by construction, and messages and tables writte
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -21,6 +23,7 @@ from pluglearn.callbacks.gradcheck_report import (
     GradRow,
     failure_message,
     format_table,
+    grad_errors,
 )
 from pluglearn.scratch import CrossEntropy, Linear, Module, Mse, Parameter, Relu, Sequential
 from tests.helpers import batches, tiny_data
@@ -300,15 +303,16 @@ def test_sampling_entries_does_not_draw_the_global_rng():
 
 def test_numeric_differences_are_kept_in_float64():
     """For a loss quadratic in the weights, float64 central differences agree with autograd to
-    ~1e-12 here; stored in float32 they would be off by ~3e-8 (the weights' gradient is about 1,
-    not a float32 number)."""
+    ~1e-12 here (the weights' gradient is about 1, not a float32 number)."""
     torch.manual_seed(0)
     x, _ = tiny_data(12)
     check = GradCheck(mode="numeric", show=False)
     mse = lambda p, t: (p - t).pow(2).mean()  # noqa: E731
     _learner(nn.Linear(4, 1, bias=False), [check], mse, x, torch.zeros(12, 1)).fit(1)
     weight = {r.name: r for r in check.results}["weight"]
-    assert weight.ok and weight.max_abs < 1e-9
+    # float32 differences would be compared in float32 (autograd's value is cast to the oracle's
+    # dtype): then they agree exactly (0) or differ by a float32 step (~6e-8), never by ~1e-12
+    assert weight.ok and 0 < weight.max_abs < 1e-9
 
 
 class WrongScaleFn(torch.autograd.Function):
@@ -367,6 +371,80 @@ def test_numeric_culprit_when_only_the_input_is_wrong_is_the_first_module():
         _learner(model, [check], F.cross_entropy).fit(1)
     assert [r.name for r in check.results if not r.ok] == ["input"]
     assert "check the backward of the first module or of one after it" in str(info.value)
+
+
+class ScaledW(Linear):
+    """dL/dw off by a relative ``error`` (dL/dx and dL/db right)."""
+
+    def __init__(self, *args, error: float, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.error = error
+
+    def bwd(self, out, x):
+        super().bwd(out, x)
+        self.w.g = self.w.g * (1 + self.error)
+
+
+def _w_row(error: float, loss_func=None, dtype=torch.float32, **kwargs) -> GradRow:
+    """The row of ``0.w`` on the first checked batch (warnings, if any, recorded and dropped)."""
+    model = Sequential(ScaledW(4, 3, generator=_gen(), dtype=dtype, error=error))
+    check = GradCheck(show=False, on_fail="warn", **kwargs)
+    x, y = tiny_data(12)
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter("always")
+        loss_func = loss_func or CrossEntropy()
+        _learner(model.requires_grad_(True), [check], loss_func, x.to(dtype), y).fit(1)
+    return {r.name: r for r in check.results if r.batch == 0}["0.w"]
+
+
+def test_default_tolerances_follow_the_dtype():
+    assert not _w_row(1e-3).ok  # float32: rtol 1e-4
+    assert _w_row(1e-3, rtol=1e-2).ok  # the user's rtol replaces it
+    assert not _w_row(1e-6, dtype=torch.float64).ok  # float64: rtol 1e-9
+
+
+def test_the_tolerance_is_relative_to_the_largest_oracle_entry():
+    """A 0.5 % error passes rtol=1e-2 when the gradients are large (x100 loss): the tolerance
+    grows with max |ref|, it does not shrink."""
+    big = lambda p, t: 100 * F.cross_entropy(p, t)  # noqa: E731
+    row = _w_row(5e-3, loss_func=big, rtol=1e-2, atol=0.0)
+    assert row.ok and row.max_abs / row.max_rel > 2  # max |ref| well above 1
+
+
+def test_atol_alone_can_pass_a_row():
+    assert _w_row(1e-3, rtol=0.0, atol=1.0).ok
+    assert not _w_row(1e-3, rtol=0.0, atol=1e-9).ok
+
+
+def test_an_exact_match_passes_a_zero_tolerance():
+    model = Sequential(Spare(4, 3, generator=_gen())).requires_grad_(True)
+    check = GradCheck(show=False, on_fail="warn", rtol=0.0, atol=0.0)
+    with warnings.catch_warnings(record=True):  # float rows may differ in the last bit
+        warnings.simplefilter("always")
+        _learner(model, [check], CrossEntropy()).fit(1)
+    spare = {r.name: r for r in check.results if r.batch == 0}["0.spare"]
+    assert spare.ok and spare.max_abs == 0.0
+
+
+class ForgetsBias(Linear):
+    def bwd(self, out, x):
+        super().bwd(out, x)
+        self.b.g = None
+
+
+def test_a_gradient_the_bwd_never_set_is_noted():
+    model = Sequential(ForgetsBias(4, 3, generator=_gen())).requires_grad_(True)
+    check = GradCheck(show=False)
+    with pytest.raises(GradCheckError, match=r"\(no \.g: its bwd never set it\): check"):
+        _learner(model, [check], CrossEntropy()).fit(1)
+    bias = {r.name: r for r in check.results}["0.b"]
+    assert bias.note == "(no .g: its bwd never set it)" and not bias.ok
+
+
+def test_grad_errors_of_empty_tensors_are_zero():
+    empty = torch.empty(0)
+    assert grad_errors(empty, empty) == (0.0, 0.0, 0.0)
+    assert grad_errors(None, empty) == (float("inf"), float("inf"), 0.0)
 
 
 # ------------------------------------------------------------------------- argument checks
