@@ -472,6 +472,14 @@ def test_bad_arguments_are_refused_with_their_message(kwargs, message):
     assert str(info.value) == message
 
 
+def test_one_probe_item_and_one_entry_are_enough():
+    torch.manual_seed(0)
+    check = GradCheck(mode="numeric", probe=1, n_entries=1, show=False)
+    _learner(nn.Linear(4, 3), [check], F.cross_entropy).fit(1)
+    rows = {r.name: r for r in check.results}
+    assert rows["input"].shape == (1, 4) and {r.checked for r in check.results} == {1}
+
+
 def test_results_is_an_empty_list_before_any_fit():
     assert GradCheck().results == []
     assert GradCheck(first=0, every=3).results == []
