@@ -15,6 +15,10 @@ continues the same global order when the loader's state is the same on every sav
 states that differ between saved ranks are merged when they are running sums
 (``{"total", "count"}``: rank 0 takes the sums, the others zero), and anything else is refused,
 naming both numbers of processes.
+
+A model sharded by :class:`~pluglearn.FSDP` is saved whole: its full model and optimizer state
+gathered to rank 0 (the optimizer's keyed by parameter name), and loaded back into every rank's
+shards at a resume (see :mod:`pluglearn.callbacks.fsdp`).
 """
 
 from __future__ import annotations
@@ -85,7 +89,12 @@ def capture(learn: Learner, epoch_end: bool = False) -> dict[str, Any]:
     for plugin, result in learn.hooks.call("state_dict", learn=learn):
         check_safe_state(result, f"plugin {plugin!r}: state")
         plugins[plugin] = result
-    opt_state = learn.opt.state_dict() if hasattr(learn.opt, "state_dict") else None
+    sharded = _sharded(learn)
+    if sharded is not None:  # FSDP: the full state, gathered to rank 0 (a collective)
+        model_state, opt_state = sharded.full_state(learn.model, learn.opt)
+    else:
+        model_state = learn.model.state_dict()
+        opt_state = learn.opt.state_dict() if hasattr(learn.opt, "state_dict") else None
     rng = rng_state()
     ranks = None
     if pdist.world_size() > 1:  # every rank's own parts, gathered to rank 0 (a collective)
@@ -93,7 +102,7 @@ def capture(learn: Learner, epoch_end: bool = False) -> dict[str, Any]:
     return {
         "format": FORMAT,
         "version": VERSION,
-        "model": learn.model.state_dict(),
+        "model": model_state,
         "opt": opt_state,
         "plugins": plugins,
         "rng": rng,
@@ -130,6 +139,13 @@ def check_safe_state(value: Any, path: str) -> None:
             "(weights_only=True) refuses: a state_dict hook must return tensors, numbers, "
             "strings, lists and dicts (e.g. torch.from_numpy(array), or array.tolist())."
         )
+
+
+def _sharded(learn: Learner) -> Any:
+    """The FSDP module (its full-state functions) when ``learn.model`` is sharded, else None."""
+    from .callbacks import fsdp
+
+    return fsdp if fsdp.is_sharded(learn.model) else None
 
 
 # ----------------------------------------------------------------------------- restore
@@ -193,6 +209,14 @@ def _check_state(learn: Learner, state: dict[str, Any], path: Path, lr: float | 
             f"checkpoint {path} {'has no' if own_opt else 'has an'} optimizer state, but this "
             f"Learner's optimizer ({type(learn.opt).__name__}) "
             f"{'has one' if own_opt else 'has none'}: resume with the optimizer the run used."
+        )
+    named = own_opt and any(
+        isinstance(p, str) for g in saved_opt.get("param_groups", ()) for p in g.get("params", ())
+    )
+    if named and _sharded(learn) is None:
+        raise CheckpointError(
+            f"checkpoint {path} was written under FSDP() (its optimizer state is keyed by "
+            "parameter name), and this Learner's model is not sharded: resume with FSDP()."
         )
     if own_opt:
         own_groups = [len(g["params"]) for g in learn.opt.state_dict()["param_groups"]]
@@ -318,8 +342,10 @@ def restore(
     loop, loader = state["loop"], learn.dls.train
     position = int(loop["position"])
     stateful = hasattr(loader, "load_state_dict")
-    unknown = sorted(
-        set(state["plugins"]) - {i.plugin for i in learn.hooks.impls["load_state_dict"]}
+    unknown = sorted(  # a Checkpoint plugin's state (its run id) names files, it trains nothing
+        name
+        for name in set(state["plugins"]) - {i.plugin for i in learn.hooks.impls["load_state_dict"]}
+        if not name.startswith("Checkpoint")
     )
     if unknown:
         warnings.warn(
@@ -332,9 +358,13 @@ def restore(
     try:
         if state["loader"] is not None and stateful:
             loader.load_state_dict(state["loader"])  # first: it refuses other loader settings
-        learn.model.load_state_dict(state["model"])
-        if state["opt"] is not None:
-            learn.opt.load_state_dict(state["opt"])
+        sharded = _sharded(learn)
+        if sharded is not None:  # FSDP: every rank keeps its shards of the full state
+            sharded.load_full_state(learn.model, learn.opt, state["model"], state["opt"])
+        else:
+            learn.model.load_state_dict(state["model"])
+            if state["opt"] is not None:
+                learn.opt.load_state_dict(state["opt"])
         # the plugins load with the position of the checkpoint in place (they may record it)
         learn.epoch, learn.train_iter = int(loop["epoch"]), int(loop["train_iter"])
         learn.opt_steps = int(loop.get("opt_steps", loop["train_iter"]))
