@@ -137,3 +137,24 @@ def test_regression_targets_that_would_broadcast_are_refused():
         nn.Linear(3, 1), DataLoaders.from_datasets((x, y[:, None]), batch_size=8), F.mse_loss
     )
     ok.fit(1)  # the same data with matching shapes trains
+
+
+def test_a_resume_without_a_stateful_plugin_of_the_saved_run_warns_naming_it(tmp_path):
+    from pluglearn import EarlyStopping
+
+    with pytest.raises(RuntimeError, match="killed"):
+        learner().fit(
+            4,
+            plugins=[
+                Checkpoint(tmp_path, every_n_batches=1),
+                EarlyStopping("valid_loss", patience=9),
+                CrashAt(2, 2),
+            ],
+        )
+    with pytest.warns(UserWarning, match=r"plugin\(s\) EarlyStopping, which this Learner"):
+        learner().fit(4, resume_from=tmp_path)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the Checkpoint plugin's own state is no reason to warn
+        learner().fit(4, resume_from=tmp_path, plugins=[EarlyStopping("valid_loss", patience=9)])
