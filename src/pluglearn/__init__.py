@@ -16,6 +16,7 @@ from .callbacks.checkpoint import Checkpoint
 from .callbacks.clipping import GradientClipping
 from .callbacks.ddp import DDP
 from .callbacks.device import Device
+from .callbacks.fsdp import FSDP
 from .callbacks.gradcheck import GradCheck, GradCheckError
 from .callbacks.hf import HFModel
 from .callbacks.logger import MetricsLogger
@@ -49,6 +50,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "DDP",
+    "FSDP",
     "Accuracy",
     "AvgLoss",
     "CancelBatchException",

@@ -16,7 +16,7 @@ one worker) or sampler (a torch DataLoader with a DistributedSampler). ``--cance
 --cancel-at N --cancel-in HOOK``: rank R raises CancelEpochException from HOOK (compute_loss,
 predict, after_loss, after_batch) at training batch N. ``--sigint-rank R --sigint-at N``: rank R
 sends itself SIGINT (a Ctrl-C) at the start of training batch N; the job records the
-KeyboardInterrupt every rank ended with.
+KeyboardInterrupt every rank ended with. ``--fsdp``: FSDP(layers=nn.Linear) instead of DDP().
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
 
 from pluglearn import (
     DDP,
+    FSDP,
     Accuracy,
     CancelEpochException,
     DataLoaders,
@@ -128,9 +129,11 @@ def main() -> None:
         parser.add_argument(f"--{name}-rank", type=int)
         parser.add_argument(f"--{name}-at", type=int)
     parser.add_argument("--cancel-in")
+    parser.add_argument("--fsdp", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    ddp = DDP()  # joins torchrun's process group (alone: a warning, and nothing)
+    # joins torchrun's process group (alone: a warning, and nothing)
+    ddp = FSDP(layers=nn.Linear) if args.fsdp else DDP()
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(N_FEATURES, 16), nn.Tanh(), nn.Linear(16, 3)).double()
     xt, yt, xv, yv = data()
@@ -177,15 +180,23 @@ def main() -> None:
         interrupted = (str(error), learn.epoch, learn.train_iter)
     interrupts = pdist.gather_to_main(interrupted)
     seen = pdist.gather_to_main(probe.seen)
+    held = sum(getattr(p, "to_local", lambda p=p: p)().numel() for p in learn.model.parameters())
+    held = pdist.gather_to_main(held)  # each rank's parameter elements (FSDP: its shards)
+    weights = learn.model.state_dict()
+    if args.fsdp and pdist.is_distributed():
+        from pluglearn.callbacks.fsdp import full_state
+
+        weights = full_state(learn.model)[0]  # the shards gathered (a collective)
     if pdist.is_main_process():
         Path(args.out).mkdir(parents=True, exist_ok=True)
         result = {
-            "weights": {k: v.clone() for k, v in learn.model.state_dict().items()},
+            "weights": {k: v.clone() for k, v in weights.items()},
             "history": history,
             "stop_reason": learn.stop_reason,
             "seen": seen,
             "world": pdist.world_size(),
             "interrupted": interrupts,
+            "held": held,
         }
         torch.save(result, Path(args.out) / "result.pt")
     stops = pdist.all_gather(learn.stop_reason)

@@ -91,9 +91,10 @@ class DDP(CancelAgreement):
         self._saved_wrapper: list[Any] = []
         self._padded: tuple[int, int] | None = None
         if not pdist.is_distributed():
+            name = type(self).__name__
             warnings.warn(
-                "DDP(): this process was not launched by torchrun with several processes "
-                "(WORLD_SIZE unset or 1), so it trains alone and DDP() does nothing; launch "
+                f"{name}(): this process was not launched by torchrun with several processes "
+                f"(WORLD_SIZE unset or 1), so it trains alone and {name}() does nothing; launch "
                 "with `torchrun --nproc_per_node N script.py` to train on N processes.",
                 stacklevel=2,
             )
@@ -114,8 +115,6 @@ class DDP(CancelAgreement):
     def before_fit(self, learn: Learner) -> None:
         if pdist.world_size() < 2:
             return
-        from .accumulate import GradientAccumulation
-
         kwargs = dict(self.ddp_kwargs)
         device = next(learn.model.parameters()).device
         if device.type == "cuda" and "device_ids" not in kwargs:
@@ -124,6 +123,12 @@ class DDP(CancelAgreement):
         trained = [p for p in learn.model.parameters() if p.requires_grad]
         self._probe_param = min(trained, key=lambda p: p.numel())  # the smallest one
         learn.wrapped_model = self.module
+        self._start_fit(learn)
+
+    def _start_fit(self, learn: Learner) -> None:
+        """What every fit on several processes starts from (shared with FSDP)."""
+        from .accumulate import GradientAccumulation
+
         self._weigh = not any(
             isinstance(p, GradientAccumulation) and p.scale_loss for p in learn.plugins
         )
