@@ -6,7 +6,7 @@ mutant that passes them ("survived") is a bug the suite would not notice. This s
 mutmut 3 on chosen modules, each mutant against only the tests that reach the mutated function,
 then prints the kill rate per module and every survivor as ``file:line`` with its change.
 
-    pip install -c constraints.txt -e ".[mutation]"
+    pip install -c constraints.txt -e ".[dev,mutation]"             # pytest, hypothesis, mutmut
     python benchmarks/mutation.py                                   # the default modules
     python benchmarks/mutation.py --module data/safe_pickle.py      # one (or more) of them
     python benchmarks/mutation.py --module plugins/dispatch.py --tests tests/test_learner.py
