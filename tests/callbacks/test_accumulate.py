@@ -229,3 +229,33 @@ def test_a_failed_backward_leaves_the_batch_loss_for_on_error_and_the_cleanups()
     assert len(failing.seen) == 2
     for loss in failing.seen:  # the batch's own loss, not the loss weighted by its 4 items
         assert torch.equal(loss.detach(), own)
+
+
+def test_one_batch_groups_are_accepted_and_step_every_batch_like_no_accumulation():
+    x, y = data(24, seed=5)
+    batches = split(x, y, [8, 8, 8])
+    plain = Learner(model(), DataLoaders(batches), lr=0.1, defaults=False)
+    one = Learner(copy.deepcopy(plain.model), DataLoaders(batches), lr=0.1, defaults=False)
+    one.add_plugin(GradientAccumulation(1))
+    plain.fit(2)
+    one.fit(2)
+    assert_close(plain.model, one.model, tol=1e-12)
+
+
+def test_a_0_dim_target_counts_one_item_and_untyped_targets_name_the_fix():
+    from pluglearn.callbacks.accumulate import count_targets
+
+    class Fake:
+        batch = (None, torch.tensor(3))
+
+    assert count_targets(Fake()) == 1
+    Fake.batch = (None, object())
+    with pytest.raises(TypeError, match=r"targets of type object: pass count=lambda learn"):
+        count_targets(Fake())
+
+
+def test_count_with_summed_batches_is_refused_naming_both():
+    with pytest.raises(ValueError, match=r"^count= weights the batches, scale_loss=False sums"):
+        GradientAccumulation(2, count=lambda learn: 1, scale_loss=False)
+    with pytest.raises(TypeError, match=r"e\.g\. count=lambda learn: len\(learn\.yb\)\.$"):
+        GradientAccumulation(2, count=3)
