@@ -92,3 +92,23 @@ def test_the_readme_layout_lists_every_module_and_package():
     listed = readme_layout()
     assert not actual - listed, f"README's Layout section does not list: {sorted(actual - listed)}"
     assert not listed - actual, f"README's Layout lists what is gone: {sorted(listed - actual)}"
+
+
+def test_every_module_the_architecture_doc_names_exists():
+    """docs/architecture.md may group modules by role, but every `name.py` or `dir/` it names
+    under src/pluglearn must exist, so a rename or a move cannot leave it stale."""
+    doc = (ROOT / "docs" / "architecture.md").read_text()
+    layout = doc.split("## Layout", 1)[1].split("\n## ", 1)[0]
+    named = set(re.findall(r"^\s{4}([a-z_/]+(?:\.py|/))", layout, re.M))
+    assert named, "the architecture doc's Layout section names no module"
+    missing = sorted(n for n in named if not (PACKAGE / n).exists())
+    assert not missing, f"docs/architecture.md names modules that do not exist: {missing}"
+    mentioned = set(re.findall(r"`([a-z_/]+\.py)`", doc))
+    gone = sorted(
+        m
+        for m in mentioned
+        if not (PACKAGE / m).exists()
+        and not (ROOT / m).exists()
+        and not any(PACKAGE.rglob(Path(m).name))
+    )
+    assert not gone, f"docs/architecture.md mentions files that do not exist: {gone}"
