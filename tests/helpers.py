@@ -119,3 +119,16 @@ class CrashAt:
     def after_batch(self, learn):
         if learn.training and (learn.epoch, learn.iter) == self.at:
             raise RuntimeError("killed")
+
+
+class DieAtStep:
+    """Raises ``RuntimeError("die")`` after the training batch that makes ``train_iter`` equal
+    ``step`` (counted over the Learner's life, across epochs)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    @hookimpl
+    def after_batch(self, learn):
+        if learn.training and learn.train_iter == self.step:
+            raise RuntimeError("die")

@@ -16,7 +16,7 @@ from pluglearn import CancelFitException, DataLoaders, Learner, hookimpl
 from pluglearn.callbacks.checkpoint import Checkpoint
 from pluglearn.checkpoint import CheckpointError, checkpoints_in, load_checkpoint, save_checkpoint
 from pluglearn.resume import capture
-from tests.helpers import EventLog, batches, tiny_data
+from tests.helpers import DieAtStep, EventLog, batches, tiny_data
 from tests.resume_job import make_learner, run_and_signal
 
 JOB = Path(__file__).with_name("resume_job.py")
@@ -214,16 +214,6 @@ def test_a_loader_without_state_replays_to_the_cut_with_a_warning(tmp_path):
         assert torch.equal(a, b)
 
 
-class _DieAt:
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    @hookimpl
-    def after_batch(self, learn):
-        if learn.training and learn.train_iter == self.step:
-            raise RuntimeError("die")
-
-
 class _TrainSteps:
     """The training steps a fit ran (``train_iter`` after each training batch)."""
 
@@ -252,7 +242,7 @@ def test_resume_with_the_scratch_dataloader_is_bit_identical(tmp_path, cut):
     reference = _map_style_learner(tmp_path / "reference")
     reference.fit(3)
     with pytest.raises(RuntimeError, match="die"):
-        _map_style_learner(tmp_path / "run").fit(3, plugins=[_DieAt(cut)])
+        _map_style_learner(tmp_path / "run").fit(3, plugins=[DieAtStep(cut)])
     step = saved_at(tmp_path / "run")
     assert step == cut - 1  # batch `cut` raised before its own checkpoint
     resumed, ran = _map_style_learner(tmp_path / "run"), _TrainSteps()

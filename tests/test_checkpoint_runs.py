@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from pluglearn import DataLoaders, Learner, hookimpl
+from pluglearn import DataLoaders, Learner
 from pluglearn.callbacks.checkpoint import Checkpoint
 from pluglearn.checkpoint import (
     NoCheckpointError,
@@ -20,7 +20,7 @@ from pluglearn.checkpoint import (
     parse_name,
     runs_in,
 )
-from tests.helpers import tiny_data
+from tests.helpers import DieAtStep, tiny_data
 
 BATCHES = 5  # training batches an epoch
 
@@ -33,16 +33,6 @@ def learner(directory: Path, seed: int = 0, keep_last: int | None = 2) -> Learne
     model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Dropout(0.2), nn.Linear(8, 3))
     checkpoint = Checkpoint(directory, every_n_batches=1, keep_last=keep_last)
     return Learner(model, dls, lr=0.1, plugins=[checkpoint])
-
-
-class DieAt:
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    @hookimpl
-    def after_batch(self, learn):
-        if learn.training and learn.train_iter == self.step:
-            raise RuntimeError("die")
 
 
 def weights(learn: Learner) -> list[torch.Tensor]:
@@ -77,7 +67,7 @@ def test_a_new_run_in_a_used_directory_keeps_its_checkpoints_and_is_the_one_resu
 
 def test_a_resumed_fit_writes_under_its_run_and_a_new_fit_under_a_new_one(tmp_path):
     with pytest.raises(RuntimeError, match="die"):
-        learner(tmp_path).fit(3, plugins=[DieAt(7)])
+        learner(tmp_path).fit(3, plugins=[DieAtStep(7)])
     [killed] = runs_in(tmp_path)
     resumed = learner(tmp_path)
     resumed.fit(3, resume_from=tmp_path)
@@ -133,7 +123,7 @@ def test_a_restart_script_resumes_if_a_checkpoint_exists_and_starts_fresh_otherw
     reference.fit(2)
     first = learner(tmp_path / "run")  # the first start: nothing to resume yet
     with pytest.raises(RuntimeError, match="die"):
-        first.fit(2, resume_from=tmp_path / "run", missing_ok=True, plugins=[DieAt(7)])
+        first.fit(2, resume_from=tmp_path / "run", missing_ok=True, plugins=[DieAtStep(7)])
     again = learner(tmp_path / "run")  # the same command after the crash: resumes
     again.fit(2, resume_from=tmp_path / "run", missing_ok=True)
     assert_same(weights(again), weights(reference))

@@ -30,7 +30,6 @@ class PluginRegistry:
     def __init__(self) -> None:
         self._plugins: list[object] = []
         self._names: list[str] = []
-        self.instrument: Instrument | None = None  # wraps every implementation (a profiler)
         self.calls = self._rebuild()
 
     def __iter__(self) -> Iterator[object]:
@@ -86,11 +85,6 @@ class PluginRegistry:
             f"plugin {plugin!r} is not registered; registered: {', '.join(self._names)}"
         )
 
-    def rebuild(self) -> None:
-        """Recompile the dispatcher (after ``instrument`` changed). A plugin with an
-        ``instrument_hooks(impl, fn) -> fn`` method instruments every hook while registered."""
-        self.calls = self._rebuild()
-
     def _rebuild(self) -> Dispatcher:
         pm = pluggy.PluginManager(PROJECT_NAME)
         pm.add_hookspecs(specs)
@@ -121,11 +115,10 @@ class PluginRegistry:
         return Dispatcher(impls, self._instrument())
 
     def _instrument(self) -> Instrument | None:
-        """``instrument`` composed with the ``instrument_hooks`` method of every registered plugin
-        that has one (a :class:`~pluglearn.callbacks.profiler.Profiler`); None when there is
-        none, so a Learner without a profiler compiles the bare callers."""
-        found = [self.instrument] if self.instrument is not None else []
-        found += [
+        """The ``instrument_hooks`` method of every registered plugin that has one (a
+        :class:`~pluglearn.callbacks.profiler.Profiler`), composed; None when there is none, so a
+        Learner without a profiler compiles the bare callers."""
+        found = [
             p.instrument_hooks  # type: ignore[attr-defined]
             for p in self._plugins
             if callable(getattr(type(p), "instrument_hooks", None))
