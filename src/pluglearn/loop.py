@@ -150,9 +150,9 @@ class Loop:
         try:
             hooks.before_batch(self)
             training = pos.training
-            if training:
+            if training:  # the checks run only on an unusual answer: a call costs per batch
                 answer = hooks.should_step(self)
-                pos.will_step = True if answer is None else check_should_step(answer)
+                pos.will_step = answer if type(answer) is bool else check_should_step(answer)
             if hooks.wraps_forward:
                 with hooks.forward_context(self):
                     self._forward(hooks)
@@ -160,13 +160,16 @@ class Loop:
                 self._forward(hooks)
             hooks.after_loss(self)
             if training:
-                check_done("backward", hooks.backward(self))
+                if (done := hooks.backward(self)) is not True:
+                    check_done("backward", done)
                 hooks.after_backward(self)
                 if pos.will_step:
                     hooks.before_step(self)
-                    check_done("step", hooks.step(self))
+                    if (done := hooks.step(self)) is not True:
+                        check_done("step", done)
                     hooks.after_step(self)
-                    check_done("zero_grad", hooks.zero_grad(self))
+                    if (done := hooks.zero_grad(self)) is not True:
+                        check_done("zero_grad", done)
                     pos.opt_steps += 1
                 pos.train_iter += 1
             hooks.after_batch(self)

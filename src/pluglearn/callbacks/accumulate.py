@@ -133,7 +133,10 @@ class GradientAccumulation:
 
     @hookimpl(tryfirst=True)
     def after_backward(self, learn: Learner) -> None:
-        if not self._put_back(learn) and self.scale_loss:
+        loss, self._loss = self._loss, None
+        if loss is not None:  # _put_back inlined: this runs every training batch
+            learn.loss = loss
+        elif self.scale_loss:
             order = [i.plugin for i in learn.hooks.impls["backward"] if not i.wrapper]
             raise RuntimeError(
                 "GradientAccumulation: another backward provider answered before it weighted "
@@ -148,14 +151,16 @@ class GradientAccumulation:
 
     @hookimpl(tryfirst=True)
     def cleanup_batch(self, learn: Learner) -> None:
-        self._put_back(learn)  # a backward that cancelled the batch
+        if self._loss is not None:  # a backward that cancelled the batch
+            self._put_back(learn)
 
     @hookimpl(tryfirst=True)  # before unscaling and clipping: they see the group's gradient
     def before_step(self, learn: Learner) -> None:
         total, self.total = self.total, 0
         if not self.scale_loss:
             return
-        if isinstance(learn.wrapped_model, DistributedDataParallel):
+        wrapped = learn.wrapped_model
+        if wrapped is not None and isinstance(wrapped, DistributedDataParallel):
             # DDP averaged the ranks' summed gradients: divide by the items of all ranks / W
             total = reduce_sum(float(total))[0] / world_size()
         if isinstance(total, (int, float)) and total <= 0:

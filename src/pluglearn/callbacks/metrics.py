@@ -126,7 +126,7 @@ class AvgLoss(AverageMetric):
         else:
             n = count_items(batch)  # a pair's targets, a dict's labels, else the first tensor
         # on CPU a float is cheapest; on an accelerator a tensor sum avoids a sync per batch
-        if loss.device.type == "cpu":
+        if loss.is_cpu:
             return loss.item() * n, n
         return loss.detach() * n, n
 

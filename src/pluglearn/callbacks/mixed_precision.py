@@ -20,6 +20,7 @@ advance (the optimizer did not step). The scaler's state is in the checkpoints.
 
 from __future__ import annotations
 
+from functools import cache
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -31,7 +32,16 @@ if TYPE_CHECKING:
 
 
 class MixedPrecision:
-    """Autocast to ``dtype`` around the forward pass and loss; a GradScaler for float16."""
+    """Autocast to ``dtype`` around the forward pass and loss; a GradScaler for float16.
+
+    ``MixedPrecision(torch.float16)`` is an instance of the class with :class:`LossScaling`
+    mixed in (same name, a subclass): the scaler's hooks exist only where a scaler does, so the
+    bfloat16 run pays for no hook that would only pass."""
+
+    def __new__(cls, dtype: torch.dtype = torch.bfloat16, **scaler_kwargs: Any) -> MixedPrecision:
+        if dtype == torch.float16 and not issubclass(cls, LossScaling):
+            cls = with_loss_scaling(cls)  # a user's subclass keeps its own overrides first
+        return super().__new__(cls)
 
     def __init__(self, dtype: torch.dtype = torch.bfloat16, **scaler_kwargs: Any) -> None:
         if dtype not in (torch.bfloat16, torch.float16):
@@ -79,6 +89,32 @@ class MixedPrecision:
         return torch.autocast(self.device_type, dtype=self.dtype)
 
     @hookimpl
+    def state_dict(self) -> dict[str, Any] | None:
+        if self.scaler is None:
+            return {"dtype": str(self.dtype)}
+        return {"dtype": str(self.dtype), "scaler": self.scaler.state_dict()}
+
+    @hookimpl
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("dtype") != str(self.dtype):
+            raise ValueError(
+                f"MixedPrecision: the checkpoint was trained with {state.get('dtype')}, this "
+                f"plugin uses {self.dtype}: resume with MixedPrecision({state.get('dtype')})."
+            )
+        if "scaler" in state and self.scaler is not None:
+            self.scaler.load_state_dict(state["scaler"])
+            self._scale = self.scaler.get_scale()
+
+
+class LossScaling:
+    """The float16 half of :class:`MixedPrecision`: the ``GradScaler``'s backward, unscale and
+    step (see the module doc). Mixed in by ``MixedPrecision.__new__``, never used alone."""
+
+    scaler: torch.amp.GradScaler | None
+    step_skipped: bool
+    _scale: float
+
+    @hookimpl
     def backward(self, learn: Learner) -> bool | None:
         if self.scaler is None:
             return None
@@ -100,22 +136,22 @@ class MixedPrecision:
         self.step_skipped, self._scale = scale < self._scale, scale
         return True
 
-    @hookimpl
-    def state_dict(self) -> dict[str, Any] | None:
-        if self.scaler is None:
-            return {"dtype": str(self.dtype)}
-        return {"dtype": str(self.dtype), "scaler": self.scaler.state_dict()}
+    def __reduce__(self) -> tuple[Any, ...]:
+        # pickle through the class the user named: the mixed class is made at run time
+        return (_rebuild, (type(self).__mro__[1], self.__dict__))
 
-    @hookimpl
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state.get("dtype") != str(self.dtype):
-            raise ValueError(
-                f"MixedPrecision: the checkpoint was trained with {state.get('dtype')}, this "
-                f"plugin uses {self.dtype}: resume with MixedPrecision({state.get('dtype')})."
-            )
-        if "scaler" in state and self.scaler is not None:
-            self.scaler.load_state_dict(state["scaler"])
-            self._scale = self.scaler.get_scale()
+
+@cache
+def with_loss_scaling(cls: type[MixedPrecision]) -> type[MixedPrecision]:
+    """``cls`` with the loss-scaling hooks, under the same name (the plugin's name)."""
+    namespace = {"__module__": cls.__module__, "__qualname__": cls.__qualname__}
+    return type(cls.__name__, (cls, LossScaling), namespace)
+
+
+def _rebuild(cls: type[MixedPrecision], state: dict[str, Any]) -> MixedPrecision:
+    plugin = MixedPrecision.__new__(cls, torch.float16)
+    plugin.__dict__.update(state)
+    return plugin
 
 
 def skippers(plugins: list[object]) -> list[Any]:

@@ -44,8 +44,8 @@ class TrainStep:
         if (
             type(preds) is torch.Tensor
             and type(targets) is torch.Tensor
+            and targets.is_floating_point()  # first: class labels skip the shape objects
             and preds.shape != targets.shape
-            and targets.is_floating_point()
         ):
             check_broadcast(preds, targets)
         try:  # free when nothing fails; torch's own messages name neither shape nor the fix

@@ -200,6 +200,18 @@ def _addressed(pairs: Pairs) -> Caller:
 def _context(pairs: Pairs) -> Caller:
     if not pairs:
         return lambda arg: _NO_CONTEXT
+    if len(pairs) == 1:  # the common case (autocast alone): no list, no loop
+        impl, fn = pairs[0]
+
+        def one_context(arg: Any) -> Any:
+            try:
+                cm = fn(arg)
+            except BaseException as error:
+                mark_origin(error, impl)
+                raise
+            return _NO_CONTEXT if cm is None else _Tagged(impl, cm)
+
+        return one_context
 
     def contexts(arg: Any) -> Any:
         entered = []
