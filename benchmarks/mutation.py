@@ -18,6 +18,12 @@ copy is deleted afterwards unless ``--keep`` (then ``cd`` there and ``mutmut bro
 per module on two cores; ``--jobs`` runs mutants in parallel. Equivalent or harmless survivors
 are listed, with the reason, in ``docs/testing.md``; run this before resolving an issue that
 touches one of these modules, and keep each module at 90 % or more.
+
+mutmut 3 skips every function that carries a decorator, so the ``@hookimpl`` methods of the
+plugins (their hook bodies) would never be mutated. In the copy, each is undecorated (the
+decorator line blanked, so line numbers stay right) and marked again at the end of the module,
+``Class.hook = (hookimpl(...))(Class.hook)``: see ``mutation_hooks.py``. ``--no-hooks`` leaves
+the modules as they are (the old behaviour).
 """
 
 from __future__ import annotations
@@ -32,6 +38,8 @@ import sys
 import tempfile
 from collections import Counter, defaultdict
 from pathlib import Path
+
+from mutation_hooks import expose_hooks_in  # benchmarks/ is on sys.path when run as a script
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = "src/pluglearn"
@@ -261,6 +269,9 @@ def main() -> None:
     parser.add_argument("--ref", help="test this commit (e.g. HEAD), not the working tree")
     parser.add_argument("--keep", action="store_true", help="keep the copy (to mutmut browse)")
     parser.add_argument("--list", action="store_true", help="print the module table and exit")
+    parser.add_argument(
+        "--no-hooks", action="store_true", help="leave @hookimpl methods unmutated (mutmut's way)"
+    )
     args = parser.parse_args()
     if args.list:
         for module, tests in MODULES.items():
@@ -278,6 +289,10 @@ def main() -> None:
         tests = [t for t in tests if (tree / t).is_file()]
         if not present or not tests:
             sys.exit("nothing to run: no module or no test file found (see --list)")
+        if not args.no_hooks:
+            for m in present:
+                hooks = expose_hooks_in(tree / PACKAGE / m)
+                print(f"{m}: {len(hooks)} @hookimpl methods brought under mutation", flush=True)
         configure(tree, present, tests, args.pytest_arg, args.slack)
         print(f"mutating {', '.join(present)}\n  tests {' '.join(tests)}\n  in {tree}", flush=True)
         mutmut(tree, "run", "--max-children", str(args.jobs), *args.only)
