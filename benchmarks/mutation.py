@@ -104,7 +104,11 @@ MODULES: dict[str, list[str]] = {
         "tests/test_learner.py",
         "tests/test_contract_fuzz.py",
     ],
-    "callbacks/accumulate.py": ["tests/callbacks/test_accumulate.py"],
+    "callbacks/accumulate.py": [
+        "tests/callbacks/test_accumulate.py",
+        "tests/callbacks/test_accumulate_mutants.py",
+    ],
+    "callbacks/scheduler.py": ["tests/callbacks/test_scheduler.py", "tests/test_recipes_kill.py"],
 }
 KILLED = {"killed", "timeout", "segfault", "caught by type check"}
 
