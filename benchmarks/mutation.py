@@ -108,7 +108,11 @@ MODULES: dict[str, list[str]] = {
         "tests/callbacks/test_accumulate.py",
         "tests/callbacks/test_accumulate_mutants.py",
     ],
-    "callbacks/scheduler.py": ["tests/callbacks/test_scheduler.py", "tests/test_recipes_kill.py"],
+    "callbacks/scheduler.py": [
+        "tests/callbacks/test_scheduler.py",
+        "tests/callbacks/test_scheduler_mutants.py",
+        "tests/test_recipes_kill.py",
+    ],
 }
 KILLED = {"killed", "timeout", "segfault", "caught by type check"}
 
