@@ -162,7 +162,7 @@ def test_each_fit_starts_a_fresh_count_and_a_removed_profiler_stops_instrumentin
     assert {(r.plugin, r.hook): r.calls for r in profiler.table()} == first
     assert first["CountBatches", "after_batch"] == 3
     learn.remove_plugin(profiler)
-    assert learn._registry._instrument() is None  # the bare callers again
+    assert learn._registry._chained("instrument_hooks") is None  # the bare callers again
     learn.fit(1)
     assert counter.n == 9
     assert {(r.plugin, r.hook): r.calls for r in profiler.table()} == first

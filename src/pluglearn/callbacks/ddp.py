@@ -69,6 +69,7 @@ from .ddp_cancels import CancelAgreement, Wrapper, batch_items, zero_loss
 
 if TYPE_CHECKING:
     from ..learner import Learner
+    from ..plugins.dispatch import Caller
 
 
 class DDP(CancelAgreement):
@@ -193,12 +194,28 @@ class DDP(CancelAgreement):
             # batches that only accumulate gradients skip the all-reduce (DDP's no_sync)
             self.module.require_backward_grad_sync = learn.will_step
 
-    @hookimpl(wrapper=True)
-    def before_batch(self, learn: Learner) -> Wrapper:
-        result = yield from self._hold(learn)
-        if not learn.training and self._padded is not None:
-            self._trim_padding(learn)
-        return result
+    def wrap_hook_calls(self, hook: str, call: Caller) -> Caller:
+        """The batch hooks' whole calls, wrapped once per plugin set (the registry asks every
+        plugin that has this method): cancels held or refused, and DDP's own work around them.
+        One plain frame per call, where a generator wrapper per hook cost several every batch
+        (the hand-written loop has none)."""
+        if hook in ("after_pred", "after_step", "after_batch"):
+            return self._held(call, drop_batch=hook != "after_pred")
+        if hook in ("predict", "step", "zero_grad"):
+            return self._refusing(call, hook)
+        build = getattr(self, f"_call_{hook}", None)
+        return call if build is None else build(call)
+
+    def _call_before_batch(self, call: Caller) -> Caller:
+        held = self._held(call)
+
+        def before_batch(learn: Learner) -> Any:
+            result = held(learn)
+            if not learn.training and self._padded is not None:
+                self._trim_padding(learn)
+            return result
+
+        return before_batch
 
     def _trim_padding(self, learn: Learner) -> None:
         """A ``DistributedSampler`` pads the validation set by repeating items so that every
@@ -213,58 +230,61 @@ class DDP(CancelAgreement):
             raise CancelBatchException("DDP: a batch of padding only")
         learn.batch = tuple(t[:real] for t in learn.batch)
 
-    @hookimpl(wrapper=True)
-    def predict(self, learn: Learner) -> Wrapper:
-        return (yield from self._refuse_cancel(learn, "predict"))
+    def _call_compute_loss(self, call: Caller) -> Caller:
+        def compute_loss(learn: Learner) -> Any:
+            try:
+                loss = call(learn)
+            except CancelException as cancel:
+                if self.module is None or not learn.training:
+                    self._refuse(learn, cancel, "compute_loss")
+                self._keep(cancel)  # agreed at the next step; this rank adds a zero gradient
+                return zero_loss(learn)
+            if self.module is not None and learn.training and batch_items(learn) == 0:
+                # this rank's empty slice of a short last batch: its (zero) gradient still
+                # joins the all-reduce
+                return zero_loss(learn)
+            return loss
 
-    @hookimpl(wrapper=True)
-    def after_pred(self, learn: Learner) -> Wrapper:
-        return (yield from self._hold(learn))
+        return compute_loss
 
-    @hookimpl(wrapper=True)
-    def compute_loss(self, learn: Learner) -> Wrapper:
-        if self.module is None or not learn.training:
-            return (yield from self._refuse_cancel(learn, "compute_loss"))
-        try:
-            loss = yield
-        except CancelException as cancel:
-            self._keep(cancel)  # agreed at the next step; this rank adds a zero gradient
-            return zero_loss(learn)
-        if batch_items(learn) == 0:
-            # this rank's empty slice of a short last batch: its (zero) gradient still joins
-            # the all-reduce
-            return zero_loss(learn)
-        return loss
+    def _call_after_loss(self, call: Caller) -> Caller:
+        held = self._held(call)
 
-    @hookimpl(wrapper=True)
-    def after_loss(self, learn: Learner) -> Wrapper:
-        result = yield from self._hold(learn)
-        if self.module is not None and learn.training and self._early:
-            self._sync(learn)  # before the backward: a batch that does not step has no all-reduce
-        return result
+        def after_loss(learn: Learner) -> Any:
+            result = held(learn)
+            if self.module is not None and learn.training and self._early:
+                # before the backward: a batch that does not step has no all-reduce
+                self._sync(learn)
+            return result
 
-    @hookimpl(wrapper=True)
-    def backward(self, learn: Learner) -> Wrapper:
-        if self.module is None:
-            return (yield)
-        self._probe = None
-        if learn.will_step and not self._early:  # the mark rides on the gradient all-reduce
-            self._probe = self._probe_param
-            if self._pending is not None:  # NaN into this rank's gradient of the probe
-                self._marked = self._probe.register_hook(lambda g: g + float("nan"))
-        if not self._weigh:
-            return (yield from self._refuse_cancel(learn, "backward"))
-        here = batch_items(learn)
-        total = self._global_items(learn, here)
-        factor = here * pdist.world_size() / total if total else 0.0
-        if factor == 1.0:
-            return (yield from self._refuse_cancel(learn, "backward"))
-        loss = learn.loss
-        learn.loss = loss * factor
-        try:
-            return (yield from self._refuse_cancel(learn, "backward"))
-        finally:
-            learn.loss = loss
+        return after_loss
+
+    def _call_backward(self, call: Caller) -> Caller:
+        refusing = self._refusing(call, "backward")
+
+        def backward(learn: Learner) -> Any:
+            if self.module is None:
+                return call(learn)
+            self._probe = None
+            if learn.will_step and not self._early:  # the mark rides on the gradient all-reduce
+                self._probe = self._probe_param
+                if self._pending is not None:  # NaN into this rank's gradient of the probe
+                    self._marked = self._probe.register_hook(lambda g: g + float("nan"))
+            if not self._weigh:
+                return refusing(learn)
+            here = batch_items(learn)
+            total = self._global_items(learn, here)
+            factor = here * pdist.world_size() / total if total else 0.0
+            if factor == 1.0:
+                return refusing(learn)
+            loss = learn.loss
+            learn.loss = loss * factor
+            try:
+                return refusing(learn)
+            finally:
+                learn.loss = loss
+
+        return backward
 
     def _global_items(self, learn: Learner, here: int) -> float:
         """Items of the global batch: told by pluglearn's loaders, equal slices under a torch
@@ -276,40 +296,32 @@ class DDP(CancelAgreement):
             return here * pdist.world_size()  # every rank gets as many items
         return pdist.reduce_sum(float(here))[0]
 
-    @hookimpl(wrapper=True)
-    def after_backward(self, learn: Learner) -> Wrapper:
-        result = yield from self._hold(learn)
-        if self._marked is not None:
-            self._marked.remove()
-            self._marked = None
-        probe = self._probe.grad if self._probe is not None else None
-        # NaN here on every rank: some rank marked it (or the gradient is NaN): agree now
-        if probe is not None and probe.reshape(-1)[0].isnan().item():
-            self._sync(learn, after_backward=True)
-        return result
+    def _call_after_backward(self, call: Caller) -> Caller:
+        held = self._held(call)
 
-    @hookimpl(wrapper=True)
-    def before_step(self, learn: Learner) -> Wrapper:
-        result = yield from self._hold(learn)
-        if self.module is not None and self._step_sync:
-            self._sync(learn)
-        return result
+        def after_backward(learn: Learner) -> Any:
+            result = held(learn)
+            if self._marked is not None:
+                self._marked.remove()
+                self._marked = None
+            probe = self._probe.grad if self._probe is not None else None
+            # NaN here on every rank: some rank marked it (or the gradient is NaN): agree now
+            if probe is not None and probe.reshape(-1)[0].isnan().item():
+                self._sync(learn, after_backward=True)
+            return result
 
-    @hookimpl(wrapper=True)
-    def step(self, learn: Learner) -> Wrapper:
-        return (yield from self._refuse_cancel(learn, "step"))
+        return after_backward
 
-    @hookimpl(wrapper=True)
-    def zero_grad(self, learn: Learner) -> Wrapper:
-        return (yield from self._refuse_cancel(learn, "zero_grad"))
+    def _call_before_step(self, call: Caller) -> Caller:
+        held = self._held(call)
 
-    @hookimpl(wrapper=True)
-    def after_step(self, learn: Learner) -> Wrapper:
-        return (yield from self._hold(learn, drop_batch=True))
+        def before_step(learn: Learner) -> Any:
+            result = held(learn)
+            if self.module is not None and self._step_sync:
+                self._sync(learn)
+            return result
 
-    @hookimpl(wrapper=True)
-    def after_batch(self, learn: Learner) -> Wrapper:
-        return (yield from self._hold(learn, drop_batch=True))
+        return before_step
 
     # ------------------------------------------------------------- the other phases
 

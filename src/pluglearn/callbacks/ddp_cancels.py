@@ -1,16 +1,16 @@
 """How the DDP plugin holds a cancel raised on one rank and makes every rank raise it together.
 
-A cancel caught by one of the DDP plugin's hook wrappers is kept (the strongest one wins) until
-an agreement: :meth:`CancelAgreement._sync`, one all-reduce of a flag per cancel kind, then the
-strongest cancel any rank holds is raised on every rank, with that rank's message and stop
-reason. Where and when the agreements happen is the plugin's business (see
-:mod:`pluglearn.callbacks.ddp`).
+A cancel caught around one of the hook calls the DDP plugin wraps (``wrap_hook_calls``) is kept
+(the strongest one wins) until an agreement: :meth:`CancelAgreement._sync`, one all-reduce of a
+flag per cancel kind, then the strongest cancel any rank holds is raised on every rank, with
+that rank's message and stop reason. Where and when the agreements happen is the plugin's
+business (see :mod:`pluglearn.callbacks.ddp`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Generator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import torch
 
@@ -26,6 +26,7 @@ from ..exceptions import (
 
 if TYPE_CHECKING:
     from ..learner import Learner
+    from ..plugins.dispatch import Caller
 
 #: the cancels, weakest first: when ranks hold different ones, every rank raises the strongest
 LEVELS = (
@@ -70,34 +71,61 @@ class CancelAgreement:
         if self._pending is None or _level(cancel) > _level(self._pending):
             self._pending = cancel
 
-    def _hold(self, learn: Learner, drop_batch: bool = False) -> Wrapper:
-        """Run the hook; on several processes keep a cancel for the next agreement."""
+    def _catch(self, learn: Learner, cancel: CancelException, drop_batch: bool = False) -> None:
+        """A cancel left a hook: raise it now (alone, or a validation batch skipped on this
+        rank: nothing to agree), drop it (``drop_batch``: after the step a batch cancel has
+        nothing left to skip), or keep it for the next agreement."""
+        if self.module is None or (not learn.training and _level(cancel) == 0):
+            raise cancel
+        if not (drop_batch and _level(cancel) == 0):
+            self._keep(cancel)
+
+    def _hold(self, learn: Learner) -> Wrapper:
+        """Run the hook (a generator wrapper); on several processes keep a cancel for the next
+        agreement."""
         try:
             return (yield)
         except CancelException as cancel:
-            if self.module is None or (not learn.training and _level(cancel) == 0):
-                raise  # alone, or a validation batch skipped on this rank: nothing to agree
-            if drop_batch and _level(cancel) == 0:
-                return None  # after the step a batch cancel has nothing left to skip
-            self._keep(cancel)
+            self._catch(learn, cancel)
             return None
 
-    def _refuse_cancel(self, learn: Learner, hook: str) -> Wrapper:
-        """Run a step hook; under DDP a cancel from it is refused (in training the other ranks
-        are in, or past, the gradient all-reduce; in validation a stronger cancel than a batch's
-        would leave them waiting at its end), except a validation batch's own skip."""
-        try:
-            return (yield)
-        except CancelException as cancel:
-            if self.module is None or (not learn.training and _level(cancel) == 0):
-                raise  # alone, or a validation batch skipped on this rank: nothing to agree
-            raise RuntimeError(
-                f"DDP: {type(cancel).__name__}({cancel}) was raised by the {hook!r} hook on rank "
-                f"{pdist.rank()}, where the other ranks cannot follow it: under DDP every rank "
-                "takes part in each batch's gradient all-reduce. Raise it from an event hook "
-                "(before_batch, after_pred, after_loss, ...) or from compute_loss, and DDP "
-                "stops every rank together at the next optimizer step."
-            ) from cancel
+    def _held(self, call: Caller, drop_batch: bool = False) -> Caller:
+        """``call`` (a hook's whole compiled call) with its cancels held as :meth:`_hold` does:
+        one frame per call, where a generator wrapper costs several (it runs every batch)."""
+
+        def held(learn: Learner) -> Any:
+            try:
+                return call(learn)
+            except CancelException as cancel:
+                self._catch(learn, cancel, drop_batch)
+                return None
+
+        return held
+
+    def _refusing(self, call: Caller, hook: str) -> Caller:
+        """``call`` (a step hook's whole compiled call); under DDP a cancel from it is refused
+        (in training the other ranks are in, or past, the gradient all-reduce; in validation a
+        stronger cancel than a batch's would leave them waiting at its end), except a
+        validation batch's own skip."""
+
+        def refusing(learn: Learner) -> Any:
+            try:
+                return call(learn)
+            except CancelException as cancel:
+                self._refuse(learn, cancel, hook)
+
+        return refusing
+
+    def _refuse(self, learn: Learner, cancel: CancelException, hook: str) -> NoReturn:
+        if self.module is None or (not learn.training and _level(cancel) == 0):
+            raise cancel  # alone, or a validation batch skipped on this rank: nothing to agree
+        raise RuntimeError(
+            f"DDP: {type(cancel).__name__}({cancel}) was raised by the {hook!r} hook on rank "
+            f"{pdist.rank()}, where the other ranks cannot follow it: under DDP every rank "
+            "takes part in each batch's gradient all-reduce. Raise it from an event hook "
+            "(before_batch, after_pred, after_loss, ...) or from compute_loss, and DDP "
+            "stops every rank together at the next optimizer step."
+        ) from cancel
 
     def _sync_after(self, learn: Learner) -> Wrapper:
         result = yield from self._hold(learn)

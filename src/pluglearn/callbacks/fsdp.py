@@ -58,6 +58,7 @@ from .ddp_cancels import Wrapper
 
 if TYPE_CHECKING:
     from ..learner import Learner
+    from ..plugins.dispatch import Caller
 
 
 def is_sharded(model: nn.Module) -> bool:
@@ -201,12 +202,18 @@ class FSDP(DDP):
             self._needed, self._forwards = max(pdist.all_gather(len(learn.dl))), 0
         return (yield from DDP.before_validate(self, learn))
 
-    @hookimpl(wrapper=True)
-    def predict(self, learn: Learner) -> Wrapper:
-        self._template = tuple(t[:0] if isinstance(t, torch.Tensor) else t for t in learn.batch)
-        result = yield from DDP.predict(self, learn)
-        self._forwards += 1
-        return result
+    def wrap_hook_calls(self, hook: str, call: Caller) -> Caller:
+        wrapped = super().wrap_hook_calls(hook, call)
+        if hook != "predict":
+            return wrapped
+
+        def predict(learn: Learner) -> Any:  # counts the forwards, keeps a batch's shape
+            self._template = tuple(t[:0] if isinstance(t, torch.Tensor) else t for t in learn.batch)
+            result = wrapped(learn)
+            self._forwards += 1
+            return result
+
+        return predict
 
     @hookimpl(wrapper=True, tryfirst=True)
     def after_validate(self, learn: Learner) -> Wrapper:

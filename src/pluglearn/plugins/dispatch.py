@@ -323,13 +323,20 @@ def _wrap(wrappers: Pairs, inner: Caller) -> Caller:
 
 
 Instrument = Callable[[Impl, Caller], Caller]
+#: a plugin's ``wrap_hook_calls(hook, call)``: the whole compiled call of a hook, wrapped
+CallWrapper = Callable[[str, Caller], Caller]
 
 
 class Dispatcher:
     """The compiled callers of one registry state: ``calls.before_batch(learn)``,
     ``calls.call("report", learn=learn, metrics=m)``, ``calls.impls["after_loss"]``."""
 
-    def __init__(self, impls: dict[str, list[Impl]], instrument: Instrument | None = None) -> None:
+    def __init__(
+        self,
+        impls: dict[str, list[Impl]],
+        instrument: Instrument | None = None,
+        wrap_calls: CallWrapper | None = None,
+    ) -> None:
         self.impls = impls
         #: some plugin answers forward_context (else the loop skips entering a null context)
         self.wraps_forward = bool(impls.get("forward_context"))
@@ -345,6 +352,8 @@ class Dispatcher:
             caller = _KINDS[spec.kind](pairs)
             if wrappers:
                 caller = _wrap(wrappers, caller)
+            if wrap_calls is not None:
+                caller = wrap_calls(hook, caller)
             self._callers[hook] = caller
             if spec.args == ("learn",):
                 setattr(self, hook, caller)

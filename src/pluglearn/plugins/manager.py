@@ -18,7 +18,7 @@ from typing import Any
 import pluggy
 
 from . import specs
-from .dispatch import Dispatcher, Impl, Instrument
+from .dispatch import Dispatcher, Impl
 from .guards import check_plugin, plugin_name
 from .markers import PROJECT_NAME
 from .specs import HOOKS
@@ -112,23 +112,26 @@ class PluginRegistry:
             ]
             for hook in HOOKS
         }
-        return Dispatcher(impls, self._instrument())
+        instrument, wrap_calls = self._chained("instrument_hooks"), self._chained("wrap_hook_calls")
+        return Dispatcher(impls, instrument, wrap_calls)
 
-    def _instrument(self) -> Instrument | None:
-        """The ``instrument_hooks`` method of every registered plugin that has one (a
-        :class:`~pluglearn.callbacks.profiler.Profiler`), composed; None when there is none, so a
-        Learner without a profiler compiles the bare callers."""
+    def _chained(self, method: str) -> Any:
+        """The method ``method`` of every registered plugin that has one, composed in
+        registration order (the last one outermost); None when there is none, so a Learner
+        without such a plugin compiles the bare callers.
+
+        ``instrument_hooks(impl, fn)`` wraps each implementation (the
+        :class:`~pluglearn.callbacks.profiler.Profiler`); ``wrap_hook_calls(hook, call)`` wraps
+        the whole call of a hook, wrappers included (:class:`~pluglearn.callbacks.ddp.DDP`)."""
         found = [
-            p.instrument_hooks  # type: ignore[attr-defined]
-            for p in self._plugins
-            if callable(getattr(type(p), "instrument_hooks", None))
+            getattr(p, method) for p in self._plugins if callable(getattr(type(p), method, None))
         ]
         if len(found) <= 1:
             return found[0] if found else None
 
-        def chained(impl: Impl, fn: Any) -> Any:
-            for instrument in found:
-                fn = instrument(impl, fn)
+        def chained(key: Any, fn: Any) -> Any:
+            for wrap in found:
+                fn = wrap(key, fn)
             return fn
 
         return chained
