@@ -78,8 +78,18 @@ MODULES: dict[str, list[str]] = {
         "tests/callbacks/test_gradcheck_nonfinite.py",
         "tests/callbacks/test_gradcheck_mutants.py",
     ],
-    "data/loaders.py": ["tests/data/test_loaders.py", "tests/test_learner.py"],
-    "data/epochs.py": ["tests/data/test_epochs.py", "tests/test_checkpoint.py"],
+    "data/loaders.py": [
+        "tests/data/test_loaders.py",
+        "tests/data/test_loaders_mutants.py",
+        "tests/data/test_dataloaders_mutants.py",
+        "tests/distributed/test_shards.py",
+        "tests/test_learner.py",
+    ],
+    "data/epochs.py": [
+        "tests/data/test_epochs.py",
+        "tests/distributed/test_shards.py",
+        "tests/test_checkpoint.py",
+    ],
     "data/multiprocess.py": [
         "tests/data/test_multiprocess_loader.py",
         "tests/data/test_multiprocess.py",

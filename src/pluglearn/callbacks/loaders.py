@@ -34,6 +34,10 @@ class DefaultLoader:
         shard = {"rank": rank(), "world_size": world_size(), "skip_empty": not train}
         if tensors is not None and dls.collate_fn is None:
             return TensorBatchLoader(tensors, batch_size, train, drop_last, dls.generator, **shard)
+        if tensors is not None and isinstance(dataset, (tuple, list)):
+            from torch.utils.data import TensorDataset
+
+            dataset = TensorDataset(*tensors)  # collate_fn gets (x, y) items, not the columns
         from ..batches import collate
         from ..data.epochs import ItemLoader
 
