@@ -140,11 +140,34 @@ class StepSaysDone:
         return "done"
 
 
+class BackwardSaysOne:
+    @hookimpl
+    def backward(self, learn):
+        learn.loss.backward()
+        return 1
+
+
+class ZeroGradSaysDone:
+    @hookimpl
+    def zero_grad(self, learn):
+        learn.opt.zero_grad()
+        return "yes"
+
+
+class ShouldStepSaysOne:
+    @hookimpl
+    def should_step(self, learn):
+        return 1
+
+
 @pytest.mark.parametrize(
     ("plugin", "expected"),
     [
         (LossAsFloat(), "'compute_loss' must return a tensor, got float: return the loss tensor"),
         (StepSaysDone(), "'step' must return True when done (or None to let the next plugin"),
+        (BackwardSaysOne(), "'backward' must return True when done (or None to let the next"),
+        (ZeroGradSaysDone(), "'zero_grad' must return True when done (or None to let the next"),
+        (ShouldStepSaysOne(), "'should_step' must return True (step after this batch), False"),
     ],
 )
 def test_a_step_answering_the_wrong_type_names_the_hook_and_the_fix(plugin, expected):

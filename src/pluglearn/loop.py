@@ -152,7 +152,9 @@ class Loop:
             training = pos.training
             if training:  # the checks run only on an unusual answer: a call costs per batch
                 answer = hooks.should_step(self)
-                pos.will_step = answer if type(answer) is bool else check_should_step(answer)
+                pos.will_step = answer is None or (
+                    answer if type(answer) is bool else check_should_step(answer)
+                )
             if hooks.wraps_forward:
                 with hooks.forward_context(self):
                     self._forward(hooks)
