@@ -87,6 +87,7 @@ MODULES: dict[str, list[str]] = {
     ],
     "data/epochs.py": [
         "tests/data/test_epochs.py",
+        "tests/data/test_epochs_mutants.py",
         "tests/distributed/test_shards.py",
         "tests/test_checkpoint.py",
     ],

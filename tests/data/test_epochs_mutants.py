@@ -1,0 +1,205 @@
+"""EpochOrder, EpochBatches, ItemLoader: what their mutation survivors showed untested (plans
+cut per rank, positions at an epoch's edges, the global seed, every refusal's message), against
+hand-cut batches, torch's own draws and the documented messages."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+
+from pluglearn.data.epochs import EpochBatches, EpochOrder, ItemLoader, check_batch_size, no_items
+
+
+def exact(message: str) -> str:
+    return f"^{re.escape(message)}$"
+
+
+def test_sizes_and_generators_are_checked_with_the_fix():
+    with pytest.raises(TypeError, match=exact(
+        "expected a dataset with __len__ or an int size, got bool: give a map-style dataset "
+        "(one with __len__ and __getitem__)"
+    )):  # fmt: skip
+        EpochOrder(True)
+    with pytest.raises(ValueError, match=exact(
+        "the dataset is empty (size 0): give the loader at least one item"
+    )):  # fmt: skip
+        EpochOrder([])
+    assert list(EpochOrder(1)) == [0]  # one item is enough
+    with pytest.raises(TypeError, match=exact(
+        "generator must be a torch.Generator, got int: pass e.g. "
+        "generator=torch.Generator().manual_seed(0)"
+    )):  # fmt: skip
+        EpochOrder(3, True, generator=0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a non-CPU generator")
+def test_a_generator_off_the_cpu_is_refused():
+    g = torch.Generator(device="cuda")
+    with pytest.raises(ValueError, match=r"^generator must live on the CPU, got one on cuda"):
+        EpochOrder(3, True, generator=g)
+
+
+@pytest.mark.parametrize(
+    ("bad", "error", "message"),
+    [
+        (True, TypeError, "batch_size must be a positive int, got True: e.g. 64"),
+        (2.0, TypeError, "batch_size must be a positive int, got 2.0: e.g. 64"),
+        (0, ValueError, "batch_size must be a positive int, got 0: e.g. 64"),
+    ],
+)
+def test_a_batch_size_must_be_a_positive_int(bad, error, message):
+    with pytest.raises(error, match=exact(message)):
+        check_batch_size(bad)
+    assert check_batch_size(1) == 1
+
+
+def test_without_a_generator_the_shuffle_is_seeded_from_torch_global_generator():
+    torch.manual_seed(3)
+    order = EpochOrder(10, shuffle=True)
+    torch.manual_seed(3)
+    seed = iter(torch.utils.data.DataLoader([0]))._base_seed  # torch's draw of a base seed
+    assert list(order) == torch.randperm(10, generator=torch.Generator().manual_seed(seed)).tolist()
+    assert list(EpochOrder(4)) == [0, 1, 2, 3]  # no shuffle by default
+
+
+def test_the_position_counts_items_and_closes_the_epoch_with_its_last_item():
+    order = EpochOrder(3)
+    assert order.state() == {"shuffle": False, "n_items": 3, "epoch": 0, "cursor": 0,
+                             "in_epoch": False}  # fmt: skip
+    it = iter(order)
+    next(it)
+    next(it)
+    assert (order.epoch, order.cursor, order.in_epoch) == (0, 2, True)
+    next(it)
+    assert (order.epoch, order.cursor, order.in_epoch) == (1, 0, False)
+    first = iter(order)
+    next(first)
+    next(iter(order))  # a newer iteration
+    with pytest.raises(RuntimeError, match=exact(
+        "this iterator was superseded by a newer iter() over the same loader: only the latest "
+        "iteration may continue; call iter() again"
+    )):  # fmt: skip
+        next(first)
+
+
+def state_of(**changes):
+    batches = EpochBatches(EpochOrder(10, True, torch.Generator().manual_seed(0)), 2)
+    return {**batches.state_dict(), **changes}
+
+
+def test_a_state_without_settings_or_with_others_is_refused_naming_them():
+    state = {k: v for k, v in state_of().items() if k not in ("drop_last", "n_items")}
+    with pytest.raises(ValueError, match=exact(
+        "the saved loader state has no drop_last, n_items: it was written by an older pluglearn "
+        "or another loader; start a new run instead of resuming from it"
+    )):  # fmt: skip
+        EpochBatches(EpochOrder(10, True), 2).load_state_dict(state)
+    for key, now, why in [
+        ("shuffle", False, "the saved position is a place in a different order"),
+        ("n_items", 12, "the saved permutation covers another dataset"),
+    ]:
+        loader = EpochBatches(EpochOrder(now if key == "n_items" else 10, key != "shuffle"), 2)
+        saved = state_of()[key]
+        with pytest.raises(ValueError, match=exact(
+            f"cannot resume: the loader state was saved with {key}={saved!r} but this loader has "
+            f"{key}={now!r} ({why}): resume with {key}={saved!r}, the setting of the saved run, "
+            "or start a new run without resume_from"
+        )):  # fmt: skip
+            loader.load_state_dict(state_of())
+    with pytest.raises(ValueError, match=exact(
+        "corrupt loader state: cursor 3 is not at a batch boundary of batch_size=2; resume from "
+        "a checkpoint this loader saved"
+    )):  # fmt: skip
+        EpochBatches(EpochOrder(10, True), 2).load_state_dict(state_of(cursor=3, in_epoch=True))
+
+
+def test_no_items_keeps_the_structure_with_zero_rows():
+    batch = (torch.ones(3, 2), [torch.arange(3)], {"m": torch.zeros(3)}, "id")
+    empty = no_items(batch)
+    assert isinstance(empty, tuple) and isinstance(empty[1], list)
+    assert empty[0].shape == (0, 2) and empty[1][0].shape == (0,)
+    assert empty[2]["m"].shape == (0,) and empty[3] == "id"
+
+
+def test_by_default_one_process_cuts_the_order_into_batches():
+    batches = EpochBatches(EpochOrder(10), 4)
+    assert (batches.rank, batches.world_size, batches.skip_empty, batches.drop_last) == (
+        0, 1, False, False
+    )  # fmt: skip
+    assert batches.global_items == 0
+    got = []
+    for b in batches:
+        got.append((b, batches.global_items))
+    assert got == [([0, 1, 2, 3], 4), ([4, 5, 6, 7], 4), ([8, 9], 2)]
+    assert list(EpochBatches(EpochOrder(10), 4, drop_last=True)) == [[0, 1, 2, 3], [4, 5, 6, 7]]
+
+
+@pytest.mark.parametrize(
+    ("rank", "skip", "batches", "sizes", "emptied"),
+    [
+        (0, False, [[0, 1], [4, 5], [8]], [4, 4, 1], None),
+        (1, False, [[2, 3], [6, 7], [8]], [4, 4, 1], 2),  # its empty slice: fetch one, hand none
+        (1, True, [[2, 3], [6, 7]], [4, 5], None),  # skipped: the tail counts with the batch before
+    ],
+)
+def test_a_rank_plan_holds_its_slices_and_the_global_sizes(rank, skip, batches, sizes, emptied):
+    cut = EpochBatches(EpochOrder(9), 4, rank=rank, world_size=2, skip_empty=skip)
+    plan = cut.start_epoch()
+    assert (plan.epoch, plan.first, plan.batches, plan.sizes, plan.emptied) == (
+        0, 0, batches, sizes, emptied
+    )  # fmt: skip
+    for j in range(len(plan.batches)):
+        cut.advance(plan, j)
+        assert cut.global_items == sizes[j]
+    assert (cut.order.epoch, cut.order.cursor) == (1, 0)  # all 9 items of the epoch counted
+    assert len(cut) == len(batches)
+
+
+@pytest.mark.parametrize(
+    ("n", "drop_last", "world", "skip", "lengths"),
+    [(8, False, 1, False, [2]), (10, True, 1, False, [2]), (9, False, 2, True, [3, 2]),
+     (10, False, 2, True, [3, 3]), (9, False, 2, False, [3, 3])],
+)  # fmt: skip
+def test_the_length_is_the_number_of_batches_each_rank_gets(n, drop_last, world, skip, lengths):
+    for rank, expected in enumerate(lengths):
+        cut = EpochBatches(EpochOrder(n), 4, drop_last, rank=rank, world_size=world,
+                           skip_empty=skip)  # fmt: skip
+        assert len(cut) == expected == len(list(cut))
+
+
+@pytest.mark.parametrize(("rank", "world"), [(2, 2), (-1, 2), (0, 0), (0, 2.0)])
+def test_a_rank_outside_the_world_is_refused(rank, world):
+    with pytest.raises(ValueError, match=exact(
+        f"rank={rank!r}, world_size={world!r}: give 0 <= rank < world_size "
+        "(pluglearn.dist.rank() and world_size() under torch.distributed)"
+    )):  # fmt: skip
+        EpochBatches(EpochOrder(10), 4, rank=rank, world_size=world)
+    with pytest.raises(ValueError, match=exact(
+        "batch_size=2 is smaller than the 3 processes: batch_size is the global batch, split "
+        "across the ranks; give at least batch_size=3 (a multiple of 3 splits evenly)."
+    )):  # fmt: skip
+        EpochBatches(EpochOrder(10), 2, rank=0, world_size=3)
+    assert len(EpochBatches(EpochOrder(10), 2, rank=1, world_size=2)) == 5
+
+
+def test_a_resumed_plan_starts_at_the_saved_batch():
+    cut = EpochBatches(EpochOrder(10), 2)
+    cut.load_state_dict(state_of(cursor=4, in_epoch=True, shuffle=False, rng=None))
+    plan = cut.start_epoch()
+    assert (plan.first, plan.batches) == (2, [[4, 5], [6, 7], [8, 9]])
+
+
+def test_a_position_past_the_last_full_batch_closes_the_epoch_at_once():
+    cut = EpochBatches(EpochOrder(10), 4, drop_last=True)
+    saved = {**cut.state_dict(), "cursor": 8, "in_epoch": True}  # only a short batch is left
+    cut.load_state_dict(saved)
+    assert list(cut) == []
+    assert (cut.order.epoch, cut.order.cursor, cut.order.in_epoch) == (1, 0, False)
+    assert list(cut) == [[0, 1, 2, 3], [4, 5, 6, 7]]
+
+
+def test_an_item_loader_refuses_a_collate_fn_that_cannot_be_called():
+    with pytest.raises(TypeError, match=r"^collate_fn must be callable, got int: pass a function"):
+        ItemLoader(list(range(4)), 2, collate_fn=3)
