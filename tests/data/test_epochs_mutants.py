@@ -203,3 +203,44 @@ def test_a_position_past_the_last_full_batch_closes_the_epoch_at_once():
 def test_an_item_loader_refuses_a_collate_fn_that_cannot_be_called():
     with pytest.raises(TypeError, match=r"^collate_fn must be callable, got int: pass a function"):
         ItemLoader(list(range(4)), 2, collate_fn=3)
+
+
+def test_a_rank_item_loader_hands_out_its_empty_slice_with_no_items_by_default():
+    data = [(torch.tensor([float(i)]), torch.tensor(i)) for i in range(9)]
+    loader = ItemLoader(data, 4, rank=1, world_size=2)
+    got = [yb.tolist() for _, yb in loader]
+    assert got == [[2, 3], [6, 7], []]  # the tail [8] is rank 0's; rank 1 still takes part
+    assert loader.global_items == 1
+
+
+def test_a_corrupt_position_is_refused():
+    for epoch, cursor, in_epoch in [(-1, 0, False), (0, 10, True), (0, 3, False)]:
+        state = {**EpochOrder(10).state(), "epoch": epoch, "cursor": cursor, "in_epoch": in_epoch}
+        with pytest.raises(ValueError, match=exact(
+            f"corrupt loader state: epoch {epoch}, cursor {cursor} of 10 items, "
+            f"in_epoch={in_epoch}: resume from a checkpoint this loader saved"
+        )):  # fmt: skip
+            EpochOrder(10).load_state(state)
+    for other in (EpochOrder(10, True), EpochOrder(11)):
+        with pytest.raises(ValueError, match=r"^cannot resume: the loader state was saved with"):
+            other.load_state(EpochOrder(10).state())
+
+
+def test_iterators_from_before_a_load_or_a_newer_iter_stay_stopped():
+    order = EpochOrder(10)
+    old = iter(order)
+    next(old)
+    order.load_state(order.state())
+    newer = iter(order)
+    next(newer)
+    with pytest.raises(RuntimeError, match="superseded"):
+        next(old)
+
+
+def test_abandoned_epochs_count_and_advance_keeps_the_epoch_open_by_default():
+    order = EpochOrder(10)
+    for _ in range(3):
+        next(iter(order))  # each new iteration abandons the open epoch
+    assert order.epoch == 2
+    order.advance(2)
+    assert (order.epoch, order.cursor, order.in_epoch) == (2, 3, True)
