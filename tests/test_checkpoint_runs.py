@@ -90,8 +90,11 @@ def test_files_without_a_run_id_are_one_older_run_and_are_kept(tmp_path):
     runs = runs_in(tmp_path)
     assert [r.id is None for r in runs] == [True, False] and runs[0].files == legacy
     resumed = learner(tmp_path / "resumed", seed=2)
-    with pytest.warns(UserWarning, match="not the run of files without a run id"):
+    with pytest.warns(UserWarning) as said:
         resumed.fit(1, resume_from=tmp_path)
+    messages = [str(w.message) for w in said]
+    assert any("not the run of files without a run id" in m for m in messages)
+    assert any("finished its 1 epoch(s): nothing to train" in m for m in messages)
     assert_same(weights(resumed), weights(new))  # the newer run, at its end: nothing to train
 
 
@@ -122,7 +125,10 @@ def test_a_restart_script_resumes_if_a_checkpoint_exists_and_starts_fresh_otherw
     reference = learner(tmp_path / "reference")
     reference.fit(2)
     first = learner(tmp_path / "run")  # the first start: nothing to resume yet
-    with pytest.raises(RuntimeError, match="die"):
+    with (
+        pytest.raises(RuntimeError, match="die"),
+        pytest.warns(UserWarning, match="starting a fresh run"),
+    ):
         first.fit(2, resume_from=tmp_path / "run", missing_ok=True, plugins=[DieAtStep(7)])
     again = learner(tmp_path / "run")  # the same command after the crash: resumes
     again.fit(2, resume_from=tmp_path / "run", missing_ok=True)
