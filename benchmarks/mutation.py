@@ -67,7 +67,12 @@ MODULES: dict[str, list[str]] = {
     ],
     "checkpoint.py": ["tests/test_checkpoint.py", "tests/test_checkpoint_writes.py"],
     "resume.py": ["tests/test_checkpoint.py", "tests/callbacks/test_multiprocess_loader.py"],
-    "callbacks/checkpoint.py": ["tests/test_checkpoint.py", "tests/test_checkpoint_runs.py"],
+    "callbacks/checkpoint.py": [
+        "tests/test_checkpoint.py",
+        "tests/test_checkpoint_runs.py",
+        "tests/callbacks/test_checkpoint_mutants.py",
+        "tests/callbacks/test_checkpoint_runs_mutants.py",
+    ],
     "callbacks/gradcheck.py": [
         "tests/callbacks/test_gradcheck.py",
         "tests/callbacks/test_gradcheck_nonfinite.py",
