@@ -65,7 +65,11 @@ MODULES: dict[str, list[str]] = {
         "tests/data/test_unpickler_catalogue.py",
         "tests/data/test_idx_mutants.py",
     ],
-    "checkpoint.py": ["tests/test_checkpoint.py", "tests/test_checkpoint_writes.py"],
+    "checkpoint.py": [
+        "tests/test_checkpoint.py",
+        "tests/test_checkpoint_writes.py",
+        "tests/test_checkpoint_mutants.py",
+    ],
     "resume.py": ["tests/test_checkpoint.py", "tests/callbacks/test_multiprocess_loader.py"],
     "callbacks/checkpoint.py": [
         "tests/test_checkpoint.py",

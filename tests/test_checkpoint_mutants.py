@@ -1,0 +1,156 @@
+"""Checkpoint files: what the mutation survivors of pluglearn.checkpoint showed untested, in one
+process (the failed writes are otherwise met in subprocesses, out of mutmut's reach): a write
+over the file-size limit, the advice for a full disk, unreadable files and directories."""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import resource
+import signal
+import warnings
+
+import pytest
+import torch
+
+from pluglearn.checkpoint import (
+    FORMAT,
+    VERSION,
+    CheckpointError,
+    NoCheckpointError,
+    _explain_write_error,
+    load_checkpoint,
+    load_latest,
+    new_run_id,
+    save_checkpoint,
+)
+
+
+def exact(message: str) -> str:
+    return f"^{re.escape(message)}$"
+
+
+def a_state(**loop):
+    return {"format": FORMAT, "version": VERSION, "loop": {"train_iter": 1, "epoch": 0, **loop}}
+
+
+def test_a_write_over_the_file_size_limit_names_the_directory_and_leaves_no_file(tmp_path):
+    ignored = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails with EFBIG instead
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 16, hard))
+    try:
+        with pytest.raises(OSError) as failed:
+            save_checkpoint({**a_state(), "w": torch.zeros(1 << 16)}, tmp_path / "c.pt")
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, ignored)
+    assert failed.value.errno == errno.EFBIG
+    assert failed.value.strerror == (
+        f"cannot write a checkpoint in {tmp_path}: the file is larger than this process may "
+        "write (a file-size limit, `ulimit -f`, or the filesystem's largest file) "
+        f"({os.strerror(errno.EFBIG)}). The checkpoints already there are intact. Raise the "
+        "limit, keep fewer checkpoints (Checkpoint(keep_last=...)), or save them to another "
+        "directory."
+    )
+    assert list(tmp_path.iterdir()) == []  # the partial temporary file is removed
+
+
+@pytest.mark.parametrize(
+    ("code", "why", "fix"),
+    [
+        (errno.ENOSPC, "the disk is full", "Free space there"),
+        (errno.EDQUOT, "the disk quota is exhausted", "Free space there or raise the quota"),
+    ],
+)
+def test_a_full_disk_or_quota_is_explained_with_its_fix(tmp_path, code, why, fix):
+    explained = _explain_write_error(OSError(code, os.strerror(code)), tmp_path)
+    assert explained.errno == code
+    assert explained.strerror == (
+        f"cannot write a checkpoint in {tmp_path}: {why} ({os.strerror(code)}). The checkpoints "
+        f"already there are intact. {fix}, keep fewer checkpoints (Checkpoint(keep_last=...)), "
+        "or save them to another directory."
+    )
+    assert _explain_write_error(OSError(errno.EACCES, "denied"), tmp_path) is None
+    assert _explain_write_error(KeyboardInterrupt(), tmp_path) is None
+
+
+def test_an_unreadable_file_is_named_with_what_went_wrong(tmp_path):
+    path = tmp_path / "ckpt-s000000001-e0000.pt"
+    path.write_bytes(b"not a zip archive")
+    with pytest.raises(CheckpointError, match=exact(
+        f"checkpoint {path} is corrupt or truncated (BadZipFile: File is not a zip file): resume "
+        "from an earlier checkpoint, or pass its directory to use the newest readable one."
+    )):  # fmt: skip
+        load_checkpoint(path)
+
+
+def test_files_that_are_no_pluglearn_checkpoints_are_refused_with_the_fix(tmp_path):
+    bare = tmp_path / "bare.pt"
+    torch.save({"weight": torch.zeros(2)}, bare)
+    with pytest.raises(CheckpointError, match=exact(
+        f"{bare} is not a pluglearn checkpoint (no '{FORMAT}' marker): for bare weights use "
+        "model.load_state_dict(torch.load(path, weights_only=True))."
+    )):  # fmt: skip
+        load_checkpoint(bare)
+    newer = tmp_path / "newer.pt"
+    torch.save({**a_state(), "version": VERSION + 1}, newer)
+    with pytest.raises(CheckpointError, match=exact(
+        f"{newer} was written by a newer pluglearn (format {VERSION + 1} > {VERSION}): upgrade "
+        "pluglearn to resume it."
+    )):  # fmt: skip
+        load_checkpoint(newer)
+    with pytest.raises(NoCheckpointError, match=exact(
+        f"no checkpoint file at {tmp_path / 'gone.pt'}: pass a file or a directory of them (or "
+        "fit(..., missing_ok=True) to start fresh when no checkpoint was written yet)."
+    )):  # fmt: skip
+        load_checkpoint(tmp_path / "gone.pt")
+    with pytest.raises(CheckpointError) as directory:
+        load_checkpoint(tmp_path)  # exists, but is no file
+    assert type(directory.value) is CheckpointError
+
+
+def test_a_directory_without_checkpoints_says_so_and_how_to_start_fresh(tmp_path):
+    with pytest.raises(NoCheckpointError, match=exact(
+        f"no checkpoint to resume: {tmp_path / 'nope'} does not exist. Check the path, or pass "
+        "fit(..., missing_ok=True) to start fresh when no checkpoint was written yet."
+    )):  # fmt: skip
+        load_latest(tmp_path / "nope")
+    with pytest.raises(NoCheckpointError, match=exact(
+        f"no checkpoint (*.pt) in {tmp_path}: was the Checkpoint plugin saving there? Pass "
+        "fit(..., missing_ok=True) to start fresh when no checkpoint was written yet."
+    )):  # fmt: skip
+        load_latest(tmp_path)
+
+
+def test_the_newest_run_is_resumed_naming_the_others_and_never_replaced_by_them(tmp_path):
+    old, new = new_run_id(), new_run_id()
+    save_checkpoint(a_state(), tmp_path / f"ckpt-{old}-s000000001-e0000.pt")
+    save_checkpoint(a_state(), tmp_path / "ckpt-s000000001-e0000.pt")  # no run id
+    newest = tmp_path / f"ckpt-{new}-s000000002-e0000.pt"
+    save_checkpoint(a_state(train_iter=2), newest)
+    os.utime(tmp_path / f"ckpt-{old}-s000000001-e0000.pt", ns=(1, 1))
+    os.utime(tmp_path / "ckpt-s000000001-e0000.pt", ns=(2, 2))
+    with pytest.warns(UserWarning) as warned:
+        path, state = load_latest(tmp_path)
+    assert (path, state["loop"]["train_iter"]) == (newest, 2)
+    assert str(warned[0].message) == (
+        f"{tmp_path} holds checkpoints of 3 runs: resuming the one written most recently, run "
+        f"{new} (not run {old}, the run of files without a run id). Pass a checkpoint file to "
+        "resume another run, or give each run its own directory."
+    )
+    newest.write_bytes(b"garbage")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(CheckpointError, match=exact(
+            f"every checkpoint of run {new} in {tmp_path} is unreadable (see the warnings), so "
+            "no other run is resumed in its place: pass a checkpoint file to resume one "
+            "explicitly."
+        )):  # fmt: skip
+            load_latest(tmp_path)
+    skipped = [str(w.message) for w in caught if "skipping" in str(w.message)]
+    assert skipped == [
+        f"skipping an unreadable checkpoint: checkpoint {newest} is corrupt or truncated "
+        "(BadZipFile: File is not a zip file): resume from an earlier checkpoint, or pass its "
+        "directory to use the newest readable one."
+    ]
