@@ -70,7 +70,13 @@ MODULES: dict[str, list[str]] = {
         "tests/test_checkpoint_writes.py",
         "tests/test_checkpoint_mutants.py",
     ],
-    "resume.py": ["tests/test_checkpoint.py", "tests/callbacks/test_multiprocess_loader.py"],
+    "resume.py": [
+        "tests/test_checkpoint.py",
+        "tests/test_resume_state.py",
+        "tests/test_resume_mutants.py",
+        "tests/test_resume_checks_mutants.py",
+        "tests/callbacks/test_multiprocess_loader.py",
+    ],
     "callbacks/checkpoint.py": [
         "tests/test_checkpoint.py",
         "tests/test_checkpoint_runs.py",

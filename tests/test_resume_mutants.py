@@ -1,0 +1,110 @@
+"""Resume: what the mutation survivors of pluglearn.resume showed untested: each rank's view of a
+saved run (the rules of the module doc, on hand-made states), the safe-state check, the random
+states round trip, and the refusals of a checkpoint that does not fit this Learner."""
+
+from __future__ import annotations
+
+import random
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pluglearn import CheckpointError
+from pluglearn.resume import check_safe_state, rank_view, rng_state, set_rng_state
+
+P = Path("run.pt")
+REFUSE = "checkpoint run.pt was written by 2 process(es) and this run has {}: "
+
+
+def saved_by(*ranks, position=3):
+    return {"loop": {"position": position}, "ranks": list(ranks), "world_size": len(ranks),
+            "rng": "rank 0's", "plugins": {}, "loader": None}  # fmt: skip
+
+
+def rank(rng, plugins, loader=(("cursor", 8),)):
+    return {"rng": rng, "plugins": plugins, "loader": dict(loader) if loader else None}
+
+
+def test_a_one_process_checkpoint_is_its_own_view():
+    state = {"loop": {"position": 0}, "rng": "r", "plugins": {"p": 1}, "loader": {"cursor": 0}}
+    assert rank_view(state, P, 0, 1) == state
+
+
+def test_the_same_number_of_processes_takes_each_rank_own_record():
+    a, b = (
+        rank("a", {"m": {"total": 1.0, "count": 1}}),
+        rank("b", {"m": {"total": 2.0, "count": 3}}),
+    )
+    view = rank_view(saved_by(a, b), P, 1, 2)
+    assert (view["rng"], view["plugins"], view["loader"]) == ("b", b["plugins"], b["loader"])
+
+
+@pytest.mark.parametrize("world", [1, 3])
+def test_another_number_merges_running_sums_into_rank_0_and_keeps_what_agrees(world):
+    a = rank("a", {"m": {"total": 1.5, "count": 2}, "same": {"k": torch.ones(2)}})
+    b = rank("b", {"m": {"total": 2.0, "count": 3}, "same": {"k": torch.ones(2)}})
+    views = [rank_view(saved_by(a, b), P, r, world) for r in range(world)]
+    assert views[0]["plugins"]["m"] == {"total": 3.5, "count": 5}
+    for r, view in enumerate(views):
+        assert view["loader"] == {"cursor": 8}
+        assert torch.equal(view["plugins"]["same"]["k"], torch.ones(2))
+        assert view["rng"] == ("a", "b")[r % 2]
+        if r:
+            assert view["plugins"]["m"] == {"total": 0.0, "count": 0}
+
+
+def test_another_number_is_refused_when_the_state_cannot_be_split():
+    a, b = rank("a", {"acc": {"total": 1, "grads": [1]}}), rank("b", {"acc": {"total": 2}})
+    with pytest.raises(CheckpointError, match=re.escape(
+        REFUSE.format(3) + "plugin 'acc' saved a different state on each rank (e.g. an open "
+        "gradient-accumulation group), which cannot be split across 3 process(es). Resume with "
+        "2 process(es), or from a checkpoint written where that state agrees (an epoch's end)."
+    )):  # fmt: skip
+        rank_view(saved_by(a, b), P, 0, 3)
+    other = rank("b", {}, loader=(("cursor", 16),))
+    with pytest.raises(CheckpointError, match=re.escape(
+        REFUSE.format(1) + "the ranks' loader states differ, so they cannot be split across 1 "
+        "process(es). Resume with 2 process(es)."
+    )):  # fmt: skip
+        rank_view(saved_by(rank("a", {}), other), P, 0, 1)
+    stateless = [rank(r, {}, loader=None) for r in "ab"]
+    with pytest.raises(CheckpointError, match=re.escape(
+        REFUSE.format(1) + "its training loader has no state_dict (a torch DataLoader: its "
+        "sampler splits the data by the number of processes), so the order would change."
+    )):  # fmt: skip
+        rank_view(saved_by(*stateless), P, 0, 1)
+    assert rank_view(saved_by(*stateless, position=0), P, 0, 1)["loader"] is None  # epoch start
+
+
+@pytest.mark.parametrize("ranks", ["not a list", [{"rng": 1, "plugins": {}}]])
+def test_a_damaged_per_rank_record_is_refused(ranks):
+    with pytest.raises(CheckpointError, match=re.escape(
+        "checkpoint run.pt has a damaged per-rank record: resume from another checkpoint."
+    )):  # fmt: skip
+        rank_view({**saved_by(), "ranks": ranks}, P, 0, 1)
+
+
+def test_only_what_a_safe_load_reads_back_is_saved():
+    check_safe_state({"a": [1, 2.0, "s", b"b", None, True, (torch.zeros(1),)], 3: {}}, "x")
+    with pytest.raises(TypeError, match=re.escape("x has a key 1.5 of type float: use str.")):
+        check_safe_state({1.5: 0}, "x")
+    with pytest.raises(TypeError, match=re.escape(
+        "x['a'][1] is a numpy.ndarray, which a safe load (weights_only=True) refuses: a "
+        "state_dict hook must return tensors, numbers, strings, lists and dicts (e.g. "
+        "torch.from_numpy(array), or array.tolist())."
+    )):  # fmt: skip
+        check_safe_state({"a": [0, np.zeros(2)]}, "x")
+
+
+def test_the_random_states_round_trip():
+    random.seed(1), np.random.seed(1), torch.manual_seed(1)
+    state = rng_state()
+    first = (random.random(), np.random.rand(), np.random.randn(), torch.rand(1))
+    random.seed(2), np.random.seed(2), torch.manual_seed(2)
+    set_rng_state(state)
+    again = (random.random(), np.random.rand(), np.random.randn(), torch.rand(1))
+    assert first[:3] == again[:3] and torch.equal(first[3], again[3])
+    assert state["numpy"][1].dtype == torch.int64  # the key, safe to save as a tensor
