@@ -154,3 +154,63 @@ def test_the_newest_run_is_resumed_naming_the_others_and_never_replaced_by_them(
         "(BadZipFile: File is not a zip file): resume from an earlier checkpoint, or pass its "
         "directory to use the newest readable one."
     ]
+
+
+def test_a_run_id_is_the_utc_start_time_to_the_millisecond_then_a_random_suffix(monkeypatch):
+    import calendar
+    import time
+
+    monkeypatch.setenv("TZ", "Asia/Tokyo")  # a local time that is not UTC
+    time.tzset()
+    try:
+        before = time.time_ns() // 1_000_000
+        run = new_run_id()
+        after = time.time_ns() // 1_000_000
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()
+    stamp, suffix = run.split("-")
+    seconds = calendar.timegm(time.strptime(stamp[:15], "%Y%m%dT%H%M%S"))
+    assert before <= seconds * 1000 + int(stamp[15:]) <= after
+    assert re.fullmatch(r"[0-9a-f]{6}", suffix) and len(stamp) == 18
+
+
+def test_names_without_a_run_are_the_older_format():
+    from pluglearn.checkpoint import checkpoint_name
+
+    state = {"loop": {"train_iter": 12, "epoch": 3}}
+    assert checkpoint_name(state) == "ckpt-s000000012-e0003.pt"
+    assert checkpoint_name(state, "best", "R") == "best-R-s000000012-e0003.pt"
+
+
+def test_a_temporary_names_this_host_and_process(tmp_path):
+    import socket
+
+    from pluglearn.checkpoint import temporary_path
+
+    host = socket.gethostname()
+    if not re.fullmatch(r"[A-Za-z0-9-]+", host):
+        pytest.skip(f"host name {host!r} is rewritten")
+    assert temporary_path(tmp_path / "c.pt") == tmp_path / f".c.pt.{host}.{os.getpid()}.tmp"
+
+
+def test_a_live_process_temporary_is_kept_and_the_process_left_alone(tmp_path):
+    import subprocess
+    import sys
+
+    from pluglearn.checkpoint import remove_stale_temporaries, temporary_path
+
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        tmp = temporary_path(tmp_path / "ckpt-s000000001-e0000.pt")
+        tmp = tmp.with_name(tmp.name.replace(f".{os.getpid()}.", f".{live.pid}."))
+        tmp.write_bytes(b"partial")
+        pid1 = tmp_path / ".ckpt-s000000002-e0000.pt.otherhost.1.tmp"  # not this host's
+        pid1.write_bytes(b"partial")
+        assert remove_stale_temporaries(tmp_path) == []
+        assert tmp.exists() and pid1.exists()
+        assert live.poll() is None  # still running: only asked whether it exists
+    finally:
+        live.kill()
+        live.wait()
+    assert remove_stale_temporaries(tmp_path) == [tmp]  # its writer is gone now
