@@ -214,3 +214,44 @@ def test_a_live_process_temporary_is_kept_and_the_process_left_alone(tmp_path):
         live.kill()
         live.wait()
     assert remove_stale_temporaries(tmp_path) == [tmp]  # its writer is gone now
+
+
+def test_a_run_removes_its_own_temporaries_from_any_host_and_only_those(tmp_path):
+    from pluglearn.checkpoint import remove_stale_temporaries
+
+    run, other = new_run_id(), new_run_id()
+    own = tmp_path / f".ckpt-{run}-s000000003-e0000.pt.otherhost.7.tmp"
+    foreign = tmp_path / f".ckpt-{other}-s000000003-e0000.pt.otherhost.7.tmp"
+    unnamed = tmp_path / ".ckpt-s000000003-e0000.pt.otherhost.7.tmp"
+    not_ours = [tmp_path / f".notes-{i}.tmp" for i in range(20)]  # no temporary of a checkpoint
+    for path in [own, foreign, unnamed, *not_ours]:
+        path.write_bytes(b"partial")
+    assert remove_stale_temporaries(tmp_path, run) == [own]
+    assert remove_stale_temporaries(tmp_path) == []  # without a run: only dead local writers'
+    assert foreign.exists() and unnamed.exists() and all(p.exists() for p in not_ours)
+
+
+@pytest.mark.parametrize(("host", "named"), [("node.cluster_1", "node-cluster-1"), ("", "host")])
+def test_an_odd_host_name_is_made_safe_and_its_dead_writes_are_still_found(
+    tmp_path, monkeypatch, host, named
+):
+    import socket
+    import subprocess
+    import sys
+
+    from pluglearn.checkpoint import remove_stale_temporaries, temporary_path
+
+    monkeypatch.setattr(socket, "gethostname", lambda: host)
+    tmp = temporary_path(tmp_path / "ckpt-s000000001-e0000.pt")
+    assert tmp.name == f".ckpt-s000000001-e0000.pt.{named}.{os.getpid()}.tmp"
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    dead = tmp.with_name(tmp.name.replace(f".{os.getpid()}.", f".{gone.stdout.strip()}."))
+    dead.write_bytes(b"partial")
+    assert remove_stale_temporaries(tmp_path) == [dead]
+
+
+def test_a_checkpoint_can_go_into_a_directory_that_does_not_exist_yet(tmp_path):
+    path = save_checkpoint(a_state(), tmp_path / "a" / "b" / "c.pt")
+    assert load_checkpoint(path)["loop"]["train_iter"] == 1
+    assert sorted(p.name for p in path.parent.iterdir()) == ["c.pt"]
