@@ -122,3 +122,11 @@ def test_hooks_the_method_leaves_alone_keep_their_caller(hook):
     bare = tiny_learner([])
     assert learn.hooks._callers[hook].__qualname__ == bare.hooks._callers[hook].__qualname__
     assert learn.hooks._callers["after_loss"].__qualname__.endswith("traced")
+
+
+def test_the_hooks_table_says_which_calls_are_wrapped_and_by_whom():
+    learn = tiny_learner([Trace("A", [])])
+    lines = {line.split()[0]: line for line in learn.hooks_table().splitlines()}
+    assert "whole call wrapped by A" in lines["after_loss"]
+    assert "whole call wrapped by A" in lines["after_batch"]
+    assert "wrapped" not in lines["before_batch"]

@@ -341,6 +341,8 @@ class Dispatcher:
         #: some plugin answers forward_context (else the loop skips entering a null context)
         self.wraps_forward = bool(impls.get("forward_context"))
         self._callers: dict[str, Caller] = {}
+        #: the hooks whose whole call a plugin's ``wrap_hook_calls`` wrapped
+        self.wrapped_calls: list[str] = []
         for hook, spec in HOOKS.items():
             pairs: Pairs = []
             wrappers: Pairs = []
@@ -353,7 +355,9 @@ class Dispatcher:
             if wrappers:
                 caller = _wrap(wrappers, caller)
             if wrap_calls is not None:
-                caller = wrap_calls(hook, caller)
+                bare, caller = caller, wrap_calls(hook, caller)
+                if caller is not bare:
+                    self.wrapped_calls.append(hook)
             self._callers[hook] = caller
             if spec.args == ("learn",):
                 setattr(self, hook, caller)

@@ -139,9 +139,16 @@ class PluginRegistry:
     def describe(self) -> str:
         """The resolved call order of every hook, one line each."""
         lines = []
+        wrappers = [
+            name
+            for p, name in zip(self._plugins, self._names, strict=True)
+            if callable(getattr(type(p), "wrap_hook_calls", None))
+        ]
         for hook, impls in self.calls.impls.items():
             kind = HOOKS[hook].kind
             tags = [] if kind == "event" else [{"first": "first result wins"}.get(kind, kind)]
+            if hook in self.calls.wrapped_calls:
+                tags.append(f"whole call wrapped by {', '.join(wrappers)}")
             names = [
                 i.plugin
                 + (" (wrapper)" if i.wrapper else "")
