@@ -63,7 +63,7 @@ def test_a_write_over_the_file_size_limit_names_the_directory_and_leaves_no_file
         (errno.EDQUOT, "the disk quota is exhausted", "Free space there or raise the quota"),
     ],
 )
-def test_a_full_disk_or_quota_is_explained_with_its_fix(tmp_path, code, why, fix):
+def test_no_room_on_the_disk_or_quota_is_explained_with_its_fix(tmp_path, code, why, fix):
     explained = _explain_write_error(OSError(code, os.strerror(code)), tmp_path)
     assert explained.errno == code
     assert explained.strerror == (
@@ -209,7 +209,12 @@ def test_a_live_process_temporary_is_kept_and_the_process_left_alone(tmp_path):
         pid1.write_bytes(b"partial")
         assert remove_stale_temporaries(tmp_path) == []
         assert tmp.exists() and pid1.exists()
-        assert live.poll() is None  # still running: only asked whether it exists
+        with pytest.raises(subprocess.TimeoutExpired):  # still running: only asked if it exists
+            live.wait(timeout=1)
+        init = tmp.with_name(tmp.name.replace(f".{live.pid}.", ".1."))  # pid 1: alive, maybe
+        init.write_bytes(b"partial")  # another user's (os.kill then raises PermissionError)
+        assert remove_stale_temporaries(tmp_path) == []
+        init.unlink()
     finally:
         live.kill()
         live.wait()
@@ -231,7 +236,7 @@ def test_a_run_removes_its_own_temporaries_from_any_host_and_only_those(tmp_path
     assert foreign.exists() and unnamed.exists() and all(p.exists() for p in not_ours)
 
 
-@pytest.mark.parametrize(("host", "named"), [("node.cluster_1", "node-cluster-1"), ("", "host")])
+@pytest.mark.parametrize(("host", "named"), [("Node.cluster_1", "Node-cluster-1"), ("", "host")])
 def test_an_odd_host_name_is_made_safe_and_its_dead_writes_are_still_found(
     tmp_path, monkeypatch, host, named
 ):
