@@ -173,3 +173,68 @@ def test_a_failure_while_applying_puts_the_learner_back(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(before, learn.model.parameters(), strict=True))
     assert torch.equal(rng, torch.get_rng_state())
     assert (learn.epoch, learn.train_iter, learn.stop_reason) == (0, 0, None)
+
+
+@pytest.mark.parametrize("record", ["model", "plugins", "rng", "loop"])
+def test_a_record_of_the_wrong_kind_is_refused_listing_what_the_file_has(tmp_path, record):
+    state = checkpoint(tmp_path)
+    state[record] = []
+    assert refused(tmp_path, state) == (
+        f"checkpoint <path> lacks a valid '{record}' record (has: {', '.join(state)}): it is "
+        "damaged or not a pluglearn checkpoint; resume from another checkpoint."
+    )
+
+
+@pytest.mark.parametrize("key", ["epoch", "position", "train_iter"])
+def test_a_crafted_position_is_refused_naming_the_file(tmp_path, key):
+    assert refused(tmp_path, checkpoint(tmp_path, **{key: -1})) == (
+        f"checkpoint <path> has loop[{key!r}] = -1, not an int >= 0: the file was not written by "
+        "pluglearn's Checkpoint or was altered; resume from another checkpoint."
+    )
+
+
+def test_one_batch_into_the_last_epoch_is_past_it_and_the_run_epochs_are_guessed(tmp_path):
+    state = checkpoint(tmp_path, position=1)
+    del state["loop"]["n_epochs"]  # an older file: the run's epochs are not recorded
+    assert refused(tmp_path, state, n_epochs=1) == (
+        "checkpoint <path> is at epoch 1, batch 1 of its run, past the 1 epoch(s) this fit asks "
+        "for, so nothing would train: pass n_epochs=2 (the run's own), or more to train further."
+    )
+
+
+def test_another_model_is_refused_naming_the_file_and_the_fix(tmp_path):
+    state = checkpoint(tmp_path)
+    learn = Learner(nn.Linear(4, 5), learner().dls, lr=0.1)
+    message = refused(tmp_path, state, learn=learn)
+    assert message.startswith("checkpoint <path> is of a different model; ")
+    assert message.endswith(
+        ". Build the model the checkpoint was saved from, or start without resume_from."
+    )
+
+
+def test_a_failure_while_applying_also_puts_back_the_optimizer_and_a_ready_loader(tmp_path):
+    from pluglearn.data.loaders import TensorBatchLoader
+
+    state = checkpoint(tmp_path, plugins=[FailsToLoad(1)])
+    x, y = tiny_data(48)
+    loader = TensorBatchLoader(
+        (x[:40], y[:40]), 8, True, generator=torch.Generator().manual_seed(3)
+    )
+    before = loader.state_dict()
+
+    def opt_func(params, lr):
+        return torch.optim.SGD(params, lr=lr, momentum=0.9)
+
+    torch.manual_seed(0)
+    learn = Learner(nn.Linear(4, 3), DataLoaders(loader), lr=0.1, opt_func=opt_func,
+                    plugins=[FailsToLoad(0)])  # fmt: skip
+    state["opt"]["param_groups"][0]["momentum"] = 0.9  # and momentum buffers to load:
+    state["opt"]["state"] = {0: {"momentum_buffer": torch.ones(3, 4)},
+                             1: {"momentum_buffer": torch.ones(3)}}  # fmt: skip
+    path = save_checkpoint(state, tmp_path / "f.pt")
+    with pytest.raises(RuntimeError, match="cannot load"):
+        learn.fit(3, resume_from=path)
+    assert learn.opt.state_dict()["state"] == {}  # no momentum loaded from the checkpoint
+    after = loader.state_dict()
+    assert after["cursor"] == before["cursor"] == 0
+    assert torch.equal(after["rng"], before["rng"])

@@ -73,9 +73,13 @@ def test_another_number_is_refused_when_the_state_cannot_be_split():
     stateless = [rank(r, {}, loader=None) for r in "ab"]
     with pytest.raises(CheckpointError, match=re.escape(
         REFUSE.format(1) + "its training loader has no state_dict (a torch DataLoader: its "
-        "sampler splits the data by the number of processes), so the order would change."
+        "sampler splits the data by the number of processes), so the order would change. Resume "
+        "with 2 process(es), or use DataLoaders.from_datasets (batch_size is then the global "
+        "batch, the same on any number of processes)."
     )):  # fmt: skip
         rank_view(saved_by(*stateless), P, 0, 1)
+    with pytest.raises(CheckpointError, match="its training loader has no state_dict"):
+        rank_view(saved_by(stateless[0], rank("b", {})), P, 0, 1)  # rank 0's loader decides
     assert rank_view(saved_by(*stateless, position=0), P, 0, 1)["loader"] is None  # epoch start
 
 
@@ -108,3 +112,25 @@ def test_the_random_states_round_trip():
     again = (random.random(), np.random.rand(), np.random.randn(), torch.rand(1))
     assert first[:3] == again[:3] and torch.equal(first[3], again[3])
     assert state["numpy"][1].dtype == torch.int64  # the key, safe to save as a tensor
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "same"),
+    [
+        (torch.ones(2), torch.ones(2), True),
+        (torch.ones(2), torch.zeros(2), False),
+        ({"k": [1, (2.0, "s")]}, {"k": [1, (2.0, "s")]}, True),
+        ({"k": 1}, {"k": 2}, False),
+        ({"k": 1}, [1], False),
+        ([1], 5, False),
+        ([torch.ones(1), 2], (torch.ones(1), 2), True),  # a tuple and a list alike
+        ([1, [2]], [1, [3]], False),
+        ([1, 2], [1], False),
+        (1, 1.0, False),  # another type: not the same state
+    ],
+)
+def test_states_are_the_same_when_equal_through_and_through(a, b, same):
+    from pluglearn.resume import _same
+
+    assert _same(a, b) is same
+    assert _same(b, a) is same
