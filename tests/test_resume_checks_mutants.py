@@ -102,14 +102,18 @@ class Extra:
         return {"n": 1}
 
 
+class Other(Extra):
+    pass
+
+
 def test_only_missing_training_plugins_are_warned_about(tmp_path, recwarn):
-    state = checkpoint(tmp_path, plugins=[Extra()])
+    state = checkpoint(tmp_path, plugins=[Other(), Extra()])
     path = save_checkpoint(state, tmp_path / "with-extra.pt")
     with pytest.warns(UserWarning) as warned:
         learner().fit(3, resume_from=path)
     messages = [str(w.message) for w in warned if "holds the state of plugin" in str(w.message)]
     assert messages == [
-        f"checkpoint {path} holds the state of plugin(s) Extra, which this Learner does not "
+        f"checkpoint {path} holds the state of plugin(s) Extra, Other, which this Learner does not "
         "have, so the resumed run can differ from the uninterrupted one: add the same plugins "
         "as the saved run."
     ]  # the saved Checkpoint's run id is not named: it trains nothing
@@ -238,3 +242,16 @@ def test_a_failure_while_applying_also_puts_back_the_optimizer_and_a_ready_loade
     after = loader.state_dict()
     assert after["cursor"] == before["cursor"] == 0
     assert torch.equal(after["rng"], before["rng"])
+
+
+def test_a_checkpoint_of_two_processes_whose_loaders_differ_is_refused_naming_it(tmp_path):
+    state = checkpoint(tmp_path)
+    other_loader = {**state["loader"], "cursor": state["loader"]["cursor"] + 8}
+    state["ranks"] = [
+        {"rng": state["rng"], "plugins": state["plugins"], "loader": state["loader"]},
+        {"rng": state["rng"], "plugins": state["plugins"], "loader": other_loader},
+    ]
+    assert refused(tmp_path, state) == (
+        "checkpoint <path> was written by 2 process(es) and this run has 1: the ranks' loader "
+        "states differ, so they cannot be split across 1 process(es). Resume with 2 process(es)."
+    )
