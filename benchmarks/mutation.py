@@ -76,6 +76,7 @@ MODULES: dict[str, list[str]] = {
         "tests/test_resume_state.py",
         "tests/test_resume_mutants.py",
         "tests/test_resume_checks_mutants.py",
+        "tests/test_resume_runs_mutants.py",
         "tests/callbacks/test_multiprocess_loader.py",
     ],
     "callbacks/checkpoint.py": [

@@ -1,0 +1,85 @@
+"""restore, continued: what a resumed run takes back (its optimizer steps, its base lr) and
+when it starts no fit, on real checkpoints of crashed runs."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+
+from pluglearn import hookimpl
+from pluglearn.callbacks.checkpoint import Checkpoint
+from pluglearn.checkpoint import checkpoints_in, load_checkpoint, save_checkpoint
+from tests.helpers import CrashAt
+from tests.test_resume_checks_mutants import checkpoint, learner
+
+
+class Fits:
+    def __init__(self) -> None:
+        self.started = 0
+
+    @hookimpl
+    def before_fit(self, learn):
+        self.started += 1
+
+
+def test_a_finished_run_starts_no_fit_and_a_stateless_cut_at_an_epoch_end_replays_nothing(
+    tmp_path,
+):
+    with pytest.raises(RuntimeError, match="killed"):
+        learner([Checkpoint(tmp_path, every_n_batches=1)], ready=True).fit(
+            3, plugins=[CrashAt(2, 0)]
+        )
+    last_batch = next(p for p in checkpoints_in(tmp_path) if p.name.endswith("s000000010-e0001.pt"))
+    assert load_checkpoint(last_batch)["loop"]["position"] == 5  # all 5 batches of epoch 1 done
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "replays 5 batches" warning: there is none to replay
+        learner(ready=True).fit(3, resume_from=last_batch)
+    fits = Fits()
+    finished = {**load_checkpoint(last_batch), "loop": {**load_checkpoint(last_batch)["loop"],
+                                                         "epoch": 3, "position": 0}}  # fmt: skip
+    path = save_checkpoint(finished, tmp_path / "finished.pt")
+    with pytest.warns(UserWarning, match="finished its 3 epoch"):
+        learner([fits]).fit(3, resume_from=path)
+    assert fits.started == 0
+
+
+def test_a_resumed_accumulating_run_counts_its_steps_on_from_the_saved_ones(tmp_path):
+    from pluglearn import GradientAccumulation
+
+    done = learner([GradientAccumulation(2)])
+    done.fit(3)
+    state = checkpoint(tmp_path, plugins=[GradientAccumulation(2)])
+    assert state["loop"]["opt_steps"] < state["loop"]["train_iter"]
+    resumed = learner([GradientAccumulation(2)])
+    resumed.fit(3, resume_from=save_checkpoint(state, tmp_path / "acc.pt"))
+    assert resumed.opt_steps == done.opt_steps == 9
+
+
+def test_the_run_base_lr_comes_back_not_the_scheduled_one(tmp_path):
+    from torch.optim.lr_scheduler import StepLR
+
+    from pluglearn import Scheduler
+
+    def sched():
+        return Scheduler(lambda opt: StepLR(opt, 1, gamma=0.5), interval="epoch")
+
+    state = checkpoint(tmp_path, plugins=[sched()])  # in epoch 1: the lr is halved once
+    assert state["opt"]["param_groups"][0]["lr"] == 0.05
+    resumed = learner([sched()])
+    resumed.fit(3, resume_from=save_checkpoint(state, tmp_path / "s.pt"))
+    assert resumed.lr == 0.1
+    del state["loop"]["lr"]  # an older file: the scheduler's initial_lr is the base lr
+    older = learner([sched()])
+    older.fit(3, resume_from=save_checkpoint(state, tmp_path / "old.pt"))
+    assert older.lr == 0.1
+
+
+def test_a_one_cycle_run_resumes_with_its_lr_max_not_the_scheduler_starting_lr(tmp_path):
+    with pytest.raises(RuntimeError, match="killed"):
+        learner([Checkpoint(tmp_path, every_n_batches=1)]).fit_one_cycle(
+            3, 0.5, plugins=[CrashAt(1, 2)]
+        )
+    resumed = learner()
+    resumed.fit_one_cycle(3, 0.5, resume_from=tmp_path)
+    assert resumed.lr == 0.5  # OneCycleLR's initial_lr is 0.5 / 25
