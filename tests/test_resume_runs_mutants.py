@@ -3,6 +3,7 @@ when it starts no fit, on real checkpoints of crashed runs."""
 
 from __future__ import annotations
 
+import re
 import warnings
 
 import pytest
@@ -83,3 +84,55 @@ def test_a_one_cycle_run_resumes_with_its_lr_max_not_the_scheduler_starting_lr(t
     resumed = learner()
     resumed.fit_one_cycle(3, 0.5, resume_from=tmp_path)
     assert resumed.lr == 0.5  # OneCycleLR's initial_lr is 0.5 / 25
+
+
+def test_a_one_process_capture_is_mid_epoch_by_default_and_has_no_per_rank_records():
+    import torch
+
+    from pluglearn.checkpoint import VERSION
+    from pluglearn.resume import capture
+
+    learn = learner()
+    learn.fit(1)
+    state = capture(learn)
+    assert (state["version"], state["loop"]["epoch"]) == (VERSION, learn.epoch)
+    assert "ranks" not in state and "world_size" not in state
+    assert isinstance(state["rng"]["torch"], torch.Tensor)
+
+
+class UnsafeState:
+    @hookimpl
+    def state_dict(self):
+        import numpy as np
+
+        return {"sums": np.zeros(2)}
+
+
+def test_a_plugin_state_a_safe_load_would_refuse_is_refused_when_saving(tmp_path):
+    with pytest.raises(TypeError, match=re.escape(
+        "plugin 'UnsafeState': state['sums'] is a numpy.ndarray, which a safe load "
+        "(weights_only=True) refuses"
+    )):  # fmt: skip
+        learner([UnsafeState(), Checkpoint(tmp_path, every_n_batches=1)]).fit(1)
+
+
+def test_an_optimizer_state_the_learner_cannot_take_or_lacks_is_refused(tmp_path):
+    from torch import nn
+
+    from pluglearn import CheckpointError, Learner
+    from pluglearn.scratch.optim import SGD
+
+    state = checkpoint(tmp_path)
+    scratch = Learner(nn.Linear(4, 3), learner().dls, lr=0.1, opt_func=SGD)
+    path = save_checkpoint(state, tmp_path / "torch-opt.pt")
+    with pytest.raises(CheckpointError, match=re.escape(
+        f"checkpoint {path} has an optimizer state, but this Learner's optimizer (SGD) has none: "
+        "resume with the optimizer the run used."
+    )):  # fmt: skip
+        scratch.fit(3, resume_from=path)
+    for opt, sizes in [({}, "[]"), ({"param_groups": [{}]}, "[0]")]:
+        path = save_checkpoint({**state, "opt": opt}, tmp_path / "odd-opt.pt")
+        with pytest.raises(CheckpointError, match=re.escape(
+            f"holds an optimizer with parameter groups of sizes {sizes}, this Learner's has [2]"
+        )):  # fmt: skip
+            learner().fit(3, resume_from=path)
