@@ -189,6 +189,7 @@ def test_a_resumed_plan_starts_at_the_saved_batch():
     cut.load_state_dict(state_of(cursor=4, in_epoch=True, shuffle=False, rng=None))
     plan = cut.start_epoch()
     assert (plan.first, plan.batches) == (2, [[4, 5], [6, 7], [8, 9]])
+    assert type(plan.first) is int and (plan.sizes, plan.emptied) == (None, None)  # one process
 
 
 def test_a_position_past_the_last_full_batch_closes_the_epoch_at_once():
@@ -201,7 +202,10 @@ def test_a_position_past_the_last_full_batch_closes_the_epoch_at_once():
 
 
 def test_an_item_loader_refuses_a_collate_fn_that_cannot_be_called():
-    with pytest.raises(TypeError, match=r"^collate_fn must be callable, got int: pass a function"):
+    with pytest.raises(TypeError, match=exact(
+        "collate_fn must be callable, got int: pass a function that turns a list of items into "
+        "a batch"
+    )):  # fmt: skip
         ItemLoader(list(range(4)), 2, collate_fn=3)
 
 
@@ -244,3 +248,23 @@ def test_abandoned_epochs_count_and_advance_keeps_the_epoch_open_by_default():
     assert order.epoch == 2
     order.advance(2)
     assert (order.epoch, order.cursor, order.in_epoch) == (2, 3, True)
+
+
+def test_a_skipped_empty_slice_counts_its_items_with_the_batch_before_it():
+    cut = EpochBatches(EpochOrder(13), 4, rank=1, world_size=2, skip_empty=True)
+    sizes = []
+    for _ in cut:
+        sizes.append(cut.global_items)
+    assert sizes == [4, 4, 5]  # the tail of 1 item goes with the third batch
+    data = [(torch.tensor([float(i)]), torch.tensor(i)) for i in range(9)]
+    skipping = ItemLoader(data, 4, rank=1, world_size=2, skip_empty=True)
+    assert [yb.tolist() for _, yb in skipping] == [[2, 3], [6, 7]]
+
+
+def test_an_iterator_from_before_a_load_is_stopped_even_without_a_newer_one():
+    order = EpochOrder(10)
+    old = iter(order)
+    next(old)
+    order.load_state(order.state())
+    with pytest.raises(RuntimeError, match="superseded"):
+        next(old)
