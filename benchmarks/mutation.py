@@ -84,6 +84,7 @@ MODULES: dict[str, list[str]] = {
         "tests/test_checkpoint_runs.py",
         "tests/callbacks/test_checkpoint_mutants.py",
         "tests/callbacks/test_checkpoint_runs_mutants.py",
+        "tests/callbacks/test_checkpoint_ctrl_c_mutants.py",
     ],
     "callbacks/gradcheck.py": [
         "tests/callbacks/test_gradcheck.py",
