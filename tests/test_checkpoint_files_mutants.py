@@ -74,6 +74,9 @@ def test_a_checkpoint_deleted_since_it_was_listed_is_passed_over(tmp_path):
     older = save_checkpoint(a_state(), tmp_path / f"ckpt-{run}-s000000001-e0000.pt")
     (tmp_path / f"ckpt-{run}-s000000002-e0000.pt").symlink_to(tmp_path / "gone.pt")
     assert load_latest(tmp_path)[0] == older
+    other = save_checkpoint(a_state(), tmp_path / f"ckpt-{new_run_id()}-s000000001-e0000.pt")
+    os.utime(other, ns=(5, 5))  # written long ago, yet after a run with a vanished file
+    assert [r.id for r in runs_in(tmp_path)] == [run, parse_name(other).run]
 
 
 def test_a_record_changed_after_the_write_fails_its_crc_check(tmp_path):
