@@ -136,3 +136,49 @@ def test_an_optimizer_state_the_learner_cannot_take_or_lacks_is_refused(tmp_path
             f"holds an optimizer with parameter groups of sizes {sizes}, this Learner's has [2]"
         )):  # fmt: skip
             learner().fit(3, resume_from=path)
+
+
+def test_a_run_with_the_scratch_optimizer_resumes_exactly(tmp_path):
+    import torch
+    from torch import nn
+
+    from pluglearn import Learner
+    from pluglearn.scratch.optim import SGD
+
+    def scratch(plugins=()):
+        torch.manual_seed(0)
+        return Learner(nn.Linear(4, 3), learner().dls, lr=0.1, opt_func=SGD, plugins=plugins)
+
+    done = scratch()
+    done.fit(3)
+    with pytest.raises(RuntimeError, match="killed"):
+        scratch([Checkpoint(tmp_path, every_n_batches=1)]).fit(3, plugins=[CrashAt(1, 2)])
+    assert load_checkpoint(checkpoints_in(tmp_path)[-1])["opt"] is None  # it has no state
+    resumed = scratch()
+    resumed.fit(3, resume_from=tmp_path)
+    for p, q in zip(done.model.parameters(), resumed.model.parameters(), strict=True):
+        assert torch.equal(p, q)
+
+
+def test_a_stateless_loader_without_a_length_replays_to_the_cut_with_a_warning(tmp_path):
+    from pluglearn import DataLoaders, Learner
+
+    batches = list(learner(ready=True).dls.train)
+
+    class NoLen:
+        def __iter__(self):
+            return iter(batches)
+
+    def no_len(plugins=()):
+        import torch
+        from torch import nn
+
+        torch.manual_seed(0)
+        return Learner(nn.Linear(4, 3), DataLoaders(NoLen()), lr=0.1, plugins=plugins)
+
+    with pytest.raises(RuntimeError, match="killed"):
+        no_len([Checkpoint(tmp_path, every_n_batches=1)]).fit(3, plugins=[CrashAt(1, 2)])
+    with pytest.warns(UserWarning, match=re.escape(
+        "the training loader (NoLen) has no state_dict, so the resume replays 2 batches"
+    )):  # fmt: skip
+        no_len().fit(3, resume_from=tmp_path)
