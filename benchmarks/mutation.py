@@ -85,6 +85,7 @@ MODULES: dict[str, list[str]] = {
         "tests/callbacks/test_checkpoint_mutants.py",
         "tests/callbacks/test_checkpoint_runs_mutants.py",
         "tests/callbacks/test_checkpoint_ctrl_c_mutants.py",
+        "tests/callbacks/test_checkpoint_ranks_mutants.py",
     ],
     "callbacks/gradcheck.py": [
         "tests/callbacks/test_gradcheck.py",

@@ -1,0 +1,47 @@
+"""Checkpoint with two processes: a Ctrl-C on one rank stops both at the next checkpoint they
+save anyway (the agreement of the module doc). The ranks are spawned processes: they import
+the package from the parent's ``sys.path``, so under mutmut they run the mutant too."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+
+import pytest
+import torch.distributed as dist
+
+from pluglearn.checkpoint import parse_name
+from tests.callbacks import _checkpoint_ranks_worker
+
+
+def two_ranks(tmp_path, at):
+    ctx = mp.get_context("spawn")
+    args = (str(tmp_path / "store"), str(tmp_path / "ckpt"), str(tmp_path), at)
+    ranks = [ctx.Process(target=_checkpoint_ranks_worker.run, args=(r, *args)) for r in range(2)]
+    for p in ranks:
+        p.start()
+    for p in ranks:
+        p.join(90)
+    for p in ranks:
+        if p.is_alive():  # a rank waiting for the other: no agreement
+            p.kill()
+            p.join()
+    assert [p.exitcode for p in ranks] == [0, 0]
+    return [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+
+
+@pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")
+@pytest.mark.timeout(240)
+def test_a_ctrl_c_on_one_rank_stops_both_at_the_next_checkpoint(tmp_path):
+    results = two_ranks(tmp_path, at=2)  # rank 1 presses after batch 2 (train_iter 3)
+    path = results[0]["latest"]
+    assert (parse_name(path).steps, parse_name(path).epoch) == (4, 0)  # the save after batch 3
+    for r in results:  # both ranks stop there, naming the one file rank 0 wrote
+        assert r == {
+            "result": f"interrupted; resume with fit(..., resume_from='{path}')",
+            "train_iter": 4,
+            "latest": path,
+        }
+    (tmp_path / "calm").mkdir()
+    calm = two_ranks(tmp_path / "calm", at=None)  # no Ctrl-C: both finish
+    assert [r["result"] for r in calm] == ["finished", "finished"]
