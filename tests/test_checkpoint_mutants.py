@@ -200,9 +200,12 @@ def test_a_live_process_temporary_is_kept_and_the_process_left_alone(tmp_path):
 
     from pluglearn.checkpoint import remove_stale_temporaries, temporary_path
 
-    sleeper = "import signal, time; signal.signal(signal.SIGHUP, signal.SIG_DFL); time.sleep(60)"
-    live = subprocess.Popen([sys.executable, "-c", sleeper])  # SIGHUP would end it (even under
-    # nohup): the check must send no signal at all
+    sleeper = (
+        "import signal, time; signal.signal(signal.SIGHUP, signal.SIG_DFL); print('ready', "
+        "flush=True); time.sleep(60)"
+    )  # SIGHUP would end it (even under nohup): the check must send no signal at all
+    live = subprocess.Popen([sys.executable, "-c", sleeper], stdout=subprocess.PIPE, text=True)
+    assert live.stdout is not None and live.stdout.readline() == "ready\n"
     try:
         tmp = temporary_path(tmp_path / "ckpt-s000000001-e0000.pt")
         tmp = tmp.with_name(tmp.name.replace(f".{os.getpid()}.", f".{live.pid}."))
