@@ -8,10 +8,25 @@ import json
 import multiprocessing as mp
 
 import pytest
+import torch
 import torch.distributed as dist
+from torch import nn
 
-from pluglearn.checkpoint import parse_name
+from pluglearn import DataLoaders, Learner
+from pluglearn.callbacks.checkpoint import Checkpoint
+from pluglearn.checkpoint import load_checkpoint, parse_name
 from tests.callbacks import _checkpoint_ranks_worker
+from tests.helpers import tiny_data
+
+
+def one_process_checkpoint_at_step_4(directory):
+    """The oracle: one process with the global batch writes the same weights at step 4."""
+    x, y = tiny_data(32, seed=2)
+    dls = DataLoaders.from_datasets((x, y), None, batch_size=8, seed=1)
+    torch.manual_seed(0)
+    ckpt = Checkpoint(directory, every_n_batches=2)
+    Learner(nn.Linear(4, 3), dls, lr=0.1, plugins=[ckpt]).fit(1)
+    return next(p for p in ckpt.saved if parse_name(p).steps == 4)
 
 
 def two_ranks(tmp_path, at):
@@ -42,6 +57,10 @@ def test_a_ctrl_c_on_one_rank_stops_both_at_the_next_checkpoint(tmp_path):
             "train_iter": 4,
             "latest": path,
         }
+    ranks_state = load_checkpoint(path)["model"]
+    one_state = load_checkpoint(one_process_checkpoint_at_step_4(tmp_path / "one"))["model"]
+    for key, value in one_state.items():
+        torch.testing.assert_close(ranks_state[key], value, rtol=0, atol=1e-6)
     (tmp_path / "calm").mkdir()
     calm = two_ranks(tmp_path / "calm", at=None)  # no Ctrl-C: both finish
     assert [r["result"] for r in calm] == ["finished", "finished"]
