@@ -22,10 +22,14 @@ import os
 import pickle
 import re
 import secrets
+import signal
 import socket
+import threading
 import time
 import warnings
 import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -124,13 +128,16 @@ def checkpoints_in(directory: str | Path) -> list[Path]:
 class _RecordingWriter:
     """What ``torch.save`` writes through. Its C++ writer turns any exception that ``write``
     raises (a Ctrl-C, a full disk) into ``RuntimeError: [enforce fail ...]``: this remembers the
-    exception, so that :func:`save_checkpoint` raises it instead."""
+    exception, so that :func:`save_checkpoint` raises it instead. A Ctrl-C during the write is
+    delivered here, inside the ``try`` (see :func:`_ctrl_c_deferred`)."""
 
-    def __init__(self, file: Any) -> None:
-        self.file, self.error = file, None
+    def __init__(self, file: Any, deliver: Any = None) -> None:
+        self.file, self.error, self.deliver = file, None, deliver
 
     def write(self, data: Any) -> int:
         try:
+            if self.deliver is not None:
+                self.deliver()  # a Ctrl-C that came since the last write (its handler may raise)
             view = memoryview(data).cast("B")
             size = len(view)
             while view:  # an unbuffered file may write less than asked
@@ -142,6 +149,39 @@ class _RecordingWriter:
 
     def flush(self) -> None:
         """Nothing to flush: the file is unbuffered, and fsync'ed once complete."""
+
+
+@contextmanager
+def _ctrl_c_deferred() -> Iterator[Any]:
+    """While ``torch.save`` runs, a Ctrl-C is held and handed to the handler that was installed
+    (the ``Checkpoint`` plugin's, or Python's ``KeyboardInterrupt``) by the function this yields,
+    at a point where the writer records what it raises. Left to Python, the handler would run at
+    any bytecode, also the first one of ``write``, outside its ``try``: torch then reported a
+    broken zip record (``RuntimeError: [enforce fail ...] unexpected pos``) instead of the
+    ``KeyboardInterrupt``. Outside the main thread (no handler can be set) nothing is held."""
+    if threading.current_thread() is not threading.main_thread():
+        yield None
+        return
+    held: list[int] = []
+
+    def hold(signum: int, frame: Any) -> None:
+        held.append(signum)
+
+    previous = signal.signal(signal.SIGINT, hold)
+
+    def deliver() -> None:
+        while held:
+            signum = held.pop()
+            if callable(previous):
+                previous(signum, None)
+            elif previous == signal.SIG_DFL:
+                signal.default_int_handler(signum, None)
+
+    try:
+        yield deliver
+    finally:
+        if signal.getsignal(signal.SIGINT) is hold:  # a handler may have put back another
+            signal.signal(signal.SIGINT, previous)
 
 
 def _host() -> str:
@@ -161,14 +201,16 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temporary_path(path)
     try:
-        with open(tmp, "wb", buffering=0) as file:
-            writer = _RecordingWriter(file)
+        with open(tmp, "wb", buffering=0) as file, _ctrl_c_deferred() as deliver:
+            writer = _RecordingWriter(file, deliver)
             try:
                 torch.save(state, writer)
             except RuntimeError:
                 if writer.error is None:
                     raise
                 raise writer.error from None
+            if deliver is not None:
+                deliver()  # a Ctrl-C after the last write: before the file replaces any other
             os.fsync(file.fileno())
         os.replace(tmp, path)
     except BaseException as error:
