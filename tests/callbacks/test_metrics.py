@@ -103,6 +103,51 @@ def test_train_loss_is_the_loss_of_the_model_before_each_step(data):
     assert learn.metrics["valid_loss"] == pytest.approx(valid_sum / 7, rel=1e-6)
 
 
+class DoubledLoss(AvgLoss):
+    """A subclass with its own batch_sum: AvgLoss's fast path must not bypass it."""
+
+    def metric_name(self, phase: str) -> str:
+        return f"{phase}_doubled"
+
+    def batch_sum(self, learn):
+        n = len(learn.batch[1])
+        return 2 * learn.loss.item() * n, n
+
+
+def test_a_subclass_s_own_batch_sum_is_used(data):
+    train, valid, _, _ = data
+    model = make_model()
+    learn = make_learner(model, train, valid, plugins=[DoubledLoss()], lr=0.0)
+    learn.fit(1)
+    assert learn.metrics["valid_doubled"] == pytest.approx(2 * learn.metrics["valid_loss"])
+    assert learn.metrics["train_doubled"] == pytest.approx(2 * learn.metrics["train_loss"])
+
+
+def test_avg_loss_counts_a_dict_batch_by_its_labels():
+    x, y = make_data(6, seed=3)
+    model = make_model()
+
+    class DictStep:
+        @hookimpl
+        def before_batch(self, learn):
+            xb, yb = learn.batch
+            learn.batch = {"x": xb, "labels": yb}
+
+        @hookimpl
+        def predict(self, learn):
+            return learn.model(learn.batch["x"])
+
+        @hookimpl
+        def compute_loss(self, learn):
+            return F.cross_entropy(learn.preds, learn.batch["labels"])
+
+    learn = make_learner(model, batches(x, y, 4), batches(x, y, 4), [DictStep()], lr=0.0)
+    learn.fit(1)
+    with torch.no_grad():
+        expected = F.cross_entropy(model(x), y, reduction="sum").item() / 6
+    assert learn.metrics["valid_loss"] == pytest.approx(expected, rel=1e-6)
+
+
 def test_avg_loss_is_a_default_and_reports_per_phase_names(data):
     train, valid, _, _ = data
     learn = make_learner(make_model(), train, valid)

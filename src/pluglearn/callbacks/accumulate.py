@@ -169,10 +169,12 @@ class GradientAccumulation:
                 "items, so its gradient is undefined: check count= (it must return the number "
                 "of items the loss averages over, > 0 for every group)."
             )
-        with torch.no_grad():
-            for p in learn.model.parameters():
-                if p.grad is not None:
-                    p.grad.div_(total)
+        grads = [p.grad for p in learn.model.parameters() if p.grad is not None]
+        if grads and grads[0].requires_grad:  # a create_graph backward: keep autograd out
+            with torch.no_grad():
+                torch._foreach_div_(grads, total)
+        else:  # one call for all (per tensor on CPU: the same division as div_)
+            torch._foreach_div_(grads, total)
 
     @hookimpl
     def state_dict(self, learn: Learner) -> dict[str, Any]:

@@ -115,6 +115,28 @@ class AvgLoss(AverageMetric):
     def __init__(self) -> None:
         super().__init__(phases=PHASES)
 
+    @hookimpl
+    def after_loss(self, learn: Learner) -> None:
+        # every batch of every fit runs this: the common case (a CPU loss of an (xb, yb) pair)
+        # in one frame; anything else, or a subclass's own batch_sum, as AverageMetric does
+        batch, loss = learn.batch, learn.loss
+        phase = "train" if learn.run.pos.training else "valid"
+        if (
+            type(self).batch_sum is AvgLoss.batch_sum
+            and type(batch) is tuple
+            and len(batch) == 2
+            and type(batch[1]) is torch.Tensor
+            and batch[1].ndim
+            and loss.is_cpu
+            and phase in self.phases
+        ):
+            n = batch[1].shape[0]
+            sums = self.sums[phase]
+            sums[0] += loss.item() * n
+            sums[1] += n
+            return
+        super().after_loss(learn)
+
     def metric_name(self, phase: str) -> str:
         return f"{phase}_loss"
 
