@@ -289,3 +289,43 @@ def test_under_a_one_rank_ddp_wrapper_the_step_is_still_the_big_batch_step(tmp_p
         dist.destroy_process_group()
     for p, q in zip(plain.model.parameters(), wrapped.model.parameters(), strict=True):
         torch.testing.assert_close(p, q, rtol=0, atol=1e-15)
+
+
+class CreateGraphBackward:
+    """A backward provider that keeps the graph of the gradients (create_graph=True), as a
+    gradient penalty needs: the accumulated gradients then require grad themselves."""
+
+    seen: list
+
+    def __init__(self) -> None:
+        self.seen = []
+
+    @hookimpl
+    def backward(self, learn):
+        learn.loss.backward(create_graph=True)
+        return True
+
+    @hookimpl(trylast=True)  # after the accumulation divided the group's gradients
+    def before_step(self, learn):
+        grads = [p.grad for p in learn.model.parameters()]
+        self.seen.append(all(g.requires_grad for g in grads))
+        self.divided_in_graph = any("Div" in type(g.grad_fn).__name__ for g in grads)
+
+
+@pytest.mark.filterwarnings("ignore:Using backward\\(\\) with create_graph=True")
+def test_create_graph_gradients_are_divided_like_plain_ones_and_keep_autograd_out():
+    def fit(plugins):
+        torch.manual_seed(0)
+        net = model()
+        dls = DataLoaders(sized_batches([3, 5, 2, 4]), None)
+        learn = Learner(net, dls, lr=0.1, plugins=[GradientAccumulation(2), *plugins])
+        learn.fit(1)
+        return [p.detach().clone() for p in net.parameters()], learn
+
+    plain, _ = fit([])
+    graph = CreateGraphBackward()
+    kept, _ = fit([graph])
+    assert graph.seen == [True, True]  # the provider really made gradients that require grad
+    assert not graph.divided_in_graph  # the division is not part of their graph
+    for a, b in zip(plain, kept, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
