@@ -70,6 +70,7 @@ MODULES: dict[str, list[str]] = {
         "tests/test_checkpoint_writes.py",
         "tests/test_checkpoint_mutants.py",
         "tests/test_checkpoint_files_mutants.py",
+        "tests/test_checkpoint_signals.py",
     ],
     "resume.py": [
         "tests/test_checkpoint.py",
