@@ -46,7 +46,8 @@ def test_python_s_handler_raises_the_keyboard_interrupt_itself_and_no_file_is_le
     with pytest.raises(KeyboardInterrupt) as info:
         save_checkpoint(state(), tmp_path / "ckpt.pt")
     frames = [f.name for f in traceback.extract_tb(info.value.__traceback__)]
-    assert "write" in frames  # delivered inside the writer, which records it
+    # delivered inside the writer's write (under mutmut: its trampolined copy), which records it
+    assert any("write" in name for name in frames), frames
     assert list(tmp_path.iterdir()) == []
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
