@@ -80,3 +80,17 @@ def test_a_handler_that_puts_back_another_one_keeps_it(tmp_path, restore_sigint)
         save_checkpoint(state(), tmp_path / "ckpt.pt")
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_save_outside_the_main_thread_holds_nothing_and_completes(tmp_path):
+    import threading
+
+    done = []
+    before = signal.getsignal(signal.SIGINT)
+    thread = threading.Thread(
+        target=lambda: done.append(save_checkpoint({"w": torch.ones(3)}, tmp_path / "c.pt"))
+    )
+    thread.start()
+    thread.join()
+    assert done and torch.equal(torch.load(done[0], weights_only=False)["w"], torch.ones(3))
+    assert signal.getsignal(signal.SIGINT) is before
