@@ -131,6 +131,7 @@ MODULES: dict[str, list[str]] = {
     "plugins/dispatch.py": [
         "tests/plugins/test_dispatch.py",
         "tests/plugins/test_dispatch_mutants.py",
+        "tests/plugins/test_wrap_hook_calls.py",
         "tests/plugins/test_manager.py",
         "tests/test_learner.py",
         "tests/test_contract_fuzz.py",

@@ -313,3 +313,51 @@ def test_an_instrumenting_plugin_wraps_every_implementation_and_each_still_runs(
     learn.hooks.before_batch(learn)
     assert plain.seen == [learn]
     assert probe.seen == [("plain", "before_batch", learn)]
+
+
+# ----------------------------------------------- one forward_context provider (its own fast path)
+
+
+class EntersFailing(Named):
+    """Returns a context manager whose __enter__ raises."""
+
+    @hookimpl
+    def forward_context(self, learn):
+        self.seen.append(learn)
+
+        class Failing:
+            def __enter__(self):
+                raise Boom("enter")
+
+            def __exit__(self, *exc):
+                return False
+
+        return Failing()
+
+
+def test_one_provider_gets_the_learner_and_its_errors_are_tagged():
+    alone = ContextPlugin("alone", fail=True)
+    learn = tiny_learner([alone])
+    with pytest.raises(Boom) as info:
+        learn.hooks.forward_context(learn)
+    assert _origin(info.value) == ("alone", "forward_context")
+    assert alone.seen == [learn] and alone.seen[0] is learn
+
+
+def test_one_provider_s_failing_enter_is_tagged_with_it():
+    plugin = EntersFailing("entering")
+    learn = tiny_learner([plugin])
+    with pytest.raises(Boom, match="enter") as info, learn.hooks.forward_context(learn):
+        pass  # pragma: no cover  (the context never enters)
+    assert _origin(info.value) == ("entering", "forward_context")
+    assert plugin.seen == [learn]
+
+
+def test_one_provider_answering_none_gives_a_usable_context_and_none_is_tagged():
+    learn = tiny_learner([ContextPlugin("quiet")])
+    entered = []
+    with learn.hooks.forward_context(learn) as value:
+        entered.append(value)
+    assert entered == [None]
+    learn.fit(1)  # the loop runs the forward inside it
+    assert learn.plugin("quiet").seen[-1] is learn
