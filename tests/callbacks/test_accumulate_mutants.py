@@ -32,6 +32,21 @@ def sized_batches(sizes, seed=0):
     return out
 
 
+class NoLen:
+    """Batches without a length: the loader a generator or a stream gives."""
+
+    def __init__(self, batches) -> None:
+        self.batches = batches
+
+    def __iter__(self):
+        return iter(self.batches)
+
+
+def assert_same_weights(a: Learner, b: Learner) -> None:
+    for p, q in zip(a.model.parameters(), b.model.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=0, atol=1e-15)
+
+
 def first_line(error: BaseException) -> str:
     """The error's own message (the Learner adds a line naming the plugin and hook)."""
     return str(error).split("\n")[0]
@@ -124,34 +139,24 @@ def test_groups_of_one_item_step_like_plain_training():
     one.add_plugin(GradientAccumulation(1))  # each group counts exactly 1 item
     plain.fit(1)
     one.fit(1)
-    for p, q in zip(plain.model.parameters(), one.model.parameters(), strict=True):
-        torch.testing.assert_close(p, q, rtol=0, atol=1e-15)
+    assert_same_weights(plain, one)
 
 
 def test_one_batch_groups_need_no_loader_length():
     train = sized_batches([4, 4])
 
-    class NoLen:
-        def __iter__(self):
-            return iter(train)
-
     plain = Learner(model(), DataLoaders(train), lr=0.3, defaults=False)
-    learn = Learner(model(), DataLoaders(NoLen()), lr=0.3, defaults=False)
+    learn = Learner(model(), DataLoaders(NoLen(train)), lr=0.3, defaults=False)
     learn.add_plugin(GradientAccumulation(1))
     plain.fit(1)
     learn.fit(1)
-    for p, q in zip(plain.model.parameters(), learn.model.parameters(), strict=True):
-        torch.testing.assert_close(p, q, rtol=0, atol=1e-15)
+    assert_same_weights(plain, learn)
 
 
 def test_the_refusals_give_their_whole_advice():
     train = sized_batches([4, 4])
 
-    class NoLen:
-        def __iter__(self):
-            return iter(train)
-
-    learn = Learner(model(), DataLoaders(NoLen()), plugins=[GradientAccumulation(2)])
+    learn = Learner(model(), DataLoaders(NoLen(train)), plugins=[GradientAccumulation(2)])
     with pytest.raises(ValueError) as no_len:
         learn.fit(1)
     assert first_line(no_len.value) == (
@@ -287,8 +292,7 @@ def test_under_a_one_rank_ddp_wrapper_the_step_is_still_the_big_batch_step(tmp_p
         wrapped.fit(1)
     finally:
         dist.destroy_process_group()
-    for p, q in zip(plain.model.parameters(), wrapped.model.parameters(), strict=True):
-        torch.testing.assert_close(p, q, rtol=0, atol=1e-15)
+    assert_same_weights(plain, wrapped)
 
 
 class CreateGraphBackward:
