@@ -94,3 +94,24 @@ def test_a_save_outside_the_main_thread_holds_nothing_and_completes(tmp_path):
     thread.join()
     assert done and torch.equal(torch.load(done[0], weights_only=False)["w"], torch.ones(3))
     assert signal.getsignal(signal.SIGINT) is before
+
+
+def test_with_the_default_action_the_process_still_dies_of_the_ctrl_c(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    script = (
+        "import os, signal, sys, torch\n"
+        f"sys.path[:0] = [{str(root / 'src')!r}, {str(root)!r}]\n"
+        "from pluglearn.checkpoint import save_checkpoint\n"
+        "from tests.test_checkpoint_signals import state\n"
+        "signal.signal(signal.SIGINT, signal.SIG_DFL)\n"
+        f"save_checkpoint(state(), {str(tmp_path / 'ckpt.pt')!r})\n"
+        "print('saved')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == -signal.SIGINT, done.stderr[-2000:]
+    assert "saved" not in done.stdout
+    assert not (tmp_path / "ckpt.pt").exists()

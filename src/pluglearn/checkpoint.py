@@ -174,8 +174,9 @@ def _ctrl_c_deferred() -> Iterator[Any]:
             signum = held.pop()
             if callable(previous):
                 previous(signum, None)
-            elif previous == signal.SIG_DFL:
-                signal.default_int_handler(signum, None)
+            elif previous == signal.SIG_DFL:  # the process asked to die of it: it does now
+                signal.signal(signum, signal.SIG_DFL)
+                os.kill(os.getpid(), signum)
 
     try:
         yield deliver
