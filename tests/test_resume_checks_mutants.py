@@ -179,6 +179,35 @@ def test_a_failure_while_applying_puts_the_learner_back(tmp_path):
     assert (learn.epoch, learn.train_iter, learn.stop_reason) == (0, 0, None)
 
 
+class NeverLoads:
+    @hookimpl
+    def state_dict(self):
+        return {}
+
+    @hookimpl
+    def load_state_dict(self, state):
+        raise RuntimeError("never loads")
+
+
+def test_a_roll_back_that_fails_too_puts_back_the_rest_and_says_the_learner_is_half_restored(
+    tmp_path,
+):
+    state = checkpoint(tmp_path, plugins=[NeverLoads()], stop_reason="x")
+    path = save_checkpoint(state, tmp_path / "f.pt")
+    learn = learner([NeverLoads()])
+    before = [p.detach().clone() for p in learn.model.parameters()]
+    rng = torch.get_rng_state()
+    with pytest.raises(RuntimeError, match="never loads") as failure:
+        learn.fit(3, resume_from=path)
+    assert all(torch.equal(a, b) for a, b in zip(before, learn.model.parameters(), strict=True))
+    assert torch.equal(rng, torch.get_rng_state())  # put back after the plugins' failure
+    assert (learn.epoch, learn.train_iter, learn.stop_reason) == (0, 0, None)
+    assert (
+        "pluglearn: putting the Learner back as it was failed too for the plugins (RuntimeError: "
+        "never loads): it is half-restored; build a new Learner before training it."
+    ) in failure.value.__notes__
+
+
 @pytest.mark.parametrize("record", ["model", "plugins", "rng", "loop"])
 def test_a_record_of_the_wrong_kind_is_refused_listing_what_the_file_has(tmp_path, record):
     state = checkpoint(tmp_path)

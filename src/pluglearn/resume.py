@@ -242,16 +242,25 @@ def _backup(learn: Learner) -> tuple[Any, ...]:
     )
 
 
-def _roll_back(learn: Learner, backup: tuple[Any, ...]) -> None:
+def _roll_back(learn: Learner, backup: tuple[Any, ...]) -> list[str]:
+    """Put back each part of ``backup``, every part even when one fails (a plugin's
+    ``load_state_dict`` may fail again); returns what could not be put back."""
     position, model, opt, loader, plugins, rng = backup
-    learn.run.restore_position(position)
-    learn.model.load_state_dict(model)
-    if opt is not None:
-        learn.opt.load_state_dict(opt)
-    if loader is not None:
-        learn.dls.train.load_state_dict(loader)
-    learn.hooks.call("load_state_dict", learn=learn, state=plugins)
-    set_rng_state(rng)
+    steps: list[tuple[str, Any]] = [
+        ("the position", lambda: learn.run.restore_position(position)),
+        ("the random state", lambda: set_rng_state(rng)),
+        ("the model", lambda: learn.model.load_state_dict(model)),
+        ("the optimizer", lambda: opt is not None and learn.opt.load_state_dict(opt)),
+        ("the loader", lambda: loader is not None and learn.dls.train.load_state_dict(loader)),
+        ("the plugins", lambda: learn.hooks.call("load_state_dict", learn=learn, state=plugins)),
+    ]
+    failed = []
+    for what, step in steps:
+        try:
+            step()
+        except Exception as error:
+            failed.append(f"{what} ({type(error).__name__}: {error})")
+    return failed
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -371,9 +380,14 @@ def restore(
         learn.stop_reason = loop["stop_reason"]
         learn.hooks.call("load_state_dict", learn=learn, state=state["plugins"])
         set_rng_state(state["rng"])
-    except BaseException:
-        _roll_back(learn, backup)
+    except BaseException as error:
+        failed = _roll_back(learn, backup)
         learn.stop_reason = None
+        if failed:
+            error.add_note(
+                f"pluglearn: putting the Learner back as it was failed too for {', '.join(failed)}"
+                ": it is half-restored; build a new Learner before training it."
+            )
         raise
     if (
         not stateful
