@@ -14,7 +14,8 @@ training batch N; ``--nan-rank R --nan-at N``: rank R's batch N gives a NaN loss
 tensor (the default loader), item (a map-style dataset), multiprocess (MultiprocessLoader with
 one worker) or sampler (a torch DataLoader with a DistributedSampler). ``--cancel-rank R
 --cancel-at N --cancel-in HOOK``: rank R raises CancelEpochException from HOOK (compute_loss,
-predict, after_loss, after_batch) at training batch N. ``--sigint-rank R --sigint-at N``: rank R
+predict, after_loss, after_batch) at training batch N, or CancelFitException from before_fit,
+after_fit (N unused) or before_epoch (at epoch N). ``--sigint-rank R --sigint-at N``: rank R
 sends itself SIGINT (a Ctrl-C) at the start of training batch N; the job records the
 KeyboardInterrupt every rank ended with. ``--fsdp``: FSDP(layers=nn.Linear) instead of DDP().
 """
@@ -38,6 +39,7 @@ from pluglearn import (
     FSDP,
     Accuracy,
     CancelEpochException,
+    CancelFitException,
     DataLoaders,
     GradientAccumulation,
     Learner,
@@ -96,6 +98,22 @@ class Probe:
             learn, self.args.cancel_rank, self.args.cancel_at
         ):
             raise CancelEpochException(f"planted in {hook} on rank {pdist.rank()}")
+
+    def _stop(self, hook: str, when: bool = True) -> None:
+        if hook == self.args.cancel_in and pdist.rank() == self.args.cancel_rank and when:
+            raise CancelFitException(f"planted in {hook} on rank {pdist.rank()}")
+
+    @hookimpl
+    def before_fit(self, learn: Learner) -> None:
+        self._stop("before_fit")
+
+    @hookimpl
+    def before_epoch(self, learn: Learner) -> None:
+        self._stop("before_epoch", learn.epoch == self.args.cancel_at)
+
+    @hookimpl
+    def after_fit(self, learn: Learner) -> None:
+        self._stop("after_fit")
 
     @hookimpl
     def predict(self, learn: Learner) -> None:

@@ -249,6 +249,24 @@ def test_a_cancel_after_the_step_takes_effect_at_the_next_batch_with_its_step_sk
     assert [len(s) for s in two["seen"]] == [10, 10] and len(one["seen"][0]) == 9
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("hook", ["before_fit", "before_epoch", "after_fit"])
+def test_a_fit_cancel_on_one_rank_outside_the_batches_stops_every_rank_like_one_process(
+    tmp_path, hook
+):
+    # before_fit: the rank that cancelled would skip the fit and leave the other waiting in
+    # its first collective; the job also checks that every rank gives the same stop_reason
+    plant = ["--cancel-in", hook, "--cancel-at", "1", "--epochs", "2"]
+    two = run_job(tmp_path / "two", *plant, "--cancel-rank", "1", timeout=60)
+    one = run_job(tmp_path / "one", *plant, "--cancel-rank", "0", nproc=1)
+    assert_close(one["weights"], two["weights"])
+    assert two["stop_reason"] == f"Probe: planted in {hook} on rank 1"
+    assert one["stop_reason"] == f"Probe: planted in {hook} on rank 0"
+    epochs = {"before_fit": 0, "before_epoch": 1, "after_fit": 2}[hook]
+    assert len(two["history"]) == len(one["history"]) == epochs
+
+
 PLANT_IN_PREDICT = ("--cancel-in", "predict", "--cancel-rank", "1", "--cancel-at", "2")
 
 

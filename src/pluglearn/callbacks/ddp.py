@@ -32,25 +32,32 @@ Stopping together, with no collective of its own per batch (see
 ``TerminateOnNaN``, ``EarlyStopping`` or any plugin, and the other ``CancelXException``) raised
 on one rank in a training batch is held, and the rank marks its gradient of the model's smallest
 parameter with NaN before the backward of the next batch that steps. DDP's own gradient
-all-reduce carries the mark to every rank, which looks at one number after the backward and
-only then agrees (one small all-reduce) on which cancel to raise. **A cancel takes effect on
-every rank at the next optimizer step**: right after that batch's backward, before
-``after_backward`` and the step, which is skipped; the gradients are put back as ``zero_grad``
-left them, so the run is the one process's that cancels in that batch before its backward
-(tested against one process, from ``after_loss`` and ``compute_loss``). A cancel raised after
-a step (``after_step``, ``after_batch``) takes effect at the next batch (computed, not
-stepped; the weights are those of one process stopping there); a ``CancelBatchException``
-there is dropped. A NaN gradient of that parameter with no cancel held costs one agreement.
-When a plugin answers ``should_step`` (``GradientAccumulation``), batches that do not step have
-no all-reduce to carry the mark, so the ranks agree before each backward (one small all-reduce
-per batch); when a plugin implements ``before_step`` or ``after_backward``, once more before
-each step. The starts and ends of fit, epoch, train and validate agree too (once per pass). In
-validation a ``CancelBatchException`` is rank-local (there is no collective there); stronger
-cancels are agreed at its end. A cancel from ``compute_loss`` is held like one from an event
-hook (the rank backpropagates a zero); one from ``predict``, ``backward``, ``step`` or
-``zero_grad`` is refused with an error naming the hook. ``Checkpoint`` agrees on a Ctrl-C at
-its saves. Errors need nothing: the failing rank exits and ``torchrun`` ends the others at
-once, printing that rank's error.
+all-reduce carries the mark to every rank, which looks at one number after the backward and only
+then agrees (one small all-reduce) on which cancel to raise. **A cancel takes effect on every
+rank at the next optimizer step**: right after that batch's backward, before ``after_backward``
+and the step, which is skipped; the gradients are put back as ``zero_grad`` left them, so the
+run is the one process's that cancels in that batch before its backward (tested against one
+process, from ``after_loss`` and ``compute_loss``). A cancel raised after a step
+(``after_step``, ``after_batch``) takes effect at the next batch (computed, not stepped; the
+weights are those of one process stopping there); a ``CancelBatchException`` there is dropped. A
+NaN gradient of that parameter with no cancel held costs one agreement. When a plugin answers
+``should_step`` (``GradientAccumulation``), batches that do not step have no all-reduce to carry
+the mark, so the ranks agree before each backward (one small all-reduce per batch); when a
+plugin that may cancel implements ``before_step`` or ``after_backward``, once more before each
+step. The start of a fit always agrees (on a cancel from ``before_fit`` too: one all-reduce,
+which also tells every rank what the plugins of any rank need); the ends of ``before_epoch``,
+``before_train``, ``after_train``, ``before_validate``, ``after_validate``, ``after_epoch`` and
+``after_fit`` agree only when a plugin on some rank may cancel in a hook whose cancel waits for
+them. A plugin says it never cancels with the class attribute ``may_cancel = False``
+(pluglearn's metrics, ProgressBar, Recorder, loggers, Device, MixedPrecision, GradientClipping,
+Scheduler, Checkpoint and training step do: with them alone a fit pays no agreement after its
+start); one that says so and cancels anyway is refused with an error naming it. In validation a
+``CancelBatchException`` is rank-local (there is no collective there); stronger cancels are
+agreed at its end. A cancel from ``compute_loss`` is held like one from an event hook (the rank
+backpropagates a zero); one from ``predict``, ``backward``, ``step`` or ``zero_grad`` is refused
+with an error naming the hook. ``Checkpoint`` agrees on a Ctrl-C at its saves. Errors need
+nothing: the failing rank exits and ``torchrun`` ends the others at once, printing that rank's
+error.
 """
 
 from __future__ import annotations
@@ -91,6 +98,7 @@ class DDP(BatchCalls):
         self._marked: Any = None  # the hook that marks this rank's gradient of it
         self._saved_wrapper: list[Any] = []
         self._padded: tuple[int, int] | None = None
+        self._fit_needs = (False, False)  # any rank's: agree before each step, before each backward
         if not pdist.is_distributed():
             name = type(self).__name__
             warnings.warn(
@@ -112,19 +120,38 @@ class DDP(BatchCalls):
 
     # ------------------------------------------------------------------ wrap and unwrap
 
-    @hookimpl(trylast=True)  # after Device moved the model
-    def before_fit(self, learn: Learner) -> None:
+    @hookimpl(wrapper=True)
+    def before_fit(self, learn: Learner) -> Wrapper:
         if pdist.world_size() < 2:
-            return
+            return (yield)
+        self._start_fit(learn)
+        try:
+            result = yield
+        except CancelException as cancel:  # held: a rank that skipped the fit alone would
+            self._keep(cancel)  # leave the others waiting in its first collective
+            result = None
+        # one all-reduce per fit: every rank cancels together, or none; and the ends of the
+        # pass hooks agree on every rank if a plugin on any rank may cancel there
+        self._hooks_seen = learn.hooks
+        agree, step_sync, early = self._sync(learn, extra=self._needs(learn))
+        self._agree, self._fit_needs = agree > 0, (step_sync > 0, early > 0)
+        self._wrap(learn)  # after the other before_fit hooks (Device moved the model)
+        return result
+
+    def _wrap(self, learn: Learner) -> None:
         kwargs = dict(self.ddp_kwargs)
         device = next(learn.model.parameters()).device
         if device.type == "cuda" and "device_ids" not in kwargs:
             kwargs["device_ids"] = [device]
         self.module = torch.nn.parallel.DistributedDataParallel(learn.model, **kwargs)
-        trained = [p for p in learn.model.parameters() if p.requires_grad]
-        self._probe_param = min(trained, key=lambda p: p.numel())  # the smallest one
+        self._watch(learn)
         learn.wrapped_model = self.module
-        self._start_fit(learn)
+
+    def _watch(self, learn: Learner) -> None:
+        """Choose the parameter whose gradient carries a held cancel: the smallest one."""
+        trained = [p for p in learn.model.parameters() if p.requires_grad]
+        self._probe_param = min(trained, key=lambda p: p.numel())
+        self._first = (0,) * self._probe_param.ndim
 
     def _start_fit(self, learn: Learner) -> None:
         """What every fit on several processes starts from (shared with FSDP)."""
@@ -134,6 +161,7 @@ class DDP(BatchCalls):
             isinstance(p, GradientAccumulation) and p.scale_loss for p in learn.plugins
         )
         self._failed, self._pending, self._probe, self._marked = False, None, None, None
+        self._world = pdist.world_size()
 
     @hookimpl
     def cleanup_fit(self, learn: Learner) -> None:
@@ -150,11 +178,14 @@ class DDP(BatchCalls):
 
     # --------------------------------------------------------------------- each pass
 
-    def _others_implement(self, learn: Learner, *names: str) -> bool:
-        return any(
-            getattr(i.function, "__self__", None) is not self
-            for h in names
-            for i in learn.hooks.impls.get(h, [])
+    def _needs(self, learn: Learner) -> tuple[float, float, float]:
+        """What this rank's plugins need agreed: at the ends of the pass hooks, before each
+        step (a cancel from before_step or after_backward), before each backward (a batch that
+        does not step has no gradient all-reduce to carry a mark)."""
+        return (
+            float(self._cancellers(learn)),
+            float(self._cancellers(learn, ("before_step", "after_backward"))),
+            float(self._cancellers(learn, ("should_step",), any_plugin=True)),
         )
 
     @hookimpl(wrapper=True)
@@ -162,10 +193,10 @@ class DDP(BatchCalls):
         sampler = getattr(learn.dl, "sampler", None)
         if hasattr(sampler, "set_epoch"):  # torch's DistributedSampler: a new order each epoch
             sampler.set_epoch(learn.epoch)
-        # a cancel from before_step or after_backward must be agreed before the step
-        self._step_sync = self._others_implement(learn, "before_step", "after_backward")
-        # a batch that does not step has no gradient all-reduce to carry the flags
-        self._early = self._others_implement(learn, "should_step")
+        # what any rank's plugins needed at the fit's start, or this rank's need since then
+        _, step_sync, early = self._needs(learn)
+        self._step_sync = self._fit_needs[0] or step_sync > 0
+        self._early = self._fit_needs[1] or early > 0
         return (yield from self._sync_after(learn))
 
     @hookimpl(wrapper=True)
@@ -186,15 +217,11 @@ class DDP(BatchCalls):
         if self._saved_wrapper:
             learn.wrapped_model = self._saved_wrapper.pop()
 
-    # ------------------------------------------------------------------- each batch
-
-    @hookimpl
-    def forward_context(self, learn: Learner) -> None:
-        if self.module is not None and learn.training:
-            # batches that only accumulate gradients skip the all-reduce (DDP's no_sync)
-            self.module.require_backward_grad_sync = learn.will_step
-
     # ------------------------------------------------------------- the other phases
+
+    @hookimpl(wrapper=True)
+    def after_fit(self, learn: Learner) -> Wrapper:
+        return (yield from self._sync_after(learn))  # every rank gives the same stop_reason
 
     @hookimpl(wrapper=True)
     def after_train(self, learn: Learner) -> Wrapper:

@@ -18,6 +18,7 @@ from torch.utils.data import DistributedSampler
 
 from .. import dist as pdist
 from ..exceptions import CancelBatchException, CancelException
+from ..plugins.dispatch import is_noop
 from .ddp_cancels import CancelAgreement, batch_items, zero_loss
 
 if TYPE_CHECKING:
@@ -35,21 +36,44 @@ class BatchCalls(CancelAgreement):
     _probe_param: torch.Tensor | None = None
     _probe: torch.Tensor | None = None
     _marked: Any = None
+    _world: int = 1  # the number of ranks, read once per fit
+    _first: tuple[int, ...] = ()  # the index of the probe's first element
 
     def wrap_hook_calls(self, hook: str, call: Caller) -> Caller:
         """The batch hooks' whole calls, wrapped once per plugin set (the registry asks every
         plugin that has this method): cancels held or refused, and DDP's own work around them.
         One plain frame per call, where a generator wrapper per hook cost several every batch
-        (the hand-written loop has none)."""
+        (the hand-written loop has none); a hook no plugin implements cannot raise a cancel,
+        so it stays bare unless DDP has work of its own there."""
         if hook in ("after_pred", "after_step", "after_batch"):
-            return self._held(call, drop_batch=hook != "after_pred")
-        if hook in ("predict", "step", "zero_grad"):
+            return call if is_noop(call) else self._held(call, drop_batch=hook != "after_pred")
+        if hook in ("step", "zero_grad"):
             return self._refusing(call, hook)
         build = getattr(self, f"_call_{hook}", None)
         return call if build is None else build(call)
 
+    def _guarded(self, call: Caller) -> Caller:
+        return call if is_noop(call) else self._held(call)
+
+    def _call_predict(self, call: Caller) -> Caller:
+        refusing = self._refusing(call, "predict")
+
+        def predict(learn: Learner) -> Any:
+            if self.module is not None and learn.training:
+                # before the forward, which decides whether the backward all-reduces
+                self._set_grad_sync(learn.will_step)
+            return refusing(learn)
+
+        return predict
+
+    def _set_grad_sync(self, sync: bool) -> None:
+        """Batches that only accumulate gradients skip the all-reduce (DDP's ``no_sync``); the
+        flag is set only when it changes (``nn.Module.__setattr__`` costs microseconds)."""
+        if self.module.require_backward_grad_sync is not sync:
+            self.module.require_backward_grad_sync = sync
+
     def _call_before_batch(self, call: Caller) -> Caller:
-        held = self._held(call)
+        held = self._guarded(call)
 
         def before_batch(learn: Learner) -> Any:
             result = held(learn)
@@ -90,7 +114,7 @@ class BatchCalls(CancelAgreement):
         return compute_loss
 
     def _call_after_loss(self, call: Caller) -> Caller:
-        held = self._held(call)
+        held = self._guarded(call)
 
         def after_loss(learn: Learner) -> Any:
             result = held(learn)
@@ -116,7 +140,7 @@ class BatchCalls(CancelAgreement):
                 return refusing(learn)
             here = batch_items(learn)
             total = self._global_items(learn, here)
-            factor = here * pdist.world_size() / total if total else 0.0
+            factor = here * self._world / total if total else 0.0
             if factor == 1.0:
                 return refusing(learn)
             loss = learn.loss
@@ -135,11 +159,11 @@ class BatchCalls(CancelAgreement):
         if isinstance(told, int) and told > 0:
             return told
         if isinstance(getattr(learn.dl, "sampler", None), DistributedSampler):
-            return here * pdist.world_size()  # every rank gets as many items
+            return here * self._world  # every rank gets as many items
         return pdist.reduce_sum(float(here))[0]
 
     def _call_after_backward(self, call: Caller) -> Caller:
-        held = self._held(call)
+        held = self._guarded(call)
 
         def after_backward(learn: Learner) -> Any:
             result = held(learn)
@@ -148,14 +172,14 @@ class BatchCalls(CancelAgreement):
                 self._marked = None
             probe = self._probe.grad if self._probe is not None else None
             # NaN here on every rank: some rank marked it (or the gradient is NaN): agree now
-            if probe is not None and probe.reshape(-1)[0].isnan().item():
+            if probe is not None and (first := probe[self._first].item()) != first:
                 self._sync(learn, after_backward=True)
             return result
 
         return after_backward
 
     def _call_before_step(self, call: Caller) -> Caller:
-        held = self._held(call)
+        held = self._guarded(call)
 
         def before_step(learn: Learner) -> Any:
             result = held(learn)

@@ -5,6 +5,12 @@ A cancel caught around one of the hook calls the DDP plugin wraps (``wrap_hook_c
 flag per cancel kind, then the strongest cancel any rank holds is raised on every rank, with
 that rank's message and stop reason. Where and when the agreements happen is the plugin's
 business (see :mod:`pluglearn.callbacks.ddp`).
+
+An agreement whose answer is known costs a collective for nothing: when no plugin on any rank
+that may cancel implements a hook whose cancel waits for one (:data:`HELD_HOOKS`), the ends
+of the pass hooks agree on nothing. A plugin says it never cancels with a class attribute
+``may_cancel = False`` (pluglearn's metrics, progress bar, loaders and training step do); one
+that says so and cancels anyway is refused with an error naming it, never dropped.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import torch
 
 from .. import dist as pdist
+from ..error_reporting import cancel_reason
 from ..exceptions import (
     CancelBatchException,
     CancelEpochException,
@@ -23,10 +30,11 @@ from ..exceptions import (
     CancelTrainException,
     CancelValidateException,
 )
+from ..plugins.dispatch import origin_of
 
 if TYPE_CHECKING:
     from ..learner import Learner
-    from ..plugins.dispatch import Caller
+    from ..plugins.dispatch import Caller, Impl
 
 #: the cancels, weakest first: when ranks hold different ones, every rank raises the strongest
 LEVELS = (
@@ -37,6 +45,19 @@ LEVELS = (
     CancelFitException,
 )
 Wrapper = Generator[None, Any, Any]
+
+#: the hooks whose cancel waits for an agreement at the end of a pass hook (one from
+#: ``compute_loss`` or ``before_fit`` is agreed where it is raised, in its batch or its fit)
+HELD_HOOKS = (
+    "before_epoch", "before_train", "before_batch", "after_pred", "after_loss", "after_backward",
+    "before_step", "after_step", "after_batch", "after_train", "before_validate",
+    "after_validate", "after_epoch", "after_fit",
+)  # fmt: skip
+
+
+def may_cancel(impl: Impl) -> bool:
+    """False when the plugin of this hook implementation declares ``may_cancel = False``."""
+    return getattr(getattr(impl.function, "__self__", None), "may_cancel", True) is not False
 
 
 def _level(cancel: CancelException) -> int:
@@ -64,6 +85,28 @@ class CancelAgreement:
 
     module: Any = None
     _pending: CancelException | None = None
+    _agree: bool = True  # agree at the ends of the pass hooks (see _agreeing)
+    _hooks_seen: Any = None  # the dispatcher _agree was decided for
+
+    def _cancellers(
+        self, learn: Learner, hooks: tuple[str, ...] = HELD_HOOKS, any_plugin: bool = False
+    ) -> bool:
+        """Does a plugin other than this one, not declaring ``may_cancel = False`` (unless
+        ``any_plugin``), implement one of ``hooks`` on this rank?"""
+        return any(
+            getattr(i.function, "__self__", None) is not self and (any_plugin or may_cancel(i))
+            for h in hooks
+            for i in learn.hooks.impls.get(h, [])
+        )
+
+    def _agreeing(self, learn: Learner) -> bool:
+        """Must the ends of the pass hooks agree? Decided for every rank at the fit's start (one
+        all-reduce); a plugin added during the fit can only turn it on."""
+        hooks = learn.hooks
+        if hooks is not self._hooks_seen:
+            self._hooks_seen = hooks
+            self._agree = self._agree or self._cancellers(learn)
+        return self._agree
 
     # ------------------------------------------------------------- holding cancels
 
@@ -77,8 +120,21 @@ class CancelAgreement:
         nothing left to skip), or keep it for the next agreement."""
         if self.module is None or (not learn.training and _level(cancel) == 0):
             raise cancel
+        if not self._agreeing(learn):
+            raise self._undeclared(cancel)
         if not (drop_batch and _level(cancel) == 0):
             self._keep(cancel)
+
+    @staticmethod
+    def _undeclared(cancel: CancelException) -> RuntimeError:
+        impl = origin_of(cancel)
+        who = impl.plugin if impl is not None else "a plugin"
+        return RuntimeError(
+            f"DDP: {type(cancel).__name__}({cancel}) was raised by {who} on rank "
+            f"{pdist.rank()}, which declares may_cancel = False, so the ranks do not agree on "
+            f"cancels at the ends of the pass hooks and the others would not stop: remove "
+            f"may_cancel = False from {who}."
+        )
 
     def _hold(self, learn: Learner) -> Wrapper:
         """Run the hook (a generator wrapper); on several processes keep a cancel for the next
@@ -129,29 +185,34 @@ class CancelAgreement:
 
     def _sync_after(self, learn: Learner) -> Wrapper:
         result = yield from self._hold(learn)
-        if self.module is not None:
+        if self.module is not None and self._agreeing(learn):
             self._sync(learn)
         return result
 
-    def _sync(self, learn: Learner, after_backward: bool = False) -> None:
+    def _sync(
+        self, learn: Learner, after_backward: bool = False, extra: tuple[float, ...] = ()
+    ) -> list[float]:
         """Agree now on the cancels every rank holds (one all-reduce of a few numbers); raise
         the strongest any rank holds, on every rank (after a backward, putting the gradients
-        back as ``zero_grad`` left them first)."""
+        back as ``zero_grad`` left them first). ``extra`` values ride along: their sums over
+        the ranks are returned."""
         flags = [0.0] * len(LEVELS)
         if self._pending is not None:
             flags[_level(self._pending)] = 1.0
-        held = pdist.reduce_sum(*flags)
+        summed = pdist.reduce_sum(*flags, *extra)
+        held = summed[: len(LEVELS)]
         if not any(held):
-            return
+            return summed[len(LEVELS) :]
         level = max(i for i, n in enumerate(held) if n)
         mine, self._pending = self._pending, None
         if mine is not None and _level(mine) != level:
             mine = None
-        said = pdist.all_gather(
-            (pdist.rank(), str(mine), learn.stop_reason) if mine is not None else None
-        )
+        reason = learn.stop_reason
+        if mine is not None and reason is None and level == len(LEVELS) - 1:
+            reason = cancel_reason(mine)  # what the loop would say: the plugin that raised
+        said = pdist.all_gather((pdist.rank(), str(mine), reason) if mine is not None else None)
         who, message, reason = next(s for s in said if s is not None)
-        if learn.stop_reason is None:
+        if learn.stop_reason is None:  # every rank names the plugin that stopped the fit
             learn.stop_reason = reason
         if after_backward:  # the batch is cancelled before its step: as if never backpropagated
             learn.hooks.zero_grad(learn)

@@ -153,10 +153,7 @@ class FSDP(DDP):
         fully_shard(learn.model, **self.ddp_kwargs)
         learn.opt = learn.opt_func(learn.model.parameters(), lr=learn.lr)
 
-    @hookimpl(trylast=True)
-    def before_fit(self, learn: Learner) -> None:
-        if pdist.world_size() < 2:
-            return
+    def _wrap(self, learn: Learner) -> None:  # DDP.before_fit calls it once the ranks agree
         from .accumulate import GradientAccumulation
 
         if any(isinstance(p, GradientAccumulation) and p.n_batches > 1 for p in learn.plugins):
@@ -168,7 +165,7 @@ class FSDP(DDP):
         for name in ("train", "valid"):
             self._check_sharded(getattr(learn.dls, name), name)
         self.module = learn.model  # sharded in place: the same object, and no wrapper
-        self._start_fit(learn)
+        self._grad_sync: bool | None = None
 
     @staticmethod
     def _check_sharded(loader: Any, name: str) -> None:
@@ -191,10 +188,10 @@ class FSDP(DDP):
         self._early = self.module is not None  # agree before each backward (see the module doc)
         return result
 
-    @hookimpl
-    def forward_context(self, learn: Learner) -> None:
-        if self.module is not None and learn.training:
-            self.module.set_requires_gradient_sync(learn.will_step)
+    def _set_grad_sync(self, sync: bool) -> None:  # FSDP's no_sync: set on a change only
+        if self._grad_sync is not sync:
+            self.module.set_requires_gradient_sync(sync)
+            self._grad_sync = sync
 
     @hookimpl(wrapper=True)
     def before_validate(self, learn: Learner) -> Wrapper:

@@ -28,6 +28,8 @@ class TrainStep:
     answering ``predict``). ``compute_loss`` reads ``learn.yb``: a pair's targets or a dict
     batch's ``labels``."""
 
+    may_cancel = False  # never raises a cancel: DDP need not agree on one after its hooks
+
     @hookimpl(trylast=True)
     def predict(self, learn: Learner) -> Any:
         batch = learn.batch

@@ -65,6 +65,12 @@ def _noop(arg: Any) -> None:
     return None
 
 
+def is_noop(call: Caller) -> bool:
+    """True for the compiled call of a hook that no plugin implements: it cannot raise, so a
+    ``wrap_hook_calls`` that only guards against what the hook raises may leave it bare."""
+    return call is _noop
+
+
 _NO_CONTEXT = nullcontext()
 
 # Every compiled caller takes ONE argument: ``learn`` for the hooks whose only argument is

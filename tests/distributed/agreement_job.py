@@ -1,0 +1,86 @@
+"""A fit with pluglearn's default plugins under DDP, counting the small all-reduces (cancel
+agreements, metric sums) that go through ``torch.distributed.all_reduce``; DDP's gradient
+all-reduces run inside its reducer and are not counted. Run by tests/distributed/test_agreements.py.
+
+    [torchrun --nproc_per_node 2] python tests/distributed/agreement_job.py OUT --plugin P
+
+``P``: ``none`` (the defaults alone: they declare ``may_cancel = False``), ``watcher`` (a plugin
+that implements ``after_epoch`` and never cancels, but does not say so), ``liar`` (a plugin that
+declares ``may_cancel = False`` and raises ``CancelFitException`` on rank 1 after batch 3).
+Rank 0 writes ``OUT/result.pt``: the final weights, the count, the stop reason.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
+
+from pluglearn import DDP, CancelFitException, DataLoaders, Learner, hookimpl
+from pluglearn import dist as pdist
+
+EPOCHS = 2
+
+
+class Watcher:
+    @hookimpl
+    def after_epoch(self) -> None:
+        pass
+
+
+class Liar:
+    may_cancel = False
+
+    @hookimpl
+    def after_batch(self, learn: Learner) -> None:
+        if learn.training and learn.train_iter == 3 and pdist.rank() == 1:
+            raise CancelFitException("said it never cancels")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("out")
+    parser.add_argument("--plugin", choices=("none", "watcher", "liar"), default="none")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    ddp = DDP()
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(60, 5, generator=g, dtype=torch.float64)
+    y = (x[:, 0] + x[:, 1] > 0).long()
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 2)).double()
+    dls = DataLoaders.from_datasets((x[:40], y[:40]), (x[40:], y[40:]), batch_size=8, seed=1)
+    extra = {"none": [], "watcher": [Watcher()], "liar": [Liar()]}[args.plugin]
+    learn = Learner(model, dls, lr=0.1, plugins=[ddp, *extra])
+    count = 0
+    all_reduce = torch.distributed.all_reduce
+
+    def counted(*a: object, **k: object) -> object:
+        nonlocal count
+        count += 1
+        return all_reduce(*a, **k)
+
+    torch.distributed.all_reduce = counted
+    learn.fit(EPOCHS)
+    torch.distributed.all_reduce = all_reduce
+    if pdist.is_main_process():
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        result = {
+            "weights": {k: v.clone() for k, v in learn.model.state_dict().items()},
+            "count": count,
+            "stop_reason": learn.stop_reason,
+        }
+        torch.save(result, Path(args.out) / "result.pt")
+    pdist.barrier()
+    sys.stdout.flush()
+    os._exit(0)  # gloo's teardown sometimes aborts the process; the results are on disk
+
+
+if __name__ == "__main__":
+    main()

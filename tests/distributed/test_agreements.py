@@ -1,0 +1,62 @@
+"""DDP skips the cancel agreements that no plugin needs: pluglearn's defaults declare
+``may_cancel = False``; a plugin that does not say so turns them on; one that says so and
+cancels anyway is refused by name. Run under torchrun (gloo on 127.0.0.1)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.distributed.launch import ENV, free_port, torchrun
+
+JOB = Path(__file__).with_name("agreement_job.py")
+EPOCHS = 2  # as in the job
+
+pytestmark = pytest.mark.skipif(
+    not torch.distributed.is_available(), reason="torch.distributed is not available"
+)
+
+
+def run(out: Path, plugin: str, nproc: int = 2) -> subprocess.CompletedProcess:
+    launcher = torchrun(nproc, free_port()) if nproc > 1 else [sys.executable]
+    return subprocess.run(
+        [*launcher, str(JOB), str(out), "--plugin", plugin],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        env=ENV,
+    )
+
+
+def result(out: Path, plugin: str, nproc: int = 2) -> dict:
+    done = run(out, plugin, nproc)
+    assert done.returncode == 0, done.stderr[-4000:]
+    return torch.load(out / "result.pt", weights_only=False)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_agreements_run_only_where_a_plugin_may_cancel_and_the_weights_stay_one_process(tmp_path):
+    one = result(tmp_path / "one", "none", nproc=1)
+    bare = result(tmp_path / "bare", "none")
+    watched = result(tmp_path / "watched", "watcher")
+    for run_ in (bare, watched):
+        for key, value in one["weights"].items():
+            assert (run_["weights"][key] - value).abs().max().item() <= 1e-10, key
+    # the ends of before_epoch, before_train, after_train, before_validate, after_validate and
+    # after_epoch in each epoch, and of after_fit: agreed only when a plugin may cancel there
+    assert watched["count"] - bare["count"] == 6 * EPOCHS + 1
+    assert one["count"] == 0
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_a_plugin_declaring_may_cancel_false_that_cancels_is_refused_by_name(tmp_path):
+    done = run(tmp_path, "liar")
+    assert done.returncode != 0
+    assert "CancelFitException(said it never cancels) was raised by Liar on rank 1" in done.stderr
+    assert "remove may_cancel = False from Liar" in done.stderr
