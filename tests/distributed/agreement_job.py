@@ -7,7 +7,9 @@ all-reduces run inside its reducer and are not counted. Run by tests/distributed
 ``P``: ``none`` (the defaults alone: they declare ``may_cancel = False``), ``watcher`` (a plugin
 that implements ``after_epoch`` and never cancels, but does not say so), ``liar`` (a plugin that
 declares ``may_cancel = False`` and raises ``CancelFitException`` on rank 1 after batch 3).
-Rank 0 writes ``OUT/result.pt``: the final weights, the count, the stop reason.
+``--accum 2``: GradientAccumulation(2) too; ``--loss-cancel``: the loss function raises
+CancelFitException on rank 1 at training batch 2 (a batch that does not step under
+accumulation). Rank 0 writes ``OUT/result.pt``: the final weights, the count, the stop reason.
 """
 
 from __future__ import annotations
@@ -22,7 +24,16 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
 
-from pluglearn import DDP, CancelFitException, DataLoaders, Learner, hookimpl
+import torch.nn.functional as F
+
+from pluglearn import (
+    DDP,
+    CancelFitException,
+    DataLoaders,
+    GradientAccumulation,
+    Learner,
+    hookimpl,
+)
 from pluglearn import dist as pdist
 
 EPOCHS = 2
@@ -47,6 +58,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("out")
     parser.add_argument("--plugin", choices=("none", "watcher", "liar"), default="none")
+    parser.add_argument("--accum", type=int, default=1)
+    parser.add_argument("--loss-cancel", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(1)
     ddp = DDP()
@@ -57,7 +70,15 @@ def main() -> None:
     model = nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 2)).double()
     dls = DataLoaders.from_datasets((x[:40], y[:40]), (x[40:], y[40:]), batch_size=8, seed=1)
     extra = {"none": [], "watcher": [Watcher()], "liar": [Liar()]}[args.plugin]
-    learn = Learner(model, dls, lr=0.1, plugins=[ddp, *extra])
+    if args.accum > 1:
+        extra.append(GradientAccumulation(args.accum))
+
+    def loss_func(preds: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        if args.loss_cancel and learn.training and learn.train_iter == 2 and pdist.rank() == 1:
+            raise CancelFitException("from the loss")
+        return F.cross_entropy(preds, targets)
+
+    learn = Learner(model, dls, loss_func=loss_func, lr=0.1, plugins=[ddp, *extra])
     count = 0
     all_reduce = torch.distributed.all_reduce
 

@@ -21,10 +21,10 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def run(out: Path, plugin: str, nproc: int = 2) -> subprocess.CompletedProcess:
+def run(out: Path, plugin: str, *args: str, nproc: int = 2) -> subprocess.CompletedProcess:
     launcher = torchrun(nproc, free_port()) if nproc > 1 else [sys.executable]
     return subprocess.run(
-        [*launcher, str(JOB), str(out), "--plugin", plugin],
+        [*launcher, str(JOB), str(out), "--plugin", plugin, *args],
         capture_output=True,
         text=True,
         timeout=90,
@@ -32,8 +32,8 @@ def run(out: Path, plugin: str, nproc: int = 2) -> subprocess.CompletedProcess:
     )
 
 
-def result(out: Path, plugin: str, nproc: int = 2) -> dict:
-    done = run(out, plugin, nproc)
+def result(out: Path, plugin: str, *args: str, nproc: int = 2) -> dict:
+    done = run(out, plugin, *args, nproc=nproc)
     assert done.returncode == 0, done.stderr[-4000:]
     return torch.load(out / "result.pt", weights_only=False)
 
@@ -59,4 +59,34 @@ def test_a_plugin_declaring_may_cancel_false_that_cancels_is_refused_by_name(tmp
     done = run(tmp_path, "liar")
     assert done.returncode != 0
     assert "CancelFitException(said it never cancels) was raised by Liar on rank 1" in done.stderr
-    assert "remove may_cancel = False from Liar" in done.stderr
+    assert "Remove may_cancel = False from Liar" in done.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_accumulation_with_plugins_that_never_cancel_adds_no_agreement_per_batch(tmp_path):
+    one = result(tmp_path / "one", "none", "--accum", "2", nproc=1)
+    bare = result(tmp_path / "bare", "none")
+    accum = result(tmp_path / "accum", "none", "--accum", "2")
+    watched = result(tmp_path / "watched", "watcher", "--accum", "2")
+    for run_ in (accum, watched):
+        for key, value in one["weights"].items():
+            assert (run_["weights"][key] - value).abs().max().item() <= 1e-10, key
+    # GradientAccumulation's own all-reduce of each group's items: one per step
+    steps = EPOCHS * 3  # 5 batches of 8 per epoch, a step every 2 and at the epoch's end
+    assert accum["count"] == bare["count"] + steps
+    # a plugin that may cancel: the ranks agree before each of the 5 backwards of an epoch too
+    assert watched["count"] == accum["count"] + EPOCHS * 5 + 6 * EPOCHS + 1
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_a_cancel_from_the_loss_in_a_batch_that_does_not_step_is_refused_when_none_agree(
+    tmp_path,
+):
+    done = run(tmp_path, "none", "--accum", "2", "--loss-cancel")
+    assert done.returncode != 0
+    assert (
+        "CancelFitException(from the loss) was raised by TrainStep on rank 1 in compute_loss of "
+        "a batch that does not step, where the ranks do not agree on cancels"
+    ) in done.stderr

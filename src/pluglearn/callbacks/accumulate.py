@@ -66,6 +66,8 @@ class GradientAccumulation:
     """Steps the optimizer every ``n_batches`` training batches with the gradient of one batch of
     all their items (see the module doc)."""
 
+    may_cancel = False  # never raises a cancel: DDP need not agree on one after its hooks
+
     def __init__(
         self,
         n_batches: int,

@@ -181,11 +181,14 @@ class DDP(BatchCalls):
     def _needs(self, learn: Learner) -> tuple[float, float, float]:
         """What this rank's plugins need agreed: at the ends of the pass hooks, before each
         step (a cancel from before_step or after_backward), before each backward (a batch that
-        does not step has no gradient all-reduce to carry a mark)."""
+        does not step has no gradient all-reduce to carry a mark: needed only when a plugin may
+        cancel in a batch)."""
+        held = self._cancellers(learn)
+        skips_steps = self._cancellers(learn, ("should_step",), any_plugin=True)
         return (
-            float(self._cancellers(learn)),
+            float(held),
             float(self._cancellers(learn, ("before_step", "after_backward"))),
-            float(self._cancellers(learn, ("should_step",), any_plugin=True)),
+            float(skips_steps and (held or self._cancellers(learn, ("compute_loss",)))),
         )
 
     @hookimpl(wrapper=True)

@@ -103,6 +103,8 @@ class BatchCalls(CancelAgreement):
             except CancelException as cancel:
                 if self.module is None or not learn.training:
                     self._refuse(learn, cancel, "compute_loss")
+                if not (learn.will_step or self._early):  # no all-reduce here to carry it
+                    raise self._undeclared(cancel, "compute_loss") from cancel
                 self._keep(cancel)  # agreed at the next step; this rank adds a zero gradient
                 return zero_loss(learn)
             if self.module is not None and learn.training and batch_items(learn) == 0:

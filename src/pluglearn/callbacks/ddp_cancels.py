@@ -121,19 +121,23 @@ class CancelAgreement:
         if self.module is None or (not learn.training and _level(cancel) == 0):
             raise cancel
         if not self._agreeing(learn):
-            raise self._undeclared(cancel)
+            raise self._undeclared(cancel) from cancel
         if not (drop_batch and _level(cancel) == 0):
             self._keep(cancel)
 
     @staticmethod
-    def _undeclared(cancel: CancelException) -> RuntimeError:
+    def _undeclared(cancel: CancelException, hook: str | None = None) -> RuntimeError:
+        """The error for a cancel where the ranks do not agree, since no plugin on any rank
+        that may cancel (not declaring ``may_cancel = False``) implements a hook there."""
         impl = origin_of(cancel)
         who = impl.plugin if impl is not None else "a plugin"
+        where = f"in {hook} of a batch that does not step" if hook else "in its hook"
         return RuntimeError(
             f"DDP: {type(cancel).__name__}({cancel}) was raised by {who} on rank "
-            f"{pdist.rank()}, which declares may_cancel = False, so the ranks do not agree on "
-            f"cancels at the ends of the pass hooks and the others would not stop: remove "
-            f"may_cancel = False from {who}."
+            f"{pdist.rank()} {where}, where the ranks do not agree on cancels: no plugin that "
+            f"may cancel there was given, and {who} declares may_cancel = False, so the other "
+            f"ranks would not stop. Remove may_cancel = False from {who}, or raise the cancel "
+            "from a plugin of your own (one that does not declare it)."
         )
 
     def _hold(self, learn: Learner) -> Wrapper:
