@@ -42,22 +42,23 @@ process, from ``after_loss`` and ``compute_loss``). A cancel raised after a step
 weights are those of one process stopping there); a ``CancelBatchException`` there is dropped. A
 NaN gradient of that parameter with no cancel held costs one agreement. When a plugin answers
 ``should_step`` (``GradientAccumulation``), batches that do not step have no all-reduce to carry
-the mark, so the ranks agree before each backward (one small all-reduce per batch); when a
-plugin that may cancel implements ``before_step`` or ``after_backward``, once more before each
-step. The start of a fit always agrees (on a cancel from ``before_fit`` too: one all-reduce,
-which also tells every rank what the plugins of any rank need); the ends of ``before_epoch``,
-``before_train``, ``after_train``, ``before_validate``, ``after_validate``, ``after_epoch`` and
-``after_fit`` agree only when a plugin on some rank may cancel in a hook whose cancel waits for
-them. A plugin says it never cancels with the class attribute ``may_cancel = False``
-(pluglearn's metrics, ProgressBar, Recorder, loggers, Device, MixedPrecision, GradientClipping,
-Scheduler, Checkpoint and training step do: with them alone a fit pays no agreement after its
-start); one that says so and cancels anyway is refused with an error naming it. In validation a
-``CancelBatchException`` is rank-local (there is no collective there); stronger cancels are
-agreed at its end. A cancel from ``compute_loss`` is held like one from an event hook (the rank
-backpropagates a zero); one from ``predict``, ``backward``, ``step`` or ``zero_grad`` is refused
-with an error naming the hook. ``Checkpoint`` agrees on a Ctrl-C at its saves. Errors need
-nothing: the failing rank exits and ``torchrun`` ends the others at once, printing that rank's
-error.
+the mark, so the ranks agree before each backward (one small all-reduce per batch) if a plugin
+that may cancel in a batch is present (without one, a cancel from the loss function in such a
+batch is refused); when a plugin that may cancel implements ``before_step`` or
+``after_backward``, once more before each step. The start of a fit always agrees (on a cancel
+from ``before_fit`` too: one all-reduce, which also tells every rank what the plugins of any
+rank need); the ends of ``before_epoch``, ``before_train``, ``after_train``,
+``before_validate``, ``after_validate``, ``after_epoch`` and ``after_fit`` agree only when a
+plugin on some rank may cancel in a hook whose cancel waits for them. A plugin says it never
+cancels with the class attribute ``may_cancel = False`` (pluglearn's metrics, ProgressBar,
+Recorder, loggers, Device, MixedPrecision, GradientClipping, Scheduler, Checkpoint and training
+step do: with them alone a fit pays no agreement after its start); one that says so and cancels
+anyway is refused with an error naming it. In validation a ``CancelBatchException`` is
+rank-local (there is no collective there); stronger cancels are agreed at its end. A cancel from
+``compute_loss`` is held like one from an event hook (the rank backpropagates a zero); one from
+``predict``, ``backward``, ``step`` or ``zero_grad`` is refused with an error naming the hook.
+``Checkpoint`` agrees on a Ctrl-C at its saves. Errors need nothing: the failing rank exits and
+``torchrun`` ends the others at once, printing that rank's error.
 """
 
 from __future__ import annotations
