@@ -72,6 +72,11 @@ MODULES: dict[str, list[str]] = {
         "tests/test_checkpoint_files_mutants.py",
         "tests/test_checkpoint_signals.py",
     ],
+    "checkpoint_write.py": [
+        "tests/test_checkpoint_writes.py",
+        "tests/test_checkpoint_mutants.py",
+        "tests/test_checkpoint_signals.py",
+    ],
     "resume.py": [
         "tests/test_checkpoint.py",
         "tests/test_resume_state.py",
@@ -79,6 +84,13 @@ MODULES: dict[str, list[str]] = {
         "tests/test_resume_checks_mutants.py",
         "tests/test_resume_runs_mutants.py",
         "tests/callbacks/test_multiprocess_loader.py",
+    ],
+    "resume_checks.py": [
+        "tests/test_checkpoint.py",
+        "tests/test_resume_state.py",
+        "tests/test_resume_mutants.py",
+        "tests/test_resume_checks_mutants.py",
+        "tests/test_resume_runs_mutants.py",
     ],
     "callbacks/checkpoint.py": [
         "tests/test_checkpoint.py",

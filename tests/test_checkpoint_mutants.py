@@ -19,12 +19,12 @@ from pluglearn.checkpoint import (
     VERSION,
     CheckpointError,
     NoCheckpointError,
-    _explain_write_error,
     load_checkpoint,
     load_latest,
     new_run_id,
     save_checkpoint,
 )
+from pluglearn.checkpoint_write import explain_write_error
 
 
 def exact(message: str) -> str:
@@ -64,15 +64,15 @@ def test_a_write_over_the_file_size_limit_names_the_directory_and_leaves_no_file
     ],
 )
 def test_no_room_on_the_disk_or_quota_is_explained_with_its_fix(tmp_path, code, why, fix):
-    explained = _explain_write_error(OSError(code, os.strerror(code)), tmp_path)
+    explained = explain_write_error(OSError(code, os.strerror(code)), tmp_path)
     assert explained.errno == code
     assert explained.strerror == (
         f"cannot write a checkpoint in {tmp_path}: {why} ({os.strerror(code)}). The checkpoints "
         f"already there are intact. {fix}, keep fewer checkpoints (Checkpoint(keep_last=...)), "
         "or save them to another directory."
     )
-    assert _explain_write_error(OSError(errno.EACCES, "denied"), tmp_path) is None
-    assert _explain_write_error(KeyboardInterrupt(), tmp_path) is None
+    assert explain_write_error(OSError(errno.EACCES, "denied"), tmp_path) is None
+    assert explain_write_error(KeyboardInterrupt(), tmp_path) is None
 
 
 def test_an_unreadable_file_is_named_with_what_went_wrong(tmp_path):

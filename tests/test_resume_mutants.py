@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from pluglearn import CheckpointError
-from pluglearn.resume import check_safe_state, rank_view, rng_state, set_rng_state
+from pluglearn.resume import check_safe_state, rng_state, set_rng_state
+from pluglearn.resume_checks import rank_view
 
 P = Path("run.pt")
 REFUSE = "checkpoint run.pt was written by 2 process(es) and this run has {}: "
@@ -130,7 +131,7 @@ def test_the_random_states_round_trip():
     ],
 )
 def test_states_are_the_same_when_equal_through_and_through(a, b, same):
-    from pluglearn.resume import _same
+    from pluglearn.resume_checks import _same
 
     assert _same(a, b) is same
     assert _same(b, a) is same

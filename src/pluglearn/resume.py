@@ -9,12 +9,12 @@ Many processes: the model and optimizer are the same on every rank (DDP keeps th
 random states, the plugins' states (a metric's running sums) and a loader's state are each
 rank's own. ``capture`` gathers them to rank 0 (``state["ranks"]``, one record per rank, and
 ``state["world_size"]``), so one file written by rank 0 holds the whole run; at a resume each
-rank takes its own record. With another number of processes (:func:`rank_view`) the resume
-continues the same global order when the loader's state is the same on every saved rank
-(pluglearn's loaders: the state counts global items) and the global batch is unchanged; plugin
-states that differ between saved ranks are merged when they are running sums
-(``{"total", "count"}``: rank 0 takes the sums, the others zero), and anything else is refused,
-naming both numbers of processes.
+rank takes its own record. With another number of processes
+(:func:`~pluglearn.resume_checks.rank_view`) the resume continues the same global order when the
+loader's state is the same on every saved rank (pluglearn's loaders: the state counts global
+items) and the global batch is unchanged; plugin states that differ between saved ranks are
+merged when they are running sums (``{"total", "count"}``: rank 0 takes the sums, the others
+zero), and anything else is refused, naming both numbers of processes.
 
 A model sharded by :class:`~pluglearn.FSDP` is saved whole: its full model and optimizer state
 gathered to rank 0 (the optimizer's keyed by parameter name), and loaded back into every rank's
@@ -35,12 +35,11 @@ from . import dist as pdist
 from .checkpoint import (
     FORMAT,
     VERSION,
-    CheckpointError,
     NoCheckpointError,
     load_checkpoint,
     load_latest,
 )
-from .checks import state_dict_mismatch
+from .resume_checks import check_state, fsdp_functions, rank_view
 
 if TYPE_CHECKING:
     from .learner import Learner
@@ -89,7 +88,7 @@ def capture(learn: Learner, epoch_end: bool = False) -> dict[str, Any]:
     for plugin, result in learn.hooks.call("state_dict", learn=learn):
         check_safe_state(result, f"plugin {plugin!r}: state")
         plugins[plugin] = result
-    sharded = _sharded(learn)
+    sharded = fsdp_functions(learn)
     if sharded is not None:  # FSDP: the full state, gathered to rank 0 (a collective)
         model_state, opt_state = sharded.full_state(learn.model, learn.opt)
     else:
@@ -141,92 +140,7 @@ def check_safe_state(value: Any, path: str) -> None:
         )
 
 
-def _sharded(learn: Learner) -> Any:
-    """The FSDP module (its full-state functions) when ``learn.model`` is sharded, else None."""
-    from .callbacks import fsdp
-
-    return fsdp if fsdp.is_sharded(learn.model) else None
-
-
 # ----------------------------------------------------------------------------- restore
-
-
-def _check_model(learn: Learner, saved: dict[str, torch.Tensor], source: Path) -> None:
-    shapes = {k: tuple(v.shape) for k, v in learn.model.state_dict().items()}
-    mismatch = state_dict_mismatch(shapes, saved)
-    if mismatch:
-        raise CheckpointError(
-            f"checkpoint {source} is of a different model; {mismatch}. Build the model the "
-            "checkpoint was saved from, or start without resume_from."
-        )
-
-
-def _int_at_least_0(loop: dict[str, Any], key: str, path: Path) -> int:
-    value = loop.get(key)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise CheckpointError(
-            f"checkpoint {path} has loop[{key!r}] = {value!r}, not an int >= 0: the file was not "
-            "written by pluglearn's Checkpoint or was altered; resume from another checkpoint."
-        )
-    return value
-
-
-def _check_state(learn: Learner, state: dict[str, Any], path: Path, lr: float | None) -> None:
-    """Every check a resume needs, before anything is changed."""
-    kinds = {"model": dict, "plugins": dict, "rng": dict, "loop": dict}
-    for key in ("model", "opt", "plugins", "rng", "loader", "loop"):
-        if key not in state or (key in kinds and not isinstance(state[key], kinds[key])):
-            raise CheckpointError(
-                f"checkpoint {path} lacks a valid {key!r} record (has: {', '.join(state)}): it is "
-                "damaged or not a pluglearn checkpoint; resume from another checkpoint."
-            )
-    if "python" not in state["rng"] or "torch" not in state["rng"]:
-        raise CheckpointError(f"checkpoint {path} lacks the python or torch random state.")
-    loop = state["loop"]
-    epoch = _int_at_least_0(loop, "epoch", path)
-    position = _int_at_least_0(loop, "position", path)
-    _int_at_least_0(loop, "train_iter", path)
-    if not isinstance(loop.get("stop_reason"), (str, type(None))):
-        raise CheckpointError(f"checkpoint {path} has a stop_reason that is not a string.")
-    if epoch > learn.n_epochs or (epoch == learn.n_epochs and position > 0):
-        raise CheckpointError(
-            f"checkpoint {path} is at epoch {epoch}, batch {position} of its run, past the "
-            f"{learn.n_epochs} epoch(s) this fit asks for, so nothing would train: pass "
-            f"n_epochs={loop.get('n_epochs', epoch + 1)} (the run's own), or more to train further."
-        )
-    saved_lr = loop.get("lr")
-    if lr is not None and saved_lr is not None and lr != saved_lr:
-        raise CheckpointError(
-            f"fit(lr={lr}) with resume_from={path}: the checkpointed run was started with "
-            f"lr={saved_lr}, and a resume continues that run exactly. Drop lr= (learn.lr then "
-            "becomes the run's), or start a new run without resume_from to use another lr."
-        )
-    _check_model(learn, state["model"], path)
-    own_opt = hasattr(learn.opt, "load_state_dict")
-    saved_opt = state["opt"]
-    if own_opt != (saved_opt is not None):
-        raise CheckpointError(
-            f"checkpoint {path} {'has no' if own_opt else 'has an'} optimizer state, but this "
-            f"Learner's optimizer ({type(learn.opt).__name__}) "
-            f"{'has one' if own_opt else 'has none'}: resume with the optimizer the run used."
-        )
-    named = own_opt and any(
-        isinstance(p, str) for g in saved_opt.get("param_groups", ()) for p in g.get("params", ())
-    )
-    if named and _sharded(learn) is None:
-        raise CheckpointError(
-            f"checkpoint {path} was written under FSDP() (its optimizer state is keyed by "
-            "parameter name), and this Learner's model is not sharded: resume with FSDP()."
-        )
-    if own_opt:
-        own_groups = [len(g["params"]) for g in learn.opt.state_dict()["param_groups"]]
-        saved_groups = [len(g.get("params", ())) for g in saved_opt.get("param_groups", ())]
-        if own_groups != saved_groups:
-            raise CheckpointError(
-                f"checkpoint {path} holds an optimizer with parameter groups of sizes "
-                f"{saved_groups}, this Learner's has {own_groups}: build the optimizer the run "
-                "used (same opt_func, same parameter groups)."
-            )
 
 
 def _backup(learn: Learner) -> tuple[Any, ...]:
@@ -263,70 +177,6 @@ def _roll_back(learn: Learner, backup: tuple[Any, ...]) -> list[str]:
     return failed
 
 
-def _same(a: Any, b: Any) -> bool:
-    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
-        return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and torch.equal(a, b)
-    if isinstance(a, dict) and isinstance(b, dict):
-        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
-    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
-        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
-    return type(a) is type(b) and a == b
-
-
-def rank_view(state: dict[str, Any], path: Path, rank: int, world: int) -> dict[str, Any]:
-    """``state`` as rank ``rank`` of ``world`` resumes it: its own random, plugin and loader
-    states. With another number of processes than the saved run's, see the module doc; a state
-    that cannot be split across ``world`` ranks raises :class:`CheckpointError` naming both
-    numbers. Changes nothing."""
-    ranks = state.get("ranks")
-    if ranks is None:  # written by one process
-        ranks = [{"rng": state["rng"], "plugins": state["plugins"], "loader": state["loader"]}]
-    if not isinstance(ranks, list) or not all(
-        isinstance(r, dict) and {"rng", "plugins", "loader"} <= r.keys() for r in ranks
-    ):
-        raise CheckpointError(
-            f"checkpoint {path} has a damaged per-rank record: resume from another checkpoint."
-        )
-    saved = len(ranks)
-    if saved == world:
-        return {**state, **ranks[rank]}
-    refuse = f"checkpoint {path} was written by {saved} process(es) and this run has {world}: "
-    loaders = [r["loader"] for r in ranks]
-    if loaders[0] is None and state["loop"].get("position"):
-        raise CheckpointError(
-            refuse + "its training loader has no state_dict (a torch DataLoader: its sampler "
-            f"splits the data by the number of processes), so the order would change. Resume "
-            f"with {saved} process(es), or use DataLoaders.from_datasets (batch_size is then the "
-            "global batch, the same on any number of processes)."
-        )
-    if not all(_same(loaders[0], other) for other in loaders[1:]):
-        raise CheckpointError(
-            refuse + f"the ranks' loader states differ, so they cannot be split across {world} "
-            f"process(es). Resume with {saved} process(es)."
-        )
-    plugins: list[dict[str, Any]] = [{} for _ in range(world)]
-    for name, first in ranks[0]["plugins"].items():
-        states = [r["plugins"].get(name) for r in ranks]
-        if all(_same(first, other) for other in states[1:]):
-            for mine in plugins:
-                mine[name] = first
-        elif all(isinstance(st, dict) and st.keys() == {"total", "count"} for st in states):
-            total = sum(float(st["total"]) for st in states)  # running sums: rank 0 holds them
-            count = sum(int(st["count"]) for st in states)
-            plugins[0][name] = {"total": total, "count": count}
-            for mine in plugins[1:]:
-                mine[name] = {"total": 0.0, "count": 0}
-        else:
-            raise CheckpointError(
-                refuse + f"plugin {name!r} saved a different state on each rank (e.g. an open "
-                f"gradient-accumulation group), which cannot be split across {world} "
-                f"process(es). Resume with {saved} process(es), or from a checkpoint written "
-                "where that state agrees (an epoch's end)."
-            )
-    own = ranks[rank % saved]
-    return {**state, "rng": own["rng"], "loader": loaders[0], "plugins": plugins[rank]}
-
-
 def restore(
     learn: Learner, source: str | Path, lr: float | None = None, missing_ok: bool = False
 ) -> bool:
@@ -346,7 +196,7 @@ def restore(
             f"no checkpoint in {source} yet: starting a fresh run (missing_ok=True).", stacklevel=3
         )
         return True
-    _check_state(learn, state, path, lr)
+    check_state(learn, state, path, lr)
     state = rank_view(state, path, pdist.rank(), pdist.world_size())
     loop, loader = state["loop"], learn.dls.train
     position = int(loop["position"])
@@ -367,7 +217,7 @@ def restore(
     try:
         if state["loader"] is not None and stateful:
             loader.load_state_dict(state["loader"])  # first: it refuses other loader settings
-        sharded = _sharded(learn)
+        sharded = fsdp_functions(learn)
         if sharded is not None:  # FSDP: every rank keeps its shards of the full state
             sharded.load_full_state(learn.model, learn.opt, state["model"], state["opt"])
         else:
