@@ -64,6 +64,7 @@ rank-local (there is no collective there); stronger cancels are agreed at its en
 from __future__ import annotations
 
 import atexit
+import time
 import warnings
 from typing import TYPE_CHECKING, Any
 
@@ -118,6 +119,12 @@ class DDP(BatchCalls):
         if self.created and pdist.is_distributed() and not self._failed:
             torch.distributed.barrier()  # no rank leaves while another still talks to it
             torch.distributed.destroy_process_group()
+            # gloo's worker thread frees a finished collective a moment after the caller saw
+            # it finish; freed during the interpreter's finalization, a tensor made in Python
+            # needs the GIL and torch aborts ("terminate called without an active exception",
+            # seen once in 30 runs of examples/train_ddp.py on two busy cores; a core dump shows
+            # ProcessGroupGloo::runLoop destroying the work). torch has no call to wait for it.
+            time.sleep(0.1)
 
     # ------------------------------------------------------------------ wrap and unwrap
 
