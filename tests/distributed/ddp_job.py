@@ -18,6 +18,8 @@ predict, after_loss, after_batch) at training batch N, or CancelFitException fro
 after_fit (N unused) or before_epoch (at epoch N). ``--sigint-rank R --sigint-at N``: rank R
 sends itself SIGINT (a Ctrl-C) at the start of training batch N; the job records the
 KeyboardInterrupt every rank ended with. ``--fsdp``: FSDP(layers=nn.Linear) instead of DDP().
+``--hold-at N``: rank 0 waits (for the parent's SIGKILL) once it printed ``batch N``, so that no
+checkpoint is written after N, however slowly the kill comes.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import argparse
 import os
 import signal
 import sys
+import time
 from functools import partial
 from pathlib import Path
 
@@ -131,6 +134,8 @@ class Probe:
     def after_batch(self, learn: Learner) -> None:
         if learn.training and pdist.is_main_process():
             print(f"batch {learn.train_iter}", flush=True)
+            if learn.train_iter == self.args.hold_at:
+                time.sleep(120)  # the other ranks wait in the next gradient all-reduce
         self._cancel(learn, "after_batch")
 
 
@@ -148,6 +153,7 @@ def main() -> None:
         parser.add_argument(f"--{name}-at", type=int)
     parser.add_argument("--cancel-in")
     parser.add_argument("--fsdp", action="store_true")
+    parser.add_argument("--hold-at", type=int)
     args = parser.parse_args()
     torch.set_num_threads(1)
     # joins torchrun's process group (alone: a warning, and nothing)

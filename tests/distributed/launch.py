@@ -67,8 +67,10 @@ def start_and_kill(
 ) -> None:
     """Start the job with a checkpoint every batch and SIGKILL the launcher and all its workers
     once rank 0 has written checkpoint ``at_batch``."""
+    # --hold-at: rank 0 waits after the line, so no checkpoint is written before the kill lands
+    hold = ("--hold-at", str(at_batch))
     child = subprocess.Popen(
-        [*torchrun(nproc, free_port()), str(JOB), str(out), "--ckpt", str(ckpt), *args],
+        [*torchrun(nproc, free_port()), str(JOB), str(out), "--ckpt", str(ckpt), *args, *hold],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
