@@ -8,8 +8,9 @@ all-reduces run inside its reducer and are not counted. Run by tests/distributed
 that implements ``after_epoch`` and never cancels, but does not say so), ``liar`` (a plugin that
 declares ``may_cancel = False`` and raises ``CancelFitException`` on rank 1 after batch 3).
 ``--accum 2``: GradientAccumulation(2) too; ``--loss-cancel``: the loss function raises
-CancelFitException on rank 1 at training batch 2 (a batch that does not step under
-accumulation). Rank 0 writes ``OUT/result.pt``: the final weights, the count, the stop reason.
+CancelFitException on the last rank (alone: the one process) at training batch 2 (a batch that
+does not step under accumulation). Rank 0 writes ``OUT/result.pt``: the final weights, the
+count, the stop reason.
 """
 
 from __future__ import annotations
@@ -74,7 +75,8 @@ def main() -> None:
         extra.append(GradientAccumulation(args.accum))
 
     def loss_func(preds: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        if args.loss_cancel and learn.training and learn.train_iter == 2 and pdist.rank() == 1:
+        last = pdist.rank() == pdist.world_size() - 1  # rank 1 of 2, or the one process
+        if args.loss_cancel and learn.training and learn.train_iter == 2 and last:
             raise CancelFitException("from the loss")
         return F.cross_entropy(preds, targets)
 

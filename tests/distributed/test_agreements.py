@@ -87,6 +87,24 @@ def test_a_cancel_from_the_loss_in_a_batch_that_does_not_step_is_refused_when_no
     done = run(tmp_path, "none", "--accum", "2", "--loss-cancel")
     assert done.returncode != 0
     assert (
-        "CancelFitException(from the loss) was raised by TrainStep on rank 1 in compute_loss of "
-        "a batch that does not step, where the ranks do not agree on cancels"
+        "CancelFitException(from the loss) was raised by TrainStep on rank 1 in compute_loss, "
+        "where the ranks do not agree on cancels"
     ) in done.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_a_cancel_from_the_loss_is_refused_when_no_plugin_may_cancel_and_agreed_when_one_may(
+    tmp_path,
+):
+    # no plugin may cancel: DDP looks for no mark after the backward (a host sync per step on a
+    # GPU), so the loss function's cancel in a batch that steps is refused too
+    done = run(tmp_path / "none", "none", "--loss-cancel")
+    assert done.returncode != 0
+    assert "raised by TrainStep on rank 1 in compute_loss, where the ranks" in done.stderr
+    # a plugin that may cancel: the mark carries it, and every rank stops at that batch's step
+    one = result(tmp_path / "one", "watcher", "--loss-cancel", nproc=1)
+    two = result(tmp_path / "two", "watcher", "--loss-cancel")
+    assert two["stop_reason"] == one["stop_reason"] == "TrainStep: from the loss"
+    for key, value in one["weights"].items():
+        assert (two["weights"][key] - value).abs().max().item() <= 1e-10, key

@@ -52,13 +52,15 @@ rank need); the ends of ``before_epoch``, ``before_train``, ``after_train``,
 plugin on some rank may cancel in a hook whose cancel waits for them. A plugin says it never
 cancels with the class attribute ``may_cancel = False`` (pluglearn's metrics, ProgressBar,
 Recorder, loggers, Device, MixedPrecision, GradientClipping, Scheduler, Checkpoint and training
-step do: with them alone a fit pays no agreement after its start); one that says so and cancels
-anyway is refused with an error naming it. In validation a ``CancelBatchException`` is
-rank-local (there is no collective there); stronger cancels are agreed at its end. A cancel from
-``compute_loss`` is held like one from an event hook (the rank backpropagates a zero); one from
-``predict``, ``backward``, ``step`` or ``zero_grad`` is refused with an error naming the hook.
-``Checkpoint`` agrees on a Ctrl-C at its saves. Errors need nothing: the failing rank exits and
-``torchrun`` ends the others at once, printing that rank's error.
+step do: with them alone a fit pays no agreement after its start, and no gradient is read after
+the backward, which on a GPU is a host sync per step; a cancel from the loss function is then
+refused); one that says so and cancels anyway is refused with an error naming it. In validation
+a ``CancelBatchException`` is rank-local (there is no collective there); stronger cancels are
+agreed at its end. A cancel from ``compute_loss`` is held like one from an event hook (the rank
+backpropagates a zero); one from ``predict``, ``backward``, ``step`` or ``zero_grad`` is refused
+with an error naming the hook. ``Checkpoint`` agrees on a Ctrl-C at its saves. Errors need
+nothing: the failing rank exits and ``torchrun`` ends the others at once, printing that rank's
+error.
 """
 
 from __future__ import annotations
@@ -100,7 +102,8 @@ class DDP(BatchCalls):
         self._marked: Any = None  # the hook that marks this rank's gradient of it
         self._saved_wrapper: list[Any] = []
         self._padded: tuple[int, int] | None = None
-        self._fit_needs = (False, False)  # any rank's: agree before each step, before each backward
+        # any rank's needs: agree before each step, before each backward; look for marks
+        self._fit_needs = (False, False, False)
         if not pdist.is_distributed():
             name = type(self).__name__
             warnings.warn(
@@ -141,8 +144,8 @@ class DDP(BatchCalls):
         # one all-reduce per fit: every rank cancels together, or none; and the ends of the
         # pass hooks agree on every rank if a plugin on any rank may cancel there
         self._hooks_seen = learn.hooks
-        agree, step_sync, early = self._sync(learn, extra=self._needs(learn))
-        self._agree, self._fit_needs = agree > 0, (step_sync > 0, early > 0)
+        agree, step_sync, early, marks = self._sync(learn, extra=self._needs(learn))
+        self._agree, self._fit_needs = agree > 0, (step_sync > 0, early > 0, marks > 0)
         self._wrap(learn)  # after the other before_fit hooks (Device moved the model)
         return result
 
@@ -186,17 +189,19 @@ class DDP(BatchCalls):
 
     # --------------------------------------------------------------------- each pass
 
-    def _needs(self, learn: Learner) -> tuple[float, float, float]:
+    def _needs(self, learn: Learner) -> tuple[float, float, float, float]:
         """What this rank's plugins need agreed: at the ends of the pass hooks, before each
         step (a cancel from before_step or after_backward), before each backward (a batch that
-        does not step has no gradient all-reduce to carry a mark: needed only when a plugin may
-        cancel in a batch)."""
+        does not step has no gradient all-reduce to carry a mark), and whether a batch's cancel
+        can happen at all (else no mark is looked for: on a GPU, a host sync per step saved)."""
         held = self._cancellers(learn)
+        in_batch = held or self._cancellers(learn, ("compute_loss",))
         skips_steps = self._cancellers(learn, ("should_step",), any_plugin=True)
         return (
             float(held),
             float(self._cancellers(learn, ("before_step", "after_backward"))),
-            float(skips_steps and (held or self._cancellers(learn, ("compute_loss",)))),
+            float(skips_steps and in_batch),
+            float(in_batch),
         )
 
     @hookimpl(wrapper=True)
@@ -205,9 +210,10 @@ class DDP(BatchCalls):
         if hasattr(sampler, "set_epoch"):  # torch's DistributedSampler: a new order each epoch
             sampler.set_epoch(learn.epoch)
         # what any rank's plugins needed at the fit's start, or this rank's need since then
-        _, step_sync, early = self._needs(learn)
+        _, step_sync, early, marks = self._needs(learn)
         self._step_sync = self._fit_needs[0] or step_sync > 0
         self._early = self._fit_needs[1] or early > 0
+        self._marks = self._fit_needs[2] or marks > 0
         return (yield from self._sync_after(learn))
 
     @hookimpl(wrapper=True)

@@ -38,6 +38,7 @@ class BatchCalls(CancelAgreement):
     _marked: Any = None
     _world: int = 1  # the number of ranks, read once per fit
     _first: tuple[int, ...] = ()  # the index of the probe's first element
+    _marks: bool = True  # can a batch's cancel happen (else no mark is looked for)
 
     def wrap_hook_calls(self, hook: str, call: Caller) -> Caller:
         """The batch hooks' whole calls, wrapped once per plugin set (the registry asks every
@@ -103,7 +104,8 @@ class BatchCalls(CancelAgreement):
             except CancelException as cancel:
                 if self.module is None or not learn.training:
                     self._refuse(learn, cancel, "compute_loss")
-                if not (learn.will_step or self._early):  # no all-reduce here to carry it
+                if not (self._early or (learn.will_step and self._marks)):
+                    # no agreement before this backward, no mark looked for after it
                     raise self._undeclared(cancel, "compute_loss") from cancel
                 self._keep(cancel)  # agreed at the next step; this rank adds a zero gradient
                 return zero_loss(learn)
@@ -134,7 +136,7 @@ class BatchCalls(CancelAgreement):
             if self.module is None:
                 return call(learn)
             self._probe = None
-            if learn.will_step and not self._early:  # the mark rides on the gradient all-reduce
+            if self._marks and learn.will_step and not self._early:  # rides the all-reduce
                 self._probe = self._probe_param
                 if self._pending is not None:  # NaN into this rank's gradient of the probe
                     self._marked = self._probe.register_hook(lambda g: g + float("nan"))

@@ -131,7 +131,7 @@ class CancelAgreement:
         that may cancel (not declaring ``may_cancel = False``) implements a hook there."""
         impl = origin_of(cancel)
         who = impl.plugin if impl is not None else "a plugin"
-        where = f"in {hook} of a batch that does not step" if hook else "in its hook"
+        where = f"in {hook}" if hook else "in its hook"
         return RuntimeError(
             f"DDP: {type(cancel).__name__}({cancel}) was raised by {who} on rank "
             f"{pdist.rank()} {where}, where the ranks do not agree on cancels: no plugin that "
