@@ -180,12 +180,16 @@ def test_a_failure_while_applying_puts_the_learner_back(tmp_path):
 
 
 class NeverLoads:
+    def __init__(self):
+        self.given = []  # the learn each load_state_dict call was given
+
     @hookimpl
     def state_dict(self):
         return {}
 
     @hookimpl
-    def load_state_dict(self, state):
+    def load_state_dict(self, learn, state):
+        self.given.append(learn)
         raise RuntimeError("never loads")
 
 
@@ -194,18 +198,37 @@ def test_a_roll_back_that_fails_too_puts_back_the_rest_and_says_the_learner_is_h
 ):
     state = checkpoint(tmp_path, plugins=[NeverLoads()], stop_reason="x")
     path = save_checkpoint(state, tmp_path / "f.pt")
-    learn = learner([NeverLoads()])
+    plugin = NeverLoads()
+    learn = learner([plugin])
     before = [p.detach().clone() for p in learn.model.parameters()]
     rng = torch.get_rng_state()
     with pytest.raises(RuntimeError, match="never loads") as failure:
         learn.fit(3, resume_from=path)
     assert all(torch.equal(a, b) for a, b in zip(before, learn.model.parameters(), strict=True))
-    assert torch.equal(rng, torch.get_rng_state())  # put back after the plugins' failure
+    assert torch.equal(rng, torch.get_rng_state())
+    # the checkpoint's stop_reason was in place when the plugin failed; the roll-back, which
+    # stopped at the plugins' second failure, left it there
     assert (learn.epoch, learn.train_iter, learn.stop_reason) == (0, 0, None)
+    assert plugin.given == [learn, learn]  # applying, then rolling back
     assert (
         "pluglearn: putting the Learner back as it was failed too for the plugins (RuntimeError: "
         "never loads): it is half-restored; build a new Learner before training it."
     ) in failure.value.__notes__
+
+
+def test_a_failure_in_the_random_state_puts_back_the_random_states_already_set(tmp_path):
+    import random
+
+    state = checkpoint(tmp_path)
+    state["rng"]["torch"] = torch.zeros(3, dtype=torch.uint8)  # python's is set before it fails
+    path = save_checkpoint(state, tmp_path / "f.pt")
+    learn = learner()
+    random.seed(11)
+    python = random.getstate()
+    with pytest.raises(RuntimeError):
+        learn.fit(3, resume_from=path)
+    assert random.getstate() == python  # not the checkpoint's
+    assert (learn.epoch, learn.train_iter, learn.stop_reason) == (0, 0, None)
 
 
 @pytest.mark.parametrize("record", ["model", "plugins", "rng", "loop"])
