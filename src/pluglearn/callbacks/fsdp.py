@@ -124,6 +124,7 @@ class FSDP(DDP):
         self._forwards = 0  # forwards this rank ran in this validation pass
         self._needed = 0  # the most validation batches any rank has
         self._template: tuple[Any, ...] | None = None  # a zero-item batch for catch-up forwards
+        self._grad_sync: bool | None = None  # the flag FSDP was last given (None: a new fit)
 
     # ------------------------------------------------------------------ shard and check
 
@@ -165,7 +166,7 @@ class FSDP(DDP):
         for name in ("train", "valid"):
             self._check_sharded(getattr(learn.dls, name), name)
         self.module = learn.model  # sharded in place: the same object, and no wrapper
-        self._grad_sync: bool | None = None
+        self._grad_sync = None
 
     @staticmethod
     def _check_sharded(loader: Any, name: str) -> None:
