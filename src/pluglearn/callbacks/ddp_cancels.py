@@ -9,8 +9,9 @@ business (see :mod:`pluglearn.callbacks.ddp`).
 An agreement whose answer is known costs a collective for nothing: when no plugin on any rank
 that may cancel implements a hook whose cancel waits for one (:data:`HELD_HOOKS`), the ends
 of the pass hooks agree on nothing. A plugin says it never cancels with a class attribute
-``may_cancel = False`` (pluglearn's metrics, progress bar, loaders and training step do); one
-that says so and cancels anyway is refused with an error naming it, never dropped.
+``may_cancel = False`` (pluglearn's plugins that never cancel do: see
+:mod:`pluglearn.callbacks.ddp`); one that says so and cancels anyway is refused with an error
+naming it, never dropped.
 """
 
 from __future__ import annotations
