@@ -42,8 +42,8 @@ class StopAtAccuracy:
             raise KeyError("StopAtAccuracy needs an accuracy metric: add Accuracy() to the plugins")
         if accuracy >= self.target:
             self.stopped_at = learn.epoch
-            learn.stop_reason = f"StopAtAccuracy: accuracy {accuracy:.4f} >= {self.target}"
-            raise CancelFitException()
+            # the Learner records who stopped it: "StopAtAccuracy: accuracy 0.9540 >= 0.95"
+            raise CancelFitException(f"accuracy {accuracy:.4f} >= {self.target}")
 
 
 def main(argv: list[str] | None = None) -> int:

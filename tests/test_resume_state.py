@@ -139,7 +139,7 @@ def test_regression_targets_that_would_broadcast_are_refused():
     ok.fit(1)  # the same data with matching shapes trains
 
 
-def test_a_resume_without_a_stateful_plugin_of_the_saved_run_warns_naming_it(tmp_path):
+def test_a_resume_without_a_stateful_plugin_of_the_saved_run_is_refused_naming_it(tmp_path):
     from pluglearn import EarlyStopping
 
     with pytest.raises(RuntimeError, match="killed"):
@@ -151,7 +151,7 @@ def test_a_resume_without_a_stateful_plugin_of_the_saved_run_warns_naming_it(tmp
                 CrashAt(2, 2),
             ],
         )
-    with pytest.warns(UserWarning, match=r"plugin\(s\) EarlyStopping, which this Learner"):
+    with pytest.raises(CheckpointError, match=r"holds the state of EarlyStopping, which this"):
         learner().fit(4, resume_from=tmp_path)
     import warnings
 

@@ -1,6 +1,6 @@
 """The Learner: what a user calls (fit, validate, get_preds, predict, lr_find, save, load) and
 the plugins it runs. The fixed loop itself is :mod:`pluglearn.loop`; the run state is
-:mod:`pluglearn.run_state`; every hook is documented in :mod:`pluglearn.plugins.specs`.
+:mod:`pluglearn.run.state`; every hook is documented in :mod:`pluglearn.plugins.specs`.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from .loop import Loop
 from .metric_merge import GatherPreds
 from .plugins.entrypoints import autoload_plugins
 from .plugins.manager import PluginRegistry
-from .run_state import RunState, position_property
+from .run.state import NESTED, SWEEP, RunState, position_property
 
 
 class Learner(Loop):
@@ -41,8 +41,10 @@ class Learner(Loop):
     leaves out ``AvgLoss`` and ``ProgressBar``; a plugin of the same class as a default
     replaces it; ``learn.remove_plugin("ProgressBar")`` removes one by name.
 
-    The position attributes (``epoch``, ``iter``, ``training``, ...) read and write
-    ``learn.run`` (:class:`~pluglearn.run_state.RunState`), the one owner of the run state.
+    The position attributes (``epoch``, ``iter``, ``training``, ...) and ``stop_reason`` show
+    ``learn.run`` (:class:`~pluglearn.run.state.RunState`), the one owner of the run state;
+    they are read-only: a plugin changes the run through its named transitions
+    (``learn.run.stop(reason)``, ``learn.run.extend(n_epochs)``) or by raising a cancel.
     """
 
     epoch = position_property("epoch", "The epoch running (0-based), or the next to run.")
@@ -72,8 +74,8 @@ class Learner(Loop):
                 "as DataLoaders(train_dl, valid_dl) or use DataLoaders.from_datasets(...)."
             )
         self.model, self.dls, self.loss_func, self.opt_func = model, dls, loss_func, opt_func
-        self.lr = check_lr(lr)
-        self.opt: Any = None
+        self._lr = check_lr(lr)
+        self._opt: Any = None
         # what the default predict calls: a wrapper of ``model`` (DistributedDataParallel, a
         # compiled module) set by a plugin for a fit, else None; ``model`` stays the user's own
         self.wrapped_model: nn.Module | None = None
@@ -83,7 +85,6 @@ class Learner(Loop):
         self.preds: Any = None
         self.loss: torch.Tensor | None = None
         self.metrics: dict[str, Any] = {}
-        self.stop_reason: str | None = None  # who ended the last fit early, and why
         self._batches: Iterable[Any] = ()
         self._registry = PluginRegistry()
         user = listify(plugins)
@@ -98,6 +99,54 @@ class Learner(Loop):
         ]
         for plugin in [*user, *installed, *chosen]:
             self._registry.add(plugin)
+
+    # ------------------------------------------------------------------------ run settings
+
+    @property
+    def lr(self) -> float:
+        """The run's base lr: what ``fit`` sets the optimizer's groups to when it starts (a
+        scheduler then changes ``learn.opt.param_groups``, not this)."""
+        return self._lr
+
+    @lr.setter
+    def lr(self, value: float) -> None:
+        if self.run.running is not None:
+            raise RuntimeError(
+                f"learn.lr = {value!r} during {self.run.running}(): the base lr is fixed for a "
+                "run (a resume and the scheduler rely on it). To change the lr mid-run set "
+                "learn.opt.param_groups[i]['lr'], or use Scheduler(...); for the next fit pass "
+                "fit(..., lr=...) or set learn.lr between fits."
+            )
+        self._lr = check_lr(value)
+
+    @property
+    def opt(self) -> Any:
+        """The optimizer: made by ``opt_func`` at the first ``fit`` and kept across fits."""
+        return self._opt
+
+    @opt.setter
+    def opt(self, value: Any) -> None:
+        if self.run.running is not None and not self.run.setting_up:
+            raise RuntimeError(
+                f"learn.opt was replaced during {self.run.running}(), after the run was set up: "
+                "plugins such as Scheduler and the checkpoints hold the optimizer made at the "
+                "fit's start. Replace it in an after_create_opt hook (tryfirst, before "
+                "schedulers are built), or pass opt_func= to the Learner."
+            )
+        self._opt = value
+
+    @property
+    def stop_reason(self) -> str | None:
+        """Who ended the last fit early, and why (None when it ran to its end)."""
+        return self.run.stop_reason
+
+    @stop_reason.setter
+    def stop_reason(self, value: str | None) -> None:
+        raise AttributeError(
+            "learn.stop_reason is read-only: to end a fit, raise CancelFitException('why') from "
+            "a hook (the Learner records your plugin's name and the message), or call "
+            "learn.run.stop('who: why') before raising it."
+        )
 
     # ------------------------------------------------------------------------------ plugins
 
@@ -189,28 +238,43 @@ class Learner(Loop):
             raise ValueError("missing_ok=True goes with resume_from=...: pass the directory.")
         new_lr = None if lr is None else check_lr(lr)
         with self.run.entry("fit"):
-            added: list[object] = []
-            try:
-                for plugin in listify(plugins):
-                    self.add_plugin(plugin)
-                    added.append(plugin)
-                if new_lr is not None and resume_from is None:
-                    self.lr = new_lr
-                self.n_epochs, self.epoch, self.stop_reason = n_epochs or 0, 0, None
-                self._make_opt()
-                with self._loaders():
-                    self._run_entry(lambda: self.hooks.after_create_opt(self))
-                    if resume_from is not None:
-                        from .resume import restore
+            self._fit(n_epochs or 0, new_lr, plugins, resume_from, missing_ok)
 
-                        if not restore(self, resume_from, lr=new_lr, missing_ok=missing_ok):
-                            return  # nothing to resume: the saved run had stopped or finished
-                    self._run_entry(lambda: self._phase("fit", CancelFitException, self._do_fit))
-            finally:
-                self.run.clear_resume()
-                for plugin in reversed(added):
-                    if plugin in self._registry:
-                        self.remove_plugin(plugin)
+    def _fit(
+        self,
+        n_epochs: int,
+        lr: float | None,
+        plugins: object | Sequence[object],
+        resume_from: Any = None,
+        missing_ok: bool = False,
+    ) -> None:
+        """The body of ``fit`` (and of ``lr_find``'s throwaway fit), inside its entry point."""
+        added: list[object] = []
+        try:
+            for plugin in listify(plugins):
+                self.add_plugin(plugin)
+                added.append(plugin)
+            if lr is not None and resume_from is None:
+                self._lr = lr
+            self.run.start_fit(n_epochs)
+            self._make_opt()
+            with self._loaders():
+                self.run.setting_up = True  # after_create_opt may replace learn.opt (FSDP)
+                try:
+                    self._run_entry(lambda: self.hooks.after_create_opt(self))
+                finally:
+                    self.run.setting_up = False
+                if resume_from is not None:
+                    from .resume import restore
+
+                    if not restore(self, resume_from, lr=lr, missing_ok=missing_ok):
+                        return  # nothing to resume: the saved run had stopped or finished
+                self._run_entry(lambda: self._phase("fit", CancelFitException, self._do_fit))
+        finally:
+            self.run.clear_resume()
+            for plugin in reversed(added):
+                if plugin in self._registry:
+                    self.remove_plugin(plugin)
 
     def fit_one_cycle(
         self,
@@ -230,6 +294,16 @@ class Learner(Loop):
             if nested:
                 return self._nested(lambda: self._validate(dl, nested=True))
             return self._validate(dl)
+
+    def _nested(self, body: Callable[[], Any]) -> Any:
+        """Run ``body`` inside a running call and put the run back afterwards (position, batch
+        state, metrics, stop reason, modes, random states: :data:`~pluglearn.run.state.NESTED`),
+        so the outer call continues as if ``body`` had not run."""
+        snapshot = self.run.capture(self, NESTED)
+        try:
+            return body()
+        finally:
+            self.run.put_back(self, snapshot, "a nested call")
 
     def get_preds(self, dl: Iterable[Any] | None = None) -> tuple[Any, Any]:
         """Predictions and targets over the validation set (or ``dl``), concatenated."""
@@ -261,11 +335,30 @@ class Learner(Loop):
     ) -> Any:
         """Sweep the lr exponentially from ``start_lr`` to ``end_lr`` over ``num_it`` training
         batches and return an :class:`~pluglearn.lr_find.LRFindResult` (``.suggestion``,
-        ``.plot()``); the model, optimizer, random and loader states are put back exactly."""
-        from .lr_find import lr_find
+        ``.plot()``). The sweep is a throwaway fit with the :class:`~pluglearn.lr_find.LRFinder`
+        plugin, inside a capture and restore of the whole run (weights, optimizer, random
+        states, loaders, plugins' states): a fit after it equals one without it, bit for bit."""
+        from .callbacks.checkpoint import Checkpoint
+        from .lr_find import LRFinder
 
+        finder = LRFinder(start_lr, end_lr, num_it, stop_div)
+        if self.dls.train is None and self.dls.train_ds is None:
+            raise ValueError("lr_find needs training data: build DataLoaders with a train set.")
         with self.run.entry("lr_find"):
-            return lr_find(self, start_lr, end_lr, num_it, stop_div)
+            snapshot = self.run.capture(self, SWEEP)
+            # its checkpoints would be of a throwaway run that a later resume could pick up
+            aside = [(i, p) for i, p in enumerate(self.plugins) if isinstance(p, Checkpoint)]
+            for _, plugin in aside:
+                self._registry.remove(plugin)
+            try:
+                self._fit(1, None, [finder])  # the finder extends it to the passes it needs
+            finally:
+                try:
+                    self.run.put_back(self, snapshot, "lr_find")
+                finally:
+                    for index, plugin in aside:
+                        self._registry.add(plugin, index=index)
+        return finder.result()
 
     def save(self, path: Any) -> Any:
         """Write the model's weights to ``path`` (safetensors, atomically); see
@@ -291,8 +384,8 @@ class Learner(Loop):
         return dict(self.metrics)
 
     def _make_opt(self) -> None:
-        if self.opt is None:
-            self.opt = self.opt_func(self.model.parameters(), lr=self.lr)
+        if self._opt is None:
+            self._opt = self.opt_func(self.model.parameters(), lr=self._lr)
         elif hasattr(self.opt, "param_groups"):
             for group in self.opt.param_groups:
                 group["lr"] = self.lr

@@ -11,7 +11,7 @@ Each phase (fit, epoch, train, validate, batch) runs ``before_X``, its body, ``a
 ``cleanup_X`` as its ``finally``; raising ``CancelXException`` ends phase X early (``after_X``
 skipped, ``cleanup_X`` runs). Any other exception calls ``on_error`` once, then the cleanups of
 every phase it crosses. The hooks are documented in :mod:`pluglearn.plugins.specs`; the
-position lives in the run state (:mod:`pluglearn.run_state`).
+position lives in the run state (:mod:`pluglearn.run.state`).
 """
 
 from __future__ import annotations
@@ -19,12 +19,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from itertools import islice
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from .checks import check_done, check_loss, check_should_step, report_order
+from .data.loaders import length_of
 from .error_reporting import cancel_reason, cleanup_after_error, report_error, stray_cancel
 from .exceptions import (
     CancelBatchException,
@@ -35,13 +35,14 @@ from .exceptions import (
 )
 from .metric_merge import merge_metrics
 from .plugins.dispatch import Dispatcher
+from .run.replay import STATEFUL, epoch_order, loader_kind, replay, resume_stateful
 
 if TYPE_CHECKING:
     from torch import nn
 
     from .data.loaders import DataLoaders
     from .plugins.manager import PluginRegistry
-    from .run_state import RunState
+    from .run.state import RunState
 
 
 class Loop:
@@ -58,9 +59,7 @@ class Loop:
     preds: Any
     loss: torch.Tensor | None
     metrics: dict[str, Any]
-    stop_reason: str | None
-    epoch: int
-    n_epochs: int
+    wrapped_model: nn.Module | None
     _batches: Iterable[Any]
 
     @property
@@ -68,35 +67,17 @@ class Loop:
         """The dispatcher of the current plugin set (``learn.hooks.call("report", ...)``)."""
         return self._registry.calls
 
-    def _nested(self, body: Callable[[], Any]) -> Any:
-        """Run ``body`` inside a running call and put everything back: the position, the batch
-        state, the metrics, every module's train/eval mode and the random states, so the
-        outer call continues as if ``body`` had not run."""
-        from .resume import rng_state, set_rng_state
-
-        run = self.run
-        position, owners = run.snapshot(), run.metric_owner  # an error on its way out keeps
-        # run.reported: the outer call must not call on_error for it a second time
-        batch_state = (self.dl, self._batches, self.batch, self.preds, self.loss, self.metrics)
-        modes = [(m, m.training) for m in self.model.modules()]
-        rng = rng_state()
-        try:
-            return body()
-        finally:
-            run.restore_position(position)
-            run.metric_owner = owners
-            self.dl, self._batches, self.batch, self.preds, self.loss, self.metrics = batch_state
-            for module, mode in modes:
-                module.training = mode
-            set_rng_state(rng)
-
     def _do_fit(self) -> None:
-        for self.epoch in range(self.epoch, self.n_epochs):  # noqa: B020 (hooks read it)
+        pos = self.run.pos
+        epoch = pos.epoch
+        while epoch < pos.n_epochs:  # read every epoch: a plugin may extend the run
+            pos.epoch = epoch
             self._phase("epoch", CancelEpochException, self._do_epoch)
+            epoch += 1
 
     def _do_epoch(self) -> None:
         start = time.perf_counter()
-        self.metrics, self.run.metric_owner = {"epoch": self.epoch}, {}
+        self.metrics, self.run.metric_owner = {"epoch": self.run.pos.epoch}, {}
         self._pass(train=True)
         if self.dls.valid is not None:
             self._pass(train=False)
@@ -114,15 +95,10 @@ class Loop:
             )
         pos = self.run.pos
         pos.training, self.dl = train, dl
-        pos.n_iter = len(dl) if hasattr(dl, "__len__") else None
+        pos.n_iter = length_of(dl)
         pos.iter, self._batches = 0, dl
-        resume = self.run.take_resume() if train else None
-        if resume is not None and resume.position:  # the first pass after a resume: mid-way
-            pos.iter = resume.position
-            if pos.n_iter is not None and pos.iter >= pos.n_iter:
-                self._batches = ()  # the cut came after the last training batch
-            elif resume.replays:
-                self._batches = islice(dl, pos.iter, None)  # O(batches): no state to seek
+        if train and self.run.resume.position:  # the first pass after a resume: mid-way
+            pos.iter = self.run.resume.position  # (the plugins' before_train sees it)
         self.model.train(train)
         with torch.set_grad_enabled(train):
             if train:
@@ -132,10 +108,13 @@ class Loop:
         merge_metrics(self, "train" if train else "valid")
 
     def _run_batches(self) -> None:
-        pos = self.run.pos
+        run = self.run
+        pos = run.pos
         start, self.batch = pos.iter, None
-        for i, batch in enumerate(self._batches, start):
+        batches = self._open_epoch(self._batches) if pos.training else self._batches
+        for i, batch in enumerate(batches, start):
             pos.iter, self.batch = i, batch
+            run.raw_batch = batch
             self._one_batch()
         if self.batch is None and start == 0:
             which = "train" if pos.training else "validation"
@@ -143,6 +122,21 @@ class Loop:
                 f"the {which} loader yielded no batch: is its dataset empty, or smaller than "
                 "one batch with drop_last=True?"
             )
+
+    def _open_epoch(self, loader: Iterable[Any]) -> Iterable[Any]:
+        """The training batches of this pass. A resumed pass continues a stateful loader, or
+        replays the interrupted epoch of one without state (:mod:`pluglearn.run.replay`); a
+        new epoch of a loader without state first records what decides its order."""
+        run = self.run
+        resume = run.take_resume()
+        if not resume.position:
+            if loader_kind(loader) != STATEFUL:
+                run.order = epoch_order(self)
+            return loader
+        n_iter = run.pos.n_iter
+        if n_iter is not None and resume.position >= n_iter:
+            return ()  # the cut came after the last training batch
+        return replay(self, loader, resume) if resume.replay else resume_stateful(self, loader)
 
     def _one_batch(self) -> None:
         hooks, pos = self._registry.calls, self.run.pos
@@ -195,6 +189,27 @@ class Loop:
         loss = hooks.compute_loss(self)
         self.loss = loss if type(loss) is torch.Tensor and not loss.ndim else check_loss(loss)
 
+    def _predict_batch(self, batch: Any) -> Any:
+        """The ``predict`` hook's answer for ``batch`` in eval mode without gradients, inside
+        every ``forward_context``; no other hook fires, and the position, batch state and
+        modes are put back (``learn.predict``)."""
+        hooks, run = self._registry.calls, self.run
+        saved = run.capture(self, ("position", "batch", "modes"))
+        self.model.eval()
+        self.batch, run.pos.training = batch, False
+        try:
+            with torch.no_grad():
+                if hooks.wraps_forward:
+                    with hooks.forward_context(self):
+                        preds = hooks.predict(self)
+                else:
+                    preds = hooks.predict(self)
+        finally:
+            run.put_back(self, saved, "predict")
+        if preds is None:
+            raise TypeError("no plugin answered 'predict' (every one returned None)")
+        return preds
+
     def _phase(self, name: str, cancel: type[CancelException], body: Callable[[], None]) -> None:
         hooks = self._registry.calls  # one snapshot: every before_X meets its own cleanup_X
         cleanup = getattr(hooks, f"cleanup_{name}")
@@ -203,8 +218,8 @@ class Loop:
             body()
             getattr(hooks, f"after_{name}")(self)
         except cancel as cancelled:
-            if name == "fit" and self.stop_reason is None:
-                self.stop_reason = cancel_reason(cancelled)
+            if name == "fit":
+                self.run.stop(cancel_reason(cancelled))
         except BaseException as error:
             if not isinstance(error, CancelException):
                 report_error(self, error)

@@ -1,26 +1,20 @@
-"""``learn.lr_find()``: an exponential learning-rate sweep that leaves the Learner as it found it.
+"""``learn.lr_find()``: an exponential learning-rate sweep, run as a plugin through ``fit``.
 
-The sweep trains on up to ``num_it`` training batches (more than one pass over the loader
-when it is shorter) with the lr of batch ``i`` set to
+:class:`LRFinder` is a plugin (miniai's ``LRFinderCB`` is the model): ``lr_find`` captures the
+whole run (:data:`~pluglearn.run.state.SWEEP`), runs a throwaway fit with the finder, and puts
+the run back, so a fit after ``lr_find`` gives the same weights, bit for bit, and leaves the
+plugins as the same fit without it would: the weights and buffers, the gradients, the optimizer
+(one the sweep created is dropped), the random states and every loader's ``torch.Generator``,
+the loader's state, the position, the modes, ``learn.stop_reason`` and every plugin's own state
+(its ``state_dict`` / ``load_state_dict`` hooks: the ``Recorder`` forgets the sweep's batches).
+``Checkpoint`` plugins are set aside during the sweep (their checkpoints would be of a throwaway
+run that a later resume could pick up); loggers see ``learn.run.running == "lr_find"``.
+
+The sweep trains on up to ``num_it`` training batches (more than one pass over the loader when
+it is shorter; no validation and no report) with the lr of batch ``i`` set to
 ``start_lr * (end_lr / start_lr) ** (i / (num_it - 1))``, and records each batch's loss. It
 stops early when the loss diverges: a non-finite loss, or (with ``stop_div``) a smoothed loss
 above 4 times the best smoothed loss so far.
-
-It runs through the normal loop, so the plugins' hooks fire as in a fit: ``after_create_opt``,
-``before_fit``, then train passes (``before_train``, every batch hook, ``after_train``) and
-``cleanup_fit``; there are no epochs, no validation and no ``report``, and ``learn.run.running``
-is ``"lr_find"`` for a plugin that wants to tell. ``Checkpoint`` plugins are set aside during the
-sweep (its checkpoints would be of a throwaway run that a later resume could pick up).
-
-Afterwards everything the sweep changed is put back exactly: the weights and buffers, the
-gradients, the optimizer (its state and lrs; one that the sweep created is dropped, as if no
-sweep had run), the random states, the loaders' shuffling generator and state, the position,
-every module's train/eval mode, ``learn.stop_reason``, and every plugin's own state through its
-``state_dict`` / ``load_state_dict`` hooks (captured before the sweep, loaded after it: the
-``Recorder`` forgets the sweep's batches, the metrics their sums). A fit after ``lr_find`` gives
-the same weights, bit for bit, and leaves the plugins in the same state as the same fit without
-it. A plugin without these hooks, or whose ``state_dict`` answered None before the sweep, keeps
-what the sweep left in it.
 
 The suggestion: the losses are smoothed with an exponential moving average (``beta=0.98``,
 bias-corrected); the suggested lr is where the smoothed loss falls fastest against ``log(lr)``
@@ -37,16 +31,15 @@ Example::
 
 from __future__ import annotations
 
-import copy
 import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .exceptions import CancelFitException
+from .data.loaders import length_of
+from .exceptions import CancelEpochException, CancelFitException
 from .plugins.markers import hookimpl
-from .resume import rng_state, set_rng_state
 
 if TYPE_CHECKING:
     from .learner import Learner
@@ -103,20 +96,43 @@ def suggest(lrs: list[float], smoothed: list[float]) -> float | None:
     return lrs[min(slopes, key=lambda i: slopes[i])]
 
 
-class _Sweep:
-    """The sweep's own plugin: sets each batch's lr, records its loss, ends the sweep."""
+def _check(start_lr: Any, end_lr: Any, num_it: Any) -> None:
+    from .checks import check_lr
+
+    start, end = check_lr(start_lr), check_lr(end_lr)
+    if not 0 < start < end:
+        raise ValueError(
+            f"lr_find(start_lr={start_lr}, end_lr={end_lr}): the sweep goes up from start_lr > 0 "
+            "to a larger end_lr, e.g. lr_find(start_lr=1e-7, end_lr=10)."
+        )
+    if isinstance(num_it, bool) or not isinstance(num_it, int) or num_it < 2:
+        raise ValueError(f"lr_find(num_it={num_it!r}): give an int >= 2, e.g. num_it=100.")
+
+
+class LRFinder:
+    """The sweep as a plugin: sizes the throwaway fit, sets each batch's lr, records its loss,
+    skips validation and ends the fit when the sweep is done or the loss diverges."""
 
     plugin_name = "lr_find"
 
-    def __init__(self, start_lr: float, end_lr: float, num_it: int, stop_div: bool) -> None:
-        ratio = end_lr / start_lr
+    def __init__(
+        self, start_lr: float = 1e-7, end_lr: float = 10.0, num_it: int = 100, stop_div: bool = True
+    ) -> None:
+        _check(start_lr, end_lr, num_it)
+        ratio = float(end_lr) / float(start_lr)
         self.schedule = [start_lr * ratio ** (i / max(num_it - 1, 1)) for i in range(num_it)]
-        self.stop_div = stop_div
+        self.num_it, self.stop_div = num_it, bool(stop_div)
         self.lrs: list[float] = []
         self.losses: list[float] = []
         self.smoothed: list[float] = []
         self.average, self.best, self.diverged = 0.0, math.inf, False
-        self.lr = start_lr
+        self.lr = float(start_lr)
+
+    @hookimpl
+    def after_create_opt(self, learn: Learner) -> None:
+        loader = learn.dls.train
+        n_iter = length_of(loader) or 0
+        learn.run.extend(-(-self.num_it // n_iter) if n_iter else self.num_it)  # passes needed
 
     @hookimpl(tryfirst=True)
     def before_batch(self, learn: Learner) -> None:
@@ -137,117 +153,19 @@ class _Sweep:
             self.diverged = True
             raise CancelFitException("lr_find: the loss diverged")
         self.best = min(self.best, smooth)
-        if n == len(self.schedule):
+        if n == self.num_it:
             raise CancelFitException("lr_find: the sweep is done")
 
+    @hookimpl
+    def after_train(self) -> None:
+        raise CancelEpochException("lr_find: no validation")  # and no report
 
-def _check(start_lr: Any, end_lr: Any, num_it: Any) -> None:
-    from .checks import check_lr
-
-    start, end = check_lr(start_lr), check_lr(end_lr)
-    if not 0 < start < end:
-        raise ValueError(
-            f"lr_find(start_lr={start_lr}, end_lr={end_lr}): the sweep goes up from start_lr > 0 "
-            "to a larger end_lr, e.g. lr_find(start_lr=1e-7, end_lr=10)."
+    def result(self) -> LRFindResult:
+        """The sweep's :class:`LRFindResult`."""
+        result = LRFindResult(
+            self.lrs, self.losses, self.smoothed, suggest(self.lrs, self.smoothed), self.diverged
         )
-    if isinstance(num_it, bool) or not isinstance(num_it, int) or num_it < 2:
-        raise ValueError(f"lr_find(num_it={num_it!r}): give an int >= 2, e.g. num_it=100.")
-
-
-def _set_aside(learn: Learner) -> list[tuple[int, object]]:
-    """Unregister the Checkpoint plugins for the sweep; returns them with their places."""
-    from .callbacks.checkpoint import Checkpoint
-
-    aside = [(i, p) for i, p in enumerate(learn.plugins) if isinstance(p, Checkpoint)]
-    for _, plugin in aside:
-        learn._registry.remove(plugin)
-    return aside
-
-
-def _state(learn: Learner) -> dict[str, Any]:
-    """Everything the sweep may change and the Learner owns (see the module doc)."""
-    opt = learn.opt
-    dls = learn.dls
-    loader = dls.train
-    return {
-        "position": learn.run.snapshot(),
-        "model": {k: v.clone() for k, v in learn.model.state_dict().items()},
-        "grads": [None if p.grad is None else p.grad.clone() for p in learn.model.parameters()],
-        "modes": [(m, m.training) for m in learn.model.modules()],
-        "opt": opt,
-        "opt_state": copy.deepcopy(opt.state_dict()) if hasattr(opt, "state_dict") else None,
-        "rng": rng_state(),
-        "generator": dls.generator.get_state(),
-        "loader": loader.state_dict() if hasattr(loader, "state_dict") else None,
-        "learner": (learn.dl, learn._batches, learn.batch, learn.preds, learn.loss),
-        "metrics": (learn.metrics, learn.run.metric_owner, learn.stop_reason),
-        # copied: a plugin may answer with its live lists (Recorder), which the sweep extends
-        "plugins": copy.deepcopy(dict(learn.hooks.call("state_dict", learn=learn))),
-    }
-
-
-def _put_back(learn: Learner, state: dict[str, Any]) -> None:
-    learn.run.restore_position(state["position"])
-    learn.model.load_state_dict(state["model"])
-    for param, grad in zip(learn.model.parameters(), state["grads"], strict=True):
-        param.grad = grad
-    for module, mode in state["modes"]:
-        module.training = mode
-    if state["opt"] is None:
-        learn.opt = None  # the sweep made it: the next fit makes a fresh one, as without a sweep
-    elif state["opt_state"] is not None:
-        learn.opt = state["opt"]
-        learn.opt.load_state_dict(state["opt_state"])
-    set_rng_state(state["rng"])
-    learn.dls.generator.set_state(state["generator"])
-    if state["loader"] is not None:
-        learn.dls.train.load_state_dict(state["loader"])
-    learn.dl, learn._batches, learn.batch, learn.preds, learn.loss = state["learner"]
-    learn.metrics, learn.run.metric_owner, learn.stop_reason = state["metrics"]
-    # last: a plugin's state may refer to the gradients and optimizer put back above
-    learn.hooks.call("load_state_dict", learn=learn, state=state["plugins"])
-
-
-def lr_find(
-    learn: Learner, start_lr: float, end_lr: float, num_it: int, stop_div: bool
-) -> LRFindResult:
-    """The body of :meth:`Learner.lr_find`, run inside its entry point (see the module doc)."""
-    _check(start_lr, end_lr, num_it)
-    sweep = _Sweep(float(start_lr), float(end_lr), num_it, bool(stop_div))
-    if learn.dls.train is None and learn.dls.train_ds is None:
-        raise ValueError("lr_find needs training data: build DataLoaders with a train set.")
-    aside = _set_aside(learn)
-    learn.add_plugin(sweep)
-    state = _state(learn)  # before the loaders are made: they may draw from the generator
-    try:
-        with learn._loaders():
-            learn._make_opt()
-            n_iter = len(learn.dls.train) if hasattr(learn.dls.train, "__len__") else 0
-            learn.epoch, learn.stop_reason = 0, None
-            learn.n_epochs = -(-num_it // n_iter) if n_iter else 1  # passes the sweep needs
-            learn._run_entry(lambda: learn.hooks.after_create_opt(learn))
-
-            def body() -> None:
-                while len(sweep.losses) < num_it:
-                    before = len(sweep.losses)
-                    learn._pass(train=True)
-                    learn.epoch += 1
-                    if len(sweep.losses) == before:  # every batch cancelled: no loss to read
-                        break
-
-            learn._run_entry(lambda: learn._phase("fit", CancelFitException, body))
-    finally:
-        try:
-            _put_back(learn, state)
-        finally:
-            learn._registry.remove(sweep)
-            for index, plugin in aside:
-                learn._registry.add(plugin, index=index)
-    n = len(sweep.losses)
-    result = LRFindResult(
-        sweep.lrs, sweep.losses, sweep.smoothed, suggest(sweep.lrs, sweep.smoothed)
-    )
-    result.diverged = sweep.diverged
-    if n < num_it and not sweep.diverged:
-        result.notes.append(f"the sweep ran {n} of {num_it} batches (a plugin ended it)")
-    return result
+        n = len(self.losses)
+        if n < self.num_it and not self.diverged:
+            result.notes.append(f"the sweep ran {n} of {self.num_it} batches (a plugin ended it)")
+        return result

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 
 def _reference_input(learn: Learner) -> Any:
     """The inputs of one item of the Learner's dataset, or None when it has none."""
-    from .resume import rng_state, set_rng_state
+    from .run.rng import random_states_kept
 
     for ds in (learn.dls.train_ds, learn.dls.valid_ds):
         if ds is None:
@@ -42,11 +42,8 @@ def _reference_input(learn: Learner) -> Any:
         tensors = tensors_of(ds)
         if tensors is not None:
             return tensors[0][0]
-        rng = rng_state()  # __getitem__ may draw random numbers (augmentation): put them back
-        try:
+        with random_states_kept():  # __getitem__ may draw random numbers (augmentation)
             item = ds[0]
-        finally:
-            set_rng_state(rng)
         if is_pair(item) or isinstance(item, Mapping):
             return inputs_of(item)
         return item
@@ -95,23 +92,5 @@ def predict(learn: Learner, x: Any, batched: bool | None = None) -> Any:
     device = _model_device(learn)
     if device is not None:
         xb = to_device(xb, device)
-    hooks, pos = learn.hooks, learn.run.pos
-    saved = (learn.batch, learn.preds, pos.training)
-    modes = [(m, m.training) for m in learn.model.modules()]
-    learn.model.eval()
-    learn.batch, pos.training = (xb if isinstance(xb, Mapping) else (xb, None)), False
-    try:
-        with torch.no_grad():
-            if hooks.wraps_forward:
-                with hooks.forward_context(learn):
-                    preds = hooks.predict(learn)
-            else:
-                preds = hooks.predict(learn)
-    finally:
-        for module, mode in modes:
-            module.training = mode
-        learn.batch, learn.preds, pos.training = saved
-    if preds is None:
-        raise TypeError("no plugin answered 'predict' (every one returned None)")
-    preds = detach(preds)
+    preds = detach(learn._predict_batch(xb if isinstance(xb, Mapping) else (xb, None)))
     return take(preds, 0) if one else preds

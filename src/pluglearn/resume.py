@@ -1,9 +1,14 @@
-"""Resume: the run's state as a dict (capture) and back into a Learner (restore).
+"""Resume: the run's state as a checkpoint record (capture) and back into a Learner (restore).
 
-``capture`` collects the model, the optimizer, every plugin's state (the ``state_dict`` hook),
-the random states (python, numpy, torch, CUDA), the loop position and the training loader's
-state; ``restore`` checks all of it before changing anything, then loads it into a Learner inside
-``fit`` once the optimizer and loaders exist. Files are :mod:`pluglearn.checkpoint`'s business.
+Both go through the run state's one capture/restore routine (:mod:`pluglearn.run.state`, the
+parts :data:`~pluglearn.run.state.CHECKPOINT`): ``capture`` takes the model, the optimizer, every
+plugin's state (the ``state_dict`` hook), the random states (python, numpy, torch, CUDA, the
+loaders' generators), the loop position and the training loader's state (or, for a loader
+without state, the random states its open epoch was drawn from and a fingerprint of the last
+batch: :mod:`pluglearn.run.replay`). ``restore`` checks all of it before changing anything, then
+puts it into a Learner inside ``fit`` once the optimizer and loaders exist; when applying it
+fails half-way, the run captured just before (:data:`~pluglearn.run.state.ROLLBACK`) is put
+back. Files are :mod:`pluglearn.checkpoint`'s business.
 
 Many processes: the model and optimizer are the same on every rank (DDP keeps them so), but the
 random states, the plugins' states (a metric's running sums) and a loader's state are each
@@ -23,9 +28,8 @@ shards at a resume (see :mod:`pluglearn.callbacks.fsdp`).
 
 from __future__ import annotations
 
-import copy
-import random
 import warnings
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,86 +39,75 @@ from . import dist as pdist
 from .checkpoint import (
     FORMAT,
     VERSION,
+    CheckpointError,
     NoCheckpointError,
     load_checkpoint,
     load_latest,
 )
-from .resume_checks import check_state, fsdp_functions, rank_view
+from .data.loaders import length_of
+from .resume_checks import check_plugins, check_state, rank_view
+from .run.replay import STATEFUL, UNKNOWN, fingerprint, loader_generators, loader_kind
+from .run.rng import rng_state, set_rng_state
+from .run.state import CHECKPOINT, ROLLBACK, Snapshot
 
 if TYPE_CHECKING:
     from .learner import Learner
 
+__all__ = ["capture", "check_safe_state", "restore", "rng_state", "set_rng_state"]
 
-# ----------------------------------------------------------------------------- random state
-
-
-def rng_state() -> dict[str, Any]:
-    """The global random states of python, numpy (when installed), torch and CUDA."""
-    state: dict[str, Any] = {"python": random.getstate(), "torch": torch.get_rng_state()}
-    try:
-        import numpy as np
-    except ImportError:
-        pass
-    else:
-        kind, keys, pos, has_gauss, gauss = np.random.get_state()
-        state["numpy"] = (kind, torch.from_numpy(keys.astype("int64")), pos, has_gauss, gauss)
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    torch.set_rng_state(state["torch"])
-    if "numpy" in state:
-        import numpy as np
-
-        kind, keys, pos, has_gauss, gauss_next = state["numpy"]
-        np.random.set_state((kind, keys.numpy().astype("uint32"), pos, has_gauss, gauss_next))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+#: plugins whose state names files, and trains nothing: a resume may add or drop them
+FILE_PLUGINS = ("Checkpoint",)
 
 
 # ----------------------------------------------------------------------------- capture
 
 
 def capture(learn: Learner, epoch_end: bool = False) -> dict[str, Any]:
-    """The run's state now: after a training batch (mid-epoch), or with ``epoch_end`` after a
-    finished epoch (the resume then starts the next epoch)."""
-    loader = learn.dls.train
-    loader_state = loader.state_dict() if hasattr(loader, "state_dict") else None
+    """The run's state now as a checkpoint record: after a training batch (mid-epoch), or with
+    ``epoch_end`` after a finished epoch (the resume then starts the next epoch)."""
+    parts = learn.run.capture(learn, CHECKPOINT, copy=False).parts
     plugins = {}
-    for plugin, result in learn.hooks.call("state_dict", learn=learn):
+    for plugin, result in parts["plugins"].items():
         check_safe_state(result, f"plugin {plugin!r}: state")
         plugins[plugin] = result
-    sharded = fsdp_functions(learn)
-    if sharded is not None:  # FSDP: the full state, gathered to rank 0 (a collective)
-        model_state, opt_state = sharded.full_state(learn.model, learn.opt)
+    model = parts["model"]
+    if "full" in model:  # FSDP: the full state, gathered to rank 0
+        model_state, opt_state = model["full"]
     else:
-        model_state = learn.model.state_dict()
-        opt_state = learn.opt.state_dict() if hasattr(learn.opt, "state_dict") else None
-    rng = rng_state()
+        model_state, opt_state = model["state"], parts["opt"][1]
+    loader = parts["loader"]
+    mid_epoch = not epoch_end
+    kind = loader_kind(learn.dls.train)
+    own = {  # each rank's own parts
+        "rng": parts["rng"],
+        "plugins": plugins,
+        "loader": loader,
+        "generators": [state for _, state in parts["generators"]],
+        # a loader without state is replayed from its epoch's start at a resume
+        "order": parts["order"] if mid_epoch and kind != STATEFUL else None,
+        "fingerprint": (
+            fingerprint(learn.run.raw_batch) if mid_epoch and kind == UNKNOWN else None
+        ),
+    }
     ranks = None
     if pdist.world_size() > 1:  # every rank's own parts, gathered to rank 0 (a collective)
-        ranks = pdist.gather_to_main({"rng": rng, "plugins": plugins, "loader": loader_state})
+        ranks = pdist.gather_to_main(own)
+    pos = parts["position"]
     return {
         "format": FORMAT,
         "version": VERSION,
         "model": model_state,
         "opt": opt_state,
-        "plugins": plugins,
-        "rng": rng,
-        "loader": loader_state,
+        **own,
         **({"ranks": ranks, "world_size": len(ranks)} if ranks else {}),
         "loop": {
-            "epoch": learn.epoch + 1 if epoch_end else learn.epoch,
-            "position": 0 if epoch_end else learn.iter + 1,  # training batches done
-            "train_iter": learn.train_iter,
-            "opt_steps": learn.opt_steps,
-            "n_epochs": learn.n_epochs,
-            "lr": learn.lr,
-            "stop_reason": learn.stop_reason,
+            "epoch": pos.epoch + 1 if epoch_end else pos.epoch,
+            "position": 0 if epoch_end else pos.iter + 1,  # training batches done
+            "train_iter": pos.train_iter,
+            "opt_steps": pos.opt_steps,
+            "n_epochs": pos.n_epochs,
+            "lr": parts["lr"],
+            "stop_reason": parts["stop_reason"],
         },
     }
 
@@ -143,38 +136,43 @@ def check_safe_state(value: Any, path: str) -> None:
 # ----------------------------------------------------------------------------- restore
 
 
-def _backup(learn: Learner) -> tuple[Any, ...]:
-    """What restore may change, to put back if applying a checkpoint fails half-way."""
-    loader = learn.dls.train
-    return (
-        learn.run.snapshot(),
-        {k: v.clone() for k, v in learn.model.state_dict().items()},
-        copy.deepcopy(learn.opt.state_dict()) if hasattr(learn.opt, "state_dict") else None,
-        loader.state_dict() if hasattr(loader, "state_dict") else None,
-        dict(learn.hooks.call("state_dict", learn=learn)),
-        rng_state(),
+def _parts(learn: Learner, state: dict[str, Any]) -> Snapshot:
+    """The checkpoint record as the run parts that ``RunState.restore`` puts back."""
+    from .resume_checks import fsdp_functions
+
+    loop = state["loop"]
+    position = replace(
+        learn.run.pos,
+        epoch=int(loop["epoch"]),
+        train_iter=int(loop["train_iter"]),
+        opt_steps=int(loop.get("opt_steps", loop["train_iter"])),
     )
-
-
-def _roll_back(learn: Learner, backup: tuple[Any, ...]) -> list[str]:
-    """Put back each part of ``backup``, every part even when one fails (a plugin's
-    ``load_state_dict`` may fail again); returns what could not be put back."""
-    position, model, opt, loader, plugins, rng = backup
-    steps: list[tuple[str, Any]] = [
-        ("the position", lambda: learn.run.restore_position(position)),
-        ("the random state", lambda: set_rng_state(rng)),
-        ("the model", lambda: learn.model.load_state_dict(model)),
-        ("the optimizer", lambda: opt is not None and learn.opt.load_state_dict(opt)),
-        ("the loader", lambda: loader is not None and learn.dls.train.load_state_dict(loader)),
-        ("the plugins", lambda: learn.hooks.call("load_state_dict", learn=learn, state=plugins)),
-    ]
-    failed = []
-    for what, step in steps:
-        try:
-            step()
-        except Exception as error:
-            failed.append(f"{what} ({type(error).__name__}: {error})")
-    return failed
+    saved_lr = loop.get("lr")
+    groups = (state["opt"] or {}).get("param_groups") if isinstance(state["opt"], dict) else None
+    if saved_lr is None and groups:  # an older record: the lr the saved optimizer started with
+        saved_lr = groups[0].get("initial_lr", groups[0].get("lr"))
+    sharded = fsdp_functions(learn) is not None
+    parts: dict[str, Any] = {
+        "loader": state["loader"] if loader_kind(learn.dls.train) == STATEFUL else None,
+        "position": position,
+        "stop_reason": loop["stop_reason"],
+        "lr": learn.lr if saved_lr is None else float(saved_lr),
+        "model": {"full": (state["model"], state["opt"])} if sharded else {"state": state["model"]},
+        "opt": (learn.opt, state["opt"]),
+        "plugins": state["plugins"],
+        "rng": state["rng"],
+    }
+    generators = state.get("generators")
+    if generators is not None:
+        own = loader_generators(learn)
+        if len(own) != len(generators):
+            raise CheckpointError(
+                f"the checkpoint's loaders drew from {len(generators)} torch.Generator(s), "
+                f"this Learner's draw from {len(own)}: build the loaders (their samplers and "
+                "datasets) as the saved run did."
+            )
+        parts["generators"] = list(zip(own, generators, strict=True))
+    return Snapshot(parts)
 
 
 def restore(
@@ -193,81 +191,50 @@ def restore(
         if not missing_ok:
             raise
         warnings.warn(
-            f"no checkpoint in {source} yet: starting a fresh run (missing_ok=True).", stacklevel=3
+            f"no checkpoint in {source} yet: starting a fresh run (missing_ok=True).", stacklevel=4
         )
         return True
     check_state(learn, state, path, lr)
     state = rank_view(state, path, pdist.rank(), pdist.world_size())
-    loop, loader = state["loop"], learn.dls.train
-    position = int(loop["position"])
-    stateful = hasattr(loader, "load_state_dict")
-    unknown = sorted(  # a Checkpoint plugin's state (its run id) names files, it trains nothing
-        name
-        for name in set(state["plugins"]) - {i.plugin for i in learn.hooks.impls["load_state_dict"]}
-        if not name.startswith("Checkpoint")
-    )
-    if unknown:
-        warnings.warn(
-            f"checkpoint {path} holds the state of plugin(s) {', '.join(unknown)}, which this "
-            "Learner does not have, so the resumed run can differ from the uninterrupted one: "
-            "add the same plugins as the saved run.",
-            stacklevel=3,
-        )
-    backup = _backup(learn)
+    check_plugins(learn, state["plugins"], path, FILE_PLUGINS)
+    position = int(state["loop"]["position"])
+    kind = loader_kind(learn.dls.train)
+    snapshot = _parts(learn, state)
+    backup = learn.run.capture(learn, ROLLBACK)
     try:
-        if state["loader"] is not None and stateful:
-            loader.load_state_dict(state["loader"])  # first: it refuses other loader settings
-        sharded = fsdp_functions(learn)
-        if sharded is not None:  # FSDP: every rank keeps its shards of the full state
-            sharded.load_full_state(learn.model, learn.opt, state["model"], state["opt"])
-        else:
-            learn.model.load_state_dict(state["model"])
-            if state["opt"] is not None:
-                learn.opt.load_state_dict(state["opt"])
-        # the plugins load with the position of the checkpoint in place (they may record it)
-        learn.epoch, learn.train_iter = int(loop["epoch"]), int(loop["train_iter"])
-        learn.opt_steps = int(loop.get("opt_steps", loop["train_iter"]))
-        learn.stop_reason = loop["stop_reason"]
-        learn.hooks.call("load_state_dict", learn=learn, state=state["plugins"])
-        set_rng_state(state["rng"])
+        learn.run.restore(learn, snapshot, strict=True)
     except BaseException as error:
-        failed = _roll_back(learn, backup)
-        learn.stop_reason = None
+        failed = learn.run.restore(learn, backup)
         if failed:
             error.add_note(
                 f"pluglearn: putting the Learner back as it was failed too for {', '.join(failed)}"
                 ": it is half-restored; build a new Learner before training it."
             )
         raise
-    if (
-        not stateful
-        and position
-        and position < (len(loader) if hasattr(loader, "__len__") else position + 1)
-    ):
+    loader = learn.dls.train
+    n_iter = length_of(loader)
+    n_iter = position + 1 if n_iter is None else n_iter
+    if kind != STATEFUL and 0 < position < n_iter:
         warnings.warn(
             f"the training loader ({type(loader).__name__}) has no state_dict, so the resume "
-            f"replays {position} batches to reach the cut; use DataLoaders.from_datasets for "
-            "an O(1) resume.",
-            stacklevel=3,
+            f"replays {position} batches to reach the cut (their order drawn again from the "
+            "random states the epoch started from); DataLoaders.from_datasets or torchdata's "
+            "StatefulDataLoader resume in O(1).",
+            stacklevel=4,
         )
-    saved_lr = loop.get("lr")
-    if saved_lr is None and hasattr(learn.opt, "param_groups"):
-        saved_lr = learn.opt.param_groups[0].get("initial_lr", learn.opt.param_groups[0]["lr"])
-    if saved_lr is not None:
-        learn.lr = float(saved_lr)
-    learn.run.start_resume(position, replays=not stateful)
+    learn.run.start_resume(position, kind != STATEFUL, state.get("order"), state.get("fingerprint"))
     if learn.stop_reason is not None:
         warnings.warn(
             f"checkpoint {path} is of a run that had stopped ({learn.stop_reason}): nothing to "
             "resume. Call fit() without resume_from to train further.",
-            stacklevel=3,
+            stacklevel=4,
         )
         return False
     if learn.epoch == learn.n_epochs:
         warnings.warn(
             f"checkpoint {path} is of a run that finished its {learn.n_epochs} epoch(s): nothing "
             "to train. Pass a larger n_epochs to train further.",
-            stacklevel=3,
+            stacklevel=4,
         )
         return False
     return True

@@ -18,6 +18,10 @@ if TYPE_CHECKING:
     from .learner import Learner
 
 
+#: per-rank parts a checkpoint may hold besides rng, plugins and loader (older ones lack them)
+PER_RANK = ("generators", "order", "fingerprint")
+
+
 def fsdp_functions(learn: Learner) -> Any:
     """The FSDP module (its full-state functions) when ``learn.model`` is sharded, else None."""
     from .callbacks import fsdp
@@ -103,6 +107,34 @@ def check_state(learn: Learner, state: dict[str, Any], path: Path, lr: float | N
             )
 
 
+def check_plugins(
+    learn: Learner, saved: dict[str, Any], path: Path, optional: tuple[str, ...]
+) -> None:
+    """A resume continues the saved run exactly, so it needs the same stateful plugins: a
+    plugin whose state the checkpoint holds and this Learner lacks (``MixedPrecision``: the run
+    would go on in float32), or one with state that the saved run did not have, is refused,
+    naming them. Plugins named in ``optional`` (their state names files) may differ."""
+    own = {name for name, state in learn.hooks.call("state_dict", learn=learn)}
+
+    def counted(names: set[str]) -> list[str]:
+        return sorted(n for n in names if not any(n.startswith(o) for o in optional))
+
+    missing, extra = counted(set(saved) - own), counted(own - set(saved))
+    if not (missing or extra):
+        return
+    problems = []
+    if missing:
+        problems.append(f"the state of {', '.join(missing)}, which this Learner does not have")
+    if extra:
+        problems.append(f"no state for {', '.join(extra)}, which this Learner has")
+    raise CheckpointError(
+        f"checkpoint {path} holds {' and '.join(problems)}: a resume continues the saved run "
+        "exactly, so it needs the same plugins (a MixedPrecision left out would train on in "
+        "float32, a scheduler left out at a constant lr). Give fit the plugins the saved run "
+        "had, or start a new run without resume_from."
+    )
+
+
 def _same(a: Any, b: Any) -> bool:
     if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
         return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and torch.equal(a, b)
@@ -120,7 +152,7 @@ def rank_view(state: dict[str, Any], path: Path, rank: int, world: int) -> dict[
     numbers. Changes nothing."""
     ranks = state.get("ranks")
     if ranks is None:  # written by one process
-        ranks = [{"rng": state["rng"], "plugins": state["plugins"], "loader": state["loader"]}]
+        ranks = [{k: state[k] for k in ("rng", "plugins", "loader", *PER_RANK) if k in state}]
     if not isinstance(ranks, list) or not all(
         isinstance(r, dict) and {"rng", "plugins", "loader"} <= r.keys() for r in ranks
     ):
@@ -164,4 +196,10 @@ def rank_view(state: dict[str, Any], path: Path, rank: int, world: int) -> dict[
                 "where that state agrees (an epoch's end)."
             )
     own = ranks[rank % saved]
-    return {**state, "rng": own["rng"], "loader": loaders[0], "plugins": plugins[rank]}
+    return {
+        **state,
+        **{k: own.get(k) for k in PER_RANK},
+        "rng": own["rng"],
+        "loader": loaders[0],
+        "plugins": plugins[rank],
+    }

@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any
 
+from ..data.loaders import length_of
 from ..exceptions import CancelFitException, CancelTrainException
 from ..plugins.markers import hookimpl
 
@@ -30,7 +31,7 @@ def steps_per_epoch(learn: Learner) -> int:
     from .accumulate import GradientAccumulation
 
     loader = learn.dls.train
-    if loader is None or not hasattr(loader, "__len__"):
+    if loader is None or length_of(loader) is None:
         raise ValueError(
             "cannot count the optimizer steps of an epoch: the training loader has no length. "
             "Give n_epochs (and no max_steps), or a loader with a __len__."
@@ -73,7 +74,7 @@ class StepBudget:
     def after_create_opt(self, learn: Learner) -> None:
         self.start = learn.opt_steps
         if self.epochs_from_steps:
-            learn.n_epochs = math.ceil(self.max_steps / steps_per_epoch(learn))
+            learn.run.extend(math.ceil(self.max_steps / steps_per_epoch(learn)))
 
     def spent(self, learn: Learner) -> bool:
         return learn.opt_steps - self.start >= self.max_steps

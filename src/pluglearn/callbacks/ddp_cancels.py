@@ -217,8 +217,8 @@ class CancelAgreement:
             reason = cancel_reason(mine)  # what the loop would say: the plugin that raised
         said = pdist.all_gather((pdist.rank(), str(mine), reason) if mine is not None else None)
         who, message, reason = next(s for s in said if s is not None)
-        if learn.stop_reason is None:  # every rank names the plugin that stopped the fit
-            learn.stop_reason = reason
+        if reason is not None:  # every rank names the plugin that stopped the fit
+            learn.run.stop(reason)
         if after_backward:  # the batch is cancelled before its step: as if never backpropagated
             learn.hooks.zero_grad(learn)
         if mine is not None:

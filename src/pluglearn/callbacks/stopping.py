@@ -40,7 +40,7 @@ class MetricNotFoundError(KeyError):
 
 
 def _stop(learn: Learner, who: str, message: str) -> None:
-    learn.stop_reason = f"{who}: {message}"
+    learn.run.stop(f"{who}: {message}")
     raise CancelFitException(message)
 
 

@@ -41,6 +41,16 @@ if TYPE_CHECKING:
     from ..learner import Learner
 
 
+def length_of(loader: Any) -> int | None:
+    """How many batches ``loader`` yields per pass, or None when it cannot say (no ``__len__``,
+    or one that raises ``TypeError``, as a torch ``DataLoader`` over an ``IterableDataset``
+    without a length does)."""
+    try:
+        return len(loader)
+    except TypeError:
+        return None
+
+
 def check_batch_size(batch_size: object, what: str = "batch_size") -> int:
     """``batch_size`` as a positive int, or an error that says so."""
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:

@@ -32,6 +32,8 @@ from typing import Any
 
 import torch
 
+from ..run.rng import random_states_kept
+
 _POLL_S = 0.1  # how often a waiting parent checks that its workers are alive
 _WATCHDOG_S = 1.0  # how often an idle worker checks that its parent is alive
 _JOIN_S = 5.0  # grace period for workers to exit before they are terminated
@@ -58,18 +60,12 @@ def _seeded(seed: int) -> Iterator[None]:
     """Seed torch's CPU RNG, `random` and numpy (if imported) for one batch, then put the
     previous states back, so the in-process path leaves the caller's RNGs untouched."""
     np = sys.modules.get("numpy")
-    saved = torch.random.get_rng_state(), random.getstate(), np and np.random.get_state()
-    torch.default_generator.manual_seed(seed)  # not torch.manual_seed: that reseeds CUDA too
-    random.seed(seed)
-    if np:
-        np.random.seed(seed % 2**32)
-    try:
-        yield
-    finally:
-        torch.random.set_rng_state(saved[0])
-        random.setstate(saved[1])
+    with random_states_kept():
+        torch.default_generator.manual_seed(seed)  # not torch.manual_seed: that reseeds CUDA
+        random.seed(seed)
         if np:
-            np.random.set_state(saved[2])
+            np.random.seed(seed % 2**32)
+        yield
 
 
 class ParentDied(Exception):
