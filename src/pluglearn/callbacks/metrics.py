@@ -218,6 +218,43 @@ class MetricAdapter(PerPass):
         self._updated[phase] = True
 
     @hookimpl
+    def state_dict(self) -> dict[str, Any]:
+        """The train pass's running state (a checkpoint is taken mid-train-pass or at an epoch's
+        end; validation starts afresh every pass): the metric's own states through its
+        ``state_dict`` (torchmetrics: made persistent first; torcheval: as it is)."""
+        if "train" not in self.phases or not self._updated["train"]:
+            return {"train": None}
+        metric = self.metrics["train"]
+        if callable(getattr(metric, "persistent", None)):
+            metric.persistent(True)  # torchmetrics keeps its states out of state_dict otherwise
+        if not callable(getattr(metric, "state_dict", None)):
+            return {"train": None, "unsaved": type(metric).__name__}
+        states = {str(k): v for k, v in metric.state_dict().items()}
+        return {"train": states, "updates": int(getattr(metric, "_update_count", 1))}
+
+    @hookimpl
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "unsaved" in state:
+            raise ValueError(
+                f"{self.plugin_name}: the checkpoint was written in the middle of a train pass, "
+                f"and its metric ({state['unsaved']}) has no state_dict, so its train value "
+                "cannot be resumed exactly: use a metric with state_dict (torchmetrics, "
+                "torcheval), phases=('valid',), or resume from a checkpoint written at an "
+                "epoch's end."
+            )
+        if state.get("train") is None:
+            self._reset("train")
+            return
+        metric = self.metrics["train"]
+        if callable(getattr(metric, "persistent", None)):
+            metric.persistent(True)
+        metric.load_state_dict(state["train"])
+        if hasattr(metric, "_update_count"):  # torchmetrics: compute() after updates, no warning
+            metric._update_count = int(state["updates"])
+            metric._computed = None
+        self._updated["train"] = True
+
+    @hookimpl
     def collect_metrics(self, learn: Learner, phase: str) -> dict[str, Any] | None:
         if phase not in self.phases or not self._updated[phase]:
             return None

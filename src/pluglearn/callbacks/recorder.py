@@ -70,8 +70,10 @@ class Recorder:
 
     @hookimpl(trylast=True)  # after any plugin that sets this batch's lr in before_batch
     def before_batch(self, learn: Learner) -> None:
+        if not learn.training:  # a validation batch, maybe of a validate() run from a
+            return  # training hook between this batch's before_batch and after_batch
         self._used = None
-        if learn.training and learn.train_iter % self.every == 0:
+        if learn.train_iter % self.every == 0:
             self._used = current_lr(learn.opt), current_momentum(learn.opt)
 
     @hookimpl

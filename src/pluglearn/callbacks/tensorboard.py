@@ -67,14 +67,27 @@ class TensorBoardLogger:
 
     @hookimpl
     def before_fit(self, learn: Learner) -> None:
-        self._last = {}
-        if is_main_process():
-            self.writer = self._writer_class(log_dir=str(self.log_dir))
+        if not learn.run.resumed:
+            self._last = {}
+        if is_main_process() and learn.run.running == "fit":  # not lr_find's throwaway run
+            # a resumed run hides what the interrupted one logged after its checkpoint
+            purge = {"purge_step": learn.train_iter} if learn.run.resumed else {}
+            self.writer = self._writer_class(log_dir=str(self.log_dir), **purge)
+
+    @hookimpl
+    def state_dict(self) -> dict[str, Any]:
+        return {"last": dict(self._last)}
+
+    @hookimpl
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._last = dict(state["last"])
 
     @hookimpl(trylast=True)  # after any plugin that sets this batch's lr in before_batch
     def before_batch(self, learn: Learner) -> None:
+        if not learn.training:  # a validation batch, maybe of a validate() run from a
+            return  # training hook between this batch's before_batch and after_batch
         self._lr = None
-        if self.writer is not None and learn.training and learn.train_iter % self.every == 0:
+        if self.writer is not None and learn.train_iter % self.every == 0:
             self._lr = current_lr(learn.opt)
 
     @hookimpl
