@@ -126,6 +126,7 @@ def test_default_generator_follows_torch_manual_seed():
         (dict(batch_size=2, n_workers=-1), ValueError, "n_workers must be an int >= 0"),
         (dict(), TypeError, r"needs the batches: pass a BatchSampler"),
         (dict(batchs=[[0, 1]], shuffle=True), TypeError, "belong to the BatchSampler"),
+        (dict(batches=[[0, 1]]), TypeError, r"as `batchs`, the notebook's spelling"),
         (dict(batch_size=2, generator=0), TypeError, r"torch.Generator\(\).manual_seed"),
         (dict(batch_size=2, collate_fn="stack"), TypeError, "collate_fn must be callable"),
     ],

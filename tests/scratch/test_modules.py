@@ -277,6 +277,21 @@ def test_sequential_rejects_non_modules_and_bad_linear_sizes():
         Linear(0, 3)
 
 
+def test_zero_grad_clears_autograd_gradients_like_nn_module():
+    model = _mlp(4, 3, 2, torch.float32).requires_grad_()
+    twin = torch.nn.Module()  # torch's zero_grad on copies of the same parameters: the oracle
+    twin.params = torch.nn.ParameterList(p.detach().clone() for p in model.parameters())
+    for params in (model.parameters(), twin.parameters()):
+        sum(p.sum() for p in params).backward()
+    model.zero_grad()
+    twin.zero_grad()
+    assert [p.grad for p in model.parameters()] == [p.grad for p in twin.parameters()] == [None] * 6
+    sum(p.sum() for p in model.parameters()).backward()
+    kept = [p.grad for p in model.parameters()]
+    model.zero_grad(set_to_none=False)  # zeroed in place: the same tensors
+    assert all(p.grad is g and not g.any() for p, g in zip(model.parameters(), kept, strict=True))
+
+
 def test_train_eval_and_state_dict_round_trip():
 
     torch.manual_seed(0)

@@ -182,9 +182,11 @@ def _worker_batch(b: list[int]) -> Any:
 class DataLoader:
     """Yields `collate_fn(ds[i] for i in b)` for each batch of indices `b` in `batchs`.
 
-    `batchs` is a `BatchSampler` (or any iterable of index lists), as in the notebook. Without
-    it, give `batch_size=` (with `shuffle`, `drop_last`, `generator`), torch's form; an int in
-    its place is the batch size too (`DataLoader(ds, bs)`, the notebook's first loader).
+    `batchs` is a `BatchSampler` (or any iterable of index lists), spelled as in the notebook
+    (`DataLoader(train_ds, batchs=train_samp)`). Without it, give `batch_size=` (with `shuffle`,
+    `drop_last`, `generator`), torch's form; an int in its place is the batch size too
+    (`DataLoader(ds, bs)`, the notebook's first loader). `batches=` is refused with a message
+    that names `batchs`.
 
     `n_workers > 0` makes the batches in a `torch.multiprocessing` pool started for each
     epoch, in order, calling `collate_fn` in the workers (the notebook's pool forgot it). Under
@@ -202,7 +204,13 @@ class DataLoader:
         shuffle: bool = False,
         drop_last: bool = False,
         generator: torch.Generator | None = None,
+        batches: Any = None,
     ):
+        if batches is not None:  # an easy slip: say the notebook's spelling instead of failing
+            raise TypeError(
+                "DataLoader takes the batches as `batchs`, the notebook's spelling: "
+                "DataLoader(train_ds, batchs=train_samp), not batches="
+            )
         if not callable(collate_fn):
             raise TypeError(
                 f"collate_fn must be callable, got {type(collate_fn).__name__}: pass a function "

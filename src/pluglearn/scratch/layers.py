@@ -7,17 +7,22 @@ the output with differentiable torch ops and ``bwd(out, *inputs)`` reads ``out.g
 
 * ``Lin(w, b)`` wraps given tensors; ``Linear(n_in, n_out)`` creates its own (Kaiming init), like
   the notebook's ``Linear`` built on ``nn.Module``.
-* ``Model(w1, b1, w2, b2)`` is the notebook's 784-50-1 regression model: its call returns the
-  MSE loss, its ``backward()`` fills ``.g`` of the weights, biases and input.
-* ``MLP(n_in, nh, n_out)`` is the notebook's ``l1``/``relu``/``l2`` model; ``Sequential`` chains
-  any layers, like ``nn.Sequential``.
+* ``Model`` is the notebook's 784-50-1 regression model, whose call returns the MSE loss, in
+  both of its forms: ``Model(w1, b1, w2, b2)`` on given tensors, trained by its manual
+  ``backward()``, and ``Model(n_in, nh, n_out)``, which makes its weights with autograd on.
+* ``MLP(n_in, nh, n_out)`` is the notebook's ``l1``/``relu``/``l2`` model, autograd on as the
+  notebook trains it; ``Sequential`` chains any layers, like ``nn.Sequential``.
+
+Autograd: the notebook's whole models (``Model(n_in, nh, n_out)``, ``MLP``) train with
+``loss.backward()``, so their parameters require grad, as ``nn.Linear``'s do. The building
+blocks (``Lin``, ``Linear``) leave it off: the manual backward needs no graph.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, overload
 
 import torch
 from torch import Tensor
@@ -141,20 +146,76 @@ class Sequential(Module):
 
 
 class Model(Module):
-    """The notebook's regression model ``Lin(w1, b1) -> Relu -> Lin(w2, b2)`` with its loss.
+    """The notebook's regression model ``Lin -> Relu -> Lin`` with its MSE loss, in both forms.
 
-    ``model(x, targ)`` returns the MSE loss (a 0-d tensor); ``model.backward()`` runs the loss's
-    backward, then the layers' in reverse, filling ``.g`` of ``w1, b1, w2, b2`` and of ``x``.
+    * ``Model(w1, b1, w2, b2)`` ("Layers as classes"): the layers wrap the given tensors (w is
+      (in, out)); after ``loss = model(x, targ)``, ``model.backward()`` fills ``.g`` of the
+      weights, biases and ``x``.
+    * ``Model(n_in, nh, n_out)`` ("Autograd"): ``Linear`` layers make their weights (Kaiming
+      init; ``generator`` and ``dtype`` as for ``Linear``) with ``requires_grad`` on, so
+      ``loss.backward()`` fills ``.grad``; ``model.backward()`` works as well.
+
+    ``model(x, targ)`` returns the loss (a 0-d tensor); ``model.layers`` is the ``Sequential``
+    of the three layers, whose call gives the predictions.
+
+    >>> model = Model(784, 50, 1)
+    >>> loss = model(torch.rand(64, 784), torch.rand(64))
+    >>> loss.backward()
+    >>> model.layers[0].b.grad.shape
+    torch.Size([50])
     """
 
-    def __init__(self, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor) -> None:
+    @overload
+    def __init__(self, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor, /) -> None: ...
+
+    @overload
+    def __init__(
+        self,
+        n_in: int,
+        nh: int,
+        n_out: int,
+        /,
+        *,
+        generator: torch.Generator | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None: ...
+
+    def __init__(
+        self,
+        *args: Tensor | int,
+        generator: torch.Generator | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
         super().__init__()
-        self.layers = [Lin(w1, b1), Relu(), Lin(w2, b2)]  # stored as a Sequential
+        if len(args) == 4 and all(isinstance(a, Tensor) for a in args):
+            if generator is not None or dtype is not None:
+                raise TypeError(
+                    "Model(w1, b1, w2, b2) uses the tensors it is given: generator and dtype "
+                    "belong to Model(n_in, nh, n_out), which makes its weights"
+                )
+            w1, b1, w2, b2 = args
+            self.layers = [Lin(w1, b1), Relu(), Lin(w2, b2)]  # stored as a Sequential
+        elif len(args) == 3 and all(isinstance(a, int) and not isinstance(a, bool) for a in args):
+            n_in, nh, n_out = args
+            make = {"generator": generator, "dtype": dtype}
+            self.layers = [Linear(n_in, nh, **make), Relu(), Linear(nh, n_out, **make)]
+            self.requires_grad_(True)  # the notebook trains this form with loss.backward()
+        else:
+            given = ", ".join(type(a).__name__ for a in args)
+            raise TypeError(
+                f"Model takes four tensors (w1, b1, w2, b2) or three ints (n_in, nh, n_out), "
+                f"got ({given}): e.g. Model(w1, b1, w2, b2) or Model(784, 50, 1)"
+            )
         self.loss = Mse()
 
-    def forward(self, x: Tensor, targ: Tensor) -> Tensor:
+    def forward(self, x: Tensor, targ: Tensor | None = None) -> Tensor:
+        if targ is None:
+            raise TypeError(
+                "Model(x, targ) returns the MSE loss, so it needs the targets: pass them, or "
+                "call model.layers(x) for the predictions"
+            )
         for layer in self.layers:
-            x = layer(x)  # (n, in) -> (n, nh) -> (n, nh) -> (n, 1)
+            x = layer(x)  # (n, in) -> (n, nh) -> (n, nh) -> (n, out)
         return self.loss(x, targ)  # (n, 1), (n,) -> ()
 
     def bwd(self, out: Tensor, x: Tensor, targ: Tensor) -> None:
@@ -166,7 +227,16 @@ class Model(Module):
 class MLP(Module):
     """The notebook's ``MLP(n_in, nh, n_out)``: ``l2(relu(l1(x)))`` with ``Linear`` layers.
 
-    Parameters are named ``l1.w``, ``l1.b``, ``l2.w``, ``l2.b``.
+    Parameters are named ``l1.w``, ``l1.b``, ``l2.w``, ``l2.b``; weights are (in, out), the
+    transpose of ``nn.Linear``'s. They require grad, as the notebook trains this model with
+    ``loss.backward()``, ``p -= p.grad * lr`` and ``model.zero_grad()``; the manual
+    ``model.backward()`` works too, and ``requires_grad=False`` spares it autograd's graph.
+
+    >>> import torch.nn.functional as F
+    >>> model = MLP(784, 50, 10)
+    >>> F.cross_entropy(model(torch.rand(64, 784)), torch.randint(0, 10, (64,))).backward()
+    >>> [tuple(p.grad.shape) for p in model.parameters()]
+    [(784, 50), (50,), (50, 10), (10,)]
     """
 
     def __init__(
@@ -176,11 +246,13 @@ class MLP(Module):
         n_out: int,
         generator: torch.Generator | None = None,
         dtype: torch.dtype | None = None,
+        requires_grad: bool = True,
     ) -> None:
         super().__init__()
         self.l1 = Linear(n_in, nh, generator=generator, dtype=dtype)
         self.l2 = Linear(nh, n_out, generator=generator, dtype=dtype)
         self.relu = Relu()
+        self.requires_grad_(requires_grad)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.l2(self.relu(self.l1(x)))  # (n, in) -> (n, nh) -> (n, out)

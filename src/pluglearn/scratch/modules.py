@@ -218,6 +218,26 @@ class Module:
                     )
                 p.copy_(state[name])
 
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Clear autograd's gradient of every parameter, as ``nn.Module.zero_grad`` does:
+        ``p.grad = None``, or zeroed in place with ``set_to_none=False``.
+
+        The manual ``.g`` needs no clearing: each ``backward()`` assigns it afresh.
+
+        >>> loss = loss_func(model(xb), yb)
+        >>> loss.backward()
+        >>> with torch.no_grad():
+        ...     for p in model.parameters(): p -= p.grad * lr
+        ...     model.zero_grad()
+        """
+        for p in self.parameters():
+            if p.grad is None:
+                continue
+            if set_to_none:
+                p.grad = None
+            else:
+                p.grad.detach_().zero_()  # (*p.shape) zeroed in place, out of any graph, as torch
+
     def requires_grad_(self, requires_grad: bool = True) -> Module:
         """Switch autograd on (or off) for every parameter; returns ``self``."""
         for p in self.parameters():
