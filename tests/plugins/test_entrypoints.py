@@ -47,8 +47,6 @@ class Site:
         self.root, self.prefix = root, f"plfake{next(_ids)}_"
         monkeypatch.syspath_prepend(str(root))
         self.modules: list[str] = []
-        for var in (DISABLE_ENV, PLUGINS_ENV, BLOCK_ENV):
-            monkeypatch.delenv(var, raising=False)
 
     def install(self, package: str, entry: str, cls: str, source: str | None = None) -> None:
         module = self.prefix + package
@@ -66,7 +64,8 @@ class Site:
 
 
 @pytest.fixture
-def site(tmp_path, monkeypatch):
+def site(tmp_path, monkeypatch, plugin_autoload):
+    """Fake installed packages; installed plugins load again (the suite disables them)."""
     made = Site(tmp_path, monkeypatch)
     yield made
     for module in made.modules:  # unique names: forgetting them only keeps sys.modules small

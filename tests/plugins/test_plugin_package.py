@@ -79,3 +79,35 @@ def test_the_example_package_installs_loads_blocks_and_uninstalls(tmp_path):
     if loaded["learner"] == "unwired":
         pytest.xfail("the Learner does not call autoload_plugins(block=block_plugins) yet")
     assert "GradNorm" in loaded["learner"] and "grad_norm" in loaded["metrics"]
+
+
+# tests that fail when the example package's GradNorm joins their Learner (an extra plugin in
+# learn.plugins, an extra `grad_norm` column in the reports), unless the suite disables autoload
+AFFECTED_BY_INSTALLED_PLUGINS = [
+    "tests/test_learner.py::test_add_plugin_goes_after_user_plugins_and_before_defaults",
+    "tests/plugins/test_manager.py::test_equal_dataclass_plugins_get_the_eq_false_fix",
+    "tests/callbacks/test_metrics.py::test_avg_loss_is_a_default_and_reports_per_phase_names",
+    "tests/callbacks/test_report.py::test_header_then_one_row_per_epoch_with_the_reported_values",
+    "tests/callbacks/test_logger.py::test_csv_rows_equal_the_reported_metrics",
+]
+
+
+@pytest.mark.slow
+def test_the_suite_passes_with_the_example_package_installed(tmp_path):
+    """`pip install ./examples/plugin_package` as the README says, then run tests that a loaded
+    GradNorm would break: tests/conftest.py keeps installed plugins out of the suite."""
+    target = tmp_path / "site"
+    source = shutil.copytree(PACKAGE, tmp_path / "src", ignore=shutil.ignore_patterns("*.egg-info"))
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q", "install"]
+    run([*pip, "--no-deps", "--no-build-isolation", "--no-index", "--target", str(target), source])
+    try:
+        installed = {"PYTHONPATH": os.pathsep.join([str(target), os.environ.get("PYTHONPATH", "")])}
+        # outside the suite (run() drops the PLUGLEARN_ variables) the package is live ...
+        probe = "from pluglearn.plugins.entrypoints import autoload_plugins as a; print(a())"
+        assert "GradNorm" in run([sys.executable, "-c", probe], **installed).stdout
+        # ... and inside it those tests pass all the same
+        suite = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
+        result = run([*suite, *AFFECTED_BY_INSTALLED_PLUGINS], **installed)
+        assert f"{len(AFFECTED_BY_INSTALLED_PLUGINS)} passed" in result.stdout
+    finally:
+        shutil.rmtree(target)
