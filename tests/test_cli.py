@@ -40,7 +40,26 @@ class NeedsArgs:
     def __init__(self, size):
         self.size = size
 
+class NoHooks:
+    def helper(self):
+        pass
+
+def a_function(learn):
+    pass
+
 GOOD = Good()
+"""
+
+MOSTLY_MARKED = """
+from pluglearn import hookimpl
+
+class MostlyMarked:
+    @hookimpl
+    def after_batch(self, learn):
+        pass
+
+    def before_batch(self, learn):
+        pass
 """
 
 
@@ -117,11 +136,41 @@ def test_check_fails_with_the_guards_message(plugin_dir, spec, message):
     assert result.stderr.startswith(f"FAILED {spec}: ") and message in result.stderr
 
 
-def test_check_warns_and_strict_turns_warnings_into_failures(plugin_dir):
-    result = pluglearn("check", "my_plugins:Unmarked", cwd=plugin_dir)
-    assert result.returncode == 0 and "lacks @hookimpl" in result.stderr
-    result = pluglearn("check", "--strict", "my_plugins:Unmarked", cwd=plugin_dir)
+def test_check_warns_and_strict_turns_warnings_into_failures(tmp_path):
+    (tmp_path / "mostly.py").write_text(MOSTLY_MARKED)
+    result = pluglearn("check", "mostly:MostlyMarked", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "'before_batch' is named like a hook but lacks @hookimpl" in result.stderr
+    result = pluglearn("check", "--strict", "mostly:MostlyMarked", cwd=tmp_path)
     assert result.returncode == 1 and "--strict" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("spec", "problem", "fix"),
+    [
+        ("os:system", "system is a function, not a plugin", "a class whose methods carry"),
+        ("my_plugins:a_function", "is a function, not a plugin", "@hookimpl"),
+        (
+            "my_plugins:Unmarked",
+            "Unmarked implements no hook, so pluglearn would never call it",
+            "'after_batch' is named like a hook but lacks @hookimpl, so it never runs: decorate "
+            "it with @hookimpl",
+        ),
+        (
+            "my_plugins:NoHooks",
+            "NoHooks implements no hook, so pluglearn would never call it",
+            "mark its hook methods with @hookimpl",
+        ),
+    ],
+)
+def test_check_refuses_what_is_not_a_plugin_with_the_reason_and_the_fix(
+    plugin_dir, spec, problem, fix
+):
+    result = pluglearn("check", spec, cwd=plugin_dir)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert result.stderr.startswith(f"FAILED {spec}: ")
+    assert problem in result.stderr and fix in result.stderr
+    assert "OK" not in result.stdout
 
 
 @pytest.mark.parametrize(

@@ -6,7 +6,9 @@
     pluglearn check mypkg.plugins:GradNorm
                                           run the registration guards on a plugin (a class is
                                           made with no arguments); exit 1 with the guard's
-                                          message when it fails, e.g. in a plugin's own CI
+                                          message when it fails or implements no hook (a
+                                          function, a class without @hookimpl), e.g. in a
+                                          plugin's own CI
 
 Also ``python -m pluglearn.cli ...``.
 """
@@ -26,7 +28,7 @@ from typing import IO
 
 from .plugins import specs
 from .plugins.entrypoints import BLOCK_ENV, DISABLE_ENV, PLUGINS_ENV, installed_plugins
-from .plugins.guards import PluginError, PluginWarning
+from .plugins.guards import PluginError, PluginWarning, plugin_name
 from .plugins.manager import PluginRegistry
 from .plugins.markers import PROJECT_NAME
 
@@ -156,13 +158,25 @@ def check(spec: str, out: IO[str], strict: bool) -> int:
         except (PluginError, ValueError) as error:
             print(f"FAILED {spec}: {error}", file=sys.stderr)
             return 1
-    problems = [w for w in caught if issubclass(w.category, PluginWarning)]
-    for warning in problems:
-        print(f"WARNING {spec}: {warning.message}", file=sys.stderr)
+    problems = [str(w.message) for w in caught if issubclass(w.category, PluginWarning)]
+    hooks = hook_names(plugin)
+    if not hooks:  # registers, but no hook would ever call it
+        label = plugin.__name__ if inspect.ismodule(plugin) else plugin_name(plugin)
+        fix = " ".join(p.removeprefix(f"plugin {label}: ") for p in problems) or (
+            "mark its hook methods with @hookimpl (from pluglearn import hookimpl); "
+            "`pluglearn hooks` lists the hooks."
+        )
+        print(
+            f"FAILED {spec}: {label} implements no hook, so pluglearn would never call it: {fix}",
+            file=sys.stderr,
+        )
+        return 1
+    for problem in problems:
+        print(f"WARNING {spec}: {problem}", file=sys.stderr)
     if problems and strict:
         print(f"FAILED {spec}: warnings count as failures with --strict", file=sys.stderr)
         return 1
-    print(f"OK {spec}: hooks {', '.join(hook_names(plugin)) or '(none)'}", file=out)
+    print(f"OK {spec}: hooks {', '.join(hooks)}", file=out)
     return 0
 
 

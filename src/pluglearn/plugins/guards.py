@@ -1,9 +1,10 @@
 """Guards at registration: each refusal names the plugin, the hook and the fix.
 
-Checked before pluggy sees a plugin: a class instead of an instance ("forgot the ()?"), the same
-object twice, two equal ``@dataclass`` plugins (pluggy compares plugins with ``==``), ``@hookimpl``
-on a name that is no hook (with a did-you-mean), an argument the hook does not provide. A method
-named like a hook, or within a typo of one, that lacks ``@hookimpl`` only warns.
+Checked before pluggy sees a plugin: a function or a class instead of an instance ("forgot the
+()?"), the same object twice, two equal ``@dataclass`` plugins (pluggy compares plugins with
+``==``), ``@hookimpl`` on a name that is no hook (with a did-you-mean), an argument the hook does
+not provide. A method named like a hook, within a typo of one, or named like another framework's
+hook (``on_train_batch_end``), that lacks ``@hookimpl`` only warns.
 """
 
 from __future__ import annotations
@@ -46,6 +47,14 @@ def check_plugin(plugin: object, registered: list[object]) -> None:
         raise PluginError(
             f"{plugin.__name__} is a class, not a plugin instance: pass {plugin.__name__}() "
             "(forgot the ()?)."
+        )
+    if inspect.isroutine(plugin):  # plugins=[log_loss]: pluggy would register it and call nothing
+        name = getattr(plugin, "__qualname__", None) or repr(plugin)
+        raise PluginError(
+            f"{name} is a function, not a plugin: a plugin is an instance of a class whose methods "
+            "carry @hookimpl and are named after hooks, e.g. `class LogLoss:` with `@hookimpl` "
+            "on `def after_batch(self, learn): ...`, passed as plugins=[LogLoss()]. "
+            "`pluglearn hooks` lists the hooks."
         )
     label = plugin_name(plugin)
     for other in registered:
