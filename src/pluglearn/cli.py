@@ -20,6 +20,7 @@ import importlib
 import inspect
 import os
 import pkgutil
+import re
 import sys
 import textwrap
 import warnings
@@ -52,30 +53,52 @@ def hook_names(plugin: object) -> list[str]:
     return [h for h in specs.HOOKS if h in marked] + sorted(marked - set(specs.HOOKS))
 
 
-def _summary(doc: str | None) -> str:
+#: words whose period ends no sentence ("..." neither, unless it ends the text)
+_ABBREVIATIONS = ("e.g.", "i.e.", "etc.", "cf.", "vs.", "approx.", "resp.", "incl.", "...")
+
+
+def first_sentence(doc: str | None) -> str:
+    """The first sentence of a docstring, on one line, without ``markup`` or the final period.
+
+    A sentence ends at ``.``, ``!`` or ``?`` followed by a space and a capital letter, a digit
+    or nothing, except after an abbreviation or an ellipsis::
+
+        >>> first_sentence("Enter it, e.g. ``torch.autocast``. Then more.")
+        'Enter it, e.g. torch.autocast'
+    """
     text = " ".join((doc or "").replace("``", "").split())
-    return text.split(". ")[0].rstrip(".") if text else ""
+    for end in re.finditer(r"[.!?](?= |$)", text):
+        rest = text[end.end() :].lstrip()
+        word = text[: end.end()].rsplit(" ", 1)[-1].lstrip("(").lower()
+        if rest and (word.endswith(_ABBREVIATIONS) or not (rest[0].isupper() or rest[0].isdigit())):
+            continue
+        text = text[: end.end()]
+        break
+    return text[:-1] if text.endswith(".") and not text.endswith("..") else text
 
 
 def print_hooks(out: IO[str], name: str | None = None) -> int:
+    """Print the hook table (or one hook's documentation); kinds are named as in the README."""
     if name is not None:
         if name not in specs.HOOKS:
             print(f"no hook named {name!r}; `pluglearn hooks` lists them all.", file=sys.stderr)
             return 1
-        fn = getattr(specs, name)
-        print(f"{name}({', '.join(specs.HOOKS[name].args)})  [{specs.HOOKS[name].kind}]", file=out)
-        print(textwrap.indent(inspect.cleandoc(fn.__doc__ or ""), "    "), file=out)
+        hook = specs.HOOKS[name]
+        kind = specs.KIND_DOCS[hook.kind]
+        print(f"{name}({', '.join(hook.args)})  [{kind.title}: {kind.meaning}]", file=out)
+        print(
+            textwrap.indent(inspect.cleandoc(getattr(specs, name).__doc__ or ""), "    "), file=out
+        )
         return 0
     print(f"{'hook':<18} {'arguments':<22} {'kind':<10} when", file=out)
     for hook, info in specs.HOOKS.items():
-        when = _summary(getattr(specs, hook).__doc__)
-        print(f"{hook:<18} {', '.join(info.args):<22} {info.kind:<10} {when}", file=out)
-    print(
-        "\nkinds: event (every plugin is called), first (the first non-None result wins), "
-        "run_all (every plugin runs even if one raises), collect (results gathered), ... "
-        "`pluglearn hooks NAME` prints one hook's documentation.",
-        file=out,
-    )
+        when = first_sentence(getattr(specs, hook).__doc__)
+        kind = specs.KIND_DOCS[info.kind].title
+        print(f"{hook:<18} {', '.join(info.args):<22} {kind:<10} {when}", file=out)
+    print("\nkinds:", file=out)
+    for kind in specs.KIND_DOCS.values():
+        print(f"  {kind.title:<10} {kind.meaning}", file=out)
+    print("`pluglearn hooks NAME` prints one hook's documentation.", file=out)
     return 0
 
 
