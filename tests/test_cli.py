@@ -39,6 +39,10 @@ class Unmarked:
     def after_batch(self, learn):
         pass
 
+class UnmarkedPorted:
+    def on_train_batch_end(self, learn):
+        pass
+
 class NeedsArgs:
     def __init__(self, size):
         self.size = size
@@ -219,6 +223,11 @@ def test_check_warns_and_strict_turns_warnings_into_failures(tmp_path):
             "Unmarked implements no hook, so pluglearn would never call it",
             "'after_batch' is named like a hook but lacks @hookimpl, so it never runs: decorate "
             "it with @hookimpl",
+        ),
+        (
+            "my_plugins:UnmarkedPorted",
+            "UnmarkedPorted implements no hook",
+            "'on_train_batch_end' is a Lightning / Keras hook name; in pluglearn use 'after_batch'",
         ),
         (
             "my_plugins:NoHooks",

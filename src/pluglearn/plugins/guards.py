@@ -13,6 +13,7 @@ import difflib
 import inspect
 import warnings
 
+from .foreign_names import COMMON_METHOD_NAMES, suggest
 from .markers import PROJECT_NAME
 from .specs import HOOKS
 
@@ -32,9 +33,7 @@ def plugin_name(plugin: object) -> str:
 
 
 def _did_you_mean(name: str) -> str:
-    from .foreign_names import suggest  # fastai / Lightning / Keras names: the real equivalent
-
-    foreign = suggest(name)
+    foreign = suggest(name)  # fastai / Lightning / Keras names: the real equivalent
     if foreign:
         return f" {foreign}"
     close = difflib.get_close_matches(name, HOOKS, n=1, cutoff=0.6)
@@ -116,15 +115,15 @@ def check_plugin(plugin: object, registered: list[object]) -> None:
 def _warn_if_hook_like(label: str, attr: str) -> None:
     if attr.startswith("_"):
         return
+    mark = "decorate it with @hookimpl (from pluglearn import hookimpl)."
+    foreign = suggest(attr) if attr not in COMMON_METHOD_NAMES else None
+    close = difflib.get_close_matches(attr, HOOKS, n=1, cutoff=0.85)
     if attr in HOOKS:
-        message = f"'{attr}' is named like a hook but lacks @hookimpl, so it never runs"
+        message = f"'{attr}' is named like a hook but lacks @hookimpl, so it never runs: {mark}"
+    elif foreign:  # a ported plugin: name the hook that does its job, not a near spelling
+        message = f"{foreign} Without @hookimpl it never runs: rename it to that hook and {mark}"
+    elif close:
+        message = f"'{attr}' lacks @hookimpl and looks like a misspelled '{close[0]}': {mark}"
     else:
-        close = difflib.get_close_matches(attr, HOOKS, n=1, cutoff=0.85)
-        if not close:
-            return
-        message = f"'{attr}' lacks @hookimpl and looks like a misspelled '{close[0]}'"
-    warnings.warn(
-        f"plugin {label}: {message}: decorate it with @hookimpl (from pluglearn import hookimpl).",
-        PluginWarning,
-        stacklevel=4,
-    )
+        return
+    warnings.warn(f"plugin {label}: {message}", PluginWarning, stacklevel=4)
