@@ -1,9 +1,9 @@
-"""Train the notebook's MLP (784-50-10 on MNIST) with the pluglearn Learner.
+"""Train the notebook's MLP with the pluglearn Learner: on MNIST (784-50-10) when it is at hand
+without a download, else offline on scikit-learn's bundled 8x8 digits (64-50-10).
 
 For: anyone trying pluglearn for the first time; it is the main job of the README.
-By default it trains on MNIST when MNIST is available without a download (already in the cache,
-or ``PLUGLEARN_MNIST_URL`` names a file or mirror), else offline on scikit-learn's bundled 8x8
-digits (the MLP is sized to the data, 64-50-10). ``--data digits`` forces the digits, ``--data
+MNIST is at hand when it is already in the cache or ``PLUGLEARN_MNIST_URL`` names a file or
+mirror; the MLP is sized to the data. ``--data digits`` forces the digits, ``--data
 mnist`` the cache or download, ``--data PATH_OR_URL`` a pickle in the notebook's layout (or a
 folder of IDX files). It shows a progress bar, prints the final accuracy,
 writes the loss plot, and exits non-zero when the accuracy misses the target.
@@ -110,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as error:  # download, checksum, missing file, unknown format
         if args.data == "digits":
             raise
+        # the same two lines as examples/from_scratch.py: what failed, then what to do
         print(
             f"could not load MNIST from {args.data!r}: {error}\n"
             "Train offline on scikit-learn's bundled digits with --data digits, or point to a "
