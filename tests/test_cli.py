@@ -261,6 +261,15 @@ def test_check_names_what_could_not_be_loaded(plugin_dir, spec, message):
     assert f"cannot load {spec}" in result.stderr and message in result.stderr
 
 
+def test_ctrl_c_ends_the_command_with_one_line_and_status_130(tmp_path):
+    (tmp_path / "slow_plugin.py").write_text(
+        "import os, signal\nos.kill(os.getpid(), signal.SIGINT)  # Ctrl-C during its import\n"
+    )
+    result = pluglearn("check", "slow_plugin:Plugin", cwd=tmp_path)
+    assert result.returncode == 130, result.stderr
+    assert result.stderr == "pluglearn: interrupted (it saves nothing: run it again)\n"
+
+
 def test_help_lists_the_three_commands():
     result = pluglearn("--help")
     assert result.returncode == 0

@@ -230,6 +230,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # `pluglearn hooks | head`: the reader left, nothing went wrong
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except KeyboardInterrupt:  # Ctrl-C, e.g. while an installed plugin imports: no traceback
+        print("pluglearn: interrupted (it saves nothing: run it again)", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":
