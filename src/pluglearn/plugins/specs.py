@@ -320,13 +320,14 @@ class Hook(NamedTuple):
 
 
 class KindDoc(NamedTuple):
-    """A kind of hook as the README and ``pluglearn hooks`` name and explain it."""
+    """A kind of hook as the README and ``pluglearn hooks`` name and explain it, e.g.
+    ``KIND_DOCS[HOOKS["cleanup_fit"].kind].title == "run all"``."""
 
     title: str
     meaning: str
 
 
-#: every kind of :data:`HOOKS`, documented: ``KIND_DOCS[HOOKS["zero_grad"].kind].title == "step"``
+#: every kind of :data:`HOOKS` as documented (the README's hook table, ``pluglearn hooks``)
 KIND_DOCS: dict[str, KindDoc] = {
     "event": KindDoc(
         "event", "calls every implementation in order; the first exception stops the rest"
