@@ -117,12 +117,11 @@ def _warn_if_hook_like(label: str, attr: str) -> None:
         return
     mark = "decorate it with @hookimpl (from pluglearn import hookimpl)."
     foreign = suggest(attr) if attr not in COMMON_METHOD_NAMES else None
-    close = difflib.get_close_matches(attr, HOOKS, n=1, cutoff=0.85)
     if attr in HOOKS:
         message = f"'{attr}' is named like a hook but lacks @hookimpl, so it never runs: {mark}"
     elif foreign:  # a ported plugin: name the hook that does its job, not a near spelling
         message = f"{foreign} Without @hookimpl it never runs: rename it to that hook and {mark}"
-    elif close:
+    elif close := difflib.get_close_matches(attr, HOOKS, n=1, cutoff=0.85):
         message = f"'{attr}' lacks @hookimpl and looks like a misspelled '{close[0]}': {mark}"
     else:
         return
