@@ -114,7 +114,20 @@ def main(argv: list[str] | None = None) -> int:
     problems: list[str] = []
 
     # 1. data, normalised with the training set's statistics
-    (x_train, y_train), (x_valid, y_valid), what = load(args.data)
+    try:
+        (x_train, y_train), (x_valid, y_valid), what = load(args.data)
+    except (OSError, ValueError) as error:  # download, checksum, missing file, unknown format
+        if args.data == "digits":
+            raise
+        asked = args.data or os.environ.get("PLUGLEARN_MNIST_URL")
+        # the same two lines as examples/train_mlp.py: what failed, then what to do
+        print(
+            f"could not load MNIST from {asked!r}: {error}\n"
+            "Train offline on scikit-learn's bundled digits with --data digits, or point to a "
+            "local copy with --data PATH (the notebook's pickle or a folder of IDX files).",
+            file=sys.stderr,
+        )
+        return 2
     mean, std = x_train.mean(), x_train.std()
     x_train, x_valid = (x_train - mean) / std, (x_valid - mean) / std
     n_in, n_out = x_train.shape[1], int(y_train.max()) + 1

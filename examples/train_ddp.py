@@ -8,11 +8,15 @@ checkpoints and writes the weights; it exits non-zero when the accuracy misses t
     torchrun --nproc_per_node 2 examples/train_ddp.py
     python examples/train_ddp.py                       # alone: DDP() says so and does nothing
     torchrun --nproc_per_node 2 examples/train_ddp.py --checkpoints runs/ddp   # resumable
+
+With ``--checkpoints``, a Ctrl-C stops every rank after the next checkpoint; rank 0 then says
+which file holds the run and the script exits 130; the same command resumes from it.
 """
 
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 
 import torch
@@ -35,6 +39,16 @@ def data() -> tuple[torch.Tensor, ...]:
     return x[:2048], y[:2048], x[2048:], y[2048:]
 
 
+def interrupted(checkpoint: Checkpoint | None) -> str:
+    """The one line a Ctrl-C ends the script with: what was saved and how to go on."""
+    if checkpoint is None:
+        return "interrupted: nothing was saved (--checkpoints DIR makes a run resumable)"
+    command = shlex.join(["python", *sys.argv])  # under torchrun: the same torchrun command
+    if checkpoint.latest is None:  # a second Ctrl-C before the first save
+        return f"interrupted before the first checkpoint; start again with: {command}"
+    return f"interrupted: the newest checkpoint is {checkpoint.latest}; resume with: {command}"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--epochs", type=int, default=EPOCHS, help="epochs to train")
@@ -53,12 +67,19 @@ def main() -> int:
     xt, yt, xv, yv = data()
     dls = DataLoaders.from_datasets((xt, yt), (xv, yv), batch_size=args.batch_size, seed=1)
     plugins: list[object] = [ddp, Accuracy()]
-    if args.checkpoints:
-        plugins.append(Checkpoint(args.checkpoints, keep_last=2))
+    checkpoint = Checkpoint(args.checkpoints, keep_last=2) if args.checkpoints else None
+    if checkpoint is not None:
+        plugins.append(checkpoint)
     learn = Learner(model, dls, lr=LR, plugins=plugins)
     resume = args.checkpoints
-    learn.fit(args.epochs, resume_from=resume, missing_ok=resume is not None)
-    accuracy = learn.metrics.get("accuracy", 0.0)  # all-reduced: the same on every rank
+    try:
+        learn.fit(args.epochs, resume_from=resume, missing_ok=resume is not None)
+    except KeyboardInterrupt:  # every rank stopped after the same checkpoint
+        if dist.is_main_process():
+            print(interrupted(checkpoint), file=sys.stderr, flush=True)
+        return 130
+    # a finished run resumed trains nothing: measure it (all-reduced: the same on every rank)
+    accuracy = (learn.metrics if "accuracy" in learn.metrics else learn.validate())["accuracy"]
     if dist.is_main_process():
         print(f"{dist.world_size()} process(es): accuracy {accuracy:.4f}", flush=True)
     dist.barrier()

@@ -1,8 +1,47 @@
-"""Shared test fixtures."""
+"""Shared test fixtures, and a test session that no installed pluglearn plugin can change.
 
+A package that declares a plugin under the entry-point group ``pluglearn`` (``pip install
+./examples/plugin_package``, as the README suggests) joins every ``Learner``, which would add
+its metrics and hooks to the suite's own runs. The session therefore starts with
+``PLUGLEARN_DISABLE_PLUGIN_AUTOLOAD=1`` and without ``PLUGLEARN_PLUGINS`` /
+``PLUGLEARN_BLOCK_PLUGINS`` (subprocesses inherit this); the tests about entry points opt back
+in with the ``plugin_autoload`` fixture.
+"""
+
+from __future__ import annotations
+
+import os
 from pathlib import Path
 
 import pytest
+
+from pluglearn.plugins.entrypoints import BLOCK_ENV, DISABLE_ENV, PLUGINS_ENV
+
+_AUTOLOAD_VARS = (DISABLE_ENV, PLUGINS_ENV, BLOCK_ENV)
+_saved_environment: dict[str, str | None] = {}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Before collection (a test module may build a Learner at import): no installed plugins."""
+    _saved_environment.update({var: os.environ.get(var) for var in _AUTOLOAD_VARS})
+    for var in (PLUGINS_ENV, BLOCK_ENV):
+        os.environ.pop(var, None)
+    os.environ[DISABLE_ENV] = "1"
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    for var, value in _saved_environment.items():
+        if value is None:
+            os.environ.pop(var, None)
+        else:
+            os.environ[var] = value
+
+
+@pytest.fixture
+def plugin_autoload(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Opt back in: installed plugins load for this test (as outside the test suite)."""
+    for var in _AUTOLOAD_VARS:
+        monkeypatch.delenv(var, raising=False)
 
 
 @pytest.fixture(scope="session")

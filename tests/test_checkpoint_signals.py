@@ -115,3 +115,37 @@ def test_with_the_default_action_the_process_still_dies_of_the_ctrl_c(tmp_path):
     assert done.returncode == -signal.SIGINT, done.stderr[-2000:]
     assert "saved" not in done.stdout
     assert not (tmp_path / "ckpt.pt").exists()
+
+
+@pytest.fixture
+def ctrl_c_in_the_first_fsync(monkeypatch):
+    """The first os.fsync (the temporary file's, after the last write) receives a Ctrl-C."""
+    real_fsync, sent = os.fsync, []
+
+    def fsync_then_ctrl_c(fd):
+        real_fsync(fd)
+        if not sent:
+            sent.append(fd)
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(os, "fsync", fsync_then_ctrl_c)
+    return sent
+
+
+def test_a_ctrl_c_during_the_fsync_after_the_last_write_is_not_lost(
+    tmp_path, restore_sigint, ctrl_c_in_the_first_fsync
+):
+    calls = []
+    signal.signal(signal.SIGINT, lambda signum, frame: calls.append(signum))
+    path = save_checkpoint({"weights": torch.arange(10.0)}, tmp_path / "ckpt.pt")
+    assert ctrl_c_in_the_first_fsync and calls == [signal.SIGINT]  # the Checkpoint plugin's stop
+    assert torch.equal(torch.load(path, weights_only=True)["weights"], torch.arange(10.0))
+
+
+def test_python_s_handler_raises_a_ctrl_c_from_the_fsync_and_no_file_is_left(
+    tmp_path, restore_sigint, ctrl_c_in_the_first_fsync
+):
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint({"weights": torch.arange(10.0)}, tmp_path / "ckpt.pt")
+    assert ctrl_c_in_the_first_fsync and list(tmp_path.iterdir()) == []

@@ -98,6 +98,27 @@ def test_main_example_says_what_to_do_when_mnist_cannot_be_downloaded(tmp_path):
     assert len(result.stderr.strip().splitlines()) <= 4
 
 
+def test_both_mnist_examples_say_the_same_two_lines_when_mnist_cannot_be_had(tmp_path):
+    env = {
+        "PLUGLEARN_CACHE": str(tmp_path),
+        "PLUGLEARN_MNIST_URL": "http://127.0.0.1:9/mnist.pkl.gz",
+    }
+    main = run_example("train_mlp.py", "--data", "mnist", "--plot", "", env=env)
+    scratch = run_example("from_scratch.py", "--data", "mnist", env=env)
+    for result in (main, scratch):
+        assert result.returncode == 2, result.stdout + result.stderr
+        assert "Traceback" not in result.stderr
+        what, fix = result.stderr.strip().splitlines()
+        assert what.startswith("could not load MNIST from 'mnist': could not download http://")
+        assert "--data digits" in fix and "--data PATH" in fix
+    assert scratch.stderr == main.stderr
+
+
+def test_main_example_says_in_its_help_that_it_trains_on_the_digits_without_mnist():
+    description = run_example("train_mlp.py", "--help").stdout.split("\n\n")[1]
+    assert "MNIST" in description and "digits" in description, description
+
+
 def test_main_example_with_lr_find_prints_and_uses_the_suggestion():
     result = run_example(
         "train_mlp.py", "--data", "digits", "--epochs", "2", "--plot", "", "--lr-find"

@@ -5,17 +5,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from pluglearn.plugins.specs import HOOKS
+from pluglearn.plugins.specs import HOOKS, KIND_DOCS
 
 README = Path(__file__).resolve().parents[1] / "README.md"
-README_KIND = {
-    "event": "event",
-    "run_all": "run all",
-    "first": "step",
-    "collect": "collect",
-    "addressed": "addressed",
-    "context": "context",
-}
 
 
 def test_hook_reference_matches_the_specs():
@@ -29,7 +21,17 @@ def test_hook_reference_matches_the_specs():
     assert list(documented) == list(HOOKS), "README's hook table must list every hook, in order"
     for hook, spec in HOOKS.items():
         assert documented[hook][0] == spec.args, f"README gives {hook} the wrong arguments"
-        assert documented[hook][1] == README_KIND[spec.kind], hook
+        assert documented[hook][1] == KIND_DOCS[spec.kind].title, hook
+
+
+def test_readme_explains_every_kind_by_the_name_pluglearn_hooks_prints():
+    text = README.read_text()
+    explained = text.split("## Hook reference")[1].split("<!-- hooks:start -->")[0]
+    assert set(KIND_DOCS) == {spec.kind for spec in HOOKS.values()}
+    for kind in KIND_DOCS.values():
+        assert f"*{kind.title}*" in explained, (
+            f"the README does not explain the kind {kind.title!r}"
+        )
 
 
 def test_readme_names_the_two_setup_commands_that_ci_runs():

@@ -51,7 +51,9 @@ def ctrl_c_deferred() -> Iterator[Any]:
     at a point where the writer records what it raises. Left to Python, the handler would run at
     any bytecode, also the first one of ``write``, outside its ``try``: torch then reported a
     broken zip record (``RuntimeError: [enforce fail ...] unexpected pos``) instead of the
-    ``KeyboardInterrupt``. Outside the main thread (no handler can be set) nothing is held."""
+    ``KeyboardInterrupt``. One still held when the block ends (it came after the last delivery)
+    is delivered on the way out. Outside the main thread (no handler can be set) nothing is
+    held."""
     if threading.current_thread() is not threading.main_thread():
         yield None
         return
@@ -76,6 +78,9 @@ def ctrl_c_deferred() -> Iterator[Any]:
     finally:
         if signal.getsignal(signal.SIGINT) is hold:  # a handler may have put back another
             signal.signal(signal.SIGINT, previous)
+    # reached when the block ends without an error: a Ctrl-C held since the caller's last
+    # delivery (during the fsync) is delivered now, not dropped with the handler that held it
+    deliver()
 
 
 _NO_ROOM = {

@@ -6,7 +6,9 @@
     pluglearn check mypkg.plugins:GradNorm
                                           run the registration guards on a plugin (a class is
                                           made with no arguments); exit 1 with the guard's
-                                          message when it fails, e.g. in a plugin's own CI
+                                          message when it fails or implements no hook (a
+                                          function, a class without @hookimpl), e.g. in a
+                                          plugin's own CI
 
 Also ``python -m pluglearn.cli ...``.
 """
@@ -18,6 +20,7 @@ import importlib
 import inspect
 import os
 import pkgutil
+import re
 import sys
 import textwrap
 import warnings
@@ -26,7 +29,7 @@ from typing import IO
 
 from .plugins import specs
 from .plugins.entrypoints import BLOCK_ENV, DISABLE_ENV, PLUGINS_ENV, installed_plugins
-from .plugins.guards import PluginError, PluginWarning
+from .plugins.guards import PluginError, PluginWarning, plugin_name
 from .plugins.manager import PluginRegistry
 from .plugins.markers import PROJECT_NAME
 
@@ -50,30 +53,52 @@ def hook_names(plugin: object) -> list[str]:
     return [h for h in specs.HOOKS if h in marked] + sorted(marked - set(specs.HOOKS))
 
 
-def _summary(doc: str | None) -> str:
+#: words whose period ends no sentence ("..." neither, unless it ends the text)
+_ABBREVIATIONS = ("e.g.", "i.e.", "etc.", "cf.", "vs.", "approx.", "resp.", "incl.", "...")
+
+
+def first_sentence(doc: str | None) -> str:
+    """The first sentence of a docstring, on one line, without ``markup`` or the final period.
+
+    A sentence ends at ``.``, ``!`` or ``?`` followed by a space and a capital letter, a digit
+    or nothing, except after an abbreviation or an ellipsis::
+
+        >>> first_sentence("Enter it, e.g. ``torch.autocast``. Then more.")
+        'Enter it, e.g. torch.autocast'
+    """
     text = " ".join((doc or "").replace("``", "").split())
-    return text.split(". ")[0].rstrip(".") if text else ""
+    for end in re.finditer(r"[.!?](?= |$)", text):
+        rest = text[end.end() :].lstrip()
+        word = text[: end.end()].rsplit(" ", 1)[-1].lstrip("(").lower()
+        if rest and (word.endswith(_ABBREVIATIONS) or not (rest[0].isupper() or rest[0].isdigit())):
+            continue
+        text = text[: end.end()]
+        break
+    return text[:-1] if text.endswith(".") and not text.endswith("..") else text
 
 
 def print_hooks(out: IO[str], name: str | None = None) -> int:
+    """Print the hook table (or one hook's documentation); kinds are named as in the README."""
     if name is not None:
         if name not in specs.HOOKS:
             print(f"no hook named {name!r}; `pluglearn hooks` lists them all.", file=sys.stderr)
             return 1
-        fn = getattr(specs, name)
-        print(f"{name}({', '.join(specs.HOOKS[name].args)})  [{specs.HOOKS[name].kind}]", file=out)
-        print(textwrap.indent(inspect.cleandoc(fn.__doc__ or ""), "    "), file=out)
+        hook = specs.HOOKS[name]
+        kind = specs.KIND_DOCS[hook.kind]
+        print(f"{name}({', '.join(hook.args)})  [{kind.title}: {kind.meaning}]", file=out)
+        print(
+            textwrap.indent(inspect.cleandoc(getattr(specs, name).__doc__ or ""), "    "), file=out
+        )
         return 0
     print(f"{'hook':<18} {'arguments':<22} {'kind':<10} when", file=out)
     for hook, info in specs.HOOKS.items():
-        when = _summary(getattr(specs, hook).__doc__)
-        print(f"{hook:<18} {', '.join(info.args):<22} {info.kind:<10} {when}", file=out)
-    print(
-        "\nkinds: event (every plugin is called), first (the first non-None result wins), "
-        "run_all (every plugin runs even if one raises), collect (results gathered), ... "
-        "`pluglearn hooks NAME` prints one hook's documentation.",
-        file=out,
-    )
+        when = first_sentence(getattr(specs, hook).__doc__)
+        kind = specs.KIND_DOCS[info.kind].title
+        print(f"{hook:<18} {', '.join(info.args):<22} {kind:<10} {when}", file=out)
+    print("\nkinds:", file=out)
+    for kind in specs.KIND_DOCS.values():
+        print(f"  {kind.title:<10} {kind.meaning}", file=out)
+    print("`pluglearn hooks NAME` prints one hook's documentation.", file=out)
     return 0
 
 
@@ -156,13 +181,25 @@ def check(spec: str, out: IO[str], strict: bool) -> int:
         except (PluginError, ValueError) as error:
             print(f"FAILED {spec}: {error}", file=sys.stderr)
             return 1
-    problems = [w for w in caught if issubclass(w.category, PluginWarning)]
-    for warning in problems:
-        print(f"WARNING {spec}: {warning.message}", file=sys.stderr)
+    problems = [str(w.message) for w in caught if issubclass(w.category, PluginWarning)]
+    hooks = hook_names(plugin)
+    if not hooks:  # registers, but no hook would ever call it
+        label = plugin.__name__ if inspect.ismodule(plugin) else plugin_name(plugin)
+        fix = " ".join(p.removeprefix(f"plugin {label}: ") for p in problems) or (
+            "mark its hook methods with @hookimpl (from pluglearn import hookimpl); "
+            "`pluglearn hooks` lists the hooks."
+        )
+        print(
+            f"FAILED {spec}: {label} implements no hook, so pluglearn would never call it: {fix}",
+            file=sys.stderr,
+        )
+        return 1
+    for problem in problems:
+        print(f"WARNING {spec}: {problem}", file=sys.stderr)
     if problems and strict:
         print(f"FAILED {spec}: warnings count as failures with --strict", file=sys.stderr)
         return 1
-    print(f"OK {spec}: hooks {', '.join(hook_names(plugin)) or '(none)'}", file=out)
+    print(f"OK {spec}: hooks {', '.join(hooks)}", file=out)
     return 0
 
 
@@ -193,6 +230,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # `pluglearn hooks | head`: the reader left, nothing went wrong
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except KeyboardInterrupt:  # Ctrl-C, e.g. while an installed plugin imports: no traceback
+        print("pluglearn: interrupted (it saves nothing: run it again)", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

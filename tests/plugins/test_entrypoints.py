@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import itertools
+import random
 import sys
 
 import pytest
@@ -47,8 +48,6 @@ class Site:
         self.root, self.prefix = root, f"plfake{next(_ids)}_"
         monkeypatch.syspath_prepend(str(root))
         self.modules: list[str] = []
-        for var in (DISABLE_ENV, PLUGINS_ENV, BLOCK_ENV):
-            monkeypatch.delenv(var, raising=False)
 
     def install(self, package: str, entry: str, cls: str, source: str | None = None) -> None:
         module = self.prefix + package
@@ -66,7 +65,8 @@ class Site:
 
 
 @pytest.fixture
-def site(tmp_path, monkeypatch):
+def site(tmp_path, monkeypatch, plugin_autoload):
+    """Fake installed packages; installed plugins load again (the suite disables them)."""
     made = Site(tmp_path, monkeypatch)
     yield made
     for module in made.modules:  # unique names: forgetting them only keeps sys.modules small
@@ -142,6 +142,86 @@ def test_a_plugin_that_fails_to_import_names_its_package_and_entry_point(site):
     assert isinstance(info.value, PluginError)
     site_blocked = autoload_plugins(block=["broken"])  # blocking it skips the import
     assert site.mine(site_blocked) == []
+
+
+RESEEDS = """
+import random, sys
+import numpy, torch
+from pluglearn import hookimpl
+
+torch.manual_seed(123)  # at import: a package that seeds "for reproducibility"
+random.seed(123)
+numpy.random.seed(123)
+
+class Reseeds:
+    def __init__(self):
+        self.weights = torch.randn(5)  # made with no arguments: draws from the global RNG
+        random.random(), numpy.random.rand()
+
+    @hookimpl
+    def before_fit(self, learn):
+        pass
+"""
+
+
+def draws() -> tuple:
+    """The next numbers of the python, numpy and torch global generators."""
+    import numpy as np
+
+    return random.random(), float(np.random.rand()), torch.rand(3).tolist()
+
+
+def seed_everything(seed: int) -> None:
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def test_a_plugin_that_reseeds_when_loaded_leaves_the_users_random_state_alone(site):
+    site.install("reseeds", "reseeds", "Reseeds", source=RESEEDS)
+    seed_everything(0)
+    Learner(nn.Linear(3, 2), tiny_dls(), block_plugins=["reseeds"])
+    expected = draws()  # the user's run without the plugin
+    seed_everything(0)
+    learn = Learner(nn.Linear(3, 2), tiny_dls())
+    assert site.mine(learn.plugins) == ["Reseeds"]  # it was imported and made here
+    assert draws() == expected
+    seed_everything(0)
+    Learner(nn.Linear(3, 2), tiny_dls())  # the plugin is made again, its module already imported
+    assert draws() == expected
+
+
+@pytest.mark.parametrize(
+    ("source", "reason"),
+    [
+        ("import sys\nsys.exit(3)\n", "SystemExit(3)"),
+        ("class Exits:\n    def __init__(self):\n        raise SystemExit('bye')\n", "bye"),
+        ("raise KeyError('setting')\n", "KeyError: 'setting'"),
+    ],
+)
+def test_a_plugin_that_exits_or_raises_when_loaded_is_an_error_naming_it(site, source, reason):
+    site.install("exits", "exits", "Exits", source=source)
+    with pytest.raises(PluginLoadError) as info:
+        Learner(nn.Linear(3, 2), tiny_dls())
+    message = str(info.value)
+    assert f"installed plugin exits = {site.prefix}exits:Exits ({site.prefix}exits 1.0)" in message
+    assert reason in message and "block_plugins=['exits']" in message
+    assert isinstance(info.value.__cause__, (SystemExit, KeyError))
+
+
+def test_two_packages_declaring_one_entry_point_name_is_an_error_naming_both(site, monkeypatch):
+    site.install("one", "grad_norm", "One")
+    site.install("two", "grad_norm", "Two")
+    with pytest.raises(PluginError) as info:
+        Learner(nn.Linear(3, 2), tiny_dls())
+    message = str(info.value)
+    assert "'grad_norm'" in message and "uninstall one" in message
+    assert f"{site.prefix}one 1.0" in message and f"{site.prefix}two 1.0" in message
+    assert site.mine(autoload_plugins(block=["grad_norm"])) == []  # neither loads: no conflict
+    monkeypatch.setenv(DISABLE_ENV, "1")
+    assert site.mine(autoload_plugins()) == []
 
 
 def test_a_plugin_whose_constructor_needs_arguments_is_a_load_error(site):

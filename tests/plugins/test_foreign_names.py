@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from pluglearn import DataLoaders, Learner, PluginError, hookimpl
+from pluglearn import DataLoaders, Learner, PluginError, PluginWarning, hookimpl
 from pluglearn.plugins import specs
 from pluglearn.plugins.foreign_names import FOREIGN_HOOKS, suggest
 
@@ -64,3 +64,40 @@ def test_real_hooks_are_not_foreign_and_every_suggestion_is_a_real_hook():
 
 def test_a_method_named_like_a_real_hook_registers():
     learner_with(plugin_with_hook("before_fit"))  # no error: fastai's name is ours too
+
+
+def plugin_with_method(name: str) -> object:
+    """A ported plugin that kept its old method, without @hookimpl (so nothing would call it)."""
+
+    def method(self, learn):
+        pass
+
+    method.__name__ = name
+    return type("Ported", (), {name: method})()
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("on_train_batch_end", "'after_batch'"),
+        ("before_backward", "'after_loss'"),
+        ("on_epoch_end", "'after_epoch'"),
+        ("on_validation_epoch_end", "'after_validate' or 'report'"),
+        ("training_step", "'predict' or 'compute_loss'"),
+        ("on_train_begin", "'before_fit'"),
+    ],
+)
+def test_a_foreign_hook_name_without_hookimpl_warns_with_its_pluglearn_equivalent(name, expected):
+    with pytest.warns(PluginWarning) as record:
+        learn = learner_with(plugin_with_method(name))
+    (message,) = [str(r.message) for r in record if issubclass(r.category, PluginWarning)]
+    assert message.startswith(f"plugin Ported: '{name}' is a ")
+    assert f"in pluglearn use {expected}" in message and "never runs" in message
+    assert "@hookimpl" in message and "Did you mean" not in message
+    learn.fit(1)  # it is a warning: the plugin registered, and the fit runs
+
+
+@pytest.mark.parametrize("name", ["setup", "teardown", "get_loss"])
+def test_a_foreign_name_that_is_also_a_common_method_name_does_not_warn(name, recwarn):
+    learner_with(plugin_with_method(name))
+    assert not [r for r in recwarn if issubclass(r.category, PluginWarning)]

@@ -74,6 +74,15 @@ def test_equal_dataclass_plugins_get_the_eq_false_fix():
     assert len(tiny_learner([ScaleOk(), ScaleOk()]).plugins) == 4
 
 
+def test_a_function_passed_as_a_plugin_is_refused_with_what_a_plugin_is():
+    def log_loss(learn):
+        print(learn.loss)
+
+    for function in (log_loss, print, Good().before_batch):
+        with pytest.raises(PluginError, match=r"is a function, not a plugin: .*plugins=\[LogLoss"):
+            tiny_learner([function])
+
+
 def test_hook_named_method_without_hookimpl_warns():
     class Forgot:
         def after_batch(self, learn):

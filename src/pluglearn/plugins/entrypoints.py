@@ -70,17 +70,31 @@ class InstalledPlugin:
         return f"{self.name} = {self.value} ({self.package} {self.version})"
 
     def load(self) -> object:
-        """Import the object and make the plugin (a class is called with no arguments)."""
+        """Import the object and make the plugin (a class is called with no arguments).
+
+        The global random states (python, numpy, torch, CUDA when initialised) are put back
+        afterwards: a package that seeds at import, or a plugin that draws weights when made,
+        must not change the user's run. Any exception, ``sys.exit()`` included, becomes a
+        :class:`PluginLoadError` naming the plugin, its package and its entry point.
+        """
+        from ..resume import rng_state, set_rng_state  # (resume imports the checkpoint files)
+
+        saved = rng_state()
         try:
             obj = self.entry_point.load()
             return obj() if isinstance(obj, type) else obj
-        except Exception as error:
+        except (Exception, SystemExit) as error:
+            if isinstance(error, SystemExit):  # would end the user's program without a word
+                reason = f"it raised SystemExit({error.code!r}) (a sys.exit() call)"
+            else:
+                reason = f"{type(error).__name__}: {error}"
             raise PluginLoadError(
-                f"installed plugin {self.describe()} failed to load: "
-                f"{type(error).__name__}: {error}. Fix or upgrade the package "
-                f"(pip install -U {self.package}), uninstall it, or skip it with "
+                f"installed plugin {self.describe()} failed to load: {reason}. Fix or upgrade "
+                f"the package (pip install -U {self.package}), uninstall it, or skip it with "
                 f"{BLOCK_ENV}={self.name} or Learner(..., block_plugins=[{self.name!r}])."
             ) from error
+        finally:
+            set_rng_state(saved)
 
 
 def installed_plugins(group: str = GROUP) -> list[InstalledPlugin]:
@@ -122,7 +136,8 @@ def autoload_plugins(block: Iterable[str] = (), group: str = GROUP) -> list[obje
     A name in ``block`` that matches no installed plugin is a :class:`PluginError`; one in the
     environment variables only warns (the variable may be meant for another environment).
     A plugin that fails to import raises :class:`PluginLoadError` naming the package and entry
-    point, with the original error chained.
+    point, with the original error chained; two packages declaring one entry-point name is a
+    :class:`PluginError` naming both. The global random states are as before the call.
     """
     if isinstance(block, str):
         block = [n.strip() for n in block.split(",") if n.strip()]
@@ -138,6 +153,20 @@ def autoload_plugins(block: Iterable[str] = (), group: str = GROUP) -> list[obje
     blocked = {*block, *_env_names(BLOCK_ENV)}
     wanted = set(_env_names(PLUGINS_ENV))
     disabled = _autoload_disabled()
-    return [
-        p.load() for p in installed if p.name not in blocked and (not disabled or p.name in wanted)
-    ]
+    chosen = [p for p in installed if p.name not in blocked and (not disabled or p.name in wanted)]
+    _refuse_shared_names(chosen)
+    return [p.load() for p in chosen]
+
+
+def _refuse_shared_names(plugins: list[InstalledPlugin]) -> None:
+    """Two packages under one entry-point name: which one is meant cannot be told (and blocking
+    the name would block both)."""
+    for name in dict.fromkeys(p.name for p in plugins):
+        sharing = [p for p in plugins if p.name == name]
+        if len(sharing) > 1:
+            raise PluginError(
+                f"{len(sharing)} installed packages declare the pluglearn plugin {name!r}: "
+                f"{' and '.join(p.describe() for p in sharing)}. An entry-point name must be "
+                f"unique: uninstall one of them (pip uninstall {sharing[-1].package}), or block "
+                f"both with {BLOCK_ENV}={name}."
+            )

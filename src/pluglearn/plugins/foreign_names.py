@@ -1,8 +1,9 @@
 """Hook names from fastai, Lightning, Keras and Hugging Face, with their pluglearn equivalents.
 
 A plugin ported from another framework keeps its old method names; a did-you-mean on
-``on_train_batch_end`` would suggest a wrong hook, so the registration error names the
-pluglearn hook that does the same job instead. Names that are also pluglearn hooks
+``on_train_batch_end`` would suggest a wrong hook, so the registration error (with
+``@hookimpl``) or warning (without it: the method would never run) names the pluglearn hook
+that does the same job instead. Names that are also pluglearn hooks
 (``before_fit``, ``after_epoch``, ``before_step``, ...) are not here: they just work.
 
 Example::
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-__all__ = ["FOREIGN_HOOKS", "ForeignHook", "suggest"]
+__all__ = ["COMMON_METHOD_NAMES", "FOREIGN_HOOKS", "ForeignHook", "suggest"]
 
 
 class ForeignHook(NamedTuple):
@@ -99,6 +100,11 @@ FOREIGN_HOOKS: dict[str, ForeignHook] = {
     "on_log": ForeignHook("Hugging Face", ("report",), "it receives the merged metrics"),
     "on_save": ForeignHook("Hugging Face", ("state_dict",), "return your state"),
 }
+
+
+#: foreign hook names that are also ordinary method names: only refused when marked @hookimpl,
+#: while a method of another of these names without the marker warns (it never runs)
+COMMON_METHOD_NAMES = frozenset({"setup", "teardown", "get_loss"})
 
 
 def suggest(name: str) -> str | None:

@@ -1,9 +1,10 @@
 """Guards at registration: each refusal names the plugin, the hook and the fix.
 
-Checked before pluggy sees a plugin: a class instead of an instance ("forgot the ()?"), the same
-object twice, two equal ``@dataclass`` plugins (pluggy compares plugins with ``==``), ``@hookimpl``
-on a name that is no hook (with a did-you-mean), an argument the hook does not provide. A method
-named like a hook, or within a typo of one, that lacks ``@hookimpl`` only warns.
+Checked before pluggy sees a plugin: a function or a class instead of an instance ("forgot the
+()?"), the same object twice, two equal ``@dataclass`` plugins (pluggy compares plugins with
+``==``), ``@hookimpl`` on a name that is no hook (with a did-you-mean), an argument the hook does
+not provide. A method named like a hook, within a typo of one, or named like another framework's
+hook (``on_train_batch_end``), that lacks ``@hookimpl`` only warns.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import difflib
 import inspect
 import warnings
 
+from .foreign_names import COMMON_METHOD_NAMES, suggest
 from .markers import PROJECT_NAME
 from .specs import HOOKS
 
@@ -31,9 +33,7 @@ def plugin_name(plugin: object) -> str:
 
 
 def _did_you_mean(name: str) -> str:
-    from .foreign_names import suggest  # fastai / Lightning / Keras names: the real equivalent
-
-    foreign = suggest(name)
+    foreign = suggest(name)  # fastai / Lightning / Keras names: the real equivalent
     if foreign:
         return f" {foreign}"
     close = difflib.get_close_matches(name, HOOKS, n=1, cutoff=0.6)
@@ -46,6 +46,14 @@ def check_plugin(plugin: object, registered: list[object]) -> None:
         raise PluginError(
             f"{plugin.__name__} is a class, not a plugin instance: pass {plugin.__name__}() "
             "(forgot the ()?)."
+        )
+    if inspect.isroutine(plugin):  # plugins=[log_loss]: pluggy would register it and call nothing
+        name = getattr(plugin, "__qualname__", None) or repr(plugin)
+        raise PluginError(
+            f"{name} is a function, not a plugin: a plugin is an instance of a class whose methods "
+            "carry @hookimpl and are named after hooks, e.g. `class LogLoss:` with `@hookimpl` "
+            "on `def after_batch(self, learn): ...`, passed as plugins=[LogLoss()]. "
+            "`pluglearn hooks` lists the hooks."
         )
     label = plugin_name(plugin)
     for other in registered:
@@ -107,15 +115,14 @@ def check_plugin(plugin: object, registered: list[object]) -> None:
 def _warn_if_hook_like(label: str, attr: str) -> None:
     if attr.startswith("_"):
         return
+    mark = "decorate it with @hookimpl (from pluglearn import hookimpl)."
+    foreign = suggest(attr) if attr not in COMMON_METHOD_NAMES else None
     if attr in HOOKS:
-        message = f"'{attr}' is named like a hook but lacks @hookimpl, so it never runs"
+        message = f"'{attr}' is named like a hook but lacks @hookimpl, so it never runs: {mark}"
+    elif foreign:  # a ported plugin: name the hook that does its job, not a near spelling
+        message = f"{foreign} Without @hookimpl it never runs: rename it to that hook and {mark}"
+    elif close := difflib.get_close_matches(attr, HOOKS, n=1, cutoff=0.85):
+        message = f"'{attr}' lacks @hookimpl and looks like a misspelled '{close[0]}': {mark}"
     else:
-        close = difflib.get_close_matches(attr, HOOKS, n=1, cutoff=0.85)
-        if not close:
-            return
-        message = f"'{attr}' lacks @hookimpl and looks like a misspelled '{close[0]}'"
-    warnings.warn(
-        f"plugin {label}: {message}: decorate it with @hookimpl (from pluglearn import hookimpl).",
-        PluginWarning,
-        stacklevel=4,
-    )
+        return
+    warnings.warn(f"plugin {label}: {message}", PluginWarning, stacklevel=4)

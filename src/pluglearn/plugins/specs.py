@@ -252,19 +252,19 @@ def forward_context(learn: Learner) -> Any:
 
 @hookspec(firstresult=True)
 def backward(learn: Learner) -> bool | None:
-    """Training only. Compute gradients; return True when done (the default:
+    """Training only: compute gradients; return True when done (the default:
     ``learn.loss.backward()``). Manual backward and mixed precision answer this."""
 
 
 @hookspec(firstresult=True)
 def step(learn: Learner) -> bool | None:
-    """Training only, on the batches that step. Update the weights; return True when done (the
+    """Training only, on the batches that step: update the weights; return True when done (the
     default: ``learn.opt.step()``)."""
 
 
 @hookspec(firstresult=True)
 def zero_grad(learn: Learner) -> bool | None:
-    """Training only, after ``after_step``. Reset the gradients; return True when done (the
+    """Training only, after ``after_step``: reset the gradients; return True when done (the
     default: ``learn.opt.zero_grad()``)."""
 
 
@@ -316,8 +316,32 @@ class Hook(NamedTuple):
     """How the dispatcher calls one hook: the arguments it provides and its kind."""
 
     args: tuple[str, ...]
-    kind: str  # "event", "run_all", "first", "collect", "addressed" or "context"
+    kind: str  # a key of KIND_DOCS: "event", "run_all", "first", "collect", "addressed", "context"
 
+
+class KindDoc(NamedTuple):
+    """A kind of hook as the README and ``pluglearn hooks`` name and explain it, e.g.
+    ``KIND_DOCS[HOOKS["cleanup_fit"].kind].title == "run all"``."""
+
+    title: str
+    meaning: str
+
+
+#: every kind of :data:`HOOKS` as documented (the README's hook table, ``pluglearn hooks``)
+KIND_DOCS: dict[str, KindDoc] = {
+    "event": KindDoc(
+        "event", "calls every implementation in order; the first exception stops the rest"
+    ),
+    "run_all": KindDoc(
+        "run all", "calls every implementation even when some raise, then raises the first error"
+    ),
+    "first": KindDoc(
+        "step", "stops at the first implementation that returns something other than None"
+    ),
+    "collect": KindDoc("collect", "returns every plugin's answer with its name"),
+    "addressed": KindDoc("addressed", "gives each plugin its own saved state"),
+    "context": KindDoc("context", "enters every returned context manager"),
+}
 
 #: the hooks that are not plain events or first-result steps (those follow from the spec)
 _KINDS = {
