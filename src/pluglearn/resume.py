@@ -40,6 +40,7 @@ from .checkpoint import (
     load_latest,
 )
 from .resume_checks import check_state, fsdp_functions, rank_view
+from .weights import canonical_state, own_keys
 
 if TYPE_CHECKING:
     from .learner import Learner
@@ -92,7 +93,8 @@ def capture(learn: Learner, epoch_end: bool = False) -> dict[str, Any]:
     if sharded is not None:  # FSDP: the full state, gathered to rank 0 (a collective)
         model_state, opt_state = sharded.full_state(learn.model, learn.opt)
     else:
-        model_state = learn.model.state_dict()
+        # keys without wrapper prefixes: a compiled or wrapped model resumes into a plain one
+        model_state = canonical_state(learn.model.state_dict(), "the model")
         opt_state = learn.opt.state_dict() if hasattr(learn.opt, "state_dict") else None
     rng = rng_state()
     ranks = None
@@ -221,7 +223,7 @@ def restore(
         if sharded is not None:  # FSDP: every rank keeps its shards of the full state
             sharded.load_full_state(learn.model, learn.opt, state["model"], state["opt"])
         else:
-            learn.model.load_state_dict(state["model"])
+            learn.model.load_state_dict(own_keys(learn.model, state["model"]))
             if state["opt"] is not None:
                 learn.opt.load_state_dict(state["opt"])
         # the plugins load with the position of the checkpoint in place (they may record it)
