@@ -347,3 +347,17 @@ def test_nothing_is_written_when_pickling_fails(tmp_path):
         warnings.simplefilter("ignore")
         text = refused(learn, tmp_path, pickle=True)
     assert "cannot pickle" in text
+
+
+def test_a_loss_module_is_recorded_by_its_arguments_and_one_with_tensors_is_not(tmp_path):
+    torch.manual_seed(0)
+    smoothed = nn.CrossEntropyLoss(label_smoothing=0.2)
+    learn = Learner(nn.Linear(5, 2), dls(), loss_func=smoothed)
+    back = load_learner(learn.export(tmp_path / "m.export"))
+    assert isinstance(back.loss_func, nn.CrossEntropyLoss) and back.loss_func.label_smoothing == 0.2
+    learn.loss_func = nn.CrossEntropyLoss(weight=torch.tensor([1.0, 3.0]))
+    with pytest.warns(
+        UserWarning,
+        match=r"not recorded \(cannot export loss_func.*is a torch.Tensor \(loss_func\(weight\)\)",
+    ):
+        learn.export(tmp_path / "w.export")

@@ -126,8 +126,10 @@ def _loss_record(loss_func: Any) -> tuple[Any, str | None]:
         if differences:
             return None, f"it rebuilds differently: {'; '.join(differences[:3])}"
         return spec, None
-    except (ExportError, TypeError) as error:
+    except ExportError as error:
         return None, str(error)
+    except TypeError as error:  # encode: a value JSON cannot hold
+        return None, f"it is {error}, which JSON cannot hold"
 
 
 def _plugin_record(plugin: object) -> dict[str, Any]:

@@ -59,8 +59,9 @@ class ExportError(WeightsError):
 
 def _refuse(where: str, obj: Any, problem: str) -> ExportError:
     cls = type(obj).__qualname__
-    fix = "pass its constructor's arguments, learn.export(path, model_args={...}), or " * (
-        where == "model"
+    top = where == "model"  # model_args= is for the model's own class
+    fix = (
+        "pass its constructor's arguments, learn.export(path, model_args={...}), or " if top else ""
     )
     return ExportError(
         f"cannot export {where} ({cls}): {problem}. To fix it, {fix}give {cls} a get_config() "
@@ -86,9 +87,14 @@ def import_path(obj: Any, what: str) -> str:
             f"cannot export {what} {qualname}: it is defined in __main__ (the script being run), "
             f"which load_learner in another process cannot import: {fix}."
         )
-    if "<lambda>" in qualname or "<locals>" in qualname:
-        kind = "a lambda" if "<lambda>" in qualname else "defined inside a function"
-        raise ExportError(f"cannot export {what} {qualname}: it is {kind}; {fix} (a def).")
+    if "<lambda>" in qualname:
+        raise ExportError(
+            f"cannot export {what} {qualname}: it is a lambda; def it instead, {fix}."
+        )
+    if "<locals>" in qualname:
+        raise ExportError(
+            f"cannot export {what} {qualname}: it is defined inside a function; {fix}."
+        )
     path = f"{module}:{qualname}"
     if resolve(path) is not obj:
         raise ExportError(f"cannot export {what}: {path} does not import back as the same object.")
