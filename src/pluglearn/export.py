@@ -64,7 +64,11 @@ if TYPE_CHECKING:
 
 
 def unwrap(model: nn.Module) -> nn.Module:
-    """The user's model inside ``torch.compile`` / ``DistributedDataParallel`` wrappers."""
+    """The user's model inside ``torch.compile`` / ``DistributedDataParallel`` wrappers.
+
+    >>> unwrap(torch.compile(nn.Linear(2, 1), backend="eager"))
+    Linear(in_features=2, out_features=1, bias=True)
+    """
     while True:
         if type(model).__name__ == "OptimizedModule" and hasattr(model, "_orig_mod"):
             model = model._orig_mod
@@ -93,7 +97,12 @@ def _float_dtype(model: nn.Module) -> str | None:
 
 def predict_plugins(learn: Learner) -> list[object]:
     """The plugins that take part in ``predict`` (implementing ``predict`` or
-    ``forward_context``), in call order, without the default ``TrainStep``."""
+    ``forward_context``), in call order, without the default ``TrainStep``.
+
+    Example::
+
+        predict_plugins(Learner(model, dls, plugins=[HFModel(), Accuracy()]))  # [HFModel]
+    """
     from .callbacks.train_step import TrainStep
 
     names = {i.plugin for hook in ("predict", "forward_context") for i in learn.hooks.impls[hook]}
@@ -103,7 +112,12 @@ def predict_plugins(learn: Learner) -> list[object]:
 
 def build_model(record: dict[str, Any]) -> nn.Module:
     """The model of ``record``, built under the exporting process's default dtype and cast to
-    the model's dtype; the random states are put back (initialisation draws from them)."""
+    the model's dtype; the random states are put back (initialisation draws from them).
+
+    Example::
+
+        model = build_model(read_export(path)[1])   # freshly initialised: load the weights next
+    """
     from .resume import rng_state, set_rng_state
 
     rng, default = rng_state(), torch.get_default_dtype()
@@ -151,7 +165,12 @@ def export(
     model_args: Mapping[str, Any] | None = None,
     pickle: bool = False,
 ) -> Path:
-    """The body of :meth:`Learner.export` (see the module doc); returns the path written."""
+    """The body of :meth:`Learner.export` (see the module doc); returns the path written.
+
+    Example::
+
+        export(learn, "model.export", model_args={"n_hidden": 50})
+    """
     from .predict import item_shape
 
     if model_args is not None and not isinstance(model_args, Mapping):

@@ -37,7 +37,11 @@ def _damaged(what: str) -> ExportError:
 
 def build(spec: Any, kind: str = "module") -> Any:
     """The object ``spec`` describes: ``kind`` "module" (an ``nn.Module`` class) or "plugin"
-    (a class implementing hooks) at the top; every nested object is a module."""
+    (a class implementing hooks) at the top; every nested object is a module.
+
+    >>> build({"$object": "torch.nn.modules.activation:ReLU", "kwargs": {"inplace": True}})
+    ReLU(inplace=True)
+    """
     return _decode(spec, kind)
 
 
@@ -125,7 +129,11 @@ def _name(dtype: torch.dtype) -> str:
 
 def rebuild_differences(original: nn.Module, rebuilt: nn.Module) -> list[str]:
     """How ``rebuilt`` differs from ``original`` beyond the weights' values (see the module
-    doc), each difference a phrase; empty when the weights loaded into it give the same model."""
+    doc), each difference a phrase; empty when the weights loaded into it give the same model.
+
+    >>> rebuild_differences(nn.Dropout(0.5), nn.Dropout(0.1))
+    ['model.p is 0.1 rebuilt, 0.5 in the model']
+    """
     ours, theirs = dict(original.named_modules()), dict(rebuilt.named_modules())
     found = []
     if ours.keys() - theirs.keys():

@@ -44,14 +44,24 @@ def _digest(text: str) -> str:
 def write_export(
     tensors: dict[str, torch.Tensor], record: dict[str, Any], path: str | os.PathLike[str]
 ) -> Path:
-    """Write ``tensors`` and ``record`` (JSON-able) to ``path`` atomically; returns the path."""
+    """Write ``tensors`` and ``record`` (JSON-able) to ``path`` atomically; returns the path.
+
+    Example::
+
+        write_export({"weight": w}, {"format": FORMAT, "version": VERSION, ...}, "m.export")
+    """
     text = json.dumps(record)
     meta = {"format": FORMAT, RECORD: text, RECORD_DIGEST: _digest(text)}
     return write_tensors(tensors, path, meta)
 
 
 def read_export(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """The tensors and record of the export at ``path``, checked (see the module doc)."""
+    """The tensors and record of the export at ``path``, checked (see the module doc).
+
+    Example::
+
+        tensors, record = read_export(Path("m.export"))   # record["model"], record["plugins"]
+    """
     if not path.is_file():
         raise FileNotFoundError(f"no export at {path}: pass the path learn.export() wrote.")
     with open(path, "rb") as file:
@@ -94,13 +104,22 @@ def read_export(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
 
 
 def dtype_named(name: Any) -> torch.dtype | None:
-    """The torch dtype called ``name`` (``"float32"``), or None."""
+    """The torch dtype called ``name`` (``"float32"``), or None.
+
+    >>> dtype_named("bfloat16"), dtype_named("save")
+    (torch.bfloat16, None)
+    """
     found = getattr(torch, name, None) if isinstance(name, str) else None
     return found if isinstance(found, torch.dtype) else None
 
 
 def pickled(parts: dict[str, Any]) -> dict[str, torch.Tensor]:
-    """``parts`` pickled (``torch.save``) into the one tensor of a pickled export."""
+    """``parts`` pickled (``torch.save``) into the one tensor of a pickled export.
+
+    Example::
+
+        write_export(pickled({"model": model, "plugins": [], "loss_func": None}), record, path)
+    """
     buffer = io.BytesIO()
     try:
         torch.save(parts, buffer)
@@ -113,7 +132,12 @@ def pickled(parts: dict[str, Any]) -> dict[str, torch.Tensor]:
 
 
 def unpickle(path: Path, tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
-    """The parts a pickled export holds. Runs code the file names: only with ``unsafe=True``."""
+    """The parts a pickled export holds. Runs code the file names: only with ``unsafe=True``.
+
+    Example::
+
+        parts = unpickle(path, tensors)    # {"model": ..., "plugins": [...], "loss_func": ...}
+    """
     if set(tensors) != {PICKLE}:
         raise ExportError(f"export {path} is damaged (a pickled export without its pickle).")
     data = tensors[PICKLE].numpy().tobytes()

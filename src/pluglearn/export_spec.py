@@ -77,7 +77,11 @@ def _refuse(where: str, obj: Any, problem: str) -> ExportError:
 def import_path(obj: Any, what: str) -> str:
     """``"module:qualname"`` of a class or function that another process can import, or an
     ExportError naming the fix (``__main__``, a lambda, a local definition, the standard
-    library, which :func:`resolve` refuses)."""
+    library, which :func:`resolve` refuses).
+
+    >>> import_path(nn.Linear, "a class")
+    'torch.nn.modules.linear:Linear'
+    """
     module, qualname = getattr(obj, "__module__", None), getattr(obj, "__qualname__", None)
     if not isinstance(module, str) or not isinstance(qualname, str):
         raise ExportError(f"cannot export {what} {obj!r}: it has no import path.")
@@ -104,7 +108,11 @@ def import_path(obj: Any, what: str) -> str:
 def resolve(path: str) -> Any:
     """The object at ``"module:qualname"``, or an ExportError naming what to install. The
     standard library is refused: no model needs a reference into it, and one is how a crafted
-    file would reach ``os.system``."""
+    file would reach ``os.system``.
+
+    >>> resolve("torch.nn.functional:relu") is torch.nn.functional.relu
+    True
+    """
     module_name, _, qualname = path.partition(":")
     if module_name.split(".")[0] in (*sys.stdlib_module_names, "builtins"):
         raise ExportError(
@@ -136,7 +144,11 @@ class _Unencodable(TypeError):
 
 
 def encode(value: Any, where: str) -> Any:
-    """``value`` as JSON (see the module doc); ``where`` names it in errors."""
+    """``value`` as JSON (see the module doc); ``where`` names it in errors.
+
+    >>> encode({"shape": (2, 3), "dtype": torch.float16}, "x")
+    {'$dict': {'shape': {'$tuple': [2, 3]}, 'dtype': {'$dtype': 'float16'}}}
+    """
     if value is None or isinstance(value, (bool, int, str)):
         return value
     if isinstance(value, float):
@@ -194,7 +206,11 @@ def _containers(obj: Any) -> tuple[list[Any], dict[str, Any]] | None:
 def constructor_args(
     obj: Any, given: Mapping[str, Any] | None = None, where: str = "model"
 ) -> tuple[list[Any], dict[str, Any]]:
-    """The positional and keyword arguments that rebuild ``obj`` (see the module doc)."""
+    """The positional and keyword arguments that rebuild ``obj`` (see the module doc).
+
+    >>> constructor_args(nn.Linear(3, 2, bias=False))
+    ([], {'in_features': 3, 'out_features': 2, 'bias': False})
+    """
     container = _containers(obj)
     if container is not None:
         return container
@@ -243,7 +259,11 @@ def constructor_args(
 
 def object_spec(obj: Any, given: Mapping[str, Any] | None = None, where: str = "model") -> dict:
     """The spec that rebuilds ``obj`` (a module or a plugin; ``given``: arguments for its own
-    class), or an ExportError naming the fix. ``where`` names it in errors (``model.0``)."""
+    class), or an ExportError naming the fix. ``where`` names it in errors (``model.0``).
+
+    >>> object_spec(nn.Dropout(0.25))["kwargs"]
+    {'p': 0.25, 'inplace': False}
+    """
     path = import_path(type(obj), f"{where}'s class")
     args, kwargs = constructor_args(obj, given, where)
     children = {id(m): n for n, m in obj._modules.items()} if isinstance(obj, nn.Module) else {}

@@ -83,7 +83,11 @@ def canonical_state(
 
 def model_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """``model``'s state dict keyed without wrapper prefixes: the same keys for a plain, a
-    compiled (``_orig_mod.``) or a wrapped (``module.``) model."""
+    compiled (``_orig_mod.``) or a wrapped (``module.``) model.
+
+    >>> list(model_state(torch.compile(nn.Linear(2, 1), backend="eager")))
+    ['weight', 'bias']
+    """
     return canonical_state(model.state_dict(), "the model")
 
 
@@ -128,7 +132,11 @@ def is_exact_cast(source: torch.dtype, target: torch.dtype) -> bool:
 
 def inexact_casts(model: Mapping[str, torch.Tensor], saved: Mapping[str, torch.Tensor]) -> str:
     """The keys whose saved tensor would change value when cast to the model's dtype
-    (``"0.weight int64 -> float32"``), or ``""``: keys of both dicts without wrapper prefixes."""
+    (``"0.weight int64 -> float32"``), or ``""``: keys of both dicts without wrapper prefixes.
+
+    >>> inexact_casts({"w": torch.zeros(2)}, {"w": torch.zeros(2, dtype=torch.int64)})
+    'w int64 -> float32'
+    """
     changes = [
         f"{key} {str(saved[key].dtype).removeprefix('torch.')} -> "
         f"{str(value.dtype).removeprefix('torch.')}"
@@ -154,7 +162,13 @@ def save_weights(model: nn.Module, path: str | os.PathLike[str]) -> Path:
 
 
 def storable(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """``state`` on the CPU as safetensors takes it: contiguous, no two tensors sharing memory."""
+    """``state`` on the CPU as safetensors takes it: contiguous, no two tensors sharing memory.
+
+    >>> w = torch.zeros(2, 3)
+    >>> stored = storable({"a": w, "b": w, "t": w.t()})  # shared and transposed: copied
+    >>> stored["b"].data_ptr() != stored["a"].data_ptr(), stored["t"].is_contiguous()
+    (True, True)
+    """
     tensors: dict[str, torch.Tensor] = {}
     seen: set[tuple[int, int]] = set()
     for key, value in state.items():
@@ -173,7 +187,8 @@ def write_tensors(
     metadata: Mapping[str, str] | None = None,
 ) -> Path:
     """Write ``tensors`` (see :func:`storable`) as safetensors with their digest and
-    ``metadata`` (strings; ``format`` defaults to weights), atomically; returns the path."""
+    ``metadata`` (strings; ``format`` defaults to weights), atomically; returns the path.
+    Example: ``write_tensors({"w": torch.zeros(2)}, "w.safetensors", {"note": "mine"})``."""
     path = Path(path)
     meta = {"format": FORMAT, **(metadata or {}), "sha256": digest(tensors)}
     data = st_save(tensors, metadata=meta)
@@ -220,7 +235,8 @@ def read_safetensors(
     path: Path, data: bytes | None = None
 ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """The tensors and header metadata of the safetensors file at ``path`` (its bytes ``data``
-    when already read), its digest checked; never unpickles."""
+    when already read), its digest checked; never unpickles.
+    Example: ``tensors, meta = read_safetensors(Path("w.safetensors"))``."""
     data = path.read_bytes() if data is None else data
     if len(data) < 8:
         raise _corrupt(path, f"{len(data)} bytes")
@@ -270,7 +286,8 @@ def load_weights(model: nn.Module, path: str | os.PathLike[str]) -> None:
 
 def load_state_checked(model: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
     """Load ``state`` (keys with or without wrapper prefixes) into ``model`` after checking every
-    key, shape and dtype; a mismatch raises :class:`WeightsError` naming ``source``."""
+    key, shape and dtype; a mismatch raises :class:`WeightsError` naming ``source``.
+    Example: ``load_state_checked(model, {"_orig_mod.weight": w}, "my state")``."""
     saved = canonical_state(state, source)
     own = model_state(model)
     mismatch = state_dict_mismatch({k: tuple(v.shape) for k, v in own.items()}, saved)
