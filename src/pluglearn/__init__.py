@@ -41,6 +41,8 @@ from .exceptions import (
     CancelTrainException,
     CancelValidateException,
 )
+from .export import load_learner
+from .export_spec import ExportError
 from .learner import Learner
 from .plugins.guards import PluginError, PluginWarning
 from .plugins.markers import hookimpl
@@ -65,6 +67,7 @@ __all__ = [
     "DataLoaders",
     "Device",
     "EarlyStopping",
+    "ExportError",
     "GradCheck",
     "GradCheckError",
     "GradientAccumulation",
@@ -87,4 +90,5 @@ __all__ = [
     "TerminateOnNaN",
     "WeightsError",
     "hookimpl",
+    "load_learner",
 ]

@@ -374,6 +374,18 @@ class Learner(Loop):
 
         load_weights(self.model, path)
 
+    def export(
+        self, path: Any, *, model_args: dict[str, Any] | None = None, pickle: bool = False
+    ) -> Any:
+        """Write what inference needs to one file (weights as safetensors, and JSON to rebuild
+        the model, its predict plugins and loss); ``pluglearn.load_learner(path)`` reads it back
+        in a fresh process without unpickling. Refused now, naming the fix (``model_args=``),
+        when the model could not be rebuilt from it; ``pickle=True`` pickles the model instead
+        (unsafe to load from untrusted files). See :mod:`pluglearn.export`."""
+        from .export import export
+
+        return export(self, path, model_args=model_args, pickle=pickle)
+
     def _validate(self, dl: Iterable[Any] | None, nested: bool = False) -> dict[str, Any]:
         self.metrics, self.run.metric_owner = {}, {}
         with self._loaders(train=False):

@@ -92,6 +92,9 @@ class Loop:
             raise ValueError(
                 "no validation data: build DataLoaders(train, valid) with a validation set, "
                 "or pass one: learn.validate(dl=...)."
+                if not train
+                else "no training data: this Learner has none (built for inference, e.g. by "
+                "load_learner); give it some first: learn.dls = DataLoaders.from_datasets(...)."
             )
         pos = self.run.pos
         pos.training, self.dl = train, dl

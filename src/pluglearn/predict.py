@@ -8,8 +8,10 @@ back afterwards, and ``predict`` may run from inside a hook.
 
 Is ``x`` one item or a batch? ``batched=None`` compares ``x`` with an item of the Learner's
 dataset (the inputs of ``train_ds``, else ``valid_ds``): the same number of dimensions is one
-item, one more is a batch. Pass ``batched=True`` / ``False`` to say it, which is required
-when the Learner was given ready loaders rather than datasets.
+item, one more is a batch. Without a dataset, the item shape its DataLoaders record is used
+(``DataLoaders.item_shape``: ``load_learner`` sets it from the export). Pass ``batched=True`` /
+``False`` to say it, which is required when the Learner was given ready loaders and no item
+shape.
 
 Example::
 
@@ -50,6 +52,20 @@ def _reference_input(learn: Learner) -> Any:
     return None
 
 
+def item_shape(learn: Learner) -> tuple[int, ...] | None:
+    """The shape of one input item (of its first tensor): an item of the Learner's dataset's,
+    else the one its DataLoaders record (``item_shape``), else None.
+
+    Example::
+
+        item_shape(Learner(model, DataLoaders.from_datasets((x, y))))  # x of shape (n, 4): (4,)
+    """
+    reference = first_tensor(_reference_input(learn))
+    if reference is not None:
+        return tuple(reference.shape)
+    return getattr(learn.dls, "item_shape", None)
+
+
 def is_one_item(learn: Learner, x: Any) -> bool:
     """Whether ``x`` is one item (see the module doc), or an error saying to pass ``batched``."""
     leaf = first_tensor(x)
@@ -58,20 +74,21 @@ def is_one_item(learn: Learner, x: Any) -> bool:
             f"learn.predict() got a {type(x).__name__} holding no tensor: pass a tensor (or a "
             "dict/tuple of tensors) shaped like the dataset's inputs."
         )
-    reference = first_tensor(_reference_input(learn))
-    if reference is None:
+    shape = item_shape(learn)
+    if shape is None:
         raise ValueError(
             "learn.predict() cannot tell whether x is one item or a batch: this Learner has no "
-            "dataset to compare it with (it was given ready loaders). Pass batched=True (x is a "
-            "batch) or batched=False (x is one item)."
+            "dataset to compare it with (it was given ready loaders) and no item shape "
+            "(DataLoaders.item_shape). Pass batched=True (x is a batch) or batched=False (x is "
+            "one item)."
         )
-    if leaf.ndim == reference.ndim:
+    if leaf.ndim == len(shape):
         return True
-    if leaf.ndim == reference.ndim + 1:
+    if leaf.ndim == len(shape) + 1:
         return False
     raise ValueError(
         f"learn.predict(): x has {leaf.ndim} dimension(s) {tuple(leaf.shape)}, but an item of "
-        f"the dataset has {reference.ndim} {tuple(reference.shape)}: pass one item of that "
+        f"the dataset has {len(shape)} {shape}: pass one item of that "
         f"shape, or a batch with one more (leading) dimension, or say which with batched=."
     )
 

@@ -49,6 +49,7 @@ from .resume_checks import check_plugins, check_state, rank_view
 from .run.replay import STATEFUL, UNKNOWN, fingerprint, loader_generators, loader_kind
 from .run.rng import rng_state, set_rng_state
 from .run.state import CHECKPOINT, ROLLBACK, Snapshot
+from .weights import canonical_state, own_keys
 
 if TYPE_CHECKING:
     from .learner import Learner
@@ -74,7 +75,9 @@ def capture(learn: Learner, epoch_end: bool = False) -> dict[str, Any]:
     if "full" in model:  # FSDP: the full state, gathered to rank 0
         model_state, opt_state = model["full"]
     else:
-        model_state, opt_state = model["state"], parts["opt"][1]
+        # keys without wrapper prefixes: a compiled or wrapped model resumes into a plain one
+        model_state = canonical_state(model["state"], "the model")
+        opt_state = parts["opt"][1]
     loader = parts["loader"]
     mid_epoch = not epoch_end
     kind = loader_kind(learn.dls.train)
@@ -157,7 +160,11 @@ def _parts(learn: Learner, state: dict[str, Any]) -> Snapshot:
         "position": position,
         "stop_reason": loop["stop_reason"],
         "lr": learn.lr if saved_lr is None else float(saved_lr),
-        "model": {"full": (state["model"], state["opt"])} if sharded else {"state": state["model"]},
+        "model": (
+            {"full": (state["model"], state["opt"])}
+            if sharded
+            else {"state": own_keys(learn.model, state["model"])}
+        ),
         "opt": (learn.opt, state["opt"]),
         "plugins": state["plugins"],
         "rng": state["rng"],

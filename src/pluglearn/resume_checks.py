@@ -13,6 +13,7 @@ import torch
 
 from .checkpoint import CheckpointError
 from .checks import state_dict_mismatch
+from .weights import canonical_state, inexact_casts, model_state
 
 if TYPE_CHECKING:
     from .learner import Learner
@@ -30,12 +31,22 @@ def fsdp_functions(learn: Learner) -> Any:
 
 
 def _check_model(learn: Learner, saved: dict[str, torch.Tensor], source: Path) -> None:
-    shapes = {k: tuple(v.shape) for k, v in learn.model.state_dict().items()}
-    mismatch = state_dict_mismatch(shapes, saved)
+    # keys compared without wrapper prefixes: a compiled or wrapped model and its plain model
+    # resume each other's checkpoints (as learn.load reads their weights)
+    own = model_state(learn.model)
+    saved = canonical_state(saved, f"checkpoint {source}", CheckpointError)
+    mismatch = state_dict_mismatch({k: tuple(v.shape) for k, v in own.items()}, saved)
     if mismatch:
         raise CheckpointError(
             f"checkpoint {source} is of a different model; {mismatch}. Build the model the "
             "checkpoint was saved from, or start without resume_from."
+        )
+    inexact = inexact_casts(own, saved)
+    if inexact:
+        raise CheckpointError(
+            f"checkpoint {source} holds tensors whose values would change if cast to this "
+            f"model's dtypes: {inexact} (checkpoint -> model). Build the model in the dtypes "
+            "the run used (e.g. model.to(torch.float64)), or start without resume_from."
         )
 
 

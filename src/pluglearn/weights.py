@@ -7,8 +7,12 @@ written without the prefixes that wrappers add (``_orig_mod.`` from ``torch.comp
 ``module.`` from DDP / ``DataParallel``), and a file whose keys carry them loads too, into a
 plain, compiled or wrapped model alike.
 
-Loading checks every key and shape before changing anything; a mismatch is an error naming the
-missing and unexpected keys. Besides its own files, ``load`` reads a state dict saved with
+Loading checks every key, shape and dtype before changing anything; a mismatch is an error naming
+the missing and unexpected keys. A tensor is only cast to the model's dtype when that keeps its
+values exactly (:func:`is_exact_cast`: float16 or bfloat16 into float32 or float64, float32
+into float64, an integer into a wider integer); any other dtype change (int <-> float, a wider
+float into a narrower one, complex, bool) is refused, naming the key and both dtypes. Besides its
+own files, ``load`` reads a state dict saved with
 ``torch.save(model.state_dict(), path)`` (with ``weights_only=True``) and the model of a
 pluglearn checkpoint.
 
@@ -56,17 +60,90 @@ def strip_prefixes(key: str) -> str:
     return key
 
 
-def _canonical(state: Mapping[str, torch.Tensor], source: str) -> dict[str, torch.Tensor]:
+def canonical_state(
+    state: Mapping[str, torch.Tensor], source: str, error: type[Exception] = WeightsError
+) -> dict[str, torch.Tensor]:
+    """``state`` keyed without wrapper prefixes (:func:`strip_prefixes`); two keys that become
+    one raise ``error``. What files and checkpoints store.
+
+    >>> list(canonical_state({"module._orig_mod.0.weight": torch.zeros(1)}, "a state"))
+    ['0.weight']
+    """
     out: dict[str, torch.Tensor] = {}
     for key, value in state.items():
         name = strip_prefixes(key)
         if name in out:
-            raise WeightsError(
+            raise error(
                 f"{source}: keys {key!r} and another both become {name!r} without their "
                 f"wrapper prefixes {PREFIXES}: save the unwrapped model's state dict."
             )
         out[name] = value
     return out
+
+
+def model_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """``model``'s state dict keyed without wrapper prefixes: the same keys for a plain, a
+    compiled (``_orig_mod.``) or a wrapped (``module.``) model.
+
+    >>> list(model_state(torch.compile(nn.Linear(2, 1), backend="eager")))
+    ['weight', 'bias']
+    """
+    return canonical_state(model.state_dict(), "the model")
+
+
+def own_keys(model: nn.Module, saved: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``saved`` (keys with or without wrapper prefixes, checked by :func:`canonical_state`)
+    keyed as ``model``'s own state dict, for ``model.load_state_dict``; a key the model lacks is
+    kept without its prefixes.
+
+    >>> compiled = torch.compile(nn.Linear(2, 1), backend="eager")
+    >>> sorted(own_keys(compiled, {"weight": torch.zeros(1, 2), "bias": torch.zeros(1)}))
+    ['_orig_mod.bias', '_orig_mod.weight']
+    """
+    own = {strip_prefixes(k): k for k in model.state_dict()}
+    return {
+        own.get(name, name): v for name, v in ((strip_prefixes(k), v) for k, v in saved.items())
+    }
+
+
+def is_exact_cast(source: torch.dtype, target: torch.dtype) -> bool:
+    """True when every value of dtype ``source`` is exactly a value of ``target``: the same
+    dtype, a float into a float with at least its precision and range (float16 or bfloat16 into
+    float32 or float64, float32 into float64), an integer into an integer with its range.
+
+    >>> is_exact_cast(torch.bfloat16, torch.float32), is_exact_cast(torch.int64, torch.float32)
+    (True, False)
+    """
+    if source == target:
+        return True
+    if source.is_complex or target.is_complex or torch.bool in (source, target):
+        return False
+    if source.is_floating_point and target.is_floating_point:
+        src, dst = torch.finfo(source), torch.finfo(target)
+        smallest = src.smallest_normal * src.eps  # the smallest subnormal
+        return (
+            dst.eps <= src.eps and dst.max >= src.max and dst.smallest_normal * dst.eps <= smallest
+        )
+    if source.is_floating_point or target.is_floating_point:
+        return False
+    src_i, dst_i = torch.iinfo(source), torch.iinfo(target)
+    return dst_i.min <= src_i.min and dst_i.max >= src_i.max
+
+
+def inexact_casts(model: Mapping[str, torch.Tensor], saved: Mapping[str, torch.Tensor]) -> str:
+    """The keys whose saved tensor would change value when cast to the model's dtype
+    (``"0.weight int64 -> float32"``), or ``""``: keys of both dicts without wrapper prefixes.
+
+    >>> inexact_casts({"w": torch.zeros(2)}, {"w": torch.zeros(2, dtype=torch.int64)})
+    'w int64 -> float32'
+    """
+    changes = [
+        f"{key} {str(saved[key].dtype).removeprefix('torch.')} -> "
+        f"{str(value.dtype).removeprefix('torch.')}"
+        for key, value in model.items()
+        if key in saved and not is_exact_cast(saved[key].dtype, value.dtype)
+    ]
+    return ", ".join(changes[:5]) + (f" (and {len(changes) - 5} more)" if len(changes) > 5 else "")
 
 
 def digest(tensors: Mapping[str, torch.Tensor]) -> str:
@@ -81,17 +158,40 @@ def digest(tensors: Mapping[str, torch.Tensor]) -> str:
 
 def save_weights(model: nn.Module, path: str | os.PathLike[str]) -> Path:
     """Write ``model``'s state dict to ``path`` atomically (see the module doc); returns it."""
-    path = Path(path)
+    return write_tensors(storable(model_state(model)), path)
+
+
+def storable(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state`` on the CPU as safetensors takes it: contiguous, no two tensors sharing memory.
+
+    >>> w = torch.zeros(2, 3)
+    >>> stored = storable({"a": w, "b": w, "t": w.t()})  # shared and transposed: copied
+    >>> stored["b"].data_ptr() != stored["a"].data_ptr(), stored["t"].is_contiguous()
+    (True, True)
+    """
     tensors: dict[str, torch.Tensor] = {}
     seen: set[tuple[int, int]] = set()
-    for key, value in _canonical(model.state_dict(), "the model").items():
+    for key, value in state.items():
         t = value.detach().cpu()
         where = (t.untyped_storage().data_ptr(), t.storage_offset())
         # safetensors refuses tensors sharing memory (tied weights) and non-contiguous ones
         t = t.contiguous().clone() if where in seen or not t.is_contiguous() else t
         seen.add(where)
         tensors[key] = t
-    data = st_save(tensors, metadata={"format": FORMAT, "sha256": digest(tensors)})
+    return tensors
+
+
+def write_tensors(
+    tensors: dict[str, torch.Tensor],
+    path: str | os.PathLike[str],
+    metadata: Mapping[str, str] | None = None,
+) -> Path:
+    """Write ``tensors`` (see :func:`storable`) as safetensors with their digest and
+    ``metadata`` (strings; ``format`` defaults to weights), atomically; returns the path.
+    Example: ``write_tensors({"w": torch.zeros(2)}, "w.safetensors", {"note": "mine"})``."""
+    path = Path(path)
+    meta = {"format": FORMAT, **(metadata or {}), "sha256": digest(tensors)}
+    data = st_save(tensors, metadata=meta)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temporary_path(path)
     try:
@@ -128,6 +228,16 @@ def read_weights(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     data = path.read_bytes()
     if data[:2] == b"PK":  # a torch.save zip: a state dict, or a pluglearn checkpoint
         return _read_torch(path)
+    return read_safetensors(path, data)[0]
+
+
+def read_safetensors(
+    path: Path, data: bytes | None = None
+) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The tensors and header metadata of the safetensors file at ``path`` (its bytes ``data``
+    when already read), its digest checked; never unpickles.
+    Example: ``tensors, meta = read_safetensors(Path("w.safetensors"))``."""
+    data = path.read_bytes() if data is None else data
     if len(data) < 8:
         raise _corrupt(path, f"{len(data)} bytes")
     (n,) = struct.unpack("<Q", data[:8])
@@ -145,7 +255,7 @@ def read_weights(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     expected = meta.get("sha256")
     if expected is not None and digest(tensors) != expected:
         raise _corrupt(path, "its tensors do not match the digest written with them")
-    return tensors
+    return tensors, meta
 
 
 def _read_torch(path: Path) -> dict[str, torch.Tensor]:
@@ -169,14 +279,30 @@ def _read_torch(path: Path) -> dict[str, torch.Tensor]:
 
 
 def load_weights(model: nn.Module, path: str | os.PathLike[str]) -> None:
-    """Load the weights at ``path`` into ``model`` after checking every key and shape."""
-    saved = _canonical(read_weights(path), str(path))
-    own = {strip_prefixes(k): k for k in model.state_dict()}
-    shapes = {strip_prefixes(k): tuple(v.shape) for k, v in model.state_dict().items()}
-    mismatch = state_dict_mismatch(shapes, saved)
+    """Load the weights at ``path`` into ``model`` after checking every key, shape and dtype
+    (only exact casts, see the module doc)."""
+    load_state_checked(model, read_weights(path), f"weights file {path}")
+
+
+def load_state_checked(model: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
+    """Load ``state`` (keys with or without wrapper prefixes) into ``model`` after checking every
+    key, shape and dtype; a mismatch raises :class:`WeightsError` naming ``source``.
+    Example: ``load_state_checked(model, {"_orig_mod.weight": w}, "my state")``."""
+    saved = canonical_state(state, source)
+    own = model_state(model)
+    mismatch = state_dict_mismatch({k: tuple(v.shape) for k, v in own.items()}, saved)
     if mismatch:
         raise WeightsError(
-            f"weights file {path} does not fit this model; {mismatch}. Build the model the "
+            f"{source} does not fit this model; {mismatch}. Build the model the "
             "weights were saved from (same architecture and sizes)."
         )
-    model.load_state_dict({own[k]: v for k, v in saved.items()})
+    inexact = inexact_casts(own, saved)
+    if inexact:
+        raise WeightsError(
+            f"{source} holds tensors whose values would change if cast to the model's dtypes: "
+            f"{inexact} (file -> model). If that change is intended, convert the file yourself "
+            "(read the tensors, .to() the model's dtype, save them again); else build the model "
+            "in the file's dtypes (e.g. model.to(torch.float64) for a float64 file). A cast "
+            "that keeps every value (float16 or bfloat16 into float32) loads as it is."
+        )
+    model.load_state_dict(own_keys(model, saved))

@@ -273,3 +273,20 @@ def test_a_refused_loader_state_changes_nothing():
         after = fresh.state_dict()
         assert after["cursor"] == before["cursor"] == 0
         assert torch.equal(after["rng"], before["rng"])
+
+
+# ----------------------------------------------------------------------------- no data at all
+
+
+def test_dataloaders_for_inference_predict_by_the_item_shape_and_refuse_to_fit():
+    learn = Learner(nn.Linear(4, 2), DataLoaders.for_inference(item_shape=[4]), defaults=False)
+    x = torch.randn(3, 4)
+    with torch.no_grad():
+        one, batch = learn.model(x[:1])[0], learn.model(x)
+    assert torch.equal(learn.predict(x[0]), one)  # one item: no batch dimension
+    assert torch.equal(learn.predict(x), batch)
+    with pytest.raises(ValueError, match="no training data"):
+        learn.fit(1)
+    for bad in ((4.0,), 4, (-1,), (True,)):
+        with pytest.raises(ValueError, match=r"item_shape must be a sequence of ints >= 0"):
+            DataLoaders.for_inference(item_shape=bad)

@@ -247,6 +247,7 @@ class DataLoaders:
     then skips validation). :meth:`from_datasets` defers the loaders to the ``make_dataloader``
     hook and keeps the settings (``batch_size``, ``valid_batch_size``, ``drop_last``, ``seed``)
     that loader plugins read. One seeded generator drives the shuffling of every fit.
+    :meth:`for_inference` has no data at all (a Learner that only predicts).
     """
 
     def __init__(self, train: Iterable[Any], valid: Iterable[Any] | None = None) -> None:
@@ -263,6 +264,30 @@ class DataLoaders:
         self.drop_last = False
         self.generator = torch.Generator()
         self.collate_fn: Callable[[list[Any]], Any] | None = None
+        #: the shape of one input item when no dataset shows it (see :meth:`for_inference`)
+        self.item_shape: tuple[int, ...] | None = None
+
+    @classmethod
+    def for_inference(cls, item_shape: Sequence[int] | None = None) -> DataLoaders:
+        """No data: the DataLoaders of a Learner that predicts (``load_learner`` builds one).
+        ``validate(dl=...)`` and ``get_preds(dl=...)`` take a loader; ``fit`` is an error until
+        ``learn.dls`` is given data. ``item_shape``, the shape of one input item (its first
+        tensor's, e.g. ``(784,)``), lets ``predict`` tell one item from a batch.
+
+        >>> DataLoaders.for_inference(item_shape=(784,)).item_shape
+        (784,)
+        """
+        if item_shape is not None and not (
+            isinstance(item_shape, Sequence)
+            and all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in item_shape)
+        ):
+            raise ValueError(
+                f"item_shape must be a sequence of ints >= 0 (one input item's shape, e.g. "
+                f"(784,)), got {item_shape!r}."
+            )
+        dls = cls(None)
+        dls.item_shape = None if item_shape is None else tuple(item_shape)
+        return dls
 
     @classmethod
     def from_datasets(
@@ -311,6 +336,7 @@ class DataLoaders:
         # drawn from, never reseeding, the global generator: torch.manual_seed governs it
         dls.generator.manual_seed(check_seed(seed) if seed is not None else draw_seed())
         dls.collate_fn = collate_fn
+        dls.item_shape = None
         return dls
 
     @property

@@ -77,12 +77,12 @@ class InstalledPlugin:
         must not change the user's run. Any exception, ``sys.exit()`` included, becomes a
         :class:`PluginLoadError` naming the plugin, its package and its entry point.
         """
-        from ..resume import rng_state, set_rng_state  # (resume imports the checkpoint files)
+        from ..run.rng import random_states_kept
 
-        saved = rng_state()
         try:
-            obj = self.entry_point.load()
-            return obj() if isinstance(obj, type) else obj
+            with random_states_kept():
+                obj = self.entry_point.load()
+                return obj() if isinstance(obj, type) else obj
         except (Exception, SystemExit) as error:
             if isinstance(error, SystemExit):  # would end the user's program without a word
                 reason = f"it raised SystemExit({error.code!r}) (a sys.exit() call)"
@@ -93,8 +93,6 @@ class InstalledPlugin:
                 f"the package (pip install -U {self.package}), uninstall it, or skip it with "
                 f"{BLOCK_ENV}={self.name} or Learner(..., block_plugins=[{self.name!r}])."
             ) from error
-        finally:
-            set_rng_state(saved)
 
 
 def installed_plugins(group: str = GROUP) -> list[InstalledPlugin]:
