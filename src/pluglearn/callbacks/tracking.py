@@ -11,7 +11,9 @@ What each fit logs, on the main process only (rank 0 under torch.distributed):
 - **per training batch**: ``train/loss``, ``train/lr`` and, when the optimizer has one,
   ``train/momentum`` (``betas[0]`` for Adam-like), at step ``learn.train_iter`` (training batches
   run over the Learner's life, so the first batch is step 1); the lr is the one the batch used.
-  ``every=n`` logs one batch in n (each logged loss is a ``.item()``, a device sync on GPUs);
+  ``every=n`` logs one batch in n (each logged loss is a ``.item()``, a device sync on GPUs).
+  Under ``DDP`` the batch loss is rank 0's share of the global batch, as ``Recorder`` keeps it
+  (no collective per batch); the reported metrics are reduced over every rank;
 - **every** ``report(learn, metrics)``: each key of the dict holding a number (0-d tensors and
   numpy scalars too; other values are skipped with a warning), at step ``learn.train_iter``,
   with the ``epoch`` (0-based, the data convention);
