@@ -10,7 +10,7 @@ pytest.importorskip("mlflow", reason="MLflowLogger needs pip install 'pluglearn[
 
 from mlflow.tracking import MlflowClient
 
-from pluglearn import Accuracy, AvgLoss, Checkpoint, Recorder
+from pluglearn import Accuracy, AvgLoss, Checkpoint, Recorder, hookimpl
 from pluglearn.callbacks.mlflow_logger import MLflowLogger
 from tests.callbacks._trackers import Decay, FailIn, Keep, make_learner
 from tests.helpers import CrashAt
@@ -74,6 +74,38 @@ def test_params_per_batch_values_and_reports_read_back(store, client):
 def test_every_n_logs_one_batch_in_n(store, client):
     make_learner([MLflowLogger(store, experiment="every", every=3)]).fit(2)
     assert [s for s, _ in history(client, the_run(client, "every"), "train/loss")] == [1, 4, 7]
+
+
+class Peek:
+    """Reads the steps of ``train/loss`` the store holds after each training batch."""
+
+    def __init__(self, client: MlflowClient, logger: MLflowLogger) -> None:
+        self.client, self.logger, self.seen = client, logger, []
+
+    @hookimpl
+    def after_batch(self, learn):
+        if not learn.training:
+            return
+        history = self.client.get_metric_history(self.logger.run_id, "train/loss")
+        self.seen.append(sorted(m.step for m in history))
+
+
+def test_metrics_reach_the_store_every_flush_secs_and_at_each_report(store, client):
+    live = MLflowLogger(store, experiment="live", flush_secs=0)
+    peek = Peek(client, live)
+    make_learner([live, peek]).fit(1)
+    assert peek.seen == [[1], [1, 2], [1, 2, 3], [1, 2, 3, 4]]  # sent as each batch is logged
+    held = MLflowLogger(store, experiment="held", flush_secs=1000)
+    peek = Peek(client, held)
+    make_learner([held, peek]).fit(2)
+    assert peek.seen == [[]] * 4 + [[1, 2, 3, 4]] * 4  # sent by the report of epoch 0
+
+
+def test_more_params_than_one_mlflow_batch_takes_are_all_logged(store, client):
+    params = {f"p{i}": i for i in range(150)}
+    make_learner([MLflowLogger(store, experiment="many_params", params=params)]).fit(1)
+    logged = the_run(client, "many_params").data.params
+    assert {k: logged[k] for k in params} == {k: str(v) for k, v in params.items()}
 
 
 def test_each_fit_is_a_new_run_whose_steps_go_on(store, client):

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
 #: MLflow's status for each way a fit ends
 RUN_STATUS = {"finished": "FINISHED", "failed": "FAILED", "interrupted": "KILLED"}
-MAX_METRICS_PER_BATCH = 1000  # MLflow's limit for one log_batch call
+MAX_METRICS_PER_BATCH, MAX_PARAMS_PER_BATCH = 1000, 100  # MLflow's limits for one log_batch
 MAX_TAG_LENGTH = 5000  # kept under MLflow's limit on a tag value
 
 
@@ -123,7 +123,9 @@ class MLflowLogger(TrackerLogger):
 
     def _log_params(self, params: dict[str, Any]) -> None:
         Param = self._mlflow.entities.Param
-        self.client.log_batch(self.run_id, params=[Param(k, str(v)) for k, v in params.items()])
+        items = [Param(k, str(v)) for k, v in params.items()]
+        for at in range(0, len(items), MAX_PARAMS_PER_BATCH):
+            self.client.log_batch(self.run_id, params=items[at : at + MAX_PARAMS_PER_BATCH])
 
     def _log(self, values: dict[str, float], step: int) -> None:
         Metric, now = self._mlflow.entities.Metric, int(time.time() * 1000)
