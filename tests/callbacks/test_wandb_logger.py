@@ -174,6 +174,15 @@ def test_bad_arguments_name_the_fix():
         WandbLogger(mode="offlne")
     with pytest.raises(TypeError, match="tags must be a list of str"):
         WandbLogger(tags="baseline")
+    with pytest.raises(ValueError, match=r"\['config', 'id'\] are set by the logger"):
+        WandbLogger(id="abc", config={"a": 1})
+
+
+def test_other_wandb_init_arguments_reach_the_run(offline):
+    make_learner([offline_logger(offline, notes="baseline", group="sweep1")]).fit(1)
+    (log,) = the_run(offline)
+    (run,) = [r.run for r in wandb_files.records(log) if r.WhichOneof("record_type") == "run"]
+    assert (run.notes, run.run_group) == ("baseline", "sweep1")
 
 
 def test_without_wandb_building_the_logger_names_the_pip_command(monkeypatch):

@@ -27,7 +27,9 @@ run, and ``learn.validate()``, ``get_preds()`` or ``lr_find()`` outside a fit lo
 plugin's ``state_dict``): its hyperparameters stay as logged, and steps go on from the
 checkpoint. Steps that the interrupted attempt logged after that checkpoint are not logged
 again (the tracker keeps their first values, which a bit-identical resume repeats), so the
-run's history holds each step once, as an uninterrupted run's does.
+run's history holds each step once, as an uninterrupted run's does. A tracker that buffers
+(``MLflowLogger``) sends what it holds whenever a checkpoint is taken, so a process killed
+outright (SIGKILL) loses only steps that the resume runs again.
 """
 
 from __future__ import annotations
@@ -218,6 +220,10 @@ class TrackerLogger(ABC):
 
     @hookimpl
     def state_dict(self) -> dict[str, Any]:
+        # a checkpoint is being taken: what was logged up to here goes to the tracker first, so a
+        # kill after it loses no step that resuming from it would not run again
+        if self.run_id is not None:
+            self._flush()
         return {"run_id": self.run_id}
 
     @hookimpl

@@ -18,6 +18,12 @@ attempts from their transaction logs on this machine (:mod:`pluglearn.callbacks.
 an offline run writes one per attempt, which ``wandb sync`` uploads in order); on a machine
 without them, online, W&B itself drops rows below the step the run had reached, so a report
 at exactly that step (an attempt that died during validation) is dropped too.
+
+A process killed outright (SIGKILL) loses what wandb had not yet written: wandb writes its log
+every ``x_transaction_log_flush_interval`` seconds (15 by default), so such a run may miss the
+last steps before the kill, those after the checkpoint included; pass
+``settings=wandb.Settings(x_transaction_log_flush_interval=...)`` to write more often. A crash
+that raises (an error, Ctrl-C) ends the run cleanly with every step.
 """
 
 from __future__ import annotations
@@ -36,6 +42,8 @@ if TYPE_CHECKING:
 #: the exit code each way a fit ends gives the run
 EXIT_CODES = {"finished": 0, "failed": 1, "interrupted": 255}
 MODES = (None, "online", "offline", "disabled")
+#: wandb.init arguments the logger sets itself
+OWN_INIT_ARGS = {"id", "resume", "resume_from", "fork_from", "reinit", "config"}
 #: how long a resume waits for the last attempt's log to get its end record (its writer may
 #: still be flushing it) before taking it as the log of a killed process
 SETTLE_SECS = 2.0
@@ -57,7 +65,8 @@ class WandbLogger(TrackerLogger):
     ``entity``, ``name``, ``tags`` (a list of str), ``dir`` (where the ``wandb`` folder goes)
     and ``mode`` (``"online"``, ``"offline"``, ``"disabled"``; None: ``WANDB_MODE`` or wandb's
     default) are passed to ``wandb.init``; ``params``: extra hyperparameters for the config;
-    ``every``: log one training batch in ``every``.
+    ``every``: log one training batch in ``every``; any other keyword (``group``, ``job_type``,
+    ``notes``, ``settings``, ...) goes to ``wandb.init`` as it is.
 
     Example::
 
@@ -74,15 +83,23 @@ class WandbLogger(TrackerLogger):
         mode: str | None = None,
         params: dict[str, Any] | None = None,
         every: int = 1,
+        **init_kwargs: Any,
     ) -> None:
         super().__init__(params, every)
         self._wandb = _wandb()  # fail here, not in the middle of the first fit
+        taken = sorted(set(init_kwargs) & OWN_INIT_ARGS)
+        if taken:
+            raise ValueError(
+                f"WandbLogger: {taken} are set by the logger (a resume reopens the run by its "
+                "id; the config holds the hyperparameters): give params=... for your own values."
+            )
         if mode not in MODES:
             raise ValueError(f"WandbLogger: mode must be one of {MODES}, got {mode!r}.")
         if isinstance(tags, str) or not all(isinstance(t, str) for t in tags):
             raise TypeError(f"WandbLogger: tags must be a list of str, got {tags!r}.")
         self.project, self.entity, self.name, self.mode = project, entity, name, mode
         self.tags, self.dir = list(tags), None if dir is None else Path(dir)
+        self.init_kwargs = init_kwargs
         self.run: Any = None  # the wandb Run of the fit in progress
 
     def _open(self, learn: Learner, run_id: str | None) -> str:
@@ -94,6 +111,7 @@ class WandbLogger(TrackerLogger):
             "dir": None if self.dir is None else str(self.dir),
             "mode": self.mode,
             "reinit": "create_new",
+            **self.init_kwargs,
         }
         if run_id is None:
             self.run = self._wandb.init(name=self.name, tags=self.tags or None, **where)
