@@ -23,6 +23,7 @@ from .callbacks.logger import MetricsLogger
 from .callbacks.manual_backward import ManualBackward
 from .callbacks.metrics import Accuracy, AvgLoss, MetricAdapter
 from .callbacks.mixed_precision import MixedPrecision
+from .callbacks.mlflow_logger import MLflowLogger
 from .callbacks.multiprocess_loader import MultiprocessLoader
 from .callbacks.profiler import Profiler
 from .callbacks.progress import ProgressBar
@@ -31,6 +32,7 @@ from .callbacks.report import ConsoleReport
 from .callbacks.scheduler import Scheduler
 from .callbacks.stopping import EarlyStopping, SaveBest, TerminateOnNaN
 from .callbacks.tensorboard import TensorBoardLogger
+from .callbacks.wandb_logger import WandbLogger
 from .checkpoint import CheckpointError
 from .data.loaders import DataLoaders
 from .exceptions import (
@@ -74,6 +76,7 @@ __all__ = [
     "GradientClipping",
     "HFModel",
     "Learner",
+    "MLflowLogger",
     "ManualBackward",
     "MetricAdapter",
     "MetricsLogger",
@@ -88,6 +91,7 @@ __all__ = [
     "Scheduler",
     "TensorBoardLogger",
     "TerminateOnNaN",
+    "WandbLogger",
     "WeightsError",
     "hookimpl",
     "load_learner",
