@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
+from collections import UserDict
+from collections.abc import Mapping
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import NamedTuple
@@ -10,6 +13,8 @@ from typing import NamedTuple
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 from pluglearn import (
@@ -22,7 +27,16 @@ from pluglearn import (
     Learner,
     hookimpl,
 )
-from pluglearn.batches import collate, concat, count_items, inputs_of, targets_of, to_device
+from pluglearn.batches import (
+    collate,
+    concat,
+    count_items,
+    detach,
+    inputs_of,
+    take,
+    targets_of,
+    to_device,
+)
 
 META = torch.device("meta")
 
@@ -482,3 +496,371 @@ def test_collate_of_tensors_of_different_shapes_names_the_place_and_the_fix():
     text = str(info.value)
     assert "the items' tensors at item['boxes'] have different shapes [(1, 4), (3, 4)]" in text
     assert "pad them to one shape" in text and "collate_fn" in text
+
+
+# ------------------------------------------- property tests against a plainly written reference
+#
+# The reference below is the rules of the module doc as a straightforward recursion, with no
+# optree: structures are tuples (named ones too), mappings and dataclasses, and a list at the
+# top; a list below the top is one entry per item; dicts are walked in sorted key order.
+
+CALLS = {"post_init": 0, "new": 0}  # constructors run by the walks: there must be none
+
+
+@dataclass
+class Post:
+    a: object
+    b: object
+
+    def __post_init__(self) -> None:
+        CALLS["post_init"] += 1
+
+
+@dataclass(frozen=True)
+class Frozen:
+    a: object
+    b: object
+
+    def __post_init__(self) -> None:
+        CALLS["post_init"] += 1
+
+
+class Two(NamedTuple):
+    p: object
+    q: object
+
+
+class _ThreeFields(NamedTuple):
+    p: object
+    q: object
+    r: object
+
+
+class Three(_ThreeFields):
+    def __new__(cls, p, q, r):
+        CALLS["new"] += 1
+        return super().__new__(cls, p, q, r)
+
+
+def ref_is_node(obj, top):
+    if type(obj) is list:
+        return top
+    return isinstance(obj, (tuple, Mapping)) or (
+        dataclasses.is_dataclass(obj) and not isinstance(obj, type)
+    )
+
+
+def ref_entries(obj):
+    """(key, child) pairs in walk order."""
+    if isinstance(obj, Mapping):
+        return [(k, obj[k]) for k in (sorted(obj) if type(obj) is dict else list(obj))]
+    if dataclasses.is_dataclass(obj):
+        return [(f.name, getattr(obj, f.name)) for f in dataclasses.fields(obj)]
+    return list(enumerate(obj))
+
+
+def ref_rebuild(obj, children):
+    """``obj``'s type around new children (a dict key -> child), running no constructor."""
+    if dataclasses.is_dataclass(obj):
+        new = object.__new__(type(obj))
+        for key, value in children.items():
+            object.__setattr__(new, key, value)
+        return new
+    if isinstance(obj, Mapping):
+        return type(obj)({k: children[k] for k in obj})
+    ordered = [children[i] for i in range(len(obj))]
+    if hasattr(obj, "_fields"):
+        return tuple.__new__(type(obj), ordered)
+    return type(obj)(ordered)
+
+
+def ref_same_shape(values, top):
+    first = values[0]
+    for other in values[1:]:
+        if type(other) is not type(first) and ref_is_node(first, top):
+            raise TypeError("different types")
+        if ref_is_node(first, top) and [k for k, _ in ref_entries(other)] != [
+            k for k, _ in ref_entries(first)
+        ]:
+            raise ValueError("different keys or fields")
+
+
+def ref_map(fn, obj):
+    if isinstance(obj, torch.Tensor):
+        return fn(obj)
+    if type(obj) is list:
+        return [ref_map(fn, o) for o in obj]
+    if ref_is_node(obj, True):
+        return ref_rebuild(obj, {k: ref_map(fn, c) for k, c in ref_entries(obj)})
+    return obj
+
+
+def ref_collate(items, top=True):
+    ref_same_shape(items, top)
+    first = items[0]
+    if ref_is_node(first, top):
+        columns = {k: [dict(ref_entries(i))[k] for i in items] for k, _ in ref_entries(first)}
+        return ref_rebuild(first, {k: ref_collate(col, False) for k, col in columns.items()})
+    if first is None:
+        return None
+    if isinstance(first, torch.Tensor):
+        if len({tuple(i.shape) for i in items}) > 1:
+            raise ValueError("different shapes")
+        return torch.stack(items)
+    if isinstance(first, (bool, int, float)):
+        floats = any(isinstance(i, float) for i in items)
+        return torch.tensor(items, dtype=torch.float64 if floats else None)
+    if isinstance(first, (str, list)):
+        return list(items)
+    raise TypeError("cannot collate")
+
+
+def ref_count_of(obj, top):
+    """The first tensor's count, else the first per-item list's; None without either."""
+    tensors, lists = [], []
+
+    def visit(o, top):
+        if ref_is_node(o, top):
+            for _, c in ref_entries(o):
+                visit(c, False)
+        elif isinstance(o, torch.Tensor):
+            tensors.append(o.shape[0] if o.ndim else 1)
+        elif type(o) is list:
+            lists.append(len(o))
+
+    visit(obj, top)
+    return (tensors or lists or [None])[0]
+
+
+def ref_count(batch):
+    whole = ref_count_of(batch, True)
+    if (isinstance(batch, (tuple, list)) and len(batch) == 2) or (
+        isinstance(batch, Mapping) and "labels" in batch
+    ):
+        part = batch["labels"] if isinstance(batch, Mapping) else batch[1]
+        n = ref_count_of(part, False)
+        if n is not None:
+            if ref_count_of_tensors(part) is None and whole is not None and n != whole:
+                raise ValueError("per-item targets disagree with the batch")
+            return n
+    if whole is None:
+        raise TypeError("nothing to count")
+    return whole
+
+
+def ref_count_of_tensors(part):
+    """The part's count when a tensor (outside per-item lists) gives it, else None."""
+    found = []
+
+    def visit(o, top):
+        if ref_is_node(o, top):
+            for _, c in ref_entries(o):
+                visit(c, False)
+        elif isinstance(o, torch.Tensor):
+            found.append(o)
+
+    visit(part, False)
+    return found[0] if found else None
+
+
+def ref_concat(parts, top=True):
+    counts = [ref_count_of(p, top) or 0 for p in parts]
+    return ref_join(parts, counts, top)
+
+
+def ref_join(parts, counts, top):
+    ref_same_shape(parts, top)
+    first = parts[0]
+    if ref_is_node(first, top):
+        columns = {k: [dict(ref_entries(p))[k] for p in parts] for k, _ in ref_entries(first)}
+        return ref_rebuild(first, {k: ref_join(col, counts, False) for k, col in columns.items()})
+    if first is None:
+        return None
+    if isinstance(first, torch.Tensor):
+        if not all(isinstance(p, torch.Tensor) for p in parts):
+            raise TypeError("a tensor in some batches only")
+        flat = [p if p.ndim else p.reshape(1) for p in parts]
+        if len({tuple(p.shape[1:]) for p in flat}) > 1:
+            raise ValueError("shapes differ beyond dim 0")
+        return torch.cat(flat)
+    if type(first) is list:
+        if any(type(p) is not list for p in parts):
+            raise TypeError("a list in some batches only")
+        if any(len(p) != n for p, n in zip(parts, counts, strict=True)):
+            raise ValueError("a per-item list of another length than its batch")
+        return [entry for p in parts for entry in p]
+    return list(parts)
+
+
+def ref_take(obj, index, top=True):
+    if ref_is_node(obj, top):
+        return ref_rebuild(obj, {k: ref_take(c, index, False) for k, c in ref_entries(obj)})
+    if isinstance(obj, torch.Tensor):
+        return obj[index] if obj.ndim else obj
+    if type(obj) is list:
+        return obj[index]
+    return obj
+
+
+def assert_same(got, expected):
+    """Equal values of the same types, down to every leaf (tensors: dtype, shape, grad)."""
+    assert type(got) is type(expected), (type(got), type(expected))
+    if isinstance(expected, torch.Tensor):
+        assert got.dtype == expected.dtype and got.shape == expected.shape
+        assert got.requires_grad == expected.requires_grad and torch.equal(got, expected)
+    elif isinstance(expected, Mapping):
+        assert list(got) == list(expected)
+        for k in expected:
+            assert_same(got[k], expected[k])
+    elif dataclasses.is_dataclass(expected):
+        for f in dataclasses.fields(expected):
+            assert_same(getattr(got, f.name), getattr(expected, f.name))
+    elif isinstance(expected, (tuple, list)):
+        assert len(got) == len(expected)
+        for g, e in zip(got, expected, strict=True):
+            assert_same(g, e)
+    else:
+        assert got == expected
+
+
+ERRORS = (ValueError, TypeError, IndexError)
+
+
+def agree(fn, ref, *args, **kwargs):
+    """``fn`` and the reference give the same result, or both refuse; no constructor runs."""
+    try:
+        expected = ref(*args, **kwargs)
+    except ERRORS:
+        expected = ERRORS
+    before = dict(CALLS)
+    if expected is ERRORS:
+        with pytest.raises(ERRORS):
+            fn(*args, **kwargs)
+    else:
+        assert_same(fn(*args, **kwargs), expected)
+    assert before == CALLS, "a walk ran __init__, __post_init__ or a custom __new__"
+
+
+# Schemas: ("kind", ...) leaves and nodes, from which items and batches are built.
+ITEM_LEAVES = ["tensor", "scalar", "int", "float", "bool", "str", "entries", "none"]
+BATCH_LEAVES = ["tensor", "labels", "scalar", "ragged", "strings", "dicts", "none", "number"]
+KEYS = st.sampled_from(["b", "a", "labels", "c"])
+
+
+def schemas(leaves, top_list=True):
+    leaf = st.one_of(
+        st.tuples(st.just("tensor"), st.sampled_from([(), (2,), (2, 3)])),
+        st.sampled_from([k for k in leaves if k != "tensor"]).map(lambda k: (k,)),
+    )
+
+    def nodes(kids):
+        return st.one_of(
+            st.lists(kids, min_size=1, max_size=3).map(lambda c: ("tuple", c)),
+            st.tuples(kids, kids).map(lambda c: ("two", list(c))),
+            st.tuples(kids, kids, kids).map(lambda c: ("three", list(c))),
+            st.dictionaries(KEYS, kids, min_size=1, max_size=3).map(lambda d: ("dict", d)),
+            st.dictionaries(KEYS, kids, min_size=1, max_size=2).map(lambda d: ("userdict", d)),
+            st.tuples(kids, kids).map(lambda c: ("post", list(c))),
+            st.tuples(kids, kids).map(lambda c: ("frozen", list(c))),
+        )
+
+    tree = st.recursive(leaf, nodes, max_leaves=6)
+    if not top_list:
+        return tree
+    return st.one_of(tree, st.lists(tree, min_size=1, max_size=3).map(lambda c: ("list", c)))
+
+
+NODES = {"two": Two, "three": Three, "post": Post, "frozen": Frozen}
+
+
+def build(schema, leaf_value):
+    """A structure of ``schema``, its leaves made by ``leaf_value(schema)``."""
+    kind = schema[0]
+    if kind in ("tuple", "list"):
+        built = [build(c, leaf_value) for c in schema[1]]
+        return tuple(built) if kind == "tuple" else built
+    if kind in NODES:
+        return NODES[kind](*[build(c, leaf_value) for c in schema[1]])
+    if kind in ("dict", "userdict"):
+        built = {k: build(c, leaf_value) for k, c in schema[1].items()}
+        return built if kind == "dict" else UserDict(built)
+    return leaf_value(schema)
+
+
+def item_leaf(g):
+    def make(schema):
+        kind = schema[0]
+        r = torch.rand((), generator=g).item()
+        return {
+            "tensor": lambda: torch.randn(schema[-1], generator=g),
+            "scalar": lambda: torch.randn((), generator=g),
+            "int": lambda: int(r * 10),
+            "float": lambda: r,
+            "bool": lambda: r < 0.5,
+            "str": lambda: f"w{int(r * 100)}",
+            "entries": lambda: [torch.randn(2, generator=g) for _ in range(int(r * 3))],
+            "none": lambda: None,
+        }[kind]()
+
+    return make
+
+
+def batch_leaf(g, n):
+    def make(schema):
+        kind = schema[0]
+        sizes = torch.randint(0, 3, (n,), generator=g).tolist()
+        return {
+            "tensor": lambda: torch.randn(n, *schema[-1], generator=g).requires_grad_(),
+            "labels": lambda: torch.randint(0, 5, (n,), generator=g),
+            "scalar": lambda: torch.randn((), generator=g),
+            "ragged": lambda: [torch.randn(k, 2, generator=g) for k in sizes],
+            "strings": lambda: [f"w{k}" for k in sizes],
+            "dicts": lambda: [{"box": torch.randn(k, 2, generator=g), "id": k} for k in sizes],
+            "none": lambda: None,
+            "number": lambda: float(sizes[0]),
+        }[kind]()
+
+    return make
+
+
+PROPERTY = settings(max_examples=40, deadline=None)
+
+
+@PROPERTY
+@given(schemas(ITEM_LEAVES), st.integers(1, 4), st.integers(0, 2**16))
+def test_collate_agrees_with_the_reference(schema, n, seed):
+    g = torch.Generator().manual_seed(seed)
+    items = [build(schema, item_leaf(g)) for _ in range(n)]
+    agree(collate, ref_collate, items)
+
+
+@PROPERTY
+@given(st.data(), st.booleans(), st.lists(st.integers(1, 4), min_size=1, max_size=3))
+def test_concat_of_batches_agrees_with_the_reference(data, top, sizes):
+    schema = data.draw(schemas(BATCH_LEAVES, top_list=top))
+    g = torch.Generator().manual_seed(data.draw(st.integers(0, 2**16)))
+    parts = [build(schema, batch_leaf(g, n)) for n in sizes]  # the last batch may be short
+    agree(concat, ref_concat, parts, top=top)
+
+
+@PROPERTY
+@given(schemas(BATCH_LEAVES), st.integers(1, 4), st.integers(0, 2**16))
+def test_count_take_and_the_maps_agree_with_the_reference(schema, n, seed):
+    batch = build(schema, batch_leaf(torch.Generator().manual_seed(seed), n))
+    agree(count_items, ref_count, batch)
+    agree(lambda b: to_device(b, "cpu"), lambda b: ref_map(lambda t: t.to("cpu"), b), batch)
+    agree(detach, lambda b: ref_map(torch.Tensor.detach, b), batch)
+    for i in range(n):
+        agree(take, ref_take, batch, i)
+
+
+def test_the_generated_structures_exercise_every_rule():
+    """The property tests can fail: the reference tells per-item lists from structures."""
+    g = torch.Generator().manual_seed(0)
+    batch = ([torch.zeros(1), torch.zeros(3)], (torch.zeros(2), ["a", "b"]))
+    assert_same(concat([batch, batch]), ref_concat([batch, batch]))
+    assert ref_count(batch) == 2 and ref_take(batch, 1)[1][1] == "b"
+    assert_same(take(batch, 1), ref_take(batch, 1))
+    items = [Post(torch.randn(2, generator=g), [1, 2]) for _ in range(3)]
+    with pytest.raises(AssertionError):  # rebuilding through the constructor is caught
+        agree(lambda items: Post(*ref_collate(items).__dict__.values()), ref_collate, items)
