@@ -596,6 +596,8 @@ def ref_map(fn, obj):
 
 
 def ref_collate(items, top=True):
+    if top and any(item is None for item in items):
+        raise TypeError("the dataset returned None")
     ref_same_shape(items, top)
     first = items[0]
     if ref_is_node(first, top):
