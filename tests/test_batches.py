@@ -634,35 +634,30 @@ def ref_count_of(obj, top):
     return (tensors or lists or [None])[0]
 
 
+def ref_first_tensor(obj, top):
+    """The first tensor outside the per-item lists, or None."""
+    if ref_is_node(obj, top):
+        found = [ref_first_tensor(c, False) for _, c in ref_entries(obj)]
+        return next((t for t in found if t is not None), None)
+    return obj if isinstance(obj, torch.Tensor) else None
+
+
 def ref_count(batch):
-    whole = ref_count_of(batch, True)
     if (isinstance(batch, (tuple, list)) and len(batch) == 2) or (
         isinstance(batch, Mapping) and "labels" in batch
     ):
         part = batch["labels"] if isinstance(batch, Mapping) else batch[1]
         n = ref_count_of(part, False)
         if n is not None:
-            if ref_count_of_tensors(part) is None and whole is not None and n != whole:
-                raise ValueError("per-item targets disagree with the batch")
+            tensor = ref_first_tensor(batch, True)
+            by_list = ref_first_tensor(part, False) is None
+            if by_list and tensor is not None and n != (tensor.shape[0] if tensor.ndim else 1):
+                raise ValueError("per-item targets disagree with the batch's first tensor")
             return n
+    whole = ref_count_of(batch, True)
     if whole is None:
         raise TypeError("nothing to count")
     return whole
-
-
-def ref_count_of_tensors(part):
-    """The part's count when a tensor (outside per-item lists) gives it, else None."""
-    found = []
-
-    def visit(o, top):
-        if ref_is_node(o, top):
-            for _, c in ref_entries(o):
-                visit(c, False)
-        elif isinstance(o, torch.Tensor):
-            found.append(o)
-
-    visit(part, False)
-    return found[0] if found else None
 
 
 def ref_concat(parts, top=True):

@@ -51,6 +51,7 @@ Example::
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import suppress
 from typing import Any
 
 import torch
@@ -167,18 +168,20 @@ def count_items(batch: Any) -> int:
     Example: ``count_items((xb, (yb, ["a", "b"]))) == len(yb)``."""
     if type(batch) is tuple and len(batch) == 2 and type(batch[1]) is _TENSOR and batch[1].ndim:
         return batch[1].shape[0]  # the common (xb, yb) pair, without a walk
-    whole = _count_flat(flatten(batch, top=True))
+    targets = None
     if is_pair(batch) or (isinstance(batch, Mapping) and LABELS in batch):
         targets = _count_flat(flatten(targets_of(batch), top=False))  # a part: lists per item
-        if targets is not None:
-            if targets[1] == "items" and whole is not None and whole[0] != targets[0]:
-                raise ValueError(
-                    f"count_items: the targets (learn.yb) are a list of "
-                    f"{entries_text(targets[0])}, one per item, but the batch's first tensor "
-                    f"holds {whole[0]} items. "
-                    f"{TORCH_LISTS}"
-                )
+        if targets is not None and targets[1] == "tensor":
             return targets[0]
+    whole = _count_flat(flatten(batch, top=True))
+    if targets is not None:  # counted by a per-item list: the batch's first tensor must agree
+        if whole is not None and whole[1] == "tensor" and whole[0] != targets[0]:
+            raise ValueError(
+                f"count_items: the targets (learn.yb) are a list of {entries_text(targets[0])}, "
+                f"one per item, but the batch's first tensor holds {whole[0]} items. "
+                f"{TORCH_LISTS}"
+            )
+        return targets[0]
     if whole is None:
         raise TypeError(
             f"cannot count the items of a batch of type {type(batch).__name__}: it holds no "
@@ -217,12 +220,13 @@ def collate(items: Sequence[Any]) -> Any:
     first = flatten(items[0], top=True)
     rows = []
     for item in items:  # each item flattened to the first one's leaves (9x cheaper than a walk)
-        try:
-            if (type(item) is list) != first.top_list:
-                raise ValueError("a list and another structure")
-            rows.append(first.spec.flatten_up_to(tuple(item) if first.top_list else item))
-        except ValueError:
-            raise mismatch(items[0], item, "collate: the items of one batch", "item") from None
+        leaves = None
+        if (type(item) is list) == first.top_list:
+            with suppress(ValueError):  # another structure
+                leaves = first.spec.flatten_up_to(tuple(item) if first.top_list else item)
+        if leaves is None:
+            raise mismatch(items[0], item, "collate: the items of one batch", "item")
+        rows.append(leaves)
     out = []
     for position, column in enumerate(zip(*rows, strict=True)):
         where = _Where(items[0], True, "item", position)
