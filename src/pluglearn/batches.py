@@ -1,16 +1,44 @@
-"""Batches of any structure: move them, collate them, and find their inputs, targets and size.
+"""Batches of any structure: move, detach, collate, concatenate, count and index them.
 
 A batch is whatever the loader yields: an ``(inputs, targets)`` pair (the default step's
-shape), a dict (``{"input_ids": ..., "labels": ...}``, the Hugging Face shape), a dataclass,
-a named tuple, or any nesting of these. The functions here walk such structures:
+shape), a dict (``{"input_ids": ..., "labels": ...}``, the Hugging Face shape), a dataclass, a
+named tuple, or any nesting of these. Every walk over one goes through optree, with the node
+types of :mod:`pluglearn.batch_tree` (tuples, named tuples, mappings and dataclasses, each
+rebuilt with its own type; see there for lists):
 
-* :func:`to_device` moves every tensor inside (``Device`` uses it on each batch);
-* :func:`collate` stacks a list of items into one batch of the same structure (the default
-  ``collate_fn`` of the Learner's loaders): dicts of tensors become a dict of stacked tensors,
-  dataclasses a dataclass of stacked fields, nested tuples nested tuples;
-* :func:`inputs_of` / :func:`targets_of` give ``learn.xb`` / ``learn.yb``: the pair's parts,
-  or for a mapping everything but ``labels`` and ``batch["labels"]``;
-* :func:`count_items` is how many items a batch holds (metrics average per item).
+* :func:`to_device`, :func:`detach`, :func:`map_tensors` map every tensor inside;
+* :func:`collate` stacks dataset items into one batch (the loaders' default ``collate_fn``);
+* :func:`concat` joins batches in item order (``get_preds``'s predictions and targets);
+* :func:`count_items` is how many items a batch holds (metrics average per item), :func:`take`
+  its item ``i``;
+* :func:`inputs_of` / :func:`targets_of` give ``learn.xb`` / ``learn.yb``: the pair's parts, or
+  for a mapping everything but ``labels`` and ``batch["labels"]``.
+
+The leaves, and what each walk does with them (the one place in code is
+:data:`pluglearn.batch_leaves.LEAF_RULES`; a test keeps the two in step)::
+
+    kind    collate (items -> batch)  concat (batches -> one)     count         take(i)
+    ------  ------------------------  --------------------------  ------------  -----------
+    tensor  stacked on a new dim 0    joined on dim 0 (0-dim as   leading size  t[i] (0-dim
+                                      length 1)                   (0-dim: 1)    kept)
+    array   a tensor, stacked         one entry per batch         -             kept
+    number  a bool / int64 / float64  one entry per batch         -             kept
+            tensor
+    text    a list of them            one entry per batch         -             kept
+    items   a list of the items'      the lists joined flat, in   its length    entry i
+            entries                   item order
+    other   an error naming it        one entry per batch         -             kept
+
+A *tensor* is a ``torch.Tensor``; an *array* a numpy array or numpy scalar; a *number* a bool,
+int or float (as torch's ``default_collate``); *text* a str or bytes; *items* a list below the
+top of a batch, one entry per item (concat checks it holds as many entries as its batch has
+items); *other* anything else.
+
+``None`` is an empty structure: every walk keeps it. The maps (``to_device``, ``detach``)
+apply to tensors only, also inside the per-item lists, and keep every other leaf as it is.
+``count_items`` gives the targets' count (a pair's ``[1]``, a mapping's ``labels``), else the
+whole batch's: a structure's count is its first tensor's, else its first per-item list's,
+walking dict entries in sorted key order (optree's order).
 
 Example::
 
@@ -22,15 +50,19 @@ Example::
 
 from __future__ import annotations
 
-import dataclasses
-import sys
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import suppress
 from typing import Any
 
 import torch
 
+from .batch_leaves import LEAF_RULES, TORCH_LISTS, entries_text, leaf_kind
+from .batch_tree import Flat, all_leaves, flatten, mismatch, path_names, unflatten, walk_map
+
 #: the key of the targets in a mapping batch (the Hugging Face convention)
 LABELS = "labels"
+
+_TENSOR = torch.Tensor
 
 
 def is_pair(batch: Any) -> bool:
@@ -38,60 +70,48 @@ def is_pair(batch: Any) -> bool:
     return isinstance(batch, (tuple, list)) and len(batch) == 2
 
 
-def _is_dataclass_instance(obj: Any) -> bool:
-    return dataclasses.is_dataclass(obj) and not isinstance(obj, type)
+# ------------------------------------------------------------------------------------- maps
 
 
 def map_tensors(fn: Callable[[torch.Tensor], Any], obj: Any) -> Any:
-    """``obj`` with ``fn`` applied to every tensor inside tuples, named tuples, lists, mappings
-    and dataclasses; other leaves are kept as they are. Containers keep their type."""
-    if isinstance(obj, torch.Tensor):
+    """``obj`` with ``fn`` applied to every tensor inside (lists at any depth included); other
+    leaves are kept as they are, every structure is rebuilt with its own type.
+
+    Example: ``map_tensors(lambda t: t * 2, {"x": torch.ones(2), "id": 7})``."""
+    if type(obj) is _TENSOR:
         return fn(obj)
-    if isinstance(obj, (list, tuple)):
-        moved = [map_tensors(fn, o) for o in obj]
-        return type(obj)(*moved) if hasattr(obj, "_fields") else type(obj)(moved)
-    if isinstance(obj, Mapping):
-        moved_map = {k: map_tensors(fn, v) for k, v in obj.items()}
-        try:  # keep the mapping's type (OrderedDict, a BatchEncoding) when it builds from a dict
-            return type(obj)(moved_map)
-        except TypeError:
-            return moved_map
-    if _is_dataclass_instance(obj):
-        changes = {f.name: map_tensors(fn, getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-        return dataclasses.replace(obj, **{k: v for k, v in changes.items() if _init(obj, k)})
-    return obj
-
-
-def _init(obj: Any, name: str) -> bool:
-    return next(f for f in dataclasses.fields(obj) if f.name == name).init
+    return walk_map(lambda leaf: fn(leaf) if isinstance(leaf, _TENSOR) else leaf, obj)
 
 
 def to_device(obj: Any, device: torch.device | str, non_blocking: bool = False) -> Any:
-    """``obj`` with every tensor inside (see :func:`map_tensors`) moved to ``device``."""
+    """``obj`` with every tensor inside (see :func:`map_tensors`) moved to ``device``;
+    ``non_blocking`` copies overlap with compute on CUDA (from pinned memory).
+
+    Example: ``to_device((xb, {"mask": m}), "cuda", non_blocking=True)``."""
     return map_tensors(lambda t: t.to(device, non_blocking=non_blocking), obj)
 
 
+def detach(obj: Any) -> Any:
+    """``obj`` with every tensor inside detached. Example: ``detach((preds, [aux]))``."""
+    return map_tensors(_TENSOR.detach, obj)
+
+
 def first_tensor(obj: Any) -> torch.Tensor | None:
-    """The first tensor found in ``obj`` (depth first, in field order), or None."""
-    if isinstance(obj, torch.Tensor):
+    """The first tensor in ``obj`` (depth first; dict entries in sorted key order), or None.
+
+    Example: ``first_tensor({"mask": m, "ids": ids}) is ids``."""
+    if isinstance(obj, _TENSOR):
         return obj
-    if isinstance(obj, Mapping):
-        children: Any = obj.values()
-    elif isinstance(obj, (list, tuple)):
-        children = obj
-    elif _is_dataclass_instance(obj):
-        children = [getattr(obj, f.name) for f in dataclasses.fields(obj)]
-    else:
-        return None
-    for child in children:
-        found = first_tensor(child)
-        if found is not None:
-            return found
-    return None
+    return next((leaf for leaf in all_leaves(obj) if isinstance(leaf, _TENSOR)), None)
+
+
+# --------------------------------------------------------------------------- inputs, targets
 
 
 def inputs_of(batch: Any) -> Any:
-    """``learn.xb``: the first part of a pair; for a mapping, every entry but ``labels``."""
+    """``learn.xb``: the first part of a pair; for a mapping, every entry but ``labels``.
+
+    Example: ``inputs_of({"ids": ids, "labels": y}) == {"ids": ids}``."""
     if is_pair(batch):
         return batch[0]
     if isinstance(batch, Mapping):
@@ -100,7 +120,9 @@ def inputs_of(batch: Any) -> Any:
 
 
 def targets_of(batch: Any) -> Any:
-    """``learn.yb``: the second part of a pair; for a mapping, ``batch["labels"]``."""
+    """``learn.yb``: the second part of a pair; for a mapping, ``batch["labels"]``.
+
+    Example: ``targets_of((xb, yb)) is yb``."""
     if is_pair(batch):
         return batch[1]
     if isinstance(batch, Mapping):
@@ -123,35 +145,69 @@ def _not_split(batch: Any, part: str) -> str:
     )
 
 
+# ------------------------------------------------------------------------- count, take, join
+
+
+def _count_flat(flat: Flat) -> tuple[int, str] | None:
+    """The count of a flattened structure and the kind of leaf it came from: the first
+    tensor's, else the first per-item list's (a tensor outside the lists is the surer count)."""
+    for kind in ("tensor", "items"):
+        count = LEAF_RULES[kind].count
+        for leaf in flat.leaves:
+            if count is not None and leaf_kind(leaf) == kind:
+                return count(leaf), kind
+    return None
+
+
 def count_items(batch: Any) -> int:
-    """How many items ``batch`` holds: the length of a pair's targets (or a mapping's
-    ``labels``), else the leading size of its first tensor."""
+    """How many items ``batch`` holds: the count of a pair's targets (or a mapping's
+    ``labels``), else the whole batch's: its first tensor's leading size, else its first
+    per-item list's length. Targets counted by a per-item list that disagrees with the batch's
+    first tensor are refused (torch's default_collate makes tuples of targets such a list).
+
+    Example: ``count_items((xb, (yb, ["a", "b"]))) == len(yb)``."""
+    if type(batch) is tuple and len(batch) == 2 and type(batch[1]) is _TENSOR and batch[1].ndim:
+        return batch[1].shape[0]  # the common (xb, yb) pair, without a walk
+    targets = None
     if is_pair(batch) or (isinstance(batch, Mapping) and LABELS in batch):
-        leaf = targets_of(batch)
-        if not isinstance(leaf, torch.Tensor):
-            try:
-                return len(leaf)
-            except TypeError:
-                leaf = first_tensor(leaf)
-    else:
-        leaf = first_tensor(batch)
-    if leaf is None:
+        targets = _count_flat(flatten(targets_of(batch), top=False))  # a part: lists per item
+        if targets is not None and targets[1] == "tensor":
+            return targets[0]
+    whole = _count_flat(flatten(batch, top=True))
+    if targets is not None:  # counted by a per-item list: the batch's first tensor must agree
+        if whole is not None and whole[1] == "tensor" and whole[0] != targets[0]:
+            raise ValueError(
+                f"count_items: the targets (learn.yb) are a list of {entries_text(targets[0])}, "
+                f"one per item, but the batch's first tensor holds {whole[0]} items. "
+                f"{TORCH_LISTS}"
+            )
+        return targets[0]
+    if whole is None:
         raise TypeError(
             f"cannot count the items of a batch of type {type(batch).__name__}: it holds no "
-            "tensor. Make the dataset return tensors (or numbers, which collate to tensors)."
+            "tensor. Make the dataset return tensors (or numbers, which collate to tensors), or "
+            "answer the count_items hook in a plugin."
         )
-    return leaf.shape[0] if leaf.ndim else 1
+    return whole[0]
+
+
+def take(obj: Any, index: int, top: bool = True) -> Any:
+    """Item ``index`` of a batch: every tensor indexed on its first dimension, every per-item
+    list's entry ``index``. ``top=False`` for a part of a batch (``learn.yb``, predictions),
+    whose own list holds one entry per item.
+
+    Example: ``take((xb, ["a", "b"]), 1) == (xb[1], "b")``."""
+    flat = flatten(obj, top=top)
+    return unflatten(flat, [LEAF_RULES[leaf_kind(v)].take(v, index) for v in flat.leaves])
 
 
 def collate(items: Sequence[Any]) -> Any:
-    """Stack a list of dataset items into one batch of the same structure.
+    """Stack a list of dataset items into one batch of the same structure (see the module
+    doc's table): ``[(x, y), ...]`` gives ``(xb, yb)``, ``[{"x": x, "labels": y}, ...]`` gives
+    ``{"x": xb, "labels": yb}``, dataclasses a dataclass of stacked fields.
 
-    Tensors and numpy arrays are stacked on a new first dimension; ints and bools become an
-    int64 or bool tensor and floats a float64 tensor (as ``torch``'s ``default_collate``); strings
-    and bytes stay a list. Tuples (named tuples too), lists, mappings and dataclasses are
-    collated field by field, keeping their type, so ``[(x, y), ...]`` gives ``(xb, yb)`` and
-    ``[{"x": x, "labels": y}, ...]`` gives ``{"x": xb, "labels": yb}``.
-    """
+    Example: ``collate([(torch.zeros(2), "a"), (torch.ones(2), "b")])`` is
+    ``(tensor of shape (2, 2), ["a", "b"])``."""
     items = list(items)
     if not items:
         raise ValueError("collate needs at least one item: the batch is empty.")
@@ -161,87 +217,76 @@ def collate(items: Sequence[Any]) -> Any:
             f"{len(items)} items of this batch: its __getitem__ must return the item, e.g. "
             "(x, y) (is a `return` missing?)."
         )
-    first = items[0]
-    kinds = {_kind(item) for item in items}
-    if len(kinds) > 1:
-        raise TypeError(
-            f"collate: the items of one batch have different types ({', '.join(sorted(kinds))}): "
-            "make the dataset return one structure for every item."
-        )
-    np = sys.modules.get("numpy")
-    if isinstance(first, torch.Tensor):
-        return torch.stack(items)
-    if np is not None and isinstance(first, (np.ndarray, np.generic)):
-        return torch.stack([torch.as_tensor(item) for item in items])
-    if isinstance(first, (bool, int, float)):  # floats as float64, as torch's default_collate
-        dtype = torch.float64 if any(isinstance(i, float) for i in items) else None
-        return torch.tensor(items, dtype=dtype)
-    if isinstance(first, (str, bytes)):
-        return items
-    if isinstance(first, Mapping):
-        keys = list(first)
-        for item in items:
-            if set(item) != set(keys):
-                raise ValueError(
-                    f"collate: dict items of one batch have different keys ({keys} and "
-                    f"{list(item)}): make the dataset return the same keys for every item."
-                )
-        merged = {k: collate([item[k] for item in items]) for k in keys}
-        try:
-            return type(first)(merged)
-        except TypeError:
-            return merged
-    if _is_dataclass_instance(first):
-        names = [f.name for f in dataclasses.fields(first) if f.init]
-        return type(first)(**{n: collate([getattr(item, n) for item in items]) for n in names})
-    if isinstance(first, (tuple, list)):
-        if any(len(item) != len(first) for item in items):
-            raise ValueError(
-                "collate: every item of a batch must have the same number of fields, got "
-                f"lengths {sorted({len(item) for item in items})}."
+    first = flatten(items[0], top=True)
+    rows = []
+    for item in items:  # each item flattened to the first one's leaves (9x cheaper than a walk)
+        leaves = None
+        if (type(item) is list) == first.top_list:
+            with suppress(ValueError):  # another structure
+                leaves = first.spec.flatten_up_to(tuple(item) if first.top_list else item)
+        if leaves is None:
+            raise mismatch(items[0], item, "collate: the items of one batch", "item")
+        rows.append(leaves)
+    out = []
+    for position, column in enumerate(zip(*rows, strict=True)):
+        where = _Where(items[0], True, "item", position)
+        kinds = {leaf_kind(v) for v in column}
+        if len(kinds) > 1:
+            types = sorted({type(v).__name__ for v in column})
+            raise TypeError(
+                f"collate: the items of one batch have different types at {where} "
+                f"({', '.join(types)}): make the dataset return one structure for every item."
             )
-        fields = [collate(list(column)) for column in zip(*items, strict=True)]
-        if hasattr(first, "_fields"):
-            return type(first)(*fields)
-        return type(first)(fields)
-    raise TypeError(
-        f"collate does not know how to batch a {type(first).__name__}: return tensors, numbers, "
-        "strings, or tuples/dicts/dataclasses of them from the dataset, or pass "
-        "DataLoaders.from_datasets(..., collate_fn=your_function)."
-    )
+        out.append(LEAF_RULES[kinds.pop()].collate(list(column), where))
+    return unflatten(first, out)
 
 
-def _kind(item: Any) -> str:
-    if isinstance(item, (bool, int, float)):
-        return "number"
-    return type(item).__name__
+def concat(
+    parts: Sequence[Any],
+    top: bool = True,
+    name: str = "batch",
+    counts: Sequence[int] | None = None,
+) -> Any:
+    """Join batches of one structure in item order (see the module doc's table), e.g. the
+    predictions of every batch of a pass. ``top=False`` for parts of batches (``learn.yb``,
+    predictions), whose own list holds one entry per item; ``name`` names them in errors;
+    ``counts`` gives each batch's items, which its per-item lists must match (by default each
+    part's own count: its first tensor's leading size, else its first list's length).
 
-
-def detach(obj: Any) -> Any:
-    """``obj`` with every tensor inside detached."""
-    return map_tensors(torch.Tensor.detach, obj)
-
-
-def concat(parts: Sequence[Any]) -> Any:
-    """Concatenate batches of one structure along the first dimension (tensors inside tuples,
-    mappings and dataclasses), e.g. the predictions of every batch of a pass."""
+    Example: ``concat([(y1, ["a"]), (y2, ["b", "c"])])`` is ``(cat([y1, y2]), ["a", "b", "c"])``."""
     parts = list(parts)
     if not parts:
         raise ValueError("concat needs at least one batch: the pass yielded none.")
-    first = parts[0]
-    if isinstance(first, torch.Tensor):
-        return torch.cat([p if p.ndim else p.reshape(1) for p in parts])
-    if isinstance(first, Mapping):
-        return {k: concat([p[k] for p in parts]) for k in first}
-    if _is_dataclass_instance(first):
-        names = [f.name for f in dataclasses.fields(first) if f.init]
-        return type(first)(**{n: concat([getattr(p, n) for p in parts]) for n in names})
-    if isinstance(first, (tuple, list)):
-        fields = [concat(list(column)) for column in zip(*parts, strict=True)]
-        return type(first)(*fields) if hasattr(first, "_fields") else type(first)(fields)
-    return [x for p in parts for x in (p if isinstance(p, list) else [p])]
+    flats = [flatten(part, top=top) for part in parts]
+    first = flats[0]
+    for i, flat in enumerate(flats):
+        if flat.spec != first.spec or flat.top_list != first.top_list:
+            raise mismatch(parts[0], parts[i], f"concat: batch 0 and batch {i}", name, top)
+    if counts is None:
+        counts = [(_count_flat(flat) or (0, ""))[0] for flat in flats]
+    elif len(counts) != len(parts):
+        raise ValueError(f"concat: {len(parts)} batches but {len(counts)} counts.")
+    counts = list(counts)
+    out = []
+    for position, column in enumerate(zip(*(f.leaves for f in flats), strict=True)):
+        where = _Where(parts[0], top, name, position)
+        kind = leaf_kind(column[0])
+        for i, value in enumerate(column):
+            if leaf_kind(value) != kind:
+                raise TypeError(
+                    f"concat: {where} is a {type(column[0]).__name__} in batch 0 but a "
+                    f"{type(value).__name__} in batch {i}: return one structure for every batch."
+                )
+        out.append(LEAF_RULES[kind].concat(list(column), counts, where))
+    return unflatten(first, out)
 
 
-def take(obj: Any, index: int) -> Any:
-    """Item ``index`` of a batch: every tensor inside indexed on its first dimension."""
-    return map_tensors(lambda t: t[index], obj)
+class _Where:
+    """A leaf's place in a batch for an error message, worked out only when one is raised."""
+
+    def __init__(self, obj: Any, top: bool, root: str, position: int) -> None:
+        self.args = (obj, top, root, position)
+
+    def __str__(self) -> str:
+        obj, top, root, position = self.args
+        return path_names(obj, top, root)[position]

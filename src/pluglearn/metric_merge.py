@@ -33,19 +33,24 @@ def merge_metrics(learn: Learner, phase: str) -> None:
 
 class GatherPreds:
     """Internal plugin for ``get_preds``: keeps every validation batch's predictions and targets
-    (tensors, or structures of them: see :func:`pluglearn.batches.concat`)."""
+    (tensors, or structures of them) and joins them in item order with
+    :func:`pluglearn.batches.concat`. Both are parts of a batch (``top=False``): a list at
+    their root holds one entry per item, as detection targets (a tensor per item) do."""
 
     plugin_name = "get_preds"
 
     def __init__(self) -> None:
         self.preds: list[Any] = []
         self.targets: list[Any] = []
+        self.counts: list[int] = []  # each batch's items: its per-item lists must hold as many
 
     @hookimpl
     def after_loss(self, learn: Learner) -> None:
         self.preds.append(detach(learn.preds))
         self.targets.append(detach(learn.yb))
+        self.counts.append(learn.hooks.call("count_items", learn=learn, batch=learn.batch))
 
     def result(self) -> tuple[Any, Any]:
         """The predictions and targets of every batch, concatenated."""
-        return concat(self.preds), concat(self.targets)
+        preds = concat(self.preds, top=False, name="preds", counts=self.counts)
+        return preds, concat(self.targets, top=False, name="targets", counts=self.counts)

@@ -242,16 +242,15 @@ def test_one_batch_groups_are_accepted_and_step_every_batch_like_no_accumulation
     assert_close(plain.model, one.model, tol=1e-12)
 
 
-def test_a_0_dim_target_counts_one_item_and_untyped_targets_name_the_fix():
+def test_a_0_dim_target_counts_one_item_and_uncountable_targets_name_the_fix():
     from pluglearn.callbacks.accumulate import count_targets
 
-    class Fake:
-        batch = (None, torch.tensor(3))
-
-    assert count_targets(Fake()) == 1
-    Fake.batch = (None, object())
-    with pytest.raises(TypeError, match=r"targets of type object: pass count=lambda learn"):
-        count_targets(Fake())
+    learn = Learner(model(), DataLoaders(split(*data(4), [4])), defaults=False)
+    learn.batch = (None, torch.tensor(3))
+    assert count_targets(learn) == 1
+    learn.batch = (None, object())
+    with pytest.raises(TypeError, match=r"batch of type tuple: .* answer the count_items hook"):
+        count_targets(learn)
 
 
 def test_count_with_summed_batches_is_refused_naming_both():

@@ -18,8 +18,9 @@ its items, the gradient of the big batch is ``sum_b count_b * grad(loss_b) / sum
 * ``before_step`` (``tryfirst``: before unscaling and clipping) divides every gradient by the
   group's total count.
 
-``count(learn)`` is the number of items the batch's loss averages over: by default the length
-of the targets (``len(learn.batch[1])``). For a loss averaged per token give it, e.g.
+``count(learn)`` is the number of items the batch's loss averages over: by default the answer
+of the ``count_items`` hook (the targets' items: ``len(learn.yb)``). For a loss averaged per
+token give it, e.g.
 ``GradientAccumulation(4, count=lambda learn: (learn.batch[1] != -100).sum())``.
 
 The group (its total count and the gradients added so far) is in the plugin's checkpoint state,
@@ -49,17 +50,8 @@ if TYPE_CHECKING:
 
 
 def count_targets(learn: Learner) -> int:
-    """The default count: the number of items in the batch's targets."""
-    targets = learn.batch[1]
-    if isinstance(targets, torch.Tensor):
-        return targets.shape[0] if targets.ndim else 1
-    try:
-        return len(targets)
-    except TypeError:
-        raise TypeError(
-            f"GradientAccumulation cannot count the items of targets of type "
-            f"{type(targets).__name__}: pass count=lambda learn: <items in learn.batch>."
-        ) from None
+    """The default count: the batch's items, as the ``count_items`` hook answers."""
+    return learn.hooks.call("count_items", learn=learn, batch=learn.batch)
 
 
 class GradientAccumulation:

@@ -66,10 +66,7 @@ def _level(cancel: CancelException) -> int:
 
 
 def batch_items(learn: Learner) -> int:
-    targets = learn.batch[1]
-    if isinstance(targets, torch.Tensor):
-        return targets.shape[0] if targets.ndim else 1
-    return len(targets)
+    return learn.hooks.call("count_items", learn=learn, batch=learn.batch)
 
 
 def zero_loss(learn: Learner) -> torch.Tensor:

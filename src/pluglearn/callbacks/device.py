@@ -8,7 +8,8 @@ Example::
 The model moves in ``before_fit`` (and before a standalone validation); batches move in
 ``before_batch`` (``tryfirst``, so other plugins see them on the device). Batches of any
 structure move: tensors nested in tuples, named tuples, lists, dicts and dataclasses
-(:func:`pluglearn.batches.to_device`); ``non_blocking`` copies overlap with compute on CUDA.
+(:func:`pluglearn.batches.to_device`; a dataclass is rebuilt without running its
+``__post_init__`` again); ``non_blocking`` copies overlap with compute on CUDA.
 """
 
 from __future__ import annotations

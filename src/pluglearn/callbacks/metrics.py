@@ -7,6 +7,7 @@ reporter through ``report``, so no reporter depends on the order of the metric p
 Names: a metric reports ``name`` for the validation pass and ``train_name`` for the train pass
 (``AvgLoss`` reports ``train_loss`` and ``valid_loss``). Averages are per item, so a smaller last
 batch weighs less, and sums and counts are all-reduced when torch.distributed is initialised.
+``AvgLoss`` counts a batch's items with the ``count_items`` hook (:func:`count_of`).
 
 Example::
 
@@ -21,9 +22,9 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..batches import count_items
 from ..dist import reduce_sum
 from ..plugins.markers import hookimpl
+from .train_step import TrainStep
 
 if TYPE_CHECKING:
     from ..learner import Learner
@@ -56,6 +57,26 @@ class PerPass:
     @hookimpl
     def before_validate(self) -> None:
         self._reset("valid")
+
+
+def count_of(learn: Learner) -> Any:
+    """The number of items in ``learn.batch``, as the ``count_items`` hook answers (the default,
+    ``TrainStep``: the targets' count, else the first tensor's leading size).
+
+    Example: ``count_of(learn)`` is 64 for an ``(xb, yb)`` batch of 64 items."""
+    n = learn.hooks.call("count_items", learn=learn, batch=learn.batch)
+    if n is None:
+        raise TypeError("no plugin answered 'count_items' (every one returned None)")
+    return n
+
+
+def _counts_by_default(hooks: Any) -> bool:
+    """True when only the default (``TrainStep``) answers ``count_items`` in this dispatcher:
+    then a pair's count is its targets' leading size, with no hook call."""
+    return all(
+        isinstance(getattr(impl.function, "__self__", None), TrainStep)
+        for impl in hooks.impls.get("count_items", [])
+    )
 
 
 class AverageMetric(PerPass):
@@ -116,15 +137,21 @@ class AvgLoss(AverageMetric):
 
     def __init__(self) -> None:
         super().__init__(phases=PHASES)
+        self._hooks: Any = None  # the dispatcher _default_count was worked out for
+        self._default_count = True
 
     @hookimpl
     def after_loss(self, learn: Learner) -> None:
-        # every batch of every fit runs this: the common case (a CPU loss of an (xb, yb) pair)
-        # in one frame; anything else, or a subclass's own batch_sum, as AverageMetric does
-        batch, loss = learn.batch, learn.loss
+        # every batch of every fit runs this: the common case (a CPU loss of an (xb, yb) pair,
+        # counted by the default count_items) in one frame; anything else, or a subclass's own
+        # batch_sum, as AverageMetric does
+        batch, loss, hooks = learn.batch, learn.loss, learn.hooks
         phase = "train" if learn.run.pos.training else "valid"
+        if hooks is not self._hooks:  # the plugins changed: does a plugin answer count_items?
+            self._hooks, self._default_count = hooks, _counts_by_default(hooks)
         if (
-            type(self).batch_sum is AvgLoss.batch_sum
+            self._default_count
+            and type(self).batch_sum is AvgLoss.batch_sum
             and type(batch) is tuple
             and len(batch) == 2
             and type(batch[1]) is torch.Tensor
@@ -143,12 +170,8 @@ class AvgLoss(AverageMetric):
         return f"{phase}_loss"
 
     def batch_sum(self, learn: Learner) -> tuple[float | torch.Tensor, int]:
-        batch, loss = learn.batch, learn.loss
-        targets = batch[1] if type(batch) is tuple and len(batch) == 2 else None
-        if type(targets) is torch.Tensor and targets.ndim:
-            n = targets.shape[0]  # the common (xb, yb) pair, without the general walk
-        else:
-            n = count_items(batch)  # a pair's targets, a dict's labels, else the first tensor
+        loss = learn.loss
+        n = count_of(learn)  # a pair's targets, a dict's labels, else the first tensor
         # on CPU a float is cheapest; on an accelerator a tensor sum avoids a sync per batch
         if loss.is_cpu:
             return loss.item() * n, n

@@ -1,4 +1,4 @@
-"""TrainStep: the default predict / compute_loss / backward / step / zero_grad.
+"""TrainStep: the default predict / compute_loss / backward / step / zero_grad / count_items.
 
 Registered last by every Learner, with ``trylast``, so that any plugin answering one of these
 steps replaces it for that step only: ``GradientAccumulation`` answers ``step`` and
@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..batches import targets_of
+from ..batches import count_items, targets_of
 from ..checks import check_pair
 from ..plugins.markers import hookimpl
 
@@ -26,7 +26,7 @@ class TrainStep:
     ``predict`` takes ``(xb, yb)`` pairs; for a batch of another structure it raises an error
     saying what to use instead (``HFModel`` for Hugging Face style dict batches, or a plugin
     answering ``predict``). ``compute_loss`` reads ``learn.yb``: a pair's targets or a dict
-    batch's ``labels``."""
+    batch's ``labels``. ``count_items`` is :func:`pluglearn.batches.count_items`."""
 
     may_cancel = False  # never raises a cancel: DDP need not agree on one after its hooks
 
@@ -70,6 +70,10 @@ class TrainStep:
     def zero_grad(self, learn: Learner) -> bool:
         learn.opt.zero_grad()
         return True
+
+    @hookimpl(trylast=True)
+    def count_items(self, batch: Any) -> int:
+        return count_items(batch)  # the targets' count, else the first tensor's leading size
 
 
 def check_broadcast(preds: torch.Tensor, targets: torch.Tensor) -> None:

@@ -10,7 +10,7 @@ the arguments declared here (most take only ``learn``). The call order of one ``
           before_batch                                one per training batch
             should_step                               does this batch end with an optimizer step?
             forward_context: [ predict -> after_pred -> compute_loss ]
-            after_loss
+            after_loss                                metrics weigh by count_items
             backward -> after_backward
             before_step -> step -> after_step -> zero_grad      (only when should_step)
           after_batch
@@ -60,9 +60,12 @@ returned context manager. ``@hookimpl(wrapper=True)`` implementations (pluggy's 
 wrappers) wrap the whole call and keep every rule of its kind.
 
 Steps (``predict``, ``compute_loss``, ``should_step``, ``backward``, ``step``, ``zero_grad``,
-``make_dataloader``) are *first result wins*: the first implementation that returns something
-other than ``None`` answers and the rest are not called. The built-in ``TrainStep`` and
-``DefaultLoader`` answer last, so any plugin that answers replaces the default.
+``make_dataloader``, ``count_items``) are *first result wins*: the first implementation that
+returns something other than ``None`` answers and the rest are not called. The built-in
+``TrainStep`` and ``DefaultLoader`` answer last, so any plugin that answers replaces the default.
+``count_items`` is not called by the loop: the plugins that weigh batches by their items ask it
+(``AvgLoss`` in ``after_loss``, ``GradientAccumulation`` in ``backward``, ``DDP``), and so does
+``get_preds``.
 """
 
 from __future__ import annotations
@@ -274,6 +277,17 @@ def make_dataloader(learn: Learner, dataset: Any, train: bool) -> Iterable[Any] 
     train pass), or ``None`` to let the next plugin answer. Called once per fit for each dataset
     of ``learn.dls`` built with ``DataLoaders.from_datasets``; the loader's ``close()`` (if any)
     is called at the end of the fit. Settings live in ``learn.dls`` (``batch_size``, ...)."""
+
+
+@hookspec(firstresult=True)
+def count_items(learn: Learner, batch: Any) -> int | None:
+    """Return how many items ``batch`` holds, or ``None`` to let the next plugin answer. Asked by
+    the plugins that weigh a batch by its items: ``AvgLoss`` (per-item averages),
+    ``GradientAccumulation`` (its default ``count``) and ``DDP`` (a short last batch, padding),
+    and by ``get_preds`` (each per-item list of the predictions and targets must hold as many
+    entries). The default (``TrainStep``) is :func:`pluglearn.batches.count_items`: the
+    targets' item count (a pair's ``batch[1]``, a mapping's ``labels``), else the first
+    tensor's leading size. Answer it for a batch whose items pluglearn cannot count."""
 
 
 # ------------------------------------------------------------------- metrics and reporting

@@ -1,0 +1,44 @@
+"""HFModel (dict batches) under DDP, with and without GradientAccumulation: two ranks give the
+weights and metrics of one process (the items are counted through the count_items hook)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.distributed.launch import ENV, free_port, torchrun
+
+JOB = Path(__file__).with_name("hf_job.py")
+
+pytestmark = pytest.mark.skipif(
+    not torch.distributed.is_available(), reason="torch.distributed is not available"
+)
+
+
+def run(out: Path, nproc: int, *args: str) -> dict:
+    launcher = torchrun(nproc, free_port()) if nproc > 1 else [sys.executable]
+    done = subprocess.run(
+        [*launcher, str(JOB), str(out), *args], capture_output=True, text=True, timeout=150, env=ENV
+    )
+    if done.returncode != 0:
+        raise AssertionError(f"the job failed:\n{done.stdout[-3000:]}{done.stderr[-5000:]}")
+    return torch.load(out / "result.pt", weights_only=False)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("accum", [[], ["--accum", "3"]], ids=["plain", "accumulated"])
+def test_hf_model_on_two_ranks_trains_as_one_process(tmp_path, accum):
+    (tmp_path / "one").mkdir()
+    (tmp_path / "two").mkdir()
+    one = run(tmp_path / "one", 1, *accum)
+    two = run(tmp_path / "two", 2, *accum)
+    assert (one["world"], two["world"]) == (1, 2)
+    for key, value in one["weights"].items():
+        torch.testing.assert_close(two["weights"][key], value, rtol=0, atol=1e-10)
+    for key in ("train_loss", "valid_loss"):
+        assert two["metrics"][key] == pytest.approx(one["metrics"][key], rel=1e-12), key
