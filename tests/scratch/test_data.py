@@ -126,7 +126,7 @@ def test_default_generator_follows_torch_manual_seed():
         (dict(batch_size=2, n_workers=-1), ValueError, "n_workers must be an int >= 0"),
         (dict(), TypeError, r"needs the batches: pass a BatchSampler"),
         (dict(batchs=[[0, 1]], shuffle=True), TypeError, "belong to the BatchSampler"),
-        (dict(batches=[[0, 1]]), TypeError, r"as `batchs`, the notebook's spelling"),
+        (dict(batchs=[[0, 1]], batches=[[0, 1]]), TypeError, "two spellings of one argument"),
         (dict(batch_size=2, generator=0), TypeError, r"torch.Generator\(\).manual_seed"),
         (dict(batch_size=2, collate_fn="stack"), TypeError, "collate_fn must be callable"),
     ],
@@ -134,6 +134,16 @@ def test_default_generator_follows_torch_manual_seed():
 def test_loader_validates_arguments(kwargs, error, match):
     with pytest.raises(error, match=match):
         DataLoader(_ds(4), **kwargs)
+
+
+def test_the_notebooks_two_spellings_of_the_batches_make_the_same_loader():
+    """The course notebook writes DataLoader(train_ds, batchs=train_samp), other versions of it
+    DataLoader(trn_ds, batches=trn_samp): both run as printed."""
+    ds = _ds(10)
+    samp = BatchSampler(Sampler(ds, shuffle=False), 4)
+    one = [y.tolist() for _, y in DataLoader(ds, batchs=samp)]
+    other = [y.tolist() for _, y in DataLoader(ds, batches=samp)]
+    assert one == other == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
 
 
 def test_empty_dataset_is_refused():

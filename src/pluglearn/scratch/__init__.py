@@ -29,8 +29,8 @@ Notebook name -> pluglearn (the same name unless said)::
                                       manual gradients (.g)                 optim.py
     Dataset, Sampler, BatchSampler    Dataset, Sampler, BatchSampler        data.py
     collate                           collate (any nesting, like default_collate)  data.py
-    DataLoader(ds, batchs,            DataLoader, `batchs` spelled as in the notebook; also
-      n_workers, collate_fn)          DataLoader(ds, bs) and torch's DataLoader(ds,
+    DataLoader(ds, batchs,            DataLoader, `batchs` (or `batches`) as the notebook's
+      n_workers, collate_fn)          versions spell it; DataLoader(ds, bs), torch's DataLoader(ds,
                                       batch_size=64, shuffle=True)          data.py
     fit(epochs, model, ...), get_dls  fit, get_dls        training.py
 

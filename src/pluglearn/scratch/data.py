@@ -185,8 +185,8 @@ class DataLoader:
     `batchs` is a `BatchSampler` (or any iterable of index lists), spelled as in the notebook
     (`DataLoader(train_ds, batchs=train_samp)`). Without it, give `batch_size=` (with `shuffle`,
     `drop_last`, `generator`), torch's form; an int in its place is the batch size too
-    (`DataLoader(ds, bs)`, the notebook's first loader). `batches=` is refused with a message
-    that names `batchs`.
+    (`DataLoader(ds, bs)`, the notebook's first loader). `batches=` is the same argument under
+    the other spelling the notebook's versions use (`DataLoader(trn_ds, batches=trn_samp)`).
 
     `n_workers > 0` makes the batches in a `torch.multiprocessing` pool started for each
     epoch, in order, calling `collate_fn` in the workers (the notebook's pool forgot it). Under
@@ -206,11 +206,13 @@ class DataLoader:
         generator: torch.Generator | None = None,
         batches: Any = None,
     ):
-        if batches is not None:  # an easy slip: say the notebook's spelling instead of failing
-            raise TypeError(
-                "DataLoader takes the batches as `batchs`, the notebook's spelling: "
-                "DataLoader(train_ds, batchs=train_samp), not batches="
-            )
+        if batches is not None:  # the notebook's other spelling of batchs
+            if batchs is not None:
+                raise TypeError(
+                    "DataLoader got both batchs= and batches= (two spellings of one argument): "
+                    "give the BatchSampler once"
+                )
+            batchs = batches
         if not callable(collate_fn):
             raise TypeError(
                 f"collate_fn must be callable, got {type(collate_fn).__name__}: pass a function "
