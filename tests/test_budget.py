@@ -33,6 +33,19 @@ def test_max_steps_alone_runs_the_epochs_it_needs_the_last_one_partial():
         assert torch.equal(p, q)
 
 
+@pytest.mark.parametrize(
+    "max_steps, accumulate, epochs",
+    [(10, 1, 2), (5, 1, 1), (15, 1, 3), (11, 1, 3), (6, 2, 2), (3, 2, 1)],
+)  # 5 batches an epoch; with accumulation of 2, 3 steps an epoch
+def test_a_budget_plans_exactly_the_epochs_it_needs(max_steps, accumulate, epochs):
+    plugins = [GradientAccumulation(accumulate)] if accumulate > 1 else []
+    learn = learner(plugins)
+    learn.fit(max_steps=max_steps)
+    rec = learn.plugin("Recorder")
+    assert (learn.n_epochs, len(rec.epochs), learn.opt_steps) == (epochs, epochs, max_steps)
+    assert learn.stop_reason is None  # it ended with its last planned epoch, not cut short
+
+
 class Stop:
     """A hand-made budget: skip the training batches after the n-th."""
 

@@ -227,3 +227,46 @@ def test_plugins_state_after_lr_find_is_the_state_without_it(fits_before):
     assert recorded(swept) == recorded(plain)
     assert len(recorded(plain)[0]) == 8 * (fits_before + 1)
     assert same(weights(swept), weights(plain))
+
+
+def user_loader(kind: str):
+    """A user's own shuffling training loader that carries state between epochs."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    ds = TensorDataset(X[:64], Y[:64])
+    if kind == "generator":  # torch's reproducibility recipe
+        return DataLoader(
+            ds, batch_size=8, shuffle=True, generator=torch.Generator().manual_seed(3)
+        )
+    if kind == "global":  # draws its order from torch's global generator
+        return DataLoader(ds, batch_size=8, shuffle=True)
+    if kind == "tensor":  # pluglearn's loader handed over ready: a state_dict and a generator
+        from pluglearn.data.loaders import TensorBatchLoader
+
+        return TensorBatchLoader(
+            (X[:64], Y[:64]), 8, True, generator=torch.Generator().manual_seed(3)
+        )
+    from torchdata.stateful_dataloader import StatefulDataLoader
+
+    return StatefulDataLoader(ds, batch_size=8, shuffle=True)
+
+
+@pytest.mark.parametrize("kind", ["generator", "global", "tensor", "stateful"])
+def test_lr_find_puts_back_a_user_loader_and_its_generator(kind):
+    """Its order must be the same after the sweep as without it: the sweep draws from the
+    loader's generator (or the global one) and advances a stateful loader."""
+    if kind == "stateful":
+        pytest.importorskip("torchdata.stateful_dataloader")
+
+    def learner() -> Learner:
+        torch.manual_seed(1)
+        model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Dropout(0.3), nn.Linear(16, 2))
+        dls = DataLoaders(user_loader(kind), [(X[64:], Y[64:])])
+        return Learner(model, dls, lr=0.05, defaults=False)
+
+    plain = learner()
+    plain.fit(2)
+    swept = learner()
+    swept.lr_find(num_it=12, stop_div=False)  # one and a half epochs of the loader
+    swept.fit(2)
+    assert same(weights(swept), weights(plain))

@@ -52,3 +52,58 @@ def test_all_four_recipes_resume_bit_identical(tmp_path, cut):
     assert (done.opt_steps, resumed.opt_steps) == (12, 12)
     for p, q in zip(done.model.parameters(), resumed.model.parameters(), strict=True):
         assert torch.equal(p, q)
+
+
+def fp16_learner(plugins=(), dtype=torch.float16):
+    """float16 on the CPU with a GradScaler whose scale moves during the run: it starts too
+    high (overflows: skipped steps, backoff) and grows every 3 good steps."""
+    torch.manual_seed(0)
+    x, y = tiny_data(100, seed=11)
+    dls = DataLoaders.from_datasets((x[:88], y[:88]), (x[88:], y[88:]), batch_size=8)
+    model = nn.Sequential(nn.Linear(4, 32), nn.ReLU(), nn.Linear(32, 3))
+    scaling = {"init_scale": 2.0**30, "growth_interval": 3} if dtype == torch.float16 else {}
+    precision = MixedPrecision(dtype, **scaling)
+    return Learner(model, dls, lr=0.3, plugins=[precision, Recorder(), *plugins])
+
+
+@pytest.mark.parametrize("cut", [(0, 3), (1, 6)])
+def test_float16_with_its_scaler_resumes_bit_identical(tmp_path, cut):
+    done = fp16_learner()
+    done.fit(3)
+    scales = done.plugin("MixedPrecision").scaler.state_dict()
+    assert scales["scale"] not in (2.0**30,)  # the scale moved: a resume must carry it
+    with pytest.raises(RuntimeError, match="killed"):
+        fp16_learner([Checkpoint(tmp_path, every_n_batches=1), CrashAt(*cut)]).fit(3)
+    resumed = fp16_learner([Checkpoint(tmp_path, every_n_batches=1)])
+    resumed.fit(3, resume_from=tmp_path)
+    assert resumed.plugin("MixedPrecision").scaler.state_dict() == scales
+    a, b = done.plugin("Recorder"), resumed.plugin("Recorder")
+    assert a.losses == b.losses
+    for p, q in zip(done.model.parameters(), resumed.model.parameters(), strict=True):
+        assert torch.equal(p, q)
+
+
+def test_the_scalers_state_round_trips_through_the_plugins_state():
+    learn = fp16_learner()
+    learn.fit(1)
+    saved = dict(learn.hooks.call("state_dict", learn=learn))["MixedPrecision"]
+    fresh = fp16_learner()
+    fresh.fit(0)  # makes the scaler
+    fresh.hooks.call("load_state_dict", learn=fresh, state={"MixedPrecision": saved})
+    assert fresh.plugin("MixedPrecision").scaler.state_dict() == saved["scaler"]
+    assert saved["scaler"]["scale"] != 2.0**30
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_a_mixed_precision_checkpoint_resumed_without_mixed_precision_is_refused(tmp_path, dtype):
+    from pluglearn import CheckpointError
+
+    with pytest.raises(RuntimeError, match="killed"):
+        fp16_learner([Checkpoint(tmp_path, every_n_batches=1), CrashAt(1, 2)], dtype).fit(3)
+    torch.manual_seed(0)
+    x, y = tiny_data(100, seed=11)
+    dls = DataLoaders.from_datasets((x[:88], y[:88]), (x[88:], y[88:]), batch_size=8)
+    model = nn.Sequential(nn.Linear(4, 32), nn.ReLU(), nn.Linear(32, 3))
+    plain = Learner(model, dls, lr=0.3, plugins=[Recorder()])
+    with pytest.raises(CheckpointError, match="holds the state of MixedPrecision"):
+        plain.fit(3, resume_from=tmp_path)

@@ -166,3 +166,32 @@ def test_tensor_metrics_are_logged_as_numbers_and_lists(tmp_path):
         expected = MulticlassAccuracy(num_classes=K, average=None)(learn.model(xv), yv)
     assert row["per_class"] == pytest.approx(expected.tolist())
     assert row["half"] == 0.5
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
+def test_a_resumed_run_rewrites_the_file_as_the_uninterrupted_run_wrote_it(tmp_path, suffix):
+    """The crashed run reported epochs 0 and 1, saved a checkpoint in epoch 2 after batch 0,
+    then died in epoch 2: the resumed run's file holds each epoch once, as the uninterrupted
+    run's (and an epoch reported after the checkpoint would be dropped)."""
+    from pluglearn import Checkpoint
+    from tests.helpers import CrashAt
+
+    def rows(path):
+        if suffix == ".csv":
+            return [{k: v for k, v in r.items() if k != "time"} for r in read_csv(path)[1]]
+        lines = path.read_text().splitlines()
+        return [{k: v for k, v in json.loads(line).items() if k != "time"} for line in lines]
+
+    whole = tmp_path / f"whole{suffix}"
+    make_learner([Accuracy(), MetricsLogger(whole)]).fit(4)
+    cut = tmp_path / f"cut{suffix}"
+    ckpt = Checkpoint(tmp_path / "ckpt", every_n_batches=1)
+    with pytest.raises(RuntimeError, match="killed"):
+        make_learner([Accuracy(), MetricsLogger(cut), ckpt, CrashAt(2, 1)]).fit(4)
+    assert len(rows(cut)) == 2
+    # the file gains a row the saved run never reported (an epoch after its checkpoint)
+    with cut.open("a") as f:
+        f.write(json.dumps({"epoch": 9}) + "\n" if suffix == ".jsonl" else "9" + ",0" * 4 + "\n")
+    resumed = make_learner([Accuracy(), MetricsLogger(cut)])
+    resumed.fit(4, resume_from=tmp_path / "ckpt")
+    assert rows(cut) == rows(whole)

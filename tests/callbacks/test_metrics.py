@@ -366,3 +366,57 @@ def test_validate_after_fit_does_not_remember_removed_metric_owners(data):
     learn.add_plugin(MetricAdapter(MulticlassAccuracy(num_classes=K, average="micro"), "accuracy"))
     metrics = learn.validate()
     assert metrics["accuracy"] == pytest.approx(hit_rate(model, xv, yv))
+
+
+def test_a_train_phase_metric_adapter_resumed_mid_epoch_reports_the_uninterrupted_value(
+    data, tmp_path
+):
+    from pluglearn import Checkpoint
+    from tests.helpers import CrashAt
+
+    train, valid = data[0], data[1]
+
+    def learner(plugins=()):
+        f1 = MetricAdapter(MulticlassF1Score(3), "f1", phases=("train", "valid"))
+        return make_learner(make_model(), train, valid, [f1, *plugins])
+
+    done = learner()
+    done.fit(2)
+    with pytest.raises(RuntimeError, match="killed"):
+        learner([Checkpoint(tmp_path, every_n_batches=1), CrashAt(1, 1)]).fit(2)
+    resumed = learner()
+    resumed.fit(2, resume_from=tmp_path)
+    assert resumed.metrics["train_f1"] == done.metrics["train_f1"]
+    assert resumed.metrics["f1"] == done.metrics["f1"]
+
+
+class Counting:
+    """update/compute/reset and nothing to save its state with."""
+
+    def __init__(self):
+        self.n = 0
+
+    def update(self, preds, targets):
+        self.n += len(targets)
+
+    def compute(self):
+        return self.n
+
+    def reset(self):
+        self.n = 0
+
+
+def test_a_train_metric_without_state_dict_refuses_a_mid_epoch_resume(data, tmp_path):
+    from pluglearn import Checkpoint
+    from tests.helpers import CrashAt
+
+    train, valid = data[0], data[1]
+
+    def learner(plugins=()):
+        counted = MetricAdapter(Counting(), "n", phases=("train",))
+        return make_learner(make_model(), train, valid, [counted, *plugins])
+
+    with pytest.raises(RuntimeError, match="killed"):
+        learner([Checkpoint(tmp_path, every_n_batches=1), CrashAt(1, 1)]).fit(2)
+    with pytest.raises(ValueError, match=r"has no state_dict, so its train value cannot be"):
+        learner().fit(2, resume_from=tmp_path)

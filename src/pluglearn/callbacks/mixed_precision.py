@@ -3,14 +3,15 @@
 Example::
 
     learn.fit(3, plugins=[MixedPrecision()])                       # bfloat16, CPU or GPU
-    learn.fit(3, plugins=[MixedPrecision(torch.float16)])          # CUDA: with a GradScaler
+    learn.fit(3, plugins=[MixedPrecision(torch.float16)])          # with a GradScaler
 
 It answers ``forward_context`` with ``torch.autocast(device_type, dtype)``, the device type read
 from the model's parameters at the start of the fit, so ``predict``, ``after_pred`` and
 ``compute_loss`` run under autocast and the backward and step do not (as torch's AMP recipe
 says). Weights and optimizer state stay in their own dtype.
 
-``float16`` (CUDA only: its range needs loss scaling) adds a ``torch.amp.GradScaler``:
+``float16`` (on CUDA, or on the CPU where torch's CPU autocast and scaler support it; its range
+needs loss scaling) adds a ``torch.amp.GradScaler`` of the model's device type:
 ``backward`` computes ``scaler.scale(loss).backward()``; ``before_step`` (``tryfirst``)
 unscales the gradients, so clipping and inspection see the true ones; ``step`` is
 ``scaler.step(opt)`` then ``scaler.update()``. A step the scaler skips (inf or NaN gradients)
@@ -65,15 +66,15 @@ class MixedPrecision:
     def _setup(self, learn: Learner) -> None:
         param = next(iter(learn.model.parameters()), None)
         device = param.device.type if param is not None else "cpu"
-        if self.dtype == torch.float16 and device != "cuda":
+        if self.dtype == torch.float16 and device not in ("cuda", "cpu"):
             raise ValueError(
-                f"MixedPrecision(torch.float16) needs a CUDA model (its parameters are on "
-                f"{device!r}): use MixedPrecision(torch.bfloat16) there, or move the model to "
-                "CUDA first (Device plugin, or model.cuda())."
+                f"MixedPrecision(torch.float16) needs a CUDA or CPU model (its parameters are "
+                f"on {device!r}, where torch has no GradScaler): use "
+                "MixedPrecision(torch.bfloat16) there."
             )
         self.device_type = device
         if self.dtype == torch.float16 and self.scaler is None:
-            self.scaler = torch.amp.GradScaler("cuda", **self.scaler_kwargs)
+            self.scaler = torch.amp.GradScaler(device, **self.scaler_kwargs)
             self._scale = self.scaler.get_scale()
 
     @hookimpl

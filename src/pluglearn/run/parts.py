@@ -24,7 +24,9 @@ part            what it holds
 
 Parts are put back in the table's order: the loader first (it refuses a state of other
 settings before anything else changed), the plugins after the optimizer and gradients they may
-refer to, the global random states last.
+refer to, the global random states last. They are captured in the reverse order, so what
+capturing one part disturbs (a fresh torchdata ``StatefulDataLoader`` makes its iterator, and
+draws a seed, when asked for its state) is already taken, and is put back after it.
 """
 
 from __future__ import annotations

@@ -229,7 +229,17 @@ class RunState:
         for a checkpoint, written before training goes on."""
         from .parts import PARTS
 
-        return Snapshot({name: PARTS[name].capture(learn, copy) for name in parts})
+        wanted = set(parts)
+        # in the reverse of the order parts are put back: capturing one may disturb another
+        # (a fresh StatefulDataLoader's state_dict makes its iterator, drawing a seed), so the
+        # random states are taken first and put back last
+        return Snapshot(
+            {
+                name: part.capture(learn, copy)
+                for name, part in reversed(PARTS.items())
+                if name in wanted
+            }
+        )
 
     def restore(self, learn: Learner, snapshot: Snapshot, *, strict: bool = False) -> list[str]:
         """Put the parts of ``snapshot`` back into ``learn``, in the parts' fixed order.
