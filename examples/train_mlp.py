@@ -185,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     metrics = learn.metrics if "accuracy" in learn.metrics else learn.validate()
     accuracy = metrics["accuracy"]
     target = args.target if args.target is not None else TARGET[kind]
+    print(f"trained at base lr {learn.lr:.3g}")
     print(f"final validation accuracy: {accuracy:.4f} (target {target:.2f})")
     if args.plot:
         try:

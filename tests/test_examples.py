@@ -126,6 +126,8 @@ def test_main_example_with_lr_find_prints_and_uses_the_suggestion():
     assert result.returncode == 0, result.stderr
     found = re.search(r"lr_find: 100 batches, suggested lr (\S+)", result.stdout)
     assert found and 1e-7 <= float(found.group(1)) <= 10
+    used = re.search(r"trained at base lr (\S+)", result.stdout)
+    assert used and used.group(1) == found.group(1)  # the fit used the suggestion
 
 
 def test_hf_example_trains_a_tiny_transformer_and_checks_itself():
