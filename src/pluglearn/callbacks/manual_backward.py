@@ -16,7 +16,7 @@ cheaper). Pair it with :class:`~pluglearn.callbacks.gradcheck.GradCheck` (which 
 
 Example::
 
-    model = Sequential(Linear(64, 50), ReLU(), Linear(50, 10))
+    model = Sequential(Linear(64, 50), Relu(), Linear(50, 10))  # from pluglearn.scratch
     learn = Learner(model, dls, loss_func=CrossEntropy(), plugins=[ManualBackward()])
     learn.fit(1)                             # torch.optim.SGD steps on the manual gradients
 """

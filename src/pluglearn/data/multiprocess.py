@@ -1,8 +1,8 @@
 """A multiprocessing DataLoader: the notebook's process-pool idea, made sound and resumable.
 
 (The notebook's own few-line form is :class:`pluglearn.scratch.DataLoader` with ``n_workers``;
-this is the production loader that :class:`~pluglearn.callbacks.multiprocess_loader.
-MultiprocessLoader` gives the Learner.)
+this is the production loader that
+:class:`~pluglearn.callbacks.multiprocess_loader.MultiprocessLoader` gives the Learner.)
 
 Worker processes take batches of indices from a task queue, fetch `dataset[i]`, call
 `collate_fn` and send the collated batch back. The parent keeps at most `prefetch` batches in

@@ -15,10 +15,11 @@ whose parts are declared in :mod:`pluglearn.run.parts`):
 * a resume captures :data:`ROLLBACK` before applying a checkpoint and restores it when applying
   fails half-way; a checkpoint itself is :data:`CHECKPOINT`, written to disk.
 
-Other modules read the run state and change it through named transitions only: :meth:`stop`
-(end the fit with a reason), :meth:`extend` (change the number of epochs), the resume
-bookkeeping (:meth:`start_resume`, :meth:`take_resume`); the loop and the Learner write the
-position. A test greps the source for assignments to it from anywhere else.
+Other modules read the run state and change it through named transitions only:
+:meth:`~RunState.stop` (end the fit with a reason), :meth:`~RunState.extend` (change the number
+of epochs), the resume bookkeeping (:meth:`~RunState.start_resume`,
+:meth:`~RunState.take_resume`); the loop and the Learner write the position. A test greps the
+source for assignments to it from anywhere else.
 
 Entry points are guarded here too: one Learner runs in one thread at a time, and a call from
 inside a hook is either nestable (``validate``, ``get_preds``, ``predict``) or refused with a
