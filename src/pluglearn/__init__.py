@@ -32,6 +32,7 @@ from .callbacks.report import ConsoleReport
 from .callbacks.scheduler import Scheduler
 from .callbacks.stopping import EarlyStopping, SaveBest, TerminateOnNaN
 from .callbacks.tensorboard import TensorBoardLogger
+from .callbacks.validate_every import ValidateEvery
 from .callbacks.wandb_logger import WandbLogger
 from .checkpoint import CheckpointError
 from .data.loaders import DataLoaders
@@ -91,6 +92,7 @@ __all__ = [
     "Scheduler",
     "TensorBoardLogger",
     "TerminateOnNaN",
+    "ValidateEvery",
     "WandbLogger",
     "WeightsError",
     "hookimpl",

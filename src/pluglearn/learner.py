@@ -211,6 +211,7 @@ class Learner(Loop):
         resume_from: Any = None,
         missing_ok: bool = False,
         max_steps: int | None = None,
+        valid_every: int | None = None,
     ) -> None:
         """Train for ``n_epochs`` (a train pass then a validate pass each). ``plugins`` live for
         this fit only and are removed afterwards, also after an error.
@@ -223,7 +224,9 @@ class Learner(Loop):
         ones, which a scheduler may have changed).
 
         ``max_steps`` ends the fit after that many optimizer steps; without ``n_epochs`` it runs
-        the epochs they need, the last one partial (see :mod:`pluglearn.callbacks.budget`)."""
+        the epochs they need, the last one partial (see :mod:`pluglearn.callbacks.budget`).
+        ``valid_every`` also validates every that many optimizer steps, each validation reported
+        with its step (see :mod:`pluglearn.callbacks.validate_every`)."""
         if n_epochs is None and max_steps is None:
             raise ValueError(
                 "fit() needs n_epochs and/or max_steps, e.g. fit(3), fit(max_steps=500)."
@@ -234,6 +237,10 @@ class Learner(Loop):
             raise ValueError(f"n_epochs must be an int >= 0, got {n_epochs!r}.")
         if max_steps is not None:
             plugins = [*listify(plugins), StepBudget(max_steps, epochs_from_steps=n_epochs is None)]
+        if valid_every is not None:
+            from .callbacks.validate_every import ValidateEvery
+
+            plugins = [*listify(plugins), ValidateEvery(valid_every)]
         if missing_ok and resume_from is None:
             raise ValueError("missing_ok=True goes with resume_from=...: pass the directory.")
         new_lr = None if lr is None else check_lr(lr)

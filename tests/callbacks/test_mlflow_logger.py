@@ -222,3 +222,19 @@ def test_without_mlflow_building_the_logger_names_the_pip_command(monkeypatch):
     monkeypatch.setitem(sys.modules, "mlflow", None)  # what Python does for a missing package
     with pytest.raises(ImportError, match=r"pip install 'pluglearn\[mlflow\]'"):
         MLflowLogger()
+
+
+def test_each_validation_between_epochs_is_logged_at_its_step(store, client):
+    rec = Recorder()
+    make_learner([AvgLoss(), Accuracy(), rec, MLflowLogger(store, experiment="valid_every")]).fit(
+        2, valid_every=2
+    )
+    run = the_run(client, "valid_every")
+    want = [(v["step"], v["valid_loss"]) for v in rec.validations]
+    assert [s for s, _ in want] == [2, 4, 6, 8]  # after step 2 of each epoch, and each epoch's
+    assert history(client, run, "valid_loss") == want
+    assert history(client, run, "train_loss") == [
+        (4, rec.epochs[0]["train_loss"]),
+        (8, rec.epochs[1]["train_loss"]),
+    ]
+    assert "step" not in run.data.metrics  # the step is where each value is logged

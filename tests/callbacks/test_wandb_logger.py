@@ -189,3 +189,13 @@ def test_without_wandb_building_the_logger_names_the_pip_command(monkeypatch):
     monkeypatch.setitem(sys.modules, "wandb", None)  # what Python does for a missing package
     with pytest.raises(ImportError, match=r"pip install 'pluglearn\[wandb\]'"):
         WandbLogger()
+
+
+def test_each_validation_between_epochs_is_logged_at_its_step(offline):
+    rec = Recorder()
+    make_learner([AvgLoss(), Accuracy(), rec, offline_logger(offline)]).fit(2, valid_every=2)
+    (log,) = the_run(offline)
+    want = [(v["step"], v["valid_loss"]) for v in rec.validations]
+    assert [s for s, _ in want] == [2, 4, 6, 8]
+    assert rows_with([log], "valid_loss") == want
+    assert rows_with([log], "step") == []  # the step is where each value is logged

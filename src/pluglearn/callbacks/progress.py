@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 from ..dist import is_main_process
 from ..plugins.markers import hookimpl
 from .report import format_line
+from .validate_every import is_step_report
 
 if TYPE_CHECKING:
     from ..learner import Learner
@@ -150,7 +151,8 @@ class ProgressBar:
             return
         line = format_line(metrics, learn.n_epochs)
         if self.epoch_bar is not None:
-            self.epoch_bar.update(1)
+            if not is_step_report(metrics):  # a validation between epochs ends no epoch
+                self.epoch_bar.update(1)
             if not self._table_reports:
                 tqdm.write(line, file=self._out())
         elif not self._table_reports:

@@ -11,9 +11,11 @@ Example::
 
 ``lrs[i]`` and ``moms[i]`` are the values batch ``i`` was trained with: they are read before the
 batch runs (after every other plugin's ``before_batch``), so a scheduler stepped in
-``after_step`` shows up from the next batch on, as in a hand-written loop. ``epochs`` holds the
-reported metrics, whose ``"epoch"`` counts from 0 (the data convention; reporters show people
-``epoch 1/3``).
+``after_step`` shows up from the next batch on, as in a hand-written loop. ``epochs`` holds each
+epoch's reported metrics, whose ``"epoch"`` counts from 0 (the data convention; reporters show
+people ``epoch 1/3``). ``validations`` holds every validation's metrics with its ``step`` (the
+training batches run before it): each epoch's, and those ``fit(valid_every=n)`` runs between
+epochs.
 """
 
 from __future__ import annotations
@@ -23,6 +25,10 @@ from typing import TYPE_CHECKING, Any
 
 from ..dist import is_main_process
 from ..plugins.markers import hookimpl
+from .validate_every import is_step_report
+
+#: the keys of an epoch's report that are not of its validation
+TRAIN_KEYS = frozenset({"epoch", "step", "time", "train_loss"})
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -66,6 +72,7 @@ class Recorder:
         self.lrs: list[float] = []
         self.moms: list[float | None] = []
         self.epochs: list[dict[str, Any]] = []
+        self.validations: list[dict[str, Any]] = []
         self._used: tuple[float, float | None] | None = None
 
     @hookimpl(trylast=True)  # after any plugin that sets this batch's lr in before_batch
@@ -86,8 +93,11 @@ class Recorder:
             self._used = None
 
     @hookimpl
-    def report(self, metrics: dict[str, Any]) -> None:
-        self.epochs.append(dict(metrics))
+    def report(self, learn: Learner, metrics: dict[str, Any]) -> None:
+        if not is_step_report(metrics):
+            self.epochs.append(dict(metrics))
+        if any(k not in TRAIN_KEYS and not k.startswith("train_") for k in metrics):
+            self.validations.append({"step": learn.train_iter, **metrics})
 
     @hookimpl
     def state_dict(self) -> dict[str, Any]:
@@ -97,6 +107,7 @@ class Recorder:
             "lrs": self.lrs,
             "moms": self.moms,
             "epochs": self.epochs,
+            "validations": self.validations,
         }
 
     @hookimpl
@@ -104,6 +115,7 @@ class Recorder:
         self.steps, self.losses = list(state["steps"]), list(state["losses"])
         self.lrs, self.epochs = list(state["lrs"]), [dict(e) for e in state["epochs"]]
         self.moms = list(state.get("moms", [None] * len(self.lrs)))
+        self.validations = [dict(v) for v in state.get("validations", [])]
 
     def plot(self, path: str | Path | None = None) -> Figure | Path:
         """Plot the training loss per batch (with the validation loss per epoch) above the
@@ -118,15 +130,9 @@ class Recorder:
         fig = Figure(figsize=(7, 6))  # not pyplot: no global figure, no second inline display
         loss_ax, lr_ax = fig.subplots(2, 1, sharex=True, height_ratios=(2, 1))
         loss_ax.plot(self.steps, self.losses, label="train loss (per batch)", alpha=0.7)
-        valid = [(e["epoch"], e["valid_loss"]) for e in self.epochs if "valid_loss" in e]
-        if valid:
-            per_epoch = len(self.steps) / max(len(self.epochs), 1) * self.every
-            loss_ax.plot(
-                [(ep + 1) * per_epoch for ep, _ in valid],
-                [v for _, v in valid],
-                "o-",
-                label="valid loss (per epoch)",
-            )
+        valid = [(v["step"], v["valid_loss"]) for v in self.validations if "valid_loss" in v]
+        if valid:  # each validation at the training batch it followed
+            loss_ax.plot([s for s, _ in valid], [v for _, v in valid], "o-", label="valid loss")
         loss_ax.set_ylabel("loss")
         loss_ax.legend()
         lr_ax.plot(self.steps, self.lrs, color="tab:green")

@@ -8,7 +8,9 @@ Needs the optional extra: ``pip install "pluglearn[tensorboard]"``. Example::
 Tags: ``train/loss`` and ``train/lr`` per training batch (step: the batch's 0-based index over
 the Learner's life; the lr is the one the batch used), ``epoch/<metric>`` per epoch (step: the
 0-based ``"epoch"`` of the metrics, the data convention; the bar shows people ``epoch 1/5`` for
-step 0), and the hyperparameters (``lr``, ``opt``, ``n_epochs``, ``model``, plus yours) with
+step 0), ``step/<metric>`` for each validation ``fit(valid_every=n)`` runs between epochs (step:
+the index of the training batch it followed, on the axis of ``train/loss``), and the
+hyperparameters (``lr``, ``opt``, ``n_epochs``, ``model``, plus yours) with
 the last epoch's metrics in TensorBoard's HParams tab. Only the main process writes (rank 0
 under torch.distributed). ``MetricsLogger`` keeps CSV / JSON lines.
 """
@@ -22,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from ..dist import is_main_process
 from ..plugins.markers import hookimpl
 from .recorder import current_lr
+from .validate_every import STEP, is_step_report
 
 if TYPE_CHECKING:
     from ..learner import Learner
@@ -102,11 +105,17 @@ class TensorBoardLogger:
     def report(self, metrics: dict[str, Any]) -> None:
         if self.writer is None:
             return
-        epoch = metrics.get("epoch", len(self._last))
+        if is_step_report(metrics):  # a validation between epochs: at the batch it followed
+            group, at = "step", metrics[STEP] - 1
+        else:
+            group, at = "epoch", metrics.get("epoch", len(self._last))
         for key, value in metrics.items():
-            if key != "epoch" and isinstance(value, numbers.Real) and not isinstance(value, bool):
-                self.writer.add_scalar(f"epoch/{key}", float(value), epoch)
-                self._last[f"epoch/{key}"] = float(value)
+            if key in ("epoch", STEP) or isinstance(value, bool):
+                continue
+            if isinstance(value, numbers.Real):
+                self.writer.add_scalar(f"{group}/{key}", float(value), at)
+                if group == "epoch":
+                    self._last[f"epoch/{key}"] = float(value)
         self.writer.flush()
 
     @hookimpl

@@ -188,6 +188,8 @@ class TrackerLogger(ABC):
             return
         values = {}
         for key, value in metrics.items():
+            if key == "step":  # a validation between epochs (ValidateEvery): logged at it
+                continue
             number = _scalar(value)
             if number is not None:
                 values[key] = number

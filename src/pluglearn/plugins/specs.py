@@ -304,7 +304,9 @@ def collect_metrics(learn: Learner, phase: str) -> dict[str, float] | None:
 def report(learn: Learner, metrics: dict[str, Any]) -> None:
     """Once per epoch, after the validation pass: every reporter receives the merged metrics
     (``epoch``, ``train_loss``, ``valid_loss``, each metric, ``time``). Reporters must not depend
-    on one another; print only on the main process (see ``pluglearn.dist.is_main_process``)."""
+    on one another; print only on the main process (see ``pluglearn.dist.is_main_process``).
+    With ``ValidateEvery`` (``fit(valid_every=n)``) also after each validation between epochs,
+    whose metrics hold a ``step`` (training batches so far) and the validation's metrics only."""
 
 
 # --------------------------------------------------------------------------- checkpoint state
