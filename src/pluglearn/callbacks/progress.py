@@ -70,7 +70,7 @@ class ProgressBar:
         self._bars: list[_Open] = []
         self._table_reports = False  # a ConsoleReport prints the epochs: the bar yields
         self._failed = False  # an error ends the run: a notebook bar closed early shows red
-        self._text_bars = False  # tqdm's text bars: an epoch line must clear and redraw them
+        self._text_bars = False  # tqdm's text bars: a line must clear and redraw them
 
     def _notebook(self) -> bool:
         """The output is a notebook cell's: no file given (or the cell's own stdout/stderr)."""
@@ -187,8 +187,8 @@ class ProgressBar:
             self.epoch_bar.update(1)
         if self._table_reports:
             return
-        if self.epoch_bar is not None and self._text_bars:
-            tqdm.write(line, file=self._out())  # clears the bars, writes, redraws them
+        if self._text_bars:  # clears any open text bar, writes, redraws it below the line
+            tqdm.write(line, file=self._out())
         else:  # widgets (outputs of their own, above the lines) or no bar
             print(line, file=self._out(), flush=True)
 
