@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 from .data.loaders import length_of
 from .exceptions import CancelEpochException, CancelFitException
+from .notebook import show_figures_inline
 from .plugins.markers import hookimpl
 
 if TYPE_CHECKING:
@@ -63,8 +64,13 @@ class LRFindResult:
 
     def plot(self, path: str | os.PathLike[str] | None = None) -> Any:
         """The smoothed loss against the lr (log scale), the suggestion marked. Returns the
-        matplotlib ``Figure``; with ``path``, saves it there and returns the path."""
-        from matplotlib.figure import Figure
+        matplotlib ``Figure`` (a notebook shows it once, inline: it is not pyplot's); with
+        ``path``, saves it there and returns the path."""
+        try:
+            from matplotlib.figure import Figure
+        except ImportError as error:
+            message = "LRFindResult.plot needs matplotlib: pip install matplotlib"
+            raise ImportError(message) from error
 
         fig = Figure(figsize=(6, 4))
         ax = fig.subplots()
@@ -76,6 +82,7 @@ class LRFindResult:
             ax.axvline(self.suggestion, color="red", ls="--", label=f"{self.suggestion:.2e}")
         ax.legend()
         if path is None:
+            show_figures_inline()  # a notebook that never imported pyplot shows it too
             return fig
         fig.savefig(path)
         return Path(path)

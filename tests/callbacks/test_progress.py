@@ -173,3 +173,14 @@ def test_a_validate_inside_a_training_hook_off_a_terminal_prints_nothing_extra()
     learn.fit(2)
     assert out.getvalue().splitlines()[0].startswith("epoch 1/2  ")
     assert len(out.getvalue().splitlines()) == 2
+
+
+def test_an_lr_find_on_a_terminal_draws_its_batch_bar_and_no_epoch_bar():
+    out = Terminal()
+    bar = ProgressBar(file=out)
+    learn = make_learner(bar)  # 25 training batches: the sweep of 30 takes two passes
+    learn.lr_find(num_it=30)
+    text = out.getvalue()
+    assert "train:" in text and "/25" in text
+    assert "epoch" not in text  # the sweep's passes are not epochs, and nothing is reported
+    assert bar.bar is None and bar.epoch_bar is None

@@ -47,7 +47,7 @@ from typing import IO, TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
+from tqdm.std import tqdm  # tqdm.auto warns on import in a kernel without ipywidgets
 
 from ..dist import is_main_process
 from ..plugins.markers import hookimpl

@@ -1,9 +1,13 @@
 """ProgressBar: tqdm bars for epochs and batches with the loss, and one line per epoch.
 
 On a terminal: an epoch bar, a batch bar per pass showing the current loss, and the epoch's
-metrics written above the bars. When the output is not a terminal (a log file, CI), it writes
-one line per epoch and never one per batch (Lightning #8975 and fastai #3959 fill logs with a
-line per update). Reporters print on the main process only.
+metrics written above the bars. In a Jupyter notebook (:func:`pluglearn.notebook.in_notebook`):
+the same bars as live widgets (``tqdm.notebook``, with ``ipywidgets`` installed), each pass's
+bar hidden when its pass ends and the epoch lines printed to the cell's output below the epoch
+bar; without ``ipywidgets``, one text bar per pass that redraws in place, and the epoch lines.
+When the output is neither (a log file, CI), it writes one line per epoch and never one per
+batch (Lightning #8975 and fastai #3959 fill logs with a line per update). Reporters print on
+the main process only. ``lr_find``'s sweep shows only its batch bar.
 
 Epochs are numbered for people here, from 1: ``epoch 5/6`` is the last-but-one of six. The
 metrics' ``"epoch"`` field (``learn.metrics``, CSV, JSON lines, TensorBoard steps) is data and
@@ -19,7 +23,8 @@ Example::
     learn = Learner(model, dls, plugins=[ProgressBar(file=sys.stdout, mininterval=0.5)])
 
 A ``learn.validate()`` from inside a training hook (validate every n batches) draws its own
-bar below the training one, removes it when done, and the training bar goes on.
+bar below the training one, removes it when done, and the training bar goes on (as text in a
+cell, where bars cannot stack, it draws none).
 """
 
 from __future__ import annotations
@@ -29,9 +34,10 @@ import time
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any
 
-from tqdm.auto import tqdm
+from tqdm.std import tqdm
 
 from ..dist import is_main_process
+from ..notebook import in_notebook, notebook_bar
 from ..plugins.markers import hookimpl
 from .report import format_line
 from .validate_every import is_step_report
@@ -42,8 +48,8 @@ if TYPE_CHECKING:
 
 @dataclass
 class _Open:
-    """One open batch bar: its pass (``"train"``/``"valid"``), the tqdm bar (None off a terminal)
-    and when it next shows the loss."""
+    """One open batch bar: its pass (``"train"``/``"valid"``), the tqdm bar (None when no bar is
+    drawn) and when it next shows the loss."""
 
     kind: str
     depth: int  # how many entry points (fit, validate) were running when it opened
@@ -52,7 +58,7 @@ class _Open:
 
 
 class ProgressBar:
-    """Epoch and batch bars on a terminal; one line per epoch elsewhere."""
+    """Epoch and batch bars on a terminal or in a notebook; one line per epoch elsewhere."""
 
     may_cancel = False  # never raises a cancel: DDP need not agree on one after its hooks
 
@@ -64,21 +70,41 @@ class ProgressBar:
         # its own bar over the training one, closes it, and the training bar goes on
         self._bars: list[_Open] = []
         self._table_reports = False  # a ConsoleReport prints the epochs: the bar yields
+        self._failed = False  # an error ends the run: a notebook bar closed early shows red
+        self._text_bars = False  # tqdm's text bars: a line must clear and redraw them
+
+    def _notebook(self) -> bool:
+        """The output is a notebook cell's: no file given (or the cell's own stdout/stderr)."""
+        return (self.file is None or self.file in (sys.stdout, sys.stderr)) and in_notebook()
 
     def _out(self) -> IO[str]:
-        return self.file or sys.stderr
+        if self.file is not None:
+            return self.file
+        return sys.stdout if self._notebook() else sys.stderr  # a cell's stderr shows red
 
-    def _interactive(self) -> bool:
+    def _bar_class(self) -> tuple[Any, bool]:
+        """The tqdm class to draw with (None: one line per epoch only), and whether bars may
+        stack (an epoch bar above a batch bar, a nested validation's bar below the training
+        one). Text in a cell cannot stack: Jupyter ignores the cursor-up code that tqdm moves
+        between lines with, so every refresh of a second bar would add a line."""
+        if not is_main_process():
+            return None, False
+        if self._notebook():  # the widget bar, or text redrawn in place in the cell
+            widgets = notebook_bar()
+            return (widgets, True) if widgets is not None else (tqdm, False)
         isatty = getattr(self._out(), "isatty", None)
-        return bool(isatty and isatty()) and is_main_process()
+        return (tqdm, True) if isatty and isatty() else (None, False)
 
     @hookimpl
     def before_fit(self, learn: Learner) -> None:
         from .report import ConsoleReport
 
         self._table_reports = any(isinstance(p, ConsoleReport) for p in learn.plugins)
-        if self._interactive():
-            self.epoch_bar = tqdm(
+        self._failed = False
+        bar_class, stacks = self._bar_class()
+        self._text_bars = bar_class is tqdm
+        if stacks and learn.run.running != "lr_find":  # a sweep has no epochs to count
+            self.epoch_bar = bar_class(
                 total=learn.n_epochs,
                 initial=learn.epoch,
                 desc="epoch",
@@ -88,13 +114,17 @@ class ProgressBar:
 
     @property
     def bar(self) -> Any:
-        """The batch bar of the innermost running pass (None off a terminal, or between passes)."""
+        """The batch bar of the innermost running pass (None when no bar is drawn, or between
+        passes)."""
         return self._bars[-1].bar if self._bars else None
 
     def _open(self, learn: Learner, kind: str) -> None:
         bar = None
-        if self._interactive():
-            bar = tqdm(
+        if not self._bars and self.epoch_bar is None:
+            self._failed = False  # a validate() outside a fit
+        bar_class, stacks = self._bar_class()
+        if bar_class is not None and (stacks or all(o.bar is None for o in self._bars)):
+            bar = bar_class(
                 total=learn.n_iter,
                 initial=learn.iter if learn.iter else 0,
                 desc=kind,
@@ -133,7 +163,7 @@ class ProgressBar:
                 return
             self._bars.pop()
             if top.bar is not None:
-                top.bar.close()
+                _close_bar(top.bar, self._failed)
             if learn is not None:
                 return
 
@@ -146,6 +176,10 @@ class ProgressBar:
         self._close(learn, "valid")
 
     @hookimpl
+    def on_error(self) -> None:
+        self._failed = True
+
+    @hookimpl
     def report(self, learn: Learner, metrics: dict[str, Any]) -> None:
         if not is_main_process():
             return
@@ -153,14 +187,23 @@ class ProgressBar:
         if self.epoch_bar is not None:
             if not is_step_report(metrics):  # a validation between epochs ends no epoch
                 self.epoch_bar.update(1)
-            if not self._table_reports:
-                tqdm.write(line, file=self._out())
-        elif not self._table_reports:
+        if self._table_reports:
+            return
+        if self._text_bars:  # clears any open text bar, writes, redraws it below the line
+            tqdm.write(line, file=self._out())
+        else:  # widgets (outputs of their own, above the lines) or no bar
             print(line, file=self._out(), flush=True)
 
     @hookimpl
     def cleanup_fit(self) -> None:
         self._close()
         if self.epoch_bar is not None:
-            self.epoch_bar.close()
+            _close_bar(self.epoch_bar, self._failed)
             self.epoch_bar = None
+
+
+def _close_bar(bar: Any, failed: bool) -> None:
+    """Close a bar; a notebook bar closed short of its total turns red only when ``failed``."""
+    if failed:
+        bar.failed = True  # read by pluglearn.notebook's widget bar; text bars ignore it
+    bar.close()

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..dist import is_main_process
+from ..notebook import show_figures_inline
 from ..plugins.markers import hookimpl
 from .validate_every import is_step_report
 
@@ -140,6 +141,7 @@ class Recorder:
         lr_ax.set_xlabel("training batch")
         fig.tight_layout()
         if path is None:
+            show_figures_inline()  # a notebook that never imported pyplot shows it too
             return fig
         path = Path(path)
         if is_main_process():  # under DDP every rank holds the same record: rank 0 writes

@@ -18,7 +18,7 @@ from __future__ import annotations
 import sys
 from typing import IO, TYPE_CHECKING, Any
 
-from tqdm.auto import tqdm
+from tqdm.std import tqdm  # tqdm.auto warns on import in a kernel without ipywidgets
 
 from ..dist import is_main_process
 from ..plugins.markers import hookimpl
