@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
+from torchmetrics.classification import MulticlassAccuracy
 
 from pluglearn import (
     Accuracy,
@@ -246,74 +246,6 @@ def test_average_metric_without_batch_sum_says_so(data):
     learn = make_learner(make_model(), train, valid, plugins=[AverageMetric()])
     with pytest.raises(NotImplementedError, match="must implement batch_sum"):
         learn.fit(1)
-
-
-# ------------------------------------------------------------------------------- MetricAdapter
-
-
-def test_metric_adapter_equals_torchmetrics_on_all_validation_predictions():
-    xt, yt = make_data(40, seed=3)
-    xv, yv = make_data(30, seed=4)
-    train, valid = batches(xt, yt, 8), batches(xv, yv, 8)  # valid: 8, 8, 8, 6
-    model = make_model()
-    acc = MetricAdapter(MulticlassAccuracy(num_classes=K, average="micro"))
-    f1 = MetricAdapter(MulticlassF1Score(num_classes=K, average="macro"), name="f1")
-    learn = make_learner(model, train, valid, plugins=[acc, f1])
-    learn.fit(2)
-
-    with torch.no_grad():
-        preds = model(xv)
-    expected_acc = MulticlassAccuracy(num_classes=K, average="micro")(preds, yv).item()
-    expected_f1 = MulticlassF1Score(num_classes=K, average="macro")(preds, yv).item()
-    assert expected_acc == pytest.approx((preds.argmax(1) == yv).float().mean().item())
-    assert isinstance(learn.metrics["multiclassaccuracy"], float)  # default name: the class's
-    assert learn.metrics["multiclassaccuracy"] == pytest.approx(expected_acc)
-    assert learn.metrics["f1"] == pytest.approx(expected_f1)
-    assert "train_f1" not in learn.metrics
-
-
-def test_metric_adapter_with_train_phase_reports_train_name(data):
-    train, valid, (xt, yt), (xv, yv) = data
-    model = make_model()
-    adapter = MetricAdapter(
-        MulticlassAccuracy(num_classes=K, average="micro"), name="acc", phases=("train", "valid")
-    )
-    learn = make_learner(model, train, valid, plugins=[adapter], lr=0)
-    learn.fit(1)
-    assert learn.metrics["train_acc"] == pytest.approx(hit_rate(model, xt, yt))
-    assert learn.metrics["acc"] == pytest.approx(hit_rate(model, xv, yv))
-
-
-def test_metric_adapter_resets_between_epochs(data):
-    """Each epoch's value covers that epoch's validation pass only (reset at each pass)."""
-    train, valid, _, (xv, yv) = data
-    seen, expected = [], []
-
-    class Keep:
-        @hookimpl
-        def report(self, learn, metrics):
-            seen.append(metrics["acc"])
-            # the model that just made this epoch's validation predictions
-            expected.append(hit_rate(learn.model, xv, yv))
-
-    adapter = MetricAdapter(MulticlassAccuracy(num_classes=K, average="micro"), name="acc")
-    learn = make_learner(make_model(), train, valid, plugins=[adapter, Keep()], lr=1.0)
-    learn.fit(4)
-    assert seen == pytest.approx(expected)
-
-
-class OnlyUpdate:
-    def update(self, preds, target):
-        pass
-
-
-@pytest.mark.parametrize(
-    ("metric", "missing"),
-    [(object(), "update, compute, reset"), (OnlyUpdate(), "compute, reset")],
-)
-def test_metric_adapter_rejects_objects_without_the_protocol(metric, missing):
-    with pytest.raises(TypeError, match=f"lacks {missing}: MetricAdapter needs an object"):
-        MetricAdapter(metric)
 
 
 BAD_PHASES = [("test",), (), ("train", "eval"), "valid"]
