@@ -22,7 +22,7 @@ from .callbacks.hf import HFModel
 from .callbacks.logger import MetricsLogger
 from .callbacks.manual_backward import ManualBackward
 from .callbacks.metric_adapter import MetricAdapter
-from .callbacks.metrics import Accuracy, AvgLoss
+from .callbacks.metrics import Accuracy, AverageMetric, AvgLoss
 from .callbacks.mixed_precision import MixedPrecision
 from .callbacks.mlflow_logger import MLflowLogger
 from .callbacks.multiprocess_loader import MultiprocessLoader
@@ -57,6 +57,7 @@ __all__ = [
     "DDP",
     "FSDP",
     "Accuracy",
+    "AverageMetric",
     "AvgLoss",
     "CancelBatchException",
     "CancelEpochException",

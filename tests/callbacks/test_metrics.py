@@ -13,6 +13,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from pluglearn import (
     Accuracy,
+    AverageMetric,
     AvgLoss,
     DataLoaders,
     Learner,
@@ -20,7 +21,6 @@ from pluglearn import (
     ProgressBar,
     hookimpl,
 )
-from pluglearn.callbacks.metrics import AverageMetric
 
 K = 3  # classes
 

@@ -86,9 +86,21 @@ def _counts_by_default(hooks: Any) -> bool:
 
 
 class AverageMetric(PerPass):
-    """Base class: the per-item average of ``batch_sum(learn)`` over a pass.
+    """Base class: the per-item average of ``batch_sum(learn)`` over a pass, reported as
+    ``name`` (validation) and ``train_<name>`` (training) for the ``phases`` given.
 
-    Subclasses implement ``batch_sum(learn) -> (sum over the batch's items, number of items)``.
+    Subclasses implement ``batch_sum(learn) -> (sum over the batch's items, number of items)``;
+    the sums are reset every pass, all-reduced across processes and saved in checkpoints.
+
+    Example::
+
+        class MeanAbsError(AverageMetric):
+            name = "mae"
+
+            def batch_sum(self, learn):
+                return (learn.preds - learn.yb).abs().sum().item(), len(learn.yb)
+
+        learn.fit(3, plugins=[MeanAbsError(phases=("train", "valid"))])  # train_mae, mae
     """
 
     name = "metric"
