@@ -305,3 +305,31 @@ def test_the_plot_shows_its_labels_and_the_useful_loss_range():
     highest = max(finite[: low + 1])  # the sweep up to its minimum, the start among it
     assert bottom <= min(finite) and highest <= top <= highest + 0.25 * (highest - min(finite))
     assert top < max(finite)  # the diverged tail is cut off
+
+
+# ---------------------------------------------------------------------- no suggestion
+
+
+def test_a_loss_nan_from_the_first_batch_warns_why_and_fit_refuses_the_missing_lr():
+    torch.manual_seed(1)
+    x = X.clone()
+    x[:, 2] = float("nan")  # every item: the loss is nan from the first batch on
+    dls = DataLoaders.from_datasets((x[:64], Y[:64]), (x[64:], Y[64:]), batch_size=8)
+    learn = Learner(nn.Linear(6, 2), dls, lr=0.05, defaults=False)
+    with pytest.warns(UserWarning, match=r"lr_find found no lr to suggest") as caught:
+        result = learn.lr_find()
+    message = str(caught[0].message)
+    assert "the loss was nan at the first batch (lr 1.0e-07)" in message
+    assert "NaN or inf in the inputs" in message and "suggestion is None" in message
+    assert result.suggestion is None and result.notes == [message]
+    with pytest.raises(TypeError, match=r"lr must be a number, got None") as info:
+        learn.fit(1, lr=result.suggestion)
+    assert "lr_find" in str(info.value)
+    assert learn.epoch == 0 and learn.lr == 0.05  # refused before anything ran
+
+
+def test_fit_without_lr_keeps_the_learner_s_lr():
+    learn = make()
+    learn.lr = 0.02
+    learn.fit(1)
+    assert [g["lr"] for g in learn.opt.param_groups] == [0.02]

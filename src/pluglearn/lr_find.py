@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -194,10 +195,29 @@ class LRFinder:
         raise CancelEpochException("lr_find: no validation")  # and no report
 
     def result(self) -> LRFindResult:
-        """The sweep's :class:`LRFindResult`."""
+        """The sweep's :class:`LRFindResult`; warns (``UserWarning``) when it has no
+        suggestion, saying why."""
         suggestion = suggest(self.lrs, self.smoothed, self.num_it)
         result = LRFindResult(self.lrs, self.losses, self.smoothed, suggestion, self.diverged)
         n = len(self.losses)
-        if n < self.num_it and not self.diverged:
+        if suggestion is None:
+            result.notes.append(self._no_suggestion())
+            warnings.warn(result.notes[-1], UserWarning, stacklevel=3)  # at the lr_find call
+        elif n < self.num_it and not self.diverged:
             result.notes.append(f"the sweep ran {n} of {self.num_it} batches (a plugin ended it)")
         return result
+
+    def _no_suggestion(self) -> str:
+        """Why a sweep has no suggestion, and what to do."""
+        if not self.losses:
+            why = "the sweep recorded no loss: a plugin ended it before the first batch's loss"
+        else:  # a non-finite loss ends the sweep: the first one was not finite
+            why = (
+                f"the loss was {self.losses[0]} at the first batch (lr {self.lrs[0]:.1e}), "
+                "before any training: look for NaN or inf in the inputs and targets, and for "
+                "a loss that takes the log of 0"
+            )
+        return (
+            f"lr_find found no lr to suggest: {why}. result.suggestion is None, and "
+            "fit(lr=None) is refused: pass a number, or leave lr out to train at learn.lr."
+        )
