@@ -92,11 +92,12 @@ class GradientClipping:
             return  # the scaler skips this step itself when its gradient is not finite
         if hasattr(norm, "full_tensor"):  # a DTensor (FSDP): the norm of every shard
             norm = norm.full_tensor()
-        if not bool(torch.isfinite(norm)):  # one sync per step, as GradScaler.step's
+        value = norm.item()  # one sync per step on an accelerator, as GradScaler.step's
+        if not math.isfinite(value):
             self.step_skipped = True
             self.skipped += 1
             warnings.warn(
-                f"GradientClipping: a non-finite gradient (norm {float(norm)}) at epoch "
+                f"GradientClipping: a non-finite gradient (norm {value}) at epoch "
                 f"{learn.epoch}, batch {learn.iter}: the optimizer step was skipped, as "
                 "torch's GradScaler does (the weights, the optimizer state and the scheduler "
                 f"did not move; the gradients are zeroed), {self.skipped} so far "
