@@ -185,3 +185,15 @@ def test_a_train_phase_collection_resumed_mid_epoch_reports_the_uninterrupted_va
 
     assert values(resumed) == values(done)
     assert {"train_acc", "train_f1"} <= set(values(done)[-1])
+
+
+def test_a_checkpoint_of_one_metric_from_before_the_update_counts_still_resumes():
+    metric = MulticlassAccuracy(num_classes=K, average="micro")
+    metric.update(torch.tensor([[0.9, 0.1, 0.0], [0.1, 0.8, 0.1]]), torch.tensor([0, 2]))
+    metric.persistent(True)
+    old_format = {"train": dict(metric.state_dict()), "updates": 1}  # one count, no names
+    adapter = MetricAdapter(MulticlassAccuracy(num_classes=K, average="micro"), phases=("train",))
+    adapter.load_state_dict(old_format)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # counted as updated: no "compute before update"
+        assert adapter.metrics["train"].compute().item() == 0.5

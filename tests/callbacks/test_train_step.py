@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import io
 import math
 
@@ -199,7 +200,9 @@ def test_gradient_accumulation_by_step_and_zero_grad_providers():
 
 
 @pytest.mark.parametrize(
-    "loss_func", [F.cross_entropy, nn.CrossEntropyLoss()], ids=["function", "module"]
+    "loss_func",
+    [F.cross_entropy, nn.CrossEntropyLoss(), functools.partial(F.cross_entropy, weight=None)],
+    ids=["function", "module", "partial"],
 )
 def test_cross_entropy_on_one_output_column_is_refused_at_the_first_batch(loss_func):
     torch.manual_seed(0)

@@ -97,7 +97,8 @@ def check_one_class(loss_func: Any, preds: Any) -> None:
     one-output model with float ``(n, 1)`` targets, meant as a binary classifier).
 
     Example: ``check_one_class(F.cross_entropy, torch.zeros(8, 1))`` raises a ValueError."""
-    if not (loss_func is F.cross_entropy or isinstance(loss_func, nn.CrossEntropyLoss)):
+    function = getattr(loss_func, "func", loss_func)  # functools.partial(F.cross_entropy, ...)
+    if not (function is F.cross_entropy or isinstance(loss_func, nn.CrossEntropyLoss)):
         return
     if isinstance(preds, torch.Tensor) and preds.ndim >= 2 and preds.shape[1] == 1:
         n, shape = preds.shape[0], tuple(preds.shape)
