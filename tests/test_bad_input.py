@@ -120,9 +120,9 @@ def test_validate_without_validation_data_says_how_to_give_some():
 def test_a_non_numeric_learning_rate_is_refused_at_construction_and_in_fit(lr):
     text = raised_by(lambda: learner(lr=lr), TypeError)
     assert f"lr must be a number, got {lr!r}" in text and "pass e.g. lr=0.1" in text
-    if lr is not None:  # fit(lr=None) keeps the Learner's lr
-        text = raised_by(lambda: learner().fit(1, lr=lr), TypeError)
-        assert f"lr must be a number, got {lr!r}" in text
+    # fit(lr=None) too (lr_find's missing suggestion): only an lr left out keeps learn.lr
+    text = raised_by(lambda: learner().fit(1, lr=lr), TypeError)
+    assert f"lr must be a number, got {lr!r}" in text
 
 
 # ------------------------------------------------------------------------ provider hooks

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from pluglearn import Checkpoint, DataLoaders, Learner, ProgressBar, hookimpl
+from pluglearn import AvgLoss, Checkpoint, DataLoaders, Learner, ProgressBar, hookimpl
 from pluglearn.lr_find import LRFindResult, suggest
 
 X = torch.randn(96, 6, generator=torch.Generator().manual_seed(0))
@@ -270,3 +270,109 @@ def test_lr_find_puts_back_a_user_loader_and_its_generator(kind):
     swept.lr_find(num_it=12, stop_div=False)  # one and a half epochs of the loader
     swept.fit(2)
     assert same(weights(swept), weights(plain))
+
+
+# ------------------------------------------------------- the suggestion on a trained model
+
+
+def digits_learner(epochs: int) -> Learner:
+    """The example's MLP on the bundled digits, SGD with momentum, trained ``epochs`` first."""
+    from pluglearn.data.digits import load_digits
+
+    splits = load_digits(seed=0)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 50), nn.ReLU(), nn.Linear(50, 10))
+    dls = DataLoaders.from_datasets(splits.train, splits.valid, batch_size=64, seed=0)
+    sgd = lambda params, lr: torch.optim.SGD(params, lr=lr, momentum=0.9)  # noqa: E731
+    learn = Learner(model, dls, lr=0.05, opt_func=sgd, plugins=[AvgLoss()], defaults=False)
+    learn.fit(epochs)
+    return learn
+
+
+def fastai_steep(lrs, smoothed, num_it):
+    """The oracle: fastai's rule written out with torch. Drop the first num_it // 10 points,
+    find the minimum of the rest, and take the lr where the forward slope of the smoothed loss
+    against log(lr) is most negative before it."""
+    skip = num_it // 10
+    losses, logs = torch.tensor(smoothed[skip:]), torch.tensor(lrs[skip:]).log()
+    low = int(torch.where(losses.isfinite(), losses, math.inf).argmin())
+    slopes = (losses[1 : low + 1] - losses[:low]) / (logs[1 : low + 1] - logs[:low])
+    return lrs[skip + int(slopes.argmin())]
+
+
+def test_on_a_partly_trained_model_the_suggestion_skips_the_noisy_start_of_the_sweep():
+    learn = digits_learner(epochs=1)
+    result = learn.lr_find()
+    assert result.suggestion == fastai_steep(result.lrs, result.smoothed, 100)
+    assert result.suggestion > 1e-3  # the old rule: 1.2e-07, the sweep's second lr
+    before = learn.validate()["valid_loss"]
+    learn.fit(1, lr=result.suggestion)
+    assert learn.metrics["valid_loss"] < 0.9 * before  # it trains; the sweep's start does not
+
+
+def test_the_suggestion_skips_the_first_tenth_of_the_sweep():
+    lrs = [10.0 ** (k / 4) for k in range(-28, 2)]  # 30 points: the first 3 are skipped
+    smoothed = [9.0, 6.0, 5.0] + [5.0 - 0.01 * i for i in range(20)] + [4.0, 3.0, 2.9, 9, 9, 9, 9]
+    assert suggest(lrs, smoothed) == lrs[23]  # 4.0 -> 3.0 (not 9 -> 6 at the start)
+    assert suggest(lrs, smoothed, num_it=100) == lrs[23]  # the first 10 of a planned 100
+
+
+# ----------------------------------------------------------------- what a person looks at
+
+
+def test_the_result_prints_as_one_short_line():
+    result = make(opt_func=torch.optim.SGD).lr_find(start_lr=1e-3, end_lr=1e6, num_it=100)
+    text = repr(result)
+    assert str(result) == text and "\n" not in text and len(text) < 160, text
+    assert f"suggestion={result.suggestion:.2e}" in text
+    assert f"lrs {result.lrs[0]:.1e}..{result.lrs[-1]:.1e}" in text
+    assert f"{len(result.lrs)} points" in text and "diverged=True" in text
+
+
+def test_the_plot_shows_its_labels_and_the_useful_loss_range():
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    result = make(opt_func=torch.optim.SGD).lr_find(start_lr=1e-3, end_lr=1e6, num_it=100)
+    assert result.diverged
+    fig = result.plot()
+    FigureCanvasAgg(fig).draw()
+    renderer = fig.canvas.get_renderer()
+    ax = fig.axes[0]
+    for label in (ax.xaxis.label, ax.yaxis.label):  # inside the figure, not cut off
+        box = label.get_window_extent(renderer)
+        assert box.x0 >= 0 and box.y0 >= 0, label.get_text()
+        assert box.x1 <= fig.bbox.width and box.y1 <= fig.bbox.height, label.get_text()
+    bottom, top = ax.get_ylim()
+    finite = [s for s in result.smoothed if math.isfinite(s)]
+    low = finite.index(min(finite))
+    highest = max(finite[: low + 1])  # the sweep up to its minimum, the start among it
+    assert bottom <= min(finite) and highest <= top <= highest + 0.25 * (highest - min(finite))
+    assert top < max(finite)  # the diverged tail is cut off
+
+
+# ---------------------------------------------------------------------- no suggestion
+
+
+def test_a_loss_nan_from_the_first_batch_warns_why_and_fit_refuses_the_missing_lr():
+    torch.manual_seed(1)
+    x = X.clone()
+    x[:, 2] = float("nan")  # every item: the loss is nan from the first batch on
+    dls = DataLoaders.from_datasets((x[:64], Y[:64]), (x[64:], Y[64:]), batch_size=8)
+    learn = Learner(nn.Linear(6, 2), dls, lr=0.05, defaults=False)
+    with pytest.warns(UserWarning, match=r"lr_find found no lr to suggest") as caught:
+        result = learn.lr_find()
+    message = str(caught[0].message)
+    assert "the loss was nan at the first batch (lr 1.0e-07)" in message
+    assert "NaN or inf in the inputs" in message and "suggestion is None" in message
+    assert result.suggestion is None and result.notes == [message]
+    with pytest.raises(TypeError, match=r"lr must be a number, got None") as info:
+        learn.fit(1, lr=result.suggestion)
+    assert "lr_find" in str(info.value)
+    assert learn.epoch == 0 and learn.lr == 0.05  # refused before anything ran
+
+
+def test_fit_without_lr_keeps_the_learner_s_lr():
+    learn = make()
+    learn.lr = 0.02
+    learn.fit(1)
+    assert [g["lr"] for g in learn.opt.param_groups] == [0.02]

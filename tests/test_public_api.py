@@ -12,7 +12,7 @@ import pluglearn
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "src" / "pluglearn"
-INTERNALS = {"TensorBatchLoader", "DefaultLoader", "TrainStep", "AverageMetric", "HookCalls"}
+INTERNALS = {"TensorBatchLoader", "DefaultLoader", "TrainStep", "HookCalls"}
 
 
 def packages() -> list[str]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+
 from pluglearn.plugins.specs import HOOKS, KIND_DOCS
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -41,3 +43,40 @@ def test_readme_names_the_two_setup_commands_that_ci_runs():
     assert "-c constraints.txt" in install and "examples/train_mlp.py" in install
     assert ".venv/bin/python -m pytest" in text
     assert "-c constraints.txt" in ci and "-m pytest" in ci
+
+
+def python_blocks(section: str) -> list[str]:
+    """The ```python blocks of the README section headed ``section`` (up to the next ##)."""
+    text = README.read_text()
+    assert f"\n{section}\n" in text, f"the README has no section {section!r}"
+    body = text.split(f"\n{section}\n")[1].split("\n## ")[0]
+    return re.findall(r"```python\n(.*?)```", body, re.S)
+
+
+def test_the_write_a_metric_examples_run_and_report_what_a_hand_computation_gives():
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    from pluglearn import DataLoaders, Learner
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(60, 5, generator=g), torch.randint(0, 4, (60,), generator=g)
+    valid = [(x[40:48], y[40:48]), (x[48:56], y[48:56]), (x[56:], y[56:])]
+    torch.manual_seed(0)
+    model = nn.Linear(5, 4)
+    dls = DataLoaders([(x[i : i + 8], y[i : i + 8]) for i in range(0, 40, 8)], valid)
+    learn = Learner(model, dls, lr=0.2, defaults=False)
+    blocks = python_blocks("## Write a metric")
+    assert len(blocks) == 2, "the section shows AverageMetric and a plugin of one's own"
+    namespace = {"learn": learn}
+    for block in blocks:
+        exec(compile(block, "README.md: Write a metric", "exec"), namespace)
+
+    with torch.no_grad():  # the model after the last fit made the last validation predictions
+        top2 = model(x[40:]).topk(2, dim=1).indices
+        losses = [F.cross_entropy(model(xb), yb).item() for xb, yb in valid]
+    expected_top2 = (top2 == y[40:, None]).any(dim=1).float().mean().item()
+    assert learn.metrics["top2"] == pytest.approx(expected_top2)
+    assert learn.metrics["max_loss"] == pytest.approx(max(losses))
+    assert "train_top2" in learn.metrics

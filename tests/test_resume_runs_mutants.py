@@ -81,9 +81,16 @@ def test_a_one_cycle_run_resumes_with_its_lr_max_not_the_scheduler_starting_lr(t
         learner([Checkpoint(tmp_path, every_n_batches=1)]).fit_one_cycle(
             3, 0.5, plugins=[CrashAt(1, 2)]
         )
-    resumed = learner()
-    resumed.fit_one_cycle(3, 0.5, resume_from=tmp_path)
-    assert resumed.lr == 0.5  # OneCycleLR's initial_lr is 0.5 / 25
+
+    class BaseLr:
+        @hookimpl
+        def before_fit(self, learn):
+            self.lr = learn.lr
+
+    resumed, base = learner(), BaseLr()
+    resumed.fit_one_cycle(3, 0.5, plugins=[base], resume_from=tmp_path)
+    assert base.lr == 0.5  # OneCycleLR's initial_lr is 0.5 / 25
+    assert resumed.lr == 0.1  # after the cycle: the Learner's own lr again
 
 
 def test_a_one_process_capture_is_mid_epoch_by_default_and_has_no_per_rank_records():

@@ -21,7 +21,8 @@ from .callbacks.gradcheck import GradCheck, GradCheckError
 from .callbacks.hf import HFModel
 from .callbacks.logger import MetricsLogger
 from .callbacks.manual_backward import ManualBackward
-from .callbacks.metrics import Accuracy, AvgLoss, MetricAdapter
+from .callbacks.metric_adapter import MetricAdapter
+from .callbacks.metrics import Accuracy, AverageMetric, AvgLoss
 from .callbacks.mixed_precision import MixedPrecision
 from .callbacks.mlflow_logger import MLflowLogger
 from .callbacks.multiprocess_loader import MultiprocessLoader
@@ -57,6 +58,7 @@ __all__ = [
     "DDP",
     "FSDP",
     "Accuracy",
+    "AverageMetric",
     "AvgLoss",
     "CancelBatchException",
     "CancelEpochException",

@@ -12,12 +12,31 @@ from typing import Any
 import torch
 
 
+class KeepLr:
+    """The type of :data:`KEEP_LR`, ``fit``'s default ``lr``: train at ``learn.lr``. A
+    sentinel, so that ``fit(lr=None)`` given explicitly (``lr_find``'s missing suggestion) is
+    refused instead of training at ``learn.lr`` unnoticed.
+
+    Example: ``learn.fit(3)`` trains at ``learn.lr``; ``learn.fit(3, lr=None)`` is an error."""
+
+    def __repr__(self) -> str:
+        return "<learn.lr>"
+
+
+KEEP_LR = KeepLr()
+
+
 def check_lr(lr: object) -> float:
     """``lr`` as a float, or a clear error: it must be a finite number >= 0."""
     if isinstance(lr, bool) or not isinstance(lr, numbers.Real):
+        why = (
+            " (lr_find's suggestion is None when its sweep found no lr to suggest: its warning "
+            "says why)"
+            if lr is None
+            else " (for one learning rate per group, set them on learn.opt.param_groups)"
+        )
         raise TypeError(
-            f"lr must be a number, got {lr!r} ({type(lr).__name__}): pass e.g. lr=0.1 "
-            "(for one learning rate per group, set them on learn.opt.param_groups)."
+            f"lr must be a number, got {lr!r} ({type(lr).__name__}): pass e.g. lr=0.1{why}."
         )
     if not math.isfinite(lr) or lr < 0:
         raise ValueError(f"lr must be a finite number >= 0, got {lr}: pass e.g. lr=0.1.")

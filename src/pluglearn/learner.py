@@ -20,7 +20,7 @@ from .callbacks.metrics import AvgLoss
 from .callbacks.progress import ProgressBar
 from .callbacks.scheduler import fit_one_cycle
 from .callbacks.train_step import TrainStep
-from .checks import check_lr
+from .checks import KEEP_LR, KeepLr, check_lr
 from .data.loaders import DataLoaders
 from .exceptions import (
     CancelFitException,
@@ -205,7 +205,7 @@ class Learner(Loop):
     def fit(
         self,
         n_epochs: int | None = None,
-        lr: float | None = None,
+        lr: float | KeepLr = KEEP_LR,
         plugins: object | Sequence[object] = (),
         *,
         resume_from: Any = None,
@@ -214,7 +214,9 @@ class Learner(Loop):
         valid_every: int | None = None,
     ) -> None:
         """Train for ``n_epochs`` (a train pass then a validate pass each). ``plugins`` live for
-        this fit only and are removed afterwards, also after an error.
+        this fit only and are removed afterwards, also after an error. ``lr`` becomes
+        ``learn.lr``; left out, the fit trains at ``learn.lr`` (``lr=None`` is refused: it is
+        what ``lr_find`` suggests when it found nothing).
 
         ``resume_from`` (a checkpoint file or directory) continues an interrupted fit exactly
         where it stopped; with ``missing_ok=True`` a directory that holds no checkpoint yet
@@ -243,7 +245,7 @@ class Learner(Loop):
             plugins = [*listify(plugins), ValidateEvery(valid_every)]
         if missing_ok and resume_from is None:
             raise ValueError("missing_ok=True goes with resume_from=...: pass the directory.")
-        new_lr = None if lr is None else check_lr(lr)
+        new_lr = None if lr is KEEP_LR else check_lr(lr)
         with self.run.entry("fit"):
             self._fit(n_epochs or 0, new_lr, plugins, resume_from, missing_ok)
 

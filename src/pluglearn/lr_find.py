@@ -16,10 +16,14 @@ it is shorter; no validation and no report) with the lr of batch ``i`` set to
 stops early when the loss diverges: a non-finite loss, or (with ``stop_div``) a smoothed loss
 above 4 times the best smoothed loss so far.
 
-The suggestion: the losses are smoothed with an exponential moving average (``beta=0.98``,
-bias-corrected); the suggested lr is where the smoothed loss falls fastest against ``log(lr)``
-(the steepest negative slope), looking only at the points before its minimum. When fewer than
-three points come before the minimum, it is the lr of the minimum divided by 10.
+The suggestion, fastai's "steep" rule: the losses are smoothed with an exponential moving
+average (``beta=0.98``, bias-corrected); the first tenth of the sweep (``num_it // 10`` points)
+is left out, since its smoothed loss averages only a few batches and its noise looks like a
+steep descent (on a partly trained model the old rule without the skip suggested the sweep's
+second lr, 1.2e-7); of the rest, the suggested lr is where the smoothed loss falls fastest
+against ``log(lr)`` (the most negative slope to the next point), looking only at the points
+before its minimum. When no point comes before the minimum, it is the lr of the minimum divided
+by 10; when no loss is finite there is no suggestion (``None``), and ``lr_find`` warns why.
 
 Example::
 
@@ -33,6 +37,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -49,11 +54,15 @@ DIVERGE = 4.0  # the sweep stops when the smoothed loss exceeds DIVERGE x its be
 BETA = 0.98
 
 
-@dataclass
+@dataclass(repr=False)
 class LRFindResult:
     """The sweep: ``lrs[i]`` trained batch ``i``, whose loss was ``losses[i]`` (``smoothed[i]``
-    after smoothing); ``suggestion`` is the suggested lr (see the module doc) and ``diverged``
-    whether the sweep stopped early on a diverging loss."""
+    after smoothing); ``suggestion`` is the suggested lr (see the module doc; None when there
+    is none, and ``notes`` say why) and ``diverged`` whether the sweep stopped early on a
+    diverging loss.
+
+    Example: ``print(learn.lr_find())`` prints
+    ``LRFindResult(suggestion=2.92e-01, lrs 1.0e-07..3.3e+00, 94 points, diverged=True)``."""
 
     lrs: list[float]
     losses: list[float]
@@ -62,22 +71,39 @@ class LRFindResult:
     diverged: bool = False
     notes: list[str] = field(default_factory=list)
 
+    def __repr__(self) -> str:
+        suggestion = "None" if self.suggestion is None else f"{self.suggestion:.2e}"
+        span = f"lrs {self.lrs[0]:.1e}..{self.lrs[-1]:.1e}, " if self.lrs else ""
+        return (
+            f"LRFindResult(suggestion={suggestion}, {span}{len(self.lrs)} points, "
+            f"diverged={self.diverged})"
+        )
+
     def plot(self, path: str | os.PathLike[str] | None = None) -> Any:
-        """The smoothed loss against the lr (log scale), the suggestion marked. Returns the
-        matplotlib ``Figure`` (a notebook shows it once, inline: it is not pyplot's); with
-        ``path``, saves it there and returns the path."""
+        """The smoothed loss against the lr (log scale), the suggestion marked, the loss axis
+        from the minimum to a bit above the highest loss before it (a diverged tail would
+        squash the rest flat). Returns the matplotlib ``Figure`` (a notebook shows it once,
+        inline: it is not pyplot's); with ``path``, saves it there and returns the path."""
         try:
             from matplotlib.figure import Figure
         except ImportError as error:
             message = "LRFindResult.plot needs matplotlib: pip install matplotlib"
             raise ImportError(message) from error
 
-        fig = Figure(figsize=(6, 4))
+        fig = Figure(figsize=(6, 4), layout="constrained")  # room for the axis labels
         ax = fig.subplots()
         ax.plot(self.lrs, self.smoothed, label="smoothed loss")
         ax.set_xscale("log")
         ax.set_xlabel("learning rate")
         ax.set_ylabel("loss")
+        finite = [s for s in self.smoothed if math.isfinite(s)]
+        if finite:
+            lowest = min(finite)
+            highest = max(self.smoothed[: self.smoothed.index(lowest) + 1])  # finite: a
+            # non-finite loss ends the sweep, so it can only be the last point
+            margin = 0.1 * (highest - lowest)
+            if margin > 0:  # else a flat sweep: matplotlib's own range
+                ax.set_ylim(lowest - margin, highest + margin)
         if self.suggestion is not None:
             ax.axvline(self.suggestion, color="red", ls="--", label=f"{self.suggestion:.2e}")
         ax.legend()
@@ -88,17 +114,24 @@ class LRFindResult:
         return Path(path)
 
 
-def suggest(lrs: list[float], smoothed: list[float]) -> float | None:
-    """The suggested lr of a sweep (see the module doc); None for an empty sweep."""
-    finite = [i for i, s in enumerate(smoothed) if math.isfinite(s)]
+def suggest(lrs: list[float], smoothed: list[float], num_it: int | None = None) -> float | None:
+    """The suggested lr of a sweep planned for ``num_it`` points (default: as many as it has;
+    see the module doc); None when no smoothed loss is finite.
+
+    Example: ``suggest(result.lrs, result.smoothed, 100)`` is ``result.suggestion``."""
+    skip = (len(lrs) if num_it is None else num_it) // 10
+    finite = [i for i in range(skip, len(smoothed)) if math.isfinite(smoothed[i])]
     if not finite:
-        return None
+        finite = [i for i, s in enumerate(smoothed) if math.isfinite(s)]  # all in the skip
+        if not finite:
+            return None
     low = min(finite, key=lambda i: smoothed[i])
-    if low < 2:
+    start = min(skip, low)
+    if low == start:
         return lrs[low] / 10
     logs = [math.log(lr) for lr in lrs]
     slopes = {
-        i: (smoothed[i + 1] - smoothed[i - 1]) / (logs[i + 1] - logs[i - 1]) for i in range(1, low)
+        i: (smoothed[i + 1] - smoothed[i]) / (logs[i + 1] - logs[i]) for i in range(start, low)
     }
     return lrs[min(slopes, key=lambda i: slopes[i])]
 
@@ -168,11 +201,29 @@ class LRFinder:
         raise CancelEpochException("lr_find: no validation")  # and no report
 
     def result(self) -> LRFindResult:
-        """The sweep's :class:`LRFindResult`."""
-        result = LRFindResult(
-            self.lrs, self.losses, self.smoothed, suggest(self.lrs, self.smoothed), self.diverged
-        )
+        """The sweep's :class:`LRFindResult`; warns (``UserWarning``) when it has no
+        suggestion, saying why."""
+        suggestion = suggest(self.lrs, self.smoothed, self.num_it)
+        result = LRFindResult(self.lrs, self.losses, self.smoothed, suggestion, self.diverged)
         n = len(self.losses)
-        if n < self.num_it and not self.diverged:
+        if suggestion is None:
+            result.notes.append(self._no_suggestion())
+            warnings.warn(result.notes[-1], UserWarning, stacklevel=3)  # at the lr_find call
+        elif n < self.num_it and not self.diverged:
             result.notes.append(f"the sweep ran {n} of {self.num_it} batches (a plugin ended it)")
         return result
+
+    def _no_suggestion(self) -> str:
+        """Why a sweep has no suggestion, and what to do."""
+        if not self.losses:
+            why = "the sweep recorded no loss: a plugin ended it before the first batch's loss"
+        else:  # a non-finite loss ends the sweep: the first one was not finite
+            why = (
+                f"the loss was {self.losses[0]} at the first batch (lr {self.lrs[0]:.1e}), "
+                "before any training: look for NaN or inf in the inputs and targets, and for "
+                "a loss that takes the log of 0"
+            )
+        return (
+            f"lr_find found no lr to suggest: {why}. result.suggestion is None, and "
+            "fit(lr=None) is refused: pass a number, or leave lr out to train at learn.lr."
+        )

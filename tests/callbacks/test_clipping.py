@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.optim.lr_scheduler import StepLR
 
 from pluglearn import (
     DataLoaders,
@@ -13,6 +16,8 @@ from pluglearn import (
     GradientClipping,
     Learner,
     MixedPrecision,
+    Recorder,
+    Scheduler,
     hookimpl,
 )
 from tests.helpers import tiny_data
@@ -100,3 +105,95 @@ def test_clipping_runs_once_per_step_on_the_whole_gradient_whatever_the_order(or
 def test_bad_settings_are_refused(kwargs, error, match):
     with pytest.raises(error, match=match):
         GradientClipping(**kwargs)
+
+
+# ------------------------------------------------------------------ non-finite gradients
+
+
+def poisoned_batches(n_batches: int = 6, at: int = 2, bs: int = 8):
+    """Batches of which batch ``at`` holds a NaN input: its loss and gradients are NaN."""
+    train = train_batches(n_batches, bs)
+    xb, yb = train[at]
+    xb = xb.clone()
+    xb[0, 0] = float("nan")
+    train[at] = (xb, yb)
+    return train
+
+
+def hand_skipping_loop(net, train, epochs, max_norm):
+    """clip_grad_norm_, and a step skipped as GradScaler skips one: the optimizer and the
+    scheduler do not step, the gradients are zeroed. Returns the lr each batch used and the
+    number of skipped steps."""
+    opt = torch.optim.SGD(net.parameters(), lr=0.5, momentum=0.9)
+    sched = StepLR(opt, step_size=1, gamma=0.8)
+    lrs, skipped = [], 0
+    for _ in range(epochs):
+        for xb, yb in train:
+            lrs.append(opt.param_groups[0]["lr"])
+            F.cross_entropy(net(xb), yb).backward()
+            norm = torch.nn.utils.clip_grad_norm_(net.parameters(), max_norm)
+            if torch.isfinite(norm):
+                opt.step()
+                sched.step()
+            else:
+                skipped += 1
+            opt.zero_grad()
+    return opt, lrs, skipped
+
+
+def test_a_non_finite_gradient_skips_the_step_as_grad_scaler_does_and_warns():
+    train = poisoned_batches()
+    net, ref = mlp(), mlp()
+    clip, rec = GradientClipping(1.0), Recorder()
+    sgd = lambda params, lr: torch.optim.SGD(params, lr=lr, momentum=0.9)  # noqa: E731
+    scheduler = Scheduler(lambda opt: StepLR(opt, step_size=1, gamma=0.8))
+    learn = Learner(net, DataLoaders(train), lr=0.5, opt_func=sgd, plugins=[clip, rec, scheduler])
+    with pytest.warns(UserWarning, match="non-finite gradient") as caught:
+        learn.fit(2)
+    opt, lrs, skipped = hand_skipping_loop(ref, train, 2, 1.0)
+    assert skipped == 2 and clip.skipped == 2  # batch 2 of each epoch
+    assert len(caught) == 2
+    text = str(caught[0].message)
+    assert "epoch 0, batch 2" in text and "step was skipped" in text and "1 so far" in text
+    assert rec.lrs == lrs  # the scheduler did not step either
+    for p, q in zip(net.parameters(), ref.parameters(), strict=True):
+        assert torch.isfinite(p).all() and torch.equal(p, q)
+    for mine, theirs in zip(learn.opt.state.values(), opt.state.values(), strict=True):
+        assert torch.equal(mine["momentum_buffer"], theirs["momentum_buffer"])
+    assert all(p.grad is None or not p.grad.any() for p in net.parameters())  # zeroed
+
+
+def test_error_if_nonfinite_raises_instead_of_skipping():
+    learn = Learner(
+        mlp(),
+        DataLoaders(poisoned_batches()),
+        plugins=[GradientClipping(1.0, error_if_nonfinite=True)],
+    )
+    with pytest.raises(RuntimeError, match="non-finite"):
+        learn.fit(1)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="float16 with a GradScaler needs CUDA")
+def test_with_a_grad_scaler_the_scaler_skips_a_non_finite_step_and_clipping_leaves_it():
+    train = [(x.cuda(), y.cuda()) for x, y in poisoned_batches()]
+    net, ref = mlp().cuda(), mlp().cuda()
+    clip = GradientClipping(1.0)
+    learn = Learner(net, DataLoaders(train), lr=0.5, plugins=[clip, MixedPrecision(torch.float16)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no warning: a scaler's skipped step is routine
+        learn.fit(1)
+    assert clip.skipped == 0
+    opt = torch.optim.SGD(ref.parameters(), lr=0.5)
+    scaler = torch.amp.GradScaler("cuda")
+    for xb, yb in train:
+        with torch.autocast("cuda", dtype=torch.float16):
+            loss = F.cross_entropy(ref(xb), yb)
+        scaler.scale(loss).backward()
+        scaler.unscale_(opt)
+        torch.nn.utils.clip_grad_norm_(ref.parameters(), 1.0)
+        scaler.step(opt)
+        scaler.update()
+        opt.zero_grad()
+    assert learn.plugin("MixedPrecision").scaler.get_scale() == scaler.get_scale() < 2.0**16
+    for p, q in zip(net.parameters(), ref.parameters(), strict=True):
+        assert torch.isfinite(p).all() and torch.equal(p, q)

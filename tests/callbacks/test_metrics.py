@@ -9,10 +9,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
+from torchmetrics.classification import MulticlassAccuracy
 
 from pluglearn import (
     Accuracy,
+    AverageMetric,
     AvgLoss,
     DataLoaders,
     Learner,
@@ -20,7 +21,6 @@ from pluglearn import (
     ProgressBar,
     hookimpl,
 )
-from pluglearn.callbacks.metrics import AverageMetric
 
 K = 3  # classes
 
@@ -248,74 +248,6 @@ def test_average_metric_without_batch_sum_says_so(data):
         learn.fit(1)
 
 
-# ------------------------------------------------------------------------------- MetricAdapter
-
-
-def test_metric_adapter_equals_torchmetrics_on_all_validation_predictions():
-    xt, yt = make_data(40, seed=3)
-    xv, yv = make_data(30, seed=4)
-    train, valid = batches(xt, yt, 8), batches(xv, yv, 8)  # valid: 8, 8, 8, 6
-    model = make_model()
-    acc = MetricAdapter(MulticlassAccuracy(num_classes=K, average="micro"))
-    f1 = MetricAdapter(MulticlassF1Score(num_classes=K, average="macro"), name="f1")
-    learn = make_learner(model, train, valid, plugins=[acc, f1])
-    learn.fit(2)
-
-    with torch.no_grad():
-        preds = model(xv)
-    expected_acc = MulticlassAccuracy(num_classes=K, average="micro")(preds, yv).item()
-    expected_f1 = MulticlassF1Score(num_classes=K, average="macro")(preds, yv).item()
-    assert expected_acc == pytest.approx((preds.argmax(1) == yv).float().mean().item())
-    assert isinstance(learn.metrics["multiclassaccuracy"], float)  # default name: the class's
-    assert learn.metrics["multiclassaccuracy"] == pytest.approx(expected_acc)
-    assert learn.metrics["f1"] == pytest.approx(expected_f1)
-    assert "train_f1" not in learn.metrics
-
-
-def test_metric_adapter_with_train_phase_reports_train_name(data):
-    train, valid, (xt, yt), (xv, yv) = data
-    model = make_model()
-    adapter = MetricAdapter(
-        MulticlassAccuracy(num_classes=K, average="micro"), name="acc", phases=("train", "valid")
-    )
-    learn = make_learner(model, train, valid, plugins=[adapter], lr=0)
-    learn.fit(1)
-    assert learn.metrics["train_acc"] == pytest.approx(hit_rate(model, xt, yt))
-    assert learn.metrics["acc"] == pytest.approx(hit_rate(model, xv, yv))
-
-
-def test_metric_adapter_resets_between_epochs(data):
-    """Each epoch's value covers that epoch's validation pass only (reset at each pass)."""
-    train, valid, _, (xv, yv) = data
-    seen, expected = [], []
-
-    class Keep:
-        @hookimpl
-        def report(self, learn, metrics):
-            seen.append(metrics["acc"])
-            # the model that just made this epoch's validation predictions
-            expected.append(hit_rate(learn.model, xv, yv))
-
-    adapter = MetricAdapter(MulticlassAccuracy(num_classes=K, average="micro"), name="acc")
-    learn = make_learner(make_model(), train, valid, plugins=[adapter, Keep()], lr=1.0)
-    learn.fit(4)
-    assert seen == pytest.approx(expected)
-
-
-class OnlyUpdate:
-    def update(self, preds, target):
-        pass
-
-
-@pytest.mark.parametrize(
-    ("metric", "missing"),
-    [(object(), "update, compute, reset"), (OnlyUpdate(), "compute, reset")],
-)
-def test_metric_adapter_rejects_objects_without_the_protocol(metric, missing):
-    with pytest.raises(TypeError, match=f"lacks {missing}: MetricAdapter needs an object"):
-        MetricAdapter(metric)
-
-
 BAD_PHASES = [("test",), (), ("train", "eval"), "valid"]
 
 
@@ -366,57 +298,3 @@ def test_validate_after_fit_does_not_remember_removed_metric_owners(data):
     learn.add_plugin(MetricAdapter(MulticlassAccuracy(num_classes=K, average="micro"), "accuracy"))
     metrics = learn.validate()
     assert metrics["accuracy"] == pytest.approx(hit_rate(model, xv, yv))
-
-
-def test_a_train_phase_metric_adapter_resumed_mid_epoch_reports_the_uninterrupted_value(
-    data, tmp_path
-):
-    from pluglearn import Checkpoint
-    from tests.helpers import CrashAt
-
-    train, valid = data[0], data[1]
-
-    def learner(plugins=()):
-        f1 = MetricAdapter(MulticlassF1Score(3), "f1", phases=("train", "valid"))
-        return make_learner(make_model(), train, valid, [f1, *plugins])
-
-    done = learner()
-    done.fit(2)
-    with pytest.raises(RuntimeError, match="killed"):
-        learner([Checkpoint(tmp_path, every_n_batches=1), CrashAt(1, 1)]).fit(2)
-    resumed = learner()
-    resumed.fit(2, resume_from=tmp_path)
-    assert resumed.metrics["train_f1"] == done.metrics["train_f1"]
-    assert resumed.metrics["f1"] == done.metrics["f1"]
-
-
-class Counting:
-    """update/compute/reset and nothing to save its state with."""
-
-    def __init__(self):
-        self.n = 0
-
-    def update(self, preds, targets):
-        self.n += len(targets)
-
-    def compute(self):
-        return self.n
-
-    def reset(self):
-        self.n = 0
-
-
-def test_a_train_metric_without_state_dict_refuses_a_mid_epoch_resume(data, tmp_path):
-    from pluglearn import Checkpoint
-    from tests.helpers import CrashAt
-
-    train, valid = data[0], data[1]
-
-    def learner(plugins=()):
-        counted = MetricAdapter(Counting(), "n", phases=("train",))
-        return make_learner(make_model(), train, valid, [counted, *plugins])
-
-    with pytest.raises(RuntimeError, match="killed"):
-        learner([Checkpoint(tmp_path, every_n_batches=1), CrashAt(1, 1)]).fit(2)
-    with pytest.raises(ValueError, match=r"has no state_dict, so its train value cannot be"):
-        learner().fit(2, resume_from=tmp_path)

@@ -125,6 +125,20 @@ def test_fit_one_cycle_resumes_exactly(tmp_path):
         assert torch.equal(p, q)
 
 
+def test_a_crashed_fit_one_cycle_puts_the_settings_back_and_resumes_exactly_in_process(tmp_path):
+    done = learner()
+    done.fit_one_cycle(3, 0.5)
+    learn = learner([Checkpoint(tmp_path, every_n_batches=1)])
+    with pytest.raises(RuntimeError, match="killed"):
+        learn.fit_one_cycle(3, 0.5, plugins=[CrashAt(1, 4)])
+    assert learn.lr == 0.1 and momentum(learn.opt) == 0  # the Learner's, not the cycle's
+    learn.fit_one_cycle(3, 0.5, resume_from=tmp_path)  # the checkpoint's settings go on
+    a, b = done.plugin("Recorder"), learn.plugin("Recorder")
+    assert (a.lrs, a.moms) == (b.lrs, b.moms)
+    for p, q in zip(done.model.parameters(), learn.model.parameters(), strict=True):
+        assert torch.equal(p, q)
+
+
 def test_bad_settings_are_refused_with_the_fix():
     learn = Learner(mlp(), DataLoaders(train_batches(2)))
     opt = torch.optim.SGD(mlp().parameters(), lr=0.1)
@@ -140,3 +154,61 @@ def test_bad_settings_are_refused_with_the_fix():
         learn.fit(1, plugins=[Scheduler(lambda o: None)])
     with pytest.raises(TypeError, match="drop total_steps="):
         learn.fit_one_cycle(1, 0.1, total_steps=10)
+
+
+def settings(opt) -> list[dict]:
+    """Each param group's hyperparameters (lr, momentum or betas, ...), without its params."""
+    return [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups]
+
+
+def momentum(opt) -> float:
+    group = opt.param_groups[0]
+    return group["betas"][0] if "betas" in group else group["momentum"]
+
+
+def hand_one_cycle_then_fit(net, train, opt_func, base_lr, lr_max):
+    """OneCycleLR for 2 epochs, the optimizer's settings then put back as they were before it,
+    then 1 epoch at the base lr; the lr and momentum of each batch of that last epoch."""
+    opt = opt_func(net.parameters(), lr=lr_max)
+    before = settings(opt)
+    sched = OneCycleLR(opt, max_lr=lr_max, total_steps=2 * len(train))
+    for _ in range(2):
+        for xb, yb in train:
+            F.cross_entropy(net(xb), yb).backward()
+            opt.step()
+            sched.step()
+            opt.zero_grad()
+    for group, saved in zip(opt.param_groups, before, strict=True):
+        params = group["params"]
+        group.clear()  # OneCycleLR's own keys (initial_lr, max_lr, ...) go too
+        group.update(saved, params=params, lr=base_lr)
+    lrs, moms = [], []
+    for xb, yb in train:
+        lrs.append(opt.param_groups[0]["lr"])
+        moms.append(momentum(opt))
+        F.cross_entropy(net(xb), yb).backward()
+        opt.step()
+        opt.zero_grad()
+    return lrs, moms
+
+
+@pytest.mark.parametrize(
+    "opt_func",
+    [lambda ps, lr: torch.optim.SGD(ps, lr=lr, momentum=0.5), torch.optim.Adam],
+    ids=["sgd-momentum", "adam-betas"],
+)
+def test_a_fit_after_fit_one_cycle_trains_at_the_learner_s_lr_and_momentum(opt_func):
+    train = train_batches()
+    net, ref = mlp(), mlp()
+    rec = Recorder()
+    learn = Learner(net, DataLoaders(train), lr=0.01, opt_func=opt_func, plugins=[rec])
+    learn.fit_one_cycle(2, lr_max=0.5)
+    assert learn.lr == 0.01
+    fresh = opt_func(mlp().parameters(), lr=0.01)
+    assert settings(learn.opt) == settings(fresh)  # momentum or betas too; no OneCycleLR keys
+    learn.fit(1)
+    lrs, moms = hand_one_cycle_then_fit(ref, train, opt_func, 0.01, 0.5)
+    assert (rec.lrs[-len(train) :], rec.moms[-len(train) :]) == (lrs, moms)
+    assert moms[0] in (0.5, 0.9)  # not OneCycleLR's 0.95 at the end of its cycle
+    for p, q in zip(net.parameters(), ref.parameters(), strict=True):
+        assert torch.equal(p, q)

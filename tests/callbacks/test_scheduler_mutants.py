@@ -43,12 +43,18 @@ def message_of(error: BaseException) -> str:
 
 
 def test_fit_one_cycle_passes_its_options_on_and_plans_max_steps():
-    rec = Recorder()
-    learn = Learner(mlp(), DataLoaders(train_batches()), plugins=[rec])
+    class BaseLr:
+        @hookimpl
+        def before_fit(self, learn):
+            self.lr = learn.lr
+
+    rec, base = Recorder(), BaseLr()
+    learn = Learner(mlp(), DataLoaders(train_batches()), plugins=[rec, base])
     learn.fit_one_cycle(3, 0.4, max_steps=7, pct_start=0.5, div_factor=5.0)
     assert learn.opt_steps == 7
     assert rec.lrs == hand_lrs(7, 7, 0.4, pct_start=0.5, div_factor=5.0)
-    assert learn.lr == 0.4  # the run's base lr is lr_max
+    assert base.lr == 0.4  # the run's base lr is lr_max (a resume checks it) ...
+    assert learn.lr == 0.1  # ... and the Learner's own is back after it
 
 
 def test_fit_one_cycle_runs_the_plugins_it_is_given():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import io
 import math
 
@@ -193,3 +194,34 @@ def test_gradient_accumulation_by_step_and_zero_grad_providers():
             opt.step()
             opt.zero_grad()
     assert_same_weights(model, ref)
+
+
+# ------------------------------------------------------------ a loss that cannot train
+
+
+@pytest.mark.parametrize(
+    "loss_func",
+    [F.cross_entropy, nn.CrossEntropyLoss(), functools.partial(F.cross_entropy, weight=None)],
+    ids=["function", "module", "partial"],
+)
+def test_cross_entropy_on_one_output_column_is_refused_at_the_first_batch(loss_func):
+    torch.manual_seed(0)
+    x = torch.randn(32, 4)
+    y = (x[:, 0] > 0).float()[:, None]  # float (n, 1) targets: softmax over one column is 1
+    model = nn.Linear(4, 1)
+    assert loss_func(model(x), y).item() == 0.0  # the trap: loss 0.0000 and no gradient
+    before = copy.deepcopy(model.state_dict())
+    learn = Learner(model, DataLoaders.from_datasets((x, y), batch_size=8), loss_func)
+    with pytest.raises(ValueError, match=r"predictions of shape \(8, 1\)") as info:
+        learn.fit(1)
+    text = str(info.value)
+    assert "one output column" in text and "loss is always 0" in text
+    assert "binary_cross_entropy_with_logits" in text
+    assert "as many outputs as classes" in text and "y.long()" in text
+    assert learn.train_iter == 0  # the first batch, before any step
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    bce = F.binary_cross_entropy_with_logits
+    dls = DataLoaders.from_datasets((x, y), batch_size=8)
+    fixed = Learner(nn.Linear(4, 1), dls, bce, lr=0.5, plugins=[ProgressBar(file=io.StringIO())])
+    fixed.fit(3)  # the fix the message names trains
+    assert fixed.metrics["train_loss"] < 0.6

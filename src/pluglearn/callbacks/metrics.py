@@ -9,14 +9,20 @@ Names: a metric reports ``name`` for the validation pass and ``train_name`` for 
 batch weighs less, and sums and counts are all-reduced when torch.distributed is initialised.
 ``AvgLoss`` counts a batch's items with the ``count_items`` hook (:func:`count_of`).
 
+A metric of your own: subclass :class:`AverageMetric` and write ``batch_sum`` (a per-item
+average), or write a plugin with ``after_loss`` and ``collect_metrics`` (README, "Write a
+metric"). A torchmetrics or torcheval metric, or a collection of them:
+:class:`~pluglearn.callbacks.metric_adapter.MetricAdapter`.
+
 Example::
 
-    learn = Learner(model, dls, plugins=[Accuracy(), MetricAdapter(MulticlassF1Score(10), "f1")])
+    learn = Learner(model, dls, plugins=[Accuracy(phases=("train", "valid"))])
+    learn.fit(1)
+    learn.metrics["train_accuracy"], learn.metrics["accuracy"]
 """
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -80,9 +86,21 @@ def _counts_by_default(hooks: Any) -> bool:
 
 
 class AverageMetric(PerPass):
-    """Base class: the per-item average of ``batch_sum(learn)`` over a pass.
+    """Base class: the per-item average of ``batch_sum(learn)`` over a pass, reported as
+    ``name`` (validation) and ``train_<name>`` (training) for the ``phases`` given.
 
-    Subclasses implement ``batch_sum(learn) -> (sum over the batch's items, number of items)``.
+    Subclasses implement ``batch_sum(learn) -> (sum over the batch's items, number of items)``;
+    the sums are reset every pass, all-reduced across processes and saved in checkpoints.
+
+    Example::
+
+        class MeanAbsError(AverageMetric):
+            name = "mae"
+
+            def batch_sum(self, learn):
+                return (learn.preds - learn.yb).abs().sum().item(), len(learn.yb)
+
+        learn.fit(3, plugins=[MeanAbsError(phases=("train", "valid"))])  # train_mae, mae
     """
 
     name = "metric"
@@ -192,97 +210,3 @@ class Accuracy(AverageMetric):
                 f"{tuple(preds.shape)} and {tuple(targets.shape)}."
             )
         return (preds.argmax(dim=1) == targets).sum().item(), len(targets)
-
-
-class MetricAdapter(PerPass):
-    """Any metric object with ``update(preds, targets)``, ``compute()`` and ``reset()``: the
-    protocol of torchmetrics and torcheval (which reduce across processes themselves)."""
-
-    def __init__(
-        self, metric: Any, name: str | None = None, phases: Sequence[str] = ("valid",)
-    ) -> None:
-        missing = [
-            m for m in ("update", "compute", "reset") if not callable(getattr(metric, m, None))
-        ]
-        if missing:
-            raise TypeError(
-                f"{type(metric).__name__} lacks {', '.join(missing)}: MetricAdapter needs an "
-                "object with update(preds, targets), compute() and reset() (e.g. a torchmetrics "
-                "metric)."
-            )
-        self.metric_base = name or type(metric).__name__.lower()
-        self.plugin_name = f"MetricAdapter[{self.metric_base}]"
-        self.phases = _check_phases(phases)
-        # one metric object per phase, so a nested validation leaves the train one be
-        self.metrics = {
-            p: metric if i == 0 else copy.deepcopy(metric) for i, p in enumerate(self.phases)
-        }
-        self._updated = dict.fromkeys(self.phases, False)
-
-    @property
-    def metric(self) -> Any:
-        """The metric object of the first phase (the one given)."""
-        return self.metrics[self.phases[0]]
-
-    def _reset(self, phase: str) -> None:
-        if phase in self.phases:
-            self.metrics[phase].reset()
-            self._updated[phase] = False
-
-    @hookimpl
-    def after_loss(self, learn: Learner) -> None:
-        phase = "train" if learn.training else "valid"
-        if phase not in self.phases:
-            return
-        preds, metric = learn.preds.detach(), self.metrics[phase]
-        if not self._updated[phase] and hasattr(metric, "to"):
-            metric.to(preds.device)  # follow the model's device
-        metric.update(preds, learn.yb)
-        self._updated[phase] = True
-
-    @hookimpl
-    def state_dict(self) -> dict[str, Any]:
-        """The train pass's running state (a checkpoint is taken mid-train-pass or at an epoch's
-        end; validation starts afresh every pass): the metric's own states through its
-        ``state_dict`` (torchmetrics: made persistent first; torcheval: as it is)."""
-        if "train" not in self.phases or not self._updated["train"]:
-            return {"train": None}
-        metric = self.metrics["train"]
-        if callable(getattr(metric, "persistent", None)):
-            metric.persistent(True)  # torchmetrics keeps its states out of state_dict otherwise
-        if not callable(getattr(metric, "state_dict", None)):
-            return {"train": None, "unsaved": type(metric).__name__}
-        states = {str(k): v for k, v in metric.state_dict().items()}
-        return {"train": states, "updates": int(getattr(metric, "_update_count", 1))}
-
-    @hookimpl
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if "unsaved" in state:
-            raise ValueError(
-                f"{self.plugin_name}: the checkpoint was written in the middle of a train pass, "
-                f"and its metric ({state['unsaved']}) has no state_dict, so its train value "
-                "cannot be resumed exactly: use a metric with state_dict (torchmetrics, "
-                "torcheval), phases=('valid',), or resume from a checkpoint written at an "
-                "epoch's end."
-            )
-        if state.get("train") is None:
-            self._reset("train")
-            return
-        metric = self.metrics["train"]
-        if callable(getattr(metric, "persistent", None)):
-            metric.persistent(True)
-        metric.load_state_dict(state["train"])
-        if hasattr(metric, "_update_count"):  # torchmetrics: compute() after updates, no warning
-            metric._update_count = int(state["updates"])
-            metric._computed = None
-        self._updated["train"] = True
-
-    @hookimpl
-    def collect_metrics(self, learn: Learner, phase: str) -> dict[str, Any] | None:
-        if phase not in self.phases or not self._updated[phase]:
-            return None
-        value = self.metrics[phase].compute()
-        if isinstance(value, torch.Tensor) and value.numel() == 1:
-            value = value.item()
-        name = self.metric_base if phase == "valid" else f"train_{self.metric_base}"
-        return {name: value}

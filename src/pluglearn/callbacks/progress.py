@@ -184,9 +184,8 @@ class ProgressBar:
         if not is_main_process():
             return
         line = format_line(metrics, learn.n_epochs)
-        if self.epoch_bar is not None:
-            if not is_step_report(metrics):  # a validation between epochs ends no epoch
-                self.epoch_bar.update(1)
+        if self.epoch_bar is not None and not is_step_report(metrics):
+            self.epoch_bar.update(1)  # a validation between epochs ends no epoch
         if self._table_reports:
             return
         if self._text_bars:  # clears any open text bar, writes, redraws it below the line

@@ -128,7 +128,16 @@ def fit_one_cycle(
     """``learn.fit`` with a ``OneCycleLR(opt, lr_max, total_steps)`` stepped per optimizer step;
     ``total_steps`` counts the fit's optimizer steps (batches divided by the accumulation, and
     ``max_steps`` when given). ``one_cycle`` goes to ``OneCycleLR`` (``pct_start``,
-    ``div_factor``, ``final_div_factor``, ``base_momentum``, ...)."""
+    ``div_factor``, ``final_div_factor``, ``base_momentum``, ...).
+
+    The cycle is this fit's only: afterwards (also after an error) ``learn.lr`` is the lr the
+    Learner had before, and each param group's settings are as they were before the scheduler
+    was built (SGD's momentum, Adam's betas; OneCycleLR's own keys removed), so the next
+    ``fit`` trains at them, not at ``lr_max`` and OneCycleLR's final momentum. A resumed cycle
+    loads the checkpoint's settings over them, so it goes on exactly.
+
+    Example: ``learn.fit_one_cycle(3, lr_max=0.5)``, then ``learn.fit(1)`` trains at
+    ``learn.lr``."""
     from fastcore.basics import listify
 
     from .budget import planned_steps
@@ -140,15 +149,27 @@ def fit_one_cycle(
                 "Scheduler(lambda opt: OneCycleLR(opt, ...)) to set them by hand)."
             )
 
+    base_lr = learn.lr
+    before: list[tuple[dict[str, Any], dict[str, Any]]] = []  # (group, its settings)
+
     def factory(opt: Any) -> OneCycleLR:
+        before[:] = [(g, {k: v for k, v in g.items() if k != "params"}) for g in opt.param_groups]
         total = planned_steps(learn, learn.n_epochs, max_steps)
         return OneCycleLR(opt, max_lr=lr_max, total_steps=total, **one_cycle)
 
-    learn.fit(
-        n_epochs,
-        lr=lr_max,
-        plugins=[*listify(plugins), Scheduler(factory)],
-        max_steps=max_steps,
-        resume_from=resume_from,
-        missing_ok=missing_ok,
-    )
+    try:
+        learn.fit(
+            n_epochs,
+            lr=lr_max,
+            plugins=[*listify(plugins), Scheduler(factory)],
+            max_steps=max_steps,
+            resume_from=resume_from,
+            missing_ok=missing_ok,
+        )
+    finally:
+        if learn.lr != base_lr:  # unchanged when fit refused to start (called from a hook)
+            learn.lr = base_lr
+        for group, settings in before:
+            params = group["params"]
+            group.clear()  # OneCycleLR's initial_lr, max_lr, ... would seed a later scheduler
+            group.update(settings, params=params, lr=base_lr)

@@ -11,6 +11,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from ..batches import count_items, targets_of
 from ..checks import check_pair
@@ -26,9 +28,19 @@ class TrainStep:
     ``predict`` takes ``(xb, yb)`` pairs; for a batch of another structure it raises an error
     saying what to use instead (``HFModel`` for Hugging Face style dict batches, or a plugin
     answering ``predict``). ``compute_loss`` reads ``learn.yb``: a pair's targets or a dict
-    batch's ``labels``. ``count_items`` is :func:`pluglearn.batches.count_items`."""
+    batch's ``labels``. ``count_items`` is :func:`pluglearn.batches.count_items`.
+
+    Once a fit, at its first batch, ``compute_loss`` refuses a loss that cannot train: cross
+    entropy on one output column (:func:`check_one_class`)."""
 
     may_cancel = False  # never raises a cancel: DDP need not agree on one after its hooks
+
+    def __init__(self) -> None:
+        self._loss_checked = False  # the loss function met the model's output this fit
+
+    @hookimpl
+    def before_fit(self) -> None:
+        self._loss_checked = False
 
     @hookimpl(trylast=True)
     def predict(self, learn: Learner) -> Any:
@@ -41,6 +53,9 @@ class TrainStep:
     @hookimpl(trylast=True)
     def compute_loss(self, learn: Learner) -> Any:
         preds, batch = learn.preds, learn.batch
+        if not self._loss_checked:
+            check_one_class(learn.loss_func, preds)
+            self._loss_checked = True
         # a pair's yb, a dict's labels
         targets = batch[1] if type(batch) is tuple and len(batch) == 2 else targets_of(batch)
         if (
@@ -74,6 +89,27 @@ class TrainStep:
     @hookimpl(trylast=True)
     def count_items(self, batch: Any) -> int:
         return count_items(batch)  # the targets' count, else the first tensor's leading size
+
+
+def check_one_class(loss_func: Any, preds: Any) -> None:
+    """Refuse cross entropy on predictions with one column: the softmax of one number is 1, so
+    the loss is 0 whatever the targets and nothing trains, with no warning from torch (a
+    one-output model with float ``(n, 1)`` targets, meant as a binary classifier).
+
+    Example: ``check_one_class(F.cross_entropy, torch.zeros(8, 1))`` raises a ValueError."""
+    function = getattr(loss_func, "func", loss_func)  # functools.partial(F.cross_entropy, ...)
+    if not (function is F.cross_entropy or isinstance(loss_func, nn.CrossEntropyLoss)):
+        return
+    if isinstance(preds, torch.Tensor) and preds.ndim >= 2 and preds.shape[1] == 1:
+        n, shape = preds.shape[0], tuple(preds.shape)
+        raise ValueError(
+            f"cross entropy on predictions of shape {shape}: over one output column the "
+            "softmax is 1, so the loss is always 0 and the model never trains. For a yes/no "
+            "target keep the one output and use loss_func=F.binary_cross_entropy_with_logits "
+            f"with float targets of shape {shape}; for classes give the model as many outputs "
+            f"as classes (a last nn.Linear(..., n_classes)) and integer class labels of shape "
+            f"({n},) (y.long())."
+        )
 
 
 def check_broadcast(preds: torch.Tensor, targets: torch.Tensor) -> None:
