@@ -166,8 +166,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.lr_find:
             found = learn.lr_find()
-            print(f"lr_find: {len(found.lrs)} batches, suggested lr {found.suggestion:.3g}")
-            learn.lr = found.suggestion
+            if found.suggestion is None:  # lr_find warned why (a loss not finite from the start)
+                print(f"lr_find: no suggestion ({'; '.join(found.notes)}): keeping lr {learn.lr}")
+            else:
+                print(f"lr_find: {len(found.lrs)} batches, suggested lr {found.suggestion:.3g}")
+                learn.lr = found.suggestion
         recipes = [name for name, on in (("one-cycle", args.one_cycle), ("bf16", args.bf16)) if on]
         if recipes:
             print(f"recipes: {', '.join(recipes)}")
