@@ -32,8 +32,6 @@ if TYPE_CHECKING:
 class GradientClipping:
     """Clips the gradient norm of ``learn.model``'s parameters to ``max_norm`` before each step."""
 
-    may_cancel = False  # never raises a cancel: DDP need not agree on one after its hooks
-
     def __init__(
         self, max_norm: float, norm_type: float = 2.0, error_if_nonfinite: bool = False
     ) -> None:
