@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..dist import reduce_sum
+from ..dist import is_local, reduce_sum
 from ..plugins.markers import hookimpl
 from .train_step import TrainStep
 
@@ -43,8 +43,6 @@ class PerPass:
     """Base of the metric plugins: ``_reset(phase)`` at the start of every pass, except a train
     pass resumed mid-way, which keeps the sums restored from its checkpoint. Each phase keeps its
     own accumulator, so a validation run from inside a training hook leaves the train sums be."""
-
-    may_cancel = False  # never raises a cancel: DDP need not agree on one after its hooks
 
     def _reset(self, phase: str) -> None:
         raise NotImplementedError(f"{type(self).__name__} must implement _reset(phase)")
@@ -194,9 +192,14 @@ class Accuracy(AverageMetric):
         return (preds.argmax(dim=1) == targets).sum().item(), len(targets)
 
 
+def _alone() -> bool:
+    return False
+
+
 class MetricAdapter(PerPass):
     """Any metric object with ``update(preds, targets)``, ``compute()`` and ``reset()``: the
-    protocol of torchmetrics and torcheval (which reduce across processes themselves)."""
+    protocol of torchmetrics and torcheval (which reduce across processes themselves, except
+    in a rank-local call: see :func:`pluglearn.dist.local`)."""
 
     def __init__(
         self, metric: Any, name: str | None = None, phases: Sequence[str] = ("valid",)
@@ -281,7 +284,16 @@ class MetricAdapter(PerPass):
     def collect_metrics(self, learn: Learner, phase: str) -> dict[str, Any] | None:
         if phase not in self.phases or not self._updated[phase]:
             return None
-        value = self.metrics[phase].compute()
+        metric = self.metrics[phase]
+        if is_local() and hasattr(metric, "distributed_available_fn"):
+            # a rank-local call (pluglearn.dist.local): torchmetrics must not sync either
+            saved, metric.distributed_available_fn = metric.distributed_available_fn, _alone
+            try:
+                value = metric.compute()
+            finally:
+                metric.distributed_available_fn = saved
+        else:
+            value = metric.compute()
         if isinstance(value, torch.Tensor) and value.numel() == 1:
             value = value.item()
         name = self.metric_base if phase == "valid" else f"train_{self.metric_base}"
