@@ -193,3 +193,16 @@ def test_gradient_accumulation_by_step_and_zero_grad_providers():
             opt.step()
             opt.zero_grad()
     assert_same_weights(model, ref)
+
+
+def test_the_loss_reduction_is_read_from_modules_partials_and_function_defaults():
+    from functools import partial
+
+    from pluglearn.callbacks.train_step import loss_reduction
+
+    assert loss_reduction(F.cross_entropy) == "mean"
+    assert loss_reduction(partial(F.cross_entropy, reduction="sum")) == "sum"
+    assert loss_reduction(partial(partial(F.mse_loss), label_smoothing=0)) == "mean"
+    assert loss_reduction(torch.nn.MSELoss(reduction="sum")) == "sum"
+    assert loss_reduction(lambda preds, targets: (preds - targets).sum()) is None
+    assert loss_reduction(torch.nn.Identity()) is None

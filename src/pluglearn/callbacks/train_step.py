@@ -8,6 +8,8 @@ steps replaces it for that step only: ``GradientAccumulation`` answers ``step`` 
 
 from __future__ import annotations
 
+import functools
+import inspect
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -27,8 +29,6 @@ class TrainStep:
     saying what to use instead (``HFModel`` for Hugging Face style dict batches, or a plugin
     answering ``predict``). ``compute_loss`` reads ``learn.yb``: a pair's targets or a dict
     batch's ``labels``. ``count_items`` is :func:`pluglearn.batches.count_items`."""
-
-    may_cancel = False  # never raises a cancel: DDP need not agree on one after its hooks
 
     @hookimpl(trylast=True)
     def predict(self, learn: Learner) -> Any:
@@ -170,3 +170,28 @@ def explain_loss_failure(loss_func: Any, preds: Any, targets: Any) -> str:
     if not found:
         return f"{head}: check that the loss function accepts these."
     return f"{head}; " + " ".join(found)
+
+
+def loss_reduction(loss_func: Any) -> str | None:
+    """How ``loss_func`` reduces its items' losses (``"mean"``, ``"sum"``, ...), where it can be
+    read: an ``nn.Module``'s ``reduction`` (``nn.CrossEntropyLoss(reduction="sum")``), a
+    ``functools.partial``'s ``reduction=`` keyword, else the default of the function's
+    ``reduction`` parameter (``F.cross_entropy``: ``"mean"``); None when it cannot be read.
+
+    >>> import torch.nn.functional as F
+    >>> loss_reduction(F.mse_loss), loss_reduction(functools.partial(F.mse_loss, reduction="sum"))
+    ('mean', 'sum')
+    """
+    while isinstance(loss_func, functools.partial):
+        if "reduction" in loss_func.keywords:
+            return loss_func.keywords["reduction"]
+        loss_func = loss_func.func
+    if isinstance(loss_func, torch.nn.Module):
+        reduction = getattr(loss_func, "reduction", None)
+        return reduction if isinstance(reduction, str) else None
+    try:
+        parameter = inspect.signature(loss_func).parameters.get("reduction")
+    except (TypeError, ValueError):
+        return None
+    default = getattr(parameter, "default", None)
+    return default if isinstance(default, str) else None
