@@ -14,9 +14,9 @@ answering for the real rank, so reporters still print on rank 0 only.
 
 >>> rank(), world_size(), shard_bounds(10, 1, 4)
 (0, 1, (3, 6))
->>> with local():
-...     is_local()
-True
+>>> with local():  # alone: nothing changes; on rank 1 of 2 it gives (0, 1) too
+...     rank(), world_size()
+(0, 1)
 """
 
 from __future__ import annotations

@@ -9,44 +9,33 @@ Building ``DDP()`` under ``torchrun`` joins the process group the environment de
 the program already did (gloo on CPU, NCCL with the local rank's GPU); the group is destroyed at
 exit only when this plugin created it. Run alone, it says so once and changes nothing.
 
-A fit on several processes, hook by hook:
+A fit on several processes (the README's "Many processes" tells the guarantees):
 
-- ``after_create_opt`` (a wrapper, so before any plugin's own, FSDP's sharding included): the
-  ranks agree on the fit's settings and take rank 0's loader seed
-  (:func:`~pluglearn.callbacks.ddp_agreement.agree_on_fit`), the fit's first collective.
-- ``before_fit``: once the plugins' own ``before_fit`` ran (a cancel there is agreed: one
-  all-reduce, which also tells every rank what the plugins of any rank need), ``learn.model``
-  is wrapped in ``DistributedDataParallel`` (``ddp_kwargs`` passed through) as
-  ``learn.wrapped_model``, which the default ``predict`` calls in training. ``learn.model``
-  stays the user's module (state dicts and checkpoints have no ``module.`` prefix).
-- every batch, through the registry extension point ``wrap_hook_calls``: each rank's loss is
-  weighted so that the averaged gradient is one process's (``W * items_here / global_items``
-  for a mean loss; a loss with ``reduction="sum"`` is first scaled to the global batch, as
-  ``learn.loss``, so metrics see one process's numbers); under ``GradientAccumulation`` its item
-  weighting does it and the batches that do not step skip the all-reduce; cancels are held.
-- validation calls the user's module (no collective per batch); a ``DistributedSampler``'s
-  repeated items are cut off, so the metrics count every item once.
+- ``after_create_opt``, as a wrapper (before any plugin's own, FSDP's sharding included): the
+  ranks agree on the fit's settings and take rank 0's loader seed, the fit's first collective
+  (:func:`~pluglearn.callbacks.ddp_agreement.agree_on_fit`).
+- ``before_fit``, after the plugins' own (a cancel there is agreed: one all-reduce, which also
+  tells every rank what the plugins of any rank need): ``learn.model`` is wrapped in
+  ``DistributedDataParallel`` (``ddp_kwargs`` passed through) as ``learn.wrapped_model``, which
+  the default ``predict`` calls in training; ``learn.model`` stays the user's module.
+- each batch hook's whole call, through the extension point ``wrap_hook_calls``: each rank's
+  loss weighted so that DDP's average of the gradients is one process's gradient (a loss with
+  ``reduction="sum"`` first scaled to the global batch in ``learn.loss``, so metrics see one
+  process's numbers), cancels held, a ``DistributedSampler``'s repeated validation items cut.
+- validation calls the user's module: no collective per batch.
 
-**Stopping together**, with no collective of its own per batch: a cancel raised on one rank in a
-training batch is held, and the rank marks its gradient of the model's smallest parameter with
-NaN before the backward of the next batch that steps; DDP's gradient all-reduce carries the mark
-to every rank, which then agrees (one small all-reduce) on which cancel to raise. A cancel takes
-effect on every rank at the next optimizer step, which is skipped (gradients put back as
-``zero_grad`` left them): the weights are one process's cancelling there. One raised after the
-step stops one batch later; a batch cancel there is dropped. Under ``should_step`` answers
-(``GradientAccumulation``) the ranks agree before each backward instead, when a plugin that may
-cancel in a batch is present; when one may cancel in ``before_step``/``after_backward``, once
-more before each step. The ends of the pass hooks agree only when a plugin on some rank may
-cancel there. Whether a plugin may cancel is derived from its code
-(:mod:`pluglearn.plugins.cancels`): with pluglearn's non-stopping plugins a fit pays no
-agreement after its start and reads no gradient after the backward (on a GPU, no host sync per
-step), and a cancel from the loss function is refused. A cancel from ``predict``, ``backward``,
-``step`` or ``zero_grad`` is refused naming the hook. Errors need nothing: the failing rank
-exits and ``torchrun`` ends the others, printing that rank's error.
+**Stopping together** without a collective per batch: a cancel held on one rank marks its
+gradient of the model's smallest parameter with NaN before the backward of the next batch that
+steps; DDP's all-reduce carries the mark to every rank, which then agrees (one small all-reduce)
+on the strongest cancel any rank holds and raises it before the step, which is skipped. Where a
+batch has no all-reduce (``should_step`` answering False) the ranks agree before each backward
+instead. Agreements run only where some plugin may cancel, derived from the plugins' code
+(:mod:`pluglearn.plugins.cancels`). A cancel from ``predict``, ``backward``, ``step`` or
+``zero_grad`` is refused, naming the hook.
 
-**Rank-local calls**: ``validate``/``get_preds``/``predict`` run in :func:`pluglearn.dist.local`
-(after a fit, or from a hook; on one rank or every rank): no agreement, and ``learn.model`` is
-called, not the DDP wrapper, whose forward may talk to the other ranks.
+**Rank-local calls** (``validate``/``get_preds``/``predict`` in :func:`pluglearn.dist.local`):
+no agreement, and ``learn.model`` is called, not the wrapper, whose forward may talk to the
+other ranks.
 """
 
 from __future__ import annotations
@@ -112,20 +101,13 @@ class DDP:
                 stacklevel=2,
             )
 
-    @property
-    def active(self) -> bool:
-        """True inside a fit on several processes."""
-        return self.module is not None
-
     def _teardown(self) -> None:
         if self.created and pdist.is_distributed() and not self._failed:
             torch.distributed.barrier()  # no rank leaves while another still talks to it
             torch.distributed.destroy_process_group()
-            # gloo's worker thread frees a finished collective a moment after the caller saw
-            # it finish; freed during the interpreter's finalization, a tensor made in Python
-            # needs the GIL and torch aborts ("terminate called without an active exception",
-            # seen once in 30 runs of examples/train_ddp.py on two busy cores). torch has no
-            # call to wait for it.
+            # gloo's thread frees a finished collective a moment later; freed during the
+            # interpreter's finalization, torch aborts ("terminate called without an active
+            # exception", once in 30 runs of examples/train_ddp.py); torch cannot wait for it
             time.sleep(0.1)
 
     # ------------------------------------------------------------------ the fit's start
