@@ -78,7 +78,8 @@ def main() -> int:
         if dist.is_main_process():
             print(interrupted(checkpoint), file=sys.stderr, flush=True)
         return 130
-    # a finished run resumed trains nothing: measure it (all-reduced: the same on every rank)
+    # a finished run resumed trains nothing: measure it (rank-local: each rank reads the whole
+    # validation set, so every rank gets the same)
     accuracy = (learn.metrics if "accuracy" in learn.metrics else learn.validate())["accuracy"]
     if dist.is_main_process():
         print(f"{dist.world_size()} process(es): accuracy {accuracy:.4f}", flush=True)

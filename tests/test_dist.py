@@ -43,3 +43,31 @@ def test_metrics_are_averaged_over_every_process_and_only_rank_0_reports(tmp_pat
 def test_on_one_process_reduction_is_the_identity():
     assert is_main_process()
     assert reduce_sum(2.5, 4.0) == [2.5, 4.0]
+
+
+def test_unsharded_reads_a_distributed_samplers_dataset_whole_in_order_with_its_batches():
+    from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+
+    from pluglearn.dist import unsharded
+
+    ds = TensorDataset(torch.arange(7.0), torch.arange(7))
+    sampler = DistributedSampler(ds, num_replicas=2, rank=1, shuffle=True, seed=0)
+
+    def collate(items):
+        return tuple(torch.stack(column) * 10 for column in zip(*items, strict=True))
+
+    sharded = DataLoader(ds, batch_size=3, sampler=sampler, collate_fn=collate)
+    whole = unsharded(sharded)
+    assert [yb.tolist() for _, yb in whole] == [[0, 10, 20], [30, 40, 50], [60]]
+    plain = DataLoader(ds, batch_size=3)
+    assert unsharded(plain) is plain and unsharded([1, 2]) == [1, 2]
+
+
+def test_alone_rank_local_mode_nests_and_a_rendezvous_needs_nobody():
+    from pluglearn import dist
+
+    with dist.local():
+        with dist.local():
+            assert dist.rank() == 0 and dist.world_size() == 1
+        assert not dist.is_local()  # one process: nothing is local to it
+    assert dist.rendezvous("alone", timeout=0.1)

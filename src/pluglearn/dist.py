@@ -5,36 +5,77 @@ and write files on the main process only, loaders give each rank its share of ev
 checkpoints gather every rank's state to rank 0: all of it asks this module, so the same plugins
 work on one process or many. On one process every function here is the identity or a constant.
 
+**Rank-local mode** (:func:`local`): inside it this process is a group of one: ``rank()`` is 0,
+``world_size()`` 1, ``is_distributed()`` False, so every collective here is skipped, loaders made
+in it are not sharded, and metrics are this rank's own. The Learner enters it for the calls made
+outside a fit's own passes (``validate``, ``get_preds``, ``predict``: after a fit, or from a
+hook, on one rank or on all), which therefore need no other rank. ``is_main_process()`` keeps
+answering for the real rank, so reporters still print on rank 0 only.
+
 >>> rank(), world_size(), shard_bounds(10, 1, 4)
 (0, 1, (3, 6))
+>>> with local():  # alone: nothing changes; on rank 1 of 2 it gives (0, 1) too
+...     rank(), world_size()
+(0, 1)
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import timedelta
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
+_LOCAL = [0]  # depth of nested rank-local calls
 
-def is_distributed() -> bool:
-    """True when a torch.distributed process group is initialised."""
+
+def is_initialized() -> bool:
+    """True when a torch.distributed process group is initialised (in rank-local mode too)."""
     return dist.is_available() and dist.is_initialized()
 
 
+def is_distributed() -> bool:
+    """True when a torch.distributed process group is initialised, outside rank-local mode."""
+    return not _LOCAL[0] and is_initialized()
+
+
 def is_main_process() -> bool:
-    """True on rank 0, or when not distributed: reporters print and write files only here."""
-    return not is_distributed() or dist.get_rank() == 0
+    """True on rank 0 (also in rank-local mode), or when not distributed: reporters print and
+    write files only here."""
+    return not is_initialized() or dist.get_rank() == 0
+
+
+@contextmanager
+def local() -> Iterator[None]:
+    """Rank-local mode (see the module doc); nests."""
+    _LOCAL[0] += 1
+    try:
+        yield
+    finally:
+        _LOCAL[0] -= 1
+
+
+def is_local() -> bool:
+    """True inside :func:`local` on a process of a group of several."""
+    return bool(_LOCAL[0]) and is_initialized() and dist.get_world_size() > 1
 
 
 def rank() -> int:
-    """This process's rank in the default group (0 when not distributed)."""
+    """This process's rank in the default group (0 when not distributed or rank-local)."""
     return dist.get_rank() if is_distributed() else 0
 
 
+def group_rank() -> int:
+    """This process's rank in the default group, also in rank-local mode (for messages)."""
+    return dist.get_rank() if is_initialized() else 0
+
+
 def world_size() -> int:
-    """The number of processes of the default group (1 when not distributed)."""
+    """The number of processes of the default group (1 when not distributed or rank-local)."""
     return dist.get_world_size() if is_distributed() else 1
 
 
@@ -57,7 +98,7 @@ def shard_bounds(n: int, rank: int, world: int) -> tuple[int, int]:
 
 def device() -> torch.device | str:
     """Where this rank's collectives keep their tensors: its GPU under NCCL, else the CPU."""
-    if is_distributed() and dist.get_backend() == "nccl":
+    if is_initialized() and dist.get_backend() == "nccl":
         return torch.device("cuda", torch.cuda.current_device())
     return "cpu"
 
@@ -105,17 +146,77 @@ def barrier() -> None:
         dist.barrier()
 
 
+def rendezvous(key: str, timeout: float) -> bool:
+    """Wait until every rank has reached the rendezvous ``key`` (through the process group's
+    store, not a collective, so a rank waiting here disturbs no collective of the others).
+    False when they do not all arrive within ``timeout`` seconds; True at once when alone."""
+    if not is_initialized() or dist.get_world_size() < 2:
+        return True
+    store = dist.distributed_c10d._get_default_store()
+    done = f"pluglearn/{key}/all"
+    if store.add(f"pluglearn/{key}", 1) == dist.get_world_size():
+        store.set(done, "1")
+    try:
+        store.wait([done], timedelta(seconds=timeout))
+    except (RuntimeError, dist.DistError):  # the store's timeout
+        return False
+    return True
+
+
+def unsharded(loader: Any) -> Any:
+    """``loader`` as rank-local mode reads it: a torch ``DataLoader`` with a
+    ``DistributedSampler`` becomes one over the whole dataset in order (same batch size,
+    collate and workers); any other loader is returned as it is."""
+    from torch.utils.data import DataLoader, DistributedSampler
+
+    if not isinstance(loader, DataLoader) or not isinstance(loader.sampler, DistributedSampler):
+        return loader
+    return DataLoader(
+        loader.dataset,
+        batch_size=loader.batch_size,
+        shuffle=False,
+        collate_fn=loader.collate_fn,
+        num_workers=loader.num_workers,
+        pin_memory=loader.pin_memory,
+        worker_init_fn=loader.worker_init_fn,
+    )
+
+
 def init_from_env() -> bool:
     """Join the process group that ``torchrun`` describes in the environment (``MASTER_ADDR``,
     ``RANK``, ``WORLD_SIZE``, ...): NCCL with the local rank's GPU when CUDA is available, gloo
     on CPU. Returns True when this call created the group, False when one already existed or the
-    process was not launched with several ranks."""
-    if is_distributed() or launched_world_size() < 2 or not dist.is_available():
+    process was not launched with several ranks.
+
+    After an elastic restart (``torchrun --max-restarts``) the ranks meet in the store of the
+    earlier tries, which still holds each dead rank's address: a rank reading one fails to
+    connect ("Gloo connectFullMesh failed ... Connection refused") and the restart is wasted.
+    So each try meets under a prefix of its own (``TORCHELASTIC_RESTART_COUNT``)."""
+    if is_initialized() or launched_world_size() < 2 or not dist.is_available():
         return False
+    where = _restart_store()
     if torch.cuda.is_available() and dist.is_nccl_available():
         local = int(os.environ.get("LOCAL_RANK", "0"))
         torch.cuda.set_device(local)
-        dist.init_process_group("nccl", device_id=torch.device("cuda", local))
+        dist.init_process_group("nccl", device_id=torch.device("cuda", local), **where)
     else:
-        dist.init_process_group("gloo")
+        dist.init_process_group("gloo", **where)
     return True
+
+
+def _restart_store() -> dict[str, Any]:
+    """``init_process_group``'s store, rank and world size for a try of an elastic job (the
+    agent's store under a prefix of this try); empty, for torch's own ``env://``, otherwise."""
+    restart = os.environ.get("TORCHELASTIC_RESTART_COUNT")
+    if restart is None or os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != str(True):
+        return {}
+    world = launched_world_size()
+    store = dist.TCPStore(
+        os.environ["MASTER_ADDR"],
+        int(os.environ["MASTER_PORT"]),
+        world,
+        is_master=False,
+        timeout=timedelta(minutes=30),  # torch's default for a process group's store
+    )
+    prefixed = dist.PrefixStore(f"pluglearn/try{restart}/", store)
+    return {"store": prefixed, "rank": int(os.environ["RANK"]), "world_size": world}

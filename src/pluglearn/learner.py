@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from fastcore.basics import listify
 from torch import nn
 
+from . import dist as pdist
 from .batches import inputs_of, targets_of
 from .callbacks.budget import StepBudget
 from .callbacks.loaders import DefaultLoader
@@ -298,8 +299,10 @@ class Learner(Loop):
 
     def validate(self, dl: Iterable[Any] | None = None) -> dict[str, Any]:
         """One validation pass (eval mode, no gradients); returns its metrics. Called from a
-        training hook (validate every n batches), it leaves training exactly as it was."""
-        with self.run.entry("validate") as nested:
+        training hook (validate every n batches), it leaves training exactly as it was. Under
+        torch.distributed it is rank-local (:func:`pluglearn.dist.local`): it reads the whole
+        validation set on this rank alone, so one rank may call it (not under ``FSDP``)."""
+        with self.run.entry("validate") as nested, pdist.local():
             if nested:
                 return self._nested(lambda: self._validate(dl, nested=True))
             return self._validate(dl)
@@ -330,7 +333,7 @@ class Learner(Loop):
         one item gives its prediction without the batch dimension. See :mod:`pluglearn.predict`."""
         from .predict import predict
 
-        with self.run.entry("predict") as nested:
+        with self.run.entry("predict") as nested, pdist.local():
             if nested:
                 return self._nested(lambda: predict(self, x, batched))
             return predict(self, x, batched)
@@ -397,7 +400,10 @@ class Learner(Loop):
 
     def _validate(self, dl: Iterable[Any] | None, nested: bool = False) -> dict[str, Any]:
         self.metrics, self.run.metric_owner = {}, {}
-        with self._loaders(train=False):
+        # rank-local: the fit's validation loader is this rank's shard, so one of the whole
+        # set is made for the call (and a DistributedSampler's loader read in order)
+        with self._loaders(train=False, fresh=nested and pdist.is_local()):
+            dl = pdist.unsharded(self.dls.valid if dl is None else dl)
             if nested:  # a cancel of the outer fit's phases goes on to the outer fit
                 self._pass(train=False, dl=dl)
             else:

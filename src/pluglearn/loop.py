@@ -243,14 +243,23 @@ class Loop:
             raise
 
     @contextmanager
-    def _loaders(self, train: bool = True) -> Iterator[None]:
+    def _loaders(self, train: bool = True, fresh: bool = False) -> Iterator[None]:
         """Ask ``make_dataloader`` for the datasets of ``dls`` (the validation one only when not
-        ``train``); close the loaders afterwards."""
-        if self.dls.resolved:
-            yield
-            return
-        made = self.dls.resolve(self, train=train)
+        ``train``); close the loaders afterwards. ``fresh``: a new validation loader even when
+        the fit's exists (a rank-local call inside a fit), the fit's put back afterwards."""
+        dls = self.dls
+        aside = dls.valid if fresh and dls.valid_ds is not None else None
+        if aside is not None:
+            dls.valid = None
         try:
-            yield
+            if dls.resolved:
+                yield
+                return
+            made = dls.resolve(self, train=train)
+            try:
+                yield
+            finally:
+                dls.release(made)
         finally:
-            self.dls.release(made)
+            if aside is not None:
+                dls.valid = aside

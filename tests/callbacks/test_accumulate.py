@@ -258,3 +258,37 @@ def test_count_with_summed_batches_is_refused_naming_both():
         GradientAccumulation(2, count=lambda learn: 1, scale_loss=False)
     with pytest.raises(TypeError, match=r"e\.g\. count=lambda learn: len\(learn\.yb\)\.$"):
         GradientAccumulation(2, count=3)
+
+
+@pytest.mark.parametrize("as_module", [False, True])
+def test_a_sum_loss_accumulates_the_step_of_one_big_batch_with_that_loss(as_module):
+    from functools import partial
+
+    sizes, n = [10, 20, 5, 25, 10], 2
+    x, y = data(sum(sizes))
+    train = split(x, y, sizes)
+    loss = (
+        nn.CrossEntropyLoss(reduction="sum")
+        if as_module
+        else partial(F.cross_entropy, reduction="sum")
+    )
+    net, ref = model(), model()
+    learn = Learner(net, DataLoaders(train), loss, lr=0.01, plugins=[GradientAccumulation(n)])
+    learn.fit(1)
+    opt = torch.optim.SGD(ref.parameters(), lr=0.01)
+    for xb, yb in groups_of(train, n):  # the oracle: each group as one batch, summed
+        F.cross_entropy(ref(xb), yb, reduction="sum").backward()
+        opt.step()
+        opt.zero_grad()
+    assert_close(net, ref)
+
+
+def test_a_count_with_a_sum_loss_is_refused_naming_the_reduction():
+    from functools import partial
+
+    x, y = data(8)
+    loss = partial(F.cross_entropy, reduction="sum")
+    accumulate = GradientAccumulation(2, count=lambda learn: len(learn.yb))
+    learn = Learner(model(), DataLoaders(split(x, y, [4, 4])), loss, plugins=[accumulate])
+    with pytest.raises(ValueError, match=r"sums over them \(reduction='sum'\).*drop count="):
+        learn.fit(1)

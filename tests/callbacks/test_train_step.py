@@ -225,3 +225,16 @@ def test_cross_entropy_on_one_output_column_is_refused_at_the_first_batch(loss_f
     fixed = Learner(nn.Linear(4, 1), dls, bce, lr=0.5, plugins=[ProgressBar(file=io.StringIO())])
     fixed.fit(3)  # the fix the message names trains
     assert fixed.metrics["train_loss"] < 0.6
+
+
+def test_the_loss_reduction_is_read_from_modules_partials_and_function_defaults():
+    from functools import partial
+
+    from pluglearn.callbacks.train_step import loss_reduction
+
+    assert loss_reduction(F.cross_entropy) == "mean"
+    assert loss_reduction(partial(F.cross_entropy, reduction="sum")) == "sum"
+    assert loss_reduction(partial(partial(F.mse_loss), label_smoothing=0)) == "mean"
+    assert loss_reduction(torch.nn.MSELoss(reduction="sum")) == "sum"
+    assert loss_reduction(lambda preds, targets: (preds - targets).sum()) is None
+    assert loss_reduction(torch.nn.Identity()) is None

@@ -4,9 +4,11 @@ all-reduces run inside its reducer and are not counted. Run by tests/distributed
 
     [torchrun --nproc_per_node 2] python tests/distributed/agreement_job.py OUT --plugin P
 
-``P``: ``none`` (the defaults alone: they declare ``may_cancel = False``), ``watcher`` (a plugin
-that implements ``after_epoch`` and never cancels, but does not say so), ``liar`` (a plugin that
-declares ``may_cancel = False`` and raises ``CancelFitException`` on rank 1 after batch 3).
+``P``: ``none`` (the defaults alone: none of them may cancel), ``watcher`` (a plugin whose
+``after_epoch`` may cancel, and does not in this run), ``liar`` (a plugin that declares
+``may_cancel = False`` and raises ``CancelFitException`` on rank 1 after batch 3), ``hidden``
+(a plugin that raises it there through a function of another module, where pluglearn cannot
+see it).
 ``--accum 2``: GradientAccumulation(2) too; ``--loss-cancel``: the loss function raises
 CancelFitException on the last rank (alone: the one process) at training batch 2 (a batch that
 does not step under accumulation). Rank 0 writes ``OUT/result.pt``: the final weights, the
@@ -25,6 +27,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
 
+import cancel_elsewhere  # beside this script (its directory is on sys.path)
 import torch.nn.functional as F
 
 from pluglearn import (
@@ -42,8 +45,16 @@ EPOCHS = 2
 
 class Watcher:
     @hookimpl
-    def after_epoch(self) -> None:
-        pass
+    def after_epoch(self, learn: Learner) -> None:
+        if learn.metrics["valid_loss"] > 1e9:  # never here
+            raise CancelFitException("diverged")
+
+
+class Hidden:
+    @hookimpl
+    def after_batch(self, learn: Learner) -> None:
+        if learn.training and learn.train_iter == 3 and pdist.rank() == 1:
+            cancel_elsewhere.stop("raised where pluglearn cannot see it")
 
 
 class Liar:
@@ -58,7 +69,7 @@ class Liar:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("out")
-    parser.add_argument("--plugin", choices=("none", "watcher", "liar"), default="none")
+    parser.add_argument("--plugin", choices=("none", "watcher", "liar", "hidden"), default="none")
     parser.add_argument("--accum", type=int, default=1)
     parser.add_argument("--loss-cancel", action="store_true")
     args = parser.parse_args()
@@ -70,7 +81,8 @@ def main() -> None:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 2)).double()
     dls = DataLoaders.from_datasets((x[:40], y[:40]), (x[40:], y[40:]), batch_size=8, seed=1)
-    extra = {"none": [], "watcher": [Watcher()], "liar": [Liar()]}[args.plugin]
+    extra = {"none": [], "watcher": [Watcher()], "liar": [Liar()], "hidden": [Hidden()]}
+    extra = extra[args.plugin]
     if args.accum > 1:
         extra.append(GradientAccumulation(args.accum))
 

@@ -23,7 +23,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def torchrun(nproc: int, port: int, *, nnodes: int = 1, node_rank: int = 0) -> list[str]:
+def torchrun(
+    nproc: int, port: int, *, nnodes: int = 1, node_rank: int = 0, max_restarts: int = 0
+) -> list[str]:
     return [
         sys.executable,
         "-m",
@@ -33,7 +35,7 @@ def torchrun(nproc: int, port: int, *, nnodes: int = 1, node_rank: int = 0) -> l
         f"--nproc-per-node={nproc}",
         "--rdzv-backend=c10d",
         f"--rdzv-endpoint=127.0.0.1:{port}",
-        "--max-restarts=0",
+        f"--max-restarts={max_restarts}",
         "--monitor-interval=0.1",
     ]
 
@@ -104,3 +106,44 @@ def run_job(out: Path, *args: str, nproc: int = 2, timeout: float = 90) -> dict:
     if done.returncode != 0:
         raise AssertionError(f"the job failed:\n{done.stdout[-3000:]}{done.stderr[-5000:]}")
     return torch.load(out / "result.pt", weights_only=False)
+
+
+def run_group(command: list[str], timeout: float) -> subprocess.CompletedProcess:
+    """Run ``command`` (a torchrun launch) to its end; on a timeout SIGKILL the launcher and
+    every worker, so a hanging two-rank job leaves no process behind, then raise."""
+    child = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=ENV,
+        start_new_session=True,
+    )
+    try:
+        out, err = child.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        kill_all(child.pid)
+        out, err = child.communicate()
+        raise AssertionError(
+            f"the job hung for {timeout} s and was killed:\n{err[-5000:]}"
+        ) from None
+    finally:
+        if child.poll() is None:
+            kill_all(child.pid)
+    return subprocess.CompletedProcess(command, child.returncode, out, err)
+
+
+USERS_JOB = Path(__file__).with_name("users_job.py")
+
+
+def run_case(
+    out: Path, case: str, *args: str, nproc: int = 2, timeout: float = 120, max_restarts: int = 0
+) -> list[dict]:
+    """Run a case of users_job.py (alone when nproc is 1) to its end; every rank's result."""
+    launcher = (
+        torchrun(nproc, free_port(), max_restarts=max_restarts) if nproc > 1 else [sys.executable]
+    )
+    done = run_group([*launcher, str(USERS_JOB), str(out), case, *args], timeout)
+    if done.returncode != 0:
+        raise AssertionError(f"the job failed:\n{done.stdout[-3000:]}{done.stderr[-5000:]}")
+    return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(nproc)]

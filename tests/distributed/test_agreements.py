@@ -1,6 +1,7 @@
-"""DDP skips the cancel agreements that no plugin needs: pluglearn's defaults declare
-``may_cancel = False``; a plugin that does not say so turns them on; one that says so and
-cancels anyway is refused by name. Run under torchrun (gloo on 127.0.0.1)."""
+"""DDP skips the cancel agreements that no plugin needs: whether a plugin may cancel is derived
+from its hooks' code (pluglearn's defaults may not); a plugin that may turns them on; one judged
+unable (by its code, or its own ``may_cancel = False``) that cancels anyway is refused by name.
+Run under torchrun (gloo on 127.0.0.1)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.distributed.launch import ENV, free_port, torchrun
+from tests.distributed.launch import ENV, free_port, run_case, torchrun
 
 JOB = Path(__file__).with_name("agreement_job.py")
 EPOCHS = 2  # as in the job
@@ -63,6 +64,16 @@ def test_a_plugin_declaring_may_cancel_false_that_cancels_is_refused_by_name(tmp
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_a_plugin_whose_cancel_its_code_does_not_show_is_refused_naming_the_declaration(tmp_path):
+    done = run(tmp_path, "hidden")
+    assert done.returncode != 0
+    assert "was raised by Hidden on rank 1" in done.stderr
+    assert "pluglearn found no cancel in the code of Hidden's hooks" in done.stderr
+    assert "Declare `may_cancel = True` on Hidden's class" in done.stderr
+
+
+@pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_accumulation_with_plugins_that_never_cancel_adds_no_agreement_per_batch(tmp_path):
     one = result(tmp_path / "one", "none", "--accum", "2", nproc=1)
@@ -108,3 +119,18 @@ def test_a_cancel_from_the_loss_is_refused_when_no_plugin_may_cancel_and_agreed_
     assert two["stop_reason"] == one["stop_reason"] == "TrainStep: from the loss"
     for key, value in one["weights"].items():
         assert (two["weights"][key] - value).abs().max().item() <= 1e-10, key
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_a_fit_cancel_held_after_a_batch_cancel_on_the_same_rank_wins_on_every_rank(tmp_path):
+    # rank 1 cancels training batch 3 in before_batch, then the fit in its after_loss: both are
+    # held until the batch's step, where the stronger one, the fit's, stops every rank; one
+    # process cancelling only the fit there is the oracle
+    one = run_case(tmp_path / "one", "cancels", "--fit-cancel-only", nproc=1)[0]
+    two = run_case(tmp_path / "two", "cancels")
+    assert one["stop_reason"] == "Planted: after the batch cancel"
+    for rank in two:
+        assert rank["stop_reason"] == one["stop_reason"]
+        for key, value in one["weights"].items():
+            assert (rank["weights"][key] - value).abs().max().item() <= 1e-10, key

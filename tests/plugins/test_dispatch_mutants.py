@@ -299,6 +299,7 @@ def test_a_dispatcher_of_an_empty_registry_answers_every_hook():
 class Instrumenting(Named):
     """Wraps every implementation: records which one runs, then runs it."""
 
+    @hookimpl
     def instrument_hooks(self, impl, fn):
         def timed(arg):
             self.seen.append((impl.plugin, impl.hook, arg))

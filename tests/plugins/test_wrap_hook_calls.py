@@ -20,6 +20,7 @@ class Trace:
     def __init__(self, name: str, log: list) -> None:
         self.plugin_name, self.log = name, log
 
+    @hookimpl
     def wrap_hook_calls(self, hook, call):
         if hook not in ("after_loss", "after_batch"):
             return call
@@ -71,6 +72,7 @@ def test_the_whole_call_is_wrapped_and_the_last_registered_is_outermost():
 class SwallowBatchCancels:
     """Holds a CancelBatchException from after_loss: the batch goes on to its backward."""
 
+    @hookimpl
     def wrap_hook_calls(self, hook, call):
         if hook != "after_loss":
             return call

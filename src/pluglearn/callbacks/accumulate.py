@@ -26,12 +26,18 @@ token give it, e.g.
 The group (its total count and the gradients added so far) is in the plugin's checkpoint state,
 so a resume from a checkpoint written inside a group continues it exactly.
 
+A loss that sums over its items (``reduction="sum"``, read by
+:func:`~pluglearn.callbacks.train_step.loss_reduction`) needs no weighting: the big batch's
+gradient is the sum of the batches' gradients, so the batches add up as they are (``count=`` is
+then refused).
+
 ``scale_loss=False`` adds the raw gradients of the batches (a sum of per-batch means, not the
 big batch's gradient): the mode for a backward provider that does not read ``learn.loss``
 (``ManualBackward``), which the default mode refuses.
 
-Under ``DDP`` the group's total is the items of every rank (an all-reduce in ``before_step``),
-and the batches that do not step skip DDP's gradient all-reduce.
+Under ``DDP`` the group's total is the items of every rank (an all-reduce in ``before_step``;
+with a sum loss the gradient DDP averaged over the W ranks is multiplied by W), and the batches
+that do not step skip DDP's gradient all-reduce.
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ..dist import reduce_sum, world_size
 from ..plugins.markers import hookimpl
+from .train_step import loss_reduction
 
 if TYPE_CHECKING:
     from ..learner import Learner
@@ -57,8 +64,6 @@ def count_targets(learn: Learner) -> int:
 class GradientAccumulation:
     """Steps the optimizer every ``n_batches`` training batches with the gradient of one batch of
     all their items (see the module doc)."""
-
-    may_cancel = False  # never raises a cancel: DDP need not agree on one after its hooks
 
     def __init__(
         self,
@@ -79,10 +84,19 @@ class GradientAccumulation:
         self.count = count if count is not None else count_targets
         self.total: Any = 0  # items of the open group so far
         self._loss: Any = None  # the batch's own loss while learn.loss holds it weighted
+        self._sum = False  # the loss sums over its items: no weighting (see the module doc)
 
     @hookimpl
     def before_fit(self, learn: Learner) -> None:
         from .manual_backward import ManualBackward
+
+        self._sum = self.scale_loss and loss_reduction(learn.loss_func) == "sum"
+        if self._sum and self.count is not count_targets:
+            raise ValueError(
+                "GradientAccumulation(count=...) weights the batches of a loss that averages "
+                "over its items, but this loss sums over them (reduction='sum'), so the "
+                "batches add up as they are: drop count=."
+            )
 
         if self.scale_loss and any(isinstance(p, ManualBackward) for p in learn.plugins):
             raise ValueError(
@@ -108,7 +122,10 @@ class GradientAccumulation:
 
     @hookimpl(tryfirst=True)  # before every backward provider: each differentiates learn.loss
     def backward(self, learn: Learner) -> None:
-        if self.scale_loss:
+        if self._sum:  # the gradients add up as they are
+            self.total = self.total + 1
+            self._loss = learn.loss
+        elif self.scale_loss:
             count = self.count(learn)
             self.total = self.total + count
             self._loss = loss = learn.loss
@@ -154,7 +171,12 @@ class GradientAccumulation:
         if not self.scale_loss:
             return
         wrapped = learn.wrapped_model
-        if wrapped is not None and isinstance(wrapped, DistributedDataParallel):
+        ddp = wrapped is not None and isinstance(wrapped, DistributedDataParallel)
+        if self._sum:  # the batches' gradients add up as they are
+            if not ddp:
+                return
+            total = 1 / world_size()  # DDP averaged the ranks' sums: W times that
+        elif ddp:
             # DDP averaged the ranks' summed gradients: divide by the items of all ranks / W
             total = reduce_sum(float(total))[0] / world_size()
         if isinstance(total, (int, float)) and total <= 0:

@@ -56,8 +56,6 @@ if TYPE_CHECKING:
 class Checkpoint:
     """Saves checkpoints of the run into ``directory`` (see the module doc)."""
 
-    may_cancel = False  # never raises a cancel: DDP need not agree on one after its hooks
-
     def __init__(
         self,
         directory: str | Path,

@@ -49,8 +49,6 @@ class GradientClipping:
     Example: ``learn.fit(3, plugins=[clip := GradientClipping(1.0)])``, then ``clip.skipped``
     is the number of steps skipped on an inf or NaN gradient."""
 
-    may_cancel = False  # never raises a cancel: DDP need not agree on one after its hooks
-
     def __init__(
         self, max_norm: float, norm_type: float = 2.0, error_if_nonfinite: bool = False
     ) -> None:

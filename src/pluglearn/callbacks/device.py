@@ -38,8 +38,6 @@ def default_device() -> torch.device:
 class Device:
     """Moves the model and the batches to ``device`` (default: :func:`default_device`)."""
 
-    may_cancel = False  # never raises a cancel: DDP need not agree on one after its hooks
-
     def __init__(self, device: str | torch.device | None = None) -> None:
         self.device = torch.device(device) if device is not None else default_device()
         if self.device.type == "cuda" and not torch.cuda.is_available():

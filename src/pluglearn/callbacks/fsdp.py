@@ -15,13 +15,14 @@ together on a cancel. Alone (world size 1) it says so once and does nothing.
 
 What differs:
 
-- **Sharding.** In ``after_create_opt`` (first among the plugins, so a scheduler built there
-  sees the new optimizer) it calls ``fully_shard`` on every submodule that is an instance of
-  ``layers``, then on the model (``fully_shard_kwargs`` passed through), and rebuilds
-  ``learn.opt`` with ``learn.opt_func(learn.model.parameters(), lr=learn.lr)``: the parameters
-  are now ``DTensor`` shards. ``learn.model`` stays the user's module object, sharded in place
-  (``learn.wrapped_model`` stays None); it stays sharded after the fit, and a later fit finds it
-  so. An optimizer that has already stepped (a fit before FSDP was added) is refused: rebuilding
+- **Sharding.** In ``after_create_opt`` (once the ranks agreed on the fit, before the other
+  plugins' ``after_create_opt``, so a scheduler built there sees the new optimizer) it calls
+  ``fully_shard`` on every submodule that is an instance of ``layers``, then on the model
+  (``fully_shard_kwargs`` passed through), and rebuilds ``learn.opt`` with
+  ``learn.opt_func(learn.model.parameters(), lr=learn.lr)``: the parameters are now ``DTensor``
+  shards. ``learn.model`` stays the user's module object, sharded in place
+  (``learn.wrapped_model`` stays None); it stays sharded after the fit, and a later fit finds
+  it so. An optimizer that has already stepped (a fit before FSDP was added) is refused: rebuilding
   it would drop its state.
 - **Every forward is a collective**, in validation too. Before validating, the ranks share their
   numbers of validation batches; at its end a rank that ran fewer forwards (a skipped empty
@@ -37,7 +38,11 @@ What differs:
   the optimizer state is keyed by parameter name), and at a resume every rank reads the file and
   keeps its shards. This needs the whole model in rank 0's CPU memory at each save: the limit of
   this choice. Such a checkpoint resumes under ``FSDP()`` only.
-- ``get_preds``/``learn.predict`` outside a fit are collectives too: call them on every rank.
+- **Calls outside the fit's passes** (``validate``, ``get_preds``, ``predict``: after a fit or
+  from a hook) are rank-local as under DDP (the whole validation set on each rank, no metric
+  reduction), but their forwards are collectives: make them on every rank. A call made on one
+  rank only is refused within ``call_timeout`` seconds (the ranks meet on the process group's
+  store first, which is no collective), naming the fix.
 
 Tested on CPU with gloo (torch 2.13): see ``tests/distributed/test_fsdp.py``. NCCL on GPUs is
 the same code path but untested here.
@@ -54,7 +59,7 @@ from torch.utils.data import DistributedSampler
 from .. import dist as pdist
 from ..plugins.markers import hookimpl
 from .ddp import DDP
-from .ddp_cancels import Wrapper
+from .ddp_agreement import Wrapper
 
 if TYPE_CHECKING:
     from ..learner import Learner
@@ -108,10 +113,15 @@ class FSDP(DDP):
 
     ``layers``: module types (or a tuple of them) sharded each on their own before the root, so
     only one such layer's parameters are gathered at a time; ``fully_shard_kwargs`` go to every
-    ``fully_shard`` call (``reshard_after_forward``, ``mp_policy``, ...)."""
+    ``fully_shard`` call (``reshard_after_forward``, ``mp_policy``, ...); ``call_timeout``: how
+    long a rank-local call waits for the other ranks before it is refused."""
 
     def __init__(
-        self, layers: type[nn.Module] | tuple[type[nn.Module], ...] = (), **fully_shard_kwargs: Any
+        self,
+        layers: type[nn.Module] | tuple[type[nn.Module], ...] = (),
+        *,
+        call_timeout: float = 10.0,
+        **fully_shard_kwargs: Any,
     ) -> None:
         layers = layers if isinstance(layers, tuple) else (layers,)
         if not all(isinstance(t, type) and issubclass(t, nn.Module) for t in layers):
@@ -119,7 +129,9 @@ class FSDP(DDP):
                 f"FSDP(layers={layers!r}): layers must be nn.Module subclasses, e.g. "
                 "FSDP(layers=(nn.TransformerEncoderLayer,))."
             )
-        self.layers = layers
+        self.layers, self.call_timeout = layers, call_timeout
+        self._calls = 0  # rank-local calls made: the key of each one's rendezvous
+        self._met = False  # this validation pass's rendezvous is done
         super().__init__(**fully_shard_kwargs)
         self._forwards = 0  # forwards this rank ran in this validation pass
         self._needed = 0  # the most validation batches any rank has
@@ -128,10 +140,7 @@ class FSDP(DDP):
 
     # ------------------------------------------------------------------ shard and check
 
-    @hookimpl(tryfirst=True)
-    def after_create_opt(self, learn: Learner) -> None:
-        if pdist.world_size() < 2:
-            return
+    def _prepare(self, learn: Learner) -> None:  # once the ranks agree, in after_create_opt
         others = [p for p in learn.plugins if isinstance(p, DDP) and p is not self]
         if others:
             raise ValueError(
@@ -196,16 +205,44 @@ class FSDP(DDP):
 
     @hookimpl(wrapper=True)
     def before_validate(self, learn: Learner) -> Wrapper:
-        if self.module is not None:
+        if pdist.is_local():
+            self._meet(learn)
+            self._met = True
+        elif self.module is not None:
             self._needed, self._forwards = max(pdist.all_gather(len(learn.dl))), 0
         return (yield from DDP.before_validate(self, learn))
 
+    @hookimpl
+    def cleanup_validate(self, learn: Learner) -> None:
+        self._met = False
+        DDP.cleanup_validate(self, learn)
+
+    def _meet(self, learn: Learner) -> None:
+        """Every rank must make a rank-local call (its forwards are collectives): refuse one
+        that the other ranks do not make within ``call_timeout`` seconds."""
+        if not is_sharded(learn.model):
+            return
+        self._calls += 1
+        if not pdist.rendezvous(f"fsdp-call/{self._calls}", self.call_timeout):
+            call = learn.run.entries[-1]
+            raise RuntimeError(
+                f"FSDP: learn.{call}() was called on rank {pdist.group_rank()}, and the other "
+                f"ranks did not call it within {self.call_timeout} s: under FSDP each rank "
+                "holds a shard of the weights, so every forward is a collective and "
+                f"{call}(), get_preds() and predict() must be called on every rank at the same "
+                f"point (each then gets the whole result). Call learn.{call}() on every rank "
+                "and use its result on rank 0 only (if pluglearn.dist.is_main_process(): ...)."
+            )
+
+    @hookimpl
     def wrap_hook_calls(self, hook: str, call: Caller) -> Caller:
-        wrapped = super().wrap_hook_calls(hook, call)
+        wrapped = DDP.wrap_hook_calls(self, hook, call)
         if hook != "predict":
             return wrapped
 
         def predict(learn: Learner) -> Any:  # counts the forwards, keeps a batch's shape
+            if not self._met and pdist.is_local():  # learn.predict(x): no validation pass
+                self._meet(learn)
             self._template = tuple(t[:0] if isinstance(t, torch.Tensor) else t for t in learn.batch)
             result = wrapped(learn)
             self._forwards += 1
@@ -215,7 +252,7 @@ class FSDP(DDP):
 
     @hookimpl(wrapper=True, tryfirst=True)
     def after_validate(self, learn: Learner) -> Wrapper:
-        if self.module is not None:
+        if self.module is not None and not pdist.is_local():
             self._catch_up(learn)
         return (yield from DDP.after_validate(self, learn))
 

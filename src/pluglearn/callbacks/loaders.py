@@ -24,8 +24,6 @@ if TYPE_CHECKING:
 class DefaultLoader:
     """The built-in answer to ``make_dataloader``."""
 
-    may_cancel = False  # never raises a cancel: DDP need not agree on one after its hooks
-
     @hookimpl(trylast=True)
     def make_dataloader(self, learn: Learner, dataset: Any, train: bool) -> Any:
         dls = learn.dls

@@ -35,8 +35,6 @@ FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl"}
 class MetricsLogger:
     """Appends the merged metrics of each epoch to ``path`` (on the main process)."""
 
-    may_cancel = False  # never raises a cancel: DDP need not agree on one after its hooks
-
     def __init__(self, path: str | Path, append: bool = False) -> None:
         self.path = Path(path)
         if self.path.suffix not in FORMATS:

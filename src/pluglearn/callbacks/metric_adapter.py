@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ..dist import is_local
 from ..plugins.markers import hookimpl
 from .metrics import PerPass, _check_phases
 
@@ -159,9 +160,30 @@ class MetricAdapter(PerPass):
     def collect_metrics(self, learn: Learner, phase: str) -> dict[str, Any] | None:
         if phase not in self.phases or not self._updated[phase]:
             return None
-        value = self.metrics[phase].compute()
+        value = _compute(self.metrics[phase])
         prefix = "" if phase == "valid" else "train_"
         if isinstance(value, Mapping):  # a collection: one metric per key
             stem = f"{prefix}{self.name}_" if self.name else prefix
             return {f"{stem}{key}": _number(v) for key, v in value.items()}
         return {f"{prefix}{self.metric_base}": _number(value)}
+
+
+def _alone() -> bool:
+    return False
+
+
+def _compute(metric: Any) -> Any:
+    """``metric.compute()``; in a rank-local call (:func:`pluglearn.dist.local`) without the
+    cross-process sync torchmetrics would do (a collection's members included)."""
+    if not is_local():
+        return metric.compute()
+    members = metric.values() if callable(getattr(metric, "values", None)) else ()
+    syncing = [m for m in (metric, *members) if hasattr(m, "distributed_available_fn")]
+    saved = [m.distributed_available_fn for m in syncing]
+    for m in syncing:
+        m.distributed_available_fn = _alone
+    try:
+        return metric.compute()
+    finally:
+        for m, fn in zip(syncing, saved, strict=True):
+            m.distributed_available_fn = fn

@@ -50,8 +50,6 @@ class PerPass:
     pass resumed mid-way, which keeps the sums restored from its checkpoint. Each phase keeps its
     own accumulator, so a validation run from inside a training hook leaves the train sums be."""
 
-    may_cancel = False  # never raises a cancel: DDP need not agree on one after its hooks
-
     def _reset(self, phase: str) -> None:
         raise NotImplementedError(f"{type(self).__name__} must implement _reset(phase)")
 

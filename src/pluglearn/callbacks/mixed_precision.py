@@ -39,8 +39,6 @@ class MixedPrecision:
     mixed in (same name, a subclass): the scaler's hooks exist only where a scaler does, so the
     bfloat16 run pays for no hook that would only pass."""
 
-    may_cancel = False  # never raises a cancel: DDP need not agree on one after its hooks
-
     def __new__(cls, dtype: torch.dtype = torch.bfloat16, **scaler_kwargs: Any) -> MixedPrecision:
         if dtype == torch.float16 and not issubclass(cls, LossScaling):
             cls = with_loss_scaling(cls)  # a user's subclass keeps its own overrides first

@@ -129,6 +129,7 @@ class Profiler:
 
     # ------------------------------------------------------------------------ instrumentation
 
+    @hookimpl
     def instrument_hooks(self, impl: Impl, fn: Caller) -> Caller:
         """Time ``fn`` (one plugin's implementation of one hook); the registry calls this for
         every implementation while the profiler is registered. The profiler's own are bare."""

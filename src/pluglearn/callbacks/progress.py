@@ -60,8 +60,6 @@ class _Open:
 class ProgressBar:
     """Epoch and batch bars on a terminal or in a notebook; one line per epoch elsewhere."""
 
-    may_cancel = False  # never raises a cancel: DDP need not agree on one after its hooks
-
     def __init__(self, file: IO[str] | None = None, mininterval: float = 0.1) -> None:
         self.file = file
         self.mininterval = mininterval

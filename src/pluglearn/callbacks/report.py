@@ -58,8 +58,6 @@ class ConsoleReport:
     The ``epoch`` column counts from 1 (``2/3``); the metrics' ``"epoch"`` field stays 0-based.
     """
 
-    may_cancel = False  # never raises a cancel: DDP need not agree on one after its hooks
-
     def __init__(self, file: IO[str] | None = None) -> None:
         self.file = file
         self.columns: list[str] = []

@@ -37,8 +37,6 @@ INTERVALS = ("batch", "epoch")
 class Scheduler:
     """Builds ``factory(learn.opt)`` at the start of each fit and steps it (see the module doc)."""
 
-    may_cancel = False  # never raises a cancel: DDP need not agree on one after its hooks
-
     def __init__(
         self, factory: Callable[[Any], Any], interval: str = "batch", monitor: str = "valid_loss"
     ) -> None:

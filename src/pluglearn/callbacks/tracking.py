@@ -96,8 +96,6 @@ class TrackerLogger(ABC):
         learn.fit(3, plugins=[WandbLogger(project="mlp", every=10)])
     """
 
-    may_cancel = False  # never raises a cancel: DDP need not agree on one after its hooks
-
     def __init__(self, params: dict[str, Any] | None = None, every: int = 1) -> None:
         name = type(self).__name__
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:

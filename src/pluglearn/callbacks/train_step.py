@@ -8,6 +8,8 @@ steps replaces it for that step only: ``GradientAccumulation`` answers ``step`` 
 
 from __future__ import annotations
 
+import functools
+import inspect
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -32,8 +34,6 @@ class TrainStep:
 
     Once a fit, at its first batch, ``compute_loss`` refuses a loss that cannot train: cross
     entropy on one output column (:func:`check_one_class`)."""
-
-    may_cancel = False  # never raises a cancel: DDP need not agree on one after its hooks
 
     def __init__(self) -> None:
         self._loss_checked = False  # the loss function met the model's output this fit
@@ -206,3 +206,28 @@ def explain_loss_failure(loss_func: Any, preds: Any, targets: Any) -> str:
     if not found:
         return f"{head}: check that the loss function accepts these."
     return f"{head}; " + " ".join(found)
+
+
+def loss_reduction(loss_func: Any) -> str | None:
+    """How ``loss_func`` reduces its items' losses (``"mean"``, ``"sum"``, ...), where it can be
+    read: an ``nn.Module``'s ``reduction`` (``nn.CrossEntropyLoss(reduction="sum")``), a
+    ``functools.partial``'s ``reduction=`` keyword, else the default of the function's
+    ``reduction`` parameter (``F.cross_entropy``: ``"mean"``); None when it cannot be read.
+
+    >>> import torch.nn.functional as F
+    >>> loss_reduction(F.mse_loss), loss_reduction(functools.partial(F.mse_loss, reduction="sum"))
+    ('mean', 'sum')
+    """
+    while isinstance(loss_func, functools.partial):
+        if "reduction" in loss_func.keywords:
+            return loss_func.keywords["reduction"]
+        loss_func = loss_func.func
+    if isinstance(loss_func, torch.nn.Module):
+        reduction = getattr(loss_func, "reduction", None)
+        return reduction if isinstance(reduction, str) else None
+    try:
+        parameter = inspect.signature(loss_func).parameters.get("reduction")
+    except (TypeError, ValueError):
+        return None
+    default = getattr(parameter, "default", None)
+    return default if isinstance(default, str) else None

@@ -2,9 +2,12 @@
 
 Checked before pluggy sees a plugin: a function or a class instead of an instance ("forgot the
 ()?"), the same object twice, two equal ``@dataclass`` plugins (pluggy compares plugins with
-``==``), ``@hookimpl`` on a name that is no hook (with a did-you-mean), an argument the hook does
-not provide. A method named like a hook, within a typo of one, or named like another framework's
-hook (``on_train_batch_end``), that lacks ``@hookimpl`` only warns.
+``==``), ``@hookimpl`` on a name that is neither a hook nor a registry extension point (with a
+did-you-mean), an argument the hook does not provide, an extension point (``wrap_hook_calls``,
+``instrument_hooks``: :data:`~.specs.EXTENSION_POINTS`) with other arguments than declared or
+with an ordering option. A method named like a hook or an extension point, within a typo of a
+hook, or named like another framework's hook (``on_train_batch_end``), that lacks ``@hookimpl``
+only warns.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import warnings
 
 from .foreign_names import COMMON_METHOD_NAMES, suggest
 from .markers import PROJECT_NAME
-from .specs import HOOKS
+from .specs import EXTENSION_POINTS, HOOKS
 
 
 class PluginError(TypeError):
@@ -36,7 +39,7 @@ def _did_you_mean(name: str) -> str:
     foreign = suggest(name)  # fastai / Lightning / Keras names: the real equivalent
     if foreign:
         return f" {foreign}"
-    close = difflib.get_close_matches(name, HOOKS, n=1, cutoff=0.6)
+    close = difflib.get_close_matches(name, [*HOOKS, *EXTENSION_POINTS], n=1, cutoff=0.6)
     return f" Did you mean '{close[0]}'?" if close else ""
 
 
@@ -82,13 +85,16 @@ def check_plugin(plugin: object, registered: list[object]) -> None:
         if getattr(func, impl_attr, None) is None:
             _warn_if_hook_like(label, attr)
             continue
+        opts = getattr(func, impl_attr)
+        if attr in EXTENSION_POINTS:
+            _check_extension_point(label, attr, getattr(plugin, attr), opts)
+            continue
         if attr not in HOOKS:
             raise PluginError(
-                f"plugin {label}: '{attr}' is marked @hookimpl but no hook has that name, so it "
-                f"would never run.{_did_you_mean(attr)} The hooks are listed in "
-                "pluglearn.plugins.specs."
+                f"plugin {label}: '{attr}' is marked @hookimpl but no hook or registry extension "
+                f"point has that name, so it would never run.{_did_you_mean(attr)} The hooks "
+                "and extension points are listed in pluglearn.plugins.specs."
             )
-        opts = getattr(func, impl_attr)
         if opts.get("hookwrapper"):
             raise PluginError(
                 f"plugin {label}: '{attr}' uses the old-style @hookimpl(hookwrapper=True), which "
@@ -112,12 +118,39 @@ def check_plugin(plugin: object, registered: list[object]) -> None:
             )
 
 
+def _check_extension_point(label: str, attr: str, bound: object, opts: dict) -> None:
+    """A registry extension point takes exactly its declared arguments (the registry passes
+    them by position) and no ordering option (every one is composed in registration order)."""
+    declared = EXTENSION_POINTS[attr]
+    params = tuple(inspect.signature(bound).parameters)  # type: ignore[arg-type]
+    if params != declared:
+        raise PluginError(
+            f"plugin {label}: the registry extension point '{attr}' takes "
+            f"({', '.join(declared)}), but it is defined with ({', '.join(params)}): the "
+            f"registry calls it as {attr}({', '.join(declared)}). Define "
+            f"`def {attr}(self, {', '.join(declared)})` (see pluglearn.plugins.specs.{attr})."
+        )
+    ordering = [o for o in ("tryfirst", "trylast", "wrapper", "hookwrapper") if opts.get(o)]
+    if ordering:
+        raise PluginError(
+            f"plugin {label}: the registry extension point '{attr}' is marked "
+            f"@hookimpl({ordering[0]}=True), which does not apply to it: every plugin's "
+            f"{attr} is composed in registration order (the last registered outermost). Use "
+            "a plain @hookimpl, and register the plugins in the order you need."
+        )
+
+
 def _warn_if_hook_like(label: str, attr: str) -> None:
     if attr.startswith("_"):
         return
     mark = "decorate it with @hookimpl (from pluglearn import hookimpl)."
     foreign = suggest(attr) if attr not in COMMON_METHOD_NAMES else None
-    if attr in HOOKS:
+    if attr in EXTENSION_POINTS:
+        message = (
+            f"'{attr}' is named like a registry extension point but lacks @hookimpl, so the "
+            f"registry never calls it: {mark}"
+        )
+    elif attr in HOOKS:
         message = f"'{attr}' is named like a hook but lacks @hookimpl, so it never runs: {mark}"
     elif foreign:  # a ported plugin: name the hook that does its job, not a near spelling
         message = f"{foreign} Without @hookimpl it never runs: rename it to that hook and {mark}"

@@ -8,6 +8,10 @@ through pluggy's public ``get_hookimpls()`` and orders them itself into ``tryfir
 ``trylast`` groups, list order within each group. Nothing is written into pluggy's state, and
 nothing calls pluggy's hook callers: the :class:`~.dispatch.Dispatcher` does every call.
 Registration is rare; hook calls happen a dozen times a batch. Guards live in :mod:`.guards`.
+
+The registry extension points (``wrap_hook_calls``, ``instrument_hooks``: declared in
+:mod:`.specs`, checked by :mod:`.guards`) are read from the plugins that implement them with
+``@hookimpl``, and kept out of pluggy, which knows only hooks.
 """
 
 from __future__ import annotations
@@ -21,7 +25,23 @@ from . import specs
 from .dispatch import Dispatcher, Impl
 from .guards import check_plugin, plugin_name
 from .markers import PROJECT_NAME
-from .specs import HOOKS
+from .specs import EXTENSION_POINTS, HOOKS
+
+
+class _Manager(pluggy.PluginManager):
+    """pluggy's manager, blind to the registry extension points (they are no hooks)."""
+
+    def parse_hookimpl_opts(self, plugin: object, name: str) -> Any:
+        if name in EXTENSION_POINTS:
+            return None
+        return super().parse_hookimpl_opts(plugin, name)
+
+
+def implements(plugin: object, point: str) -> bool:
+    """True when ``plugin`` implements the registry extension point ``point`` (with
+    ``@hookimpl``, as :mod:`.guards` checked)."""
+    method = getattr(plugin, point, None)
+    return callable(method) and getattr(method, f"{PROJECT_NAME}_impl", None) is not None
 
 
 class PluginRegistry:
@@ -86,7 +106,7 @@ class PluginRegistry:
         )
 
     def _rebuild(self) -> Dispatcher:
-        pm = pluggy.PluginManager(PROJECT_NAME)
+        pm = _Manager(PROJECT_NAME)
         pm.add_hookspecs(specs)
         for plugin, name in zip(self._plugins, self._names, strict=True):
             pm.register(plugin, name=name)
@@ -115,17 +135,17 @@ class PluginRegistry:
         instrument, wrap_calls = self._chained("instrument_hooks"), self._chained("wrap_hook_calls")
         return Dispatcher(impls, instrument, wrap_calls)
 
-    def _chained(self, method: str) -> Any:
-        """The method ``method`` of every registered plugin that has one, composed in
-        registration order (the last one outermost); None when there is none, so a Learner
-        without such a plugin compiles the bare callers.
+    def _chained(self, point: str) -> Any:
+        """The registry extension point ``point`` of every registered plugin implementing it,
+        composed in registration order (the last one outermost); None when there is none, so
+        a Learner without such a plugin compiles the bare callers.
 
         ``instrument_hooks(impl, fn)`` wraps each implementation (the
         :class:`~pluglearn.callbacks.profiler.Profiler`); ``wrap_hook_calls(hook, call)`` wraps
         the whole call of a hook, wrappers included (:class:`~pluglearn.callbacks.ddp.DDP`)."""
-        found = [
-            getattr(p, method) for p in self._plugins if callable(getattr(type(p), method, None))
-        ]
+        if point not in EXTENSION_POINTS:
+            raise KeyError(f"{point!r} is no registry extension point: {list(EXTENSION_POINTS)}")
+        found = [getattr(p, point) for p in self._plugins if implements(p, point)]
         if len(found) <= 1:
             return found[0] if found else None
 
@@ -142,7 +162,7 @@ class PluginRegistry:
         wrappers = [
             name
             for p, name in zip(self._plugins, self._names, strict=True)
-            if callable(getattr(type(p), "wrap_hook_calls", None))
+            if implements(p, "wrap_hook_calls")
         ]
         for hook, impls in self.calls.impls.items():
             kind = HOOKS[hook].kind

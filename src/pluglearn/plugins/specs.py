@@ -38,7 +38,9 @@ the same numbers on every rank; reporters print and write files on rank 0 only
 rank 0 for the one checkpoint file. A ``CancelXException`` raised by an event hook on one rank
 is raised on every rank at the next optimizer step (one batch later when raised after the
 step); one from ``predict``, ``backward``, ``step`` or ``zero_grad`` is refused (see
-:mod:`pluglearn.callbacks.ddp`).
+:mod:`pluglearn.callbacks.ddp`). ``validate``, ``get_preds`` and ``predict`` outside the fit's
+own passes are rank-local (:func:`pluglearn.dist.local`): their hooks run on the calling rank
+only, over the whole validation set, with no reduction.
 
 ``make_dataloader`` is called at the start of a fit (before ``before_fit``) for every dataset
 the :class:`~pluglearn.DataLoaders` holds as a dataset rather than as a ready loader.
@@ -66,6 +68,10 @@ returns something other than ``None`` answers and the rest are not called. The b
 ``count_items`` is not called by the loop: the plugins that weigh batches by their items ask it
 (``AvgLoss`` in ``after_loss``, ``GradientAccumulation`` in ``backward``, ``DDP``), and so does
 ``get_preds``.
+
+After the hooks, two **registry extension points** are declared (:data:`EXTENSION_POINTS`):
+``wrap_hook_calls(hook, call)`` and ``instrument_hooks(impl, fn)``, methods the registry calls
+while it compiles the callers, implemented with ``@hookimpl`` and checked like hooks.
 """
 
 from __future__ import annotations
@@ -81,6 +87,7 @@ if TYPE_CHECKING:
     import torch
 
     from ..learner import Learner
+    from .dispatch import Caller, Impl
 
 
 # --------------------------------------------------------------------------------------- fit
@@ -325,6 +332,62 @@ def load_state_dict(learn: Learner, state: dict[str, Any]) -> None:
     saved state, with their own part)."""
 
 
+# --------------------------------------------------------------- registry extension points
+#
+# Not hooks: methods the registry calls while it compiles the callers of a plugin set (once per
+# change of the plugins, never per batch). A plugin implements one with ``@hookimpl``, as a hook;
+# the guards refuse a marked method whose name is neither a hook nor an extension point (with a
+# did-you-mean) and one whose arguments are not the declared ones. Every plugin implementing
+# one is composed in registration order (the last registered outermost); ``tryfirst``,
+# ``trylast`` and ``wrapper`` do not apply.
+
+
+def extension_point(function: Any) -> Any:
+    """Declare ``function`` (its name and arguments) as a registry extension point."""
+    setattr(function, f"{PROJECT_NAME}_extension", True)
+    return function
+
+
+@extension_point
+def wrap_hook_calls(hook: str, call: Caller) -> Caller:
+    """Return ``call`` (the compiled call of ``hook``: every implementation and wrapper, one
+    argument, see :mod:`pluglearn.plugins.dispatch`) or a replacement that calls it, e.g. to
+    hold the cancels it raises. ``DDP`` holds and refuses cancels here, one frame per call.
+
+    Example::
+
+        class Trace:
+            @hookimpl
+            def wrap_hook_calls(self, hook, call):
+                if hook != "after_loss":
+                    return call  # left as it is: the bare caller
+                def traced(learn):
+                    print("after_loss starts")
+                    return call(learn)
+                return traced
+    """
+
+
+@extension_point
+def instrument_hooks(impl: Impl, fn: Caller) -> Caller:
+    """Return ``fn`` (one implementation ``impl`` of one hook, as a one-argument callable) or a
+    replacement that calls it: the ``Profiler`` times every implementation here.
+
+    Example::
+
+        class CountCalls:
+            def __init__(self):
+                self.calls = collections.Counter()
+
+            @hookimpl
+            def instrument_hooks(self, impl, fn):
+                def counted(arg):
+                    self.calls[impl.plugin, impl.hook] += 1
+                    return fn(arg)
+                return counted
+    """
+
+
 # ------------------------------------------------------------------------ the dispatch table
 
 
@@ -386,6 +449,12 @@ def _table() -> dict[str, Hook]:
 
 #: every hook: name -> (arguments, kind), in declaration order
 HOOKS: dict[str, Hook] = _table()
+#: every registry extension point: name -> its arguments (called positionally, in this order)
+EXTENSION_POINTS: dict[str, tuple[str, ...]] = {
+    name: tuple(inspect.signature(fn).parameters)
+    for name, fn in list(globals().items())
+    if getattr(fn, f"{PROJECT_NAME}_extension", False)
+}
 #: the events of one training batch that steps, in call order (a validation batch skips the
 #: backward and step events)
 BATCH_EVENTS = (

@@ -1,0 +1,53 @@
+"""The fingerprint every rank of a fit sends at its start, and how differences between the
+ranks' fingerprints are named (the two-rank refusals: tests/distributed/test_fit_agreement.py)."""
+
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pluglearn import Checkpoint, DataLoaders, EarlyStopping, Learner
+from pluglearn.callbacks.ddp_agreement import disagreements, fingerprint, plugin_settings
+
+
+def learner(**kw) -> Learner:
+    x, y = torch.randn(30, 4), torch.randint(0, 3, (30,))
+    dls = DataLoaders.from_datasets((x[:20], y[:20]), (x[20:], y[20:]), batch_size=8)
+    return Learner(nn.Linear(4, 3), dls, **kw)
+
+
+def test_the_fingerprint_holds_the_settings_every_rank_must_share():
+    loss = partial(F.cross_entropy, reduction="sum")
+    learn = learner(lr=0.3, loss_func=loss, plugins=[EarlyStopping(patience=4)])
+    learn.opt = torch.optim.Adam(learn.model.parameters())
+    said = fingerprint(learn)
+    assert said["lr"] == 0.3 and said["batch_size"] == 8 and said["valid_batch_size"] == 16
+    assert said["train data"] == "20 items" and said["valid data"] == "10 items"
+    defaults = ["AvgLoss", "ProgressBar", "TrainStep", "DefaultLoader"]
+    assert said["plugins"] == ["EarlyStopping", *defaults]
+    assert said["EarlyStopping(patience=)"] == 4
+    assert said["loss"] == "torch.nn.functional.cross_entropy"
+    assert said["loss reduction"] == "sum"
+    assert said["optimizer"] == "torch.optim.adam.Adam"
+    assert said["loader generators"] == 1  # the DataLoaders' shuffling generator
+
+
+def test_plugin_settings_are_the_simple_constructor_arguments_kept_by_name():
+    settings = plugin_settings(Checkpoint("runs", every_n_batches=5, keep_last=2))
+    assert settings["every_n_batches"] == 5 and settings["keep_last"] == 2
+    assert "directory" not in settings  # a Path: not a simple value
+    assert isinstance(Checkpoint("runs").directory, Path)
+
+
+def test_each_differing_setting_is_named_with_every_ranks_value():
+    a = {"lr": 0.1, "plugins": ["A"], "A(n=)": 1, "epochs": 2}
+    b = {"lr": 0.3, "plugins": ["A", "B"], "A(n=)": 1, "B(k=)": 5, "epochs": 2}
+    assert disagreements([a, b]) == [
+        "lr: 0.1 on rank 0, 0.3 on rank 1",
+        "plugins: ['A'] on rank 0, ['A', 'B'] on rank 1",
+    ]
+    assert disagreements([a, dict(a)]) == []
