@@ -153,7 +153,7 @@ class GradientAccumulation:
         total, self.total = self.total, 0
         if not self.scale_loss:
             return
-        wrapped = learn.wrapped_model
+        wrapped = getattr(learn.wrapped_model, "_orig_mod", learn.wrapped_model)  # Compile's
         if wrapped is not None and isinstance(wrapped, DistributedDataParallel):
             # DDP averaged the ranks' summed gradients: divide by the items of all ranks / W
             total = reduce_sum(float(total))[0] / world_size()
