@@ -235,6 +235,26 @@ class Learner(Loop):
         """The registered plugin named ``name`` (its class name, or ``name_2`` for a second)."""
         return self._registry.get(name)
 
+    def summary(self, batch: Any = None) -> str:
+        """The model's layers in the order they run, their output shapes and parameter counts, from
+        one real forward pass (eval mode, no gradients) on ``batch`` or the first validation
+        (else training) batch, and the totals; the model, modes, random states and loaders are
+        put back, so a fit after it is the fit without it. See :mod:`pluglearn.summary`.
+
+        Example: ``print(learn.summary())``, or ``learn.summary()`` at a prompt."""
+        from .summary import summary
+
+        return summary(self, batch)
+
+    def show_summary(self, batch: Any = None) -> None:
+        """Print :meth:`summary`."""
+        print(self.summary(batch))
+
+    def __repr__(self) -> str:
+        from .summary import describe
+
+        return describe(self)
+
     def show_hooks(self) -> None:
         """Print the resolved call order of every hook (``hooks_table()`` returns it)."""
         print(self.hooks_table())
