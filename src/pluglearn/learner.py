@@ -106,6 +106,10 @@ class Learner(Loop):
         chosen = [d for d in chosen if not any(type(p) is type(d) for p in user)]
         placed = [p for p in user if isinstance(p, Device)]
         wanted = pick_device(device, available_devices(), "device")  # refused before anything
+        if len(placed) > 1:
+            raise ValueError(
+                f"plugins={placed!r}: a Learner trains on one device; give one Device plugin."
+            )
         if not placed:
             chosen.append(Device(wanted))
         elif device is not None and placed[0].device != wanted:
@@ -182,10 +186,18 @@ class Learner(Loop):
     def add_plugin(self, plugin: object) -> str:
         """Register ``plugin`` after the user's plugins, before the defaults; returns its name.
         A :class:`~pluglearn.Device` replaces the default one until it is removed."""
+        aside = self._device_aside
         if isinstance(plugin, Device):
             self._set_device_aside(plugin)
         at = next((i for i, p in enumerate(self._registry) if id(p) in self._defaults), None)
-        return self._registry.add(plugin, index=at)
+        try:
+            return self._registry.add(plugin, index=at)
+        except BaseException:
+            if self._device_aside is not aside:  # refused: the default Device comes back
+                self._registry.add(self._device_aside)
+                self._defaults.add(id(self._device_aside))
+                self._device_aside = aside
+            raise
 
     def remove_plugin(self, plugin: object | str) -> object:
         """Unregister a plugin given as the object or its name; returns it."""

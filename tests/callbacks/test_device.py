@@ -325,6 +325,22 @@ def test_a_second_device_plugin_is_refused_naming_the_one_to_remove():
         learn.add_plugin(Device("cpu"))
 
 
+def test_two_device_plugins_at_once_are_refused_and_a_refused_one_leaves_the_default():
+    with pytest.raises(ValueError, match=r"\[Device\('meta'\), Device\('cpu'\)\]: a Learner"):
+        Learner(nn.Linear(3, 2), from_datasets(), plugins=[Device("meta"), Device("cpu")])
+    learn = Learner(nn.Linear(3, 2), from_datasets())
+    default = devices_of(learn)[0]
+
+    class NotAHook(Device):
+        @hookimpl
+        def before_batchh(self, learn):  # a typo: refused at registration
+            pass
+
+    with pytest.raises(Exception, match="before_batchh"):
+        learn.add_plugin(NotAHook("cpu"))
+    assert devices_of(learn) == [default] and learn.plugins[-1] is default
+
+
 def test_learn_device_cannot_be_assigned_and_the_error_says_how_to_choose_it():
     learn = Learner(nn.Linear(3, 2), from_datasets())
     with pytest.raises(AttributeError, match=r"Learner\(\.\.\., device='meta'\)"):
