@@ -105,6 +105,9 @@ class Learner(Loop):
         chosen += [TrainStep(), DefaultLoader()]
         chosen = [d for d in chosen if not any(type(p) is type(d) for p in user)]
         placed = [p for p in user if isinstance(p, Device)]
+        if device is None and not callable(getattr(model, "to", None)):
+            # a model of pluglearn.scratch cannot move: it trains where its tensors are
+            device = next((p.device for p in model.parameters()), torch.device("cpu"))
         wanted = pick_device(device, available_devices(), "device")  # refused before anything
         if len(placed) > 1:
             raise ValueError(

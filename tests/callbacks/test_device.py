@@ -341,6 +341,20 @@ def test_two_device_plugins_at_once_are_refused_and_a_refused_one_leaves_the_def
     assert devices_of(learn) == [default] and learn.plugins[-1] is default
 
 
+def test_a_scratch_model_without_to_trains_where_its_tensors_are_or_is_refused():
+    from pluglearn import ManualBackward
+    from pluglearn.scratch import CrossEntropy, Linear, Sequential
+
+    net = Sequential(Linear(3, 2, generator=torch.Generator().manual_seed(0)))
+    kwargs = {"loss_func": CrossEntropy(), "plugins": [ManualBackward()], "defaults": False}
+    learn = Learner(net, from_datasets(), **kwargs)
+    assert learn.device == torch.device("cpu")  # where its tensors are, whatever the machine has
+    learn.fit(1)
+    elsewhere = Learner(net, from_datasets(), device="meta", **kwargs)
+    with pytest.raises(TypeError, match=r"Device\('meta'\) cannot move a Sequential, which has no"):
+        elsewhere.fit(1)
+
+
 def test_learn_device_cannot_be_assigned_and_the_error_says_how_to_choose_it():
     learn = Learner(nn.Linear(3, 2), from_datasets())
     with pytest.raises(AttributeError, match=r"Learner\(\.\.\., device='meta'\)"):

@@ -23,7 +23,8 @@ sync (pluglearn's in-memory loader gathers straight into pinned memory; another 
 are pinned just before the copy). On the CPU nothing is walked: ``before_batch`` is not even
 implemented (the hook costs nothing per batch), as pluglearn's loaders give CPU tensors; a
 loader that yields accelerator tensors to a CPU model fails in torch with its device-mismatch
-error.
+error. A model without ``.to()`` (``pluglearn.scratch``'s) is not moved: it trains where its
+tensors are, and the default device is that one.
 """
 
 from __future__ import annotations
@@ -146,7 +147,18 @@ class Device:
         return (_rebuild, (base, str(self.device), self.__dict__))
 
     def _move_model(self, learn: Learner) -> None:
-        learn.model.to(self.device)
+        model = learn.model
+        if callable(getattr(model, "to", None)):
+            model.to(self.device)
+            return
+        # a model of pluglearn.scratch (no .to): it stays where its tensors are, if that is here
+        elsewhere = {str(p.device) for p in model.parameters() if p.device != self.device}
+        if elsewhere and not (self.device.index is None and elsewhere == {self.device.type}):
+            raise TypeError(
+                f"Device({str(self.device)!r}) cannot move a {type(model).__name__}, which has no "
+                f".to() (its tensors are on {', '.join(sorted(elsewhere))}): build it on "
+                f"{self.device}, or train where it is (Learner(..., device=...))."
+            )
 
     @hookimpl(tryfirst=True)  # before a resume loads the optimizer's state onto the parameters
     def after_create_opt(self, learn: Learner) -> None:
