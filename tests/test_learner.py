@@ -225,7 +225,8 @@ def test_add_plugin_goes_after_user_plugins_and_before_defaults():
     extra = EventLog()
     learn.add_plugin(extra)
     names = [type(p).__name__ for p in learn.plugins]
-    assert names == ["EventLog", "EventLog", "AvgLoss", "ProgressBar", "TrainStep", "DefaultLoader"]
+    defaults = ["AvgLoss", "ProgressBar", "TrainStep", "DefaultLoader", "Device"]
+    assert names == ["EventLog", "EventLog", *defaults]
     assert learn.plugin("EventLog_2") is extra
     assert learn.remove_plugin("ProgressBar").__class__.__name__ == "ProgressBar"
 

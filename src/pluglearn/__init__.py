@@ -14,6 +14,7 @@ the module that defines it (``pluglearn.callbacks.train_step.TrainStep``,
 from .callbacks.accumulate import GradientAccumulation
 from .callbacks.checkpoint import Checkpoint
 from .callbacks.clipping import GradientClipping
+from .callbacks.compile import Compile
 from .callbacks.ddp import DDP
 from .callbacks.device import Device
 from .callbacks.fsdp import FSDP
@@ -68,6 +69,7 @@ __all__ = [
     "CancelValidateException",
     "Checkpoint",
     "CheckpointError",
+    "Compile",
     "ConsoleReport",
     "DataLoaders",
     "Device",

@@ -272,9 +272,13 @@ def load_learner(
             loss = _refuse_loss(record.get("loss_func_missing", "none was recorded"))
     recorded = [r for r in recorded if not any(type(p) is type(r) for p in plugins)]
     shape = record.get("item_shape")
+    from .callbacks.device import Device
+
+    placed = any(isinstance(p, Device) for p in plugins)  # a Device plugin of the caller's wins
     return Learner(
         model.to(device).eval(),
         DataLoaders.for_inference(item_shape=None if shape is None else tuple(shape)),
         loss_func=loss if loss_func is None else loss_func,
         plugins=[*recorded, *plugins],
+        device=None if placed else device,
     )

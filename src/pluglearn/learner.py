@@ -16,6 +16,7 @@ from torch import nn
 from . import dist as pdist
 from .batches import inputs_of, targets_of
 from .callbacks.budget import StepBudget
+from .callbacks.device import Device, available_devices, pick_device
 from .callbacks.loaders import DefaultLoader
 from .callbacks.metrics import AvgLoss
 from .callbacks.progress import ProgressBar
@@ -37,10 +38,21 @@ class Learner(Loop):
     """Trains ``model`` on ``dls`` with ``loss_func`` and an optimizer made by ``opt_func``.
 
     Plugins run in list order for every hook. A bare Learner has the default plugins
-    ``AvgLoss`` (train/valid loss), ``ProgressBar``, and the providers ``TrainStep`` and
-    ``DefaultLoader`` (which answer last, so any plugin can replace them). ``defaults=False``
-    leaves out ``AvgLoss`` and ``ProgressBar``; a plugin of the same class as a default
-    replaces it; ``learn.remove_plugin("ProgressBar")`` removes one by name.
+    ``AvgLoss`` (train/valid loss), ``ProgressBar``, and the providers ``TrainStep``,
+    ``DefaultLoader`` (which answer last, so any plugin can replace them) and ``Device``.
+    ``defaults=False`` leaves out ``AvgLoss`` and ``ProgressBar``; a plugin of the same class
+    as a default replaces it; ``learn.remove_plugin("ProgressBar")`` removes one by name.
+
+    ``device=None`` trains on the best device the machine has (CUDA, then MPS, then the CPU);
+    ``device="cpu"`` forces one, and one the machine lacks is an error naming those it has. A
+    ``Device(...)`` plugin, given here or to ``fit``, wins over the default (``learn.device``
+    says where it trains).
+
+    Example::
+
+        learn = Learner(model, DataLoaders.from_datasets((x, y), (xv, yv)), lr=0.1)
+        learn.fit(3)
+        print(learn)            # the model, data, optimizer, lr, device and plugins
 
     The position attributes (``epoch``, ``iter``, ``training``, ...) and ``stop_reason`` show
     ``learn.run`` (:class:`~pluglearn.run.state.RunState`), the one owner of the run state;
@@ -68,6 +80,7 @@ class Learner(Loop):
         *,
         defaults: bool = True,
         block_plugins: Iterable[str] = (),
+        device: str | torch.device | None = None,
     ) -> None:
         if not isinstance(dls, DataLoaders):
             raise TypeError(
@@ -92,6 +105,24 @@ class Learner(Loop):
         chosen = [AvgLoss(), ProgressBar()] if defaults else []
         chosen += [TrainStep(), DefaultLoader()]
         chosen = [d for d in chosen if not any(type(p) is type(d) for p in user)]
+        placed = [p for p in user if isinstance(p, Device)]
+        if device is None and not callable(getattr(model, "to", None)):
+            # a model of pluglearn.scratch cannot move: it trains where its tensors are
+            device = next((p.device for p in model.parameters()), torch.device("cpu"))
+        wanted = pick_device(device, available_devices(), "device")  # refused before anything
+        if len(placed) > 1:
+            raise ValueError(
+                f"plugins={placed!r}: a Learner trains on one device; give one Device plugin."
+            )
+        if not placed:
+            chosen.append(Device(wanted))
+        elif device is not None and placed[0].device != wanted:
+            raise ValueError(
+                f"Learner(device={str(wanted)!r}) and the plugin {placed[0]!r} name two devices: "
+                "give one of them (the plugin alone, or device= alone)."
+            )
+        #: the default Device, set aside while a fit's own Device plugin is registered
+        self._device_aside: Device | None = None
         self._defaults = {id(p) for p in chosen}
         installed = [  # plugins of installed packages (entry-point group "pluglearn")
             a
@@ -157,19 +188,88 @@ class Learner(Loop):
         return list(self._registry)
 
     def add_plugin(self, plugin: object) -> str:
-        """Register ``plugin`` after the user's plugins, before the defaults; returns its name."""
+        """Register ``plugin`` after the user's plugins, before the defaults; returns its name.
+        A :class:`~pluglearn.Device` replaces the default one until it is removed."""
+        aside = self._device_aside
+        if isinstance(plugin, Device):
+            self._set_device_aside(plugin)
         at = next((i for i, p in enumerate(self._registry) if id(p) in self._defaults), None)
-        return self._registry.add(plugin, index=at)
+        try:
+            return self._registry.add(plugin, index=at)
+        except BaseException:
+            if self._device_aside is not aside:  # refused: the default Device comes back
+                self._registry.add(self._device_aside)
+                self._defaults.add(id(self._device_aside))
+                self._device_aside = aside
+            raise
 
     def remove_plugin(self, plugin: object | str) -> object:
         """Unregister a plugin given as the object or its name; returns it."""
         removed = self._registry.remove(plugin)
         self._defaults.discard(id(removed))
+        aside = self._device_aside
+        if aside is not None and not any(isinstance(p, Device) for p in self._registry):
+            self._device_aside = None  # the fit's own Device is gone: the default comes back
+            self._registry.add(aside)
+            self._defaults.add(id(aside))
         return removed
+
+    def _set_device_aside(self, plugin: Device) -> None:
+        """Make room for ``plugin``: the default Device steps aside; a second one is refused."""
+        for other in self._registry:
+            if not isinstance(other, Device) or other is plugin:
+                continue
+            if id(other) not in self._defaults:
+                name = type(other).__name__
+                raise ValueError(
+                    f"{plugin!r} was added while {other!r} is registered: a Learner trains on one "
+                    f"device; remove the other first (learn.remove_plugin({name!r}))."
+                )
+            self._registry.remove(other)
+            self._defaults.discard(id(other))
+            self._device_aside = other
+
+    @property
+    def device(self) -> torch.device:
+        """Where the Learner trains: its ``Device`` plugin's device (the default one picks the
+        best available), else, when that plugin was removed, where the model's parameters are."""
+        placed = next((p for p in self._registry if isinstance(p, Device)), None)
+        if placed is not None:
+            return placed.device
+        param = next(iter(self.model.parameters()), None)
+        return param.device if param is not None else torch.device("cpu")
+
+    @device.setter
+    def device(self, value: Any) -> None:
+        raise AttributeError(
+            f"learn.device = {value!r}: the device is chosen when the Learner is made: pass "
+            f"Learner(..., device={str(value)!r}), or give one fit its own plugin: "
+            f"learn.fit(n, plugins=[Device({str(value)!r})])."
+        )
 
     def plugin(self, name: str) -> object:
         """The registered plugin named ``name`` (its class name, or ``name_2`` for a second)."""
         return self._registry.get(name)
+
+    def summary(self, batch: Any = None) -> str:
+        """The model's layers in the order they run, their output shapes and parameter counts, from
+        one real forward pass (eval mode, no gradients) on ``batch`` or the first validation
+        (else training) batch, and the totals; the model, modes, random states and loaders are
+        put back, so a fit after it is the fit without it. See :mod:`pluglearn.summary`.
+
+        Example: ``print(learn.summary())``, or ``learn.summary()`` at a prompt."""
+        from .summary import summary
+
+        return summary(self, batch)
+
+    def show_summary(self, batch: Any = None) -> None:
+        """Print :meth:`summary`."""
+        print(self.summary(batch))
+
+    def __repr__(self) -> str:
+        from .summary import describe
+
+        return describe(self)
 
     def show_hooks(self) -> None:
         """Print the resolved call order of every hook (``hooks_table()`` returns it)."""

@@ -56,7 +56,7 @@ def test_params_per_batch_values_and_reports_read_back(store, client):
         "loss_func": "cross_entropy",
         "model": "Linear",
         "plugins": "AvgLoss, Accuracy, Decay, Recorder, Keep, MLflowLogger, TrainStep, "
-        "DefaultLoader",
+        "DefaultLoader, Device",
         "hidden": "7",
     }
     assert history(client, run, "train/loss") == list(zip(range(1, 9), rec.losses, strict=True))

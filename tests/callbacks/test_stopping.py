@@ -9,7 +9,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pluglearn import Accuracy, AvgLoss, CancelFitException, DataLoaders, Learner, hookimpl
+from pluglearn import (
+    Accuracy,
+    AvgLoss,
+    CancelFitException,
+    Compile,
+    DataLoaders,
+    Learner,
+    hookimpl,
+)
 from pluglearn.callbacks.checkpoint import Checkpoint
 from pluglearn.callbacks.stopping import (
     EarlyStopping,
@@ -17,6 +25,7 @@ from pluglearn.callbacks.stopping import (
     SaveBest,
     TerminateOnNaN,
 )
+from pluglearn.weights import read_safetensors, read_weights
 from tests.helpers import EventLog, batches, tiny_data
 
 X, Y = tiny_data(12)
@@ -331,3 +340,74 @@ def test_save_best_state_roundtrips_through_a_safe_load_and_survives_a_resume(tm
     resumed, save, _ = run([], resume_from=tmp_path)  # epochs 3 and 4 only: the best is older
     assert (save.best, save.best_epoch) == (1.0, 1)
     assert_weights_equal(weights(resumed.model), log.weights[1])
+
+
+# ------------------------------------------------------------------------- SaveBest(path=...)
+
+
+def file_weights(path) -> dict[str, torch.Tensor]:
+    return dict(read_weights(path))
+
+
+def test_save_best_writes_each_new_best_to_its_file_atomically_with_metadata(tmp_path):
+    path = tmp_path / "best" / "model.safetensors"  # its folder is made
+    log, save = EpochLog(), SaveBest("score", path=path)
+    written = []
+
+    class Watch:  # after SaveBest's report: what the file holds at each epoch
+        @hookimpl
+        def after_epoch(self, learn):
+            written.append(file_weights(path))
+
+    learn = make_learner([Scripted(VALUES), log, save, Watch()])
+    learn.fit(len(VALUES))
+    assert_weights_equal(written[0], log.weights[0])
+    for epoch in range(1, len(VALUES)):  # epoch 1 is the best: the file keeps it from then on
+        assert_weights_equal(written[epoch], log.weights[1])
+    assert [p.name for p in path.parent.iterdir()] == ["model.safetensors"]  # no temporary left
+    meta = read_safetensors(path)[1]
+    assert (meta["monitor"], meta["mode"], meta["best"], meta["best_epoch"]) == (
+        "score",
+        "min",
+        "1.0",
+        "1",
+    )
+    fresh = make_learner([])
+    fresh.load(path)  # learn.load reads it back into a plain model
+    assert_weights_equal(weights(fresh.model), log.weights[1])
+
+
+def test_save_best_file_keys_are_the_plain_models_under_compile(tmp_path):
+    path = tmp_path / "best.safetensors"
+    learn = make_learner([Scripted(VALUES), SaveBest("score", path=path)])
+    learn.fit(2, plugins=[Compile(backend="eager")])
+    assert sorted(file_weights(path)) == ["bias", "weight"]
+
+
+def test_a_resumed_run_keeps_the_best_of_before_the_crash_in_its_file(tmp_path):
+    whole_path, path = tmp_path / "whole.safetensors", tmp_path / "run.safetensors"
+    whole = make_learner([Scripted(VALUES), SaveBest("score", path=whole_path)])
+    whole.fit(len(VALUES))
+
+    def run(plugins, **fit_kwargs):
+        learn = make_learner([Scripted(VALUES), SaveBest("score", path=path)])
+        learn.fit(len(VALUES), plugins=plugins, **fit_kwargs)
+        return learn
+
+    ckpt = tmp_path / "ckpt"
+    with pytest.raises(RuntimeError, match="killed"):  # dies after the best epoch (1) was written
+        run([Checkpoint(ckpt, on_interrupt=False), RaiseAt(3, 0, RuntimeError("killed"))])
+    before = file_weights(path)
+    resumed = run([], resume_from=ckpt)  # epochs 3 and 4: no better one
+    assert_weights_equal(file_weights(path), before)
+    assert_weights_equal(file_weights(path), file_weights(whole_path))
+    assert_weights_equal(weights(resumed.model), file_weights(whole_path))  # restored too
+
+
+@pytest.mark.parametrize(
+    ("path", "match"),
+    [(3, r"SaveBest\(path=3\): give a file path"), (".", r"SaveBest\(path='.'\) is a directory")],
+)
+def test_save_best_refuses_a_path_that_is_no_file_path(path, match):
+    with pytest.raises(ValueError, match=match):
+        SaveBest(path=path)

@@ -69,7 +69,7 @@ def test_config_history_and_summary_read_back(offline):
         "loss_func": "cross_entropy",
         "model": "Linear",
         "plugins": "AvgLoss, Accuracy, Decay, Recorder, Keep, WandbLogger, TrainStep, "
-        "DefaultLoader",
+        "DefaultLoader, Device",
         "hidden": 7,
     }
     assert rows_with([log], "train/loss") == list(zip(range(1, 9), rec.losses, strict=True))

@@ -19,7 +19,8 @@ after_fit (N unused) or before_epoch (at epoch N). ``--sigint-rank R --sigint-at
 sends itself SIGINT (a Ctrl-C) at the start of training batch N; the job records the
 KeyboardInterrupt every rank ended with. ``--fsdp``: FSDP(layers=nn.Linear) instead of DDP().
 ``--hold-at N``: rank 0 waits (for the parent's SIGKILL) once it printed ``batch N``, so that no
-checkpoint is written after N, however slowly the kill comes.
+checkpoint is written after N, however slowly the kill comes. ``--compile``: Compile(backend=
+"eager"); the result's ``compiled`` names what the model called in each pass compiles.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from pluglearn import (
     Accuracy,
     CancelEpochException,
     CancelFitException,
+    Compile,
     DataLoaders,
     GradientAccumulation,
     Learner,
@@ -154,6 +156,7 @@ def main() -> None:
     parser.add_argument("--cancel-in")
     parser.add_argument("--fsdp", action="store_true")
     parser.add_argument("--hold-at", type=int)
+    parser.add_argument("--compile", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(1)
     # joins torchrun's process group (alone: a warning, and nothing)
@@ -186,6 +189,16 @@ def main() -> None:
     if args.ckpt:
         plugins.append(Checkpoint(args.ckpt, every_n_batches=1, keep_last=2))
     history: list[dict] = []
+    compiled: set[tuple[bool, str]] = set()
+
+    class CompiledWhat:
+        @hookimpl
+        def after_pred(self, learn: Learner) -> None:
+            inner = getattr(learn.wrapped_model, "_orig_mod", None)
+            compiled.add((learn.training, type(inner).__name__))
+
+    if args.compile:
+        plugins += [Compile(backend="eager"), CompiledWhat()]
 
     class Keep:
         @hookimpl
@@ -221,6 +234,7 @@ def main() -> None:
             "world": pdist.world_size(),
             "interrupted": interrupts,
             "held": held,
+            "compiled": compiled,
         }
         torch.save(result, Path(args.out) / "result.pt")
     stops = pdist.all_gather(learn.stop_reason)

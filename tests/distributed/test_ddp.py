@@ -85,6 +85,18 @@ def test_gradient_accumulation_under_ddp_equals_one_process(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_compile_wraps_the_ddp_module_trains_like_one_process_and_validates_the_model(tmp_path):
+    for accum in ("1", "2"):  # with accumulation too: it must see DDP through the compiled one
+        args = ("--compile", "--accum", accum, "--batch-size", "6")
+        two = run_job(tmp_path / f"two{accum}", *args, timeout=180)
+        one = run_job(tmp_path / f"one{accum}", *args, nproc=1, timeout=180)
+        assert_close(one["weights"], two["weights"])
+        assert two["compiled"] == {(True, "DistributedDataParallel"), (False, "Sequential")}
+        assert one["compiled"] == {(True, "Sequential"), (False, "Sequential")}
+
+
+@pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_distributed_sampler_gets_set_epoch_and_validation_counts_each_item_once(tmp_path):
     two = run_job(tmp_path / "two", "--loader", "sampler", "--epochs", "2")

@@ -71,7 +71,7 @@ def test_equal_dataclass_plugins_get_the_eq_false_fix():
         def after_loss(self, learn):
             pass
 
-    assert len(tiny_learner([ScaleOk(), ScaleOk()]).plugins) == 4
+    assert len(tiny_learner([ScaleOk(), ScaleOk()]).plugins) == 5  # and 3 providers
 
 
 def test_a_function_passed_as_a_plugin_is_refused_with_what_a_plugin_is():

@@ -170,7 +170,7 @@ class GradientAccumulation:
         total, self.total = self.total, 0
         if not self.scale_loss:
             return
-        wrapped = learn.wrapped_model
+        wrapped = getattr(learn.wrapped_model, "_orig_mod", learn.wrapped_model)  # Compile's
         ddp = wrapped is not None and isinstance(wrapped, DistributedDataParallel)
         if self._sum:  # the batches' gradients add up as they are
             if not ddp:

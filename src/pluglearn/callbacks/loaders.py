@@ -3,7 +3,9 @@
 For a ``TensorDataset`` or an ``(x, y)`` tuple of tensors it returns a
 :class:`~pluglearn.data.loaders.TensorBatchLoader` (one index operation per batch); for any
 other map-style dataset an :class:`~pluglearn.data.epochs.ItemLoader`
-(``__getitem__`` per item, then collate). Both shuffle the training set with
+(``__getitem__`` per item, then collate). When the Learner trains on CUDA the in-memory loader
+gathers each batch straight into pinned memory, so ``Device`` copies it with
+``non_blocking=True``. Both shuffle the training set with
 ``learn.dls.generator`` and can resume mid-epoch. Under torch.distributed ``batch_size`` is the
 global batch and each rank gets its slice of every batch (see :mod:`pluglearn.data.loaders`).
 It answers last, so a plugin such as ``MultiprocessLoader`` takes over by answering first.
@@ -33,7 +35,10 @@ class DefaultLoader:
         # under torch.distributed each rank takes its slice of every global batch
         shard = {"rank": rank(), "world_size": world_size(), "skip_empty": not train}
         if tensors is not None and dls.collate_fn is None:
-            return TensorBatchLoader(tensors, batch_size, train, drop_last, dls.generator, **shard)
+            pin = learn.device.type == "cuda"  # gathered into pinned memory: a non_blocking copy
+            return TensorBatchLoader(
+                tensors, batch_size, train, drop_last, dls.generator, **shard, pin_memory=pin
+            )
         if tensors is not None and isinstance(dataset, (tuple, list)):
             from torch.utils.data import TensorDataset
 

@@ -2,9 +2,10 @@
 
 Example::
 
-    learn.fit(50, plugins=[TerminateOnNaN(), EarlyStopping(patience=5), SaveBest()])
+    best = SaveBest(path="runs/best.safetensors")
+    learn.fit(50, plugins=[TerminateOnNaN(), EarlyStopping(patience=5), best])
     learn.stop_reason   # "EarlyStopping: valid_loss did not improve for 5 epochs (best ...)"
-    # the model now holds the weights of its best epoch by valid_loss
+    # the model now holds the weights of its best epoch by valid_loss, and so does the file
 
 The stopping plugins end the fit with ``CancelFitException`` after setting ``learn.stop_reason``
 (who stopped, and why). EarlyStopping and SaveBest read the monitored metric in the ``report``
@@ -19,12 +20,15 @@ from __future__ import annotations
 import copy
 import math
 import numbers
+import os
 import warnings
 from collections.abc import Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ..dist import is_main_process
 from ..exceptions import CancelFitException
 from ..plugins.markers import hookimpl
 
@@ -249,20 +253,42 @@ class SaveBest(_Monitored):
     first epoch). The copy is part of checkpoints (``state_dict``), so it survives a resume, and
     it doubles their size.
 
+    With ``path`` it also writes the copy to that file at each new best (on rank 0 only), as
+    ``learn.save`` does: safetensors, keys without wrapper prefixes, atomically (a temporary
+    file, fsync, rename), so a crash leaves the previous best intact; the header's metadata
+    holds ``monitor``, ``mode``, ``best`` and ``best_epoch``. ``learn.load(path)`` reads it. A
+    resumed run keeps the best of before the crash: the checkpoint restores the copy, the file
+    stays until a better epoch replaces it.
+
     Example::
 
-        save = SaveBest("accuracy")
+        save = SaveBest("accuracy", path="runs/best.safetensors")
         learn.fit(20, plugins=[Accuracy(), save])
-        save.best, save.best_epoch   # e.g. (0.93, 14); the model holds epoch 14's weights
+        save.best, save.best_epoch   # e.g. (0.93, 14); the model and the file hold epoch 14's
     """
 
     def __init__(
-        self, monitor: str = "valid_loss", mode: str | None = None, restore: bool = True
+        self,
+        monitor: str = "valid_loss",
+        mode: str | None = None,
+        restore: bool = True,
+        path: str | os.PathLike[str] | None = None,
     ) -> None:
         if not isinstance(restore, bool):
             raise ValueError(f"SaveBest(restore={restore!r}): give True or False.")
+        if path is not None and not isinstance(path, (str, os.PathLike)):
+            raise ValueError(
+                f"SaveBest(path={path!r}): give a file path (str or Path), e.g. "
+                "'runs/best.safetensors', or None to keep the best weights in memory only."
+            )
+        if path is not None and Path(path).is_dir():
+            raise ValueError(
+                f"SaveBest(path={str(path)!r}) is a directory: give a file in it, e.g. "
+                f"{str(Path(path) / 'best.safetensors')!r}."
+            )
         super().__init__(monitor, mode)
         self.restore = restore
+        self.path = None if path is None else Path(path)
         self.weights: dict[str, Any] | None = None
 
     def _reset(self) -> None:
@@ -279,6 +305,17 @@ class SaveBest(_Monitored):
                 k: v.detach().to("cpu", copy=True) if isinstance(v, torch.Tensor) else copy.copy(v)
                 for k, v in learn.model.state_dict().items()
             }
+            if self.path is not None and is_main_process():
+                self._write()
+
+    def _write(self) -> None:
+        """The copy to ``path``, through the weights writer (see the class doc)."""
+        from ..weights import canonical_state, storable, write_tensors
+
+        tensors = {k: v for k, v in (self.weights or {}).items() if isinstance(v, torch.Tensor)}
+        meta = {"monitor": self.monitor, "mode": self.mode, "best": repr(self.best)}
+        meta["best_epoch"] = str(self.best_epoch)
+        write_tensors(storable(canonical_state(tensors, "SaveBest")), self.path, meta)
 
     @hookimpl
     def cleanup_fit(self, learn: Learner) -> None:
