@@ -48,7 +48,7 @@ from pluglearn import (
     ProgressBar,
     hookimpl,
 )
-from pluglearn.checkpoint import checkpoints_in, load_checkpoint
+from pluglearn.checkpoint.files import checkpoints_in, load_checkpoint
 
 
 def make(device: str | None, directory: Path | None = None, dropout: float = 0.3) -> Learner:

@@ -40,8 +40,8 @@ from torch.utils.data import DataLoader as TorchDataLoader
 from torch.utils.data import TensorDataset
 
 from pluglearn import DataLoaders
-from pluglearn.callbacks.loaders import DefaultLoader
-from pluglearn.callbacks.multiprocess_loader import MultiprocessLoader
+from pluglearn.plugins.default_loader import DefaultLoader
+from pluglearn.plugins.multiprocess_loader import MultiprocessLoader
 from pluglearn.scratch.data import DataLoader as ScratchDataLoader
 
 BATCH_SIZE = 64

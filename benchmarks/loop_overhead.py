@@ -43,9 +43,9 @@ from pluglearn import (
     Scheduler,
     hookimpl,
 )
-from pluglearn.plugins import specs
-from pluglearn.plugins.markers import PROJECT_NAME
-from pluglearn.plugins.specs import BATCH_EVENTS
+from pluglearn.hooks import specs
+from pluglearn.hooks.markers import PROJECT_NAME
+from pluglearn.hooks.specs import BATCH_EVENTS
 
 SHARED_PICKLE = Path(__file__).resolve().parents[2] / "shared/data/mnist/mnist-t10k-split.pkl.gz"
 BATCH_SIZE, LR, N_TRAIN, N_VALID = 64, 0.1, 8000, 1000

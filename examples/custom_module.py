@@ -18,9 +18,9 @@ import sys
 import torch
 
 from pluglearn import Accuracy, DataLoaders, Learner
-from pluglearn.callbacks.gradcheck import GradCheck, GradCheckError
-from pluglearn.callbacks.manual_backward import ManualBackward
 from pluglearn.data.digits import load_digits
+from pluglearn.plugins.gradcheck import GradCheck, GradCheckError
+from pluglearn.plugins.manual_backward import ManualBackward
 from pluglearn.scratch import CrossEntropy, Linear, Module, Sequential
 
 # ----------------------------------------------------------------------------- settings

@@ -28,8 +28,8 @@ import torch
 import torch.nn.functional as F
 
 from pluglearn import Accuracy, DataLoaders, Learner
-from pluglearn.callbacks.gradcheck import GradCheck
-from pluglearn.callbacks.multiprocess_loader import MultiprocessLoader
+from pluglearn.plugins.gradcheck import GradCheck
+from pluglearn.plugins.multiprocess_loader import MultiprocessLoader
 from pluglearn.scratch import (
     MLP,
     SGD,

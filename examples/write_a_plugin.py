@@ -1,7 +1,7 @@
 """Write a plugin: stop training once the validation accuracy reaches a target.
 
 For: users who want to change the loop. A plugin is any object whose methods carry @hookimpl;
-each method is a hook of pluglearn.plugins.specs and receives the Learner as ``learn``.
+each method is a hook of pluglearn.hooks.specs and receives the Learner as ``learn``.
 This one shows the three tools of plugin authors: @hookimpl, tryfirst (run before the other
 plugins of that hook) and a cancel exception (CancelFitException ends the fit cleanly).
 """

@@ -28,7 +28,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from pluglearn import DataLoaders, Learner, hookimpl
-from pluglearn.callbacks.checkpoint import Checkpoint
+from pluglearn.checkpoint.plugin import Checkpoint
 
 BUFFERS, BUFFER_SIZE = 16, 1_000_000  # 16 x 4 MB of float32 in every checkpoint
 

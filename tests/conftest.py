@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from pluglearn.plugins.entrypoints import BLOCK_ENV, DISABLE_ENV, PLUGINS_ENV
+from pluglearn.hooks.entrypoints import BLOCK_ENV, DISABLE_ENV, PLUGINS_ENV
 
 _AUTOLOAD_VARS = (DISABLE_ENV, PLUGINS_ENV, BLOCK_ENV)
 _saved_environment: dict[str, str | None] = {}

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from pluglearn import DataLoaders, Learner, hookimpl
-from pluglearn.plugins.specs import BATCH_EVENTS, HOOKS
+from pluglearn.hooks.specs import BATCH_EVENTS, HOOKS
 
 EVENTS = [h for h in HOOKS if h.split("_")[0] in ("before", "after", "cleanup")] + ["on_error"]
 

@@ -38,7 +38,7 @@ from pluglearn import (
     Recorder,
     hookimpl,
 )
-from pluglearn.callbacks.checkpoint import Checkpoint
+from pluglearn.checkpoint.plugin import Checkpoint
 
 N_TRAIN, N_VALID, BATCH_SIZE = 640, 128, 32  # 20 training batches an epoch
 

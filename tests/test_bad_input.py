@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from pluglearn import DataLoaders, Learner, hookimpl
-from pluglearn.checkpoint import CheckpointError, save_checkpoint
-from pluglearn.resume import capture
+from pluglearn.checkpoint.files import CheckpointError, save_checkpoint
+from pluglearn.checkpoint.resume import capture
 from tests.helpers import batches, tiny_data
 
 X, Y = tiny_data(12)  # 4 inputs, 3 classes
@@ -233,7 +233,7 @@ def test_a_plugin_state_a_safe_load_would_refuse_is_refused_when_saving(tmp_path
     import numpy as np
 
     from pluglearn import hookimpl
-    from pluglearn.callbacks.checkpoint import Checkpoint
+    from pluglearn.checkpoint.plugin import Checkpoint
 
     class NumpyState:
         @hookimpl

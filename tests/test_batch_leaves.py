@@ -1,4 +1,4 @@
-"""The leaf rules: the table in pluglearn.batches' doc and LEAF_RULES stay in step."""
+"""The leaf rules: the table in pluglearn.data.batch_ops' doc and LEAF_RULES stay in step."""
 
 from __future__ import annotations
 
@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-import pluglearn.batches
-from pluglearn.batch_leaves import LEAF_RULES, leaf_kind
+import pluglearn.data.batch_ops
+from pluglearn.data.batch_rules import LEAF_RULES, leaf_kind
 
 
 def documented_kinds() -> list[str]:
-    doc = pluglearn.batches.__doc__
+    doc = pluglearn.data.batch_ops.__doc__
     table = doc.split("    kind    collate")[1].split("\n\n")[0]
     return re.findall(r"^    (\w+)  ", table, flags=re.M)
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.utils._pytree as torch_pytree
 
-from pluglearn.batch_tree import NAMESPACE, flatten, mismatch, path_names, unflatten, walk_map
+from pluglearn.data.batch_tree import NAMESPACE, flatten, mismatch, path_names, unflatten, walk_map
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

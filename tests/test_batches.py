@@ -27,7 +27,7 @@ from pluglearn import (
     Learner,
     hookimpl,
 )
-from pluglearn.batches import (
+from pluglearn.data.batch_ops import (
     collate,
     concat,
     count_items,
@@ -472,7 +472,7 @@ def test_torch_s_list_of_tuple_targets_is_refused_and_the_named_fix_works(collat
         text = str(info.value)
         assert "the targets (learn.yb) are a list of 2 entries, one per item" in text
         assert "the batch's first tensor holds 4 items" in text
-        assert "collate_fn=pluglearn.batches.collate" in text
+        assert "collate_fn=pluglearn.data.batch_ops.collate" in text
     else:
         _, (y, w) = learn.get_preds()
         assert torch.equal(y, ds.y) and torch.equal(w, ds.w)
@@ -487,7 +487,7 @@ def test_concat_names_the_per_item_list_that_does_not_match_its_batch():
         concat(parts, top=False, name="targets")
     text = str(info.value)
     assert "targets[1][1] is a list of 1 entry in batch 1, which holds 2 items" in text
-    assert "one entry per item" in text and "collate_fn=pluglearn.batches.collate" in text
+    assert "one entry per item" in text and "collate_fn=pluglearn.data.batch_ops.collate" in text
 
 
 def test_collate_of_tensors_of_different_shapes_names_the_place_and_the_fix():

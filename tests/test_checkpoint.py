@@ -13,9 +13,14 @@ import torch
 from torch import nn
 
 from pluglearn import CancelFitException, DataLoaders, Learner, hookimpl
-from pluglearn.callbacks.checkpoint import Checkpoint
-from pluglearn.checkpoint import CheckpointError, checkpoints_in, load_checkpoint, save_checkpoint
-from pluglearn.resume import capture
+from pluglearn.checkpoint.files import (
+    CheckpointError,
+    checkpoints_in,
+    load_checkpoint,
+    save_checkpoint,
+)
+from pluglearn.checkpoint.plugin import Checkpoint
+from pluglearn.checkpoint.resume import capture
 from tests.helpers import DieAtStep, EventLog, batches, tiny_data
 from tests.resume_job import make_learner, run_and_signal
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pluglearn.checkpoint import (
+from pluglearn.checkpoint.files import (
     FORMAT,
     VERSION,
     CheckpointError,

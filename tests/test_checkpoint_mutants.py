@@ -1,5 +1,5 @@
-"""Checkpoint files: what the mutation survivors of pluglearn.checkpoint showed untested, in one
-process (the failed writes are otherwise met in subprocesses, out of mutmut's reach): a write
+"""Checkpoint files: what the mutation survivors of pluglearn.checkpoint.files showed untested, in
+one process (the failed writes are otherwise met in subprocesses, out of mutmut's reach): a write
 over the file-size limit, the advice for a full disk, unreadable files and directories."""
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ import warnings
 import pytest
 import torch
 
-from pluglearn.checkpoint import (
+from pluglearn.checkpoint.atomic_write import explain_write_error
+from pluglearn.checkpoint.files import (
     FORMAT,
     VERSION,
     CheckpointError,
@@ -24,7 +25,6 @@ from pluglearn.checkpoint import (
     new_run_id,
     save_checkpoint,
 )
-from pluglearn.checkpoint_write import explain_write_error
 
 
 def exact(message: str) -> str:
@@ -176,7 +176,7 @@ def test_a_run_id_is_the_utc_start_time_to_the_millisecond_then_a_random_suffix(
 
 
 def test_names_without_a_run_are_the_older_format():
-    from pluglearn.checkpoint import checkpoint_name
+    from pluglearn.checkpoint.files import checkpoint_name
 
     state = {"loop": {"train_iter": 12, "epoch": 3}}
     assert checkpoint_name(state) == "ckpt-s000000012-e0003.pt"
@@ -186,7 +186,7 @@ def test_names_without_a_run_are_the_older_format():
 def test_a_temporary_names_this_host_and_process(tmp_path):
     import socket
 
-    from pluglearn.checkpoint import temporary_path
+    from pluglearn.checkpoint.files import temporary_path
 
     host = socket.gethostname()
     if not re.fullmatch(r"[A-Za-z0-9-]+", host):
@@ -198,7 +198,7 @@ def test_a_live_process_temporary_is_kept_and_the_process_left_alone(tmp_path):
     import subprocess
     import sys
 
-    from pluglearn.checkpoint import remove_stale_temporaries, temporary_path
+    from pluglearn.checkpoint.files import remove_stale_temporaries, temporary_path
 
     sleeper = (
         "import signal, time; signal.signal(signal.SIGHUP, signal.SIG_DFL); print('ready', "
@@ -227,7 +227,7 @@ def test_a_live_process_temporary_is_kept_and_the_process_left_alone(tmp_path):
 
 
 def test_a_run_removes_its_own_temporaries_from_any_host_and_only_those(tmp_path):
-    from pluglearn.checkpoint import remove_stale_temporaries
+    from pluglearn.checkpoint.files import remove_stale_temporaries
 
     run, other = new_run_id(), new_run_id()
     own = tmp_path / f".ckpt-{run}-s000000003-e0000.pt.otherhost.7.tmp"
@@ -249,7 +249,7 @@ def test_an_odd_host_name_is_made_safe_and_its_dead_writes_are_still_found(
     import subprocess
     import sys
 
-    from pluglearn.checkpoint import remove_stale_temporaries, temporary_path
+    from pluglearn.checkpoint.files import remove_stale_temporaries, temporary_path
 
     monkeypatch.setattr(socket, "gethostname", lambda: host)
     tmp = temporary_path(tmp_path / "ckpt-s000000001-e0000.pt")

@@ -12,14 +12,14 @@ import torch
 from torch import nn
 
 from pluglearn import DataLoaders, Learner
-from pluglearn.callbacks.checkpoint import Checkpoint
-from pluglearn.checkpoint import (
+from pluglearn.checkpoint.files import (
     NoCheckpointError,
     checkpoint_name,
     load_checkpoint,
     parse_name,
     runs_in,
 )
+from pluglearn.checkpoint.plugin import Checkpoint
 from tests.helpers import DieAtStep, tiny_data
 
 BATCHES = 5  # training batches an epoch

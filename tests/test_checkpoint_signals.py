@@ -17,7 +17,7 @@ import traceback
 import pytest
 import torch
 
-from pluglearn.checkpoint import save_checkpoint
+from pluglearn.checkpoint.files import save_checkpoint
 
 
 class SendsCtrlC:
@@ -105,7 +105,7 @@ def test_with_the_default_action_the_process_still_dies_of_the_ctrl_c(tmp_path):
     script = (
         "import os, signal, sys, torch\n"
         f"sys.path[:0] = [{str(root / 'src')!r}, {str(root)!r}]\n"
-        "from pluglearn.checkpoint import save_checkpoint\n"
+        "from pluglearn.checkpoint.files import save_checkpoint\n"
         "from tests.test_checkpoint_signals import state\n"
         "signal.signal(signal.SIGINT, signal.SIG_DFL)\n"
         f"save_checkpoint(state(), {str(tmp_path / 'ckpt.pt')!r})\n"

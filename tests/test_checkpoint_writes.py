@@ -21,8 +21,8 @@ import torch
 from torch import nn
 
 from pluglearn import DataLoaders, Learner
-from pluglearn.callbacks.checkpoint import Checkpoint
-from pluglearn.checkpoint import checkpoint_name, new_run_id, temporary_path
+from pluglearn.checkpoint.files import checkpoint_name, new_run_id, temporary_path
+from pluglearn.checkpoint.plugin import Checkpoint
 from tests.helpers import tiny_data
 
 JOB = Path(__file__).with_name("checkpoint_write_job.py")

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from pluglearn.cli import first_sentence
-from pluglearn.plugins import specs
+from pluglearn.hooks import specs
 
 SCRIPT = Path(sys.executable).with_name("pluglearn")
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -178,7 +178,7 @@ def test_plugins_lists_built_in_and_installed_plugins_with_hooks_and_origin(tmp_
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     at = next(i for i, line in enumerate(lines) if line.split()[:1] == ["Recorder"])
-    assert lines[at].split()[1] == "pluglearn.callbacks.recorder"
+    assert lines[at].split()[1] == "pluglearn.plugins.recorder"
     assert "before_batch, after_batch, report" in lines[at + 1]
     at = lines.index("  good = cli_fake_plugin:Good (cli-fake-plugin 2.5)")
     assert lines[at + 1].split() == ["hooks:", "after_batch"]

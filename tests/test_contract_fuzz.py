@@ -3,7 +3,7 @@
 Random sets of plugins implement random hooks (plain, tryfirst or trylast) and raise a cancel or
 a RuntimeError at random (hook, epoch, batch) points. A recorder, first of all and ``tryfirst``
 on every event, logs each hook call; the raisers log what they raise. ``check_log`` replays that
-log against the contract of :mod:`pluglearn.plugins.specs` with a stack of open phases and the
+log against the contract of :mod:`pluglearn.hooks.specs` with a stack of open phases and the
 exception in flight, and says how ``fit`` must end.
 
 The contract for a cancel no running phase matches: a ``CancelXException`` ends phase X only

@@ -10,7 +10,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from pluglearn.dist import is_main_process, reduce_sum
+from pluglearn.distributed.ranks import is_main_process, reduce_sum
 from tests import _dist_worker
 
 
@@ -48,7 +48,7 @@ def test_on_one_process_reduction_is_the_identity():
 def test_unsharded_reads_a_distributed_samplers_dataset_whole_in_order_with_its_batches():
     from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
-    from pluglearn.dist import unsharded
+    from pluglearn.distributed.ranks import unsharded
 
     ds = TensorDataset(torch.arange(7.0), torch.arange(7))
     sampler = DistributedSampler(ds, num_replicas=2, rank=1, shuffle=True, seed=0)

@@ -22,13 +22,13 @@ import pytest
 
 import pluglearn
 import pluglearn.scratch
-from pluglearn.plugins import specs
+from pluglearn.hooks import specs
 
 ROOT = Path(__file__).resolve().parents[1]
 API_PAGES = ROOT / "docs" / "api"
 EXTENSIONS = ROOT / "docs" / "extensions"
 #: modules documented as modules, by their own path: the hook catalogue and the command line
-MODULE_PAGES = {"pluglearn.plugins.specs", "pluglearn.cli", "pluglearn.scratch"}
+MODULE_PAGES = {"pluglearn.hooks.specs", "pluglearn.cli", "pluglearn.scratch"}
 DIRECTIVE = re.compile(r"^::: (\S+)\s*$", re.M)
 
 
@@ -124,7 +124,7 @@ def test_the_site_builds_strictly_with_every_public_name_and_hook_rendered(site:
     html = "".join(p.read_text() for p in (site / "api").rglob("index.html"))
     anchors = set(re.findall(r'id="(pluglearn[\w.]*)"', html))
     assert not public_paths() - anchors, sorted(public_paths() - anchors)
-    hooks = {f"pluglearn.plugins.specs.{name}" for name in specs.HOOKS}
+    hooks = {f"pluglearn.hooks.specs.{name}" for name in specs.HOOKS}
     assert not hooks - anchors, f"hooks without a section on the Hooks page: {hooks - anchors}"
     assert "usage: pluglearn check" in (site / "api" / "cli" / "index.html").read_text()
 

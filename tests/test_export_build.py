@@ -8,8 +8,8 @@ import torch
 from torch import nn
 
 from pluglearn import ExportError, load_learner
-from pluglearn.export_build import build, rebuild_differences
-from pluglearn.export_file import FORMAT, VERSION, write_export
+from pluglearn.inference.export_build import build, rebuild_differences
+from pluglearn.inference.export_file import FORMAT, VERSION, write_export
 from tests._export_models import MLP, Hidden
 
 
@@ -113,5 +113,5 @@ def test_every_kind_of_difference_is_named():
 def test_build_refuses_a_plugin_class_that_implements_no_hook():
     with pytest.raises(ExportError, match="as a plugin class"):
         build({"$object": "pluglearn.data.loaders:DataLoaders", "args": [None]}, "plugin")
-    plugin = build({"$object": "pluglearn.callbacks.hf:HFModel", "kwargs": {}}, "plugin")
+    plugin = build({"$object": "pluglearn.plugins.hf:HFModel", "kwargs": {}}, "plugin")
     assert type(plugin).__name__ == "HFModel"

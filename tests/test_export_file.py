@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from pluglearn import DataLoaders, ExportError, Learner, WeightsError, load_learner
-from pluglearn.export_file import FORMAT, write_export
+from pluglearn.inference.export_file import FORMAT, write_export
 
 X = torch.randn(16, 3, generator=torch.Generator().manual_seed(0))
 

@@ -12,8 +12,8 @@ import torch
 from torch import nn
 
 from pluglearn import ExportError, MixedPrecision
-from pluglearn.export_build import build
-from pluglearn.export_spec import constructor_args, import_path, object_spec
+from pluglearn.inference.export_build import build
+from pluglearn.inference.export_spec import constructor_args, import_path, object_spec
 from tests._export_models import MLP, Configured
 
 LAYERS = {

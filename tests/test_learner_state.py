@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from pluglearn import AvgLoss, Learner, hookimpl
-from pluglearn.attribute_hints import GUESSES
+from pluglearn.diagnostics.attribute_suggestions import GUESSES
 
 from .helpers import tiny_learner
 

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from pluglearn import AvgLoss, Checkpoint, DataLoaders, Learner, ProgressBar, hookimpl
-from pluglearn.lr_find import LRFindResult, suggest
+from pluglearn.plugins.lr_find import LRFindResult, suggest
 
 X = torch.randn(96, 6, generator=torch.Generator().manual_seed(0))
 Y = (X[:, 0] + X[:, 1] > 0).long()

@@ -1,5 +1,5 @@
-"""pluglearn.notebook: a Jupyter kernel is told from a terminal IPython and a script, and in a
-kernel the plots show inline exactly once and ``show_hooks`` prints its table."""
+"""pluglearn.plugins.notebook: a Jupyter kernel is told from a terminal IPython and a script, and in
+a kernel the plots show inline exactly once and ``show_hooks`` prints its table."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from pluglearn.notebook import in_notebook, kernel_shell
+from pluglearn.plugins.notebook import in_notebook, kernel_shell
 from tests.notebook_kernel import KernelRun, run_cells
 
 SETUP = """
@@ -16,7 +16,7 @@ import sys
 import torch
 from torch import nn
 from pluglearn import DataLoaders, Learner, Recorder
-from pluglearn.notebook import in_notebook
+from pluglearn.plugins.notebook import in_notebook
 
 g = torch.Generator().manual_seed(0)
 x, y = torch.randn(64, 3, generator=g), torch.randint(0, 2, (64,), generator=g)
@@ -50,7 +50,7 @@ def test_a_script_is_not_a_notebook():
 def test_a_terminal_ipython_is_not_a_notebook_even_with_ipykernel_imported():
     code = (
         "import ipykernel.zmqshell\n"
-        "from pluglearn.notebook import in_notebook\n"
+        "from pluglearn.plugins.notebook import in_notebook\n"
         "print(type(get_ipython()).__name__, in_notebook())"
     )
     result = subprocess.run(

@@ -50,7 +50,7 @@ def test_every_top_level_name_comes_from_the_module_that_defines_it():
 
 
 def test_no_public_name_is_re_exported_by_two_packages():
-    """GradCheck was importable as pluglearn.GradCheck, pluglearn.callbacks.GradCheck and from
+    """GradCheck was importable as pluglearn.GradCheck, pluglearn.plugins.GradCheck and from
     its module; now a name has its defining module and at most one package re-exporting it."""
     exporters: dict[int, list[str]] = {}
     names: dict[int, str] = {}

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pluglearn.plugins.specs import HOOKS, KIND_DOCS
+from pluglearn.hooks.specs import HOOKS, KIND_DOCS
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pluglearn.checkpoint import checkpoints_in, load_checkpoint
+from pluglearn.checkpoint.files import checkpoints_in, load_checkpoint
 from tests.resume_job import run_and_signal
 
 JOB = Path(__file__).with_name("resume_job.py")

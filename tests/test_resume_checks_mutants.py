@@ -1,4 +1,4 @@
-"""restore's checks and warnings: what the mutation survivors of pluglearn.resume showed
+"""restore's checks and warnings: what the mutation survivors of pluglearn.checkpoint.resume showed
 untested, each on a real checkpoint (of a crashed run) altered in one place."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 from pluglearn import CheckpointError, DataLoaders, Learner, hookimpl
-from pluglearn.callbacks.checkpoint import Checkpoint
-from pluglearn.checkpoint import checkpoints_in, load_checkpoint, save_checkpoint
+from pluglearn.checkpoint.files import checkpoints_in, load_checkpoint, save_checkpoint
+from pluglearn.checkpoint.plugin import Checkpoint
 from tests.helpers import CrashAt, tiny_data
 
 

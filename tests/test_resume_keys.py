@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from pluglearn import Checkpoint, CheckpointError, DataLoaders, Learner
-from pluglearn.checkpoint import checkpoints_in, load_checkpoint, save_checkpoint
+from pluglearn.checkpoint.files import checkpoints_in, load_checkpoint, save_checkpoint
 from tests.helpers import CrashAt, tiny_data
 
 N_EPOCHS = 3

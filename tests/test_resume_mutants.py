@@ -1,6 +1,6 @@
-"""Resume: what the mutation survivors of pluglearn.resume showed untested: each rank's view of a
-saved run (the rules of the module doc, on hand-made states), the safe-state check, the random
-states round trip, and the refusals of a checkpoint that does not fit this Learner."""
+"""Resume: what the mutation survivors of pluglearn.checkpoint.resume showed untested: each rank's
+view of a saved run (the rules of the module doc, on hand-made states), the safe-state check, the
+random states round trip, and the refusals of a checkpoint that does not fit this Learner."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from pluglearn import CheckpointError
-from pluglearn.resume import check_safe_state, rng_state, set_rng_state
-from pluglearn.resume_checks import rank_view
+from pluglearn.checkpoint.compatibility import rank_view
+from pluglearn.checkpoint.resume import check_safe_state, rng_state, set_rng_state
 
 P = Path("run.pt")
 REFUSE = "checkpoint run.pt was written by 2 process(es) and this run has {}: "
@@ -131,7 +131,7 @@ def test_the_random_states_round_trip():
     ],
 )
 def test_states_are_the_same_when_equal_through_and_through(a, b, same):
-    from pluglearn.resume_checks import _same
+    from pluglearn.checkpoint.compatibility import _same
 
     assert _same(a, b) is same
     assert _same(b, a) is same

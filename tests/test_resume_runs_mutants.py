@@ -9,8 +9,8 @@ import warnings
 import pytest
 
 from pluglearn import hookimpl
-from pluglearn.callbacks.checkpoint import Checkpoint
-from pluglearn.checkpoint import checkpoints_in, load_checkpoint, save_checkpoint
+from pluglearn.checkpoint.files import checkpoints_in, load_checkpoint, save_checkpoint
+from pluglearn.checkpoint.plugin import Checkpoint
 from tests.helpers import CrashAt
 from tests.test_resume_checks_mutants import checkpoint, learner
 
@@ -96,8 +96,8 @@ def test_a_one_cycle_run_resumes_with_its_lr_max_not_the_scheduler_starting_lr(t
 def test_a_one_process_capture_is_mid_epoch_by_default_and_has_no_per_rank_records():
     import torch
 
-    from pluglearn.checkpoint import VERSION
-    from pluglearn.resume import capture
+    from pluglearn.checkpoint.files import VERSION
+    from pluglearn.checkpoint.resume import capture
 
     learn = learner()
     learn.fit(1)

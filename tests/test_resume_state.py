@@ -8,8 +8,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from pluglearn import CheckpointError, DataLoaders, Learner, hookimpl
-from pluglearn.callbacks.checkpoint import Checkpoint
-from pluglearn.checkpoint import checkpoints_in, load_checkpoint, save_checkpoint
+from pluglearn.checkpoint.files import checkpoints_in, load_checkpoint, save_checkpoint
+from pluglearn.checkpoint.plugin import Checkpoint
 from tests.helpers import CrashAt, tiny_data
 
 N, BS = 40, 8  # 5 training batches an epoch

@@ -43,7 +43,9 @@ def assert_same_result(got: dict, want: dict, **tol) -> None:
     assert got["metrics"].keys() == want["metrics"].keys()
     for key, value in want["metrics"].items():
         if tol:
-            assert got["metrics"][key] == pytest.approx(value, rel=tol["rtol"] * 10, abs=1e-6)
+            assert got["metrics"][key] == pytest.approx(
+                value, rel=tol["rtol"] * 10, abs=max(1e-6, tol["atol"])
+            )
         else:
             assert got["metrics"][key] == value, key
     if want["losses"] is not None:
@@ -105,5 +107,9 @@ def test_ddp_meets_every_other_feature_as_one_process_does(tmp_path):
         got = torch.load(tmp_path / f"ddp-{other}.pt", weights_only=False)
         one = frozenset({other}) & CONFIGS
         want = alone(one, dropout=0.0)
-        tol = {"rtol": 1e-5, "atol": 1e-6} if "mixed" in one else {"rtol": 1e-9, "atol": 1e-11}
+        got["losses"] = want["losses"] = None  # per batch, the Recorder logs rank 0's slice
+        # under bfloat16 autocast each rank's weight gradient (a matmul over its slice) is
+        # rounded to bfloat16 on its own, so two ranks equal one process to bfloat16's
+        # precision (a relative 2**-8), not float32's
+        tol = {"rtol": 0.0, "atol": 1e-2} if "mixed" in one else {"rtol": 1e-9, "atol": 1e-11}
         assert_same_result(got, want, **tol)

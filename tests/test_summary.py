@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from pluglearn import Accuracy, DataLoaders, HFModel, Learner, hookimpl
-from pluglearn.summary import SummaryText, describe_output
+from pluglearn.diagnostics.summary import SummaryText, describe_output
 from tests.callbacks.test_hf import TinyHF
 
 X = torch.randn(40, 6, generator=torch.Generator().manual_seed(0))

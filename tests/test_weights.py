@@ -270,7 +270,7 @@ def kind(dtype: torch.dtype) -> str:
 def test_exact_casts_are_those_that_keep_every_value_and_the_kind(source):
     """The oracle: every bit pattern of an 8- or 16-bit dtype, cast, compared as float64 (which
     holds each of their values exactly); int <-> float is refused even where values survive."""
-    from pluglearn.weights import is_exact_cast
+    from pluglearn.checkpoint.weights import is_exact_cast
 
     bits = 8 if source in (torch.int8, torch.uint8) else 16
     pool = torch.arange(2**bits, dtype=torch.int32)
@@ -304,7 +304,7 @@ def test_exact_casts_are_those_that_keep_every_value_and_the_kind(source):
     ],
 )
 def test_wrapper_prefixes_are_stripped_only_at_the_start(key, stripped):
-    from pluglearn.weights import strip_prefixes
+    from pluglearn.checkpoint.weights import strip_prefixes
 
     assert strip_prefixes(key) == stripped
 

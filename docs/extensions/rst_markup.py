@@ -184,7 +184,7 @@ def link_roles(text: str, resolve: Callable[[str], str | None]) -> str:
 
 def resolve_name(obj: griffe.Object, target: str, package: griffe.Module) -> str | None:
     """The path of the object ``target`` names, read in the scope of ``obj`` as Sphinx reads
-    it: relative (``.guards``), absolute (``pluglearn.batches``) or a name in scope
+    it: relative (``.guards``), absolute (``pluglearn.data.batch_ops``) or a name in scope
     (``PluginError``, ``Learner.export``). None for a name outside ``package`` (a dotted path
     whose first part is not in scope, a built-in); raises UnresolvedName for a name inside it
     that does not exist and for a lone name that is not in scope."""

@@ -6,37 +6,19 @@ learn = Learner(model, dls, lr=0.1, plugins=[Accuracy()])
 learn.fit(3)
 
 The top level holds what users touch: the Learner, DataLoaders, ``hookimpl``, the cancel
-exceptions, the built-in plugins and the errors users catch. Everything else is imported from
-the module that defines it (``pluglearn.callbacks.train_step.TrainStep``,
-``pluglearn.data.loaders.TensorBatchLoader``, ``pluglearn.plugins.entrypoints.autoload_plugins``).
+exceptions, the built-in plugins and the errors users catch. The plugins and errors load when
+first used (``from pluglearn import DDP`` imports the distributed package then), so
+``import pluglearn`` costs little beyond torch. Everything else is imported from the module that
+defines it (``pluglearn.plugins.train_step.TrainStep``,
+``pluglearn.data.loaders.TensorBatchLoader``, ``pluglearn.hooks.entrypoints.autoload_plugins``).
 """
 
-from .callbacks.accumulate import GradientAccumulation
-from .callbacks.checkpoint import Checkpoint
-from .callbacks.clipping import GradientClipping
-from .callbacks.compile import Compile
-from .callbacks.ddp import DDP
-from .callbacks.device import Device
-from .callbacks.fsdp import FSDP
-from .callbacks.gradcheck import GradCheck, GradCheckError
-from .callbacks.hf import HFModel
-from .callbacks.logger import MetricsLogger
-from .callbacks.manual_backward import ManualBackward
-from .callbacks.metric_adapter import MetricAdapter
-from .callbacks.metrics import Accuracy, AverageMetric, AvgLoss
-from .callbacks.mixed_precision import MixedPrecision
-from .callbacks.mlflow_logger import MLflowLogger
-from .callbacks.multiprocess_loader import MultiprocessLoader
-from .callbacks.profiler import Profiler
-from .callbacks.progress import ProgressBar
-from .callbacks.recorder import Recorder
-from .callbacks.report import ConsoleReport
-from .callbacks.scheduler import Scheduler
-from .callbacks.stopping import EarlyStopping, SaveBest, TerminateOnNaN
-from .callbacks.tensorboard import TensorBoardLogger
-from .callbacks.validate_every import ValidateEvery
-from .callbacks.wandb_logger import WandbLogger
-from .checkpoint import CheckpointError
+from __future__ import annotations
+
+import importlib as _importlib
+from typing import TYPE_CHECKING as _TYPE_CHECKING
+from typing import Any as _Any
+
 from .data.loaders import DataLoaders
 from .exceptions import (
     CancelBatchException,
@@ -46,12 +28,80 @@ from .exceptions import (
     CancelTrainException,
     CancelValidateException,
 )
-from .export import load_learner
-from .export_spec import ExportError
+from .hooks.markers import hookimpl
 from .learner import Learner
-from .plugins.guards import PluginError, PluginWarning
-from .plugins.markers import hookimpl
-from .weights import WeightsError
+
+if _TYPE_CHECKING:  # what the lazy names are, for type checkers and readers
+    from .checkpoint.files import CheckpointError
+    from .checkpoint.plugin import Checkpoint
+    from .checkpoint.weights import WeightsError
+    from .distributed.ddp import DDP
+    from .distributed.fsdp import FSDP
+    from .hooks.guards import PluginError, PluginWarning
+    from .inference.export import load_learner
+    from .inference.export_spec import ExportError
+    from .plugins.accumulate import GradientAccumulation
+    from .plugins.clipping import GradientClipping
+    from .plugins.compile import Compile
+    from .plugins.console_report import ConsoleReport
+    from .plugins.device import Device
+    from .plugins.gradcheck import GradCheck, GradCheckError
+    from .plugins.hf import HFModel
+    from .plugins.manual_backward import ManualBackward
+    from .plugins.metric_adapter import MetricAdapter
+    from .plugins.metrics import Accuracy, AverageMetric, AvgLoss
+    from .plugins.metrics_logger import MetricsLogger
+    from .plugins.mixed_precision import MixedPrecision
+    from .plugins.mlflow_logger import MLflowLogger
+    from .plugins.multiprocess_loader import MultiprocessLoader
+    from .plugins.profiler import Profiler
+    from .plugins.progress import ProgressBar
+    from .plugins.recorder import Recorder
+    from .plugins.scheduler import Scheduler
+    from .plugins.stopping import EarlyStopping, SaveBest, TerminateOnNaN
+    from .plugins.tensorboard import TensorBoardLogger
+    from .plugins.validate_every import ValidateEvery
+    from .plugins.wandb_logger import WandbLogger
+
+#: public name -> the module that defines it, imported on first use
+_LAZY = {
+    "Accuracy": "plugins.metrics",
+    "AverageMetric": "plugins.metrics",
+    "AvgLoss": "plugins.metrics",
+    "Checkpoint": "checkpoint.plugin",
+    "CheckpointError": "checkpoint.files",
+    "Compile": "plugins.compile",
+    "ConsoleReport": "plugins.console_report",
+    "DDP": "distributed.ddp",
+    "Device": "plugins.device",
+    "EarlyStopping": "plugins.stopping",
+    "ExportError": "inference.export_spec",
+    "FSDP": "distributed.fsdp",
+    "GradCheck": "plugins.gradcheck",
+    "GradCheckError": "plugins.gradcheck",
+    "GradientAccumulation": "plugins.accumulate",
+    "GradientClipping": "plugins.clipping",
+    "HFModel": "plugins.hf",
+    "MLflowLogger": "plugins.mlflow_logger",
+    "ManualBackward": "plugins.manual_backward",
+    "MetricAdapter": "plugins.metric_adapter",
+    "MetricsLogger": "plugins.metrics_logger",
+    "MixedPrecision": "plugins.mixed_precision",
+    "MultiprocessLoader": "plugins.multiprocess_loader",
+    "PluginError": "hooks.guards",
+    "PluginWarning": "hooks.guards",
+    "Profiler": "plugins.profiler",
+    "ProgressBar": "plugins.progress",
+    "Recorder": "plugins.recorder",
+    "SaveBest": "plugins.stopping",
+    "Scheduler": "plugins.scheduler",
+    "TensorBoardLogger": "plugins.tensorboard",
+    "TerminateOnNaN": "plugins.stopping",
+    "ValidateEvery": "plugins.validate_every",
+    "WandbLogger": "plugins.wandb_logger",
+    "WeightsError": "checkpoint.weights",
+    "load_learner": "inference.export",
+}
 
 __version__ = "0.1.0"
 
@@ -102,3 +152,18 @@ __all__ = [
     "hookimpl",
     "load_learner",
 ]
+
+
+def __getattr__(name: str) -> _Any:
+    if name == "dist":  # the rank helpers, as ``from pluglearn import dist``
+        return _importlib.import_module(".distributed.ranks", __name__)
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'pluglearn' has no attribute {name!r}")
+    value = getattr(_importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # the next lookup is a plain one
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -27,11 +27,11 @@ import warnings
 from collections.abc import Sequence
 from typing import IO
 
-from .plugins import specs
-from .plugins.entrypoints import BLOCK_ENV, DISABLE_ENV, PLUGINS_ENV, installed_plugins
-from .plugins.guards import PluginError, PluginWarning, plugin_name
-from .plugins.manager import PluginRegistry
-from .plugins.markers import PROJECT_NAME
+from .hooks import specs
+from .hooks.entrypoints import BLOCK_ENV, DISABLE_ENV, PLUGINS_ENV, installed_plugins
+from .hooks.guards import PluginError, PluginWarning, plugin_name
+from .hooks.markers import PROJECT_NAME
+from .hooks.registry import PluginRegistry
 
 __all__ = ["main"]
 
@@ -103,8 +103,8 @@ def print_hooks(out: IO[str], name: str | None = None) -> int:
 
 
 def builtin_plugins() -> list[tuple[str, str, list[str]]]:
-    """(class name, module, hooks) of every plugin class defined in ``pluglearn.callbacks``."""
-    from . import callbacks
+    """(class name, module, hooks) of every plugin class defined in ``pluglearn.plugins``."""
+    from . import plugins as callbacks
 
     found = []
     for info in pkgutil.iter_modules(callbacks.__path__, prefix=f"{callbacks.__name__}."):
@@ -118,7 +118,7 @@ def builtin_plugins() -> list[tuple[str, str, list[str]]]:
 
 
 def print_plugins(out: IO[str]) -> int:
-    print("built-in (pluglearn.callbacks):", file=out)
+    print("built-in (pluglearn.plugins):", file=out)
     for name, module, hooks in builtin_plugins():
         print(f"  {name:<22} {module}\n  {'':<22} hooks: {', '.join(hooks)}", file=out)
     installed = installed_plugins()
@@ -208,7 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="pluglearn", description="pluglearn's hooks and plugins, and a plugin check for CI."
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    hooks = sub.add_parser("hooks", help="the hook reference, from pluglearn.plugins.specs")
+    hooks = sub.add_parser("hooks", help="the hook reference, from pluglearn.hooks.specs")
     hooks.add_argument("name", nargs="?", help="print this hook's full documentation")
     sub.add_parser("plugins", help="built-in and installed plugins, with their hooks and origin")
     chk = sub.add_parser("check", help="run the registration guards on a plugin, without training")

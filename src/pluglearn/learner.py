@@ -1,6 +1,6 @@
 """The Learner: what a user calls (fit, validate, get_preds, predict, lr_find, save, load) and
 the plugins it runs. The fixed loop itself is :mod:`pluglearn.loop`; the run state is
-:mod:`pluglearn.run.state`; every hook is documented in :mod:`pluglearn.plugins.specs`.
+:mod:`pluglearn.run.state`; every hook is documented in :mod:`pluglearn.hooks.specs`.
 """
 
 from __future__ import annotations
@@ -13,25 +13,16 @@ import torch.nn.functional as F
 from fastcore.basics import listify
 from torch import nn
 
-from . import dist as pdist
-from .batches import inputs_of, targets_of
-from .callbacks.budget import StepBudget
-from .callbacks.device import Device, available_devices, pick_device
-from .callbacks.loaders import DefaultLoader
-from .callbacks.metrics import AvgLoss
-from .callbacks.progress import ProgressBar
-from .callbacks.scheduler import fit_one_cycle
-from .callbacks.train_step import TrainStep
-from .checks import KEEP_LR, KeepLr, check_lr
+from .data.batch_ops import inputs_of, targets_of
 from .data.loaders import DataLoaders
-from .exceptions import (
-    CancelFitException,
-)
+from .diagnostics.input_checks import KEEP_LR, KeepLr, check_lr
+from .distributed import ranks as pdist
 from .loop import Loop
-from .metric_merge import GatherPreds
-from .plugins.entrypoints import autoload_plugins
-from .plugins.manager import PluginRegistry
-from .run.state import NESTED, SWEEP, RunState, position_property
+from .plugins.budget import StepBudget
+from .plugins.defaults import PluginSet
+from .plugins.scheduler import fit_one_cycle
+from .run.metrics import GatherPreds
+from .run.state import SWEEP, RunState, position_property
 
 
 class Learner(Loop):
@@ -100,37 +91,9 @@ class Learner(Loop):
         self.loss: torch.Tensor | None = None
         self.metrics: dict[str, Any] = {}
         self._batches: Iterable[Any] = ()
-        self._registry = PluginRegistry()
-        user = listify(plugins)
-        chosen = [AvgLoss(), ProgressBar()] if defaults else []
-        chosen += [TrainStep(), DefaultLoader()]
-        chosen = [d for d in chosen if not any(type(p) is type(d) for p in user)]
-        placed = [p for p in user if isinstance(p, Device)]
-        if device is None and not callable(getattr(model, "to", None)):
-            # a model of pluglearn.scratch cannot move: it trains where its tensors are
-            device = next((p.device for p in model.parameters()), torch.device("cpu"))
-        wanted = pick_device(device, available_devices(), "device")  # refused before anything
-        if len(placed) > 1:
-            raise ValueError(
-                f"plugins={placed!r}: a Learner trains on one device; give one Device plugin."
-            )
-        if not placed:
-            chosen.append(Device(wanted))
-        elif device is not None and placed[0].device != wanted:
-            raise ValueError(
-                f"Learner(device={str(wanted)!r}) and the plugin {placed[0]!r} name two devices: "
-                "give one of them (the plugin alone, or device= alone)."
-            )
-        #: the default Device, set aside while a fit's own Device plugin is registered
-        self._device_aside: Device | None = None
-        self._defaults = {id(p) for p in chosen}
-        installed = [  # plugins of installed packages (entry-point group "pluglearn")
-            a
-            for a in autoload_plugins(block=block_plugins)
-            if not any(type(p) is type(a) for p in user)
-        ]
-        for plugin in [*user, *installed, *chosen]:
-            self._registry.add(plugin)
+        self._registry = PluginSet(
+            model, listify(plugins), defaults=defaults, block_plugins=block_plugins, device=device
+        )
 
     # ------------------------------------------------------------------------ run settings
 
@@ -190,54 +153,17 @@ class Learner(Loop):
     def add_plugin(self, plugin: object) -> str:
         """Register ``plugin`` after the user's plugins, before the defaults; returns its name.
         A :class:`~pluglearn.Device` replaces the default one until it is removed."""
-        aside = self._device_aside
-        if isinstance(plugin, Device):
-            self._set_device_aside(plugin)
-        at = next((i for i, p in enumerate(self._registry) if id(p) in self._defaults), None)
-        try:
-            return self._registry.add(plugin, index=at)
-        except BaseException:
-            if self._device_aside is not aside:  # refused: the default Device comes back
-                self._registry.add(self._device_aside)
-                self._defaults.add(id(self._device_aside))
-                self._device_aside = aside
-            raise
+        return self._registry.add_before_defaults(plugin)
 
     def remove_plugin(self, plugin: object | str) -> object:
         """Unregister a plugin given as the object or its name; returns it."""
-        removed = self._registry.remove(plugin)
-        self._defaults.discard(id(removed))
-        aside = self._device_aside
-        if aside is not None and not any(isinstance(p, Device) for p in self._registry):
-            self._device_aside = None  # the fit's own Device is gone: the default comes back
-            self._registry.add(aside)
-            self._defaults.add(id(aside))
-        return removed
-
-    def _set_device_aside(self, plugin: Device) -> None:
-        """Make room for ``plugin``: the default Device steps aside; a second one is refused."""
-        for other in self._registry:
-            if not isinstance(other, Device) or other is plugin:
-                continue
-            if id(other) not in self._defaults:
-                name = type(other).__name__
-                raise ValueError(
-                    f"{plugin!r} was added while {other!r} is registered: a Learner trains on one "
-                    f"device; remove the other first (learn.remove_plugin({name!r}))."
-                )
-            self._registry.remove(other)
-            self._defaults.discard(id(other))
-            self._device_aside = other
+        return self._registry.remove_and_restore(plugin)
 
     @property
     def device(self) -> torch.device:
         """Where the Learner trains: its ``Device`` plugin's device (the default one picks the
         best available), else, when that plugin was removed, where the model's parameters are."""
-        placed = next((p for p in self._registry if isinstance(p, Device)), None)
-        if placed is not None:
-            return placed.device
-        param = next(iter(self.model.parameters()), None)
-        return param.device if param is not None else torch.device("cpu")
+        return self._registry.device(self.model)
 
     @device.setter
     def device(self, value: Any) -> None:
@@ -255,10 +181,10 @@ class Learner(Loop):
         """The model's layers in the order they run, their output shapes and parameter counts, from
         one real forward pass (eval mode, no gradients) on ``batch`` or the first validation
         (else training) batch, and the totals; the model, modes, random states and loaders are
-        put back, so a fit after it is the fit without it. See :mod:`pluglearn.summary`.
+        put back, so a fit after it is the fit without it. See :mod:`pluglearn.diagnostics.summary`.
 
         Example: ``print(learn.summary())``, or ``learn.summary()`` at a prompt."""
-        from .summary import summary
+        from .diagnostics.summary import summary
 
         return summary(self, batch)
 
@@ -267,7 +193,7 @@ class Learner(Loop):
         print(self.summary(batch))
 
     def __repr__(self) -> str:
-        from .summary import describe
+        from .diagnostics.summary import describe
 
         return describe(self)
 
@@ -297,7 +223,7 @@ class Learner(Loop):
             raise AttributeError(f"'{type(self).__name__}' object has no attribute {name!r}")
         if hasattr(type(self), name):  # a property that raised AttributeError itself: re-raise
             return object.__getattribute__(self, name)
-        from .attribute_hints import missing_attribute
+        from .diagnostics.attribute_suggestions import missing_attribute
 
         raise missing_attribute(self, name)
 
@@ -327,9 +253,9 @@ class Learner(Loop):
         ones, which a scheduler may have changed).
 
         ``max_steps`` ends the fit after that many optimizer steps; without ``n_epochs`` it runs
-        the epochs they need, the last one partial (see :mod:`pluglearn.callbacks.budget`).
+        the epochs they need, the last one partial (see :mod:`pluglearn.plugins.budget`).
         ``valid_every`` also validates every that many optimizer steps, each validation reported
-        with its step (see :mod:`pluglearn.callbacks.validate_every`)."""
+        with its step (see :mod:`pluglearn.plugins.validate_every`)."""
         if n_epochs is None and max_steps is None:
             raise ValueError(
                 "fit() needs n_epochs and/or max_steps, e.g. fit(3), fit(max_steps=500)."
@@ -341,7 +267,7 @@ class Learner(Loop):
         if max_steps is not None:
             plugins = [*listify(plugins), StepBudget(max_steps, epochs_from_steps=n_epochs is None)]
         if valid_every is not None:
-            from .callbacks.validate_every import ValidateEvery
+            from .plugins.validate_every import ValidateEvery
 
             plugins = [*listify(plugins), ValidateEvery(valid_every)]
         if missing_ok and resume_from is None:
@@ -349,42 +275,6 @@ class Learner(Loop):
         new_lr = None if lr is KEEP_LR else check_lr(lr)
         with self.run.entry("fit"):
             self._fit(n_epochs or 0, new_lr, plugins, resume_from, missing_ok)
-
-    def _fit(
-        self,
-        n_epochs: int,
-        lr: float | None,
-        plugins: object | Sequence[object],
-        resume_from: Any = None,
-        missing_ok: bool = False,
-    ) -> None:
-        """The body of ``fit`` (and of ``lr_find``'s throwaway fit), inside its entry point."""
-        added: list[object] = []
-        try:
-            for plugin in listify(plugins):
-                self.add_plugin(plugin)
-                added.append(plugin)
-            if lr is not None and resume_from is None:
-                self._lr = lr
-            self.run.start_fit(n_epochs)
-            self._make_opt()
-            with self._loaders():
-                self.run.setting_up = True  # after_create_opt may replace learn.opt (FSDP)
-                try:
-                    self._run_entry(lambda: self.hooks.after_create_opt(self))
-                finally:
-                    self.run.setting_up = False
-                if resume_from is not None:
-                    from .resume import restore
-
-                    if not restore(self, resume_from, lr=lr, missing_ok=missing_ok):
-                        return  # nothing to resume: the saved run had stopped or finished
-                self._run_entry(lambda: self._phase("fit", CancelFitException, self._do_fit))
-        finally:
-            self.run.clear_resume()
-            for plugin in reversed(added):
-                if plugin in self._registry:
-                    self.remove_plugin(plugin)
 
     def fit_one_cycle(
         self,
@@ -394,28 +284,18 @@ class Learner(Loop):
         **kw: Any,
     ) -> None:
         """``fit`` with a one-cycle lr and momentum schedule (``OneCycleLR``) over its optimizer
-        steps; see :func:`pluglearn.callbacks.scheduler.fit_one_cycle` for the options."""
+        steps; see :func:`pluglearn.plugins.scheduler.fit_one_cycle` for the options."""
         fit_one_cycle(self, n_epochs, lr_max, plugins, **kw)
 
     def validate(self, dl: Iterable[Any] | None = None) -> dict[str, Any]:
         """One validation pass (eval mode, no gradients); returns its metrics. Called from a
         training hook (validate every n batches), it leaves training exactly as it was. Under
-        torch.distributed it is rank-local (:func:`pluglearn.dist.local`): it reads the whole
-        validation set on this rank alone, so one rank may call it (not under ``FSDP``)."""
+        torch.distributed it is rank-local (:func:`pluglearn.distributed.ranks.local`): it reads the
+        whole validation set on this rank alone, so one rank may call it (not under ``FSDP``)."""
         with self.run.entry("validate") as nested, pdist.local():
             if nested:
                 return self._nested(lambda: self._validate(dl, nested=True))
             return self._validate(dl)
-
-    def _nested(self, body: Callable[[], Any]) -> Any:
-        """Run ``body`` inside a running call and put the run back afterwards (position, batch
-        state, metrics, stop reason, modes, random states: :data:`~pluglearn.run.state.NESTED`),
-        so the outer call continues as if ``body`` had not run."""
-        snapshot = self.run.capture(self, NESTED)
-        try:
-            return body()
-        finally:
-            self.run.put_back(self, snapshot, "a nested call")
 
     def get_preds(self, dl: Iterable[Any] | None = None) -> tuple[Any, Any]:
         """Predictions and targets over the validation set (or ``dl``), concatenated."""
@@ -429,9 +309,10 @@ class Learner(Loop):
 
     def predict(self, x: Any, *, batched: bool | None = None) -> Any:
         """Predictions for one item or a batch ``x`` (eval mode, no gradients; every module's
-        train/eval mode is put back). ``batched=None`` tells them apart by the dataset's items;
-        one item gives its prediction without the batch dimension. See :mod:`pluglearn.predict`."""
-        from .predict import predict
+        train/eval mode is put back). ``batched=None`` tells them apart by the dataset's items; one
+        item gives its prediction without the batch dimension. See
+        :mod:`pluglearn.inference.predict`."""
+        from .inference.predict import predict
 
         with self.run.entry("predict") as nested, pdist.local():
             if nested:
@@ -446,12 +327,13 @@ class Learner(Loop):
         stop_div: bool = True,
     ) -> Any:
         """Sweep the lr exponentially from ``start_lr`` to ``end_lr`` over ``num_it`` training
-        batches and return an :class:`~pluglearn.lr_find.LRFindResult` (``.suggestion``,
-        ``.plot()``). The sweep is a throwaway fit with the :class:`~pluglearn.lr_find.LRFinder`
-        plugin, inside a capture and restore of the whole run (weights, optimizer, random
-        states, loaders, plugins' states): a fit after it equals one without it, bit for bit."""
-        from .callbacks.checkpoint import Checkpoint
-        from .lr_find import LRFinder
+        batches and return an :class:`~pluglearn.plugins.lr_find.LRFindResult` (``.suggestion``,
+        ``.plot()``). The sweep is a throwaway fit with the
+        :class:`~pluglearn.plugins.lr_find.LRFinder` plugin, inside a capture and restore of the
+        whole run (weights, optimizer, random states, loaders, plugins' states): a fit after it
+        equals one without it, bit for bit."""
+        from .checkpoint.plugin import Checkpoint
+        from .plugins.lr_find import LRFinder
 
         finder = LRFinder(start_lr, end_lr, num_it, stop_div)
         if self.dls.train is None and self.dls.train_ds is None:
@@ -474,15 +356,15 @@ class Learner(Loop):
 
     def save(self, path: Any) -> Any:
         """Write the model's weights to ``path`` (safetensors, atomically); see
-        :func:`pluglearn.weights.save_weights`. Returns the path written."""
-        from .weights import save_weights
+        :func:`pluglearn.checkpoint.weights.save_weights`. Returns the path written."""
+        from .checkpoint.weights import save_weights
 
         return save_weights(self.model, path)
 
     def load(self, path: Any) -> None:
         """Load weights written by ``save`` (or any state dict file) into the model, checking
-        every key and shape first; see :func:`pluglearn.weights.load_weights`."""
-        from .weights import load_weights
+        every key and shape first; see :func:`pluglearn.checkpoint.weights.load_weights`."""
+        from .checkpoint.weights import load_weights
 
         load_weights(self.model, path)
 
@@ -493,28 +375,7 @@ class Learner(Loop):
         the model, its predict plugins and loss); ``pluglearn.load_learner(path)`` reads it back
         in a fresh process without unpickling. Refused now, naming the fix (``model_args=``),
         when the model could not be rebuilt from it; ``pickle=True`` pickles the model instead
-        (unsafe to load from untrusted files). See :mod:`pluglearn.export`."""
-        from .export import export
+        (unsafe to load from untrusted files). See :mod:`pluglearn.inference.export`."""
+        from .inference.export import export
 
         return export(self, path, model_args=model_args, pickle=pickle)
-
-    def _validate(self, dl: Iterable[Any] | None, nested: bool = False) -> dict[str, Any]:
-        self.metrics, self.run.metric_owner = {}, {}
-        # rank-local: the fit's validation loader is this rank's shard, so one of the whole
-        # set is made for the call (and a DistributedSampler's loader read in order)
-        with self._loaders(train=False, fresh=nested and pdist.is_local()):
-            dl = pdist.unsharded(self.dls.valid if dl is None else dl)
-            if nested:  # a cancel of the outer fit's phases goes on to the outer fit
-                self._pass(train=False, dl=dl)
-            else:
-                self._run_entry(lambda: self._pass(train=False, dl=dl))
-        return dict(self.metrics)
-
-    def _make_opt(self) -> None:
-        if self._opt is None:
-            self._opt = self.opt_func(self.model.parameters(), lr=self._lr)
-        elif hasattr(self.opt, "param_groups"):
-            for group in self.opt.param_groups:
-                group["lr"] = self.lr
-        else:
-            self.opt.lr = self.lr

@@ -10,38 +10,42 @@ The batch reads as the algorithm, with a hook after each step::
 Each phase (fit, epoch, train, validate, batch) runs ``before_X``, its body, ``after_X``, and
 ``cleanup_X`` as its ``finally``; raising ``CancelXException`` ends phase X early (``after_X``
 skipped, ``cleanup_X`` runs). Any other exception calls ``on_error`` once, then the cleanups of
-every phase it crosses. The hooks are documented in :mod:`pluglearn.plugins.specs`; the
+every phase it crosses. The hooks are documented in :mod:`pluglearn.hooks.specs`; the
 position lives in the run state (:mod:`pluglearn.run.state`).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import torch
+from fastcore.basics import listify
 
-from .checks import check_done, check_loss, check_should_step, report_order
 from .data.loaders import length_of
-from .error_reporting import cancel_reason, cleanup_after_error, report_error, stray_cancel
+from .diagnostics.error_notes import cancel_reason, cleanup_after_error, report_error, stray_cancel
+from .diagnostics.input_checks import check_done, check_loss, check_should_step, report_order
+from .distributed import ranks as pdist
 from .exceptions import (
     CancelBatchException,
     CancelEpochException,
     CancelException,
+    CancelFitException,
     CancelTrainException,
     CancelValidateException,
 )
-from .metric_merge import merge_metrics
-from .plugins.dispatch import Dispatcher
+from .hooks.dispatch import Dispatcher
+from .run.metrics import merge_metrics
 from .run.replay import STATEFUL, epoch_order, loader_kind, replay, resume_stateful
+from .run.state import NESTED
 
 if TYPE_CHECKING:
     from torch import nn
 
     from .data.loaders import DataLoaders
-    from .plugins.manager import PluginRegistry
+    from .hooks.registry import PluginRegistry
     from .run.state import RunState
 
 
@@ -60,12 +64,82 @@ class Loop:
     loss: torch.Tensor | None
     metrics: dict[str, Any]
     wrapped_model: nn.Module | None
+    opt_func: Callable[..., Any]
+    _lr: float
+    _opt: Any
     _batches: Iterable[Any]
 
     @property
     def hooks(self) -> Dispatcher:
         """The dispatcher of the current plugin set (``learn.hooks.call("report", ...)``)."""
         return self._registry.calls
+
+    def _fit(
+        self,
+        n_epochs: int,
+        lr: float | None,
+        plugins: object | Sequence[object],
+        resume_from: Any = None,
+        missing_ok: bool = False,
+    ) -> None:
+        """The body of ``fit`` (and of ``lr_find``'s throwaway fit), inside its entry point."""
+        added: list[object] = []
+        try:
+            for plugin in listify(plugins):
+                self.add_plugin(plugin)
+                added.append(plugin)
+            if lr is not None and resume_from is None:
+                self._lr = lr
+            self.run.start_fit(n_epochs)
+            self._make_opt()
+            with self._loaders():
+                self.run.setting_up = True  # after_create_opt may replace learn.opt (FSDP)
+                try:
+                    self._run_entry(lambda: self.hooks.after_create_opt(self))
+                finally:
+                    self.run.setting_up = False
+                if resume_from is not None:
+                    from .checkpoint.resume import restore
+
+                    if not restore(self, resume_from, lr=lr, missing_ok=missing_ok):
+                        return  # nothing to resume: the saved run had stopped or finished
+                self._run_entry(lambda: self._phase("fit", CancelFitException, self._do_fit))
+        finally:
+            self.run.clear_resume()
+            for plugin in reversed(added):
+                if plugin in self._registry:
+                    self.remove_plugin(plugin)
+
+    def _nested(self, body: Callable[[], Any]) -> Any:
+        """Run ``body`` inside a running call and put the run back afterwards (position, batch
+        state, metrics, stop reason, modes, random states: :data:`~pluglearn.run.state.NESTED`),
+        so the outer call continues as if ``body`` had not run."""
+        snapshot = self.run.capture(self, NESTED)
+        try:
+            return body()
+        finally:
+            self.run.put_back(self, snapshot, "a nested call")
+
+    def _validate(self, dl: Iterable[Any] | None, nested: bool = False) -> dict[str, Any]:
+        self.metrics, self.run.metric_owner = {}, {}
+        # rank-local: the fit's validation loader is this rank's shard, so one of the whole
+        # set is made for the call (and a DistributedSampler's loader read in order)
+        with self._loaders(train=False, fresh=nested and pdist.is_local()):
+            dl = pdist.unsharded(self.dls.valid if dl is None else dl)
+            if nested:  # a cancel of the outer fit's phases goes on to the outer fit
+                self._pass(train=False, dl=dl)
+            else:
+                self._run_entry(lambda: self._pass(train=False, dl=dl))
+        return dict(self.metrics)
+
+    def _make_opt(self) -> None:
+        if self._opt is None:
+            self._opt = self.opt_func(self.model.parameters(), lr=self._lr)
+        elif hasattr(self.opt, "param_groups"):
+            for group in self.opt.param_groups:
+                group["lr"] = self.lr
+        else:
+            self.opt.lr = self.lr
 
     def _do_fit(self) -> None:
         pos = self.run.pos

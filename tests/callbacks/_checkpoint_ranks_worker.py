@@ -12,7 +12,7 @@ import torch.distributed as dist
 from torch import nn
 
 from pluglearn import DDP, DataLoaders, Learner, hookimpl
-from pluglearn.callbacks.checkpoint import Checkpoint
+from pluglearn.checkpoint.plugin import Checkpoint
 from tests.helpers import tiny_data
 
 

@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from pluglearn import DataLoaders, Learner, ManualBackward, hookimpl
-from pluglearn.callbacks.accumulate import GradientAccumulation
-from pluglearn.callbacks.checkpoint import Checkpoint
+from pluglearn.checkpoint.plugin import Checkpoint
+from pluglearn.plugins.accumulate import GradientAccumulation
 from tests.helpers import CrashAt, tiny_data
 
 DT = torch.float64
@@ -243,7 +243,7 @@ def test_one_batch_groups_are_accepted_and_step_every_batch_like_no_accumulation
 
 
 def test_a_0_dim_target_counts_one_item_and_uncountable_targets_name_the_fix():
-    from pluglearn.callbacks.accumulate import count_targets
+    from pluglearn.plugins.accumulate import count_targets
 
     learn = Learner(model(), DataLoaders(split(*data(4), [4])), defaults=False)
     learn.batch = (None, torch.tensor(3))

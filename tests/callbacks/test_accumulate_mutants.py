@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from pluglearn import CancelBatchException, DataLoaders, Learner, ManualBackward, hookimpl
-from pluglearn.callbacks.accumulate import GradientAccumulation
-from pluglearn.callbacks.checkpoint import Checkpoint
+from pluglearn.checkpoint.plugin import Checkpoint
+from pluglearn.plugins.accumulate import GradientAccumulation
 from tests.helpers import CrashAt, tiny_data
 
 DT = torch.float64

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from pluglearn import hookimpl
-from pluglearn.callbacks.checkpoint import Checkpoint
-from pluglearn.checkpoint import load_checkpoint, parse_name
+from pluglearn.checkpoint.files import load_checkpoint, parse_name
+from pluglearn.checkpoint.plugin import Checkpoint
 from tests.callbacks.test_checkpoint_mutants import CtrlC, learner
 
 

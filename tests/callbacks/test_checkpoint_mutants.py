@@ -13,8 +13,8 @@ import torch
 from torch import nn
 
 from pluglearn import DataLoaders, Learner, hookimpl
-from pluglearn.callbacks.checkpoint import Checkpoint
-from pluglearn.checkpoint import RUN_ID, parse_name
+from pluglearn.checkpoint.files import RUN_ID, parse_name
+from pluglearn.checkpoint.plugin import Checkpoint
 from tests.helpers import tiny_data
 
 

@@ -13,8 +13,8 @@ import torch.distributed as dist
 from torch import nn
 
 from pluglearn import DataLoaders, Learner
-from pluglearn.callbacks.checkpoint import Checkpoint
-from pluglearn.checkpoint import load_checkpoint, parse_name
+from pluglearn.checkpoint.files import load_checkpoint, parse_name
+from pluglearn.checkpoint.plugin import Checkpoint
 from tests.callbacks import _checkpoint_ranks_worker
 from tests.helpers import tiny_data
 

@@ -12,8 +12,8 @@ import torch
 from torch import nn
 
 from pluglearn import CancelFitException, DataLoaders, Learner, hookimpl
-from pluglearn.callbacks.checkpoint import Checkpoint
-from pluglearn.checkpoint import RUN_ID, parse_name, runs_in
+from pluglearn.checkpoint.files import RUN_ID, parse_name, runs_in
+from pluglearn.checkpoint.plugin import Checkpoint
 from tests.helpers import CrashAt, tiny_data
 
 

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pluglearn import Checkpoint, Compile, DataLoaders, Learner, hookimpl
-from pluglearn.weights import read_weights
+from pluglearn.checkpoint.weights import read_weights
 
 N_TRAIN, N_VALID, BS = 24, 16, 8  # 3 training batches, 1 validation batch of 16
 

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pluglearn import Checkpoint, DataLoaders, EarlyStopping, Learner
-from pluglearn.callbacks.ddp_agreement import disagreements, fingerprint, plugin_settings
+from pluglearn.distributed.agreement import disagreements, fingerprint, plugin_settings
 
 
 def learner(**kw) -> Learner:
@@ -27,7 +27,7 @@ def test_the_fingerprint_holds_the_settings_every_rank_must_share():
     said = fingerprint(learn)
     assert said["lr"] == 0.3 and said["batch_size"] == 8 and said["valid_batch_size"] == 16
     assert said["train data"] == "20 items" and said["valid data"] == "10 items"
-    defaults = ["AvgLoss", "ProgressBar", "TrainStep", "DefaultLoader"]
+    defaults = ["AvgLoss", "ProgressBar", "TrainStep", "DefaultLoader", "Device"]
     assert said["plugins"] == ["EarlyStopping", *defaults]
     assert said["EarlyStopping(patience=)"] == 4
     assert said["loss"] == "torch.nn.functional.cross_entropy"

@@ -17,9 +17,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from pluglearn import Accuracy, DataLoaders, Device, Learner, ProgressBar, hookimpl
-from pluglearn.batches import to_device
-from pluglearn.callbacks.device import available_devices, move_batch, pick_device
+from pluglearn.data.batch_ops import to_device
 from pluglearn.data.loaders import TensorBatchLoader
+from pluglearn.plugins.device import available_devices, move_batch, pick_device
 
 META = torch.device("meta")
 Pair = namedtuple("Pair", ["left", "right"])
@@ -247,7 +247,7 @@ def test_on_the_cpu_the_default_walks_no_batch_and_implements_no_batch_hook():
     learn = Learner(nn.Linear(3, 2), from_datasets(), device="cpu", defaults=False)
     assert learn.device == torch.device("cpu")
     assert not learn.hooks.implemented("before_batch")  # nothing is called per batch for it
-    assert {i.plugin for i in learn.hooks.impls["before_fit"]} == {"Device"}
+    assert "Device" in {i.plugin for i in learn.hooks.impls["before_fit"]}  # moves the model
     accelerator = Device("meta")
     assert type(accelerator).__name__ == "Device" and isinstance(accelerator, Device)
     assert hasattr(accelerator, "before_batch") and not hasattr(Device("cpu"), "before_batch")

@@ -12,8 +12,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from pluglearn import DataLoaders, Learner
-from pluglearn.callbacks.gradcheck import GradCheck, GradCheckError, GradCheckWarning, grad_errors
-from pluglearn.callbacks.manual_backward import ManualBackward
+from pluglearn.plugins.gradcheck import GradCheck, GradCheckError, GradCheckWarning, grad_errors
+from pluglearn.plugins.manual_backward import ManualBackward
 from pluglearn.scratch import CrossEntropy, Linear, Module, Relu, Sequential
 from tests.helpers import batches, tiny_data
 

@@ -18,8 +18,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from pluglearn import DataLoaders, Learner, hookimpl
-from pluglearn.callbacks.gradcheck import GradCheck, GradCheckError
-from pluglearn.callbacks.gradcheck_report import (
+from pluglearn.plugins.gradcheck import GradCheck, GradCheckError
+from pluglearn.plugins.gradcheck_report import (
     GradRow,
     failure_message,
     format_table,

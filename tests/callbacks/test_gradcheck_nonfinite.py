@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pluglearn import DataLoaders, Learner
-from pluglearn.callbacks.gradcheck import GradCheck, GradCheckError, GradCheckWarning
+from pluglearn.plugins.gradcheck import GradCheck, GradCheckError, GradCheckWarning
 from pluglearn.scratch import CrossEntropy, Linear, Module, Parameter, Sequential
 from tests.helpers import batches, tiny_data
 

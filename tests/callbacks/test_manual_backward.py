@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from pluglearn import DataLoaders, Learner, hookimpl
-from pluglearn.callbacks.accumulate import GradientAccumulation
-from pluglearn.callbacks.manual_backward import ManualBackward
+from pluglearn.plugins.accumulate import GradientAccumulation
+from pluglearn.plugins.manual_backward import ManualBackward
 from pluglearn.scratch import SGD, CrossEntropy, Linear, Relu, Sequential
 from tests.helpers import batches, tiny_data
 

@@ -14,8 +14,8 @@ import torch
 from torch import nn
 
 from pluglearn import DataLoaders, Learner, MixedPrecision
-from pluglearn.callbacks.mixed_precision import LossScaling
-from pluglearn.plugins.markers import hookimpl
+from pluglearn.hooks.markers import hookimpl
+from pluglearn.plugins.mixed_precision import LossScaling
 
 SCALER_HOOKS = ("backward", "before_step", "step")
 

@@ -11,7 +11,7 @@ pytest.importorskip("mlflow", reason="MLflowLogger needs pip install 'pluglearn[
 from mlflow.tracking import MlflowClient
 
 from pluglearn import Accuracy, AvgLoss, Checkpoint, Recorder, hookimpl
-from pluglearn.callbacks.mlflow_logger import MLflowLogger
+from pluglearn.plugins.mlflow_logger import MLflowLogger
 from tests.callbacks._trackers import Decay, FailIn, Keep, make_learner
 from tests.helpers import CrashAt
 

@@ -16,11 +16,11 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from pluglearn import DataLoaders, Learner, hookimpl
-from pluglearn.callbacks.checkpoint import Checkpoint
-from pluglearn.callbacks.multiprocess_loader import MultiprocessLoader, TensorItems
+from pluglearn.checkpoint.plugin import Checkpoint
 from pluglearn.data.loaders import TensorBatchLoader
 from pluglearn.data.multiprocess import MultiprocessDataLoader
 from pluglearn.data.worker_pool import WorkerError
+from pluglearn.plugins.multiprocess_loader import MultiprocessLoader, TensorItems
 from pluglearn.scratch.data import collate
 from tests.helpers import process_alive, wait_dead
 
@@ -341,7 +341,7 @@ _PARENT = """
 import sys
 from torch import nn
 from pluglearn import DataLoaders, Learner, hookimpl
-from pluglearn.callbacks.multiprocess_loader import MultiprocessLoader
+from pluglearn.plugins.multiprocess_loader import MultiprocessLoader
 from tests.callbacks._mp_datasets import SlowItems
 
 class ReportPids:

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from pluglearn import DataLoaders, Learner, Profiler, hookimpl
-from pluglearn.callbacks.profiler import LOADER
+from pluglearn.plugins.profiler import LOADER
 
 from ..helpers import batches, tiny_data, tiny_learner
 

@@ -18,14 +18,14 @@ from pluglearn import (
     Learner,
     hookimpl,
 )
-from pluglearn.callbacks.checkpoint import Checkpoint
-from pluglearn.callbacks.stopping import (
+from pluglearn.checkpoint.plugin import Checkpoint
+from pluglearn.checkpoint.weights import read_safetensors, read_weights
+from pluglearn.plugins.stopping import (
     EarlyStopping,
     MetricNotFoundError,
     SaveBest,
     TerminateOnNaN,
 )
-from pluglearn.weights import read_safetensors, read_weights
 from tests.helpers import EventLog, batches, tiny_data
 
 X, Y = tiny_data(12)

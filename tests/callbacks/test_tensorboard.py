@@ -12,7 +12,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams import plugin_data_pb2
 
 from pluglearn import Accuracy, AvgLoss, DataLoaders, Learner, Recorder, hookimpl
-from pluglearn.callbacks.tensorboard import TensorBoardLogger
+from pluglearn.plugins.tensorboard import TensorBoardLogger
 
 
 class Keep:

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from pluglearn import hookimpl
-from pluglearn.callbacks.tracking import TrackerLogger
+from pluglearn.plugins.tracking import TrackerLogger
 from tests.callbacks._trackers import make_learner
 
 

@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from pluglearn import DataLoaders, Learner, ProgressBar, hookimpl
-from pluglearn.callbacks.accumulate import GradientAccumulation
-from pluglearn.callbacks.train_step import TrainStep
+from pluglearn.plugins.accumulate import GradientAccumulation
+from pluglearn.plugins.train_step import TrainStep
 
 K = 3
 
@@ -230,7 +230,7 @@ def test_cross_entropy_on_one_output_column_is_refused_at_the_first_batch(loss_f
 def test_the_loss_reduction_is_read_from_modules_partials_and_function_defaults():
     from functools import partial
 
-    from pluglearn.callbacks.train_step import loss_reduction
+    from pluglearn.plugins.train_step import loss_reduction
 
     assert loss_reduction(F.cross_entropy) == "mean"
     assert loss_reduction(partial(F.cross_entropy, reduction="sum")) == "sum"

@@ -11,7 +11,7 @@ pytest.importorskip("wandb", reason="reading W&B runs needs pip install 'pluglea
 
 import wandb
 
-from pluglearn.callbacks.wandb_files import (
+from pluglearn.plugins.wandb_files import (
     BLOCK,
     WandbFileError,
     config,

@@ -13,8 +13,8 @@ pytest.importorskip("wandb", reason="WandbLogger needs pip install 'pluglearn[wa
 import wandb
 
 from pluglearn import Accuracy, AvgLoss, Checkpoint, Recorder
-from pluglearn.callbacks import wandb_files
-from pluglearn.callbacks.wandb_logger import WandbLogger
+from pluglearn.plugins import wandb_files
+from pluglearn.plugins.wandb_logger import WandbLogger
 from tests.callbacks._trackers import Decay, FailIn, Keep, make_learner
 from tests.helpers import CrashAt
 

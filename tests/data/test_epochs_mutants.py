@@ -173,7 +173,7 @@ def test_the_length_is_the_number_of_batches_each_rank_gets(n, drop_last, world,
 def test_a_rank_outside_the_world_is_refused(rank, world):
     with pytest.raises(ValueError, match=exact(
         f"rank={rank!r}, world_size={world!r}: give 0 <= rank < world_size "
-        "(pluglearn.dist.rank() and world_size() under torch.distributed)"
+        "(pluglearn.distributed.ranks.rank() and world_size() under torch.distributed)"
     )):  # fmt: skip
         EpochBatches(EpochOrder(10), 4, rank=rank, world_size=world)
     with pytest.raises(ValueError, match=exact(

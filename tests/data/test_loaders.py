@@ -16,7 +16,7 @@ from torch import nn
 
 import pluglearn
 from pluglearn import DataLoaders, Learner, hookimpl
-from pluglearn.callbacks.checkpoint import Checkpoint
+from pluglearn.checkpoint.plugin import Checkpoint
 from pluglearn.data.loaders import TensorBatchLoader
 
 # ----------------------------------------------------------------------------- no seed given

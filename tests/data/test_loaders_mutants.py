@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from pluglearn.data.loaders import TensorBatchLoader, check_batch_size, check_seed, draw_seed
-from pluglearn.dist import shard_bounds
+from pluglearn.distributed.ranks import shard_bounds
 
 X, Y = torch.arange(10.0).unsqueeze(1), torch.arange(10)
 
@@ -102,7 +102,7 @@ def test_a_rank_takes_its_slice_of_each_global_batch_and_knows_the_global_size()
 def test_a_rank_outside_the_world_is_refused(rank, world):
     message = (
         f"rank={rank!r}, world_size={world!r}: give 0 <= rank < world_size "
-        "(pluglearn.dist.rank() and world_size() under torch.distributed)."
+        "(pluglearn.distributed.ranks.rank() and world_size() under torch.distributed)."
     )
     with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
         TensorBatchLoader((X, Y), 4, rank=rank, world_size=world)

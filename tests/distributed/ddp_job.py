@@ -53,7 +53,7 @@ from pluglearn import (
     hookimpl,
 )
 from pluglearn import dist as pdist
-from pluglearn.callbacks.checkpoint import Checkpoint
+from pluglearn.checkpoint.plugin import Checkpoint
 
 N_TRAIN, N_VALID, N_FEATURES = 41, 23, 5
 
@@ -221,7 +221,7 @@ def main() -> None:
     held = pdist.gather_to_main(held)  # each rank's parameter elements (FSDP: its shards)
     weights = learn.model.state_dict()
     if args.fsdp and pdist.is_distributed():
-        from pluglearn.callbacks.fsdp import full_state
+        from pluglearn.distributed.fsdp import full_state
 
         weights = full_state(learn.model)[0]  # the shards gathered (a collective)
     if pdist.is_main_process():

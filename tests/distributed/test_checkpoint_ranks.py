@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pluglearn.checkpoint import parse_name
+from pluglearn.checkpoint.files import parse_name
 from tests.distributed.launch import run_case
 
 pytestmark = pytest.mark.skipif(

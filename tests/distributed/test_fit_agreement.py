@@ -23,7 +23,7 @@ EXPECTED = {
     "max_steps": "max_steps: 4 on rank 0, 5 on rank 1",
     "train data": "train data: '40 items' on rank 0, '36 items' on rank 1",
     "valid data": "valid data: '23 items' on rank 0, '20 items' on rank 1",
-    "plugins": "'TrainStep', 'DefaultLoader'] on rank 0, ['DDP', 'Accuracy', 'AvgLoss'",
+    "plugins": "'DefaultLoader', 'Device'] on rank 0, ['DDP', 'Accuracy', 'AvgLoss'",
     "EarlyStopping(patience=)": "EarlyStopping(patience=): 2 on rank 0, 3 on rank 1",
     "loss reduction": "loss reduction: 'mean' on rank 0, 'sum' on rank 1",
     "optimizer": "optimizer: 'torch.optim.sgd.SGD' on rank 0, 'torch.optim.adam.Adam' on rank 1",

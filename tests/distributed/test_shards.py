@@ -10,7 +10,7 @@ import torch
 from pluglearn.data.epochs import ItemLoader
 from pluglearn.data.loaders import TensorBatchLoader
 from pluglearn.data.multiprocess import MultiprocessDataLoader
-from pluglearn.dist import shard_bounds
+from pluglearn.distributed.ranks import shard_bounds
 
 X, Y = torch.arange(23.0).unsqueeze(1), torch.arange(23)
 

@@ -39,7 +39,7 @@ from pluglearn import (
     Recorder,
     hookimpl,
 )
-from pluglearn.weights import canonical_state
+from pluglearn.checkpoint.weights import canonical_state
 
 FEATURES = (
     "resume", "nested", "lr_find", "ddp", "compile", "accumulation", "dict", "metrics", "mixed"

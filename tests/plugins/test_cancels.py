@@ -1,4 +1,4 @@
-"""Whether a plugin may cancel is derived from its hooks' code (pluglearn.plugins.cancels):
+"""Whether a plugin may cancel is derived from its hooks' code (pluglearn.hooks.cancels):
 a reference to a cancel exception or to ``learn.run.stop``, in the hook, in what it defines, in
 module-level helpers of its module and in methods of its class; a declaration overrides it."""
 
@@ -21,10 +21,10 @@ from pluglearn import (
     TerminateOnNaN,
     hookimpl,
 )
-from pluglearn.callbacks.budget import StepBudget
-from pluglearn.callbacks.train_step import TrainStep
 from pluglearn.exceptions import CancelException
-from pluglearn.plugins.cancels import function_may_cancel, impl_may_cancel, plugin_may_cancel
+from pluglearn.hooks.cancels import function_may_cancel, impl_may_cancel, plugin_may_cancel
+from pluglearn.plugins.budget import StepBudget
+from pluglearn.plugins.train_step import TrainStep
 from tests.helpers import tiny_learner
 
 Stop = CancelFitException  # another name for a cancel

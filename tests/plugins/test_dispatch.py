@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from pluglearn import Accuracy, Learner, PluginError, hookimpl
-from pluglearn.plugins import specs
-from pluglearn.plugins.markers import PROJECT_NAME
-from pluglearn.plugins.specs import HOOKS
+from pluglearn.hooks import specs
+from pluglearn.hooks.markers import PROJECT_NAME
+from pluglearn.hooks.specs import HOOKS
 from tests.helpers import tiny_learner
 
 
@@ -179,7 +179,7 @@ class EnterFails:
 
 @pytest.mark.parametrize("others", [0, 1])
 def test_a_context_failing_to_enter_is_tagged_with_its_plugin_alone_or_with_others(others):
-    from pluglearn.plugins.dispatch import origin_of
+    from pluglearn.hooks.dispatch import origin_of
 
     log: list = []
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 import pytest
 
 from pluglearn import hookimpl
-from pluglearn.plugins.dispatch import Dispatcher, origin_of
-from pluglearn.plugins.specs import HOOKS
+from pluglearn.hooks.dispatch import Dispatcher, origin_of
+from pluglearn.hooks.specs import HOOKS
 from tests.helpers import tiny_learner
 
 
@@ -255,7 +255,7 @@ def test_call_refuses_an_unknown_hook_by_name():
     learn = tiny_learner([])
     with pytest.raises(KeyError) as info:
         learn.hooks.call("before_bacth", learn=learn)
-    assert info.value.args == ("no hook named 'before_bacth'; see pluglearn.plugins.specs",)
+    assert info.value.args == ("no hook named 'before_bacth'; see pluglearn.hooks.specs",)
 
 
 def test_call_refuses_missing_or_unexpected_arguments_and_names_them():

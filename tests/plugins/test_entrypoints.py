@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from pluglearn import DataLoaders, Learner, PluginError, PluginWarning
-from pluglearn.plugins.entrypoints import (
+from pluglearn.hooks.entrypoints import (
     BLOCK_ENV,
     DISABLE_ENV,
     PLUGINS_ENV,

@@ -1,5 +1,5 @@
 """The registry extension points (``wrap_hook_calls``, ``instrument_hooks``) are declared in
-pluglearn.plugins.specs with their arguments, implemented with ``@hookimpl`` and checked at
+pluglearn.hooks.specs with their arguments, implemented with ``@hookimpl`` and checked at
 registration like hooks: a misspelled or wrongly-signed one is a registration error, one
 without ``@hookimpl`` warns, and the registry uses only the declared, marked ones."""
 
@@ -8,8 +8,8 @@ from __future__ import annotations
 import pytest
 
 from pluglearn import hookimpl
-from pluglearn.plugins.guards import PluginError, PluginWarning
-from pluglearn.plugins.specs import EXTENSION_POINTS, HOOKS
+from pluglearn.hooks.guards import PluginError, PluginWarning
+from pluglearn.hooks.specs import EXTENSION_POINTS, HOOKS
 from tests.helpers import tiny_learner
 
 

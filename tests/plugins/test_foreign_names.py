@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 from pluglearn import DataLoaders, Learner, PluginError, PluginWarning, hookimpl
-from pluglearn.plugins import specs
-from pluglearn.plugins.foreign_names import FOREIGN_HOOKS, suggest
+from pluglearn.hooks import specs
+from pluglearn.hooks.foreign_names import FOREIGN_HOOKS, suggest
 
 REAL_HOOKS = {name for name, fn in vars(specs).items() if hasattr(fn, "pluglearn_spec")}
 

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 import pytest
 
 from pluglearn import PluginError, PluginWarning, hookimpl
-from pluglearn.plugins.manager import PluginRegistry
-from pluglearn.plugins.specs import HOOKS
+from pluglearn.hooks.registry import PluginRegistry
+from pluglearn.hooks.specs import HOOKS
 from tests.helpers import tiny_learner
 
 
@@ -135,7 +135,7 @@ def test_new_style_wrappers_run_through_pluggy_in_order():
 
 
 def test_every_hook_is_documented_with_its_call_order():
-    from pluglearn.plugins import specs
+    from pluglearn.hooks import specs
 
     for hook in HOOKS:
         doc = getattr(specs, hook).__doc__

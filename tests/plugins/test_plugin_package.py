@@ -21,7 +21,7 @@ PROBE = """
 import json, torch
 from torch import nn
 from pluglearn import DataLoaders, Learner
-from pluglearn.plugins.entrypoints import autoload_plugins
+from pluglearn.hooks.entrypoints import autoload_plugins
 
 out = {"autoload": [type(p).__name__ for p in autoload_plugins()]}
 x, y = torch.randn(16, 3), torch.randint(0, 2, (16,))
@@ -103,7 +103,7 @@ def test_the_suite_passes_with_the_example_package_installed(tmp_path):
     try:
         installed = {"PYTHONPATH": os.pathsep.join([str(target), os.environ.get("PYTHONPATH", "")])}
         # outside the suite (run() drops the PLUGLEARN_ variables) the package is live ...
-        probe = "from pluglearn.plugins.entrypoints import autoload_plugins as a; print(a())"
+        probe = "from pluglearn.hooks.entrypoints import autoload_plugins as a; print(a())"
         assert "GradNorm" in run([sys.executable, "-c", probe], **installed).stdout
         # ... and inside it those tests pass all the same
         suite = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
@@ -192,7 +192,7 @@ def test_installed_plugins_that_reseed_or_exit_at_import_neither_change_nor_end_
         )
         assert ended.returncode == 1, ended.stderr
         last = ended.stderr.strip().splitlines()[-1]
-        assert last.startswith("pluglearn.plugins.entrypoints.PluginLoadError: installed plugin ")
+        assert last.startswith("pluglearn.hooks.entrypoints.PluginLoadError: installed plugin ")
         assert "exits = pluglearn_exits:Plugin (pluglearn-exits 0.1)" in last
         assert "SystemExit(3)" in last and "PLUGLEARN_BLOCK_PLUGINS=exits" in last
     finally:

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from pluglearn import CancelFitException, Recorder, Scheduler, hookimpl
-from pluglearn.plugins.specs import HOOKS
+from pluglearn.hooks.specs import HOOKS
 from pluglearn.run.state import Position
 from tests.helpers import tiny_learner
 

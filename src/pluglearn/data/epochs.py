@@ -20,10 +20,11 @@ position (``epoch``, ``cursor`` in items, ``in_epoch``) and, when shuffling, the
 differ is refused: the position and the permutation only mean something for the same settings.
 
 Many processes: ``EpochBatches(..., rank=r, world_size=W)`` cuts the same global batches on every
-rank and hands rank ``r`` its contiguous slice of each (:func:`~pluglearn.dist.shard_bounds`), so
-``batch_size`` is the global batch and the position (in global items) is the same on every rank.
-A training plan keeps an empty slice (a last batch with fewer items than ranks: every rank must
-take part in each step); with ``skip_empty`` (validation) it is dropped.
+rank and hands rank ``r`` its contiguous slice of each
+(:func:`~pluglearn.distributed.ranks.shard_bounds`), so ``batch_size`` is the global batch and the
+position (in global items) is the same on every rank. A training plan keeps an empty slice (a last
+batch with fewer items than ranks: every rank must take part in each step); with ``skip_empty``
+(validation) it is dropped.
 """
 
 from __future__ import annotations
@@ -34,8 +35,8 @@ from typing import Any, NamedTuple
 import torch
 from fastcore.all import chunked
 
-from ..batches import collate
-from ..dist import shard_bounds
+from ..distributed.ranks import shard_bounds
+from .batch_ops import collate
 
 __all__ = ["EpochBatches", "EpochOrder", "EpochPlan", "ItemLoader", "no_items"]
 
@@ -248,7 +249,7 @@ class EpochBatches:
         if not (isinstance(world_size, int) and world_size >= 1 and 0 <= rank < world_size):
             raise ValueError(
                 f"rank={rank!r}, world_size={world_size!r}: give 0 <= rank < world_size "
-                "(pluglearn.dist.rank() and world_size() under torch.distributed)"
+                "(pluglearn.distributed.ranks.rank() and world_size() under torch.distributed)"
             )
         self.rank, self.world_size, self.skip_empty = rank, world_size, bool(skip_empty)
         self.order = order

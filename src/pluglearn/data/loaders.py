@@ -12,18 +12,18 @@ checkpoint resume mid-epoch in O(1): the generator state of the epoch start, a c
 and the settings that decide the order (a resume with another ``batch_size`` or ``drop_last``
 is refused, as it would skip or repeat items).
 
-Many processes (``rank``, ``world_size``; the :class:`~pluglearn.DDP` plugin's loaders get them
-from :mod:`pluglearn.dist`): ``batch_size`` is the *global* batch. Every rank draws the same
-permutation from the same generator, cuts it into the same global batches, and takes its
-contiguous slice of each (:func:`~pluglearn.dist.shard_bounds`: B/W items when W divides B), so
-W ranks see exactly the items one process would, batch by batch. A short last batch is split as
-evenly as it goes; with fewer items than ranks some ranks get an empty slice: a training loader
-yields it (every rank must take part in each step; the DDP plugin gives it zero weight), a
-validation loader (``skip_empty``) skips it, so no item is counted twice or left out. The state
-(cursor in global items, generator states) is the same on every rank, so a resume may use
-another number of ranks with the same global batch. ``global_items`` is the size of the global
-batch that the batch just handed out is a slice of: every rank knows it without communicating
-(the DDP plugin weights each rank's loss by it).
+Many processes (``rank``, ``world_size``; the :class:`~pluglearn.DDP` plugin's loaders get them from
+:mod:`pluglearn.distributed.ranks`): ``batch_size`` is the *global* batch. Every rank draws the same
+permutation from the same generator, cuts it into the same global batches, and takes its contiguous
+slice of each (:func:`~pluglearn.distributed.ranks.shard_bounds`: B/W items when W divides B), so W
+ranks see exactly the items one process would, batch by batch. A short last batch is split as evenly
+as it goes; with fewer items than ranks some ranks get an empty slice: a training loader yields it
+(every rank must take part in each step; the DDP plugin gives it zero weight), a validation loader
+(``skip_empty``) skips it, so no item is counted twice or left out. The state (cursor in global
+items, generator states) is the same on every rank, so a resume may use another number of ranks with
+the same global batch. ``global_items`` is the size of the global batch that the batch just handed
+out is a slice of: every rank knows it without communicating (the DDP plugin weights each rank's
+loss by it).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..dist import shard_bounds
+from ..distributed.ranks import shard_bounds
 from .arrays import as_dataset, check_input_dtype, tensors_of
 
 if TYPE_CHECKING:
@@ -104,7 +104,7 @@ class TensorBatchLoader:
         if not (isinstance(world_size, int) and world_size >= 1 and 0 <= rank < world_size):
             raise ValueError(
                 f"rank={rank!r}, world_size={world_size!r}: give 0 <= rank < world_size "
-                "(pluglearn.dist.rank() and world_size() under torch.distributed)."
+                "(pluglearn.distributed.ranks.rank() and world_size() under torch.distributed)."
             )
         self.rank, self.world_size, self.skip_empty = rank, world_size, bool(skip_empty)
         self.tensors = tuple(tensors)

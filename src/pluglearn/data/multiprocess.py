@@ -2,7 +2,7 @@
 
 (The notebook's own few-line form is :class:`pluglearn.scratch.DataLoader` with ``n_workers``;
 this is the production loader that
-:class:`~pluglearn.callbacks.multiprocess_loader.MultiprocessLoader` gives the Learner.)
+:class:`~pluglearn.plugins.multiprocess_loader.MultiprocessLoader` gives the Learner.)
 
 Worker processes take batches of indices from a task queue, fetch `dataset[i]`, call
 `collate_fn` and send the collated batch back. The parent keeps at most `prefetch` batches in
@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from ..batches import collate
+from .batch_ops import collate
 from .epochs import EpochBatches, EpochOrder, EpochPlan, no_items
 from .picklability import check_picklable
 from .worker_pool import (

@@ -1,4 +1,6 @@
-"""pluglearn's plugin machinery: markers (hookspec, hookimpl), specs (every hook and the dispatch
-table), guards (checks at registration), dispatch (the one caller of every hook), manager (the
-ordered registry) and entrypoints (plugins of installed packages). Plugin authors need only
-``from pluglearn import hookimpl``; everything else is imported from its defining module."""
+"""The built-in plugins of pluglearn, one concept per module.
+
+The plugins users add are importable from ``pluglearn`` itself (``from pluglearn import
+Accuracy``); everything else from the module that defines it, e.g.
+``pluglearn.plugins.train_step.TrainStep``. ``pluglearn plugins`` lists them with their hooks.
+"""

@@ -57,7 +57,7 @@ def _copied(value: Any, copy: bool) -> Any:
 
 
 def _sharded(learn: Learner) -> Any:
-    from ..resume_checks import fsdp_functions
+    from ..checkpoint.compatibility import fsdp_functions
 
     return fsdp_functions(learn)
 

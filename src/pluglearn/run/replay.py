@@ -103,7 +103,7 @@ def replay(learn: Learner, loader: Iterable[Any], resume: Resume) -> Iterator[An
     """An iterator over ``loader`` positioned after the ``resume.position`` batches the saved run
     trained on in its interrupted epoch (see the module doc); refused with an error naming what
     to use instead when that epoch cannot be reproduced."""
-    from ..checkpoint import CheckpointError
+    from ..checkpoint.files import CheckpointError
 
     if resume.order is None:
         raise CheckpointError(

@@ -52,7 +52,8 @@ ROLLBACK = (
     "position", "stop_reason", "lr", "model", "grads", "opt", "loader", "generators", "order",
     "plugins", "rng",
 )  # fmt: skip
-#: what a checkpoint holds (serialisable parts; :mod:`pluglearn.resume` writes and reads them)
+#: what a checkpoint holds (serialisable parts; :mod:`pluglearn.checkpoint.resume` writes and
+#: reads them)
 CHECKPOINT = (
     "position", "stop_reason", "lr", "model", "opt", "loader", "generators", "order",
     "plugins", "rng",
