@@ -31,7 +31,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -219,9 +219,6 @@ class RunState:
     def restore_position(self, saved: Position) -> None:
         for f in fields(Position):
             setattr(self.pos, f.name, getattr(saved, f.name))
-
-    def snapshot_position(self) -> Position:
-        return replace(self.pos)
 
     # -------------------------------------------------------------- capture / restore
 
