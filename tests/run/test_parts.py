@@ -75,16 +75,19 @@ def test_gradients_of_another_model_are_named_as_not_put_back():
     assert len(failed) == 1 and failed[0].startswith("the gradients (ValueError")
 
 
+class Unloadable:
+    """A plugin whose saved state cannot be put back."""
+
+    @hookimpl
+    def state_dict(self, learn):
+        return {"n": 1}
+
+    @hookimpl
+    def load_state_dict(self, learn, state):
+        raise ValueError("no way back")
+
+
 def test_a_failed_put_back_raises_naming_the_part_and_the_way_out():
-    class Unloadable:
-        @hookimpl
-        def state_dict(self, learn):
-            return {"n": 1}
-
-        @hookimpl
-        def load_state_dict(self, learn, state):
-            raise ValueError("no way back")
-
     learn = tiny_learner(plugins=[Unloadable()])
     snapshot = learn.run.capture(learn, SWEEP)
     with pytest.raises(RuntimeError) as caught:
@@ -96,15 +99,6 @@ def test_a_failed_put_back_raises_naming_the_part_and_the_way_out():
 
 
 def test_every_other_part_is_put_back_when_one_fails():
-    class Unloadable:
-        @hookimpl
-        def state_dict(self, learn):
-            return {"n": 1}
-
-        @hookimpl
-        def load_state_dict(self, learn, state):
-            raise ValueError("no way back")
-
     learn = tiny_learner(plugins=[Unloadable()])
     snapshot = learn.run.capture(learn, ["lr", "plugins", "rng"])
     expected = torch.rand(3)
