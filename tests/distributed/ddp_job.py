@@ -21,6 +21,8 @@ KeyboardInterrupt every rank ended with. ``--fsdp``: FSDP(layers=nn.Linear) inst
 ``--hold-at N``: rank 0 waits (for the parent's SIGKILL) once it printed ``batch N``, so that no
 checkpoint is written after N, however slowly the kill comes. ``--compile``: Compile(backend=
 "eager"); the result's ``compiled`` names what the model called in each pass compiles.
+``--first-epochs N``: a fit of N epochs, then one of the rest; ``--lr-find``: ``lr_find`` before
+the (last) fit, on every rank.
 """
 
 from __future__ import annotations
@@ -157,6 +159,8 @@ def main() -> None:
     parser.add_argument("--fsdp", action="store_true")
     parser.add_argument("--hold-at", type=int)
     parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--first-epochs", type=int, default=0, help="a fit of these epochs first")
+    parser.add_argument("--lr-find", action="store_true", help="lr_find before the (last) fit")
     args = parser.parse_args()
     torch.set_num_threads(1)
     # joins torchrun's process group (alone: a warning, and nothing)
@@ -212,7 +216,12 @@ def main() -> None:
     resume = args.ckpt if args.resume else None
     interrupted = None
     try:
-        learn.fit(args.epochs, resume_from=resume, missing_ok=resume is not None)
+        if args.first_epochs:
+            learn.fit(args.first_epochs)
+        if args.lr_find:
+            learn.lr_find(num_it=6)  # on every rank: its forwards and captures are collectives
+        epochs = args.epochs - args.first_epochs
+        learn.fit(epochs, resume_from=resume, missing_ok=resume is not None)
     except KeyboardInterrupt as error:  # Checkpoint saved and stopped every rank together
         interrupted = (str(error), learn.epoch, learn.train_iter)
     interrupts = pdist.gather_to_main(interrupted)

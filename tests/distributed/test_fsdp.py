@@ -89,3 +89,19 @@ def test_fsdp_alone_trains_as_one_process(tmp_path):
     plain = run_job(tmp_path / "plain", "--epochs", "1", nproc=1)
     for key in plain["weights"]:
         assert torch.equal(plain["weights"][key], alone["weights"][key]), key
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("first_epochs", [0, 1])
+def test_lr_find_on_a_sharded_model_leaves_the_next_fit_bit_identical(tmp_path, first_epochs):
+    # 0: lr_find before the first fit (the sweep's own fit shards the model); 1: after a fit,
+    # on a sharded model (the sweep captures and puts back the full state, a collective)
+    split = ("--first-epochs", str(first_epochs))
+    swept = run_job(tmp_path / "swept", "--fsdp", *split, "--lr-find")
+    plain = run_job(tmp_path / "plain", "--fsdp", *split)
+    for key in plain["weights"]:
+        assert torch.equal(plain["weights"][key], swept["weights"][key]), key
+    untimed = [[{k: v for k, v in r.items() if k != "time"} for r in run["history"]]
+               for run in (plain, swept)]  # fmt: skip
+    assert untimed[0] == untimed[1] and len(untimed[0]) == 3

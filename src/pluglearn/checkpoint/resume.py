@@ -165,7 +165,7 @@ def _parts(learn: Learner, state: dict[str, Any]) -> Snapshot:
             if sharded
             else {"state": own_keys(learn.model, state["model"])}
         ),
-        "opt": (learn.opt, state["opt"]),
+        "opt": (learn.opt, None if sharded else state["opt"]),  # sharded: loaded with the model
         "plugins": state["plugins"],
         "rng": state["rng"],
     }

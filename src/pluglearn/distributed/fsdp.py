@@ -73,6 +73,14 @@ def is_sharded(model: nn.Module) -> bool:
     return any(isinstance(m, FSDPModule) for m in model.modules())
 
 
+def holds_shards(state: dict[str, Any]) -> bool:
+    """True when ``state`` (a model's ``state_dict``) holds a sharded model's ``DTensor`` shards,
+    False when it holds whole tensors."""
+    from torch.distributed.tensor import DTensor
+
+    return any(isinstance(value, DTensor) for value in state.values())
+
+
 def _options(**kwargs: Any) -> Any:
     from torch.distributed.checkpoint.state_dict import StateDictOptions
 

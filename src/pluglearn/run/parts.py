@@ -114,16 +114,21 @@ def _restore_modes(learn: Learner, modes: list[tuple[Any, bool]]) -> None:
 
 def _capture_model(learn: Learner, copy: bool) -> dict[str, Any]:
     sharded = _sharded(learn)
-    if sharded is not None:  # the full state, gathered (a collective on every rank)
-        return {"full": sharded.full_state(learn.model, learn.opt)}
-    state = learn.model.state_dict()
+    if sharded is not None and not copy:  # a checkpoint: the full state, gathered to rank 0
+        return {"full": sharded.full_state(learn.model, learn.opt)}  # (a collective)
+    state = learn.model.state_dict()  # sharded: this rank's own shards
     return {"state": {k: v.detach().clone() for k, v in state.items()} if copy else state}
 
 
 def _restore_model(learn: Learner, saved: dict[str, Any]) -> None:
+    sharded = _sharded(learn)
     if "full" in saved:
         model_state, opt_state = saved["full"]
-        _sharded(learn).load_full_state(learn.model, learn.opt, model_state, opt_state)
+        sharded.load_full_state(learn.model, learn.opt, model_state, opt_state)
+    elif sharded is not None and not sharded.holds_shards(saved["state"]):
+        # taken before the model was sharded (lr_find before FSDP's first fit, whose sweep
+        # shards it): every rank holds the whole state, and keeps its shards of it
+        sharded.load_full_state(learn.model, None, saved["state"], None)
     else:
         learn.model.load_state_dict(saved["state"])
 
@@ -140,14 +145,16 @@ def _restore_grads(learn: Learner, grads: list[Any]) -> None:
 
 def _capture_opt(learn: Learner, copy: bool) -> tuple[Any, Any]:
     opt = learn.opt
-    state = opt.state_dict() if hasattr(opt, "state_dict") and _sharded(learn) is None else None
+    # a sharded model's checkpoint holds the optimizer's full state with the model's (above)
+    in_model = not copy and _sharded(learn) is not None
+    state = opt.state_dict() if hasattr(opt, "state_dict") and not in_model else None
     return opt, _copied(state, copy)
 
 
 def _restore_opt(learn: Learner, saved: tuple[Any, Any]) -> None:
     opt, state = saved
     learn._opt = opt  # None: the next fit makes a fresh one, as if the captured run had none
-    if opt is not None and state is not None and _sharded(learn) is None:
+    if opt is not None and state is not None:
         opt.load_state_dict(state)
 
 
