@@ -11,11 +11,13 @@ in with the ``plugin_autoload`` fixture.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from pluglearn.hooks.entrypoints import BLOCK_ENV, DISABLE_ENV, PLUGINS_ENV
+from tests.processes import kill_jobs
 
 _AUTOLOAD_VARS = (DISABLE_ENV, PLUGINS_ENV, BLOCK_ENV)
 _saved_environment: dict[str, str | None] = {}
@@ -35,6 +37,13 @@ def pytest_unconfigure(config: pytest.Config) -> None:
             os.environ.pop(var, None)
         else:
             os.environ[var] = value
+
+
+@pytest.fixture(autouse=True)
+def _no_process_outlives_its_test() -> Iterator[None]:
+    """The jobs a test started (tests/processes.py) die with it: passed, failed or timed out."""
+    yield
+    kill_jobs()
 
 
 @pytest.fixture

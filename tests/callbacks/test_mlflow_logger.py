@@ -41,6 +41,7 @@ def history(client: MlflowClient, run, key: str) -> list[tuple[int, float]]:
     return sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, key))
 
 
+@pytest.mark.slow
 def test_params_per_batch_values_and_reports_read_back(store, client):
     rec, keep = Recorder(), Keep()
     logger = MLflowLogger(store, experiment="read_back", params={"hidden": 7})
