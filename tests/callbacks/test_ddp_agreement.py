@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pluglearn import Checkpoint, DataLoaders, EarlyStopping, Learner
-from pluglearn.distributed.agreement import disagreements, fingerprint, plugin_settings
+from pluglearn.distributed.fit_agreement import disagreements, fingerprint, plugin_settings
 
 
 def learner(**kw) -> Learner:
