@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
 from pluglearn.hooks.entrypoints import BLOCK_ENV, DISABLE_ENV, PLUGINS_ENV
 from tests.processes import kill_jobs
@@ -29,6 +30,11 @@ def pytest_configure(config: pytest.Config) -> None:
     for var in (PLUGINS_ENV, BLOCK_ENV):
         os.environ.pop(var, None)
     os.environ[DISABLE_ENV] = "1"
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        # one thread per worker (and per process it starts): n workers x all cores would
+        # oversubscribe the CPU, and a timing test (the Profiler's) would read the contention
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
+        torch.set_num_threads(1)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
