@@ -42,7 +42,8 @@ def test_a_command_that_ends_leaves_nothing_it_started_in_another_session():
     assert wait_dead([grandchild], within=5), "the grandchild outlived the command that started it"
 
 
-def test_a_command_that_times_out_is_killed_with_everything_it_started(tmp_path):
+@pytest.mark.slow  # waits out its 3 s timeout
+def test_a_command_that_times_out_is_killed_with_everything_it_started():
     with pytest.raises(subprocess.TimeoutExpired) as expired:
         run(
             [sys.executable, "-c", _GRANDCHILD + "time.sleep(120)"],

@@ -15,6 +15,9 @@ from pluglearn.plugins.mlflow_logger import MLflowLogger
 from tests.callbacks._trackers import Decay, FailIn, Keep, make_learner
 from tests.helpers import CrashAt
 
+# one worker runs the whole module under -n: its tracking store costs seconds to create
+pytestmark = pytest.mark.xdist_group("mlflow")
+
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory) -> str:
