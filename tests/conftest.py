@@ -11,11 +11,14 @@ in with the ``plugin_autoload`` fixture.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
 from pluglearn.hooks.entrypoints import BLOCK_ENV, DISABLE_ENV, PLUGINS_ENV
+from tests.processes import kill_jobs
 
 _AUTOLOAD_VARS = (DISABLE_ENV, PLUGINS_ENV, BLOCK_ENV)
 _saved_environment: dict[str, str | None] = {}
@@ -27,6 +30,11 @@ def pytest_configure(config: pytest.Config) -> None:
     for var in (PLUGINS_ENV, BLOCK_ENV):
         os.environ.pop(var, None)
     os.environ[DISABLE_ENV] = "1"
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        # one thread per worker (and per process it starts): n workers x all cores would
+        # oversubscribe the CPU, and a timing test (the Profiler's) would read the contention
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
+        torch.set_num_threads(1)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -35,6 +43,13 @@ def pytest_unconfigure(config: pytest.Config) -> None:
             os.environ.pop(var, None)
         else:
             os.environ[var] = value
+
+
+@pytest.fixture(autouse=True)
+def _no_process_outlives_its_test() -> Iterator[None]:
+    """The jobs a test started (tests/processes.py) die with it: passed, failed or timed out."""
+    yield
+    kill_jobs()
 
 
 @pytest.fixture

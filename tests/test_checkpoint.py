@@ -21,6 +21,7 @@ from pluglearn.checkpoint.files import (
 )
 from pluglearn.checkpoint.plugin import Checkpoint
 from pluglearn.checkpoint.resume import capture
+from tests import processes
 from tests.helpers import DieAtStep, EventLog, batches, tiny_data
 from tests.resume_job import make_learner, run_and_signal
 
@@ -29,7 +30,7 @@ BATCHES_PER_EPOCH, EPOCHS = 20, 3
 
 
 def run_job(directory: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
+    return processes.run(
         [sys.executable, str(JOB), str(directory), *args],
         capture_output=True,
         text=True,
@@ -70,6 +71,7 @@ def saved_at(directory: Path) -> int:
 
 
 @pytest.mark.timeout(300)
+@pytest.mark.slow
 def test_sigkill_at_random_batches_then_resume_is_bit_identical(tmp_path, reference):
     cuts = random.Random(7).sample(range(1, BATCHES_PER_EPOCH * EPOCHS), 2)
     for cut in [BATCHES_PER_EPOCH, *cuts]:  # an epoch boundary and two random batches
@@ -86,6 +88,7 @@ def test_sigkill_at_random_batches_then_resume_is_bit_identical(tmp_path, refere
 
 
 @pytest.mark.timeout(120)
+@pytest.mark.slow
 def test_ctrl_c_saves_a_checkpoint_after_the_batch_then_resume_is_bit_identical(
     tmp_path, reference
 ):

@@ -25,6 +25,7 @@ from pluglearn.checkpoint.files import (
     new_run_id,
     save_checkpoint,
 )
+from tests import processes
 
 
 def exact(message: str) -> str:
@@ -204,7 +205,7 @@ def test_a_live_process_temporary_is_kept_and_the_process_left_alone(tmp_path):
         "import signal, time; signal.signal(signal.SIGHUP, signal.SIG_DFL); print('ready', "
         "flush=True); time.sleep(60)"
     )  # SIGHUP would end it (even under nohup): the check must send no signal at all
-    live = subprocess.Popen([sys.executable, "-c", sleeper], stdout=subprocess.PIPE, text=True)
+    live = processes.popen([sys.executable, "-c", sleeper], stdout=subprocess.PIPE, text=True)
     assert live.stdout is not None and live.stdout.readline() == "ready\n"
     try:
         tmp = temporary_path(tmp_path / "ckpt-s000000001-e0000.pt")
@@ -246,7 +247,6 @@ def test_an_odd_host_name_is_made_safe_and_its_dead_writes_are_still_found(
     tmp_path, monkeypatch, host, named
 ):
     import socket
-    import subprocess
     import sys
 
     from pluglearn.checkpoint.files import remove_stale_temporaries, temporary_path
@@ -254,7 +254,7 @@ def test_an_odd_host_name_is_made_safe_and_its_dead_writes_are_still_found(
     monkeypatch.setattr(socket, "gethostname", lambda: host)
     tmp = temporary_path(tmp_path / "ckpt-s000000001-e0000.pt")
     assert tmp.name == f".ckpt-s000000001-e0000.pt.{named}.{os.getpid()}.tmp"
-    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+    gone = processes.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True, check=True)  # fmt: skip
     dead = tmp.with_name(tmp.name.replace(f".{os.getpid()}.", f".{gone.stdout.strip()}."))
     dead.write_bytes(b"partial")

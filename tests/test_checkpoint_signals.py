@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from pluglearn.checkpoint.files import save_checkpoint
+from tests import processes
 
 
 class SendsCtrlC:
@@ -96,8 +97,8 @@ def test_a_save_outside_the_main_thread_holds_nothing_and_completes(tmp_path):
     assert signal.getsignal(signal.SIGINT) is before
 
 
+@pytest.mark.slow
 def test_with_the_default_action_the_process_still_dies_of_the_ctrl_c(tmp_path):
-    import subprocess
     import sys
     from pathlib import Path
 
@@ -111,7 +112,7 @@ def test_with_the_default_action_the_process_still_dies_of_the_ctrl_c(tmp_path):
         f"save_checkpoint(state(), {str(tmp_path / 'ckpt.pt')!r})\n"
         "print('saved')\n"
     )
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    done = processes.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert done.returncode == -signal.SIGINT, done.stderr[-2000:]
     assert "saved" not in done.stdout
     assert not (tmp_path / "ckpt.pt").exists()

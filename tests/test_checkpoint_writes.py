@@ -23,13 +23,14 @@ from torch import nn
 from pluglearn import DataLoaders, Learner
 from pluglearn.checkpoint.files import checkpoint_name, new_run_id, temporary_path
 from pluglearn.checkpoint.plugin import Checkpoint
+from tests import processes
 from tests.helpers import tiny_data
 
 JOB = Path(__file__).with_name("checkpoint_write_job.py")
 
 
 def run_job(directory: Path, mode: str) -> dict:
-    result = subprocess.run(
+    result = processes.run(
         [sys.executable, str(JOB), str(directory), mode],
         capture_output=True,
         text=True,
@@ -41,6 +42,7 @@ def run_job(directory: Path, mode: str) -> dict:
 
 
 @pytest.mark.timeout(300)
+@pytest.mark.slow
 def test_a_full_disk_during_a_write_is_an_oserror_naming_the_directory(tmp_path):
     # a file-size limit makes the write fail with EFBIG, as a full disk fails it with ENOSPC
     report = run_job(tmp_path, "file-size-limit")
@@ -51,6 +53,7 @@ def test_a_full_disk_during_a_write_is_an_oserror_naming_the_directory(tmp_path)
 
 
 @pytest.mark.timeout(300)
+@pytest.mark.slow
 def test_a_second_ctrl_c_during_a_write_is_a_keyboard_interrupt_and_leaves_no_file(tmp_path):
     report = run_job(tmp_path, "second-ctrl-c")
     assert report["type"] == "KeyboardInterrupt", report
@@ -68,7 +71,7 @@ def small_learner(directory: Path) -> Learner:
 def kill_mid_write(directory: Path, attempts: int = 5) -> list[Path]:
     """SIGKILL the job while it writes a checkpoint; returns the temporary files it left."""
     for _ in range(attempts):
-        child = subprocess.Popen(
+        child = processes.popen(
             [sys.executable, str(JOB), str(directory), "forever"],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
@@ -89,10 +92,11 @@ def kill_mid_write(directory: Path, attempts: int = 5) -> list[Path]:
 
 
 @pytest.mark.timeout(300)
+@pytest.mark.slow
 def test_a_new_fit_removes_the_temporary_a_killed_write_left(tmp_path):
     stale = kill_mid_write(tmp_path)
     # a write in progress in a live process (another run), and a killed one of another machine
-    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    sleeper = processes.popen([sys.executable, "-c", "import time; time.sleep(120)"])
     try:
         state = {"loop": {"train_iter": 1, "epoch": 0}}
         target = tmp_path / checkpoint_name(state, "ckpt", new_run_id())

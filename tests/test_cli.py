@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
 import sys
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import pytest
 
 from pluglearn.cli import first_sentence
 from pluglearn.hooks import specs
+from tests import processes
 
 SCRIPT = Path(sys.executable).with_name("pluglearn")
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -72,7 +72,7 @@ class MostlyMarked:
 
 def pluglearn(*args: str, cwd: Path | None = None, env: dict | None = None):
     assert SCRIPT.exists(), f"no console script at {SCRIPT}: reinstall with pip install -e ."
-    return subprocess.run(
+    return processes.run(
         [str(SCRIPT), *args],
         capture_output=True,
         text=True,
@@ -110,6 +110,7 @@ def readme_hook_kinds() -> dict[str, str]:
     return {hook.strip().strip("`"): kind.strip() for hook, _, kind, *_ in rows}
 
 
+@pytest.mark.slow
 def test_hooks_lists_every_hook_with_its_arguments_and_the_readmes_kind():
     rows = hooks_table()
     assert list(rows) == HOOKS
@@ -118,12 +119,14 @@ def test_hooks_lists_every_hook_with_its_arguments_and_the_readmes_kind():
     assert rows["cleanup_fit"]["kind"] == "run all" and rows["compute_loss"]["kind"] == "step"
 
 
+@pytest.mark.slow
 def test_hooks_legend_explains_every_kind_it_prints():
     legend = pluglearn("hooks").stdout.split("\nkinds:\n")[1]
     for kind in set(readme_hook_kinds().values()):
         assert re.search(rf"^  {kind} +\S", legend, re.M), kind
 
 
+@pytest.mark.slow
 def test_hooks_shows_each_descriptions_whole_first_sentence():
     rows = hooks_table()
     assert rows["forward_context"]["when"] == (
@@ -159,6 +162,7 @@ def test_first_sentence_does_not_stop_at_abbreviations_ellipses_or_numbers(doc, 
     assert first_sentence(doc) == sentence
 
 
+@pytest.mark.slow
 def test_hooks_name_prints_one_hooks_documentation_and_an_unknown_name_fails():
     result = pluglearn("hooks", "before_batch")
     assert result.returncode == 0
@@ -168,6 +172,7 @@ def test_hooks_name_prints_one_hooks_documentation_and_an_unknown_name_fails():
     assert result.returncode == 1 and "no hook named 'before_bacth'" in result.stderr
 
 
+@pytest.mark.slow
 def test_plugins_lists_built_in_and_installed_plugins_with_hooks_and_origin(tmp_path):
     (tmp_path / "cli_fake_plugin.py").write_text(PLUGINS)
     info = tmp_path / "cli_fake_plugin-2.5.dist-info"
@@ -184,6 +189,7 @@ def test_plugins_lists_built_in_and_installed_plugins_with_hooks_and_origin(tmp_
     assert lines[at + 1].split() == ["hooks:", "after_batch"]
 
 
+@pytest.mark.slow
 def test_check_passes_a_good_plugin_class_or_object(plugin_dir):
     for spec in ("my_plugins:Good", "my_plugins:GOOD"):
         result = pluglearn("check", spec, cwd=plugin_dir)
@@ -198,12 +204,14 @@ def test_check_passes_a_good_plugin_class_or_object(plugin_dir):
         ("my_plugins:WrongArg", "'learner' that the hook does not provide"),
     ],
 )
+@pytest.mark.slow
 def test_check_fails_with_the_guards_message(plugin_dir, spec, message):
     result = pluglearn("check", spec, cwd=plugin_dir)
     assert result.returncode == 1
     assert result.stderr.startswith(f"FAILED {spec}: ") and message in result.stderr
 
 
+@pytest.mark.slow
 def test_check_warns_and_strict_turns_warnings_into_failures(tmp_path):
     (tmp_path / "mostly.py").write_text(MOSTLY_MARKED)
     result = pluglearn("check", "mostly:MostlyMarked", cwd=tmp_path)
@@ -236,6 +244,7 @@ def test_check_warns_and_strict_turns_warnings_into_failures(tmp_path):
         ),
     ],
 )
+@pytest.mark.slow
 def test_check_refuses_what_is_not_a_plugin_with_the_reason_and_the_fix(
     plugin_dir, spec, problem, fix
 ):
@@ -255,12 +264,14 @@ def test_check_refuses_what_is_not_a_plugin_with_the_reason_and_the_fix(
         ("my_plugins:NeedsArgs", "cannot be made with no arguments"),
     ],
 )
+@pytest.mark.slow
 def test_check_names_what_could_not_be_loaded(plugin_dir, spec, message):
     result = pluglearn("check", spec, cwd=plugin_dir)
     assert result.returncode == 2
     assert f"cannot load {spec}" in result.stderr and message in result.stderr
 
 
+@pytest.mark.slow
 def test_ctrl_c_ends_the_command_with_one_line_and_status_130(tmp_path):
     (tmp_path / "slow_plugin.py").write_text(
         "import os, signal\nos.kill(os.getpid(), signal.SIGINT)  # Ctrl-C during its import\n"
@@ -270,6 +281,7 @@ def test_ctrl_c_ends_the_command_with_one_line_and_status_130(tmp_path):
     assert result.stderr == "pluglearn: interrupted (it saves nothing: run it again)\n"
 
 
+@pytest.mark.slow
 def test_help_lists_the_three_commands():
     result = pluglearn("--help")
     assert result.returncode == 0

@@ -270,6 +270,7 @@ def check_complete(phase: Phase, stack: list[Phase], n_epochs: int, n_batches: d
     n_epochs=st.integers(2, 3),
     n_valid=st.integers(1, 2),
 )
+@pytest.mark.slow
 def test_random_plugins_keep_the_contract(plugin_specs, n_epochs, n_valid):
     """Random plugins, plain or new-style wrappers, some validating from inside a training
     batch, raising cancels and errors at random points, keep the contract."""

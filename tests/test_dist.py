@@ -16,6 +16,8 @@ from tests import _dist_worker
 
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")
 @pytest.mark.timeout(120)
+@pytest.mark.slow
+@pytest.mark.xdist_group("ranks")  # two-rank jobs run one at a time
 def test_metrics_are_averaged_over_every_process_and_only_rank_0_reports(tmp_path):
     ctx = mp.get_context("spawn")
     ranks = [

@@ -13,7 +13,6 @@ import importlib
 import importlib.util
 import os
 import re
-import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -23,6 +22,7 @@ import pytest
 import pluglearn
 import pluglearn.scratch
 from pluglearn.hooks import specs
+from tests import processes
 
 ROOT = Path(__file__).resolve().parents[1]
 API_PAGES = ROOT / "docs" / "api"
@@ -113,7 +113,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
     # not --quiet: it drops warnings before --strict counts them, and the build passes
     cmd = [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(out)]
-    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    done = processes.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, f"mkdocs build --strict failed:\n{done.stdout}{done.stderr}"
     return out
 

@@ -10,12 +10,14 @@ from pathlib import Path
 
 import pytest
 
+from tests import processes
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_PICKLE = ROOT.parent / "shared/data/mnist/mnist-t10k-split.pkl.gz"
 
 
 def run_example(name: str, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
+    return processes.run(
         [sys.executable, str(ROOT / "examples" / name), *args],
         env={**os.environ, **(env or {})},
         capture_output=True,
@@ -25,6 +27,7 @@ def run_example(name: str, *args: str, env: dict | None = None) -> subprocess.Co
     )
 
 
+@pytest.mark.slow
 def test_main_example_trains_on_digits_and_writes_the_plot(tmp_path):
     plot = tmp_path / "loss.png"
     result = run_example("train_mlp.py", "--data", "digits", "--epochs", "3", "--plot", str(plot))
@@ -33,6 +36,7 @@ def test_main_example_trains_on_digits_and_writes_the_plot(tmp_path):
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_main_example_exits_non_zero_below_its_target():
     result = run_example(
         "train_mlp.py", "--data", "digits", "--epochs", "1", "--plot", "", "--target", "1.01"
@@ -49,12 +53,14 @@ def test_main_example_reaches_95_percent_on_the_shared_mnist_pickle():
     assert accuracy >= 0.95
 
 
+@pytest.mark.slow
 def test_plugin_example_stops_at_its_target():
     result = run_example("write_a_plugin.py")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "stopped: StopAtAccuracy" in result.stdout and result.stdout.rstrip().endswith("OK")
 
 
+@pytest.mark.slow
 def test_main_example_defaults_to_digits_when_mnist_needs_a_download(tmp_path):
     env = {"PLUGLEARN_CACHE": str(tmp_path), "PLUGLEARN_MNIST_URL": ""}
     result = run_example("train_mlp.py", "--epochs", "1", "--plot", "", "--target", "0", env=env)
@@ -74,6 +80,7 @@ EXAMPLES = [p.name for p in sorted((ROOT / "examples").glob("*.py"))]
 
 
 @pytest.mark.parametrize("name", EXAMPLES)
+@pytest.mark.slow
 def test_every_example_answers_help_and_every_flag_has_help_text(name):
     result = run_example(name, "--help")
     assert result.returncode == 0, result.stdout + result.stderr
@@ -86,6 +93,7 @@ def test_every_example_answers_help_and_every_flag_has_help_text(name):
             assert same_line or below, f"{name}: {line.strip()} has no help text"
 
 
+@pytest.mark.slow
 def test_main_example_says_what_to_do_when_mnist_cannot_be_downloaded(tmp_path):
     env = {
         "PLUGLEARN_CACHE": str(tmp_path),
@@ -98,6 +106,7 @@ def test_main_example_says_what_to_do_when_mnist_cannot_be_downloaded(tmp_path):
     assert len(result.stderr.strip().splitlines()) <= 4
 
 
+@pytest.mark.slow
 def test_both_mnist_examples_say_the_same_two_lines_when_mnist_cannot_be_had(tmp_path):
     env = {
         "PLUGLEARN_CACHE": str(tmp_path),
@@ -114,11 +123,13 @@ def test_both_mnist_examples_say_the_same_two_lines_when_mnist_cannot_be_had(tmp
     assert scratch.stderr == main.stderr
 
 
+@pytest.mark.slow
 def test_main_example_says_in_its_help_that_it_trains_on_the_digits_without_mnist():
     description = run_example("train_mlp.py", "--help").stdout.split("\n\n")[1]
     assert "MNIST" in description and "digits" in description, description
 
 
+@pytest.mark.slow
 def test_main_example_with_lr_find_prints_and_uses_the_suggestion():
     result = run_example(
         "train_mlp.py", "--data", "digits", "--epochs", "2", "--plot", "", "--lr-find"
@@ -130,6 +141,7 @@ def test_main_example_with_lr_find_prints_and_uses_the_suggestion():
     assert used and used.group(1) == found.group(1)  # the fit used the suggestion
 
 
+@pytest.mark.slow
 def test_hf_example_trains_a_tiny_transformer_and_checks_itself():
     pytest.importorskip("transformers")
     result = run_example("hf_model.py", "--epochs", "4")
@@ -137,12 +149,13 @@ def test_hf_example_trains_a_tiny_transformer_and_checks_itself():
     assert "final validation accuracy" in result.stdout
 
 
+@pytest.mark.slow
 def test_hf_example_skips_cleanly_without_transformers():
     blocked = (
         "import runpy, sys; sys.modules['transformers'] = None; sys.argv = ['hf_model.py']; "
         "runpy.run_path('examples/hf_model.py', run_name='__main__')"
     )
-    result = subprocess.run(
+    result = processes.run(
         [sys.executable, "-c", blocked], capture_output=True, text=True, timeout=240, cwd=ROOT
     )
     assert result.returncode == 0, result.stderr
@@ -153,6 +166,7 @@ def final_accuracy(stdout: str) -> float:
     return float(stdout.split("final validation accuracy: ")[1].split()[0])
 
 
+@pytest.mark.slow
 def test_main_example_with_one_cycle_reaches_its_target():
     result = run_example(
         "train_mlp.py", "--data", "digits", "--epochs", "3", "--plot", "", "--one-cycle"
@@ -161,6 +175,7 @@ def test_main_example_with_one_cycle_reaches_its_target():
     assert "recipes: one-cycle\n" in result.stdout
 
 
+@pytest.mark.slow
 def test_main_example_in_bfloat16_reaches_its_target_in_the_band_of_float32():
     args = ("train_mlp.py", "--data", "digits", "--epochs", "3", "--plot", "")
     bf16, fp32 = run_example(*args, "--bf16"), run_example(*args)

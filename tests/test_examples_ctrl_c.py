@@ -17,13 +17,15 @@ from pathlib import Path
 
 import pytest
 
+from tests import processes
+
 ROOT = Path(__file__).resolve().parents[1]
 EPOCHS = 12  # digits: about 0.1 s an epoch, so the run is still going when the signal lands
 
 
 def interrupt_after_first_epoch(script: str, *args: str) -> tuple[int, str]:
     """Run ``examples/script``, send it SIGINT once epoch 1's line is out; (exit code, stderr)."""
-    child = subprocess.Popen(
+    child = processes.popen(
         [sys.executable, f"examples/{script}", *args],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -65,13 +67,13 @@ def test_ctrl_c_in_train_mlp_saves_says_how_to_resume_and_the_resume_completes_t
     assert saved.parent == checkpoints and saved.exists()
     assert command[1:] == ["examples/train_mlp.py", *mlp_args("--checkpoints", str(checkpoints))]
 
-    resumed = subprocess.run(
+    resumed = processes.run(
         [sys.executable, *command[1:]], capture_output=True, text=True, timeout=120, cwd=ROOT
     )
     assert resumed.returncode == 0, resumed.stderr
     epochs = re.findall(r"^epoch (\d+)/", resumed.stderr, re.M)
     assert epochs and int(epochs[0]) > 1 and epochs[-1] == str(EPOCHS)  # went on, not over
-    whole = subprocess.run(
+    whole = processes.run(
         [sys.executable, "examples/train_mlp.py", *mlp_args()],
         capture_output=True,
         text=True,
@@ -81,6 +83,7 @@ def test_ctrl_c_in_train_mlp_saves_says_how_to_resume_and_the_resume_completes_t
     assert final_accuracy(resumed.stdout) == final_accuracy(whole.stdout)
 
 
+@pytest.mark.slow
 def test_ctrl_c_in_train_mlp_without_checkpoints_says_nothing_was_saved():
     code, stderr = interrupt_after_first_epoch("train_mlp.py", *mlp_args())
     assert code == 130, stderr

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
-import subprocess
 import sys
 from pathlib import Path
+
+import pytest
+
+from tests import processes
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_custom_module_example_passes_its_own_checks():
-    result = subprocess.run(
+    result = processes.run(
         [sys.executable, str(ROOT / "examples" / "custom_module.py")],
         capture_output=True,
         text=True,

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests import processes
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -17,7 +19,7 @@ def run_example(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
     # no MNIST source and an empty cache: the example must pick the bundled digits, offline
     env = {k: v for k, v in os.environ.items() if k != "PLUGLEARN_MNIST_URL"}
     env["PLUGLEARN_CACHE"] = str(tmp_path / "cache")
-    return subprocess.run(
+    return processes.run(
         [sys.executable, str(ROOT / "examples" / "from_scratch.py"), *args],
         capture_output=True,
         text=True,
@@ -34,6 +36,7 @@ def number(pattern: str, text: str) -> float:
 
 
 @pytest.mark.timeout(150)
+@pytest.mark.slow
 def test_from_scratch_example_walks_the_notebook_and_passes_its_checks(tmp_path):
     result = run_example(tmp_path)
     out = result.stdout
@@ -56,6 +59,7 @@ def test_from_scratch_example_walks_the_notebook_and_passes_its_checks(tmp_path)
 
 
 @pytest.mark.timeout(150)
+@pytest.mark.slow
 def test_from_scratch_example_exits_non_zero_when_a_check_fails(tmp_path):
     result = run_example(tmp_path, "--epochs", "1", "--target", "1.01")
     assert result.returncode == 1

@@ -3,7 +3,6 @@ the pickle opt-in, and the Learner that load_learner gives."""
 
 from __future__ import annotations
 
-import subprocess
 import sys
 import warnings
 from pathlib import Path
@@ -22,6 +21,7 @@ from pluglearn import (
     hookimpl,
     load_learner,
 )
+from tests import processes
 from tests._export_models import MLP, Configured, Hidden, TinyHF, smooth_loss
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -147,7 +147,7 @@ def test_predict_after_load_learner_in_a_fresh_process_equals_predict_before_exp
     dl = [(X[32:], Y[32:])]
     expected["sequential.get_preds"] = plain.get_preds(dl=dl)[0]
     expected["sequential.valid_loss"] = torch.tensor(plain.validate(dl=dl)["valid_loss"])
-    run = subprocess.run(
+    run = processes.run(
         [sys.executable, "-c", FRESH_PROCESS, str(tmp_path), *CASES],
         cwd=ROOT,
         capture_output=True,

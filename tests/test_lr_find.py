@@ -34,6 +34,7 @@ def same(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:
 
 
 @pytest.mark.parametrize("num_it", [5, 20])  # shorter than an epoch, and more than two epochs
+@pytest.mark.slow
 def test_a_fit_after_lr_find_gives_the_weights_of_a_fit_without_it(num_it):
     plain = make()
     plain.fit(2)
@@ -45,6 +46,7 @@ def test_a_fit_after_lr_find_gives_the_weights_of_a_fit_without_it(num_it):
     assert same(weights(swept), weights(plain))
 
 
+@pytest.mark.slow
 def test_lr_find_between_fits_puts_back_the_optimizer_state_and_position():
     plain = make()
     plain.fit(1)
@@ -89,6 +91,7 @@ def test_the_sweep_is_exponential_and_the_model_modes_are_put_back():
     assert [m.training for m in learn.model.modules()] == [False, True, False, False, False]
 
 
+@pytest.mark.slow
 def test_a_diverging_loss_ends_the_sweep_early():
     learn = make(opt_func=torch.optim.SGD)
     result = learn.lr_find(start_lr=1e-3, end_lr=1e6, num_it=100)
@@ -163,6 +166,7 @@ def test_checkpoints_are_not_written_during_the_sweep(tmp_path):
     assert list(tmp_path.glob("*.pt"))
 
 
+@pytest.mark.slow
 def test_plot_returns_a_figure_or_writes_the_file(tmp_path):
     result = make().lr_find(num_it=6)
     assert type(result.plot()).__name__ == "Figure"
@@ -205,6 +209,7 @@ def recorded(learn: Learner) -> tuple:
 
 
 @pytest.mark.parametrize("fits_before", [0, 1])
+@pytest.mark.slow
 def test_plugins_state_after_lr_find_is_the_state_without_it(fits_before):
     from pluglearn import Recorder
 
@@ -252,6 +257,7 @@ def user_loader(kind: str):
 
 
 @pytest.mark.parametrize("kind", ["generator", "global", "tensor", "stateful"])
+@pytest.mark.slow
 def test_lr_find_puts_back_a_user_loader_and_its_generator(kind):
     """Its order must be the same after the sweep as without it: the sweep draws from the
     loader's generator (or the global one) and advances a stateful loader."""
@@ -300,6 +306,7 @@ def fastai_steep(lrs, smoothed, num_it):
     return lrs[skip + int(slopes.argmin())]
 
 
+@pytest.mark.slow
 def test_on_a_partly_trained_model_the_suggestion_skips_the_noisy_start_of_the_sweep():
     learn = digits_learner(epochs=1)
     result = learn.lr_find()
@@ -329,6 +336,7 @@ def test_the_result_prints_as_one_short_line():
     assert f"{len(result.lrs)} points" in text and "diverged=True" in text
 
 
+@pytest.mark.slow
 def test_the_plot_shows_its_labels_and_the_useful_loss_range():
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 

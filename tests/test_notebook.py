@@ -3,12 +3,12 @@ a kernel the plots show inline exactly once and ``show_hooks`` prints its table.
 
 from __future__ import annotations
 
-import subprocess
 import sys
 
 import pytest
 
 from pluglearn.plugins.notebook import in_notebook, kernel_shell
+from tests import processes
 from tests.notebook_kernel import KernelRun, run_cells
 
 SETUP = """
@@ -53,7 +53,7 @@ def test_a_terminal_ipython_is_not_a_notebook_even_with_ipykernel_imported():
         "from pluglearn.plugins.notebook import in_notebook\n"
         "print(type(get_ipython()).__name__, in_notebook())"
     )
-    result = subprocess.run(
+    result = processes.run(
         [sys.executable, "-m", "IPython", "--quick", "--no-banner", "-c", code],
         capture_output=True,
         text=True,

@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from pluglearn.checkpoint.files import checkpoints_in, load_checkpoint
+from tests import processes
 from tests.resume_job import run_and_signal
 
 JOB = Path(__file__).with_name("resume_job.py")
@@ -27,7 +28,7 @@ TOTAL = BATCHES_PER_EPOCH * EPOCHS
 
 
 def run_job(directory: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
+    return processes.run(
         [sys.executable, str(JOB), str(directory), "--recipes", *args],
         capture_output=True,
         text=True,
@@ -55,6 +56,7 @@ def trained_batches(stdout: str) -> list[int]:
 
 
 @pytest.mark.timeout(300)
+@pytest.mark.slow
 def test_sigkill_mid_epoch_with_all_four_recipes_then_resume_is_bit_identical(tmp_path, reference):
     ref_weights, ref_record = reference
     assert ref_record["opt_steps"] == TOTAL // ACCUMULATE
@@ -85,6 +87,7 @@ def test_sigkill_mid_epoch_with_all_four_recipes_then_resume_is_bit_identical(tm
             assert got_record[key] == ref_record[key], f"{key} differs after resume at {cut}"
 
 
+@pytest.mark.slow
 def test_a_run_from_scratch_is_told_apart_from_the_resumed_one(tmp_path, reference):
     """The oracle can fail: a run that starts over from batch 1 after the kill (another
     seed: the resumed state thrown away) does not give the reference weights."""

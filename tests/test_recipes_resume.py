@@ -39,6 +39,7 @@ def learner(plugins=()):
 
 # 11 batches an epoch in groups of 3: cuts inside a group, at a group's end, in the tail
 @pytest.mark.parametrize("cut", [(0, 4), (1, 5), (1, 9), (2, 10)])
+@pytest.mark.slow
 def test_all_four_recipes_resume_bit_identical(tmp_path, cut):
     done = learner()
     done.fit_one_cycle(3, 0.4)
@@ -67,6 +68,7 @@ def fp16_learner(plugins=(), dtype=torch.float16):
 
 
 @pytest.mark.parametrize("cut", [(0, 3), (1, 6)])
+@pytest.mark.slow
 def test_float16_with_its_scaler_resumes_bit_identical(tmp_path, cut):
     done = fp16_learner()
     done.fit(3)
@@ -95,6 +97,7 @@ def test_the_scalers_state_round_trips_through_the_plugins_state():
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.slow
 def test_a_mixed_precision_checkpoint_resumed_without_mixed_precision_is_refused(tmp_path, dtype):
     from pluglearn import CheckpointError
 

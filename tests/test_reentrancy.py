@@ -66,6 +66,7 @@ def test_validate_inside_a_hook_gives_the_same_metrics_as_outside():
     assert learn.validate()["valid_loss"] == learn.metrics["valid_loss"]
 
 
+@pytest.mark.slow
 def test_get_preds_inside_a_hook_is_exact_too():
     class Preds:
         def __init__(self):

@@ -43,6 +43,7 @@ def refused(tmp_path, state, n_epochs=3, learn=None, **fit):
     return str(error.value).split("\n")[0].replace(str(path), "<path>")
 
 
+@pytest.mark.slow
 def test_damaged_random_states_and_stop_reasons_are_refused(tmp_path):
     state = checkpoint(tmp_path)
     del state["rng"]["torch"]

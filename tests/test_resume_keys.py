@@ -54,6 +54,7 @@ def crash(model: nn.Module, directory, dtype: torch.dtype = torch.float32) -> No
 @pytest.mark.parametrize(
     ("saved_from", "resumed_into"), [(eager, lambda m: m), (lambda m: m, eager)]
 )
+@pytest.mark.slow
 def test_a_compiled_fit_and_its_plain_model_resume_each_others_checkpoints(
     tmp_path, saved_from, resumed_into
 ):

@@ -45,6 +45,7 @@ def test_a_finished_run_starts_no_fit_and_a_stateless_cut_at_an_epoch_end_replay
     assert fits.started == 0
 
 
+@pytest.mark.slow
 def test_a_resumed_accumulating_run_counts_its_steps_on_from_the_saved_ones(tmp_path):
     from pluglearn import GradientAccumulation
 
@@ -57,6 +58,7 @@ def test_a_resumed_accumulating_run_counts_its_steps_on_from_the_saved_ones(tmp_
     assert resumed.opt_steps == done.opt_steps == 9
 
 
+@pytest.mark.slow
 def test_the_run_base_lr_comes_back_not_the_scheduled_one(tmp_path):
     from torch.optim.lr_scheduler import StepLR
 
@@ -76,6 +78,7 @@ def test_the_run_base_lr_comes_back_not_the_scheduled_one(tmp_path):
     assert older.lr == 0.1
 
 
+@pytest.mark.slow
 def test_a_one_cycle_run_resumes_with_its_lr_max_not_the_scheduler_starting_lr(tmp_path):
     with pytest.raises(RuntimeError, match="killed"):
         learner([Checkpoint(tmp_path, every_n_batches=1)]).fit_one_cycle(
@@ -123,6 +126,7 @@ def test_a_plugin_state_a_safe_load_would_refuse_is_refused_when_saving(tmp_path
         learner([UnsafeState(), Checkpoint(tmp_path, every_n_batches=1)]).fit(1)
 
 
+@pytest.mark.slow
 def test_an_optimizer_state_the_learner_cannot_take_or_lacks_is_refused(tmp_path):
     from torch import nn
 
@@ -145,6 +149,7 @@ def test_an_optimizer_state_the_learner_cannot_take_or_lacks_is_refused(tmp_path
             learner().fit(3, resume_from=path)
 
 
+@pytest.mark.slow
 def test_a_run_with_the_scratch_optimizer_resumes_exactly(tmp_path):
     import torch
     from torch import nn
@@ -167,6 +172,7 @@ def test_a_run_with_the_scratch_optimizer_resumes_exactly(tmp_path):
         assert torch.equal(p, q)
 
 
+@pytest.mark.slow
 def test_a_stateless_loader_without_a_length_replays_to_the_cut_with_a_warning(tmp_path):
     from pluglearn import DataLoaders, Learner
 

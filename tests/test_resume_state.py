@@ -43,6 +43,7 @@ def weights(learn):
     return [p.detach().clone() for p in learn.model.parameters()]
 
 
+@pytest.mark.slow
 def test_a_checkpoint_past_the_epochs_asked_for_is_refused_and_leaves_no_position(tmp_path):
     crashed_run(tmp_path)  # the newest checkpoint is at epoch 2, batch 3
     learn = learner()
@@ -59,6 +60,7 @@ def test_a_checkpoint_past_the_epochs_asked_for_is_refused_and_leaves_no_positio
     assert [(lp["epoch"], lp["position"]) for lp in loops][:3] == [(0, 1), (0, 2), (0, 3)]
 
 
+@pytest.mark.slow
 def test_resume_keeps_the_run_lr_and_refuses_another(tmp_path):
     crashed_run(tmp_path, lr=0.05)
     with pytest.raises(CheckpointError, match=r"fit\(lr=0.2\).*started with lr=0.05"):
@@ -71,6 +73,7 @@ def test_resume_keeps_the_run_lr_and_refuses_another(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(weights(learn), weights(same), strict=True))
 
 
+@pytest.mark.slow
 def test_a_checkpoint_missing_a_record_is_refused_before_the_model_changes(tmp_path):
     crashed_run(tmp_path)
     newest = checkpoints_in(tmp_path)[-1]
@@ -86,6 +89,7 @@ def test_a_checkpoint_missing_a_record_is_refused_before_the_model_changes(tmp_p
 
 
 @pytest.mark.parametrize(("key", "value"), [("epoch", -1), ("position", -3), ("train_iter", 1.5)])
+@pytest.mark.slow
 def test_a_crafted_loop_position_is_refused(tmp_path, key, value):
     crashed_run(tmp_path)
     state = load_checkpoint(checkpoints_in(tmp_path)[-1])
@@ -107,6 +111,7 @@ def test_a_resume_refused_by_the_loader_changes_nothing(tmp_path):
     assert learn.epoch == 0 and learn.train_iter == 0
 
 
+@pytest.mark.slow
 def test_missing_ok_starts_fresh_then_resumes_once_a_checkpoint_exists(tmp_path):
     fresh = learner()
     with pytest.warns(UserWarning, match="starting a fresh run"):
@@ -139,6 +144,7 @@ def test_regression_targets_that_would_broadcast_are_refused():
     ok.fit(1)  # the same data with matching shapes trains
 
 
+@pytest.mark.slow
 def test_a_resume_without_a_stateful_plugin_of_the_saved_run_is_refused_naming_it(tmp_path):
     from pluglearn import EarlyStopping
 

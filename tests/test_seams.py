@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests import processes
 from tests.jobs.seams_job import CONFIGS, FEATURES, MODIFIERS, oracle, run
 
 PAIRS = [frozenset(p) for p in itertools.combinations(FEATURES, 2) if "ddp" not in p]
@@ -67,6 +68,7 @@ def alone(configs: frozenset[str], dropout: float = 0.2) -> dict:
 
 
 @pytest.mark.parametrize("pair", PAIRS, ids=lambda p: "+".join(sorted(p)))
+@pytest.mark.slow
 def test_a_pair_of_features_meets_its_oracle(pair, tmp_path):
     configs, modifiers = pair & CONFIGS, pair & MODIFIERS
     with warnings.catch_warnings():
@@ -85,12 +87,13 @@ def free_port() -> int:
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
+@pytest.mark.xdist_group("ranks")  # two-rank jobs run one at a time
 def test_ddp_meets_every_other_feature_as_one_process_does(tmp_path):
     command = [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
         "--master_addr", "127.0.0.1", "--master_port", str(free_port()), str(JOB), str(tmp_path),
     ]  # fmt: skip
-    child = subprocess.Popen(
+    child = processes.popen(
         command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         start_new_session=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
     )  # fmt: skip

@@ -91,10 +91,10 @@ def print_hooks(out: IO[str], name: str | None = None) -> int:
         )
         return 0
     print(f"{'hook':<18} {'arguments':<22} {'kind':<10} when", file=out)
-    for hook, info in specs.HOOKS.items():
-        when = first_sentence(getattr(specs, hook).__doc__)
-        kind = specs.KIND_DOCS[info.kind].title
-        print(f"{hook:<18} {', '.join(info.args):<22} {kind:<10} {when}", file=out)
+    for hook_name, info in specs.HOOKS.items():
+        when = first_sentence(getattr(specs, hook_name).__doc__)
+        title = specs.KIND_DOCS[info.kind].title
+        print(f"{hook_name:<18} {', '.join(info.args):<22} {title:<10} {when}", file=out)
     print("\nkinds:", file=out)
     for kind in specs.KIND_DOCS.values():
         print(f"  {kind.title:<10} {kind.meaning}", file=out)

@@ -81,6 +81,7 @@ class Learner(Loop):
     train_iter = position_property("train_iter", "Training batches run over the Learner's life.")
     opt_steps = position_property("opt_steps", "Optimizer steps taken over the Learner's life.")
     will_step = position_property("will_step", "Training: this batch ends with an optimizer step.")
+    _registry: PluginSet
 
     def __init__(
         self,

@@ -19,7 +19,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import torch
 from fastcore.basics import listify
@@ -46,7 +46,10 @@ if TYPE_CHECKING:
 
     from .data.loaders import DataLoaders
     from .hooks.registry import PluginRegistry
+    from .learner import Learner
     from .run.state import RunState
+
+T = TypeVar("T")
 
 
 class Loop:
@@ -70,6 +73,11 @@ class Loop:
     _batches: Iterable[Any]
 
     @property
+    def _learn(self) -> Learner:
+        """This loop, as the Learner it is the base of (the helpers it calls take the Learner)."""
+        return cast("Learner", self)
+
+    @property
     def hooks(self) -> Dispatcher:
         """The dispatcher of the current plugin set (``learn.hooks.call("report", ...)``)."""
         return self._registry.calls
@@ -86,7 +94,7 @@ class Loop:
         added: list[object] = []
         try:
             for plugin in listify(plugins):
-                self.add_plugin(plugin)
+                self._learn.add_plugin(plugin)
                 added.append(plugin)
             if lr is not None and resume_from is None:
                 self._lr = lr
@@ -101,24 +109,24 @@ class Loop:
                 if resume_from is not None:
                     from .checkpoint.resume import restore
 
-                    if not restore(self, resume_from, lr=lr, missing_ok=missing_ok):
+                    if not restore(self._learn, resume_from, lr=lr, missing_ok=missing_ok):
                         return  # nothing to resume: the saved run had stopped or finished
                 self._run_entry(lambda: self._phase("fit", CancelFitException, self._do_fit))
         finally:
             self.run.clear_resume()
             for plugin in reversed(added):
                 if plugin in self._registry:
-                    self.remove_plugin(plugin)
+                    self._learn.remove_plugin(plugin)
 
-    def _nested(self, body: Callable[[], Any]) -> Any:
+    def _nested(self, body: Callable[[], T]) -> T:
         """Run ``body`` inside a running call and put the run back afterwards (position, batch
         state, metrics, stop reason, modes, random states: :data:`~pluglearn.run.state.NESTED`),
         so the outer call continues as if ``body`` had not run."""
-        snapshot = self.run.capture(self, NESTED)
+        snapshot = self.run.capture(self._learn, NESTED)
         try:
             return body()
         finally:
-            self.run.put_back(self, snapshot, "a nested call")
+            self.run.put_back(self._learn, snapshot, "a nested call")
 
     def _validate(self, dl: Iterable[Any] | None, nested: bool = False) -> dict[str, Any]:
         self.metrics, self.run.metric_owner = {}, {}
@@ -133,13 +141,14 @@ class Loop:
         return dict(self.metrics)
 
     def _make_opt(self) -> None:
+        learn = self._learn
         if self._opt is None:
             self._opt = self.opt_func(self.model.parameters(), lr=self._lr)
-        elif hasattr(self.opt, "param_groups"):
-            for group in self.opt.param_groups:
-                group["lr"] = self.lr
+        elif hasattr(learn.opt, "param_groups"):
+            for group in learn.opt.param_groups:
+                group["lr"] = learn.lr
         else:
-            self.opt.lr = self.lr
+            learn.opt.lr = learn.lr
 
     def _do_fit(self) -> None:
         pos = self.run.pos
@@ -182,7 +191,7 @@ class Loop:
                 self._phase("train", CancelTrainException, self._run_batches)
             else:
                 self._phase("validate", CancelValidateException, self._run_batches)
-        merge_metrics(self, "train" if train else "valid")
+        merge_metrics(self._learn, "train" if train else "valid")
 
     def _run_batches(self) -> None:
         run = self.run
@@ -208,12 +217,16 @@ class Loop:
         resume = run.take_resume()
         if not resume.position:
             if loader_kind(loader) != STATEFUL:
-                run.order = epoch_order(self)
+                run.order = epoch_order(self._learn)
             return loader
         n_iter = run.pos.n_iter
         if n_iter is not None and resume.position >= n_iter:
             return ()  # the cut came after the last training batch
-        return replay(self, loader, resume) if resume.replay else resume_stateful(self, loader)
+        return (
+            replay(self._learn, loader, resume)
+            if resume.replay
+            else resume_stateful(self._learn, loader)
+        )
 
     def _one_batch(self) -> None:
         hooks, pos = self._registry.calls, self.run.pos
@@ -250,8 +263,8 @@ class Loop:
             pass
         except BaseException as error:
             if not isinstance(error, CancelException):
-                report_error(self, error)
-            cleanup_after_error(self, hooks.cleanup_batch, error)
+                report_error(self._learn, error)
+            cleanup_after_error(self._learn, hooks.cleanup_batch, error)
             raise
         finally:
             pos.in_batch = False
@@ -271,7 +284,7 @@ class Loop:
         every ``forward_context``; no other hook fires, and the position, batch state and
         modes are put back (``learn.predict``)."""
         hooks, run = self._registry.calls, self.run
-        saved = run.capture(self, ("position", "batch", "modes"))
+        saved = run.capture(self._learn, ("position", "batch", "modes"))
         self.model.eval()
         self.batch, run.pos.training = batch, False
         try:
@@ -282,7 +295,7 @@ class Loop:
                 else:
                     preds = hooks.predict(self)
         finally:
-            run.put_back(self, saved, "predict")
+            run.put_back(self._learn, saved, "predict")
         if preds is None:
             raise TypeError("no plugin answered 'predict' (every one returned None)")
         return preds
@@ -299,8 +312,8 @@ class Loop:
                 self.run.stop(cancel_reason(cancelled))
         except BaseException as error:
             if not isinstance(error, CancelException):
-                report_error(self, error)
-            cleanup_after_error(self, cleanup, error)
+                report_error(self._learn, error)
+            cleanup_after_error(self._learn, cleanup, error)
             raise
         cleanup(self)
 
@@ -311,9 +324,9 @@ class Loop:
         try:
             run()
         except CancelException as stray:
-            raise stray_cancel(self, stray) from stray
+            raise stray_cancel(self._learn, stray) from stray
         except BaseException as error:
-            report_error(self, error)
+            report_error(self._learn, error)
             raise
 
     @contextmanager
@@ -329,7 +342,7 @@ class Loop:
             if dls.resolved:
                 yield
                 return
-            made = dls.resolve(self, train=train)
+            made = dls.resolve(self._learn, train=train)
             try:
                 yield
             finally:

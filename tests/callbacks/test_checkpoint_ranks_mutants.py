@@ -47,6 +47,8 @@ def two_ranks(tmp_path, at):
 
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")
 @pytest.mark.timeout(240)
+@pytest.mark.slow
+@pytest.mark.xdist_group("ranks")  # two-rank jobs run one at a time
 def test_a_ctrl_c_on_one_rank_stops_both_at_the_next_checkpoint(tmp_path):
     results = two_ranks(tmp_path, at=2)  # rank 1 presses after batch 2 (train_iter 3)
     path = results[0]["latest"]

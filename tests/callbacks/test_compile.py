@@ -101,6 +101,7 @@ def assert_same_weights(a: nn.Module, b: nn.Module) -> None:
         assert torch.equal(sa[key], sb[key]), key
 
 
+@pytest.mark.slow
 def test_a_compiled_fit_equals_a_hand_loop_on_the_same_compiled_model():
     losses, model = Losses(), make_model()
     reference = copy.deepcopy(model)

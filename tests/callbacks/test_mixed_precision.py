@@ -51,6 +51,7 @@ def accuracy_after(plugins) -> float:
     return learn.metrics["accuracy"]
 
 
+@pytest.mark.slow
 def test_bf16_trains_the_digits_mlp_to_the_fp32_accuracy_band():
     fp32, bf16 = accuracy_after([]), accuracy_after([MixedPrecision()])
     assert fp32 > 0.9 and bf16 > 0.9

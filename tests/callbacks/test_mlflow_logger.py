@@ -15,6 +15,9 @@ from pluglearn.plugins.mlflow_logger import MLflowLogger
 from tests.callbacks._trackers import Decay, FailIn, Keep, make_learner
 from tests.helpers import CrashAt
 
+# one worker runs the whole module under -n: its tracking store costs seconds to create
+pytestmark = pytest.mark.xdist_group("mlflow")
+
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory) -> str:
@@ -41,6 +44,7 @@ def history(client: MlflowClient, run, key: str) -> list[tuple[int, float]]:
     return sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, key))
 
 
+@pytest.mark.slow
 def test_params_per_batch_values_and_reports_read_back(store, client):
     rec, keep = Recorder(), Keep()
     logger = MLflowLogger(store, experiment="read_back", params={"hidden": 7})

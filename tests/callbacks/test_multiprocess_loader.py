@@ -22,6 +22,7 @@ from pluglearn.data.multiprocess import MultiprocessDataLoader
 from pluglearn.data.worker_pool import WorkerError
 from pluglearn.plugins.multiprocess_loader import MultiprocessLoader, TensorItems
 from pluglearn.scratch.data import collate
+from tests import processes
 from tests.helpers import process_alive, wait_dead
 
 from . import _mp_datasets as D
@@ -369,7 +370,7 @@ def test_workers_of_a_sigkilled_parent_die_within_seconds_even_mid_task():
     # workers: checking for the parent only between tasks would not do, and checking only when
     # idle (as before) let each fetch for about 14 s more after the parent was gone
     root = Path(__file__).resolve().parents[2]
-    parent = subprocess.Popen(
+    parent = processes.popen(
         [sys.executable, "-c", _PARENT, FORK], cwd=root, stdout=subprocess.PIPE, text=True
     )
     try:

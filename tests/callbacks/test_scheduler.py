@@ -97,6 +97,7 @@ def learner(plugins=()):
     ],
     ids=["one-cycle-per-batch", "cosine-per-epoch"],
 )
+@pytest.mark.slow
 def test_a_resumed_run_follows_the_same_lr_and_momentum_sequence(tmp_path, factory, interval):
     done = learner([Scheduler(factory, interval)])
     done.fit(3)

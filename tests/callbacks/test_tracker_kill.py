@@ -4,11 +4,12 @@ equals an uninterrupted run's: the steps buffered at the kill are the ones the r
 from __future__ import annotations
 
 import signal
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests import processes
 
 pytest.importorskip("mlflow", reason="MLflowLogger needs pip install 'pluglearn[mlflow]'")
 
@@ -30,9 +31,9 @@ def history(client, experiment, key):
 def test_a_sigkilled_fit_resumed_in_a_new_process_logs_each_step_once(tmp_path):
     uri, ckpt = f"sqlite:///{tmp_path}/mlflow.db", str(tmp_path / "ckpt")
     make_learner([AvgLoss(), Accuracy(), MLflowLogger(uri, experiment="whole")]).fit(3)
-    killed = subprocess.run([sys.executable, str(JOB), uri, ckpt, "kill"], capture_output=True)
+    killed = processes.run([sys.executable, str(JOB), uri, ckpt, "kill"], capture_output=True)
     assert killed.returncode == -signal.SIGKILL, killed.stderr.decode()[-2000:]
-    resumed = subprocess.run([sys.executable, str(JOB), uri, ckpt, "resume"], capture_output=True)
+    resumed = processes.run([sys.executable, str(JOB), uri, ckpt, "resume"], capture_output=True)
     assert resumed.returncode == 0, resumed.stderr.decode()[-2000:]
     client = MlflowClient(tracking_uri=uri)
     for key in ("train/loss", "train/lr", "valid_loss", "accuracy", "epoch"):

@@ -19,6 +19,7 @@ from tests.callbacks.test_wandb_logger import logs_of, rows_with
 @pytest.mark.slow
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")
 @pytest.mark.timeout(240)
+@pytest.mark.xdist_group("ranks")  # two-rank jobs run one at a time
 def test_two_ranks_log_one_run_with_each_step_once(tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     MlflowClient(tracking_uri=uri).search_experiments()  # the tables, before two ranks race

@@ -6,7 +6,6 @@ tracker answers, so these tests need neither MLflow nor W&B.
 
 from __future__ import annotations
 
-import subprocess
 import sys
 
 import numpy as np
@@ -15,6 +14,7 @@ import torch
 
 from pluglearn import hookimpl
 from pluglearn.plugins.tracking import TrackerLogger
+from tests import processes
 from tests.callbacks._trackers import make_learner
 
 
@@ -99,7 +99,8 @@ def test_a_resumed_run_keeps_its_params_and_reopens_the_same_run():
     assert [step for step, values in tracker.runs["run0"]["rows"] if "epoch" in values] == [4, 8]
 
 
+@pytest.mark.slow
 def test_importing_pluglearn_imports_neither_mlflow_nor_wandb():
     code = "import sys, pluglearn; print(sorted({'mlflow', 'wandb'} & set(sys.modules)))"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    out = processes.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

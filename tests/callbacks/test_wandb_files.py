@@ -22,6 +22,9 @@ from pluglearn.plugins.wandb_files import (
     summary,
 )
 
+# one worker runs the whole module under -n: its module-scoped run log costs seconds to write
+pytestmark = pytest.mark.xdist_group("wandb_files")
+
 BIG = "x" * (3 * BLOCK)  # a config value whose record spans four blocks
 
 

@@ -99,6 +99,7 @@ def _pickle_bomb(path: Path) -> Path:
     return _gzip_file(path, pickle.PROTO + b"\x02", b")0", BIG)
 
 
+@pytest.mark.slow
 def test_a_pickle_bomb_is_refused_after_max_bytes(tmp_path):
     path = _pickle_bomb(tmp_path / "mnist.pkl.gz")
     error, peak = _peak_while(lambda: read_mnist_pickle(path, max_bytes=1 << 20))
@@ -108,6 +109,7 @@ def test_a_pickle_bomb_is_refused_after_max_bytes(tmp_path):
     assert peak < SMALL_PEAK
 
 
+@pytest.mark.slow
 def test_load_mnist_bounds_a_pickle_by_the_documented_maximum(tmp_path, monkeypatch):
     path = _pickle_bomb(tmp_path / "mnist.pkl.gz")
     monkeypatch.setattr(mnist_format, "MAX_DECOMPRESSED_BYTES", 1 << 20)

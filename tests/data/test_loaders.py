@@ -4,7 +4,6 @@ arguments named, and a resume that refuses loader settings other than the checkp
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -18,6 +17,7 @@ import pluglearn
 from pluglearn import DataLoaders, Learner, hookimpl
 from pluglearn.checkpoint.plugin import Checkpoint
 from pluglearn.data.loaders import TensorBatchLoader
+from tests import processes
 
 # ----------------------------------------------------------------------------- no seed given
 
@@ -40,13 +40,14 @@ SCRIPT = textwrap.dedent(
 
 def _run_script() -> str:
     env = {**os.environ, "PYTHONPATH": str(Path(pluglearn.__file__).parents[1])}
-    done = subprocess.run(
+    done = processes.run(
         [sys.executable, "-c", SCRIPT], capture_output=True, text=True, env=env, timeout=300
     )
     assert done.returncode == 0, done.stderr
     return done.stdout.strip()
 
 
+@pytest.mark.slow
 def test_a_seeded_script_without_a_loader_seed_gives_the_same_weights_in_two_processes():
     first, second = _run_script(), _run_script()
     assert len(first) == 64

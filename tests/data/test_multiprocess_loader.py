@@ -9,7 +9,6 @@ import multiprocessing
 import os
 import random
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -22,6 +21,7 @@ from pluglearn.data.epochs import ItemLoader
 from pluglearn.data.multiprocess import MultiprocessDataLoader
 from pluglearn.data.worker_pool import WorkerError
 from pluglearn.scratch import Dataset
+from tests import processes
 from tests.helpers import wait_dead
 
 from . import _worker_datasets as D
@@ -58,6 +58,7 @@ def _epoch(loader) -> list:
 
 
 @pytest.mark.parametrize("start_method", [pytest.param(FORK, marks=needs_fork), "spawn"])
+@pytest.mark.slow
 def test_batches_equal_the_in_process_path(start_method):
     # Noisy items: equal only if every batch is seeded the same in the workers.
     ref = _loader(D.Noisy(11), n_workers=0)
@@ -236,6 +237,7 @@ def test_garbage_collection_closes_the_pool():
 
 
 @needs_fork
+@pytest.mark.slow
 def test_interpreter_exit_leaves_no_workers():
     # The loader is never closed: weakref.finalize shuts it down at interpreter exit.
     code = """if True:
@@ -247,7 +249,7 @@ def test_interpreter_exit_leaves_no_workers():
         print(*loader.worker_pids)
     """
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "src")])}
-    out = subprocess.run(
+    out = processes.run(
         [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=50
     )
     pids = [int(p) for p in out.stdout.split()]

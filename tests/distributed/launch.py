@@ -13,6 +13,8 @@ from pathlib import Path
 
 import torch
 
+from tests import processes
+
 JOB = Path(__file__).with_name("ddp_job.py")
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
 
@@ -71,7 +73,7 @@ def start_and_kill(
     once rank 0 has written checkpoint ``at_batch``."""
     # --hold-at: rank 0 waits after the line, so no checkpoint is written before the kill lands
     hold = ("--hold-at", str(at_batch))
-    child = subprocess.Popen(
+    child = processes.popen(
         [*torchrun(nproc, free_port()), str(JOB), str(out), "--ckpt", str(ckpt), *args, *hold],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
@@ -96,7 +98,7 @@ def start_and_kill(
 def run_job(out: Path, *args: str, nproc: int = 2, timeout: float = 90) -> dict:
     """Run the job (alone when nproc is 1) to its end; returns rank 0's result."""
     launcher = torchrun(nproc, free_port()) if nproc > 1 else [sys.executable]
-    done = subprocess.run(
+    done = processes.run(
         [*launcher, str(JOB), str(out), *args],
         capture_output=True,
         text=True,
@@ -111,7 +113,7 @@ def run_job(out: Path, *args: str, nproc: int = 2, timeout: float = 90) -> dict:
 def run_group(command: list[str], timeout: float) -> subprocess.CompletedProcess:
     """Run ``command`` (a torchrun launch) to its end; on a timeout SIGKILL the launcher and
     every worker, so a hanging two-rank job leaves no process behind, then raise."""
-    child = subprocess.Popen(
+    child = processes.popen(
         command,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests import processes
 from tests.distributed.launch import ENV, free_port, run_case, torchrun
 
 JOB = Path(__file__).with_name("agreement_job.py")
@@ -24,7 +25,7 @@ pytestmark = pytest.mark.skipif(
 
 def run(out: Path, plugin: str, *args: str, nproc: int = 2) -> subprocess.CompletedProcess:
     launcher = torchrun(nproc, free_port()) if nproc > 1 else [sys.executable]
-    return subprocess.run(
+    return processes.run(
         [*launcher, str(JOB), str(out), "--plugin", plugin, *args],
         capture_output=True,
         text=True,

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests import processes
 from tests.distributed.launch import ENV, JOB, free_port, run_job, start_and_kill, torchrun
 
 pytestmark = pytest.mark.skipif(
@@ -149,7 +150,7 @@ def test_resume_on_another_number_of_processes_continues_the_same_global_order(t
     for key in ("train_loss", "valid_loss"):  # the running sums of both ranks were merged
         assert alone["history"][-1][key] == pytest.approx(two_ranks["history"][-1][key])
     # another global batch is refused, naming both batch sizes and both numbers of processes
-    refused = subprocess.run(
+    refused = processes.run(
         [
             sys.executable,
             str(JOB),
@@ -182,7 +183,7 @@ def test_a_nan_on_one_rank_stops_every_rank_at_the_same_batch(tmp_path, oracle):
 @pytest.mark.timeout(180)
 def test_an_error_on_one_rank_ends_the_group_quickly_with_that_error(tmp_path):
     start = time.monotonic()
-    done = subprocess.run(
+    done = processes.run(
         [*torchrun(2, free_port()), str(JOB), str(tmp_path), "--fail-rank", "1", "--fail-at", "2"],
         capture_output=True,
         text=True,
@@ -200,7 +201,7 @@ def test_an_error_on_one_rank_ends_the_group_quickly_with_that_error(tmp_path):
 def test_two_launchers_joined_by_c10d_rendezvous_train_like_one_process(tmp_path, oracle):
     port = free_port()
     launchers = [
-        subprocess.Popen(
+        processes.popen(
             [*torchrun(1, port, nnodes=2, node_rank=rank), str(JOB), str(tmp_path)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
@@ -222,7 +223,7 @@ def test_the_example_trains_alike_under_torchrun_and_alone():
     example = Path(__file__).parents[2] / "examples" / "train_ddp.py"
     outputs = []
     for launcher in (torchrun(2, free_port()), [sys.executable]):
-        done = subprocess.run(
+        done = processes.run(
             [*launcher, str(example), "--epochs", "2", "--target", "0.7"],
             capture_output=True,
             text=True,
@@ -285,7 +286,7 @@ PLANT_IN_PREDICT = ("--cancel-in", "predict", "--cancel-rank", "1", "--cancel-at
 @pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_a_cancel_from_predict_on_one_rank_is_refused_naming_the_hook(tmp_path):
-    done = subprocess.run(
+    done = processes.run(
         [*torchrun(2, free_port()), str(JOB), str(tmp_path), *PLANT_IN_PREDICT],
         capture_output=True,
         text=True,

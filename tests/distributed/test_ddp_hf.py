@@ -3,13 +3,13 @@ weights and metrics of one process (the items are counted through the count_item
 
 from __future__ import annotations
 
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from tests import processes
 from tests.distributed.launch import ENV, free_port, torchrun
 
 JOB = Path(__file__).with_name("hf_job.py")
@@ -21,7 +21,7 @@ pytestmark = pytest.mark.skipif(
 
 def run(out: Path, nproc: int, *args: str) -> dict:
     launcher = torchrun(nproc, free_port()) if nproc > 1 else [sys.executable]
-    done = subprocess.run(
+    done = processes.run(
         [*launcher, str(JOB), str(out), *args], capture_output=True, text=True, timeout=150, env=ENV
     )
     if done.returncode != 0:

@@ -4,12 +4,12 @@ resume give the uninterrupted run's weights bit for bit."""
 
 from __future__ import annotations
 
-import subprocess
 import sys
 
 import pytest
 import torch
 
+from tests import processes
 from tests.distributed.launch import ENV, JOB, run_job, start_and_kill
 
 pytestmark = pytest.mark.skipif(
@@ -64,7 +64,7 @@ def test_sigkill_of_the_sharded_group_mid_epoch_then_resume_is_bit_identical(tmp
             b[k] for k in ("train_loss", "valid_loss")
         ]
     # the optimizer state is keyed by parameter name: without FSDP() the resume is refused
-    refused = subprocess.run(
+    refused = processes.run(
         [sys.executable, str(JOB), str(tmp_path / "x"), "--ckpt", str(ckpt), "--resume"],
         capture_output=True,
         text=True,

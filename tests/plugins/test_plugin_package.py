@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from tests import processes
+
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "examples" / "plugin_package"
 
@@ -40,7 +42,7 @@ print(json.dumps(out))
 
 def run(cmd: list[str], **env: str) -> subprocess.CompletedProcess:
     environ = {k: v for k, v in os.environ.items() if not k.startswith("PLUGLEARN_")}
-    result = subprocess.run(
+    result = processes.run(
         cmd, capture_output=True, text=True, timeout=180, env={**environ, **env}, cwd=ROOT
     )
     assert result.returncode == 0, result.stdout + result.stderr
@@ -183,7 +185,7 @@ def test_installed_plugins_that_reseed_or_exit_at_import_neither_change_nor_end_
         assert beside.stdout.splitlines()[-1] == alone.stdout.splitlines()[-1]  # the same run
 
         environ = {k: v for k, v in os.environ.items() if not k.startswith("PLUGLEARN_")}
-        ended = subprocess.run(
+        ended = processes.run(
             [sys.executable, "-c", USER_SCRIPT],
             capture_output=True,
             text=True,

@@ -14,13 +14,15 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests import processes
+
 JOB = Path(__file__).parents[1] / "jobs" / "loader_resume_job.py"
 STEPS_PER_EPOCH = 5  # 40 items, batches of 8
 
 
 def job(kind: str, tmp_path: Path, name: str, *args: str) -> subprocess.CompletedProcess:
     out = tmp_path / f"{name}.pt"
-    return subprocess.run(
+    return processes.run(
         [sys.executable, str(JOB), kind, str(tmp_path / f"{name}-ckpt"), str(out), *args],
         capture_output=True,
         text=True,
@@ -57,6 +59,7 @@ def assert_exact(kind: str, tmp_path: Path, step: int) -> None:
 
 
 @pytest.mark.parametrize("kind", ["shuffle", "generator"])
+@pytest.mark.slow
 def test_a_torch_dataloader_resumed_mid_epoch_trains_the_uninterrupted_runs_items(kind, tmp_path):
     assert_exact(kind, tmp_path, step=STEPS_PER_EPOCH + 2)  # inside the second epoch
     # replayed: the 2 batches before the cut are fetched again, then the 8 steps after it

@@ -120,6 +120,7 @@ def _trained(printed: str, epochs: int = 3) -> None:
 # --- 03_backprop -------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_backprop_notebook_runs_as_printed_and_its_gradients_equal_autograd(kernel_state):
     with Notebook("03_backprop") as notebook:
         _check_backprop(notebook)

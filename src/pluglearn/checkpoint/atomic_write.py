@@ -25,7 +25,8 @@ class RecordingWriter:
     :func:`ctrl_c_deferred`)."""
 
     def __init__(self, file: Any, deliver: Any = None) -> None:
-        self.file, self.error, self.deliver = file, None, deliver
+        self.file, self.deliver = file, deliver
+        self.error: BaseException | None = None  # what write() raised, to raise it as itself
 
     def write(self, data: Any) -> int:
         try:

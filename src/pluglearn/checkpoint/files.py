@@ -26,7 +26,7 @@ import time
 import warnings
 import zipfile
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import IO, Any, NamedTuple, cast
 
 import torch
 
@@ -142,7 +142,9 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
         with open(tmp, "wb", buffering=0) as file, ctrl_c_deferred() as deliver:
             writer = RecordingWriter(file, deliver)
             try:
-                torch.save(state, writer)
+                # torch.save takes any object with write() and flush() (its doc); the
+                # annotation names only files and paths
+                torch.save(state, cast(IO[bytes], writer))
             except RuntimeError:
                 if writer.error is None:
                     raise

@@ -173,7 +173,7 @@ def storable(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     seen: set[tuple[int, int]] = set()
     for key, value in state.items():
         t = value.detach().cpu()
-        where = (t.untyped_storage().data_ptr(), t.storage_offset())
+        where = (t.untyped_storage().data_ptr(), int(t.storage_offset()))
         # safetensors refuses tensors sharing memory (tied weights) and non-contiguous ones
         t = t.contiguous().clone() if where in seen or not t.is_contiguous() else t
         seen.add(where)

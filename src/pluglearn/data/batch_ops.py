@@ -152,7 +152,7 @@ def _count_flat(flat: Flat) -> tuple[int, str] | None:
     """The count of a flattened structure and the kind of leaf it came from: the first
     tensor's, else the first per-item list's (a tensor outside the lists is the surer count)."""
     for kind in ("tensor", "items"):
-        count = LEAF_RULES[kind].count
+        count = LEAF_RULES[kind].count_leaf
         for leaf in flat.leaves:
             if count is not None and leaf_kind(leaf) == kind:
                 return count(leaf), kind
@@ -223,7 +223,8 @@ def collate(items: Sequence[Any]) -> Any:
         leaves = None
         if (type(item) is list) == first.top_list:
             with suppress(ValueError):  # another structure
-                leaves = first.spec.flatten_up_to(tuple(item) if first.top_list else item)
+                tree: Any = tuple(item) if first.top_list else item
+                leaves = first.spec.flatten_up_to(tree)
         if leaves is None:
             raise mismatch(items[0], item, "collate: the items of one batch", "item")
         rows.append(leaves)

@@ -131,14 +131,15 @@ class LeafRule(NamedTuple):
     :func:`~pluglearn.data.batch_ops.count_items` and :func:`~pluglearn.data.batch_ops.take` do with
     one kind of leaf: ``collate(values, where)`` the items' values into the batch's,
     ``concat(values, counts, where)`` the batches' values (and their item counts) into one,
-    ``count(leaf)`` (None: not countable), ``take(leaf, i)``. ``where`` names the leaf's place in
-    errors.
+    ``count_leaf(leaf)`` (None: not countable), ``take(leaf, i)``. ``where`` names the leaf's
+    place in errors.
 
     Example: ``LEAF_RULES["items"].take(["a", "b"], 1) == "b"``."""
 
     collate: Callable[[list[Any], object], Any]
     concat: Callable[[list[Any], list[int], object], Any]
-    count: Callable[[Any], int] | None
+    # not `count`: a NamedTuple field of that name would hide tuple.count
+    count_leaf: Callable[[Any], int] | None
     take: Callable[[Any, int], Any]
 
 

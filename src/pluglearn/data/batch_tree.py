@@ -55,7 +55,7 @@ def _register_dataclass(cls: type) -> None:
     names = tuple(f.name for f in dataclasses.fields(cls))
 
     def rebuild(_: Any, children: Any) -> Any:
-        obj = object.__new__(cls)
+        obj: Any = object.__new__(cls)
         for name, value in zip(names, children, strict=True):
             object.__setattr__(obj, name, value)  # frozen dataclasses too
         return obj
@@ -90,10 +90,17 @@ def _rebuild_mapping(cls: type, keys: tuple[Any, ...], children: Any) -> Any:
 
 
 def _register_mapping(cls: type) -> None:
+    # named functions taking Any: optree annotates a node as a Collection, a mapping is more
+    def flatten_mapping(obj: Any) -> tuple[list[Any], tuple[Any, ...], tuple[Any, ...]]:
+        return [obj[k] for k in obj], tuple(obj), tuple(obj)
+
+    def rebuild(keys: Any, children: Any) -> Any:
+        return _rebuild_mapping(cls, keys, children)
+
     optree.register_pytree_node(
         cls,
-        lambda obj: ([obj[k] for k in obj], tuple(obj), tuple(obj)),
-        lambda keys, children: _rebuild_mapping(cls, keys, children),
+        flatten_mapping,
+        rebuild,
         path_entry_type=optree.MappingEntry,
         namespace=NAMESPACE,
     )
@@ -150,9 +157,8 @@ def flatten(obj: Any, top: bool) -> Flat:
 
     Example: ``flatten([x, [1, 2]], top=True).leaves == [x, [1, 2]]``."""
     top_list = top and type(obj) is list
-    leaves, spec = optree.tree_flatten(
-        tuple(obj) if top_list else obj, is_leaf=_per_item_list, namespace=NAMESPACE
-    )
+    tree: Any = tuple(obj) if top_list else obj
+    leaves, spec = optree.tree_flatten(tree, is_leaf=_per_item_list, namespace=NAMESPACE)
     return Flat(leaves, spec, top_list)
 
 
@@ -192,8 +198,9 @@ def path_names(obj: Any, top: bool, root: str) -> list[str]:
 
     Example: ``path_names((x, {"a": y}), True, "batch") == ["batch[0]", "batch[1]['a']"]``."""
     top_list = top and type(obj) is list
+    tree: Any = tuple(obj) if top_list else obj
     accessors, _, _ = optree.tree_flatten_with_accessor(
-        tuple(obj) if top_list else obj, is_leaf=_per_item_list, namespace=NAMESPACE
+        tree, is_leaf=_per_item_list, namespace=NAMESPACE
     )
     return [accessor.codify(root) for accessor in accessors]
 

@@ -105,6 +105,11 @@ class EpochOrder:
     def __len__(self) -> int:
         return self.n
 
+    def _rng(self) -> torch.Generator:
+        """The generator a shuffled order draws from (``__init__`` makes one when shuffling)."""
+        assert self.generator is not None
+        return self.generator
+
     def start_epoch(self) -> list[int]:
         """Begin an epoch, or continue the one restored by ``load_state``; return the indices
         still to visit. An epoch in progress is abandoned (it still counts)."""
@@ -112,16 +117,18 @@ class EpochOrder:
         if self._resume:
             self._resume = False
             if self.shuffle:  # redraw the saved epoch's permutation, then continue the
-                self.generator.set_state(self._epoch_rng)  # generator where it was saved
+                saved_start, saved_now = self._epoch_rng, self._resume_rng  # generator where
+                assert saved_start is not None and saved_now is not None  # load_state set both
+                self._rng().set_state(saved_start)  # it was saved
                 order = self._draw_order()
-                self.generator.set_state(self._resume_rng)
+                self._rng().set_state(saved_now)
                 return order[self.cursor :]
             return self._draw_order()[self.cursor :]
         if self.in_epoch:
             self.epoch += 1
         self.in_epoch, self.cursor = True, 0
         if self.shuffle:
-            self._epoch_rng = self.generator.get_state()
+            self._epoch_rng = self._rng().get_state()
         return self._draw_order()
 
     def _draw_order(self) -> list[int]:
@@ -157,10 +164,13 @@ class EpochOrder:
             in_epoch=self.in_epoch,
         )
         if self.shuffle:
-            rng = self._resume_rng if self._resume else self.generator.get_state()
+            rng = self._resume_rng if self._resume else self._rng().get_state()
+            epoch_rng = self._epoch_rng
+            # a shuffled epoch in progress began in start_epoch() or load_state(): both set them
+            assert rng is not None and (epoch_rng is not None or not self.in_epoch)
             state["rng"] = rng.clone()
-            if self.in_epoch:
-                state["rng_epoch_start"] = self._epoch_rng.clone()
+            if epoch_rng is not None and self.in_epoch:
+                state["rng_epoch_start"] = epoch_rng.clone()
         return state
 
     def load_state(self, state: Mapping[str, Any]) -> None:
@@ -177,7 +187,7 @@ class EpochOrder:
             self._epoch_rng = state["rng_epoch_start"].clone()
             self._resume_rng = state["rng"].clone()
         elif self.shuffle:
-            self.generator.set_state(state["rng"])
+            self._rng().set_state(state["rng"])
         self.run += 1  # iterators from before the load must not touch the restored position
 
 

@@ -113,8 +113,9 @@ def read_idx_sets(folder: Path, sets: Sequence[str], md5s: Mapping[str, str]) ->
     :func:`~pluglearn.data.mnist.load_mnist` describes."""
     pairs, used = {}, set()
     for s in sets:
-        paths = [find_idx(folder, f"{s}-{k}-ubyte") for k in ("images-idx3", "labels-idx1")]
-        if None in paths:
+        found = [find_idx(folder, f"{s}-{k}-ubyte") for k in ("images-idx3", "labels-idx1")]
+        paths = [p for p in found if p is not None]
+        if len(paths) != len(found):
             raise FileNotFoundError(
                 f"{folder} lacks {s}-images-idx3-ubyte[.gz] or"
                 f" {s}-labels-idx1-ubyte[.gz]; put both IDX files there"

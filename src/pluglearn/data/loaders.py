@@ -267,14 +267,16 @@ class DataLoaders:
     :meth:`for_inference` has no data at all (a Learner that only predicts).
     """
 
-    def __init__(self, train: Iterable[Any], valid: Iterable[Any] | None = None) -> None:
+    def __init__(self, train: Iterable[Any] | None, valid: Iterable[Any] | None = None) -> None:
         for name, dl in (("train", train), ("valid", valid)):
             if dl is not None and not hasattr(dl, "__iter__"):
                 raise TypeError(
                     f"the {name} loader must be an iterable of (xb, yb) batches, got "
                     f"{type(dl).__name__}: for a dataset use DataLoaders.from_datasets(...)."
                 )
-        self.train, self.valid = train, valid
+        # None: no loader (yet): from_datasets makes them at each fit, for_inference has none
+        self.train: Iterable[Any] | None = train
+        self.valid: Iterable[Any] | None = valid
         self.train_ds: Any = None
         self.valid_ds: Any = None
         self.batch_size = self.valid_batch_size = 0

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import pickle
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -41,7 +42,14 @@ class _RefusedGlobal(pickle.UnpicklingError):
 
 # numpy >= 2 pickles name numpy._core, older ones numpy.core; both mean the same functions:
 # _reconstruct (protocols <= 4) and _frombuffer (protocol 5), taken from numpy itself.
-_RECONSTRUCT, _FROMBUFFER = np.empty(1).__reduce__()[0], np.empty(1).__reduce_ex__(5)[0]
+def _reducer(reduced: str | tuple[Any, ...]) -> Any:
+    # an ndarray reduces to (the function that rebuilds it, its arguments, ...), never a name
+    assert isinstance(reduced, tuple)
+    return reduced[0]
+
+
+_RECONSTRUCT = _reducer(np.empty(1).__reduce__())
+_FROMBUFFER = _reducer(np.empty(1).__reduce_ex__(5))
 _ALLOWED = {
     (f"numpy.{core}.{module}", f.__name__): f
     for core in ("core", "_core")

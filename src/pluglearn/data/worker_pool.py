@@ -72,7 +72,8 @@ class ParentDied(Exception):
     """Raised inside a worker whose parent process is gone; the worker then exits."""
 
 
-_parent = {"pid": None}  # set in each worker: the process whose death ends it
+# set in each worker: the process whose death ends it
+_parent: dict[str, int | None] = {"pid": None}
 
 
 def _check_parent() -> None:

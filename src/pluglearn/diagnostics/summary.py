@@ -30,7 +30,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from ..data.loaders import length_of, tensors_of
+from ..data.arrays import tensors_of
+from ..data.loaders import length_of
 
 if TYPE_CHECKING:
     from ..learner import Learner

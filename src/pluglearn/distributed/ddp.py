@@ -43,6 +43,7 @@ from __future__ import annotations
 import atexit
 import time
 import warnings
+from collections.abc import Sized
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -66,7 +67,9 @@ def zero_loss(learn: Learner) -> torch.Tensor:
     preds = learn.preds
     if isinstance(preds, torch.Tensor) and preds.requires_grad:
         return preds.sum() * 0.0
-    return sum(p.sum() for p in learn.model.parameters() if p.requires_grad) * 0.0
+    total = sum(p.sum() for p in learn.model.parameters() if p.requires_grad)
+    assert isinstance(total, torch.Tensor)  # DDP refuses a model with no trained parameter
+    return total * 0.0
 
 
 class DDP:
@@ -74,7 +77,8 @@ class DDP:
 
     def __init__(self, **ddp_kwargs: Any) -> None:
         self.ddp_kwargs = ddp_kwargs
-        self.module: torch.nn.parallel.DistributedDataParallel | None = None
+        # what the fit trains through: DDP's wrapper of the model (FSDP: the sharded model)
+        self.module: torch.nn.Module | None = None
         self.created = pdist.init_from_env()  # join torchrun's group now, unless one exists
         if self.created:
             atexit.register(self._teardown)
@@ -198,7 +202,7 @@ class DDP:
 
     @hookimpl(wrapper=True)
     def before_train(self, learn: Learner) -> Wrapper:
-        sampler = getattr(learn.dl, "sampler", None)
+        sampler: Any = getattr(learn.dl, "sampler", None)
         if hasattr(sampler, "set_epoch"):  # torch's DistributedSampler: a new order each epoch
             sampler.set_epoch(learn.epoch)
         # what any rank's plugins needed at the fit's start, or this rank's need since then
@@ -217,6 +221,7 @@ class DDP:
         self._padded = None
         sampler = getattr(learn.dl, "sampler", None)
         if isinstance(sampler, DistributedSampler) and not sampler.drop_last:
+            assert isinstance(sampler.dataset, Sized)  # the sampler took its len() already
             n, world, rank = len(sampler.dataset), sampler.num_replicas, sampler.rank
             self._padded = (len(range(rank, n, world)), 0)
         return (yield from self.cancels.sync_after(learn))
@@ -284,8 +289,10 @@ class DDP:
     def _set_grad_sync(self, sync: bool) -> None:
         """Batches that only accumulate gradients skip the all-reduce (DDP's ``no_sync``); the
         flag is set only when it changes (``nn.Module.__setattr__`` costs microseconds)."""
-        if self.module.require_backward_grad_sync is not sync:
-            self.module.require_backward_grad_sync = sync
+        module = self.module
+        assert isinstance(module, torch.nn.parallel.DistributedDataParallel)  # in a fit
+        if module.require_backward_grad_sync is not sync:
+            module.require_backward_grad_sync = sync
 
     def _call_before_batch(self, call: Caller) -> Caller:
         held = self._guarded(call)
@@ -293,15 +300,15 @@ class DDP:
         def before_batch(learn: Learner) -> Any:
             result = held(learn)
             if self._padded is not None and not learn.training:
-                self._trim_padding(learn)
+                self._trim_padding(learn, self._padded)
             return result
 
         return before_batch
 
-    def _trim_padding(self, learn: Learner) -> None:
+    def _trim_padding(self, learn: Learner, padded: tuple[int, int]) -> None:
         """A ``DistributedSampler`` pads the validation set by repeating items so that every
         rank gets as many: cut the repeats off, so no item counts twice in the metrics."""
-        real_here, seen = self._padded
+        real_here, seen = padded
         n = batch_items(learn)
         real = max(0, min(n, real_here - seen))
         self._padded = (real_here, seen + n)
@@ -351,6 +358,7 @@ class DDP:
         here = batch_items(learn)
         total = self._global_items(learn, here, collective=learn.training)
         if here and total:
+            assert learn.loss is not None  # after compute_loss
             learn.loss = learn.loss * (total / here)
 
     def _call_backward(self, call: Caller) -> Caller:
@@ -361,9 +369,10 @@ class DDP:
                 return call(learn)
             self._probe = None
             if self._marks and learn.will_step and not self._early:  # rides the all-reduce
-                self._probe = self._probe_param
+                probe = self._probe = self._probe_param
+                assert probe is not None  # set with the module
                 if self.cancels.pending is not None:  # NaN into this rank's gradient of it
-                    self._marked = self._probe.register_hook(lambda g: g + float("nan"))
+                    self._marked = probe.register_hook(lambda g: g + float("nan"))
             if not (self._weigh or self._sum):
                 return refusing(learn)
             here = batch_items(learn)
@@ -375,6 +384,7 @@ class DDP:
             if factor == 1.0:
                 return refusing(learn)
             loss = learn.loss
+            assert loss is not None  # after compute_loss
             learn.loss = loss * factor
             try:
                 return refusing(learn)

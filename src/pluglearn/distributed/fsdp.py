@@ -50,6 +50,7 @@ the same code path but untested here.
 
 from __future__ import annotations
 
+from collections.abc import Sized
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -208,7 +209,11 @@ class FSDP(DDP):
 
     def _set_grad_sync(self, sync: bool) -> None:  # FSDP's no_sync: set on a change only
         if self._grad_sync is not sync:
-            self.module.set_requires_gradient_sync(sync)
+            from torch.distributed.fsdp import FSDPModule
+
+            module = self.module
+            assert isinstance(module, FSDPModule)  # fully_shard made the model one
+            module.set_requires_gradient_sync(sync)
             self._grad_sync = sync
 
     @hookimpl(wrapper=True)
@@ -217,6 +222,7 @@ class FSDP(DDP):
             self._meet(learn)
             self._met = True
         elif self.module is not None:
+            assert isinstance(learn.dl, Sized)  # _wrap refused a loader without len()
             self._needed, self._forwards = max(pdist.all_gather(len(learn.dl))), 0
         return (yield from DDP.before_validate(self, learn))
 

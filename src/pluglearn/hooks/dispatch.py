@@ -26,7 +26,7 @@ nothing.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from contextlib import ExitStack, contextmanager, nullcontext, suppress
 from dataclasses import dataclass
 from typing import Any
@@ -284,7 +284,7 @@ def _wrap(wrappers: Pairs, inner: Caller) -> Caller:
     """``inner`` inside new-style wrappers (generators), the first one outermost."""
 
     def wrapped(arg: Any) -> Any:
-        entered: Pairs = []
+        entered: list[tuple[Impl, Generator[None, Any, Any]]] = []
         error: BaseException | None = None
         result: Any = None
         try:
@@ -336,6 +336,39 @@ CallWrapper = Callable[[str, Caller], Caller]
 class Dispatcher:
     """The compiled callers of one registry state: ``calls.before_batch(learn)``,
     ``calls.call("report", learn=learn, metrics=m)``, ``calls.impls["after_loss"]``."""
+
+    # The fast callers of the hooks whose only argument is ``learn``, set in __init__; declared
+    # here so a type checker knows them (and flags a misspelled one). tests/test_typing.py keeps
+    # this list equal to those hooks of HOOKS.
+    after_create_opt: Caller
+    before_fit: Caller
+    after_fit: Caller
+    cleanup_fit: Caller
+    before_epoch: Caller
+    after_epoch: Caller
+    cleanup_epoch: Caller
+    before_train: Caller
+    after_train: Caller
+    cleanup_train: Caller
+    before_validate: Caller
+    after_validate: Caller
+    cleanup_validate: Caller
+    before_batch: Caller
+    after_pred: Caller
+    after_loss: Caller
+    after_backward: Caller
+    before_step: Caller
+    after_step: Caller
+    after_batch: Caller
+    cleanup_batch: Caller
+    predict: Caller
+    compute_loss: Caller
+    should_step: Caller
+    forward_context: Caller
+    backward: Caller
+    step: Caller
+    zero_grad: Caller
+    state_dict: Caller
 
     def __init__(
         self,

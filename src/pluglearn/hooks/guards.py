@@ -15,6 +15,8 @@ from __future__ import annotations
 import difflib
 import inspect
 import warnings
+from collections.abc import Callable
+from typing import Any
 
 from .foreign_names import COMMON_METHOD_NAMES, suggest
 from .markers import PROJECT_NAME
@@ -118,11 +120,13 @@ def check_plugin(plugin: object, registered: list[object]) -> None:
             )
 
 
-def _check_extension_point(label: str, attr: str, bound: object, opts: dict) -> None:
+def _check_extension_point(
+    label: str, attr: str, bound: Callable[..., Any], opts: dict[str, Any]
+) -> None:
     """A registry extension point takes exactly its declared arguments (the registry passes
     them by position) and no ordering option (every one is composed in registration order)."""
     declared = EXTENSION_POINTS[attr]
-    params = tuple(inspect.signature(bound).parameters)  # type: ignore[arg-type]
+    params = tuple(inspect.signature(bound).parameters)
     if params != declared:
         raise PluginError(
             f"plugin {label}: the registry extension point '{attr}' takes "

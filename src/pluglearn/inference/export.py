@@ -70,8 +70,9 @@ def unwrap(model: nn.Module) -> nn.Module:
     Linear(in_features=2, out_features=1, bias=True)
     """
     while True:
-        if type(model).__name__ == "OptimizedModule" and hasattr(model, "_orig_mod"):
-            model = model._orig_mod
+        inner = getattr(model, "_orig_mod", None)
+        if type(model).__name__ == "OptimizedModule" and isinstance(inner, nn.Module):
+            model = inner
         elif isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
             model = model.module
         else:
@@ -120,11 +121,17 @@ def build_model(record: dict[str, Any]) -> nn.Module:
     """
     from ..run.rng import random_states_kept
 
+    made_under = dtype_named(record.get("default_dtype"))
+    if made_under is None:
+        raise ExportError(
+            f"the export is damaged: its default dtype {record.get('default_dtype')!r} names no "
+            "torch dtype; export the Learner again."
+        )
     default = torch.get_default_dtype()
     with random_states_kept():
         try:
-            torch.set_default_dtype(dtype_named(record["default_dtype"]))
-            model = build(record["model"], "module")
+            torch.set_default_dtype(made_under)
+            model: nn.Module = build(record["model"], "module")
         finally:
             torch.set_default_dtype(default)
     return model if record["dtype"] is None else model.to(dtype_named(record["dtype"]))

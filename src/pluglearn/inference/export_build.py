@@ -55,7 +55,7 @@ def _decode(value: Any, kind: str = "module") -> Any:
         raise _damaged(f"a {type(value).__name__}")
     tag = next((k for k in value if k.startswith("$")), None)
     body = value.get(tag)
-    if tag == "$object":
+    if tag == "$object" and isinstance(body, str):  # else: damaged, below
         cls = resolve(body)
         if not isinstance(cls, type) or not _allowed(cls, kind):
             raise ExportError(
@@ -72,7 +72,7 @@ def _decode(value: Any, kind: str = "module") -> Any:
     if tag == "$float" and body in ("nan", "inf", "-inf"):
         return float(body)
     if tag == "$dtype" and isinstance(getattr(torch, str(body), None), torch.dtype):
-        return getattr(torch, body)
+        return getattr(torch, str(body))
     if tag == "$device" and isinstance(body, str):
         return torch.device(body)
     if tag == "$ref" and isinstance(body, str):

@@ -257,7 +257,9 @@ def constructor_args(
     return args, {**kwargs, **given}  # what is left of model_args goes to its **kwargs
 
 
-def object_spec(obj: Any, given: Mapping[str, Any] | None = None, where: str = "model") -> dict:
+def object_spec(
+    obj: Any, given: Mapping[str, Any] | None = None, where: str = "model"
+) -> dict[str, Any]:
     """The spec that rebuilds ``obj`` (a module or a plugin; ``given``: arguments for its own
     class), or an ExportError naming the fix. ``where`` names it in errors (``model.0``).
 

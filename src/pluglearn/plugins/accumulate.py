@@ -58,7 +58,8 @@ if TYPE_CHECKING:
 
 def count_targets(learn: Learner) -> int:
     """The default count: the batch's items, as the ``count_items`` hook answers."""
-    return learn.hooks.call("count_items", learn=learn, batch=learn.batch)
+    count: int = learn.hooks.call("count_items", learn=learn, batch=learn.batch)
+    return count
 
 
 class GradientAccumulation:
@@ -129,6 +130,7 @@ class GradientAccumulation:
             count = self.count(learn)
             self.total = self.total + count
             self._loss = loss = learn.loss
+            assert loss is not None  # backward runs after compute_loss
             learn.loss = loss * count
         # None: the next backward provider (the default, MixedPrecision's scaled backward)
         # differentiates the weighted loss

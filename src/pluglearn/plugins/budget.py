@@ -31,7 +31,8 @@ def steps_per_epoch(learn: Learner) -> int:
     from .accumulate import GradientAccumulation
 
     loader = learn.dls.train
-    if loader is None or length_of(loader) is None:
+    n_batches = None if loader is None else length_of(loader)
+    if n_batches is None:
         raise ValueError(
             "cannot count the optimizer steps of an epoch: the training loader has no length. "
             "Give n_epochs (and no max_steps), or a loader with a __len__."
@@ -46,7 +47,7 @@ def steps_per_epoch(learn: Learner) -> int:
                 "Scheduler(lambda opt: OneCycleLR(opt, lr, total_steps=...))."
             )
         n = plugin.n_batches
-    return math.ceil(len(loader) / n)
+    return math.ceil(n_batches / n)
 
 
 def planned_steps(learn: Learner, n_epochs: int, max_steps: int | None) -> int:

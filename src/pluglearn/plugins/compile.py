@@ -81,9 +81,10 @@ class Compile:
         for source, done in self._compiled:
             if source is module:
                 return done
-        done = torch.compile(module, **self.kwargs)
-        self._compiled.append((module, done))
-        return done
+        made = torch.compile(module, **self.kwargs)
+        assert isinstance(made, nn.Module)  # a compiled Module is a Module (an OptimizedModule)
+        self._compiled.append((module, made))
+        return made
 
     def _source(self, wrapped: Any) -> nn.Module | None:
         """What ``wrapped`` compiles when it is one of this plugin's compiled modules."""

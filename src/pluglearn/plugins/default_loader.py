@@ -15,7 +15,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ..data.loaders import TensorBatchLoader, tensors_of
+from ..data.arrays import tensors_of
+from ..data.loaders import TensorBatchLoader
 from ..distributed.ranks import rank, world_size
 from ..hooks.markers import hookimpl
 
@@ -33,11 +34,19 @@ class DefaultLoader:
         drop_last = dls.drop_last and train
         tensors = tensors_of(dataset)
         # under torch.distributed each rank takes its slice of every global batch
-        shard = {"rank": rank(), "world_size": world_size(), "skip_empty": not train}
+        here, world = rank(), world_size()
         if tensors is not None and dls.collate_fn is None:
             pin = learn.device.type == "cuda"  # gathered into pinned memory: a non_blocking copy
             return TensorBatchLoader(
-                tensors, batch_size, train, drop_last, dls.generator, **shard, pin_memory=pin
+                tensors,
+                batch_size,
+                train,
+                drop_last,
+                dls.generator,
+                rank=here,
+                world_size=world,
+                skip_empty=not train,
+                pin_memory=pin,
             )
         if tensors is not None and isinstance(dataset, (tuple, list)):
             from torch.utils.data import TensorDataset
@@ -53,5 +62,7 @@ class DefaultLoader:
             drop_last=drop_last,
             collate_fn=dls.collate_fn or collate,
             generator=dls.generator,
-            **shard,
+            rank=here,
+            world_size=world,
+            skip_empty=not train,
         )

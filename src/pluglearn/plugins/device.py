@@ -127,7 +127,9 @@ class Device:
     def __new__(cls, device: str | torch.device | None = None) -> Device:
         placed = pick_device(device, available_devices())
         if placed.type != "cpu" and not issubclass(cls, MovesBatches):
-            cls = with_batch_moving(cls)  # a user's subclass keeps its own overrides first
+            # a user's subclass keeps its own overrides first. The ignore: mypy wrongly finds a
+            # type[...] value unhashable for functools.cache (python/mypy#11470); a class hashes
+            cls = with_batch_moving(cls)  # type: ignore[arg-type]
         plugin = super().__new__(cls)
         plugin.device = placed
         return plugin

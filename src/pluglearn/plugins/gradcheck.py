@@ -51,7 +51,7 @@ from tqdm.std import tqdm  # tqdm.auto warns on import in a kernel without ipywi
 
 from ..distributed.ranks import is_main_process
 from ..hooks.markers import hookimpl
-from ..scratch.modules import Module
+from ..scratch.modules import GradTensor, Module
 from .gradcheck_report import GradRow, blame, failure_message, format_table, grad_errors, one_line
 
 if TYPE_CHECKING:
@@ -77,6 +77,17 @@ def _walk(module: Module, path: str = "") -> Iterator[tuple[str, Module]]:
     yield path, module
     for name, child in module.named_children():
         yield from _walk(child, f"{path}.{name}" if path else name)
+
+
+def _scratch_model(learn: Learner) -> Module:
+    """``learn.model`` as the scratch Module the manual mode needs, or an error saying so."""
+    model: object = learn.model
+    if not isinstance(model, Module):
+        raise TypeError(
+            "GradCheck(mode='manual') needs a model built from pluglearn.scratch modules "
+            f"(got a {type(model).__name__}); for an nn.Module use GradCheck(mode='numeric')."
+        )
+    return model
 
 
 def _floating(t: Any) -> bool:
@@ -133,13 +144,7 @@ class GradCheck:
     def before_fit(self, learn: Learner) -> None:
         model = learn.model
         if self.mode == "manual":
-            if not isinstance(model, Module):
-                raise TypeError(
-                    "GradCheck(mode='manual') needs a model built from pluglearn.scratch modules "
-                    f"(got a {type(model).__name__}); for an nn.Module use "
-                    "GradCheck(mode='numeric')."
-                )
-            if not any(p.requires_grad for p in model.parameters()):
+            if not any(p.requires_grad for p in _scratch_model(learn).parameters()):
                 raise ValueError(
                     "GradCheck(mode='manual') compares with autograd, but no parameter of the "
                     "model requires grad: call model.requires_grad_(True) before the fit."
@@ -179,15 +184,21 @@ class GradCheck:
     # ------------------------------------------------------------------------- manual mode
 
     def _manual(self, learn: Learner) -> tuple[list[GradRow], str]:
-        model, loss = learn.model, learn.loss
+        model, loss = _scratch_model(learn), learn.loss
+        assert loss is not None  # after_loss: compute_loss set it
         out, x = model.__dict__.get("out"), model.__dict__.get("args", (None,))[0]
-        loss_mod = learn.loss_func
-        own_loss = (
-            isinstance(loss_mod, Module)
-            and loss_mod.__dict__.get("out") is loss
-            and loss_mod.__dict__.get("args", (None,))[0] is out
+        loss_func: object = learn.loss_func
+        # the loss's own bwd is checked too when it is a scratch module fed by the model
+        loss_mod = (
+            loss_func
+            if isinstance(loss_func, Module)
+            and loss_func.__dict__.get("out") is loss
+            and loss_func.__dict__.get("args", (None,))[0] is out
+            else None
         )
-        modules = list(_walk(model)) + ([("learn.loss_func", loss_mod)] if own_loss else [])
+        modules = list(_walk(model))
+        if loss_mod is not None:
+            modules.append(("learn.loss_func", loss_mod))
         params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]  # not frozen
         watched = {id(p): p for _, p in params}  # every tensor the backward passes through
         for _, m in modules:
@@ -205,9 +216,9 @@ class GradCheck:
         for t in watched.values():
             t.g = None  # a stale .g from an earlier batch must not pass for a computed one
         try:
-            if own_loss:
+            if loss_mod is not None:
                 loss_mod.backward()  # seeds loss.g = 1 and checks the loss's own bwd
-            elif id(out) in ref:
+            elif out is not None and id(out) in ref:
                 out.g = ref[id(out)]  # dL/d(out) from autograd: only the model's bwd is checked
             model.backward()
             return self._manual_rows(learn, params, x, ref), blame(modules, ref, loss, self._ok)
@@ -219,11 +230,20 @@ class GradCheck:
                 else:
                     del p.g
 
-    def _manual_rows(self, learn: Learner, params: list, x: Any, ref: dict) -> list[GradRow]:
-        owners = dict(_walk(learn.model))
-        named = [(n, owners[n.rpartition(".")[0]], p) for n, p in params]
+    def _manual_rows(
+        self,
+        learn: Learner,
+        params: list[tuple[str, GradTensor]],
+        x: Any,
+        ref: dict[int, Tensor],
+    ) -> list[GradRow]:
+        model = _scratch_model(learn)
+        owners = dict(_walk(model))
+        named: list[tuple[str, Module, Any]] = [
+            (n, owners[n.rpartition(".")[0]], p) for n, p in params
+        ]
         if id(x) in ref:
-            named.append(("input", learn.model, x))
+            named.append(("input", model, x))
         return [self._row(learn, n, m, t, getattr(t, "g", None), ref[id(t)]) for n, m, t in named]
 
     def _ok(self, got: Tensor | None, ref: Tensor) -> bool:

@@ -62,7 +62,7 @@ def one_line(module: Any) -> str:
 
 def blame(
     modules: list[tuple[str, Module]],
-    ref: dict,
+    ref: dict[int, Tensor],
     loss: Tensor,
     ok: Callable[[Tensor | None, Tensor], bool],
 ) -> str:
@@ -70,7 +70,8 @@ def blame(
 
     ``ref`` maps ``id(tensor)`` to its oracle gradient; ``ok(got, ref)`` is the tolerance test.
     """
-    leaves, others = [], []
+    leaves: list[str] = []
+    others: list[str] = []
     for path, m in modules:
         out = m.__dict__.get("out")
         if out is not loss and (

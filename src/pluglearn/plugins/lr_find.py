@@ -182,6 +182,7 @@ class LRFinder:
 
     @hookimpl(trylast=True)  # the other plugins see every loss, the last one too
     def after_loss(self, learn: Learner) -> None:
+        assert learn.loss is not None  # after_loss: compute_loss set it
         loss = float(learn.loss.detach())
         n = len(self.losses) + 1
         self.lrs.append(self.lr)

@@ -34,26 +34,34 @@ if TYPE_CHECKING:
 __all__ = ["ManualBackward"]
 
 
+def _scratch_parts(learn: Learner) -> tuple[Module, Module]:
+    """``learn.model`` and ``learn.loss_func``, each a scratch Module with a bwd, or an error."""
+    parts = []
+    for what, obj, example in (
+        ("model", learn.model, "Sequential(Linear(64, 50), ReLU(), Linear(50, 10))"),
+        ("loss_func", learn.loss_func, "CrossEntropy() or MSE()"),
+    ):
+        if not isinstance(obj, Module):
+            raise TypeError(
+                f"ManualBackward needs the {what} to be a pluglearn.scratch Module with a bwd, "
+                f"got {type(obj).__name__}: use e.g. {example} from "
+                "pluglearn.scratch.modules, or drop ManualBackward to train with autograd."
+            )
+        parts.append(obj)
+    return parts[0], parts[1]
+
+
 class ManualBackward:
     """Answers ``backward`` with ``loss_func.backward(); model.backward()``, then copies each
     parameter's ``.g`` into ``.grad`` (accumulating like autograd)."""
 
     @hookimpl
     def before_fit(self, learn: Learner) -> None:
-        for what, obj, example in (
-            ("model", learn.model, "Sequential(Linear(64, 50), ReLU(), Linear(50, 10))"),
-            ("loss_func", learn.loss_func, "CrossEntropy() or MSE()"),
-        ):
-            if not isinstance(obj, Module):
-                raise TypeError(
-                    f"ManualBackward needs the {what} to be a pluglearn.scratch Module with a bwd, "
-                    f"got {type(obj).__name__}: use e.g. {example} from "
-                    "pluglearn.scratch.modules, or drop ManualBackward to train with autograd."
-                )
+        _scratch_parts(learn)
 
     @hookimpl
     def backward(self, learn: Learner) -> bool:
-        model, loss_func = learn.model, learn.loss_func
+        model, loss_func = _scratch_parts(learn)
         # the chain only holds if learn.loss is the loss module's last output, fed by the model
         if loss_func.__dict__.get("out") is not learn.loss:
             raise RuntimeError(

@@ -151,7 +151,7 @@ class MetricAdapter(PerPass):
         modules = dict(named()) if callable(named) else {}
         for module_name, count in (counts or {}).items():
             module = modules.get(module_name)
-            if hasattr(module, "_update_count"):
+            if module is not None and hasattr(module, "_update_count"):
                 module._update_count = int(count)
                 module._computed = None  # no cached value of the states before the load
         self._updated["train"] = True

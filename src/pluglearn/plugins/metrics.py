@@ -162,6 +162,7 @@ class AvgLoss(AverageMetric):
         # counted by the default count_items) in one frame; anything else, or a subclass's own
         # batch_sum, as AverageMetric does
         batch, loss, hooks = learn.batch, learn.loss, learn.hooks
+        assert loss is not None  # compute_loss set it
         phase = "train" if learn.run.pos.training else "valid"
         if hooks is not self._hooks:  # the plugins changed: does a plugin answer count_items?
             self._hooks, self._default_count = hooks, _counts_by_default(hooks)
@@ -187,6 +188,7 @@ class AvgLoss(AverageMetric):
 
     def batch_sum(self, learn: Learner) -> tuple[float | torch.Tensor, int]:
         loss = learn.loss
+        assert loss is not None  # read in after_loss
         n = count_of(learn)  # a pair's targets, a dict's labels, else the first tensor
         # on CPU a float is cheapest; on an accelerator a tensor sum avoids a sync per batch
         if loss.is_cpu:

@@ -41,7 +41,9 @@ class MixedPrecision:
 
     def __new__(cls, dtype: torch.dtype = torch.bfloat16, **scaler_kwargs: Any) -> MixedPrecision:
         if dtype == torch.float16 and not issubclass(cls, LossScaling):
-            cls = with_loss_scaling(cls)  # a user's subclass keeps its own overrides first
+            # a user's subclass keeps its own overrides first. The ignore: mypy wrongly finds a
+            # type[...] value unhashable for functools.cache (python/mypy#11470); a class hashes
+            cls = with_loss_scaling(cls)  # type: ignore[arg-type]
         return super().__new__(cls)
 
     def __init__(self, dtype: torch.dtype = torch.bfloat16, **scaler_kwargs: Any) -> None:
@@ -61,7 +63,9 @@ class MixedPrecision:
         self.step_skipped = False  # the last optimizer step was skipped by the scaler
         self._scale = 0.0
 
-    def _setup(self, learn: Learner) -> None:
+    def _setup(self, learn: Learner) -> str:
+        """Autocast on the model's device (set up the scaler for float16); returns the device
+        type."""
         param = next(iter(learn.model.parameters()), None)
         device = param.device.type if param is not None else "cpu"
         if self.dtype == torch.float16 and device not in ("cuda", "cpu"):
@@ -74,6 +78,7 @@ class MixedPrecision:
         if self.dtype == torch.float16 and self.scaler is None:
             self.scaler = torch.amp.GradScaler(device, **self.scaler_kwargs)
             self._scale = self.scaler.get_scale()
+        return device
 
     @hookimpl
     def after_create_opt(self, learn: Learner) -> None:
@@ -85,9 +90,10 @@ class MixedPrecision:
 
     @hookimpl
     def forward_context(self, learn: Learner) -> Any:
-        if self.device_type is None:
-            self._setup(learn)  # validate() / get_preds() outside a fit
-        return torch.autocast(self.device_type, dtype=self.dtype)
+        device_type = self.device_type
+        if device_type is None:
+            device_type = self._setup(learn)  # validate() / get_preds() outside a fit
+        return torch.autocast(device_type, dtype=self.dtype)
 
     @hookimpl
     def state_dict(self) -> dict[str, Any] | None:
@@ -119,6 +125,7 @@ class LossScaling:
     def backward(self, learn: Learner) -> bool | None:
         if self.scaler is None:
             return None
+        assert learn.loss is not None  # backward runs after compute_loss
         self.scaler.scale(learn.loss).backward()
         return True
 

@@ -119,7 +119,8 @@ class MLflowLogger(TrackerLogger):
             )
         experiment_id = found.experiment_id if found else client.create_experiment(self.experiment)
         run = client.create_run(experiment_id, run_name=self.run_name, tags=self.tags)
-        return run.info.run_id
+        run_id_made: str = run.info.run_id
+        return run_id_made
 
     def _log_params(self, params: dict[str, Any]) -> None:
         Param = self._mlflow.entities.Param

@@ -36,8 +36,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ..data.arrays import tensors_of
 from ..data.batch_ops import collate
-from ..data.loaders import tensors_of
 from ..data.multiprocess import MultiprocessDataLoader
 from ..distributed.ranks import rank, world_size
 from ..hooks.markers import hookimpl

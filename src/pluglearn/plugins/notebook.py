@@ -71,7 +71,7 @@ def notebook_bar() -> type | None:
 def _bar_class(base: type) -> type:
     from tqdm.std import tqdm as text_tqdm
 
-    class NotebookBar(base):  # type: ignore[misc, valid-type]
+    class NotebookBar(base):
         """tqdm's widget bar; red at an early close only when ``failed`` is set."""
 
         failed = False

@@ -150,7 +150,9 @@ class ProgressBar:
         now = time.monotonic()
         if now >= top.next_show:  # read the loss (a sync on GPUs) only when it is shown
             top.next_show = now + self.mininterval
-            top.bar.set_postfix_str(f"loss {learn.loss.item():.4f}", refresh=False)
+            loss = learn.loss
+            assert loss is not None  # a batch that ran to after_batch has one
+            top.bar.set_postfix_str(f"loss {loss.item():.4f}", refresh=False)
 
     def _close(self, learn: Learner | None = None, kind: str = "") -> None:
         """Close the bar this ``kind`` pass opened, if it opened one (a pass whose ``before_X``

@@ -86,6 +86,7 @@ class Recorder:
     def after_batch(self, learn: Learner) -> None:
         if learn.training and self._used is not None:
             self.steps.append(learn.train_iter)
+            assert learn.loss is not None  # a training batch that ran to after_batch has one
             self.losses.append(learn.loss.item())
             self.lrs.append(self._used[0])
             self.moms.append(self._used[1])

@@ -71,6 +71,7 @@ class TerminateOnNaN:
     @hookimpl(tryfirst=True)  # before the metrics accumulate the loss and before backward
     def after_loss(self, learn: Learner) -> None:
         loss = learn.loss
+        assert loss is not None  # set before after_loss
         if not self._fitting or bool(torch.isfinite(loss.detach()).all()):
             return
         value = loss.item() if loss.numel() == 1 else "not finite"
@@ -108,7 +109,9 @@ class _Monitored:
                 f"{who}(min_delta={min_delta!r}): give a finite number >= 0 (the least change "
                 "that counts as an improvement)."
             )
-        self.monitor, self.mode, self.min_delta = monitor, mode, float(min_delta)
+        self.monitor: str = monitor
+        self.mode: str = mode
+        self.min_delta: float = float(min_delta)
         self.best: float | None = None
         self.best_epoch: int | None = None
         self._resumed_at: tuple[int, int] | None = None  # (epoch, steps) of a loaded checkpoint
@@ -306,16 +309,16 @@ class SaveBest(_Monitored):
                 for k, v in learn.model.state_dict().items()
             }
             if self.path is not None and is_main_process():
-                self._write()
+                self._write(self.path)
 
-    def _write(self) -> None:
+    def _write(self, path: Path) -> None:
         """The copy to ``path``, through the weights writer (see the class doc)."""
         from ..checkpoint.weights import canonical_state, storable, write_tensors
 
         tensors = {k: v for k, v in (self.weights or {}).items() if isinstance(v, torch.Tensor)}
         meta = {"monitor": self.monitor, "mode": self.mode, "best": repr(self.best)}
         meta["best_epoch"] = str(self.best_epoch)
-        write_tensors(storable(canonical_state(tensors, "SaveBest")), self.path, meta)
+        write_tensors(storable(canonical_state(tensors, "SaveBest")), path, meta)
 
     @hookimpl
     def cleanup_fit(self, learn: Learner) -> None:

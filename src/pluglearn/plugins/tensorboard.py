@@ -98,6 +98,7 @@ class TensorBoardLogger:
         if self.writer is None or not learn.training or self._lr is None:
             return
         step = learn.train_iter - 1  # the batch just run, 0-based
+        assert learn.loss is not None  # a training batch that ran to after_batch has one
         self.writer.add_scalar("train/loss", learn.loss.item(), step)
         self.writer.add_scalar("train/lr", self._lr, step)
 

@@ -175,6 +175,7 @@ class TrackerLogger(ABC):
         self._used = None
         if learn.train_iter <= self._logged.get("batch", -1):
             return  # the interrupted attempt logged this step: the run keeps its first value
+        assert learn.loss is not None  # a training batch that ran to after_batch has one
         values = {BATCH_KEY: learn.loss.item(), "train/lr": lr}
         if momentum is not None:
             values["train/momentum"] = momentum

@@ -73,6 +73,7 @@ class TrainStep:
 
     @hookimpl(trylast=True)
     def backward(self, learn: Learner) -> bool:
+        assert learn.loss is not None  # backward runs after compute_loss
         learn.loss.backward()
         return True
 

@@ -60,7 +60,9 @@ def records(path: str | Path) -> Iterator[Any]:
         pos = start + length
         parts = chunk if kind in (FULL, FIRST) else parts + chunk
         if kind in (FULL, LAST):
-            record = wandb_internal_pb2.Record()
+            # the ignore: wandb_internal_pb2 re-exports its protobuf-version's module with a
+            # star import chosen at run time, so a type checker sees none of its names
+            record = wandb_internal_pb2.Record()  # type: ignore[attr-defined]
             record.ParseFromString(parts)
             yield record
 

@@ -162,14 +162,14 @@ def _restore_opt(learn: Learner, saved: tuple[Any, Any]) -> None:
 
 
 def _capture_loader(learn: Learner, copy: bool) -> Any:
-    loader = learn.dls.train
+    loader: Any = learn.dls.train  # a stateful loader, when it has state_dict()
     if not callable(getattr(loader, "state_dict", None)):
         return None
     return _copied(loader.state_dict(), copy)
 
 
 def _restore_loader(learn: Learner, state: Any) -> None:
-    loader = learn.dls.train
+    loader: Any = learn.dls.train  # a stateful loader, when it has load_state_dict()
     if state is not None and callable(getattr(loader, "load_state_dict", None)):
         loader.load_state_dict(state)
 
@@ -185,7 +185,8 @@ def _restore_generators(learn: Learner, saved: list[tuple[Any, Any]]) -> None:
 
 def _capture_plugins(learn: Learner, copy: bool) -> dict[str, Any]:
     # copied: a plugin may answer with its live lists (Recorder), which training extends
-    return _copied(dict(learn.hooks.call("state_dict", learn=learn)), copy)
+    states: dict[str, Any] = _copied(dict(learn.hooks.call("state_dict", learn=learn)), copy)
+    return states
 
 
 def _restore_plugins(learn: Learner, states: dict[str, Any]) -> None:

@@ -33,6 +33,9 @@ class Dataset:
     fast path when `x` and `y` are tensors.
     """
 
+    x: Sequence[Any] | torch.Tensor
+    y: Sequence[Any] | torch.Tensor
+
     def __init__(self, x: Sequence[Any] | torch.Tensor, y: Sequence[Any] | torch.Tensor):
         if len(x) != len(y):
             raise ValueError(f"x and y must have the same length, got {len(x)} and {len(y)}")
@@ -47,7 +50,7 @@ class Dataset:
         return self.x[i], self.y[i]
 
 
-def _take(seq: Any, idx: slice | list | torch.Tensor) -> Any:
+def _take(seq: Any, idx: slice | list[Any] | torch.Tensor) -> Any:
     # Tensors index with a list or tensor in one call; plain sequences need a loop.
     if isinstance(seq, torch.Tensor) or isinstance(idx, slice):
         return seq[idx]
@@ -86,17 +89,18 @@ def collate(items: Iterable[Any]) -> Any:
         return list(items)
     if isinstance(first, Mapping):
         fields = {k: collate([item[k] for item in items]) for k in first}
+        kind: Any = type(first)  # a Mapping subclass; most are built from a dict
         try:  # keep the mapping's type when it can be built from a dict
-            return type(first)(fields)
+            return kind(fields)
         except TypeError:
             return fields
     if isinstance(first, Sequence):
         if any(len(item) != len(first) for item in items):
             raise ValueError("collate: every sample in a batch must have the same number of fields")
-        fields = [collate(list(field)) for field in zip(*items, strict=True)]
+        columns = [collate(list(field)) for field in zip(*items, strict=True)]
         if isinstance(first, tuple) and hasattr(first, "_fields"):
-            return type(first)(*fields)
-        return tuple(fields) if isinstance(first, tuple) else fields
+            return type(first)(*columns)
+        return tuple(columns) if isinstance(first, tuple) else columns
     raise TypeError(
         f"collate does not know how to batch a {type(first).__name__}: "
         "pass a collate_fn that handles it"
@@ -156,7 +160,12 @@ class BatchSampler:
         self.sampler, self.drop_last = sampler, bool(drop_last)
 
     def __len__(self) -> int:
-        n = len(self.sampler)  # type: ignore[arg-type]
+        if not isinstance(self.sampler, Sized):
+            raise TypeError(
+                f"BatchSampler: its sampler ({type(self.sampler).__name__}) has no len(), so "
+                "the number of batches is unknown"
+            )
+        n = len(self.sampler)
         return n // self.bs if self.drop_last else -(-n // self.bs)
 
     def __iter__(self) -> Iterator[list[int]]:
@@ -167,7 +176,7 @@ class BatchSampler:
 _in_worker: dict[str, Any] = {}
 
 
-def _start_worker(ds: Any, collate_fn: Callable) -> None:
+def _start_worker(ds: Any, collate_fn: Callable[[Iterable[Any]], Any]) -> None:
     # One thread each, as torch's own DataLoader workers: n workers x all cores would
     # oversubscribe the CPU, and a forked copy of the parent's thread pool can deadlock.
     torch.set_num_threads(1)
@@ -218,8 +227,13 @@ class DataLoader:
                 f"collate_fn must be callable, got {type(collate_fn).__name__}: pass a function "
                 "that turns the items of a batch into the batch, e.g. collate"
             )
-        if isinstance(batchs, int) and not isinstance(batchs, bool):
-            batchs, batch_size = (None, batchs) if batch_size is None else (batchs, batch_size)
+        if isinstance(batchs, bool):
+            raise TypeError(
+                f"DataLoader(ds, {batchs}): batchs is a BatchSampler (or a batch size, an int), "
+                "not a bool"
+            )
+        if isinstance(batchs, int) and batch_size is None:
+            batchs, batch_size = None, batchs
         if batchs is None:
             if batch_size is None:
                 raise TypeError(
@@ -227,7 +241,13 @@ class DataLoader:
                     "DataLoader(ds, BatchSampler(Sampler(ds), 64)), or batch_size=64"
                 )
             batchs = BatchSampler(Sampler(ds, shuffle, generator), batch_size, drop_last)
-        elif batch_size is not None or shuffle or drop_last or generator is not None:
+        elif (
+            isinstance(batchs, int)
+            or batch_size is not None
+            or shuffle
+            or drop_last
+            or generator is not None
+        ):
             raise TypeError(
                 "DataLoader got both batchs and batch_size/shuffle/drop_last/generator: these "
                 "belong to the BatchSampler; give one or the other"
@@ -236,7 +256,12 @@ class DataLoader:
         self.n_workers = _check_size("n_workers", n_workers, 0)
 
     def __len__(self) -> int:
-        return len(self.batchs)  # type: ignore[arg-type]
+        if not isinstance(self.batchs, Sized):
+            raise TypeError(
+                f"DataLoader: its batchs ({type(self.batchs).__name__}) has no len(), so the "
+                "number of batches is unknown"
+            )
+        return len(self.batchs)
 
     def __iter__(self) -> Iterator[Any]:
         if self.n_workers == 0:

@@ -29,7 +29,7 @@ from torch import Tensor
 
 from pluglearn.scratch.functional import lin, relu
 from pluglearn.scratch.losses import Mse
-from pluglearn.scratch.modules import Module, Parameter
+from pluglearn.scratch.modules import GradTensor, Module, Parameter
 
 __all__ = ["MLP", "Lin", "Linear", "Model", "Relu", "Sequential"]
 
@@ -62,7 +62,7 @@ class Lin(Module):
     def forward(self, x: Tensor) -> Tensor:
         return lin(x, self.w, self.b)  # (n, in) @ (in, out) + (out,) -> (n, out)
 
-    def bwd(self, out: Tensor, x: Tensor) -> None:
+    def bwd(self, out: GradTensor, x: GradTensor) -> None:
         g = out.g.reshape(-1, self.n_out)  # (*, out) -> (n, out)
         x2 = x.reshape(-1, self.n_in)  # (*, in) -> (n, in)
         x.g = (g @ self.w.T).reshape(x.shape)  # dL/dx = dL/dy · Wᵀ: (n, out) @ (out, in)
@@ -102,7 +102,7 @@ class Relu(Module):
     def forward(self, x: Tensor) -> Tensor:
         return relu(x)  # (*) -> (*)
 
-    def bwd(self, out: Tensor, x: Tensor) -> None:
+    def bwd(self, out: GradTensor, x: GradTensor) -> None:
         x.g = (x > 0).to(out.g.dtype) * out.g  # dL/dx = dL/dy · 1[x > 0]  (0 at x == 0, as torch)
 
 
@@ -187,18 +187,23 @@ class Model(Module):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        if len(args) == 4 and all(isinstance(a, Tensor) for a in args):
+        tensors = [a for a in args if isinstance(a, Tensor)]
+        ints = [a for a in args if isinstance(a, int) and not isinstance(a, bool)]
+        if len(args) == len(tensors) == 4:
             if generator is not None or dtype is not None:
                 raise TypeError(
                     "Model(w1, b1, w2, b2) uses the tensors it is given: generator and dtype "
                     "belong to Model(n_in, nh, n_out), which makes its weights"
                 )
-            w1, b1, w2, b2 = args
+            w1, b1, w2, b2 = tensors
             self.layers = [Lin(w1, b1), Relu(), Lin(w2, b2)]  # stored as a Sequential
-        elif len(args) == 3 and all(isinstance(a, int) and not isinstance(a, bool) for a in args):
-            n_in, nh, n_out = args
-            make = {"generator": generator, "dtype": dtype}
-            self.layers = [Linear(n_in, nh, **make), Relu(), Linear(nh, n_out, **make)]
+        elif len(args) == len(ints) == 3:
+            n_in, nh, n_out = ints
+            self.layers = [
+                Linear(n_in, nh, generator=generator, dtype=dtype),
+                Relu(),
+                Linear(nh, n_out, generator=generator, dtype=dtype),
+            ]
             self.requires_grad_(True)  # the notebook trains this form with loss.backward()
         else:
             given = ", ".join(type(a).__name__ for a in args)
@@ -216,9 +221,10 @@ class Model(Module):
             )
         for layer in self.layers:
             x = layer(x)  # (n, in) -> (n, nh) -> (n, nh) -> (n, out)
-        return self.loss(x, targ)  # (n, 1), (n,) -> ()
+        loss: Tensor = self.loss(x, targ)  # (n, 1), (n,) -> ()
+        return loss
 
-    def bwd(self, out: Tensor, x: Tensor, targ: Tensor) -> None:
+    def bwd(self, out: GradTensor, x: GradTensor, targ: Tensor) -> None:
         self.loss.backward()  # self.loss.out is out: it reads the same out.g (1 for the loss)
         for layer in reversed(self.layers):
             layer.backward()
@@ -255,9 +261,10 @@ class MLP(Module):
         self.requires_grad_(requires_grad)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.l2(self.relu(self.l1(x)))  # (n, in) -> (n, nh) -> (n, out)
+        out: Tensor = self.l2(self.relu(self.l1(x)))  # (n, in) -> (n, nh) -> (n, out)
+        return out
 
-    def bwd(self, out: Tensor, x: Tensor) -> None:
+    def bwd(self, out: GradTensor, x: GradTensor) -> None:
         self.l2.backward()  # self.l2.out is out, so it reads the same out.g
         self.relu.backward()
         self.l1.backward()

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from pluglearn.scratch.functional import cross_entropy, log_softmax, mse
-from pluglearn.scratch.modules import Module
+from pluglearn.scratch.modules import GradTensor, Module
 
 __all__ = ["CrossEntropy", "Mse"]
 
@@ -22,7 +22,7 @@ class Mse(Module):
     def forward(self, pred: Tensor, target: Tensor) -> Tensor:
         return mse(pred, target)  # (n, 1), (n,) -> ()
 
-    def bwd(self, out: Tensor, pred: Tensor, target: Tensor) -> None:
+    def bwd(self, out: GradTensor, pred: GradTensor, target: Tensor) -> None:
         diff = pred.reshape(target.shape) - target  # (n, 1) -> (n,)
         pred.g = (out.g * 2.0 * diff / target.numel()).reshape(pred.shape)  # dL/dp = 2(p - t)/n
 
@@ -33,7 +33,7 @@ class CrossEntropy(Module):
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         return cross_entropy(logits, target)  # (n, c), (n,) -> ()
 
-    def bwd(self, out: Tensor, logits: Tensor, target: Tensor) -> None:
+    def bwd(self, out: GradTensor, logits: GradTensor, target: Tensor) -> None:
         n = logits.shape[0]
         g = log_softmax(logits).exp()  # softmax: (n, c)
         g[torch.arange(n, device=g.device), target] -= 1  # softmax - one_hot(target)

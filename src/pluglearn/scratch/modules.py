@@ -33,7 +33,7 @@ in their own modules; import them all from :mod:`pluglearn.scratch`.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import Tensor
@@ -42,8 +42,18 @@ __all__ = ["Module", "Parameter", "is_parameter"]
 
 _FLAG = "_scratch_parameter"
 
+if TYPE_CHECKING:
 
-def Parameter(data: Tensor, requires_grad: bool = False) -> Tensor:
+    class GradTensor(Tensor):
+        """For type checkers only: a plain tensor that may carry the notebook's ``.g``."""
+
+        g: Any  # dL/d(this tensor) once a bwd assigned it; None after zero_grad
+
+else:
+    GradTensor = Tensor  # at run time every tensor takes a .g
+
+
+def Parameter(data: Tensor, requires_grad: bool = False) -> GradTensor:
     """Mark ``data`` as a parameter and return the *same* tensor object (no copy, no subclass).
 
     The result stays a plain ``torch.Tensor``: ``.g`` (manual backward) and ``.grad``
@@ -55,7 +65,7 @@ def Parameter(data: Tensor, requires_grad: bool = False) -> Tensor:
     setattr(data, _FLAG, True)
     if requires_grad:
         data.requires_grad_(True)
-    return data
+    return cast(GradTensor, data)
 
 
 def is_parameter(t: object) -> bool:
@@ -72,13 +82,15 @@ class Module:
     """
 
     _modules: dict[str, Module]
-    _params: dict[str, Tensor]
+    _params: dict[str, GradTensor]
+    args: tuple[Any, ...]  # the inputs of the last call (set by __call__)
+    out: Any  # the output of the last call (set by __call__)
 
     def __init__(self) -> None:
         object.__setattr__(self, "_modules", {})
         object.__setattr__(self, "_params", {})
 
-    def _registries(self) -> tuple[dict[str, Module], dict[str, Tensor]]:
+    def _registries(self) -> tuple[dict[str, Module], dict[str, GradTensor]]:
         d = self.__dict__
         if "_modules" not in d:
             Module.__init__(self)
@@ -119,7 +131,7 @@ class Module:
             "`def forward(self, *inputs)` returning the output tensor"
         )
 
-    def bwd(self, out: Tensor, *args: Any) -> None:
+    def bwd(self, out: GradTensor, *args: Any) -> None:
         """Read ``out.g`` and assign ``.g`` on every input and parameter."""
         raise NotImplementedError(
             f"{type(self).__name__}.bwd is not implemented: define "
@@ -136,7 +148,7 @@ class Module:
             )
         out = self.out
         if getattr(out, "g", None) is None:
-            if isinstance(out, Tensor) and out.ndim == 0:
+            if isinstance(out, GradTensor) and out.ndim == 0:  # (a Tensor at run time)
                 out.g = torch.ones_like(out).detach()  # dL/dL = 1 for a scalar loss
             else:
                 raise RuntimeError(
@@ -157,7 +169,7 @@ class Module:
         for _, m in self.named_children():
             yield m
 
-    def named_parameters(self, prefix: str = "") -> Iterator[tuple[str, Tensor]]:
+    def named_parameters(self, prefix: str = "") -> Iterator[tuple[str, GradTensor]]:
         """Yield ``(dotted_name, tensor)`` for every parameter, own ones first, then children's.
 
         A tensor shared by several modules is yielded once, under its first name.
@@ -168,14 +180,14 @@ class Module:
                 seen.add(id(p))
                 yield name, p
 
-    def _named_parameters_all(self, prefix: str) -> Iterator[tuple[str, Tensor]]:
+    def _named_parameters_all(self, prefix: str) -> Iterator[tuple[str, GradTensor]]:
         modules, params = self._registries()
         for name, p in params.items():
             yield prefix + name, p
         for name, m in modules.items():
             yield from m._named_parameters_all(f"{prefix}{name}.")
 
-    def parameters(self) -> Iterator[Tensor]:
+    def parameters(self) -> Iterator[GradTensor]:
         """Yield every parameter tensor, recursively (each shared tensor once)."""
         for _, p in self.named_parameters():
             yield p
@@ -184,7 +196,7 @@ class Module:
     @property
     def training(self) -> bool:
         """True in train mode (the default), False after ``eval()``."""
-        return self.__dict__.get("_training", True)
+        return bool(self.__dict__.get("_training", True))
 
     def train(self, mode: bool = True) -> Module:
         """Set train mode (or eval mode with ``mode=False``) here and in every child."""

@@ -165,10 +165,8 @@ class SGD(Optimizer):
     def zero_grad(self) -> None:
         """Clear the gradients (set ``.g`` or ``.grad`` to ``None``, like torch's default)."""
         for p in self.params:
-            if self.grad_attr == "grad":
-                p.grad = None
-            elif getattr(p, "g", None) is not None:
-                p.g = None
+            if getattr(p, self.grad_attr, None) is not None:
+                setattr(p, self.grad_attr, None)
 
     def __repr__(self) -> str:
         return (
