@@ -22,9 +22,10 @@ from pluglearn.checkpoint.files import (
 from pluglearn.checkpoint.plugin import Checkpoint
 from pluglearn.checkpoint.resume import capture
 from tests.helpers import DieAtStep, EventLog, batches, tiny_data
-from tests.resume_job import make_learner, run_and_signal
+from tests.jobs import JOBS
+from tests.jobs.resume_job import make_learner, run_and_signal
 
-JOB = Path(__file__).with_name("resume_job.py")
+JOB = JOBS / "resume_job.py"
 BATCHES_PER_EPOCH, EPOCHS = 20, 3
 
 

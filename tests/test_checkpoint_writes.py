@@ -1,6 +1,6 @@
 """Checkpoint writes that fail or are cut off: a full disk, a second Ctrl-C, a SIGKILL.
 
-Each is met for real in a child process (tests/checkpoint_write_job.py): the error is the one
+Each is met for real in a child process (tests/jobs/checkpoint_write_job.py): the error is the one
 that happened, named, never torch's ``RuntimeError: [enforce fail at inline_container.cc]``, and
 no partial temporary file is left behind (or it is removed by the next fit).
 """
@@ -24,8 +24,9 @@ from pluglearn import DataLoaders, Learner
 from pluglearn.checkpoint.files import checkpoint_name, new_run_id, temporary_path
 from pluglearn.checkpoint.plugin import Checkpoint
 from tests.helpers import tiny_data
+from tests.jobs import JOBS
 
-JOB = Path(__file__).with_name("checkpoint_write_job.py")
+JOB = JOBS / "checkpoint_write_job.py"
 
 
 def run_job(directory: Path, mode: str) -> dict:

@@ -11,7 +11,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from pluglearn.distributed.ranks import is_main_process, reduce_sum
-from tests import _dist_worker
+from tests.jobs import dist_worker
 
 
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")
@@ -19,7 +19,7 @@ from tests import _dist_worker
 def test_metrics_are_averaged_over_every_process_and_only_rank_0_reports(tmp_path):
     ctx = mp.get_context("spawn")
     ranks = [
-        ctx.Process(target=_dist_worker.run, args=(r, 2, str(tmp_path / "store"), str(tmp_path)))
+        ctx.Process(target=dist_worker.run, args=(r, 2, str(tmp_path / "store"), str(tmp_path)))
         for r in range(2)
     ]
     for p in ranks:
@@ -29,9 +29,9 @@ def test_metrics_are_averaged_over_every_process_and_only_rank_0_reports(tmp_pat
     assert [p.exitcode for p in ranks] == [0, 0]
     results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     # the oracle: the per-item average over all 9 items, computed in one process
-    x = torch.cat([_dist_worker.shard(r)[0] for r in range(2)])
-    y = torch.cat([_dist_worker.shard(r)[1] for r in range(2)])
-    preds = _dist_worker.model()(x)
+    x = torch.cat([dist_worker.shard(r)[0] for r in range(2)])
+    y = torch.cat([dist_worker.shard(r)[1] for r in range(2)])
+    preds = dist_worker.model()(x)
     loss = F.cross_entropy(preds, y).item()
     accuracy = (preds.argmax(1) == y).float().mean().item()
     for result in results:

@@ -22,7 +22,7 @@ from pluglearn import (
     hookimpl,
     load_learner,
 )
-from tests._export_models import MLP, Configured, Hidden, TinyHF, smooth_loss
+from tests.support.export_models import MLP, Configured, Hidden, TinyHF, smooth_loss
 
 ROOT = Path(__file__).resolve().parents[1]
 G = torch.Generator().manual_seed(0)

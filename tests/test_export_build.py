@@ -10,7 +10,7 @@ from torch import nn
 from pluglearn import ExportError, load_learner
 from pluglearn.inference.export_build import build, rebuild_differences
 from pluglearn.inference.export_file import FORMAT, VERSION, write_export
-from tests._export_models import MLP, Hidden
+from tests.support.export_models import MLP, Hidden
 
 
 def linear(**kwargs) -> dict:

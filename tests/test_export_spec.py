@@ -14,7 +14,7 @@ from torch import nn
 from pluglearn import ExportError, MixedPrecision
 from pluglearn.inference.export_build import build
 from pluglearn.inference.export_spec import constructor_args, import_path, object_spec
-from tests._export_models import MLP, Configured
+from tests.support.export_models import MLP, Configured
 
 LAYERS = {
     "Linear without bias": (lambda: nn.Linear(4, 3, bias=False), (2, 4)),

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from pluglearn.plugins.notebook import in_notebook, kernel_shell
-from tests.notebook_kernel import KernelRun, run_cells
+from tests.support.notebook_kernel import KernelRun, run_cells
 
 SETUP = """
 import sys

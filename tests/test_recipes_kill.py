@@ -1,6 +1,6 @@
 """All four training recipes together, SIGKILLed mid-epoch and resumed in a fresh process.
 
-``tests/resume_job.py --recipes`` trains with ``fit_one_cycle`` (a ``Scheduler`` of
+``tests/jobs/resume_job.py --recipes`` trains with ``fit_one_cycle`` (a ``Scheduler`` of
 ``OneCycleLR``), ``GradientAccumulation(2)``, ``GradientClipping`` and
 ``MixedPrecision(torch.bfloat16)``, writing a checkpoint after every training batch (so inside
 an accumulation group too). The oracle is the same job run without interruption: the final
@@ -19,9 +19,10 @@ import pytest
 import torch
 
 from pluglearn.checkpoint.files import checkpoints_in, load_checkpoint
-from tests.resume_job import run_and_signal
+from tests.jobs import JOBS
+from tests.jobs.resume_job import run_and_signal
 
-JOB = Path(__file__).with_name("resume_job.py")
+JOB = JOBS / "resume_job.py"
 BATCHES_PER_EPOCH, EPOCHS, ACCUMULATE = 20, 3, 2
 TOTAL = BATCHES_PER_EPOCH * EPOCHS
 

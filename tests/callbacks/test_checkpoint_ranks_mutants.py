@@ -15,8 +15,8 @@ from torch import nn
 from pluglearn import DataLoaders, Learner
 from pluglearn.checkpoint.files import load_checkpoint, parse_name
 from pluglearn.checkpoint.plugin import Checkpoint
-from tests.callbacks import _checkpoint_ranks_worker
 from tests.helpers import tiny_data
+from tests.jobs import checkpoint_ranks_worker
 
 
 def one_process_checkpoint_at_step_4(directory):
@@ -32,7 +32,7 @@ def one_process_checkpoint_at_step_4(directory):
 def two_ranks(tmp_path, at):
     ctx = mp.get_context("spawn")
     args = (str(tmp_path / "store"), str(tmp_path / "ckpt"), str(tmp_path), at)
-    ranks = [ctx.Process(target=_checkpoint_ranks_worker.run, args=(r, *args)) for r in range(2)]
+    ranks = [ctx.Process(target=checkpoint_ranks_worker.run, args=(r, *args)) for r in range(2)]
     for p in ranks:
         p.start()
     for p in ranks:

@@ -12,8 +12,8 @@ from mlflow.tracking import MlflowClient
 
 from pluglearn import Accuracy, AvgLoss, Checkpoint, Recorder, hookimpl
 from pluglearn.plugins.mlflow_logger import MLflowLogger
-from tests.callbacks._trackers import Decay, FailIn, Keep, make_learner
 from tests.helpers import CrashAt
+from tests.support.trackers import Decay, FailIn, Keep, make_learner
 
 
 @pytest.fixture(scope="module")

@@ -23,8 +23,7 @@ from pluglearn.data.worker_pool import WorkerError
 from pluglearn.plugins.multiprocess_loader import MultiprocessLoader, TensorItems
 from pluglearn.scratch.data import collate
 from tests.helpers import process_alive, wait_dead
-
-from . import _mp_datasets as D
+from tests.support import mp_datasets as D
 
 # fork starts a pool in milliseconds (spawn or forkserver import torch anew in every worker,
 # for every fit), which keeps this file fast; the spawn-specific check names spawn itself.
@@ -342,7 +341,7 @@ import sys
 from torch import nn
 from pluglearn import DataLoaders, Learner, hookimpl
 from pluglearn.plugins.multiprocess_loader import MultiprocessLoader
-from tests.callbacks._mp_datasets import SlowItems
+from tests.support.mp_datasets import SlowItems
 
 class ReportPids:
     done = False

@@ -12,8 +12,7 @@ from torch import nn
 
 from pluglearn import DataLoaders, Learner, Profiler, hookimpl
 from pluglearn.plugins.profiler import LOADER
-
-from ..helpers import batches, tiny_data, tiny_learner
+from tests.helpers import batches, tiny_data, tiny_learner
 
 SLEEP = 0.02  # far above any hook's own cost on a loaded machine
 

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from tests.notebook_kernel import KernelRun, run_cells
+from tests.support.notebook_kernel import KernelRun, run_cells
 
 pytestmark = pytest.mark.slow  # a kernel starts and imports torch: several seconds
 

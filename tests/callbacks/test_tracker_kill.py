@@ -6,7 +6,6 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -15,9 +14,10 @@ pytest.importorskip("mlflow", reason="MLflowLogger needs pip install 'pluglearn[
 from mlflow.tracking import MlflowClient
 
 from pluglearn import Accuracy, AvgLoss, MLflowLogger
-from tests.callbacks._trackers import make_learner
+from tests.jobs import JOBS
+from tests.support.trackers import make_learner
 
-JOB = Path(__file__).with_name("_tracker_kill_job.py")
+JOB = JOBS / "tracker_kill_job.py"
 
 
 def history(client, experiment, key):

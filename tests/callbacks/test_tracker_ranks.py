@@ -12,8 +12,8 @@ pytest.importorskip("wandb", reason="WandbLogger needs pip install 'pluglearn[wa
 
 from mlflow.tracking import MlflowClient
 
-from tests.callbacks import _tracker_ranks_worker
 from tests.callbacks.test_wandb_logger import logs_of, rows_with
+from tests.jobs import tracker_ranks_worker
 
 
 @pytest.mark.slow
@@ -24,7 +24,7 @@ def test_two_ranks_log_one_run_with_each_step_once(tmp_path):
     MlflowClient(tracking_uri=uri).search_experiments()  # the tables, before two ranks race
     args = (str(tmp_path / "store"), uri, str(tmp_path))
     ctx = mp.get_context("spawn")
-    ranks = [ctx.Process(target=_tracker_ranks_worker.run, args=(r, *args)) for r in range(2)]
+    ranks = [ctx.Process(target=tracker_ranks_worker.run, args=(r, *args)) for r in range(2)]
     for p in ranks:
         p.start()
     for p in ranks:

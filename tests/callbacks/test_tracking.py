@@ -15,7 +15,7 @@ import torch
 
 from pluglearn import hookimpl
 from pluglearn.plugins.tracking import TrackerLogger
-from tests.callbacks._trackers import make_learner
+from tests.support.trackers import make_learner
 
 
 class MemoryTracker(TrackerLogger):

@@ -15,8 +15,8 @@ import wandb
 from pluglearn import Accuracy, AvgLoss, Checkpoint, Recorder
 from pluglearn.plugins import wandb_files
 from pluglearn.plugins.wandb_logger import WandbLogger
-from tests.callbacks._trackers import Decay, FailIn, Keep, make_learner
 from tests.helpers import CrashAt
+from tests.support.trackers import Decay, FailIn, Keep, make_learner
 
 
 @pytest.fixture(autouse=True)

@@ -23,8 +23,7 @@ from pluglearn.data.multiprocess import MultiprocessDataLoader
 from pluglearn.data.worker_pool import WorkerError
 from pluglearn.scratch import Dataset
 from tests.helpers import wait_dead
-
-from . import _worker_datasets as D
+from tests.support import worker_datasets as D
 
 pytestmark = pytest.mark.timeout(60)  # a hang fails the test instead of blocking the run
 
@@ -239,7 +238,7 @@ def test_garbage_collection_closes_the_pool():
 def test_interpreter_exit_leaves_no_workers():
     # The loader is never closed: weakref.finalize shuts it down at interpreter exit.
     code = """if True:
-        from tests.data import _worker_datasets as D
+        from tests.support import worker_datasets as D
         from pluglearn.data.multiprocess import MultiprocessDataLoader
         loader = MultiprocessDataLoader(D.Items(9), 2, start_method="fork")
         it = iter(loader)

@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.distributed.launch import ENV, free_port, run_case, torchrun
+from tests.jobs import JOBS
+from tests.jobs.launch import ENV, free_port, run_case, torchrun
 
-JOB = Path(__file__).with_name("agreement_job.py")
+JOB = JOBS / "agreement_job.py"
 EPOCHS = 2  # as in the job
 
 pytestmark = pytest.mark.skipif(

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from pluglearn.checkpoint.files import parse_name
-from tests.distributed.launch import run_case
+from tests.jobs.launch import run_case
 
 pytestmark = pytest.mark.skipif(
     not torch.distributed.is_available(), reason="torch.distributed is not available"

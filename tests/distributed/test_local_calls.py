@@ -10,8 +10,8 @@ import pytest
 import torch
 from torch import nn
 
-from tests.distributed.launch import run_case
-from tests.distributed.users_job import data
+from tests.jobs.launch import run_case
+from tests.jobs.users_job import data
 
 pytestmark = pytest.mark.skipif(
     not torch.distributed.is_available(), reason="torch.distributed is not available"

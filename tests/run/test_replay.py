@@ -14,7 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 
-JOB = Path(__file__).parents[1] / "jobs" / "loader_resume_job.py"
+from tests.jobs import JOBS
+
+JOB = JOBS / "loader_resume_job.py"
 STEPS_PER_EPOCH = 5  # 40 items, batches of 8
 
 

@@ -2,7 +2,7 @@
 tests/distributed/test_fit_agreement.py, test_local_calls.py and test_elastic.py (and alone as
 the one-process oracle).
 
-    [torchrun --nproc_per_node 2] python tests/distributed/users_job.py OUT CASE [options]
+    [torchrun --nproc_per_node 2] python tests/jobs/users_job.py OUT CASE [options]
 
 Data: 40 training and 23 validation items of 5 float64 features; feature 4 is the item's id /
 100, so every batch says which items it holds. Every rank writes ``OUT/rank{R}.pt``:

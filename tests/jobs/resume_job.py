@@ -1,7 +1,7 @@
 """A small deterministic training job that checkpoints every batch; run as a child process by
 the kill-and-resume tests and by benchmarks/kill_resume.py.
 
-    python tests/resume_job.py DIR [--resume] [--out WEIGHTS] [--epochs N] [--sleep S]
+    python tests/jobs/resume_job.py DIR [--resume] [--out WEIGHTS] [--epochs N] [--sleep S]
                                [--seed N] [--no-loader-seed] [--recipes] [--record FILE]
 
 It prints ``batch N`` after each training batch's checkpoint is written (N counts optimizer
@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
 
 from pluglearn import (
     Accuracy,

@@ -1,7 +1,7 @@
 """HFModel under DDP: a float64 model taking dict batches, run under torchrun (two ranks) or
 alone (the one-process oracle) by tests/distributed/test_ddp_hf.py.
 
-    [torchrun --nproc_per_node 2] python tests/distributed/hf_job.py OUT [--accum K]
+    [torchrun --nproc_per_node 2] python tests/jobs/hf_job.py OUT [--accum K]
 
 Ten training items in global batches of 4 (the last has 2: one per rank), seven validation
 items; DDP(), HFModel(), AvgLoss() and, with ``--accum K``, GradientAccumulation(K). Rank 0

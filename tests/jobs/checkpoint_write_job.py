@@ -1,7 +1,7 @@
 """A fit with a 64 MB checkpoint, run as a child process by tests/test_checkpoint_writes.py to
 meet a checkpoint write that fails: a full disk, a second Ctrl-C, a SIGKILL.
 
-    python tests/checkpoint_write_job.py DIR {file-size-limit,second-ctrl-c,forever}
+    python tests/jobs/checkpoint_write_job.py DIR {file-size-limit,second-ctrl-c,forever}
 
 ``file-size-limit`` caps the size of the files this process may write (``RLIMIT_FSIZE``, with
 SIGXFSZ ignored, so a write past it fails with EFBIG as on a full disk). ``second-ctrl-c`` sends
@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
 
 from pluglearn import DataLoaders, Learner, hookimpl
 from pluglearn.checkpoint.plugin import Checkpoint

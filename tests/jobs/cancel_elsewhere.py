@@ -1,5 +1,5 @@
 """A cancel raised in a module of its own: what pluglearn's derivation of whether a plugin may
-cancel does not follow (see tests/distributed/agreement_job.py)."""
+cancel does not follow (see tests/jobs/agreement_job.py)."""
 
 from pluglearn import CancelFitException
 

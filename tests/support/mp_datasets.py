@@ -1,7 +1,7 @@
 """Module-level datasets for the MultiprocessLoader tests.
 
 They live in an importable module (not in a test's locals) because spawn workers unpickle them
-by reference: ``tests.callbacks._mp_datasets.<name>``.
+by reference: ``tests.support.mp_datasets.<name>``.
 """
 
 from __future__ import annotations

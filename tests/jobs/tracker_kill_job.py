@@ -1,7 +1,7 @@
 """A fit logged to MLflow that kills its own process outright (SIGKILL) after training batch 7, or
 resumes from its checkpoints: run as a script by test_tracker_kill.py.
 
-    python tests/callbacks/_tracker_kill_job.py TRACKING_URI CKPT_DIR kill|resume
+    python tests/jobs/tracker_kill_job.py TRACKING_URI CKPT_DIR kill|resume
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from pluglearn import Accuracy, AvgLoss, Checkpoint, MLflowLogger, hookimpl
-from tests.callbacks._trackers import make_learner
+from tests.support.trackers import make_learner
 
 KILL_AT = 7  # the newest checkpoint is then the one after batch 6
 

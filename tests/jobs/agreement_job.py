@@ -2,7 +2,7 @@
 agreements, metric sums) that go through ``torch.distributed.all_reduce``; DDP's gradient
 all-reduces run inside its reducer and are not counted. Run by tests/distributed/test_agreements.py.
 
-    [torchrun --nproc_per_node 2] python tests/distributed/agreement_job.py OUT --plugin P
+    [torchrun --nproc_per_node 2] python tests/jobs/agreement_job.py OUT --plugin P
 
 ``P``: ``none`` (the defaults alone: none of them may cancel), ``watcher`` (a plugin whose
 ``after_epoch`` may cancel, and does not in this run), ``liar`` (a plugin that declares

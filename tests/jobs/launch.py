@@ -1,4 +1,4 @@
-"""Launching tests/distributed/ddp_job.py under torchrun and killing the whole group, shared by
+"""Launching tests/jobs/ddp_job.py under torchrun and killing the whole group, shared by
 tests/distributed/test_ddp.py and ``benchmarks/kill_resume.py --ddp``."""
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """One training job, run under torchrun (several ranks) or alone (the one-process oracle), by the
 tests of tests/distributed/ and by ``benchmarks/kill_resume.py --ddp``.
 
-    [torchrun --nproc_per_node 2] python tests/distributed/ddp_job.py OUT [options]
+    [torchrun --nproc_per_node 2] python tests/jobs/ddp_job.py OUT [options]
 
 A float64 MLP with SGD (momentum, weight decay) on 41 shuffled training items in global batches
 of 8 (the last batch has 1 item: on two ranks one of them gets an empty slice), validation on

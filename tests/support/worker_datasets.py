@@ -1,7 +1,7 @@
 """Module-level datasets and collate functions for the multiprocessing tests.
 
 They live in an importable module (not in the test file's locals) because spawn workers
-unpickle them by reference: `tests.data._worker_datasets.<name>`.
+unpickle them by reference: `tests.support.worker_datasets.<name>`.
 """
 
 from __future__ import annotations
