@@ -2,7 +2,7 @@
 
 Each test builds real distributions on ``sys.path`` (a ``.dist-info`` folder with
 ``entry_points.txt`` next to the plugin's module), which importlib.metadata finds as it finds
-pip-installed ones; tests/plugins/test_plugin_package.py installs a real package with pip.
+pip-installed ones; tests/hooks/test_entrypoints_package.py installs a real package with pip.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""The dispatcher: one table of kinds, wrappers that keep every rule, and the plugin that raised."""
+"""The dispatcher: one table of kinds, wrappers that keep every rule (a wrapper that yields zero
+or two times is refused by name), and the plugin that raised."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import torch
 
 from pluglearn import Accuracy, Learner, PluginError, hookimpl
 from pluglearn.hooks import specs
+from pluglearn.hooks.dispatch import origin_of
 from pluglearn.hooks.markers import PROJECT_NAME
 from pluglearn.hooks.specs import HOOKS
 from tests.helpers import tiny_learner
@@ -179,7 +181,6 @@ class EnterFails:
 
 @pytest.mark.parametrize("others", [0, 1])
 def test_a_context_failing_to_enter_is_tagged_with_its_plugin_alone_or_with_others(others):
-    from pluglearn.hooks.dispatch import origin_of
 
     log: list = []
 
@@ -269,3 +270,54 @@ def test_the_pluggy_contract_the_registry_relies_on():
     assert impl.wrapper is False and callable(impl.function)
     (wrapper,) = pm.hook.before_batch.get_hookimpls()
     assert wrapper.wrapper is True and wrapper.argnames == ()
+
+
+class Named:
+    def __init__(self, name: str) -> None:
+        self.plugin_name = name
+        self.seen: list = []
+
+
+class Plain(Named):
+    @hookimpl
+    def before_batch(self, learn):
+        self.seen.append(learn)
+
+
+class NoYield(Named):
+    @hookimpl(wrapper=True)
+    def before_batch(self, learn):
+        if False:
+            yield
+        return None
+
+
+class TwoYields(Named):
+    @hookimpl(wrapper=True)
+    def before_batch(self, learn):
+        yield
+        yield
+
+
+def test_a_wrapper_that_never_yields_is_refused_by_name():
+    learn = tiny_learner([NoYield("lazy")])
+    expected = (
+        "plugin 'lazy': the wrapper 'before_batch' returned without yielding: a wrapper must "
+        "`result = yield` exactly once."
+    )
+    with pytest.raises(RuntimeError) as info:
+        learn.hooks.before_batch(learn)
+    assert str(info.value) == expected
+
+
+def test_a_wrapper_that_yields_twice_is_refused_by_name():
+    plain = Plain("plain")
+    learn = tiny_learner([TwoYields("greedy"), plain])
+    expected = (
+        "plugin 'greedy': the wrapper 'before_batch' yielded twice: a wrapper must "
+        "`result = yield` exactly once, then return the result."
+    )
+    with pytest.raises(RuntimeError) as info:
+        learn.hooks.before_batch(learn)
+    assert str(info.value) == expected
+    assert plain.seen == [learn]  # the wrapped call itself ran

@@ -85,7 +85,7 @@ def test_the_example_package_installs_loads_blocks_and_uninstalls(tmp_path):
 # learn.plugins, an extra `grad_norm` column in the reports), unless the suite disables autoload
 AFFECTED_BY_INSTALLED_PLUGINS = [
     "tests/test_learner.py::test_add_plugin_goes_after_user_plugins_and_before_defaults",
-    "tests/plugins/test_manager.py::test_equal_dataclass_plugins_get_the_eq_false_fix",
+    "tests/hooks/test_guards.py::test_equal_dataclass_plugins_get_the_eq_false_fix",
     "tests/callbacks/test_metrics.py::test_avg_loss_is_a_default_and_reports_per_phase_names",
     "tests/callbacks/test_report.py::test_header_then_one_row_per_epoch_with_the_reported_values",
     "tests/callbacks/test_logger.py::test_csv_rows_equal_the_reported_metrics",

@@ -1,19 +1,16 @@
-"""The dispatcher's promises that mutation testing found unchecked (``benchmarks/mutation.py
---module plugins/dispatch.py``): which implementation an error is tagged with, for every kind of
-hook; ``call()`` by keyword and its refusals; ``load_state_dict`` addressed to each plugin;
-instrumented implementations; a wrapper that yields zero or two times; an empty registry.
+"""Which implementation an error is tagged with, for every kind of hook (first result, run all,
+state_dict / load_state_dict, forward_context with one provider or several, wrappers, nested calls),
+and ``load_state_dict`` addressed to each plugin.
 
 The oracle is the plugin itself: each plugin here records what it received or raises an error
-of its own, so the expected tag, argument or part of the state is known without the dispatcher.
-"""
+of its own, so the expected tag, argument or part of the state is known without the dispatcher."""
 
 from __future__ import annotations
 
 import pytest
 
 from pluglearn import hookimpl
-from pluglearn.hooks.dispatch import Dispatcher, origin_of
-from pluglearn.hooks.specs import HOOKS
+from pluglearn.hooks.dispatch import origin_of
 from tests.helpers import tiny_learner
 
 
@@ -30,9 +27,6 @@ class Named:
 def _origin(error: BaseException) -> tuple[str, str] | None:
     impl = origin_of(error)
     return None if impl is None else (impl.plugin, impl.hook)
-
-
-# ------------------------------------------------------------------ the raising implementation
 
 
 class StepPlugin(Named):
@@ -197,126 +191,6 @@ def test_an_exception_that_cannot_be_tagged_still_propagates_unchanged():
     with pytest.raises(Frozen, match="as raised") as info:
         learn.hooks.before_batch(learn)
     assert origin_of(info.value) is None
-
-
-# --------------------------------------------------------------- wrappers that break the rule
-
-
-class NoYield(Named):
-    @hookimpl(wrapper=True)
-    def before_batch(self, learn):
-        if False:
-            yield
-        return None
-
-
-class TwoYields(Named):
-    @hookimpl(wrapper=True)
-    def before_batch(self, learn):
-        yield
-        yield
-
-
-def test_a_wrapper_that_never_yields_is_refused_by_name():
-    learn = tiny_learner([NoYield("lazy")])
-    expected = (
-        "plugin 'lazy': the wrapper 'before_batch' returned without yielding: a wrapper must "
-        "`result = yield` exactly once."
-    )
-    with pytest.raises(RuntimeError) as info:
-        learn.hooks.before_batch(learn)
-    assert str(info.value) == expected
-
-
-def test_a_wrapper_that_yields_twice_is_refused_by_name():
-    plain = Plain("plain")
-    learn = tiny_learner([TwoYields("greedy"), plain])
-    expected = (
-        "plugin 'greedy': the wrapper 'before_batch' yielded twice: a wrapper must "
-        "`result = yield` exactly once, then return the result."
-    )
-    with pytest.raises(RuntimeError) as info:
-        learn.hooks.before_batch(learn)
-    assert str(info.value) == expected
-    assert plain.seen == [learn]  # the wrapped call itself ran
-
-
-# ------------------------------------------------------------------------- call() by keyword
-
-
-def test_call_passes_the_learner_itself_to_a_hook_of_learn_alone():
-    plain = Plain("plain")
-    learn = tiny_learner([plain])
-    assert learn.hooks.call("before_batch", learn=learn) is None
-    assert plain.seen == [learn] and plain.seen[0] is learn
-
-
-def test_call_refuses_an_unknown_hook_by_name():
-    learn = tiny_learner([])
-    with pytest.raises(KeyError) as info:
-        learn.hooks.call("before_bacth", learn=learn)
-    assert info.value.args == ("no hook named 'before_bacth'; see pluglearn.hooks.specs",)
-
-
-def test_call_refuses_missing_or_unexpected_arguments_and_names_them():
-    learn = tiny_learner([])
-    args = ", ".join(HOOKS["report"].args)
-    assert args == "learn, metrics"  # the spec this test is written against
-    with pytest.raises(TypeError) as info:
-        learn.hooks.call("report", learn=learn)
-    assert str(info.value) == (
-        "hook 'report' takes learn, metrics by keyword; missing: ['metrics'], unexpected: []."
-    )
-    with pytest.raises(TypeError) as info:
-        learn.hooks.call("before_batch", learn=learn, batch=1)
-    assert str(info.value) == (
-        "hook 'before_batch' takes learn by keyword; missing: [], unexpected: ['batch']."
-    )
-    with pytest.raises(TypeError, match=r"missing: \['learn'\], unexpected: \['model'\]"):
-        learn.hooks.call("before_batch", model=learn)
-
-
-def test_implemented_answers_per_hook():
-    learn = tiny_learner([Plain("plain")])
-    assert learn.hooks.implemented("before_batch") is True
-    assert learn.hooks.implemented("after_batch") is False
-
-
-# --------------------------------------------------------------------- the Dispatcher itself
-
-
-def test_a_dispatcher_of_an_empty_registry_answers_every_hook():
-    """``impls`` may leave out hooks nobody implements: each is then a no-op of its kind."""
-    calls = Dispatcher({})
-    assert not any(calls.implemented(h) for h in HOOKS)
-    assert calls.before_batch(object()) is None
-    assert calls.call("state_dict", learn=object()) == []
-    assert calls.call("collect_metrics", learn=object(), phase="train") == []
-    with calls.forward_context(object()):
-        pass
-
-
-class Instrumenting(Named):
-    """Wraps every implementation: records which one runs, then runs it."""
-
-    @hookimpl
-    def instrument_hooks(self, impl, fn):
-        def timed(arg):
-            self.seen.append((impl.plugin, impl.hook, arg))
-            return fn(arg)
-
-        return timed
-
-
-def test_an_instrumenting_plugin_wraps_every_implementation_and_each_still_runs():
-    probe, plain = Instrumenting("probe"), Plain("plain")
-    learn = tiny_learner([probe, plain])
-    learn.hooks.before_batch(learn)
-    assert plain.seen == [learn]
-    assert probe.seen == [("plain", "before_batch", learn)]
-
-
-# ----------------------------------------------- one forward_context provider (its own fast path)
 
 
 class EntersFailing(Named):
