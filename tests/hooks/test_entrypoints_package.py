@@ -86,9 +86,9 @@ def test_the_example_package_installs_loads_blocks_and_uninstalls(tmp_path):
 AFFECTED_BY_INSTALLED_PLUGINS = [
     "tests/test_learner.py::test_add_plugin_goes_after_user_plugins_and_before_defaults",
     "tests/hooks/test_guards.py::test_equal_dataclass_plugins_get_the_eq_false_fix",
-    "tests/callbacks/test_metrics.py::test_avg_loss_is_a_default_and_reports_per_phase_names",
-    "tests/callbacks/test_report.py::test_header_then_one_row_per_epoch_with_the_reported_values",
-    "tests/callbacks/test_logger.py::test_csv_rows_equal_the_reported_metrics",
+    "tests/plugins/test_metrics.py::test_avg_loss_is_a_default_and_reports_per_phase_names",
+    "tests/plugins/test_console_report.py::test_header_then_one_row_per_epoch_with_the_reported_values",
+    "tests/plugins/test_metrics_logger.py::test_csv_rows_equal_the_reported_metrics",
 ]
 
 

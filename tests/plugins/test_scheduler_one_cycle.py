@@ -1,14 +1,17 @@
-"""Scheduler and fit_one_cycle against torch's schedulers stepped by hand; resume bit for bit."""
+"""fit_one_cycle against OneCycleLR stepped by hand: bit-identical (also accumulating), the options
+it passes on, the plugins it runs, the Learner's own settings back after it, resumes where the
+checkpoint is (or fresh with missing_ok), and the arguments it counts itself refused."""
 
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.optim.lr_scheduler import CosineAnnealingLR, OneCycleLR, ReduceLROnPlateau, StepLR
+from torch.optim.lr_scheduler import OneCycleLR
 
 from pluglearn import (
     Checkpoint,
@@ -17,6 +20,7 @@ from pluglearn import (
     Learner,
     Recorder,
     Scheduler,
+    hookimpl,
 )
 from tests.helpers import CrashAt, tiny_data
 
@@ -70,46 +74,10 @@ def test_fit_one_cycle_is_bit_identical_to_one_cycle_lr_by_hand(n):
     assert not any(isinstance(p, Scheduler) for p in learn.plugins)  # for this fit only
 
 
-def test_an_epoch_scheduler_steps_once_per_epoch_and_plateau_reads_the_monitor():
-    train = train_batches(3)
-    rec = Recorder()
-    learn = Learner(mlp(), DataLoaders(train, train[:1]), lr=0.8, plugins=[rec])
-    learn.fit(4, plugins=[Scheduler(lambda opt: StepLR(opt, 1, gamma=0.5), interval="epoch")])
-    assert rec.lrs == [0.8] * 3 + [0.4] * 3 + [0.2] * 3 + [0.1] * 3
-    rec = Recorder()
-    plateau = Scheduler(lambda opt: ReduceLROnPlateau(opt, patience=0, factor=0.5, eps=0), "epoch")
-    learn = Learner(mlp(), DataLoaders(train, train[:1]), lr=1e-6, plugins=[rec, plateau])
-    learn.fit(4)  # an lr this small improves the valid loss by less than the threshold
-    assert rec.lrs[::3] == [1e-6, 1e-6, 5e-7, 2.5e-7]
-
-
 def learner(plugins=()):
     x, y = tiny_data(64, seed=8)
     dls = DataLoaders.from_datasets((x[:56], y[:56]), (x[56:], y[56:]), batch_size=8, seed=2)
     return Learner(mlp(), dls, plugins=[Recorder(), *plugins])
-
-
-@pytest.mark.parametrize(
-    ("factory", "interval"),
-    [
-        (lambda opt: OneCycleLR(opt, max_lr=0.5, total_steps=21), "batch"),
-        (lambda opt: CosineAnnealingLR(opt, 3), "epoch"),
-    ],
-    ids=["one-cycle-per-batch", "cosine-per-epoch"],
-)
-def test_a_resumed_run_follows_the_same_lr_and_momentum_sequence(tmp_path, factory, interval):
-    done = learner([Scheduler(factory, interval)])
-    done.fit(3)
-    with pytest.raises(RuntimeError, match="killed"):
-        learner([Scheduler(factory, interval), Checkpoint(tmp_path, every_n_batches=1)]).fit(
-            3, plugins=[CrashAt(1, 3)]
-        )
-    resumed = learner([Scheduler(factory, interval), Checkpoint(tmp_path, every_n_batches=1)])
-    resumed.fit(3, resume_from=tmp_path)
-    a, b = done.plugin("Recorder"), resumed.plugin("Recorder")
-    assert (a.lrs, a.moms, a.losses) == (b.lrs, b.moms, b.losses)
-    for p, q in zip(done.model.parameters(), resumed.model.parameters(), strict=True):
-        assert torch.equal(p, q)
 
 
 def test_fit_one_cycle_resumes_exactly(tmp_path):
@@ -137,23 +105,6 @@ def test_a_crashed_fit_one_cycle_puts_the_settings_back_and_resumes_exactly_in_p
     assert (a.lrs, a.moms) == (b.lrs, b.moms)
     for p, q in zip(done.model.parameters(), learn.model.parameters(), strict=True):
         assert torch.equal(p, q)
-
-
-def test_bad_settings_are_refused_with_the_fix():
-    learn = Learner(mlp(), DataLoaders(train_batches(2)))
-    opt = torch.optim.SGD(mlp().parameters(), lr=0.1)
-    with pytest.raises(TypeError, match="takes a factory"):
-        Scheduler(StepLR(opt, 1))
-    with pytest.raises(ValueError, match="give 'batch' or 'epoch'"):
-        Scheduler(lambda o: StepLR(o, 1), interval="step")
-    with pytest.raises(ValueError, match="interval='epoch'"):
-        learn.fit(1, plugins=[Scheduler(lambda o: ReduceLROnPlateau(o))])
-    with pytest.raises(ValueError, match="another optimizer"):
-        learn.fit(1, plugins=[Scheduler(lambda o: StepLR(opt, 1))])
-    with pytest.raises(TypeError, match="not an lr scheduler"):
-        learn.fit(1, plugins=[Scheduler(lambda o: None)])
-    with pytest.raises(TypeError, match="drop total_steps="):
-        learn.fit_one_cycle(1, 0.1, total_steps=10)
 
 
 def settings(opt) -> list[dict]:
@@ -212,3 +163,98 @@ def test_a_fit_after_fit_one_cycle_trains_at_the_learner_s_lr_and_momentum(opt_f
     assert moms[0] in (0.5, 0.9)  # not OneCycleLR's 0.95 at the end of its cycle
     for p, q in zip(net.parameters(), ref.parameters(), strict=True):
         assert torch.equal(p, q)
+
+
+def batches_of_4(n_batches: int = 5, bs: int = 4):
+    x, y = tiny_data(n_batches * bs, seed=7)
+    return [(x[i : i + bs], y[i : i + bs]) for i in range(0, len(x), bs)]
+
+
+def hand_lrs(total_steps: int, n_batches: int, lr_max: float, **one_cycle) -> list[float]:
+    """The lr of each of the first ``n_batches`` steps of OneCycleLR, stepped by hand."""
+    opt = torch.optim.SGD(nn.Linear(1, 1).parameters(), lr=lr_max)
+    sched = OneCycleLR(opt, max_lr=lr_max, total_steps=total_steps, **one_cycle)
+    lrs = []
+    for _ in range(n_batches):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    return lrs
+
+
+def test_fit_one_cycle_passes_its_options_on_and_plans_max_steps():
+    class BaseLr:
+        @hookimpl
+        def before_fit(self, learn):
+            self.lr = learn.lr
+
+    rec, base = Recorder(), BaseLr()
+    learn = Learner(mlp(), DataLoaders(batches_of_4()), plugins=[rec, base])
+    learn.fit_one_cycle(3, 0.4, max_steps=7, pct_start=0.5, div_factor=5.0)
+    assert learn.opt_steps == 7
+    assert rec.lrs == hand_lrs(7, 7, 0.4, pct_start=0.5, div_factor=5.0)
+    assert base.lr == 0.4  # the run's base lr is lr_max (a resume checks it) ...
+    assert learn.lr == 0.1  # ... and the Learner's own is back after it
+
+
+def test_fit_one_cycle_runs_the_plugins_it_is_given():
+    class Count:
+        batches = 0
+
+        @hookimpl
+        def after_batch(self, learn):
+            Count.batches += learn.training
+
+    learn = Learner(mlp(), DataLoaders(batches_of_4()))
+    learn.fit_one_cycle(2, 0.1, plugins=[Count()])
+    assert Count.batches == 10
+
+
+class TrainedBatches:
+    def __init__(self) -> None:
+        self.n = 0
+
+    @hookimpl
+    def after_batch(self, learn):
+        self.n += learn.training
+
+
+def four_batch_learner(plugins=()):
+    x, y = tiny_data(40, seed=8)
+    dls = DataLoaders.from_datasets((x[:32], y[:32]), (x[32:], y[32:]), batch_size=8, seed=2)
+    return Learner(mlp(), dls, plugins=[Recorder(), *plugins])
+
+
+def test_fit_one_cycle_resumes_where_the_checkpoint_is(tmp_path):
+    done = four_batch_learner()
+    done.fit_one_cycle(3, 0.5)
+    with pytest.raises(RuntimeError, match="killed"):
+        four_batch_learner([Checkpoint(tmp_path, every_n_batches=1), CrashAt(1, 2)]).fit_one_cycle(
+            3, 0.5
+        )
+    trained = TrainedBatches()
+    resumed = four_batch_learner([Checkpoint(tmp_path, every_n_batches=1), trained])
+    resumed.fit_one_cycle(3, 0.5, resume_from=tmp_path)
+    assert trained.n == 3 * 4 - (4 + 2)  # the checkpoint after batch 1 of epoch 1: 6 done
+    for p, q in zip(done.model.parameters(), resumed.model.parameters(), strict=True):
+        assert torch.equal(p, q)
+
+
+def test_fit_one_cycle_with_missing_ok_starts_fresh_in_an_empty_directory(tmp_path):
+    done, fresh = four_batch_learner(), four_batch_learner()
+    done.fit_one_cycle(1, 0.5)
+    with pytest.warns(UserWarning, match="no checkpoint in .* yet: starting a fresh run"):
+        fresh.fit_one_cycle(1, 0.5, resume_from=tmp_path, missing_ok=True)
+    for p, q in zip(done.model.parameters(), fresh.model.parameters(), strict=True):
+        assert torch.equal(p, q)
+
+
+@pytest.mark.parametrize("bad", ["total_steps", "epochs", "steps_per_epoch", "max_lr"])
+def test_fit_one_cycle_refuses_what_it_counts_itself(bad):
+    learn = Learner(mlp(), DataLoaders(batches_of_4(2)))
+    message = (
+        f"fit_one_cycle counts the steps itself and takes lr_max: drop {bad}= (use "
+        "Scheduler(lambda opt: OneCycleLR(opt, ...)) to set them by hand)."
+    )
+    with pytest.raises(TypeError, match=f"^{re.escape(message)}$"):
+        learn.fit_one_cycle(1, 0.1, **{bad: 10})

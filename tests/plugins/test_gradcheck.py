@@ -1,4 +1,5 @@
-"""GradCheck: passes right gradients, catches and names wrong ones, leaves training unchanged."""
+"""GradCheck: passes right gradients, catches and names wrong ones, leaves training unchanged;
+its arguments checked."""
 
 from __future__ import annotations
 
@@ -12,10 +13,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from pluglearn import DataLoaders, Learner
-from pluglearn.plugins.gradcheck import GradCheck, GradCheckError, GradCheckWarning, grad_errors
+from pluglearn.plugins.gradcheck import GradCheck, GradCheckError, GradCheckWarning
+from pluglearn.plugins.gradcheck_report import grad_errors
 from pluglearn.plugins.manual_backward import ManualBackward
 from pluglearn.scratch import CrossEntropy, Linear, Module, Relu, Sequential
 from tests.helpers import batches, tiny_data
+from tests.support.gradcheck import learner_on
 
 Net = Sequential
 
@@ -251,9 +254,6 @@ def test_manual_mode_needs_a_scratch_model_with_autograd_on():
         GradCheck(first=0)
 
 
-# ------------------------------------------------------------------------- numeric mode
-
-
 class _SquareScale(torch.autograd.Function):
     """y = x * w**2, with a backward for w that forgets the factor 2 of d(w**2)/dw."""
 
@@ -317,3 +317,38 @@ def test_numeric_mode_samples_entries_reproducibly_and_leaves_training_unchanged
     assert [r.checked for r in check.results[:5]] == [3, 3, 3, 3, 3]  # input: 2 items x 4
     assert [r.max_abs for r in check.results] == [r.max_abs for r in again.results]
     assert all(r.ok for r in check.results)
+
+
+NEEDS = "GradCheck needs first >= 0, every >= 1, probe, n_entries >= 1, eps > 0."
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"mode": "symbolic"}, "GradCheck: bad mode='symbolic' or on_fail='raise'."),
+        ({"on_fail": "ignore"}, "GradCheck: bad mode='manual' or on_fail='ignore'."),
+        ({"first": -1}, NEEDS),
+        ({"every": 0}, NEEDS),
+        ({"probe": 0}, NEEDS),
+        ({"n_entries": 0}, NEEDS),
+        ({"eps": 0.0}, NEEDS),
+        ({"first": 0}, "GradCheck would never check: pass first=k >= 1 or every=n."),
+    ],
+)
+def test_bad_arguments_are_refused_with_their_message(kwargs, message):
+    with pytest.raises(ValueError) as info:
+        GradCheck(**kwargs)
+    assert str(info.value) == message
+
+
+def test_one_probe_item_and_one_entry_are_enough():
+    torch.manual_seed(0)
+    check = GradCheck(mode="numeric", probe=1, n_entries=1, show=False)
+    learner_on(nn.Linear(4, 3), [check], F.cross_entropy).fit(1)
+    rows = {r.name: r for r in check.results}
+    assert rows["input"].shape == (1, 4) and {r.checked for r in check.results} == {1}
+
+
+def test_results_is_an_empty_list_before_any_fit():
+    assert GradCheck().results == []
+    assert GradCheck(first=0, every=3).results == []

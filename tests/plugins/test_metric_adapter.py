@@ -21,8 +21,8 @@ from pluglearn import (
     Recorder,
     hookimpl,
 )
-from tests.callbacks.test_metrics import K, batches, hit_rate, make_data, make_learner, make_model
 from tests.helpers import CrashAt
+from tests.plugins.test_metrics import K, batches, hit_rate, make_data, make_learner, make_model
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from torch import nn
 
 from pluglearn import Accuracy, DataLoaders, HFModel, Learner, hookimpl
 from pluglearn.diagnostics.summary import SummaryText, describe_output
-from tests.callbacks.test_hf import TinyHF
+from tests.plugins.test_hf import TinyHF
 
 X = torch.randn(40, 6, generator=torch.Generator().manual_seed(0))
 Y = torch.randint(0, 3, (40,), generator=torch.Generator().manual_seed(1))

@@ -1,4 +1,6 @@
-"""GradientAccumulation against its oracle: one big batch of the same items, in float64."""
+"""GradientAccumulation against its oracle: one big batch of the same items, in float64 (also
+with momentum, per-token counts, sum losses, one-rank DDP and create_graph), and resumes inside
+a group and at its edges equal to the uninterrupted run."""
 
 from __future__ import annotations
 
@@ -9,26 +11,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pluglearn import DataLoaders, Learner, ManualBackward, hookimpl
+from pluglearn import DataLoaders, Learner, hookimpl
 from pluglearn.checkpoint.plugin import Checkpoint
 from pluglearn.plugins.accumulate import GradientAccumulation
 from tests.helpers import CrashAt, tiny_data
-
-DT = torch.float64
-
-
-def data(n: int, seed: int = 0):
-    x, y = tiny_data(n, seed=seed)
-    return x.to(DT), y
-
-
-def split(x, y, sizes):
-    out, at = [], 0
-    for s in sizes:
-        out.append((x[at : at + s], y[at : at + s]))
-        at += s
-    assert at == len(x)
-    return out
+from tests.support.accumulation import DT, assert_same_weights, data, model, sized_batches, split
 
 
 def groups_of(train, n):
@@ -37,11 +24,6 @@ def groups_of(train, n):
         (torch.cat([b[0] for b in train[i : i + n]]), torch.cat([b[1] for b in train[i : i + n]]))
         for i in range(0, len(train), n)
     ]
-
-
-def model():
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3)).to(DT)
 
 
 def hand_big_batches(net, big, epochs=1, **opt_kwargs):
@@ -116,17 +98,6 @@ def test_a_per_token_count_gives_the_big_batch_of_a_loss_averaged_per_token():
     assert_close(net, ref)
 
 
-def test_the_loss_metrics_see_stays_the_batch_loss():
-    x, y = data(20)
-    train = split(x, y, [8, 8, 4])
-    net, ref = model(), model()
-    learn = Learner(net, DataLoaders(train), lr=0.5, plugins=[GradientAccumulation(3)])
-    learn.fit(1)
-    with torch.no_grad():
-        expected = F.cross_entropy(ref(x), y).item()  # one group: the weights before the step
-    assert learn.metrics["train_loss"] == pytest.approx(expected, rel=1e-12)
-
-
 def from_datasets_learner(plugins=()):
     x, y = data(70, seed=3)
     dls = DataLoaders.from_datasets((x[:60], y[:60]), (x[60:], y[60:]), batch_size=16, seed=4)
@@ -145,92 +116,6 @@ def test_a_checkpoint_inside_a_group_resumes_exactly(tmp_path, batch):
         assert torch.equal(p, q)
 
 
-def test_manual_backward_is_refused_unless_the_batch_gradients_are_summed():
-    from pluglearn.scratch import CrossEntropy, Linear, Sequential
-
-    x, y = tiny_data(8)
-    dls = DataLoaders(split(x, y, [4, 4]))
-    net = Sequential(Linear(4, 3, generator=torch.Generator().manual_seed(0)))
-    learn = Learner(net, dls, loss_func=CrossEntropy(), plugins=[ManualBackward()])
-    with pytest.raises(ValueError, match="scale_loss=False"):
-        learn.fit(1, plugins=[GradientAccumulation(2)])
-    learn.fit(1, plugins=[GradientAccumulation(2, scale_loss=False)])
-
-
-def test_a_loader_without_length_is_refused():
-    x, y = tiny_data(8)
-
-    class NoLen:
-        def __iter__(self):
-            return iter(split(x, y, [4, 4]))
-
-    learn = Learner(nn.Linear(4, 3), DataLoaders(NoLen()), plugins=[GradientAccumulation(2)])
-    with pytest.raises(ValueError, match="needs a training loader with a length"):
-        learn.fit(1)
-
-
-@pytest.mark.parametrize("n", [0, -1, 1.5, True])
-def test_the_number_of_batches_must_be_a_positive_int(n):
-    with pytest.raises(ValueError, match="give an int >= 1"):
-        GradientAccumulation(n)
-
-
-def test_count_must_be_a_function():
-    with pytest.raises(TypeError, match="give a function of the Learner"):
-        GradientAccumulation(2, count=16)
-
-
-class FirstBackward:
-    """A backward provider that answers before GradientAccumulation (tryfirst, registered
-    earlier): the weighting never happens, which must be refused, not trained on."""
-
-    @hookimpl(tryfirst=True)
-    def backward(self, learn):
-        learn.loss.backward()
-        return True
-
-
-def test_a_backward_provider_answering_before_the_weighting_is_refused():
-    x, y = data(12)
-    learn = Learner(model(), DataLoaders(split(x, y, [4, 4, 4])), lr=0.1)
-    learn.add_plugin(FirstBackward())
-    learn.add_plugin(GradientAccumulation(2))
-    with pytest.raises(RuntimeError, match=r"answered before it weighted the loss.*FirstBackward"):
-        learn.fit(1)
-
-
-class BackwardFails:
-    def __init__(self) -> None:
-        self.seen: list[torch.Tensor] = []
-
-    @hookimpl
-    def backward(self, learn):
-        raise ValueError("backward broke")
-
-    @hookimpl
-    def on_error(self, learn):
-        self.seen.append(learn.loss)
-
-    @hookimpl
-    def cleanup_batch(self, learn):
-        self.seen.append(learn.loss)
-
-
-def test_a_failed_backward_leaves_the_batch_loss_for_on_error_and_the_cleanups():
-    x, y = data(12)
-    failing = BackwardFails()
-    learn = Learner(model(), DataLoaders(split(x, y, [4, 4, 4])), lr=0.1)
-    learn.add_plugin(GradientAccumulation(2))
-    learn.add_plugin(failing)
-    with pytest.raises(ValueError, match="backward broke"):
-        learn.fit(1)
-    with torch.no_grad():
-        own = F.cross_entropy(model()(x[:4]), y[:4])
-    assert len(failing.seen) == 2
-    for loss in failing.seen:  # the batch's own loss, not the loss weighted by its 4 items
-        assert torch.equal(loss.detach(), own)
-
-
 def test_one_batch_groups_are_accepted_and_step_every_batch_like_no_accumulation():
     x, y = data(24, seed=5)
     batches = split(x, y, [8, 8, 8])
@@ -240,24 +125,6 @@ def test_one_batch_groups_are_accepted_and_step_every_batch_like_no_accumulation
     plain.fit(2)
     one.fit(2)
     assert_close(plain.model, one.model, tol=1e-12)
-
-
-def test_a_0_dim_target_counts_one_item_and_uncountable_targets_name_the_fix():
-    from pluglearn.plugins.accumulate import count_targets
-
-    learn = Learner(model(), DataLoaders(split(*data(4), [4])), defaults=False)
-    learn.batch = (None, torch.tensor(3))
-    assert count_targets(learn) == 1
-    learn.batch = (None, object())
-    with pytest.raises(TypeError, match=r"batch of type tuple: .* answer the count_items hook"):
-        count_targets(learn)
-
-
-def test_count_with_summed_batches_is_refused_naming_both():
-    with pytest.raises(ValueError, match=r"^count= weights the batches, scale_loss=False sums"):
-        GradientAccumulation(2, count=lambda learn: 1, scale_loss=False)
-    with pytest.raises(TypeError, match=r"e\.g\. count=lambda learn: len\(learn\.yb\)\.$"):
-        GradientAccumulation(2, count=3)
 
 
 @pytest.mark.parametrize("as_module", [False, True])
@@ -283,12 +150,124 @@ def test_a_sum_loss_accumulates_the_step_of_one_big_batch_with_that_loss(as_modu
     assert_close(net, ref)
 
 
-def test_a_count_with_a_sum_loss_is_refused_naming_the_reduction():
-    from functools import partial
+def test_groups_of_one_item_step_like_plain_training():
+    train = sized_batches([1, 1, 1])
+    plain = Learner(model(), DataLoaders(train), lr=0.3, defaults=False)
+    one = Learner(model(), DataLoaders(train), lr=0.3, defaults=False)
+    one.add_plugin(GradientAccumulation(1))  # each group counts exactly 1 item
+    plain.fit(1)
+    one.fit(1)
+    assert_same_weights(plain, one)
 
-    x, y = data(8)
-    loss = partial(F.cross_entropy, reduction="sum")
-    accumulate = GradientAccumulation(2, count=lambda learn: len(learn.yb))
-    learn = Learner(model(), DataLoaders(split(x, y, [4, 4])), loss, plugins=[accumulate])
-    with pytest.raises(ValueError, match=r"sums over them \(reduction='sum'\).*drop count="):
+
+def resumable(plugins=(), frozen=False, batch_size=4, n=60):
+    x, y = tiny_data(n, seed=3)
+    x = x.to(DT)
+    dls = DataLoaders.from_datasets((x, y), (x[:4], y[:4]), batch_size=batch_size, seed=4)
+    net = model()
+    if frozen:  # a parameter without gradient: None in the group's saved gradients
+        net.append(nn.Linear(3, 3).to(DT))  # unused by forward below
+        net = FirstTwo(net)
+    return Learner(net, dls, lr=0.2, plugins=[GradientAccumulation(3), *plugins])
+
+
+class FirstTwo(nn.Module):
+    def __init__(self, net: nn.Sequential) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        return self.net[2](self.net[1](self.net[0](x)))
+
+
+@pytest.mark.parametrize(
+    ("crash_batch", "kwargs"),
+    [
+        (3, {}),  # checkpoint of batch 2: a group just closed (total 0)
+        (2, {"frozen": True}),  # inside a group, one parameter has no gradient
+        (1, {"batch_size": 1, "n": 12}),  # after one batch of one item: total 1
+    ],
+    ids=["group-closed", "no-grad-parameter", "one-item-so-far"],
+)
+def test_resuming_at_the_edges_of_a_group_is_exact(tmp_path, crash_batch, kwargs):
+    done = resumable(**kwargs)
+    done.fit(2)
+    crashing = [Checkpoint(tmp_path, every_n_batches=1), CrashAt(1, crash_batch)]
+    with pytest.raises(RuntimeError, match="killed"):
+        resumable(crashing, **kwargs).fit(2)
+    resumed = resumable([Checkpoint(tmp_path, every_n_batches=1)], **kwargs)
+    resumed.fit(2, resume_from=tmp_path)
+    for p, q in zip(done.model.parameters(), resumed.model.parameters(), strict=True):
+        assert torch.equal(p, q)
+
+
+class OneRankDDP:
+    """Wraps the model in a one-process DistributedDataParallel for the fit, as DDP() does on
+    several (DDP() itself wraps nothing on one process)."""
+
+    @hookimpl(trylast=True)
+    def before_fit(self, learn):
+        learn.wrapped_model = nn.parallel.DistributedDataParallel(learn.model)
+
+    @hookimpl
+    def cleanup_fit(self, learn):
+        learn.wrapped_model = None
+
+
+def test_under_a_one_rank_ddp_wrapper_the_step_is_still_the_big_batch_step(tmp_path):
+    import torch.distributed as dist
+
+    train = sized_batches([4, 2, 4, 3])
+    plain = Learner(model(), DataLoaders(train), lr=0.5, defaults=False)
+    plain.add_plugin(GradientAccumulation(2))
+    plain.fit(1)
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0,
+                            world_size=1)  # fmt: skip
+    try:
+        wrapped = Learner(model(), DataLoaders(train), lr=0.5, defaults=False)
+        wrapped.add_plugin(GradientAccumulation(2))
+        wrapped.add_plugin(OneRankDDP())
+        wrapped.fit(1)
+    finally:
+        dist.destroy_process_group()
+    assert_same_weights(plain, wrapped)
+
+
+class CreateGraphBackward:
+    """A backward provider that keeps the graph of the gradients (create_graph=True), as a
+    gradient penalty needs: the accumulated gradients then require grad themselves."""
+
+    seen: list
+
+    def __init__(self) -> None:
+        self.seen = []
+
+    @hookimpl
+    def backward(self, learn):
+        learn.loss.backward(create_graph=True)
+        return True
+
+    @hookimpl(trylast=True)  # after the accumulation divided the group's gradients
+    def before_step(self, learn):
+        grads = [p.grad for p in learn.model.parameters()]
+        self.seen.append(all(g.requires_grad for g in grads))
+        self.divided_in_graph = any("Div" in type(g.grad_fn).__name__ for g in grads)
+
+
+@pytest.mark.filterwarnings("ignore:Using backward\\(\\) with create_graph=True")
+def test_create_graph_gradients_are_divided_like_plain_ones_and_keep_autograd_out():
+    def fit(plugins):
+        torch.manual_seed(0)
+        net = model()
+        dls = DataLoaders(sized_batches([3, 5, 2, 4]), None)
+        learn = Learner(net, dls, lr=0.1, plugins=[GradientAccumulation(2), *plugins])
         learn.fit(1)
+        return [p.detach().clone() for p in net.parameters()], learn
+
+    plain, _ = fit([])
+    graph = CreateGraphBackward()
+    kept, _ = fit([graph])
+    assert graph.seen == [True, True]  # the provider really made gradients that require grad
+    assert not graph.divided_in_graph  # the division is not part of their graph
+    for a, b in zip(plain, kept, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)

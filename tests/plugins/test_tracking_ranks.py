@@ -12,8 +12,8 @@ pytest.importorskip("wandb", reason="WandbLogger needs pip install 'pluglearn[wa
 
 from mlflow.tracking import MlflowClient
 
-from tests.callbacks.test_wandb_logger import logs_of, rows_with
 from tests.jobs import tracker_ranks_worker
+from tests.plugins.test_wandb_logger import logs_of, rows_with
 
 
 @pytest.mark.slow
