@@ -1,5 +1,5 @@
-"""DataLoaders: what its mutation survivors showed untested (the defaults loader plugins read,
-each refusal naming the dataset, loaders made by a plugin closed and released, the repr)."""
+"""DataLoaders: the defaults loader plugins read, each refusal naming the dataset, loaders made by
+a plugin closed and released, the repr."""
 
 from __future__ import annotations
 
@@ -11,13 +11,9 @@ import torch
 from torch import nn
 
 from pluglearn import DataLoaders, Learner, hookimpl
-from tests.helpers import tiny_data
+from tests.helpers import exact, tiny_data
 
 X, Y = tiny_data(12)
-
-
-def exact(message: str) -> str:
-    return f"^{re.escape(message)}$"
 
 
 def test_ready_loaders_carry_no_datasets_and_no_loader_settings():

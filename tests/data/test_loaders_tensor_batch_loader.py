@@ -1,5 +1,6 @@
-"""TensorBatchLoader and DataLoaders: what their mutation survivors showed untested, against
-torch's own draws (randperm, DataLoader's base seed), hand counts and the documented messages."""
+"""TensorBatchLoader: shuffled epochs, resumes from a saved state, each rank's slice of a global
+batch, the seeds it takes and draws, and each refusal's message, against torch's own draws
+(randperm, DataLoader's base seed), hand counts and the documented messages."""
 
 from __future__ import annotations
 

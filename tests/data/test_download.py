@@ -1,5 +1,4 @@
-"""Download checks that mutation testing found unchecked (``benchmarks/mutation.py --module
-data/download.py``): the temporary file's place and name, a body without Content-Length, a
+"""Downloading and caching: the temporary file's place and name, a body without Content-Length, a
 download that ends exactly at its deadline, the request's User-Agent, the reason given when a
 connection is refused, the cache layout, safe file names, and the exact advice in the messages.
 
