@@ -24,7 +24,7 @@ from pluglearn import (
 )
 from tests.support.export_models import MLP, Configured, Hidden, TinyHF, smooth_loss
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 G = torch.Generator().manual_seed(0)
 X = torch.randn(40, 5, generator=G)
 Y = (X[:, 0] > 0).long()
