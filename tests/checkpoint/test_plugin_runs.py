@@ -1,5 +1,7 @@
-"""Runs in a checkpoint directory: a new run keeps its checkpoints next to an older run's, a
-resume continues the run written most recently, and "nothing to resume yet" is its own error."""
+"""Checkpoint's runs in a directory: a new run keeps its checkpoints next to an older run's, a
+resume continues the run written most recently (warning when later checkpoints of it exist), a
+saved run id that is none is not resumed, a resumed run removes its killed writes' temporaries,
+and "nothing to resume yet" is its own error."""
 
 from __future__ import annotations
 
@@ -11,8 +13,9 @@ import pytest
 import torch
 from torch import nn
 
-from pluglearn import DataLoaders, Learner
+from pluglearn import DataLoaders, Learner, hookimpl
 from pluglearn.checkpoint.files import (
+    RUN_ID,
     NoCheckpointError,
     checkpoint_name,
     load_checkpoint,
@@ -20,7 +23,7 @@ from pluglearn.checkpoint.files import (
     runs_in,
 )
 from pluglearn.checkpoint.plugin import Checkpoint
-from tests.helpers import DieAtStep, tiny_data
+from tests.helpers import CrashAt, DieAtStep, tiny_data
 
 BATCHES = 5  # training batches an epoch
 
@@ -134,3 +137,55 @@ def test_a_restart_script_resumes_if_a_checkpoint_exists_and_starts_fresh_otherw
     again.fit(2, resume_from=tmp_path / "run", missing_ok=True)
     assert_same(weights(again), weights(reference))
     assert [parse_name(p).run for p in runs_in(tmp_path / "run")[0].files] != [None]
+
+
+def small_learner(plugins=()):
+    x, y = tiny_data(40, seed=2)
+    dls = DataLoaders.from_datasets((x[:32], y[:32]), (x[32:], y[32:]), batch_size=8, seed=1)
+    torch.manual_seed(0)
+    return Learner(nn.Linear(4, 3), dls, lr=0.1, plugins=list(plugins))
+
+
+class SeesRunId:
+    def __init__(self, ckpt: Checkpoint) -> None:
+        self.ckpt, self.ids = ckpt, []
+
+    @hookimpl
+    def after_batch(self, learn):
+        self.ids.append(self.ckpt.run_id)
+
+
+@pytest.mark.parametrize("run", [None, "not-a-run-id", "20250102T030405123-9f3a1"])
+def test_a_saved_run_id_that_is_no_run_id_is_not_resumed(tmp_path, run):
+    ckpt = Checkpoint(tmp_path)
+    learn = small_learner([ckpt])
+    ckpt.load_state_dict(learn, {"run": run})
+    seen = SeesRunId(ckpt)
+    learn.fit(1, plugins=[seen])
+    assert RUN_ID.fullmatch(seen.ids[0]) and seen.ids[0] != run
+
+
+def test_resuming_before_the_newest_checkpoint_names_it_in_the_warning(tmp_path):
+    first = Checkpoint(tmp_path, every_n_batches=1, keep_last=None)
+    small_learner([first]).fit(1)
+    (run,) = runs_in(tmp_path)
+    newest = run.files[-1]  # 4 batch checkpoints and the epoch end's: 4 later than the first
+    with pytest.warns(UserWarning) as warned:
+        small_learner([Checkpoint(tmp_path)]).fit(1, resume_from=run.files[0])
+    message = str(warned[0].message)
+    assert message.startswith(f"resuming run {parse_name(newest).run} from before its newest")
+    assert f"checkpoint ({newest.name}): this fit writes its checkpoints as a new run" in message
+
+
+def test_a_resumed_run_removes_its_killed_writes_temporaries_also_from_other_hosts(tmp_path):
+    ckpt = Checkpoint(tmp_path, every_n_batches=1)
+    with pytest.raises(RuntimeError, match="killed"):
+        small_learner([ckpt, CrashAt(0, 2)]).fit(1)
+    path = ckpt.latest
+    mine = tmp_path / f".ckpt-{parse_name(path).run}-s000000003-e0000.pt.otherhost.1.tmp"
+    other_run = tmp_path / ".ckpt-20000101T000000000-abcdef-s000000001-e0000.pt.otherhost.1.tmp"
+    mine.write_bytes(b"partial")
+    other_run.write_bytes(b"partial")
+    small_learner([Checkpoint(tmp_path, every_n_batches=1)]).fit(1, resume_from=path)
+    assert not mine.exists()  # the resumed run's own temporary: removed wherever it came from
+    assert other_run.exists()  # another run's, of a host that may still be writing: kept

@@ -1,5 +1,7 @@
-"""A Ctrl-C while ``save_checkpoint`` writes: held, then handed to the installed handler where
-the writer records what it raises.
+"""Writing a checkpoint atomically: a failed write leaves the previous file intact and no
+temporary; a full disk, a quota or a file-size limit is explained with the fix; a Ctrl-C while
+``save_checkpoint`` writes is held, then handed to the installed handler where the writer records
+what it raises.
 
 Left to Python, the handler ran at any bytecode, also the first one of the writer's ``write``,
 outside its ``try``; torch's C++ zip writer then raised ``RuntimeError: [enforce fail ...]
@@ -10,14 +12,91 @@ deterministic.
 
 from __future__ import annotations
 
+import errno
 import os
+import resource
 import signal
+import subprocess
+import sys
 import traceback
+from pathlib import Path
 
 import pytest
 import torch
 
-from pluglearn.checkpoint.files import save_checkpoint
+from pluglearn.checkpoint.atomic_write import explain_write_error
+from pluglearn.checkpoint.files import (
+    FORMAT,
+    VERSION,
+    load_checkpoint,
+    save_checkpoint,
+)
+from pluglearn.checkpoint.resume import capture
+from tests.jobs.resume_job import make_learner
+
+
+def test_a_failed_write_leaves_the_previous_checkpoint_intact(tmp_path):
+    learn = make_learner(str(tmp_path / "unused"))
+    learn.fit(1)
+    path = save_checkpoint(capture(learn, epoch_end=True), tmp_path / "ckpt.pt")
+    before = path.read_bytes()
+    broken = capture(learn, epoch_end=True)
+    broken["plugins"]["Bad"] = {"fn": lambda: None}  # torch.save cannot pickle a lambda
+    with pytest.raises((AttributeError, pickle_error_types())):
+        save_checkpoint(broken, path)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp left
+    load_checkpoint(path)
+
+
+def pickle_error_types() -> type[Exception]:
+    import pickle
+
+    return pickle.PicklingError
+
+
+def a_state(**loop):
+    return {"format": FORMAT, "version": VERSION, "loop": {"train_iter": 1, "epoch": 0, **loop}}
+
+
+def test_a_write_over_the_file_size_limit_names_the_directory_and_leaves_no_file(tmp_path):
+    ignored = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails with EFBIG instead
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 16, hard))
+    try:
+        with pytest.raises(OSError) as failed:
+            save_checkpoint({**a_state(), "w": torch.zeros(1 << 16)}, tmp_path / "c.pt")
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, ignored)
+    assert failed.value.errno == errno.EFBIG
+    assert failed.value.strerror == (
+        f"cannot write a checkpoint in {tmp_path}: the file is larger than this process may "
+        "write (a file-size limit, `ulimit -f`, or the filesystem's largest file) "
+        f"({os.strerror(errno.EFBIG)}). The checkpoints already there are intact. Raise the "
+        "limit, keep fewer checkpoints (Checkpoint(keep_last=...)), or save them to another "
+        "directory."
+    )
+    assert list(tmp_path.iterdir()) == []  # the partial temporary file is removed
+
+
+@pytest.mark.parametrize(
+    ("code", "why", "fix"),
+    [
+        (errno.ENOSPC, "the disk is full", "Free space there"),
+        (errno.EDQUOT, "the disk quota is exhausted", "Free space there or raise the quota"),
+    ],
+)
+def test_no_room_on_the_disk_or_quota_is_explained_with_its_fix(tmp_path, code, why, fix):
+    explained = explain_write_error(OSError(code, os.strerror(code)), tmp_path)
+    assert explained.errno == code
+    assert explained.strerror == (
+        f"cannot write a checkpoint in {tmp_path}: {why} ({os.strerror(code)}). The checkpoints "
+        f"already there are intact. {fix}, keep fewer checkpoints (Checkpoint(keep_last=...)), "
+        "or save them to another directory."
+    )
+    assert explain_write_error(OSError(errno.EACCES, "denied"), tmp_path) is None
+    assert explain_write_error(KeyboardInterrupt(), tmp_path) is None
 
 
 class SendsCtrlC:
@@ -97,16 +176,12 @@ def test_a_save_outside_the_main_thread_holds_nothing_and_completes(tmp_path):
 
 
 def test_with_the_default_action_the_process_still_dies_of_the_ctrl_c(tmp_path):
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     script = (
         "import os, signal, sys, torch\n"
         f"sys.path[:0] = [{str(root / 'src')!r}, {str(root)!r}]\n"
         "from pluglearn.checkpoint.files import save_checkpoint\n"
-        "from tests.test_checkpoint_signals import state\n"
+        "from tests.checkpoint.test_atomic_write import state\n"
         "signal.signal(signal.SIGINT, signal.SIG_DFL)\n"
         f"save_checkpoint(state(), {str(tmp_path / 'ckpt.pt')!r})\n"
         "print('saved')\n"

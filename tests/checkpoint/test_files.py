@@ -1,126 +1,32 @@
-"""Checkpoint files: what the mutation survivors of pluglearn.checkpoint.files showed untested, in
-one process (the failed writes are otherwise met in subprocesses, out of mutmut's reach): a write
-over the file-size limit, the advice for a full disk, unreadable files and directories."""
+"""Checkpoint files: names (run ids, the older format without one), the order of a directory's
+files and runs, which run a resume takes, the temporaries of writes (named by host and process;
+a dead writer's removed, a live one's kept), with hand-made files."""
 
 from __future__ import annotations
 
-import errno
 import os
 import re
-import resource
-import signal
 import warnings
 
 import pytest
-import torch
 
-from pluglearn.checkpoint.atomic_write import explain_write_error
 from pluglearn.checkpoint.files import (
     FORMAT,
     VERSION,
     CheckpointError,
-    NoCheckpointError,
     load_checkpoint,
     load_latest,
     new_run_id,
+    parse_name,
+    remove_stale_temporaries,
+    runs_in,
     save_checkpoint,
 )
-
-
-def exact(message: str) -> str:
-    return f"^{re.escape(message)}$"
+from tests.helpers import exact
 
 
 def a_state(**loop):
     return {"format": FORMAT, "version": VERSION, "loop": {"train_iter": 1, "epoch": 0, **loop}}
-
-
-def test_a_write_over_the_file_size_limit_names_the_directory_and_leaves_no_file(tmp_path):
-    ignored = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails with EFBIG instead
-    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 16, hard))
-    try:
-        with pytest.raises(OSError) as failed:
-            save_checkpoint({**a_state(), "w": torch.zeros(1 << 16)}, tmp_path / "c.pt")
-    finally:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
-        signal.signal(signal.SIGXFSZ, ignored)
-    assert failed.value.errno == errno.EFBIG
-    assert failed.value.strerror == (
-        f"cannot write a checkpoint in {tmp_path}: the file is larger than this process may "
-        "write (a file-size limit, `ulimit -f`, or the filesystem's largest file) "
-        f"({os.strerror(errno.EFBIG)}). The checkpoints already there are intact. Raise the "
-        "limit, keep fewer checkpoints (Checkpoint(keep_last=...)), or save them to another "
-        "directory."
-    )
-    assert list(tmp_path.iterdir()) == []  # the partial temporary file is removed
-
-
-@pytest.mark.parametrize(
-    ("code", "why", "fix"),
-    [
-        (errno.ENOSPC, "the disk is full", "Free space there"),
-        (errno.EDQUOT, "the disk quota is exhausted", "Free space there or raise the quota"),
-    ],
-)
-def test_no_room_on_the_disk_or_quota_is_explained_with_its_fix(tmp_path, code, why, fix):
-    explained = explain_write_error(OSError(code, os.strerror(code)), tmp_path)
-    assert explained.errno == code
-    assert explained.strerror == (
-        f"cannot write a checkpoint in {tmp_path}: {why} ({os.strerror(code)}). The checkpoints "
-        f"already there are intact. {fix}, keep fewer checkpoints (Checkpoint(keep_last=...)), "
-        "or save them to another directory."
-    )
-    assert explain_write_error(OSError(errno.EACCES, "denied"), tmp_path) is None
-    assert explain_write_error(KeyboardInterrupt(), tmp_path) is None
-
-
-def test_an_unreadable_file_is_named_with_what_went_wrong(tmp_path):
-    path = tmp_path / "ckpt-s000000001-e0000.pt"
-    path.write_bytes(b"not a zip archive")
-    with pytest.raises(CheckpointError, match=exact(
-        f"checkpoint {path} is corrupt or truncated (BadZipFile: File is not a zip file): resume "
-        "from an earlier checkpoint, or pass its directory to use the newest readable one."
-    )):  # fmt: skip
-        load_checkpoint(path)
-
-
-def test_files_that_are_no_pluglearn_checkpoints_are_refused_with_the_fix(tmp_path):
-    bare = tmp_path / "bare.pt"
-    torch.save({"weight": torch.zeros(2)}, bare)
-    with pytest.raises(CheckpointError, match=exact(
-        f"{bare} is not a pluglearn checkpoint (no '{FORMAT}' marker): for bare weights use "
-        "model.load_state_dict(torch.load(path, weights_only=True))."
-    )):  # fmt: skip
-        load_checkpoint(bare)
-    newer = tmp_path / "newer.pt"
-    torch.save({**a_state(), "version": VERSION + 1}, newer)
-    with pytest.raises(CheckpointError, match=exact(
-        f"{newer} was written by a newer pluglearn (format {VERSION + 1} > {VERSION}): upgrade "
-        "pluglearn to resume it."
-    )):  # fmt: skip
-        load_checkpoint(newer)
-    with pytest.raises(NoCheckpointError, match=exact(
-        f"no checkpoint file at {tmp_path / 'gone.pt'}: pass a file or a directory of them (or "
-        "fit(..., missing_ok=True) to start fresh when no checkpoint was written yet)."
-    )):  # fmt: skip
-        load_checkpoint(tmp_path / "gone.pt")
-    with pytest.raises(CheckpointError) as directory:
-        load_checkpoint(tmp_path)  # exists, but is no file
-    assert type(directory.value) is CheckpointError
-
-
-def test_a_directory_without_checkpoints_says_so_and_how_to_start_fresh(tmp_path):
-    with pytest.raises(NoCheckpointError, match=exact(
-        f"no checkpoint to resume: {tmp_path / 'nope'} does not exist. Check the path, or pass "
-        "fit(..., missing_ok=True) to start fresh when no checkpoint was written yet."
-    )):  # fmt: skip
-        load_latest(tmp_path / "nope")
-    with pytest.raises(NoCheckpointError, match=exact(
-        f"no checkpoint (*.pt) in {tmp_path}: was the Checkpoint plugin saving there? Pass "
-        "fit(..., missing_ok=True) to start fresh when no checkpoint was written yet."
-    )):  # fmt: skip
-        load_latest(tmp_path)
 
 
 def test_the_newest_run_is_resumed_naming_the_others_and_never_replaced_by_them(tmp_path):
@@ -265,3 +171,64 @@ def test_a_checkpoint_can_go_into_a_directory_that_does_not_exist_yet(tmp_path):
     path = save_checkpoint(a_state(), tmp_path / "a" / "b" / "c.pt")
     assert load_checkpoint(path)["loop"]["train_iter"] == 1
     assert sorted(p.name for p in path.parent.iterdir()) == ["c.pt"]
+
+
+def a_record(**extra):
+    return {"format": FORMAT, "version": VERSION, "loop": {"train_iter": 1, "epoch": 0}, **extra}
+
+
+def test_files_of_no_run_sort_unparsed_names_first_and_hidden_files_are_ignored(tmp_path):
+    for name in ["ckpt-s000000002-e0000.pt", "ckpt-s000000000-e0000.pt", "weights.pt"]:
+        save_checkpoint(a_record(), tmp_path / name)
+    save_checkpoint(a_record(), tmp_path / ".ckpt-s000000009-e0000.pt")  # hidden: not listed
+    (run,) = runs_in(tmp_path)
+    assert run.id is None
+    assert [p.name for p in run.files] == [
+        "weights.pt",
+        "ckpt-s000000000-e0000.pt",
+        "ckpt-s000000002-e0000.pt",
+    ]
+    assert parse_name("ckpt-s000000001-e0000xyz") is None  # not a .pt file
+
+
+def test_runs_written_at_the_same_time_put_the_files_without_a_run_first(tmp_path):
+    run = new_run_id()
+    with_id = save_checkpoint(a_record(), tmp_path / f"ckpt-{run}-s000000001-e0000.pt")
+    without = save_checkpoint(a_record(), tmp_path / "ckpt-s000000001-e0000.pt")
+    for path in (with_id, without):
+        os.utime(path, ns=(10**18, 10**18))
+    assert [r.id for r in runs_in(tmp_path)] == [None, run]
+
+
+def test_one_run_is_resumed_without_a_warning_and_two_are_named(tmp_path):
+    first = new_run_id()
+    save_checkpoint(a_record(), tmp_path / f"ckpt-{first}-s000000001-e0000.pt")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_latest(tmp_path)
+    second = new_run_id()
+    save_checkpoint(a_record(), tmp_path / f"ckpt-{second}-s000000001-e0000.pt")
+    os.utime(tmp_path / f"ckpt-{first}-s000000001-e0000.pt", ns=(1, 1))
+    chosen = f"holds checkpoints of 2 runs: resuming the one written most recently, run {second}"
+    with pytest.warns(UserWarning, match=re.escape(chosen)):
+        load_latest(tmp_path)
+
+
+def test_a_checkpoint_deleted_since_it_was_listed_is_passed_over(tmp_path):
+    run = new_run_id()
+    older = save_checkpoint(a_record(), tmp_path / f"ckpt-{run}-s000000001-e0000.pt")
+    (tmp_path / f"ckpt-{run}-s000000002-e0000.pt").symlink_to(tmp_path / "gone.pt")
+    assert load_latest(tmp_path)[0] == older
+    other = save_checkpoint(a_record(), tmp_path / f"ckpt-{new_run_id()}-s000000001-e0000.pt")
+    os.utime(other, ns=(5, 5))  # written long ago, yet after a run with a vanished file
+    assert [r.id for r in runs_in(tmp_path)] == [run, parse_name(other).run]
+
+
+def test_every_dead_writer_temporary_is_found_among_other_hidden_files(tmp_path):
+    run = new_run_id()
+    own = [tmp_path / f".ckpt-{run}-s{i:09d}-e0000.pt.otherhost.7.tmp" for i in range(10)]
+    others = [tmp_path / f".notes-{i}.tmp" for i in range(10)]
+    for path in own + others:
+        path.write_bytes(b"partial")
+    assert sorted(remove_stale_temporaries(tmp_path, run)) == sorted(own)
+    assert all(p.exists() for p in others)

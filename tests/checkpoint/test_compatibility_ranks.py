@@ -1,22 +1,23 @@
-"""Resume: what the mutation survivors of pluglearn.checkpoint.resume showed untested: each rank's
-view of a saved run (the rules of the module doc, on hand-made states), the safe-state check, the
-random states round trip, and the refusals of a checkpoint that does not fit this Learner."""
+"""Each rank's view of a checkpoint (``rank_view``, the rules of pluglearn.checkpoint.resume's
+module doc, on hand-made states): the same number of processes takes its own record; another
+number merges running sums into rank 0 and keeps what agrees, or is refused naming both numbers;
+damaged per-rank records are refused; states compared through and through."""
 
 from __future__ import annotations
 
-import random
 import re
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
 from pluglearn import CheckpointError
 from pluglearn.checkpoint.compatibility import rank_view
-from pluglearn.checkpoint.resume import check_safe_state, rng_state, set_rng_state
+from tests.support.checkpoints import checkpoint, refused
 
 P = Path("run.pt")
+
+
 REFUSE = "checkpoint run.pt was written by 2 process(es) and this run has {}: "
 
 
@@ -92,29 +93,6 @@ def test_a_damaged_per_rank_record_is_refused(ranks):
         rank_view({**saved_by(), "ranks": ranks}, P, 0, 1)
 
 
-def test_only_what_a_safe_load_reads_back_is_saved():
-    check_safe_state({"a": [1, 2.0, "s", b"b", None, True, (torch.zeros(1),)], 3: {}}, "x")
-    with pytest.raises(TypeError, match=re.escape("x has a key 1.5 of type float: use str.")):
-        check_safe_state({1.5: 0}, "x")
-    with pytest.raises(TypeError, match=re.escape(
-        "x['a'][1] is a numpy.ndarray, which a safe load (weights_only=True) refuses: a "
-        "state_dict hook must return tensors, numbers, strings, lists and dicts (e.g. "
-        "torch.from_numpy(array), or array.tolist())."
-    )):  # fmt: skip
-        check_safe_state({"a": [0, np.zeros(2)]}, "x")
-
-
-def test_the_random_states_round_trip():
-    random.seed(1), np.random.seed(1), torch.manual_seed(1)
-    state = rng_state()
-    first = (random.random(), np.random.rand(), np.random.randn(), torch.rand(1))
-    random.seed(2), np.random.seed(2), torch.manual_seed(2)
-    set_rng_state(state)
-    again = (random.random(), np.random.rand(), np.random.randn(), torch.rand(1))
-    assert first[:3] == again[:3] and torch.equal(first[3], again[3])
-    assert state["numpy"][1].dtype == torch.int64  # the key, safe to save as a tensor
-
-
 @pytest.mark.parametrize(
     ("a", "b", "same"),
     [
@@ -135,3 +113,16 @@ def test_states_are_the_same_when_equal_through_and_through(a, b, same):
 
     assert _same(a, b) is same
     assert _same(b, a) is same
+
+
+def test_a_checkpoint_of_two_processes_whose_loaders_differ_is_refused_naming_it(tmp_path):
+    state = checkpoint(tmp_path)
+    other_loader = {**state["loader"], "cursor": state["loader"]["cursor"] + 8}
+    state["ranks"] = [
+        {"rng": state["rng"], "plugins": state["plugins"], "loader": state["loader"]},
+        {"rng": state["rng"], "plugins": state["plugins"], "loader": other_loader},
+    ]
+    assert refused(tmp_path, state) == (
+        "checkpoint <path> was written by 2 process(es) and this run has 1: the ranks' loader "
+        "states differ, so they cannot be split across 1 process(es). Resume with 2 process(es)."
+    )

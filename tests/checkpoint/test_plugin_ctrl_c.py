@@ -1,19 +1,20 @@
-"""Checkpoint: what its mutation survivors showed untested, in one process (the Ctrl-C paths
-are otherwise tested in subprocesses, out of mutmut's reach): a Ctrl-C raised by a plugin stops
-after the batch with a checkpoint, a second one stops at once with a note, the handler is put
-back; the run ids, prefixes and the checks of the settings."""
+"""Checkpoint and Ctrl-C, in one process (a plugin presses it): the batch finishes, a checkpoint is
+saved there and the fit stops naming it; during validation the checkpoint is the epoch's end; a
+batch that saves anyway is written once; a second Ctrl-C stops at once with a note (naming the
+newest checkpoint, or saying there is none, or that the partial file was removed); the handler
+is put back, and left alone without on_interrupt or in a fit from another thread."""
 
 from __future__ import annotations
 
-import re
 import signal
+import threading
 
 import pytest
 import torch
 from torch import nn
 
 from pluglearn import DataLoaders, Learner, hookimpl
-from pluglearn.checkpoint.files import RUN_ID, parse_name
+from pluglearn.checkpoint.files import load_checkpoint, parse_name
 from pluglearn.checkpoint.plugin import Checkpoint
 from tests.helpers import tiny_data
 
@@ -111,43 +112,83 @@ def test_without_on_interrupt_the_handler_is_left_alone(tmp_path):
     assert seen.handler == before
 
 
+class CtrlCInValidation:
+    """Presses Ctrl-C in the first validation batch of epoch 0."""
+
+    @hookimpl
+    def after_batch(self, learn):
+        if not learn.training and learn.epoch == 0:
+            signal.raise_signal(signal.SIGINT)
+
+
+class CountsSaves:
+    """Counts the checkpoints written: each one asks every plugin for its state once."""
+
+    def __init__(self) -> None:
+        self.saves = 0
+
+    @hookimpl
+    def state_dict(self):
+        self.saves += 1
+        return {}
+
+
+def checkpoint_notes(error: BaseException) -> list[str]:
+    return [n for n in getattr(error, "__notes__", []) if n.startswith("Checkpoint:")]
+
+
+def test_a_ctrl_c_in_validation_saves_the_epoch_end_and_resumes_exactly(tmp_path):
+    done = learner()
+    done.fit(2)
+    ckpt = Checkpoint(tmp_path, every_n_batches=100, every_epoch=False)
+    with pytest.raises(KeyboardInterrupt) as stopped:
+        learner([CtrlCInValidation(), ckpt]).fit(2)
+    assert checkpoint_notes(stopped.value) == []  # its own stop, with the file in its message
+    assert (parse_name(ckpt.latest).steps, parse_name(ckpt.latest).epoch) == (4, 1)
+    assert load_checkpoint(ckpt.latest)["loop"]["position"] == 0  # the next epoch's start
+    resumed = learner()
+    resumed.fit(2, resume_from=ckpt.latest)
+    for p, q in zip(done.model.parameters(), resumed.model.parameters(), strict=True):
+        assert torch.equal(p, q)
+
+
 @pytest.mark.parametrize(
-    ("kwargs", "message"),
-    [
-        ({"every_n_batches": 0}, "Checkpoint(every_n_batches=0): give a positive int, or None."),
-        ({"keep_last": True}, "Checkpoint(keep_last=True): give a positive int, or None."),
-        ({"keep_last": 1.0}, "Checkpoint(keep_last=1.0): give a positive int, or None."),
-        (
-            {"every_epoch": False},
-            "Checkpoint would never save: give every_n_batches=n and/or every_epoch=True.",
-        ),
-    ],
+    ("press", "written"),
+    [(CtrlC((0, 1)), 2), (CtrlCInValidation(), 4 + 1)],  # batches 0, 1 / all 4 and the epoch's
+    ids=["in-a-batch", "at-the-epoch-end"],
 )
-def test_bad_settings_are_refused_with_the_fix(tmp_path, kwargs, message):
-    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
-        Checkpoint(tmp_path, **kwargs)
+def test_a_ctrl_c_where_a_checkpoint_is_saved_anyway_writes_it_once(tmp_path, press, written):
+    counts = CountsSaves()
+    ckpt = Checkpoint(tmp_path, every_n_batches=1, keep_last=None)
+    with pytest.raises(KeyboardInterrupt):
+        learner([press, counts, ckpt]).fit(2)
+    assert counts.saves == written == len(list(tmp_path.glob("*.pt")))
 
 
-def test_one_batch_one_checkpoint_kept_and_a_save_outside_a_fit_is_a_run_of_its_own(tmp_path):
-    ckpt = Checkpoint(tmp_path, every_n_batches=1, every_epoch=False, keep_last=1)
-    assert ckpt.run_id is None and ckpt.latest is None
+def test_a_second_ctrl_c_before_any_checkpoint_says_there_is_none(tmp_path):
+    ckpt = Checkpoint(tmp_path)  # every epoch: nothing saved in batch 0
+    with pytest.raises(KeyboardInterrupt) as stopped:
+        learner([CtrlC((0, 0), times=2), ckpt]).fit(1)
+    assert checkpoint_notes(stopped.value) == [
+        "Checkpoint: stopped mid-batch, so no checkpoint was saved now; the newest is none."
+    ]
+
+
+def test_fits_from_another_thread_leave_ctrl_c_alone(tmp_path):
+    before = signal.getsignal(signal.SIGINT)
+    ckpt = Checkpoint(tmp_path)
     learn = learner([ckpt])
-    learn.fit(1)
-    assert [(parse_name(p).steps, parse_name(p).epoch) for p in tmp_path.glob("*.pt")] == [(4, 0)]
-    assert ckpt.run_id is None  # outside a fit
-    path = ckpt.save(learn)
-    assert RUN_ID.fullmatch(parse_name(path).run)
-    assert ckpt.latest == path
+    learn.fit(1)  # the main thread: the handler is set and put back
+    errors = []
 
+    def fit():
+        try:
+            learn.fit(1)
+        except BaseException as error:  # reported below
+            errors.append(error)
 
-def test_two_prefixes_in_one_directory_keep_their_own_last_files(tmp_path):
-    a = Checkpoint(tmp_path, every_n_batches=1, keep_last=2, prefix="a")
-    b = Checkpoint(tmp_path, every_n_batches=2, keep_last=1, prefix="b")
-    learner([a, b]).fit(1)
-    kept = {
-        prefix: sorted(
-            (parse_name(p).steps, parse_name(p).epoch) for p in tmp_path.glob(f"{prefix}-*")
-        )
-        for prefix in "ab"
-    }  # each its own last files: batch 4's and the epoch end's (epoch 1 begins), or the latter
-    assert kept == {"a": [(4, 0), (4, 1)], "b": [(4, 1)]}
+    thread = threading.Thread(target=fit)
+    thread.start()
+    thread.join()
+    assert errors == []
+    assert signal.getsignal(signal.SIGINT) == before

@@ -1,4 +1,4 @@
-"""learn.save / learn.load and learn.predict: roundtrips, wrapper prefixes, damaged files, modes."""
+"""learn.save / learn.load: roundtrips, wrapper prefixes, damaged files, exact dtypes only."""
 
 from __future__ import annotations
 
@@ -7,9 +7,11 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
-from pluglearn import DataLoaders, Learner, WeightsError, hookimpl
+from pluglearn import DataLoaders, Learner, WeightsError
 
 X = torch.randn(40, 5, generator=torch.Generator().manual_seed(0))
+
+
 Y = (X[:, 0] > 0).long()
 
 
@@ -45,9 +47,6 @@ class Wrapped(nn.Module):
     def __init__(self, inner: nn.Module) -> None:
         super().__init__()
         self.module = inner
-
-
-# ------------------------------------------------------------------------------ save / load
 
 
 def test_save_then_load_gives_the_same_weights_and_buffers(tmp_path):
@@ -136,59 +135,6 @@ def test_a_pickle_with_objects_is_refused_by_the_safe_load(tmp_path):
         learner().load(path)
 
 
-# ---------------------------------------------------------------------------------- predict
-
-
-def test_predict_one_item_and_a_batch_match_the_model_in_eval_mode():
-    learn = learner()
-    learn.fit(1)
-    learn.model.train()
-    learn.model[2].eval()  # a mixed mode, put back as it was
-    modes = [m.training for m in learn.model.modules()]
-    one, batch = learn.predict(X[3]), learn.predict(X[:6])
-    assert [m.training for m in learn.model.modules()] == modes
-    reference = make_model()
-    reference.load_state_dict(learn.model.state_dict())
-    reference.eval()
-    with torch.no_grad():
-        expected = reference(X[:6])
-    assert one.shape == (2,) and torch.equal(one, reference(X[3:4]).detach()[0])
-    assert torch.equal(batch, expected) and not batch.requires_grad
-
-
-def test_predict_inside_a_hook_leaves_the_fit_unchanged():
-    class Peek:
-        def __init__(self):
-            self.seen = []
-
-        @hookimpl
-        def after_batch(self, learn):
-            self.seen.append(learn.predict(X[0]))
-
-    torch.manual_seed(9)
-    plain = learner()
-    plain.fit(2)
-    torch.manual_seed(9)
-    peek = Peek()
-    peeking = learner(plugins=[peek])
-    peeking.fit(2)
-    assert equal(state(peeking.model), state(plain.model))
-    assert len(peek.seen) == 2 * (4 + 1) and all(p.shape == (2,) for p in peek.seen)
-
-
-def test_predict_asks_for_batched_when_it_cannot_tell():
-    learn = Learner(make_model(), DataLoaders([(X[:8], Y[:8])]), defaults=False)
-    with pytest.raises(ValueError, match=r"Pass batched=True \(x is a batch\)"):
-        learn.predict(X[0])
-    assert learn.predict(X[0], batched=False).shape == (2,)
-    assert learn.predict(X[:3], batched=True).shape == (3, 2)
-    with pytest.raises(ValueError, match="an item of the dataset has 1"):
-        learner().predict(X[None, None])
-
-
-# -------------------------------------------------------------------- dtypes: exact or refused
-
-
 def test_an_integer_file_into_a_float_model_is_refused_naming_key_and_dtypes(tmp_path):
     source = make_model(6)
     path = tmp_path / "w.pt"
@@ -258,6 +204,8 @@ def test_a_widening_that_keeps_every_value_loads_exactly(tmp_path, file_dtype, m
 
 
 SIXTEEN_BIT = [torch.float16, torch.bfloat16, torch.int16]
+
+
 WIDER = [torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.int16, torch.int32,
          torch.int64, torch.uint8, torch.int8, torch.complex64]  # fmt: skip
 
@@ -287,9 +235,6 @@ def test_exact_casts_are_those_that_keep_every_value_and_the_kind(source):
         kept = torch.equal(after[~nan], before[~nan]) and bool(after[nan].isnan().all())
         expected = kept and kind(source) == kind(target)
         assert is_exact_cast(source, target) == expected, (source, target)
-
-
-# ------------------------------------------------------------------- wrapper prefixes: the rule
 
 
 @pytest.mark.parametrize(
