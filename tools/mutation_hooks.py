@@ -64,7 +64,7 @@ def expose_hooks(source: str) -> tuple[str, list[str]]:
     text = "".join(lines)
     if not text.endswith("\n"):
         text += "\n"
-    text += "\n# benchmarks/mutation_hooks.py: the hook markers, applied after mutation\n"
+    text += "\n# tools/mutation_hooks.py: the hook markers, applied after mutation\n"
     return text + "".join(appended), [a.split(" = ")[0] for a in appended]
 
 

@@ -6,11 +6,11 @@ mutant that passes them ("survived") is a bug the suite would not notice. This s
 mutmut 3 on chosen modules, each mutant against only the tests that reach the mutated function,
 then prints the kill rate per module and every survivor as ``file:line`` with its change.
 
-    pip install -c constraints.txt -e ".[dev,mutation]"             # pytest, hypothesis, mutmut
-    python benchmarks/mutation.py                                   # the default modules
-    python benchmarks/mutation.py --module data/safe_pickle.py      # one (or more) of them
-    python benchmarks/mutation.py --module plugins/dispatch.py --tests tests/test_learner.py
-    python benchmarks/mutation.py --list                            # modules and their tests
+    pip install -c constraints.txt -e ".[dev,mutation]"        # pytest, hypothesis, mutmut
+    python tools/mutation.py                                   # the default modules
+    python tools/mutation.py --module data/safe_pickle.py      # one (or more) of them
+    python tools/mutation.py --module hooks/dispatch.py --tests tests/test_learner.py
+    python tools/mutation.py --list                            # modules and their tests
 
 mutmut rewrites the files it mutates, so everything happens in a copy of the working tree (the
 files git tracks or would track) under a temporary folder: ``src/`` here is never touched. The
@@ -39,123 +39,121 @@ import tempfile
 from collections import Counter, defaultdict
 from pathlib import Path
 
-from mutation_hooks import expose_hooks_in  # benchmarks/ is on sys.path when run as a script
+from mutation_hooks import expose_hooks_in  # tools/ is on sys.path when run as a script
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = "src/pluglearn"
 TARGET = 0.90  # the kill rate every module should reach
 
-# Module (under src/pluglearn) -> the test files that cover it. Paths that do not exist in the
-# tree (modules move) are skipped with a note, so the table can name old and new locations.
+# Module (under src/pluglearn) -> the test files that cover it (tests/test_tools.py checks that
+# every one exists; a path that does not, say in an older commit's --ref tree, is skipped).
 MODULES: dict[str, list[str]] = {
-    "data/safe_pickle.py": ["tests/data/test_mnist.py", "tests/data/test_unpickler_catalogue.py"],
+    "data/safe_pickle.py": ["tests/data/test_mnist.py", "tests/data/test_safe_pickle.py"],
     "data/download.py": [
         "tests/data/test_mnist.py",
         "tests/data/test_download_limits.py",
-        "tests/data/test_download_mutants.py",
+        "tests/data/test_download.py",
     ],
     "data/idx.py": [
         "tests/data/test_mnist.py",
         "tests/data/test_download_limits.py",
-        "tests/data/test_idx_mutants.py",
+        "tests/data/test_idx.py",
     ],
     "data/mnist_format.py": [
         "tests/data/test_mnist.py",
         "tests/data/test_download_limits.py",
-        "tests/data/test_unpickler_catalogue.py",
-        "tests/data/test_idx_mutants.py",
+        "tests/data/test_safe_pickle.py",
+        "tests/data/test_mnist_format.py",
     ],
-    "checkpoint.py": [
-        "tests/test_checkpoint.py",
-        "tests/test_checkpoint_writes.py",
-        "tests/test_checkpoint_mutants.py",
-        "tests/test_checkpoint_files_mutants.py",
-        "tests/test_checkpoint_signals.py",
+    "checkpoint/files.py": [
+        "tests/checkpoint/test_files.py",
+        "tests/checkpoint/test_files_loading.py",
+        "tests/checkpoint/test_atomic_write.py",
+        "tests/checkpoint/test_atomic_write_failures.py",
     ],
-    "checkpoint_write.py": [
-        "tests/test_checkpoint_writes.py",
-        "tests/test_checkpoint_mutants.py",
-        "tests/test_checkpoint_signals.py",
+    "checkpoint/atomic_write.py": [
+        "tests/checkpoint/test_atomic_write.py",
+        "tests/checkpoint/test_atomic_write_failures.py",
+        "tests/checkpoint/test_files.py",
     ],
-    "resume.py": [
-        "tests/test_checkpoint.py",
-        "tests/test_resume_state.py",
-        "tests/test_resume_mutants.py",
-        "tests/test_resume_checks_mutants.py",
-        "tests/test_resume_runs_mutants.py",
-        "tests/callbacks/test_multiprocess_loader.py",
+    "checkpoint/resume.py": [
+        "tests/checkpoint/test_resume.py",
+        "tests/checkpoint/test_compatibility.py",
+        "tests/checkpoint/test_compatibility_ranks.py",
+        "tests/run/test_replay_in_process.py",
+        "tests/run/test_rng.py",
+        "tests/plugins/test_multiprocess_loader.py",
     ],
-    "resume_checks.py": [
-        "tests/test_checkpoint.py",
-        "tests/test_resume_state.py",
-        "tests/test_resume_mutants.py",
-        "tests/test_resume_checks_mutants.py",
-        "tests/test_resume_runs_mutants.py",
+    "checkpoint/compatibility.py": [
+        "tests/checkpoint/test_compatibility.py",
+        "tests/checkpoint/test_compatibility_ranks.py",
+        "tests/checkpoint/test_resume.py",
+        "tests/diagnostics/test_input_checks.py",
     ],
-    "callbacks/checkpoint.py": [
-        "tests/test_checkpoint.py",
-        "tests/test_checkpoint_runs.py",
-        "tests/callbacks/test_checkpoint_mutants.py",
-        "tests/callbacks/test_checkpoint_runs_mutants.py",
-        "tests/callbacks/test_checkpoint_ctrl_c_mutants.py",
-        "tests/callbacks/test_checkpoint_ranks_mutants.py",
+    "checkpoint/plugin.py": [
+        "tests/checkpoint/test_plugin.py",
+        "tests/checkpoint/test_plugin_runs.py",
+        "tests/checkpoint/test_plugin_ctrl_c.py",
+        "tests/checkpoint/test_plugin_ranks.py",
     ],
-    "callbacks/gradcheck.py": [
-        "tests/callbacks/test_gradcheck.py",
-        "tests/callbacks/test_gradcheck_nonfinite.py",
-        "tests/callbacks/test_gradcheck_mutants.py",
+    "plugins/gradcheck.py": [
+        "tests/plugins/test_gradcheck.py",
+        "tests/plugins/test_gradcheck_nonfinite.py",
+        "tests/plugins/test_gradcheck_numeric.py",
+        "tests/plugins/test_gradcheck_manual.py",
     ],
-    "callbacks/gradcheck_report.py": [
-        "tests/callbacks/test_gradcheck.py",
-        "tests/callbacks/test_gradcheck_nonfinite.py",
-        "tests/callbacks/test_gradcheck_mutants.py",
+    "plugins/gradcheck_report.py": [
+        "tests/plugins/test_gradcheck.py",
+        "tests/plugins/test_gradcheck_nonfinite.py",
+        "tests/plugins/test_gradcheck_report.py",
     ],
     "data/loaders.py": [
         "tests/data/test_loaders.py",
-        "tests/data/test_loaders_mutants.py",
-        "tests/data/test_dataloaders_mutants.py",
-        "tests/distributed/test_shards.py",
+        "tests/data/test_loaders_tensor_batch_loader.py",
+        "tests/data/test_loaders_dataloaders.py",
+        "tests/distributed/test_ranks_shards.py",
         "tests/test_learner.py",
     ],
     "data/epochs.py": [
         "tests/data/test_epochs.py",
-        "tests/data/test_epochs_mutants.py",
-        "tests/distributed/test_shards.py",
-        "tests/test_checkpoint.py",
+        "tests/data/test_epochs_positions.py",
+        "tests/data/test_loaders_tensor_batch_loader.py",
+        "tests/distributed/test_ranks_shards.py",
+        "tests/run/test_replay_in_process.py",
     ],
     "data/multiprocess.py": [
-        "tests/data/test_multiprocess_loader.py",
         "tests/data/test_multiprocess.py",
-        "tests/scratch/test_multiprocess.py",
-        "tests/callbacks/test_multiprocess_loader.py",
-        "tests/callbacks/test_batch_seeding.py",
+        "tests/plugins/test_multiprocess_loader.py",
+        "tests/plugins/test_multiprocess_loader_seeding.py",
     ],
     "data/worker_pool.py": [
-        "tests/data/test_multiprocess_loader.py",
         "tests/data/test_multiprocess.py",
-        "tests/scratch/test_multiprocess.py",
-        "tests/callbacks/test_batch_seeding.py",
+        "tests/plugins/test_multiprocess_loader_seeding.py",
     ],
-    "callbacks/multiprocess_loader.py": [
-        "tests/callbacks/test_multiprocess_loader.py",
-        "tests/callbacks/test_batch_seeding.py",
+    "plugins/multiprocess_loader.py": [
+        "tests/plugins/test_multiprocess_loader.py",
+        "tests/plugins/test_multiprocess_loader_seeding.py",
     ],
-    "plugins/dispatch.py": [
-        "tests/plugins/test_dispatch.py",
-        "tests/plugins/test_dispatch_mutants.py",
-        "tests/plugins/test_wrap_hook_calls.py",
-        "tests/plugins/test_manager.py",
+    "hooks/dispatch.py": [
+        "tests/hooks/test_dispatch.py",
+        "tests/hooks/test_dispatch_call.py",
+        "tests/hooks/test_dispatch_error_tags.py",
+        "tests/hooks/test_registry_wrap_hook_calls.py",
+        "tests/hooks/test_guards.py",
+        "tests/hooks/test_registry.py",
+        "tests/hooks/test_specs.py",
         "tests/test_learner.py",
-        "tests/test_contract_fuzz.py",
+        "tests/test_loop_contract_fuzz.py",
     ],
-    "callbacks/accumulate.py": [
-        "tests/callbacks/test_accumulate.py",
-        "tests/callbacks/test_accumulate_mutants.py",
+    "plugins/accumulate.py": [
+        "tests/plugins/test_accumulate.py",
+        "tests/plugins/test_accumulate_losses.py",
+        "tests/plugins/test_accumulate_refusals.py",
     ],
-    "callbacks/scheduler.py": [
-        "tests/callbacks/test_scheduler.py",
-        "tests/callbacks/test_scheduler_mutants.py",
-        "tests/test_recipes_kill.py",
+    "plugins/scheduler.py": [
+        "tests/plugins/test_scheduler.py",
+        "tests/plugins/test_scheduler_one_cycle.py",
+        "tests/checkpoint/test_kill_and_resume.py",
     ],
 }
 KILLED = {"killed", "timeout", "segfault", "caught by type check"}
@@ -185,7 +183,7 @@ def copy_tree(dest: Path, ref: str | None) -> None:
 # so hypothesis need not shrink the failing example (minutes, and a timeout, on two cores).
 HYPOTHESIS_PROFILE = """
 
-# benchmarks/mutation.py: a failing example kills the mutant; do not shrink it
+# tools/mutation.py: a failing example kills the mutant; do not shrink it
 from hypothesis import Phase as _Phase
 from hypothesis import settings as _settings
 

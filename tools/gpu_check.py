@@ -4,8 +4,8 @@ GPU, the Learner's speed against a hand-written loop, and host-device syncs per 
 Run on a machine with a GPU (without one it says that it needs CUDA and measures nothing; it
 runs end to end in well under 5 minutes on one GPU and prints one table at the end):
 
-    python benchmarks/gpu_check.py [--rounds 7] [--compile]
-    python benchmarks/gpu_check.py --smoke      # the code paths on the CPU, tiny, no figures
+    python tools/gpu_check.py [--rounds 7] [--compile]
+    python tools/gpu_check.py --smoke      # the code paths on the CPU, tiny, no figures
 
 1. A Learner without ``device=`` trains on CUDA: the model, every batch (copied from pinned
    memory) and the predictions are there, and training matches the same run on the CPU to
@@ -37,7 +37,6 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from training_loops import MODELS, hand_runner, learner, load_data, time_rounds
 
 from pluglearn import (
     Checkpoint,
@@ -49,6 +48,11 @@ from pluglearn import (
     hookimpl,
 )
 from pluglearn.checkpoint.files import checkpoints_in, load_checkpoint
+
+# The timed jobs and the hand-written loops are benchmarks/training_loops.py, which
+# benchmarks/compile_overhead.py times on the CPU too (this script is in tools/: it needs a GPU).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from training_loops import MODELS, hand_runner, learner, load_data, time_rounds
 
 
 def make(device: str | None, directory: Path | None = None, dropout: float = 0.3) -> Learner:
