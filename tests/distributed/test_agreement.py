@@ -1,5 +1,5 @@
 """The fingerprint every rank of a fit sends at its start, and how differences between the
-ranks' fingerprints are named (the two-rank refusals: tests/distributed/test_fit_agreement.py)."""
+ranks' fingerprints are named (the two-rank refusals: tests/distributed/test_agreement_fit.py)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""A fit with a 64 MB checkpoint, run as a child process by tests/test_checkpoint_writes.py to
-meet a checkpoint write that fails: a full disk, a second Ctrl-C, a SIGKILL.
+"""A fit with a 64 MB checkpoint, run as a child process by
+tests/checkpoint/test_atomic_write_failures.py to meet a checkpoint write that fails: a full
+disk, a second Ctrl-C, a SIGKILL.
 
     python tests/jobs/checkpoint_write_job.py DIR {file-size-limit,second-ctrl-c,forever}
 

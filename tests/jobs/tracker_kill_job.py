@@ -1,5 +1,5 @@
 """A fit logged to MLflow that kills its own process outright (SIGKILL) after training batch 7, or
-resumes from its checkpoints: run as a script by test_tracker_kill.py.
+resumes from its checkpoints: run as a script by tests/plugins/test_tracking_kill.py.
 
     python tests/jobs/tracker_kill_job.py TRACKING_URI CKPT_DIR kill|resume
 """
