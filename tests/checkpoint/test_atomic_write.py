@@ -32,11 +32,11 @@ from pluglearn.checkpoint.files import (
     save_checkpoint,
 )
 from pluglearn.checkpoint.resume import capture
-from tests.jobs.resume_job import make_learner
+from tests.jobs import resume_job
 
 
 def test_a_failed_write_leaves_the_previous_checkpoint_intact(tmp_path):
-    learn = make_learner(str(tmp_path / "unused"))
+    learn = resume_job.make_learner(str(tmp_path / "unused"))
     learn.fit(1)
     path = save_checkpoint(capture(learn, epoch_end=True), tmp_path / "ckpt.pt")
     before = path.read_bytes()

@@ -17,13 +17,9 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
-from torch import nn
 
-from pluglearn import DataLoaders, Learner
 from pluglearn.checkpoint.files import checkpoint_name, new_run_id, temporary_path
 from pluglearn.checkpoint.plugin import Checkpoint
-from tests.helpers import tiny_data
 from tests.jobs import JOBS
 
 JOB = JOBS / "checkpoint_write_job.py"
@@ -59,11 +55,19 @@ def test_a_second_ctrl_c_during_a_write_is_a_keyboard_interrupt_and_leaves_no_fi
     assert report["files"] == []  # neither a checkpoint nor the partial temporary file
 
 
-def small_learner(directory: Path) -> Learner:
-    torch.manual_seed(0)
-    x, y = tiny_data(24, n_in=4)
-    dls = DataLoaders.from_datasets((x[:16], y[:16]), (x[16:], y[16:]), batch_size=8, seed=1)
-    return Learner(nn.Linear(4, 3), dls, plugins=[Checkpoint(directory)])
+@pytest.fixture
+def small_learner(make_learner):
+    """The shared tiny Learner, default plugins and a Checkpoint: 16 shuffled training items in
+    batches of 8, 8 validating."""
+    return lambda directory: make_learner(
+        [Checkpoint(directory)],
+        n_train=16,
+        n_valid=8,
+        bs=8,
+        defaults=True,
+        from_datasets=True,
+        loader_seed=1,
+    )
 
 
 def kill_mid_write(directory: Path, attempts: int = 5) -> list[Path]:
@@ -90,7 +94,7 @@ def kill_mid_write(directory: Path, attempts: int = 5) -> list[Path]:
 
 
 @pytest.mark.timeout(300)
-def test_a_new_fit_removes_the_temporary_a_killed_write_left(tmp_path):
+def test_a_new_fit_removes_the_temporary_a_killed_write_left(tmp_path, small_learner):
     stale = kill_mid_write(tmp_path)
     # a write in progress in a live process (another run), and a killed one of another machine
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])

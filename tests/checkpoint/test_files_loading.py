@@ -26,7 +26,7 @@ from pluglearn.checkpoint.files import (
 )
 from pluglearn.checkpoint.resume import capture
 from tests.helpers import exact, raised_by
-from tests.jobs.resume_job import make_learner
+from tests.jobs import resume_job
 
 
 def a_state(**loop):
@@ -131,13 +131,13 @@ def test_an_error_without_a_message_is_still_named():
 
 
 def test_truncated_newest_checkpoint_in_a_directory_is_skipped_with_a_warning(tmp_path):
-    learn = make_learner(str(tmp_path))
+    learn = resume_job.make_learner(str(tmp_path))
     learn.fit(1)
     newest = checkpoints_in(tmp_path)[-1]
     newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])
     with pytest.raises(CheckpointError, match="corrupt or truncated"):
         load_checkpoint(newest)
-    resumed = make_learner(str(tmp_path / "again"))
+    resumed = resume_job.make_learner(str(tmp_path / "again"))
     with pytest.warns(UserWarning, match="skipping an unreadable checkpoint"):
         resumed.fit(2, resume_from=tmp_path)
     assert resumed.epoch == 1 and resumed.train_iter == 40

@@ -5,12 +5,11 @@ settings, and a fit cancelled before any checkpoint."""
 from __future__ import annotations
 
 import re
+from functools import partial
 
 import pytest
-import torch
-from torch import nn
 
-from pluglearn import CancelFitException, DataLoaders, Learner, hookimpl
+from pluglearn import CancelFitException, hookimpl
 from pluglearn.checkpoint.files import (
     RUN_ID,
     checkpoints_in,
@@ -18,12 +17,11 @@ from pluglearn.checkpoint.files import (
     parse_name,
 )
 from pluglearn.checkpoint.plugin import Checkpoint
-from tests.helpers import tiny_data
-from tests.jobs.resume_job import make_learner
+from tests.jobs import resume_job
 
 
 def test_keep_last_and_names_sort_in_run_order(tmp_path):
-    learn = make_learner(str(tmp_path))
+    learn = resume_job.make_learner(str(tmp_path))
     learn.fit(1)
     files = checkpoints_in(tmp_path)
     assert len(files) == 2  # keep_last=2 in the job
@@ -32,11 +30,20 @@ def test_keep_last_and_names_sort_in_run_order(tmp_path):
     assert steps == [20, 20] and epochs == [0, 1]  # the last batch, then the epoch's end
 
 
-def learner(plugins=()):
-    x, y = tiny_data(40, seed=2)
-    dls = DataLoaders.from_datasets((x[:32], y[:32]), (x[32:], y[32:]), batch_size=8, seed=1)
-    torch.manual_seed(0)
-    return Learner(nn.Linear(4, 3), dls, lr=0.1, plugins=list(plugins))
+@pytest.fixture
+def learner(make_learner):
+    """The shared tiny Learner with the default plugins: 32 shuffled training items of
+    ``tiny_data(40, seed=2)`` in batches of 8 (4 an epoch), 8 validating."""
+    return partial(
+        make_learner,
+        n_train=32,
+        n_valid=8,
+        bs=8,
+        defaults=True,
+        data_seed=2,
+        from_datasets=True,
+        loader_seed=1,
+    )
 
 
 @pytest.mark.parametrize(
@@ -56,7 +63,9 @@ def test_bad_settings_are_refused_with_the_fix(tmp_path, kwargs, message):
         Checkpoint(tmp_path, **kwargs)
 
 
-def test_one_batch_one_checkpoint_kept_and_a_save_outside_a_fit_is_a_run_of_its_own(tmp_path):
+def test_one_batch_one_checkpoint_kept_and_a_save_outside_a_fit_is_a_run_of_its_own(
+    tmp_path, learner
+):
     ckpt = Checkpoint(tmp_path, every_n_batches=1, every_epoch=False, keep_last=1)
     assert ckpt.run_id is None and ckpt.latest is None
     learn = learner([ckpt])
@@ -68,7 +77,7 @@ def test_one_batch_one_checkpoint_kept_and_a_save_outside_a_fit_is_a_run_of_its_
     assert ckpt.latest == path
 
 
-def test_two_prefixes_in_one_directory_keep_their_own_last_files(tmp_path):
+def test_two_prefixes_in_one_directory_keep_their_own_last_files(tmp_path, learner):
     a = Checkpoint(tmp_path, every_n_batches=1, keep_last=2, prefix="a")
     b = Checkpoint(tmp_path, every_n_batches=2, keep_last=1, prefix="b")
     learner([a, b]).fit(1)
@@ -81,7 +90,7 @@ def test_two_prefixes_in_one_directory_keep_their_own_last_files(tmp_path):
     assert kept == {"a": [(4, 0), (4, 1)], "b": [(4, 1)]}
 
 
-def test_by_default_the_last_three_ckpt_files_and_one_each_epoch(tmp_path):
+def test_by_default_the_last_three_ckpt_files_and_one_each_epoch(tmp_path, learner):
     ckpt = Checkpoint(tmp_path / "runs" / "a")  # a directory that does not exist yet
     learner([ckpt]).fit(5)
     names = sorted(p.name for p in (tmp_path / "runs" / "a").iterdir())
@@ -101,7 +110,7 @@ class CancelsFirstBatch:
         raise CancelFitException()
 
 
-def test_a_fit_cancelled_before_any_checkpoint_ends_cleanly(tmp_path):
+def test_a_fit_cancelled_before_any_checkpoint_ends_cleanly(tmp_path, learner):
     ckpt = Checkpoint(tmp_path)  # every epoch: nothing saved before the cancel
     learn = learner([CancelsFirstBatch(), ckpt])
     learn.fit(2)

@@ -8,22 +8,30 @@ from __future__ import annotations
 
 import signal
 import threading
+from functools import partial
 
 import pytest
 import torch
-from torch import nn
 
-from pluglearn import DataLoaders, Learner, hookimpl
+from pluglearn import hookimpl
 from pluglearn.checkpoint.files import load_checkpoint, parse_name
 from pluglearn.checkpoint.plugin import Checkpoint
-from tests.helpers import tiny_data
 
 
-def learner(plugins=()):
-    x, y = tiny_data(40, seed=2)
-    dls = DataLoaders.from_datasets((x[:32], y[:32]), (x[32:], y[32:]), batch_size=8, seed=1)
-    torch.manual_seed(0)
-    return Learner(nn.Linear(4, 3), dls, lr=0.1, plugins=list(plugins))
+@pytest.fixture
+def learner(make_learner):
+    """The shared tiny Learner with the default plugins: 32 shuffled training items of
+    ``tiny_data(40, seed=2)`` in batches of 8 (4 an epoch), 8 validating."""
+    return partial(
+        make_learner,
+        n_train=32,
+        n_valid=8,
+        bs=8,
+        defaults=True,
+        data_seed=2,
+        from_datasets=True,
+        loader_seed=1,
+    )
 
 
 class CtrlC:
@@ -41,7 +49,9 @@ class CtrlC:
                 signal.raise_signal(signal.SIGINT)
 
 
-def test_a_ctrl_c_finishes_the_batch_saves_there_and_stops_naming_the_checkpoint(tmp_path, capsys):
+def test_a_ctrl_c_finishes_the_batch_saves_there_and_stops_naming_the_checkpoint(
+    tmp_path, capsys, learner
+):
     done = learner()
     done.fit(2)
     before = signal.getsignal(signal.SIGINT)
@@ -63,7 +73,7 @@ def test_a_ctrl_c_finishes_the_batch_saves_there_and_stops_naming_the_checkpoint
         assert torch.equal(p, q)
 
 
-def test_a_second_ctrl_c_stops_at_once_with_a_note_naming_the_newest_checkpoint(tmp_path):
+def test_a_second_ctrl_c_stops_at_once_with_a_note_naming_the_newest_checkpoint(tmp_path, learner):
     ckpt = Checkpoint(tmp_path, every_n_batches=1)
     with pytest.raises(KeyboardInterrupt) as stopped:
         learner([CtrlC((0, 2), times=2), ckpt]).fit(1)
@@ -93,7 +103,7 @@ class CtrlCWhileSaving:
         return {}
 
 
-def test_a_second_ctrl_c_during_the_write_says_the_partial_file_was_removed(tmp_path):
+def test_a_second_ctrl_c_during_the_write_says_the_partial_file_was_removed(tmp_path, learner):
     ckpt = Checkpoint(tmp_path)
     with pytest.raises(KeyboardInterrupt) as stopped:
         learner([CtrlCWhileSaving(), ckpt]).fit(1)
@@ -105,7 +115,7 @@ def test_a_second_ctrl_c_during_the_write_says_the_partial_file_was_removed(tmp_
     assert list(tmp_path.iterdir()) == []
 
 
-def test_without_on_interrupt_the_handler_is_left_alone(tmp_path):
+def test_without_on_interrupt_the_handler_is_left_alone(tmp_path, learner):
     before = signal.getsignal(signal.SIGINT)
     seen = CtrlC(None)
     learner([seen, Checkpoint(tmp_path, on_interrupt=False)]).fit(1)
@@ -137,7 +147,7 @@ def checkpoint_notes(error: BaseException) -> list[str]:
     return [n for n in getattr(error, "__notes__", []) if n.startswith("Checkpoint:")]
 
 
-def test_a_ctrl_c_in_validation_saves_the_epoch_end_and_resumes_exactly(tmp_path):
+def test_a_ctrl_c_in_validation_saves_the_epoch_end_and_resumes_exactly(tmp_path, learner):
     done = learner()
     done.fit(2)
     ckpt = Checkpoint(tmp_path, every_n_batches=100, every_epoch=False)
@@ -157,7 +167,9 @@ def test_a_ctrl_c_in_validation_saves_the_epoch_end_and_resumes_exactly(tmp_path
     [(CtrlC((0, 1)), 2), (CtrlCInValidation(), 4 + 1)],  # batches 0, 1 / all 4 and the epoch's
     ids=["in-a-batch", "at-the-epoch-end"],
 )
-def test_a_ctrl_c_where_a_checkpoint_is_saved_anyway_writes_it_once(tmp_path, press, written):
+def test_a_ctrl_c_where_a_checkpoint_is_saved_anyway_writes_it_once(
+    tmp_path, press, written, learner
+):
     counts = CountsSaves()
     ckpt = Checkpoint(tmp_path, every_n_batches=1, keep_last=None)
     with pytest.raises(KeyboardInterrupt):
@@ -165,7 +177,7 @@ def test_a_ctrl_c_where_a_checkpoint_is_saved_anyway_writes_it_once(tmp_path, pr
     assert counts.saves == written == len(list(tmp_path.glob("*.pt")))
 
 
-def test_a_second_ctrl_c_before_any_checkpoint_says_there_is_none(tmp_path):
+def test_a_second_ctrl_c_before_any_checkpoint_says_there_is_none(tmp_path, learner):
     ckpt = Checkpoint(tmp_path)  # every epoch: nothing saved in batch 0
     with pytest.raises(KeyboardInterrupt) as stopped:
         learner([CtrlC((0, 0), times=2), ckpt]).fit(1)
@@ -174,7 +186,7 @@ def test_a_second_ctrl_c_before_any_checkpoint_says_there_is_none(tmp_path):
     ]
 
 
-def test_fits_from_another_thread_leave_ctrl_c_alone(tmp_path):
+def test_fits_from_another_thread_leave_ctrl_c_alone(tmp_path, learner):
     before = signal.getsignal(signal.SIGINT)
     ckpt = Checkpoint(tmp_path)
     learn = learner([ckpt])

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import inspect
 import shutil
+from functools import partial
 from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
-from pluglearn import DataLoaders, Learner, hookimpl
+from pluglearn import Learner, hookimpl
 from pluglearn.checkpoint.files import (
     RUN_ID,
     NoCheckpointError,
@@ -23,19 +24,33 @@ from pluglearn.checkpoint.files import (
     runs_in,
 )
 from pluglearn.checkpoint.plugin import Checkpoint
-from tests.helpers import CrashAt, DieAtStep, tiny_data
+from tests.helpers import CrashAt, DieAtStep
 
 BATCHES = 5  # training batches an epoch
 
 
-def learner(directory: Path, seed: int = 0, keep_last: int | None = 2) -> Learner:
-    """A small seeded run that saves after every batch (``seed`` makes another run)."""
-    torch.manual_seed(seed)
-    x, y = tiny_data(48, n_in=4)
-    dls = DataLoaders.from_datasets((x[:40], y[:40]), (x[40:], y[40:]), batch_size=8, seed=1)
-    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Dropout(0.2), nn.Linear(8, 3))
-    checkpoint = Checkpoint(directory, every_n_batches=1, keep_last=keep_last)
-    return Learner(model, dls, lr=0.1, plugins=[checkpoint])
+@pytest.fixture
+def learner(make_learner):
+    """A small seeded run that saves after every batch (``seed`` makes another run): the shared
+    tiny Learner with a dropout MLP, 40 shuffled training items in batches of 8, 8 validating."""
+
+    def build(directory: Path, seed: int = 0, keep_last: int | None = 2) -> Learner:
+        checkpoint = Checkpoint(directory, every_n_batches=1, keep_last=keep_last)
+        return make_learner(
+            [checkpoint],
+            n_train=40,
+            n_valid=8,
+            bs=8,
+            defaults=True,
+            seed=seed,
+            from_datasets=True,
+            loader_seed=1,
+            model=lambda: nn.Sequential(
+                nn.Linear(4, 8), nn.ReLU(), nn.Dropout(0.2), nn.Linear(8, 3)
+            ),
+        )
+
+    return build
 
 
 def weights(learn: Learner) -> list[torch.Tensor]:
@@ -53,7 +68,9 @@ def steps_of(files: list[Path]) -> list[tuple[int, int]]:
     ]
 
 
-def test_a_new_run_in_a_used_directory_keeps_its_checkpoints_and_is_the_one_resumed(tmp_path):
+def test_a_new_run_in_a_used_directory_keeps_its_checkpoints_and_is_the_one_resumed(
+    tmp_path, learner
+):
     learner(tmp_path, seed=0).fit(3)  # an older run: checkpoints at step 15
     new = learner(tmp_path, seed=1)
     new.fit(1)  # a new run in the same directory: steps 1 to 5
@@ -68,7 +85,7 @@ def test_a_new_run_in_a_used_directory_keeps_its_checkpoints_and_is_the_one_resu
     assert_same(weights(resumed), weights(reference))  # the new run went on, not the older one
 
 
-def test_a_resumed_fit_writes_under_its_run_and_a_new_fit_under_a_new_one(tmp_path):
+def test_a_resumed_fit_writes_under_its_run_and_a_new_fit_under_a_new_one(tmp_path, learner):
     with pytest.raises(RuntimeError, match="die"):
         learner(tmp_path).fit(3, plugins=[DieAtStep(7)])
     [killed] = runs_in(tmp_path)
@@ -81,7 +98,7 @@ def test_a_resumed_fit_writes_under_its_run_and_a_new_fit_under_a_new_one(tmp_pa
     assert len(ids) == 2 and ids[0] == killed.id
 
 
-def test_files_without_a_run_id_are_one_older_run_and_are_kept(tmp_path):
+def test_files_without_a_run_id_are_one_older_run_and_are_kept(tmp_path, learner):
     learner(tmp_path / "old", seed=0).fit(3)
     legacy = []
     for path in runs_in(tmp_path / "old")[0].files:  # the names pluglearn gave before run ids
@@ -101,7 +118,7 @@ def test_files_without_a_run_id_are_one_older_run_and_are_kept(tmp_path):
     assert_same(weights(resumed), weights(new))  # the newer run, at its end: nothing to train
 
 
-def test_resuming_an_earlier_checkpoint_of_a_run_keeps_its_later_ones(tmp_path):
+def test_resuming_an_earlier_checkpoint_of_a_run_keeps_its_later_ones(tmp_path, learner):
     learner(tmp_path, keep_last=None).fit(2)
     [run] = runs_in(tmp_path)
     earlier = run.files[6]  # step 6 (after 1 to 5 and the end of epoch 0), mid-epoch 1
@@ -112,7 +129,7 @@ def test_resuming_an_earlier_checkpoint_of_a_run_keeps_its_later_ones(tmp_path):
     assert steps_of(new.files) == [(s, 1) for s in range(7, 11)] + [(10, 2)]
 
 
-def test_resuming_a_directory_with_no_checkpoint_yet_is_a_no_checkpoint_error(tmp_path):
+def test_resuming_a_directory_with_no_checkpoint_yet_is_a_no_checkpoint_error(tmp_path, learner):
     for missing in (tmp_path / "never-created", tmp_path):
         with pytest.raises(NoCheckpointError, match="missing_ok=True") as info:
             learner(tmp_path / "out").fit(1, resume_from=missing)
@@ -124,7 +141,9 @@ def test_resuming_a_directory_with_no_checkpoint_yet_is_a_no_checkpoint_error(tm
     reason="fit(..., missing_ok=True) is wired by the Learner (it catches NoCheckpointError)",
     strict=True,
 )
-def test_a_restart_script_resumes_if_a_checkpoint_exists_and_starts_fresh_otherwise(tmp_path):
+def test_a_restart_script_resumes_if_a_checkpoint_exists_and_starts_fresh_otherwise(
+    tmp_path, learner
+):
     reference = learner(tmp_path / "reference")
     reference.fit(2)
     first = learner(tmp_path / "run")  # the first start: nothing to resume yet
@@ -139,11 +158,20 @@ def test_a_restart_script_resumes_if_a_checkpoint_exists_and_starts_fresh_otherw
     assert [parse_name(p).run for p in runs_in(tmp_path / "run")[0].files] != [None]
 
 
-def small_learner(plugins=()):
-    x, y = tiny_data(40, seed=2)
-    dls = DataLoaders.from_datasets((x[:32], y[:32]), (x[32:], y[32:]), batch_size=8, seed=1)
-    torch.manual_seed(0)
-    return Learner(nn.Linear(4, 3), dls, lr=0.1, plugins=list(plugins))
+@pytest.fixture
+def small_learner(make_learner):
+    """The shared tiny Learner with the default plugins: 32 shuffled training items of
+    ``tiny_data(40, seed=2)`` in batches of 8 (4 an epoch), 8 validating."""
+    return partial(
+        make_learner,
+        n_train=32,
+        n_valid=8,
+        bs=8,
+        defaults=True,
+        data_seed=2,
+        from_datasets=True,
+        loader_seed=1,
+    )
 
 
 class SeesRunId:
@@ -156,7 +184,7 @@ class SeesRunId:
 
 
 @pytest.mark.parametrize("run", [None, "not-a-run-id", "20250102T030405123-9f3a1"])
-def test_a_saved_run_id_that_is_no_run_id_is_not_resumed(tmp_path, run):
+def test_a_saved_run_id_that_is_no_run_id_is_not_resumed(tmp_path, run, small_learner):
     ckpt = Checkpoint(tmp_path)
     learn = small_learner([ckpt])
     ckpt.load_state_dict(learn, {"run": run})
@@ -165,7 +193,7 @@ def test_a_saved_run_id_that_is_no_run_id_is_not_resumed(tmp_path, run):
     assert RUN_ID.fullmatch(seen.ids[0]) and seen.ids[0] != run
 
 
-def test_resuming_before_the_newest_checkpoint_names_it_in_the_warning(tmp_path):
+def test_resuming_before_the_newest_checkpoint_names_it_in_the_warning(tmp_path, small_learner):
     first = Checkpoint(tmp_path, every_n_batches=1, keep_last=None)
     small_learner([first]).fit(1)
     (run,) = runs_in(tmp_path)
@@ -177,7 +205,9 @@ def test_resuming_before_the_newest_checkpoint_names_it_in_the_warning(tmp_path)
     assert f"checkpoint ({newest.name}): this fit writes its checkpoints as a new run" in message
 
 
-def test_a_resumed_run_removes_its_killed_writes_temporaries_also_from_other_hosts(tmp_path):
+def test_a_resumed_run_removes_its_killed_writes_temporaries_also_from_other_hosts(
+    tmp_path, small_learner
+):
     ckpt = Checkpoint(tmp_path, every_n_batches=1)
     with pytest.raises(RuntimeError, match="killed"):
         small_learner([ckpt, CrashAt(0, 2)]).fit(1)

@@ -83,6 +83,7 @@ class _TrainSteps:
             self.steps.append(learn.train_iter)
 
 
+# Not the shared make_learner: a map-style dataset of its own.
 def _map_style_learner(directory: Path) -> Learner:
     """A generic map-style dataset, so the default loader is the scratch DataLoader."""
     from pluglearn.scratch.data import Dataset

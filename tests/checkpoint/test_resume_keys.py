@@ -26,6 +26,7 @@ def eager(model: nn.Module) -> nn.Module:
     return torch.compile(model, backend="eager")
 
 
+# Not the shared make_learner: the data in the test's dtype, its model.
 def learner(model: nn.Module, dtype: torch.dtype = torch.float32) -> Learner:
     x = X.to(dtype)
     dls = DataLoaders.from_datasets((x[:40], Y[:40]), (x[40:], Y[40:]), batch_size=8, seed=3)

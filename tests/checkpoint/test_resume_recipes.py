@@ -23,23 +23,38 @@ from pluglearn import (
 from tests.helpers import CrashAt, tiny_data
 
 
-def learner(plugins=()):
-    torch.manual_seed(0)
-    x, y = tiny_data(100, seed=11)
-    dls = DataLoaders.from_datasets((x[:88], y[:88]), (x[88:], y[88:]), batch_size=8)
-    model = nn.Sequential(nn.Linear(4, 32), nn.ReLU(), nn.Dropout(0.1), nn.Linear(32, 3))
-    recipes = [
-        GradientClipping(0.3),
-        MixedPrecision(torch.bfloat16),
-        GradientAccumulation(3),
-        Recorder(),
-    ]
-    return Learner(model, dls, plugins=[*recipes, *plugins])
+@pytest.fixture
+def learner(make_learner):
+    """The shared tiny Learner with the default plugins, the recipes and a Recorder: a dropout
+    MLP on 88 shuffled training items of ``tiny_data(100, seed=11)`` in batches of 8, 12
+    validating."""
+
+    def build(plugins=()):
+        recipes = [
+            GradientClipping(0.3),
+            MixedPrecision(torch.bfloat16),
+            GradientAccumulation(3),
+            Recorder(),
+        ]
+        return make_learner(
+            [*recipes, *plugins],
+            n_train=88,
+            n_valid=12,
+            bs=8,
+            defaults=True,
+            data_seed=11,
+            from_datasets=True,
+            model=lambda: nn.Sequential(
+                nn.Linear(4, 32), nn.ReLU(), nn.Dropout(0.1), nn.Linear(32, 3)
+            ),
+        )
+
+    return build
 
 
 # 11 batches an epoch in groups of 3: cuts inside a group, at a group's end, in the tail
 @pytest.mark.parametrize("cut", [(0, 4), (1, 5), (1, 9), (2, 10)])
-def test_all_four_recipes_resume_bit_identical(tmp_path, cut):
+def test_all_four_recipes_resume_bit_identical(tmp_path, cut, learner):
     done = learner()
     done.fit_one_cycle(3, 0.4)
     with pytest.raises(RuntimeError, match="killed"):
@@ -54,20 +69,32 @@ def test_all_four_recipes_resume_bit_identical(tmp_path, cut):
         assert torch.equal(p, q)
 
 
-def fp16_learner(plugins=(), dtype=torch.float16):
+@pytest.fixture
+def fp16_learner(make_learner):
     """float16 on the CPU with a GradScaler whose scale moves during the run: it starts too
-    high (overflows: skipped steps, backoff) and grows every 3 good steps."""
-    torch.manual_seed(0)
-    x, y = tiny_data(100, seed=11)
-    dls = DataLoaders.from_datasets((x[:88], y[:88]), (x[88:], y[88:]), batch_size=8)
-    model = nn.Sequential(nn.Linear(4, 32), nn.ReLU(), nn.Linear(32, 3))
-    scaling = {"init_scale": 2.0**30, "growth_interval": 3} if dtype == torch.float16 else {}
-    precision = MixedPrecision(dtype, **scaling)
-    return Learner(model, dls, lr=0.3, plugins=[precision, Recorder(), *plugins])
+    high (overflows: skipped steps, backoff) and grows every 3 good steps. The shared tiny
+    Learner with the default plugins and a Recorder, an MLP on the data of ``learner``."""
+
+    def build(plugins=(), dtype=torch.float16):
+        scaling = {"init_scale": 2.0**30, "growth_interval": 3} if dtype == torch.float16 else {}
+        precision = MixedPrecision(dtype, **scaling)
+        return make_learner(
+            [precision, Recorder(), *plugins],
+            n_train=88,
+            n_valid=12,
+            bs=8,
+            defaults=True,
+            data_seed=11,
+            from_datasets=True,
+            lr=0.3,
+            model=lambda: nn.Sequential(nn.Linear(4, 32), nn.ReLU(), nn.Linear(32, 3)),
+        )
+
+    return build
 
 
 @pytest.mark.parametrize("cut", [(0, 3), (1, 6)])
-def test_float16_with_its_scaler_resumes_bit_identical(tmp_path, cut):
+def test_float16_with_its_scaler_resumes_bit_identical(tmp_path, cut, fp16_learner):
     done = fp16_learner()
     done.fit(3)
     scales = done.plugin("MixedPrecision").scaler.state_dict()
@@ -83,7 +110,7 @@ def test_float16_with_its_scaler_resumes_bit_identical(tmp_path, cut):
         assert torch.equal(p, q)
 
 
-def test_the_scalers_state_round_trips_through_the_plugins_state():
+def test_the_scalers_state_round_trips_through_the_plugins_state(fp16_learner):
     learn = fp16_learner()
     learn.fit(1)
     saved = dict(learn.hooks.call("state_dict", learn=learn))["MixedPrecision"]
@@ -95,7 +122,9 @@ def test_the_scalers_state_round_trips_through_the_plugins_state():
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_a_mixed_precision_checkpoint_resumed_without_mixed_precision_is_refused(tmp_path, dtype):
+def test_a_mixed_precision_checkpoint_resumed_without_mixed_precision_is_refused(
+    tmp_path, dtype, fp16_learner
+):
     from pluglearn import CheckpointError
 
     with pytest.raises(RuntimeError, match="killed"):

@@ -20,6 +20,7 @@ def make_model(seed: int = 0) -> nn.Module:
     return nn.Sequential(nn.Linear(5, 8), nn.BatchNorm1d(8), nn.Dropout(0.5), nn.Linear(8, 2))
 
 
+# Not the shared make_learner: 5-feature, 2-class data of its own.
 def learner(seed: int = 0, **kw) -> Learner:
     dls = DataLoaders.from_datasets((X[:32], Y[:32]), (X[32:], Y[32:]), batch_size=8)
     return Learner(make_model(seed), dls, defaults=False, **kw)

@@ -26,6 +26,7 @@ def make_model() -> nn.Module:
     )
 
 
+# Not the shared make_learner: 6-feature data and the test's own model.
 def make_learner(model: nn.Module, valid: bool = True, **kwargs) -> Learner:
     dls = DataLoaders.from_datasets(
         (X[:32], Y[:32]), (X[32:], Y[32:]) if valid else None, batch_size=8, seed=3
@@ -33,6 +34,7 @@ def make_learner(model: nn.Module, valid: bool = True, **kwargs) -> Learner:
     return Learner(model, dls, defaults=False, **kwargs)
 
 
+# Not the shared make_learner: torch's own DataLoader.
 def torch_loader_learner(model: nn.Module) -> Learner:
     """A shuffled torch DataLoader and no validation set: summary() draws a training batch,
     and the DataLoader's base seed, from torch's global generator."""

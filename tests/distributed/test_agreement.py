@@ -6,21 +6,24 @@ from __future__ import annotations
 from functools import partial
 from pathlib import Path
 
+import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from pluglearn import Checkpoint, DataLoaders, EarlyStopping, Learner
+from pluglearn import Checkpoint, EarlyStopping
 from pluglearn.distributed.agreement import disagreements, fingerprint, plugin_settings
 
 
-def learner(**kw) -> Learner:
-    x, y = torch.randn(30, 4), torch.randint(0, 3, (30,))
-    dls = DataLoaders.from_datasets((x[:20], y[:20]), (x[20:], y[20:]), batch_size=8)
-    return Learner(nn.Linear(4, 3), dls, **kw)
+@pytest.fixture
+def learner(make_learner):
+    """The shared tiny Learner with the default plugins: 20 shuffled training items in batches of
+    8, 10 validating (``**kw`` to the Learner)."""
+    return lambda **kw: make_learner(
+        n_train=20, n_valid=10, bs=8, defaults=True, from_datasets=True, **kw
+    )
 
 
-def test_the_fingerprint_holds_the_settings_every_rank_must_share():
+def test_the_fingerprint_holds_the_settings_every_rank_must_share(learner):
     loss = partial(F.cross_entropy, reduction="sum")
     learn = learner(lr=0.3, loss_func=loss, plugins=[EarlyStopping(patience=4)])
     learn.opt = torch.optim.Adam(learn.model.parameters())

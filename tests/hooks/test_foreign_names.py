@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 import pytest
-import torch
-from torch import nn
 
-from pluglearn import DataLoaders, Learner, PluginError, PluginWarning, hookimpl
+from pluglearn import PluginError, PluginWarning, hookimpl
 from pluglearn.hooks import specs
 from pluglearn.hooks.foreign_names import FOREIGN_HOOKS, suggest
 
 REAL_HOOKS = {name for name, fn in vars(specs).items() if hasattr(fn, "pluglearn_spec")}
 
 
-def learner_with(plugin: object) -> Learner:
-    x, y = torch.randn(4, 3), torch.tensor([0, 1, 0, 1])
-    return Learner(nn.Linear(3, 2), DataLoaders([(x, y)], [(x, y)]), plugins=[plugin])
+@pytest.fixture
+def learner_with(make_learner):
+    """The shared tiny Learner, the default plugins included, with ``plugin`` registered."""
+    return lambda plugin: make_learner([plugin], defaults=True)
 
 
 def plugin_with_hook(name: str) -> object:
@@ -40,7 +39,9 @@ def plugin_with_hook(name: str) -> object:
         ("on_train_begin", "'before_fit'"),
     ],
 )
-def test_a_foreign_hook_name_gets_its_pluglearn_equivalent_at_registration(name, expected):
+def test_a_foreign_hook_name_gets_its_pluglearn_equivalent_at_registration(
+    name, expected, learner_with
+):
     with pytest.raises(PluginError) as info:
         learner_with(plugin_with_hook(name))
     message = str(info.value)
@@ -48,7 +49,7 @@ def test_a_foreign_hook_name_gets_its_pluglearn_equivalent_at_registration(name,
     assert "Did you mean" not in message  # on_train_batch_end is not 'before_batch'
 
 
-def test_a_plain_typo_still_gets_a_did_you_mean():
+def test_a_plain_typo_still_gets_a_did_you_mean(learner_with):
     with pytest.raises(PluginError, match="Did you mean 'after_batch'"):
         learner_with(plugin_with_hook("after_bacth"))
 
@@ -62,7 +63,7 @@ def test_real_hooks_are_not_foreign_and_every_suggestion_is_a_real_hook():
         assert not unknown, f"{name} suggests {unknown}, which are not pluglearn hooks"
 
 
-def test_a_method_named_like_a_real_hook_registers():
+def test_a_method_named_like_a_real_hook_registers(learner_with):
     learner_with(plugin_with_hook("before_fit"))  # no error: fastai's name is ours too
 
 
@@ -87,7 +88,9 @@ def plugin_with_method(name: str) -> object:
         ("on_train_begin", "'before_fit'"),
     ],
 )
-def test_a_foreign_hook_name_without_hookimpl_warns_with_its_pluglearn_equivalent(name, expected):
+def test_a_foreign_hook_name_without_hookimpl_warns_with_its_pluglearn_equivalent(
+    name, expected, learner_with
+):
     with pytest.warns(PluginWarning) as record:
         learn = learner_with(plugin_with_method(name))
     (message,) = [str(r.message) for r in record if issubclass(r.category, PluginWarning)]
@@ -98,6 +101,8 @@ def test_a_foreign_hook_name_without_hookimpl_warns_with_its_pluglearn_equivalen
 
 
 @pytest.mark.parametrize("name", ["setup", "teardown", "get_loss"])
-def test_a_foreign_name_that_is_also_a_common_method_name_does_not_warn(name, recwarn):
+def test_a_foreign_name_that_is_also_a_common_method_name_does_not_warn(
+    name, recwarn, learner_with
+):
     learner_with(plugin_with_method(name))
     assert not [r for r in recwarn if issubclass(r.category, PluginWarning)]

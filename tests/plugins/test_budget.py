@@ -4,22 +4,31 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
 
-from pluglearn import Checkpoint, DataLoaders, GradientAccumulation, Learner, Recorder, hookimpl
-from tests.helpers import CrashAt, tiny_data
+from pluglearn import Checkpoint, GradientAccumulation, Recorder, hookimpl
+from tests.helpers import CrashAt
 
 N, BS = 40, 8  # 5 training batches an epoch
 
 
-def learner(plugins=()):
-    torch.manual_seed(0)
-    x, y = tiny_data(N + 8, seed=9)
-    dls = DataLoaders.from_datasets((x[:N], y[:N]), (x[N:], y[N:]), batch_size=BS, seed=5)
-    return Learner(nn.Linear(4, 3), dls, lr=0.3, plugins=[Recorder(), *plugins])
+@pytest.fixture
+def learner(make_learner):
+    """The shared tiny Learner with the default plugins and a Recorder: N shuffled training items
+    in batches of BS, 8 validating."""
+    return lambda plugins=(): make_learner(
+        [Recorder(), *plugins],
+        n_train=N,
+        n_valid=8,
+        bs=BS,
+        defaults=True,
+        data_seed=9,
+        from_datasets=True,
+        loader_seed=5,
+        lr=0.3,
+    )
 
 
-def test_max_steps_alone_runs_the_epochs_it_needs_the_last_one_partial():
+def test_max_steps_alone_runs_the_epochs_it_needs_the_last_one_partial(learner):
     learn = learner()
     learn.fit(max_steps=7)
     rec = learn.plugin("Recorder")
@@ -37,7 +46,7 @@ def test_max_steps_alone_runs_the_epochs_it_needs_the_last_one_partial():
     "max_steps, accumulate, epochs",
     [(10, 1, 2), (5, 1, 1), (15, 1, 3), (11, 1, 3), (6, 2, 2), (3, 2, 1)],
 )  # 5 batches an epoch; with accumulation of 2, 3 steps an epoch
-def test_a_budget_plans_exactly_the_epochs_it_needs(max_steps, accumulate, epochs):
+def test_a_budget_plans_exactly_the_epochs_it_needs(max_steps, accumulate, epochs, learner):
     plugins = [GradientAccumulation(accumulate)] if accumulate > 1 else []
     learn = learner(plugins)
     learn.fit(max_steps=max_steps)
@@ -60,13 +69,13 @@ class Stop:
             raise CancelTrainException
 
 
-def test_the_budget_counts_optimizer_steps_not_batches():
+def test_the_budget_counts_optimizer_steps_not_batches(learner):
     learn = learner([GradientAccumulation(2)])  # 3 steps an epoch (2 + 2 + 1 batches)
     learn.fit(max_steps=4)
     assert (learn.n_epochs, learn.opt_steps, learn.train_iter) == (2, 4, 7)
 
 
-def test_with_more_epochs_than_the_budget_the_fit_stops_saying_why():
+def test_with_more_epochs_than_the_budget_the_fit_stops_saying_why(learner):
     learn = learner()
     learn.fit(5, max_steps=7)
     assert (learn.epoch, learn.opt_steps) == (1, 7)
@@ -86,7 +95,7 @@ class CrashInValidation:
 # inside the partial epoch (its 3 batches: 0, 1, 2), and in its validation: the newest
 # checkpoint is then the one after the last step, and the resume starts at the budget's end
 @pytest.mark.parametrize("batch", [0, 2, "validation"])
-def test_a_resume_across_the_partial_epoch_is_exact(tmp_path, batch):
+def test_a_resume_across_the_partial_epoch_is_exact(tmp_path, batch, learner):
     done = learner()
     done.fit_one_cycle(None, 0.5, max_steps=8)
     with pytest.raises(RuntimeError, match="killed"):
@@ -104,14 +113,14 @@ def test_a_resume_across_the_partial_epoch_is_exact(tmp_path, batch):
         assert torch.equal(p, q)
 
 
-def test_a_resume_with_another_budget_is_refused(tmp_path):
+def test_a_resume_with_another_budget_is_refused(tmp_path, learner):
     with pytest.raises(RuntimeError, match="killed"):
         learner([Checkpoint(tmp_path, every_n_batches=1), CrashAt(1, 1)]).fit(max_steps=8)
     with pytest.raises(ValueError, match="pass the run's own max_steps"):
         learner([Checkpoint(tmp_path, every_n_batches=1)]).fit(max_steps=9, resume_from=tmp_path)
 
 
-def test_one_cycle_spans_the_budget():
+def test_one_cycle_spans_the_budget(learner):
     learn = learner()
     learn.fit_one_cycle(None, 0.5, max_steps=8)
     lrs = learn.plugin("Recorder").lrs
@@ -126,12 +135,12 @@ def test_one_cycle_spans_the_budget():
         ({"max_steps": 2.5}, "max_steps must be an int >= 1"),
     ],
 )
-def test_bad_budgets_are_refused(kwargs, match):
+def test_bad_budgets_are_refused(kwargs, match, learner):
     with pytest.raises(ValueError, match=match):
         learner().fit(**kwargs)
 
 
-def test_a_loader_that_steps_itself_cannot_be_counted():
+def test_a_loader_that_steps_itself_cannot_be_counted(learner):
     class EveryOther:
         @hookimpl
         def should_step(self, learn):

@@ -42,6 +42,7 @@ def make_model(dropout: float = 0.0) -> nn.Module:
     return nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Dropout(dropout), nn.Linear(16, 3))
 
 
+# Not the shared make_learner: 6-feature data and the test's own model.
 def make_learner(model: nn.Module, plugins=(), **kwargs) -> Learner:
     train, valid = data()
     dls = DataLoaders.from_datasets(train, valid, batch_size=BS, seed=1)

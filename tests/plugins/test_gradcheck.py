@@ -58,6 +58,7 @@ def net(act: Module | None = None, last: type[Linear] = Linear, dtype=torch.floa
     return Net(first, act or Relu(), last(5, 3, generator=g, dtype=dtype)).requires_grad_(True)
 
 
+# Not the shared make_learner: the data in the test's dtype (float64 checks).
 def learner(model, plugins, n_train=8, loss_func=None, dtype=torch.float32) -> Learner:
     x, y = tiny_data(n_train + 4)
     x = x.to(dtype)

@@ -96,6 +96,7 @@ def _net(
     return Sequential(first, last).requires_grad_(True)
 
 
+# Not the shared make_learner: the data in the test's dtype (float64 checks).
 def _learner(model, plugins, loss_func, dtype=torch.float32, n_train: int = 8) -> Learner:
     x, y = tiny_data(n_train + 4)
     x = x.to(dtype)

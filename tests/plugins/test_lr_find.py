@@ -16,6 +16,7 @@ X = torch.randn(96, 6, generator=torch.Generator().manual_seed(0))
 Y = (X[:, 0] + X[:, 1] > 0).long()
 
 
+# Not the shared make_learner: 6-feature, 2-class data of its own and a dropout MLP.
 def make(opt_func=None, plugins=(), defaults=False) -> Learner:
     """Shuffled loaders from datasets, dropout, SGD with momentum: every state lr_find touches."""
     torch.manual_seed(1)
@@ -275,6 +276,7 @@ def test_lr_find_puts_back_a_user_loader_and_its_generator(kind):
 # ------------------------------------------------------- the suggestion on a trained model
 
 
+# Not the shared make_learner: the bundled digits and the example's MLP.
 def digits_learner(epochs: int) -> Learner:
     """The example's MLP on the bundled digits, SGD with momentum, trained ``epochs`` first."""
     from pluglearn.data.digits import load_digits

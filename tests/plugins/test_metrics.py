@@ -45,6 +45,7 @@ def hit_rate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
         return (model(x).argmax(dim=1) == y).float().mean().item()
 
 
+# Not the shared make_learner: the model and batches are the test's.
 def make_learner(model: nn.Module, train, valid, plugins=(), lr: float = 0.3) -> Learner:
     """A Learner over ready lists of batches, with a silent progress bar."""
     return Learner(

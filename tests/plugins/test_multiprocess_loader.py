@@ -74,6 +74,7 @@ class RaiseAt:
             raise self.exc
 
 
+# Not the shared make_learner: the datasets are the test's (workers).
 def _learner(train, valid, *plugins, bs: int = 8, dropout: float = 0.0) -> Learner:
     torch.manual_seed(0)  # the same initial weights for every run
     dls = DataLoaders.from_datasets(train, valid, bs, seed=1)

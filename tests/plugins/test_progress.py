@@ -18,6 +18,7 @@ class Terminal(io.StringIO):
         return True
 
 
+# Not the shared make_learner: 3-feature, 2-class data and a given bar.
 def make_learner(bar: ProgressBar, plugins=(), n_train: int = 100, bs: int = 4) -> Learner:
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(n_train, 3, generator=g), torch.randint(0, 2, (n_train,), generator=g)

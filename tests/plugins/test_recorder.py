@@ -27,6 +27,7 @@ def make_model() -> nn.Module:
     return nn.Sequential(nn.Linear(3, 6), nn.Tanh(), nn.Linear(6, 3))
 
 
+# Not the shared make_learner: the model and batches are the test's.
 def make_learner(model, train, valid, plugins, lr=0.5) -> Learner:
     return Learner(
         model, DataLoaders(train, valid), lr=lr, plugins=[*plugins, ProgressBar(file=io.StringIO())]

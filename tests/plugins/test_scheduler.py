@@ -43,10 +43,21 @@ def test_an_epoch_scheduler_steps_once_per_epoch_and_plateau_reads_the_monitor()
     assert rec.lrs[::3] == [1e-6, 1e-6, 5e-7, 2.5e-7]
 
 
-def learner(plugins=()):
-    x, y = tiny_data(64, seed=8)
-    dls = DataLoaders.from_datasets((x[:56], y[:56]), (x[56:], y[56:]), batch_size=8, seed=2)
-    return Learner(mlp(), dls, plugins=[Recorder(), *plugins])
+@pytest.fixture
+def learner(make_learner):
+    """The shared tiny Learner with the default plugins, a Recorder and ``mlp()``: 56 shuffled
+    training items in batches of 8 (7 batches an epoch), 8 validating."""
+    return lambda plugins=(): make_learner(
+        [Recorder(), *plugins],
+        n_train=56,
+        n_valid=8,
+        bs=8,
+        defaults=True,
+        data_seed=8,
+        from_datasets=True,
+        loader_seed=2,
+        model=mlp,
+    )
 
 
 @pytest.mark.parametrize(
@@ -57,7 +68,9 @@ def learner(plugins=()):
     ],
     ids=["one-cycle-per-batch", "cosine-per-epoch"],
 )
-def test_a_resumed_run_follows_the_same_lr_and_momentum_sequence(tmp_path, factory, interval):
+def test_a_resumed_run_follows_the_same_lr_and_momentum_sequence(
+    tmp_path, factory, interval, learner
+):
     done = learner([Scheduler(factory, interval)])
     done.fit(3)
     with pytest.raises(RuntimeError, match="killed"):
@@ -94,10 +107,21 @@ def batches_of_4(n_batches: int = 5, bs: int = 4):
     return [(x[i : i + bs], y[i : i + bs]) for i in range(0, len(x), bs)]
 
 
-def four_batch_learner(plugins=()):
-    x, y = tiny_data(40, seed=8)
-    dls = DataLoaders.from_datasets((x[:32], y[:32]), (x[32:], y[32:]), batch_size=8, seed=2)
-    return Learner(mlp(), dls, plugins=[Recorder(), *plugins])
+@pytest.fixture
+def four_batch_learner(make_learner):
+    """The shared tiny Learner with the default plugins, a Recorder and ``mlp()``: 32 shuffled
+    training items in batches of 8 (4 batches an epoch), 8 validating."""
+    return lambda plugins=(): make_learner(
+        [Recorder(), *plugins],
+        n_train=32,
+        n_valid=8,
+        bs=8,
+        defaults=True,
+        data_seed=8,
+        from_datasets=True,
+        loader_seed=2,
+        model=mlp,
+    )
 
 
 class Halving:
@@ -195,7 +219,7 @@ def test_a_missing_monitor_names_the_metrics_there_are():
     )
 
 
-def test_resuming_with_another_interval_is_refused_with_the_fix(tmp_path):
+def test_resuming_with_another_interval_is_refused_with_the_fix(tmp_path, four_batch_learner):
     def cosine(opt):
         return torch.optim.lr_scheduler.CosineAnnealingLR(opt, 3)
 

@@ -74,13 +74,24 @@ def test_fit_one_cycle_is_bit_identical_to_one_cycle_lr_by_hand(n):
     assert not any(isinstance(p, Scheduler) for p in learn.plugins)  # for this fit only
 
 
-def learner(plugins=()):
-    x, y = tiny_data(64, seed=8)
-    dls = DataLoaders.from_datasets((x[:56], y[:56]), (x[56:], y[56:]), batch_size=8, seed=2)
-    return Learner(mlp(), dls, plugins=[Recorder(), *plugins])
+@pytest.fixture
+def learner(make_learner):
+    """The shared tiny Learner with the default plugins, a Recorder and ``mlp()``: 56 shuffled
+    training items in batches of 8 (7 batches an epoch), 8 validating."""
+    return lambda plugins=(): make_learner(
+        [Recorder(), *plugins],
+        n_train=56,
+        n_valid=8,
+        bs=8,
+        defaults=True,
+        data_seed=8,
+        from_datasets=True,
+        loader_seed=2,
+        model=mlp,
+    )
 
 
-def test_fit_one_cycle_resumes_exactly(tmp_path):
+def test_fit_one_cycle_resumes_exactly(tmp_path, learner):
     done = learner()
     done.fit_one_cycle(3, 0.5)
     with pytest.raises(RuntimeError, match="killed"):
@@ -93,7 +104,9 @@ def test_fit_one_cycle_resumes_exactly(tmp_path):
         assert torch.equal(p, q)
 
 
-def test_a_crashed_fit_one_cycle_puts_the_settings_back_and_resumes_exactly_in_process(tmp_path):
+def test_a_crashed_fit_one_cycle_puts_the_settings_back_and_resumes_exactly_in_process(
+    tmp_path, learner
+):
     done = learner()
     done.fit_one_cycle(3, 0.5)
     learn = learner([Checkpoint(tmp_path, every_n_batches=1)])
@@ -219,13 +232,24 @@ class TrainedBatches:
         self.n += learn.training
 
 
-def four_batch_learner(plugins=()):
-    x, y = tiny_data(40, seed=8)
-    dls = DataLoaders.from_datasets((x[:32], y[:32]), (x[32:], y[32:]), batch_size=8, seed=2)
-    return Learner(mlp(), dls, plugins=[Recorder(), *plugins])
+@pytest.fixture
+def four_batch_learner(make_learner):
+    """The shared tiny Learner with the default plugins, a Recorder and ``mlp()``: 32 shuffled
+    training items in batches of 8 (4 batches an epoch), 8 validating."""
+    return lambda plugins=(): make_learner(
+        [Recorder(), *plugins],
+        n_train=32,
+        n_valid=8,
+        bs=8,
+        defaults=True,
+        data_seed=8,
+        from_datasets=True,
+        loader_seed=2,
+        model=mlp,
+    )
 
 
-def test_fit_one_cycle_resumes_where_the_checkpoint_is(tmp_path):
+def test_fit_one_cycle_resumes_where_the_checkpoint_is(tmp_path, four_batch_learner):
     done = four_batch_learner()
     done.fit_one_cycle(3, 0.5)
     with pytest.raises(RuntimeError, match="killed"):
@@ -240,7 +264,9 @@ def test_fit_one_cycle_resumes_where_the_checkpoint_is(tmp_path):
         assert torch.equal(p, q)
 
 
-def test_fit_one_cycle_with_missing_ok_starts_fresh_in_an_empty_directory(tmp_path):
+def test_fit_one_cycle_with_missing_ok_starts_fresh_in_an_empty_directory(
+    tmp_path, four_batch_learner
+):
     done, fresh = four_batch_learner(), four_batch_learner()
     done.fit_one_cycle(1, 0.5)
     with pytest.warns(UserWarning, match="no checkpoint in .* yet: starting a fresh run"):

@@ -35,6 +35,7 @@ def make_model() -> nn.Module:
     return nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, K))
 
 
+# Not the shared make_learner: the model and batches are the test's.
 def make_learner(model, train, valid, plugins=(), lr: float = 0.3, **kwargs) -> Learner:
     return Learner(
         model,

@@ -14,28 +14,33 @@ from pluglearn import (
     Accuracy,
     AvgLoss,
     ConsoleReport,
-    DataLoaders,
     EarlyStopping,
-    Learner,
     MetricsLogger,
     ProgressBar,
     Recorder,
     ValidateEvery,
 )
-from tests.helpers import tiny_data
 
 N, BS = 40, 4  # 10 training batches an epoch
 
 
-def learner(plugins=()):
-    torch.manual_seed(0)
-    x, y = tiny_data(N + 12, seed=3)
-    dls = DataLoaders.from_datasets((x[:N], y[:N]), (x[N:], y[N:]), batch_size=BS, seed=1)
-    model = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Dropout(0.2), nn.Linear(16, 3))
-    return Learner(model, dls, lr=0.1, plugins=[AvgLoss(), Accuracy(), *plugins], defaults=False)
+@pytest.fixture
+def learner(make_learner):
+    """The shared tiny Learner with a dropout MLP, AvgLoss and Accuracy (no other defaults): N
+    shuffled training items in batches of BS, 12 validating."""
+    return lambda plugins=(): make_learner(
+        [AvgLoss(), Accuracy(), *plugins],
+        n_train=N,
+        n_valid=12,
+        bs=BS,
+        data_seed=3,
+        from_datasets=True,
+        loader_seed=1,
+        model=lambda: nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Dropout(0.2), nn.Linear(16, 3)),
+    )
 
 
-def test_validating_every_n_steps_leaves_the_training_exactly_as_without_it():
+def test_validating_every_n_steps_leaves_the_training_exactly_as_without_it(learner):
     plain, rec_plain = learner([rec := Recorder()]), rec
     plain.fit(3)
     learn = learner([rec := Recorder()])
@@ -51,7 +56,7 @@ def test_validating_every_n_steps_leaves_the_training_exactly_as_without_it():
     assert [v["valid_loss"] for v in own] == [e["valid_loss"] for e in rec.epochs]
 
 
-def test_each_validation_equals_a_validate_at_that_step():
+def test_each_validation_equals_a_validate_at_that_step(learner):
     """The oracle: the same run stopped after step 6 and validated then."""
     learn = learner([rec := Recorder()])
     learn.fit(1, valid_every=6)
@@ -62,7 +67,7 @@ def test_each_validation_equals_a_validate_at_that_step():
     assert at_six[0]["accuracy"] == stopped.validate()["accuracy"]
 
 
-def test_every_reporter_logs_each_validation_with_its_step(tmp_path):
+def test_every_reporter_logs_each_validation_with_its_step(tmp_path, learner):
     tb = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
     from pluglearn import TensorBoardLogger
 
@@ -90,7 +95,7 @@ def test_every_reporter_logs_each_validation_with_its_step(tmp_path):
     ]  # fmt: skip
 
 
-def test_the_progress_bar_prints_each_validation_with_its_step():
+def test_the_progress_bar_prints_each_validation_with_its_step(learner):
     out = io.StringIO()
     learner([ProgressBar(file=out)]).fit(1, valid_every=5)
     lines = out.getvalue().splitlines()
@@ -98,7 +103,7 @@ def test_the_progress_bar_prints_each_validation_with_its_step():
     assert lines[1].startswith("epoch 1/1  train_loss ") and len(lines) == 2
 
 
-def test_early_stopping_counts_the_validations_between_epochs():
+def test_early_stopping_counts_the_validations_between_epochs(learner):
     stop = EarlyStopping("valid_loss", patience=2, min_delta=10.0)  # nothing improves enough
     learn = learner([stop])
     learn.fit(5, valid_every=2)

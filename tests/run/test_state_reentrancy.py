@@ -8,16 +8,25 @@ import pytest
 import torch
 from torch import nn
 
-from pluglearn import DataLoaders, Learner, hookimpl
-from tests.helpers import EventLog, tiny_data
+from pluglearn import hookimpl
+from tests.helpers import EventLog
 
 
-def dropout_learner(plugins=()):
-    torch.manual_seed(0)
-    x, y = tiny_data(80)
-    model = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Dropout(0.3), nn.Linear(16, 3))
-    dls = DataLoaders.from_datasets((x[:64], y[:64]), (x[64:], y[64:]), batch_size=4, seed=1)
-    return Learner(model, dls, lr=0.1, plugins=plugins, opt_func=torch.optim.SGD)
+@pytest.fixture
+def dropout_learner(make_learner):
+    """The shared tiny Learner with the default plugins and a dropout MLP: 64 shuffled training
+    items in batches of 4, 16 validating."""
+    return lambda plugins=(): make_learner(
+        plugins,
+        n_train=64,
+        n_valid=16,
+        bs=4,
+        defaults=True,
+        from_datasets=True,
+        loader_seed=1,
+        opt_func=torch.optim.SGD,
+        model=lambda: nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Dropout(0.3), nn.Linear(16, 3)),
+    )
 
 
 class ValidateEvery:
@@ -42,7 +51,7 @@ class Steps:
         self.steps += 1
 
 
-def test_validate_inside_a_training_hook_leaves_training_exactly_as_it_was():
+def test_validate_inside_a_training_hook_leaves_training_exactly_as_it_was(dropout_learner):
     plain_steps, nested_steps = Steps(), Steps()
     plain = dropout_learner([plain_steps])
     plain.fit(2)
@@ -58,7 +67,7 @@ def test_validate_inside_a_training_hook_leaves_training_exactly_as_it_was():
     assert set(every.modes) == {(True, True, True)}  # back in train mode, with grad
 
 
-def test_validate_inside_a_hook_gives_the_same_metrics_as_outside():
+def test_validate_inside_a_hook_gives_the_same_metrics_as_outside(dropout_learner):
     every = ValidateEvery(16)  # after the last training batch of the epoch
     learn = dropout_learner([every])
     learn.fit(1)
@@ -66,7 +75,7 @@ def test_validate_inside_a_hook_gives_the_same_metrics_as_outside():
     assert learn.validate()["valid_loss"] == learn.metrics["valid_loss"]
 
 
-def test_get_preds_inside_a_hook_is_exact_too():
+def test_get_preds_inside_a_hook_is_exact_too(dropout_learner):
     class Preds:
         def __init__(self):
             self.shapes = []
@@ -86,7 +95,7 @@ def test_get_preds_inside_a_hook_is_exact_too():
         assert torch.equal(a, b)
 
 
-def test_fit_from_inside_a_hook_is_a_clear_error():
+def test_fit_from_inside_a_hook_is_a_clear_error(dropout_learner):
     class Refit:
         @hookimpl
         def after_batch(self, learn):
@@ -101,7 +110,7 @@ def test_fit_from_inside_a_hook_is_a_clear_error():
     learn.fit(1)  # the Learner is usable again
 
 
-def test_fit_from_a_second_thread_is_a_clear_error():
+def test_fit_from_a_second_thread_is_a_clear_error(dropout_learner):
     started, release = threading.Event(), threading.Event()
 
     class Hold:

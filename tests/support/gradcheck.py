@@ -9,6 +9,7 @@ from pluglearn.scratch import Linear, Parameter
 from tests.helpers import batches, tiny_data
 
 
+# Not the shared make_learner: the model's data given by the test.
 def learner_on(model, plugins, loss_func, x=None, y=None, bs: int = 4) -> Learner:
     if x is None:
         x, y = tiny_data(12)
