@@ -98,6 +98,7 @@ def test_a_per_token_count_gives_the_big_batch_of_a_loss_averaged_per_token():
     assert_close(net, ref)
 
 
+# Not the shared make_learner: the accumulation data and model (float64).
 def from_datasets_learner(plugins=()):
     x, y = data(70, seed=3)
     dls = DataLoaders.from_datasets((x[:60], y[:60]), (x[60:], y[60:]), batch_size=16, seed=4)
@@ -160,6 +161,7 @@ def test_groups_of_one_item_step_like_plain_training():
     assert_same_weights(plain, one)
 
 
+# Not the shared make_learner: the data in float64, a model with a frozen part.
 def resumable(plugins=(), frozen=False, batch_size=4, n=60):
     x, y = tiny_data(n, seed=3)
     x = x.to(DT)

@@ -145,6 +145,7 @@ def test_a_named_collection_prefixes_its_keys_with_the_name(data):
     assert {"val_acc", "val_f1"} <= set(learn.metrics)  # the collection's own prefix= holds
 
 
+# Not the shared make_learner: the metrics' data and model of this file.
 def resumable(plugins=()) -> Learner:
     xt, yt = make_data(40, seed=5)
     xv, yv = make_data(12, seed=6)

@@ -14,8 +14,6 @@ from pluglearn import (
     AvgLoss,
     CancelFitException,
     Compile,
-    DataLoaders,
-    Learner,
     hookimpl,
 )
 from pluglearn.checkpoint.plugin import Checkpoint
@@ -26,16 +24,18 @@ from pluglearn.plugins.stopping import (
     SaveBest,
     TerminateOnNaN,
 )
-from tests.helpers import EventLog, batches, tiny_data
+from tests.helpers import EventLog, tiny_data
 
-X, Y = tiny_data(12)
-TRAIN, VALID = batches(X[:8], Y[:8], 4), batches(X[8:], Y[8:], 4)  # 2 train, 1 valid batch
+X, Y = tiny_data(12)  # the items of make_learner: X[:8] train, X[8:] validate
 
 
-def make_learner(plugins=(), lr: float = 0.1, valid=True) -> Learner:
-    torch.manual_seed(0)
-    dls = DataLoaders(TRAIN, VALID if valid else None)
-    return Learner(nn.Linear(4, 3), dls, lr=lr, plugins=[AvgLoss(), *plugins], defaults=False)
+@pytest.fixture
+def learner(make_learner):
+    """The shared tiny Learner, 2 training batches of 4 (``X[:8]``) and one validating
+    (``X[8:]``), with AvgLoss and no other defaults; ``valid=False``: no validation set."""
+    return lambda plugins=(), lr=0.1, valid=True: make_learner(
+        [AvgLoss(), *plugins], n_valid=4 if valid else 0, lr=lr
+    )
 
 
 def weights(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -101,9 +101,9 @@ class PoisonInput:
             learn.batch = (torch.full_like(learn.xb, float("nan")), learn.yb)
 
 
-def test_terminate_on_nan_stops_before_the_nan_reaches_the_weights():
+def test_terminate_on_nan_stops_before_the_nan_reaches_the_weights(learner):
     poison, log = PoisonInput(epoch=1, batch=1), EventLog()
-    learn = make_learner([log, poison, TerminateOnNaN()])
+    learn = learner([log, poison, TerminateOnNaN()])
     start = weights(learn.model)
     learn.fit(3)
     assert learn.stop_reason == "TerminateOnNaN: loss is nan at epoch 1, train batch 1"
@@ -111,26 +111,26 @@ def test_terminate_on_nan_stops_before_the_nan_reaches_the_weights():
     assert not torch.equal(poison.before["weight"], start["weight"])  # it did train before
     assert log.events.count("before_epoch") == 2 and "after_fit" not in log.events
     # the oracle's premise: without the plugin the same batch ruins the weights
-    unguarded = make_learner([PoisonInput(epoch=1, batch=1)])
+    unguarded = learner([PoisonInput(epoch=1, batch=1)])
     unguarded.fit(2)
     assert torch.isnan(unguarded.model.weight).all()
 
 
 @pytest.mark.parametrize("scale", [float("nan"), float("inf"), float("-inf")])
-def test_terminate_on_nan_names_the_value_and_the_validation_batch(scale):
+def test_terminate_on_nan_names_the_value_and_the_validation_batch(scale, learner):
     class ScaledLoss:  # a compute_loss provider whose loss goes bad on the validation batch
         @hookimpl
         def compute_loss(self, learn):
             loss = F.cross_entropy(learn.preds, learn.yb)
             return loss * scale if (learn.epoch, learn.training) == (1, False) else loss
 
-    learn = make_learner([ScaledLoss(), TerminateOnNaN()])
+    learn = learner([ScaledLoss(), TerminateOnNaN()])
     learn.fit(4)
     assert learn.stop_reason == f"TerminateOnNaN: loss is {scale} at epoch 1, validation batch 0"
 
 
-def test_terminate_on_nan_does_nothing_outside_a_fit():
-    learn = make_learner([TerminateOnNaN()])
+def test_terminate_on_nan_does_nothing_outside_a_fit(learner):
+    learn = learner([TerminateOnNaN()])
     learn.fit(1)
     nan_valid = [(torch.full_like(X[8:], float("nan")), Y[8:])]
     assert torch.isnan(torch.tensor(learn.validate(nan_valid)["valid_loss"]))
@@ -139,9 +139,9 @@ def test_terminate_on_nan_does_nothing_outside_a_fit():
 # ------------------------------------------------------------------------------ EarlyStopping
 
 
-def test_constant_valid_loss_stops_after_patience_plus_one_epochs():
+def test_constant_valid_loss_stops_after_patience_plus_one_epochs(learner):
     log = EpochLog()
-    learn = make_learner([log, EarlyStopping(patience=2)], lr=0.0)  # lr 0: nothing changes
+    learn = learner([log, EarlyStopping(patience=2)], lr=0.0)  # lr 0: nothing changes
     learn.fit(10)
     assert [m["epoch"] for m in log.metrics] == [0, 1, 2]
     expected = F.cross_entropy(learn.model(X[8:]), Y[8:]).item()  # the oracle, by torch
@@ -167,10 +167,10 @@ def test_constant_valid_loss_stops_after_patience_plus_one_epochs():
     ],
 )
 def test_early_stopping_counts_epochs_without_improvement(
-    values, kwargs, epochs_run, best, best_epoch
+    values, kwargs, epochs_run, best, best_epoch, learner
 ):
     log, stop = EpochLog(), EarlyStopping("score", **kwargs)
-    learn = make_learner([Scripted(values), log, stop])
+    learn = learner([Scripted(values), log, stop])
     learn.fit(len(values))
     assert len(log.metrics) == epochs_run
     assert (stop.best, stop.best_epoch, stop.wait) == (best, best_epoch, kwargs["patience"])
@@ -180,9 +180,9 @@ def test_early_stopping_counts_epochs_without_improvement(
     )
 
 
-def test_accuracy_is_maximised_by_default():
+def test_accuracy_is_maximised_by_default(learner):
     stop = EarlyStopping("accuracy", patience=1)
-    learn = make_learner([Accuracy(), stop], lr=0.0)
+    learn = learner([Accuracy(), stop], lr=0.0)
     learn.fit(5)
     accuracy = (learn.model(X[8:]).argmax(1) == Y[8:]).float().mean().item()
     assert stop.mode == "max" and EarlyStopping().mode == "min"
@@ -191,30 +191,30 @@ def test_accuracy_is_maximised_by_default():
     )
 
 
-def test_patience_running_out_on_the_last_epoch_lets_the_fit_end_normally():
+def test_patience_running_out_on_the_last_epoch_lets_the_fit_end_normally(learner):
     log = EventLog()
-    learn = make_learner([log, EarlyStopping(patience=2)], lr=0.0)
+    learn = learner([log, EarlyStopping(patience=2)], lr=0.0)
     learn.fit(3)
     assert learn.stop_reason is None and log.events[-2:] == ["after_fit", "cleanup_fit"]
 
 
-def test_each_fit_starts_afresh():
+def test_each_fit_starts_afresh(learner):
     log = EpochLog()
-    learn = make_learner([log, EarlyStopping(patience=1)], lr=0.0)
+    learn = learner([log, EarlyStopping(patience=1)], lr=0.0)
     learn.fit(5)
     learn.fit(5)  # would stop after its first epoch if the exhausted patience carried over
     assert [m["epoch"] for m in log.metrics] == [0, 1, 0, 1]
 
 
-def test_a_missing_metric_names_the_available_ones_and_the_fix():
+def test_a_missing_metric_names_the_available_ones_and_the_fix(learner):
     with pytest.raises(KeyError) as info:
-        make_learner([EarlyStopping("valid_acc")]).fit(1)
+        learner([EarlyStopping("valid_acc")]).fit(1)
     assert isinstance(info.value, MetricNotFoundError)
     message = str(info.value)
     assert "'valid_acc'" in message and "train_loss, valid_loss" in message
     assert "pass monitor=" in message and "Accuracy()" in message
     with pytest.raises(KeyError, match=r"validation metrics need validation data"):
-        make_learner([SaveBest()], valid=False).fit(1)
+        learner([SaveBest()], valid=False).fit(1)
 
 
 @pytest.mark.parametrize(
@@ -241,9 +241,9 @@ def roundtrip(state):
     return torch.load(buffer, weights_only=True)
 
 
-def test_early_stopping_state_roundtrips_through_a_safe_load():
+def test_early_stopping_state_roundtrips_through_a_safe_load(learner):
     stop = EarlyStopping("score", patience=5)
-    learn = make_learner([Scripted([1.0, 0.5, 0.7, 0.8]), stop])
+    learn = learner([Scripted([1.0, 0.5, 0.7, 0.8]), stop])
     learn.fit(4)
     state = roundtrip(stop.state_dict())
     assert state == {"monitor": "score", "mode": "min", "best": 0.5, "best_epoch": 1, "wait": 2}
@@ -256,12 +256,12 @@ def test_early_stopping_state_roundtrips_through_a_safe_load():
     assert other.best is None
 
 
-def test_a_resumed_fit_stops_where_an_uninterrupted_one_does(tmp_path):
+def test_a_resumed_fit_stops_where_an_uninterrupted_one_does(tmp_path, learner):
     values = [1.0, 0.9, 0.95, 0.96, 0.97, 0.98, 0.99]  # stops after epoch 4 with patience 3
 
     def run(plugins, **fit_kwargs):
         log = EpochLog()
-        learn = make_learner([Scripted(values), log, EarlyStopping("score", patience=3)])
+        learn = learner([Scripted(values), log, EarlyStopping("score", patience=3)])
         learn.fit(len(values), plugins=plugins, **fit_kwargs)
         return learn, [m["epoch"] for m in log.metrics]
 
@@ -289,9 +289,9 @@ VALUES = [3.0, 1.0, 2.0, 4.0, 5.0]  # the best epoch is 1, in the middle
     ],
     ids=["normal-end", "error", "ctrl-c", "cancel-fit"],
 )
-def test_save_best_restores_the_best_epoch_however_the_fit_ends(ender, raises):
+def test_save_best_restores_the_best_epoch_however_the_fit_ends(ender, raises, learner):
     log, save = EpochLog(), SaveBest("score")
-    learn = make_learner([Scripted(VALUES), log, save])
+    learn = learner([Scripted(VALUES), log, save])
     plugins = [ender] if ender is not None else []
     if raises is None:
         learn.fit(len(VALUES), plugins=plugins)
@@ -303,18 +303,18 @@ def test_save_best_restores_the_best_epoch_however_the_fit_ends(ender, raises):
     assert not torch.equal(log.weights[1]["weight"], log.weights[-1]["weight"])
 
 
-def test_save_best_on_a_real_metric_keeps_the_argmax_epoch():
+def test_save_best_on_a_real_metric_keeps_the_argmax_epoch(learner):
     log, save = EpochLog(), SaveBest("accuracy")
-    make_learner([Accuracy(), log, save], lr=2.0).fit(6)
+    learner([Accuracy(), log, save], lr=2.0).fit(6)
     scores = [m["accuracy"] for m in log.metrics]
     best = scores.index(max(scores))  # the first epoch that reaches the maximum
     assert (save.best, save.best_epoch) == (scores[best], best)
     assert_weights_equal(save.weights, log.weights[best])
 
 
-def test_without_restore_the_model_keeps_its_last_weights_and_the_copy_is_cloned_on_cpu():
+def test_without_restore_the_model_keeps_its_last_weights_and_the_copy_is_cloned_on_cpu(learner):
     log, save = EpochLog(), SaveBest("score", restore=False)
-    learn = make_learner([Scripted(VALUES), log, save])
+    learn = learner([Scripted(VALUES), log, save])
     learn.fit(len(VALUES))
     assert_weights_equal(weights(learn.model), log.weights[-1])
     assert_weights_equal(save.weights, log.weights[1])
@@ -324,10 +324,10 @@ def test_without_restore_the_model_keeps_its_last_weights_and_the_copy_is_cloned
     assert_weights_equal(save.weights, log.weights[1])
 
 
-def test_save_best_state_roundtrips_through_a_safe_load_and_survives_a_resume(tmp_path):
+def test_save_best_state_roundtrips_through_a_safe_load_and_survives_a_resume(tmp_path, learner):
     def run(plugins, **fit_kwargs):
         log, save = EpochLog(), SaveBest("score")
-        learn = make_learner([Scripted(VALUES), log, save])
+        learn = learner([Scripted(VALUES), log, save])
         learn.fit(len(VALUES), plugins=plugins, **fit_kwargs)
         return learn, save, log
 
@@ -349,7 +349,7 @@ def file_weights(path) -> dict[str, torch.Tensor]:
     return dict(read_weights(path))
 
 
-def test_save_best_writes_each_new_best_to_its_file_atomically_with_metadata(tmp_path):
+def test_save_best_writes_each_new_best_to_its_file_atomically_with_metadata(tmp_path, learner):
     path = tmp_path / "best" / "model.safetensors"  # its folder is made
     log, save = EpochLog(), SaveBest("score", path=path)
     written = []
@@ -359,7 +359,7 @@ def test_save_best_writes_each_new_best_to_its_file_atomically_with_metadata(tmp
         def after_epoch(self, learn):
             written.append(file_weights(path))
 
-    learn = make_learner([Scripted(VALUES), log, save, Watch()])
+    learn = learner([Scripted(VALUES), log, save, Watch()])
     learn.fit(len(VALUES))
     assert_weights_equal(written[0], log.weights[0])
     for epoch in range(1, len(VALUES)):  # epoch 1 is the best: the file keeps it from then on
@@ -372,25 +372,25 @@ def test_save_best_writes_each_new_best_to_its_file_atomically_with_metadata(tmp
         "1.0",
         "1",
     )
-    fresh = make_learner([])
+    fresh = learner([])
     fresh.load(path)  # learn.load reads it back into a plain model
     assert_weights_equal(weights(fresh.model), log.weights[1])
 
 
-def test_save_best_file_keys_are_the_plain_models_under_compile(tmp_path):
+def test_save_best_file_keys_are_the_plain_models_under_compile(tmp_path, learner):
     path = tmp_path / "best.safetensors"
-    learn = make_learner([Scripted(VALUES), SaveBest("score", path=path)])
+    learn = learner([Scripted(VALUES), SaveBest("score", path=path)])
     learn.fit(2, plugins=[Compile(backend="eager")])
     assert sorted(file_weights(path)) == ["bias", "weight"]
 
 
-def test_a_resumed_run_keeps_the_best_of_before_the_crash_in_its_file(tmp_path):
+def test_a_resumed_run_keeps_the_best_of_before_the_crash_in_its_file(tmp_path, learner):
     whole_path, path = tmp_path / "whole.safetensors", tmp_path / "run.safetensors"
-    whole = make_learner([Scripted(VALUES), SaveBest("score", path=whole_path)])
+    whole = learner([Scripted(VALUES), SaveBest("score", path=whole_path)])
     whole.fit(len(VALUES))
 
     def run(plugins, **fit_kwargs):
-        learn = make_learner([Scripted(VALUES), SaveBest("score", path=path)])
+        learn = learner([Scripted(VALUES), SaveBest("score", path=path)])
         learn.fit(len(VALUES), plugins=plugins, **fit_kwargs)
         return learn
 
