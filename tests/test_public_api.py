@@ -103,6 +103,15 @@ def test_every_module_the_architecture_doc_names_exists():
     assert named, "the architecture doc's Layout section names no module"
     missing = sorted(n for n in named if not (PACKAGE / n).exists())
     assert not missing, f"docs/architecture.md names modules that do not exist: {missing}"
+    # and the other way: every folder and every module at the package's root is in it
+    tree = {
+        p.name + ("/" if p.is_dir() else "")
+        for p in PACKAGE.iterdir()
+        if p.name not in ("__init__.py", "py.typed", "__pycache__")
+        and (p.is_dir() or p.suffix == ".py")
+    }
+    unnamed = sorted(tree - named)
+    assert not unnamed, f"docs/architecture.md's Layout does not name: {unnamed}"
     mentioned = set(re.findall(r"`([a-z_/]+\.py)`", doc))
     gone = sorted(
         m

@@ -80,3 +80,29 @@ def test_the_write_a_metric_examples_run_and_report_what_a_hand_computation_give
     assert learn.metrics["top2"] == pytest.approx(expected_top2)
     assert learn.metrics["max_loss"] == pytest.approx(max(losses))
     assert "train_top2" in learn.metrics
+
+
+@pytest.mark.slow  # imports mlflow and trains 3 epochs on the digits: a few seconds
+def test_the_use_section_runs_as_printed_on_the_digits(tmp_path, monkeypatch):
+    import torch
+    from mlflow.tracking import MlflowClient
+    from torch import nn
+
+    from pluglearn.data.digits import load_digits
+
+    block = python_blocks("## Use")[0]  # the first: the later ones are sketches (a resume)
+    monkeypatch.chdir(tmp_path)  # the block writes mlp.plx and mlflow.db where it runs
+    torch.manual_seed(0)
+    (x_train, y_train), (x_valid, y_valid) = load_digits()
+    namespace = {
+        "x_train": x_train, "y_train": y_train, "x_valid": x_valid, "y_valid": y_valid,
+        "model": nn.Sequential(nn.Linear(64, 50), nn.ReLU(), nn.Linear(50, 10)),
+    }  # fmt: skip
+    exec(compile(block, "README.md, ## Use", "exec"), namespace)
+    learn, loaded = namespace["learn"], namespace["loaded"]
+    assert learn.validate()["accuracy"] > 0.85
+    x = x_valid[:16]
+    assert torch.equal(loaded.predict(x), learn.predict(x))
+    client = MlflowClient(tracking_uri="sqlite:///mlflow.db")
+    (run,) = client.search_runs([client.get_experiment_by_name("mlp").experiment_id])
+    assert run.info.status == "FINISHED" and "accuracy" in run.data.metrics

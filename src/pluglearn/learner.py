@@ -22,7 +22,29 @@ from .plugins.budget import StepBudget
 from .plugins.defaults import PluginSet
 from .plugins.scheduler import fit_one_cycle
 from .run.metrics import GatherPreds
-from .run.state import SWEEP, RunState, position_property
+from .run.state import SWEEP, RunState
+
+
+def position_property(name: str, doc: str) -> Any:
+    """A read-only Learner attribute showing ``learn.run.pos.<name>``; assigning it is an error
+    that says which transition changes it."""
+
+    def get(learn: Any) -> Any:
+        return getattr(learn.run.pos, name)
+
+    def set_(learn: Any, value: Any) -> None:
+        how = (
+            "learn.run.extend(n) changes the epochs of a running fit"
+            if name == "n_epochs"
+            else "it is the loop's own position"
+        )
+        raise AttributeError(
+            f"learn.{name} is read-only ({how}): plugins read the position and change the run "
+            "through named transitions (learn.run.stop(reason), learn.run.extend(n_epochs)) or "
+            "by raising a CancelXException."
+        )
+
+    return property(get, set_, doc=doc)
 
 
 class Learner(Loop):

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from pluglearn import Checkpoint, EarlyStopping
-from pluglearn.distributed.agreement import disagreements, fingerprint, plugin_settings
+from pluglearn.distributed.fit_agreement import disagreements, fingerprint, plugin_settings
 
 
 @pytest.fixture

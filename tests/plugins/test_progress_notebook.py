@@ -84,10 +84,11 @@ def assert_epoch_lines(lines: list[str]) -> None:
 
 
 def allowed(run: KernelRun, n_bars: int, per_redraw: int) -> float:
-    """The most messages a fit may send: a few when each bar opens and closes, and a few per
-    redraw, which comes at most once per ``MININTERVAL`` per bar (one bar redraws at a time)."""
+    """The most messages a fit may send: a few when each bar opens, on its first update (tqdm
+    redraws a bar at once the first time it moves) and when it closes, and a few per redraw,
+    which comes at most once per ``MININTERVAL`` per bar (one bar redraws at a time)."""
     elapsed = float(run.stream_text(2))
-    return per_redraw * (2 * n_bars + elapsed / MININTERVAL)
+    return per_redraw * (3 * n_bars + elapsed / MININTERVAL)
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ A fit on several processes (the README's "Many processes" tells the guarantees):
 
 - ``after_create_opt``, as a wrapper (before any plugin's own, FSDP's sharding included): the
   ranks agree on the fit's settings and take rank 0's loader seed, the fit's first collective
-  (:func:`~pluglearn.distributed.agreement.agree_on_fit`).
+  (:func:`~pluglearn.distributed.fit_agreement.agree_on_fit`).
 - ``before_fit``, after the plugins' own (a cancel there is agreed: one all-reduce, which also
   tells every rank what the plugins of any rank need): ``learn.model`` is wrapped in
   ``DistributedDataParallel`` (``ddp_kwargs`` passed through) as ``learn.wrapped_model``, which
@@ -53,7 +53,8 @@ from ..hooks.dispatch import is_noop
 from ..hooks.markers import hookimpl
 from ..plugins.train_step import loss_reduction
 from . import ranks as pdist
-from .agreement import CancelAgreement, Wrapper, agree_on_fit, batch_items
+from .cancel_agreement import CancelAgreement, Wrapper, batch_items
+from .fit_agreement import agree_on_fit
 
 if TYPE_CHECKING:
     from ..hooks.dispatch import Caller

@@ -58,7 +58,7 @@ from torch.utils.data import DistributedSampler
 
 from ..hooks.markers import hookimpl
 from . import ranks as pdist
-from .agreement import Wrapper
+from .cancel_agreement import Wrapper
 from .ddp import DDP
 
 if TYPE_CHECKING:

@@ -31,7 +31,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -220,9 +220,6 @@ class RunState:
         for f in fields(Position):
             setattr(self.pos, f.name, getattr(saved, f.name))
 
-    def snapshot_position(self) -> Position:
-        return replace(self.pos)
-
     # -------------------------------------------------------------- capture / restore
 
     def capture(self, learn: Learner, parts: Iterable[str], *, copy: bool = True) -> Snapshot:
@@ -273,25 +270,3 @@ class RunState:
                 f"pluglearn: putting the run back after {what} failed for {', '.join(failed)}: "
                 "the Learner is half-restored; build a new Learner before training it."
             )
-
-
-def position_property(name: str, doc: str) -> Any:
-    """A read-only Learner attribute showing ``learn.run.pos.<name>``; assigning it is an error
-    that says which transition changes it."""
-
-    def get(learn: Any) -> Any:
-        return getattr(learn.run.pos, name)
-
-    def set_(learn: Any, value: Any) -> None:
-        how = (
-            "learn.run.extend(n) changes the epochs of a running fit"
-            if name == "n_epochs"
-            else "it is the loop's own position"
-        )
-        raise AttributeError(
-            f"learn.{name} is read-only ({how}): plugins read the position and change the run "
-            "through named transitions (learn.run.stop(reason), learn.run.extend(n_epochs)) or "
-            "by raising a CancelXException."
-        )
-
-    return property(get, set_, doc=doc)
