@@ -1,7 +1,7 @@
 """A fit with pluglearn's default plugins under DDP, counting the small all-reduces (cancel
 agreements, metric sums) that go through ``torch.distributed.all_reduce``; DDP's gradient
 all-reduces run inside its reducer and are not counted. Run by
-tests/distributed/test_agreement_cancels.py.
+tests/distributed/test_cancel_agreement.py.
 
     [torchrun --nproc_per_node 2] python tests/jobs/agreement_job.py OUT --plugin P
 

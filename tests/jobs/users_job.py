@@ -1,6 +1,6 @@
 """What users run under torchrun where DDP meets other features, one case per launch, run by
-tests/distributed/test_agreement_fit.py, test_ranks_local_calls.py and test_ddp_elastic.py (and
-alone as the one-process oracle).
+tests/distributed/test_fit_agreement_ranks.py, test_ranks_local_calls.py and
+test_ddp_elastic.py (and alone as the one-process oracle).
 
     [torchrun --nproc_per_node 2] python tests/jobs/users_job.py OUT CASE [options]
 

@@ -1,5 +1,6 @@
 """The fingerprint every rank of a fit sends at its start, and how differences between the
-ranks' fingerprints are named (the two-rank refusals: tests/distributed/test_agreement_fit.py)."""
+ranks' fingerprints are named (the two-rank refusals:
+tests/distributed/test_fit_agreement_ranks.py)."""
 
 from __future__ import annotations
 
