@@ -26,11 +26,12 @@ epoch, which a resume cannot put back: it is replayed as *unknown* (checked).
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ..data.batch_tree import leaves_and_structure
 from .rng import (
     find_generators,
     generator_states,
@@ -159,39 +160,25 @@ def resume_stateful(learn: Learner, loader: Iterable[Any]) -> Iterator[Any]:
 
 
 def fingerprint(batch: Any) -> str:
-    """A digest of every tensor (dtype, shape, values) and string in ``batch``, in order."""
-    digest = hashlib.sha256()
-    for leaf in _leaves(batch):
+    """A digest of ``batch``: its structure (containers, keys, classes) and every leaf in walk
+    order, a tensor by its dtype, shape and bytes, anything else by its ``repr``."""
+    leaves, structure = leaves_and_structure(batch)
+    digest = hashlib.sha256(structure.encode())
+    for leaf in leaves:
         if isinstance(leaf, torch.Tensor):
             t = leaf.detach().cpu().contiguous()
             digest.update(f"{t.dtype}{tuple(t.shape)}".encode())
-            digest.update(_tensor_bytes(t))
+            digest.update(tensor_bytes(t))
         else:
             digest.update(repr(leaf).encode())
     return digest.hexdigest()
 
 
-def _tensor_bytes(t: torch.Tensor) -> bytes:
-    flat = t.reshape(-1)
-    if flat.dtype == torch.bool:
-        flat = flat.to(torch.uint8)
+def tensor_bytes(t: torch.Tensor) -> bytes:
+    """The bytes of a contiguous tensor's values, the same with or without numpy installed."""
+    raw = t.reshape(-1).view(torch.uint8)
     try:
         import numpy  # noqa: F401  (the fast path)
     except ImportError:
-        return repr(flat.tolist()).encode()
-    return flat.view(torch.uint8).numpy().tobytes()
-
-
-def _leaves(obj: Any) -> Iterator[Any]:
-    if isinstance(obj, Mapping):
-        for key in obj:
-            yield key
-            yield from _leaves(obj[key])
-    elif isinstance(obj, (list, tuple)):
-        for item in obj:
-            yield from _leaves(item)
-    elif hasattr(obj, "__dataclass_fields__") and not isinstance(obj, type):
-        for name in obj.__dataclass_fields__:
-            yield from _leaves(getattr(obj, name))
-    else:
-        yield obj
+        return bytes(raw.tolist())
+    return raw.numpy().tobytes()
