@@ -191,14 +191,14 @@ class LRFinder:
         self.smoothed.append(smooth)
         if not math.isfinite(smooth) or (self.stop_div and smooth > DIVERGE * self.best):
             self.diverged = True
-            raise CancelFitException("lr_find: the loss diverged")
+            raise CancelFitException("the loss diverged")  # the stop reason: "lr_find: ..."
         self.best = min(self.best, smooth)
         if n == self.num_it:
-            raise CancelFitException("lr_find: the sweep is done")
+            raise CancelFitException("the sweep is done")
 
     @hookimpl
     def after_train(self) -> None:
-        raise CancelEpochException("lr_find: no validation")  # and no report
+        raise CancelEpochException("no validation")  # and no report
 
     def result(self) -> LRFindResult:
         """The sweep's :class:`LRFindResult`; warns (``UserWarning``) when it has no
