@@ -5,38 +5,19 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pluglearn import Checkpoint, GradientAccumulation, Recorder, hookimpl
+from pluglearn import Checkpoint, GradientAccumulation, hookimpl
 from tests.helpers import CrashAt
 
-N, BS = 40, 8  # 5 training batches an epoch
 
-
-@pytest.fixture
-def learner(make_learner):
-    """The shared tiny Learner with the default plugins and a Recorder: N shuffled training items
-    in batches of BS, 8 validating."""
-    return lambda plugins=(): make_learner(
-        [Recorder(), *plugins],
-        n_train=N,
-        n_valid=8,
-        bs=BS,
-        defaults=True,
-        data_seed=9,
-        from_datasets=True,
-        loader_seed=5,
-        lr=0.3,
-    )
-
-
-def test_max_steps_alone_runs_the_epochs_it_needs_the_last_one_partial(learner):
-    learn = learner()
+def test_max_steps_alone_runs_the_epochs_it_needs_the_last_one_partial(budget_learner):
+    learn = budget_learner()
     learn.fit(max_steps=7)
     rec = learn.plugin("Recorder")
     assert (learn.n_epochs, learn.opt_steps, len(rec.losses)) == (2, 7, 7)
     assert [e["epoch"] for e in rec.epochs] == [0, 1]  # the partial epoch is validated, reported
     assert learn.stop_reason is None
     # the same 7 steps by hand, over the loader's own batches
-    ref = learner()
+    ref = budget_learner()
     ref.fit(2, plugins=[Stop(7)])
     for p, q in zip(learn.model.parameters(), ref.model.parameters(), strict=True):
         assert torch.equal(p, q)
@@ -46,9 +27,9 @@ def test_max_steps_alone_runs_the_epochs_it_needs_the_last_one_partial(learner):
     "max_steps, accumulate, epochs",
     [(10, 1, 2), (5, 1, 1), (15, 1, 3), (11, 1, 3), (6, 2, 2), (3, 2, 1)],
 )  # 5 batches an epoch; with accumulation of 2, 3 steps an epoch
-def test_a_budget_plans_exactly_the_epochs_it_needs(max_steps, accumulate, epochs, learner):
+def test_a_budget_plans_exactly_the_epochs_it_needs(max_steps, accumulate, epochs, budget_learner):
     plugins = [GradientAccumulation(accumulate)] if accumulate > 1 else []
-    learn = learner(plugins)
+    learn = budget_learner(plugins)
     learn.fit(max_steps=max_steps)
     rec = learn.plugin("Recorder")
     assert (learn.n_epochs, len(rec.epochs), learn.opt_steps) == (epochs, epochs, max_steps)
@@ -69,18 +50,18 @@ class Stop:
             raise CancelTrainException
 
 
-def test_the_budget_counts_optimizer_steps_not_batches(learner):
-    learn = learner([GradientAccumulation(2)])  # 3 steps an epoch (2 + 2 + 1 batches)
+def test_the_budget_counts_optimizer_steps_not_batches(budget_learner):
+    learn = budget_learner([GradientAccumulation(2)])  # 3 steps an epoch (2 + 2 + 1 batches)
     learn.fit(max_steps=4)
     assert (learn.n_epochs, learn.opt_steps, learn.train_iter) == (2, 4, 7)
 
 
-def test_with_more_epochs_than_the_budget_the_fit_stops_saying_why(learner):
-    learn = learner()
+def test_with_more_epochs_than_the_budget_the_fit_stops_saying_why(budget_learner):
+    learn = budget_learner()
     learn.fit(5, max_steps=7)
     assert (learn.epoch, learn.opt_steps) == (1, 7)
     assert "max_steps=7" in learn.stop_reason
-    learn = learner()
+    learn = budget_learner()
     learn.fit(1, max_steps=100)  # the epochs end first
     assert (learn.opt_steps, learn.stop_reason) == (5, None)
 
@@ -95,15 +76,15 @@ class CrashInValidation:
 # inside the partial epoch (its 3 batches: 0, 1, 2), and in its validation: the newest
 # checkpoint is then the one after the last step, and the resume starts at the budget's end
 @pytest.mark.parametrize("batch", [0, 2, "validation"])
-def test_a_resume_across_the_partial_epoch_is_exact(tmp_path, batch, learner):
-    done = learner()
+def test_a_resume_across_the_partial_epoch_is_exact(tmp_path, batch, budget_learner):
+    done = budget_learner()
     done.fit_one_cycle(None, 0.5, max_steps=8)
     with pytest.raises(RuntimeError, match="killed"):
         crash = CrashInValidation() if batch == "validation" else CrashAt(1, batch)
-        learner([Checkpoint(tmp_path, every_n_batches=1), crash]).fit_one_cycle(
+        budget_learner([Checkpoint(tmp_path, every_n_batches=1), crash]).fit_one_cycle(
             None, 0.5, max_steps=8
         )
-    resumed = learner([Checkpoint(tmp_path, every_n_batches=1)])
+    resumed = budget_learner([Checkpoint(tmp_path, every_n_batches=1)])
     resumed.fit_one_cycle(None, 0.5, max_steps=8, resume_from=tmp_path)
     assert resumed.opt_steps == done.opt_steps == 8
     a, b = done.plugin("Recorder"), resumed.plugin("Recorder")
@@ -113,15 +94,17 @@ def test_a_resume_across_the_partial_epoch_is_exact(tmp_path, batch, learner):
         assert torch.equal(p, q)
 
 
-def test_a_resume_with_another_budget_is_refused(tmp_path, learner):
+def test_a_resume_with_another_budget_is_refused(tmp_path, budget_learner):
     with pytest.raises(RuntimeError, match="killed"):
-        learner([Checkpoint(tmp_path, every_n_batches=1), CrashAt(1, 1)]).fit(max_steps=8)
+        budget_learner([Checkpoint(tmp_path, every_n_batches=1), CrashAt(1, 1)]).fit(max_steps=8)
     with pytest.raises(ValueError, match="pass the run's own max_steps"):
-        learner([Checkpoint(tmp_path, every_n_batches=1)]).fit(max_steps=9, resume_from=tmp_path)
+        budget_learner([Checkpoint(tmp_path, every_n_batches=1)]).fit(
+            max_steps=9, resume_from=tmp_path
+        )
 
 
-def test_one_cycle_spans_the_budget(learner):
-    learn = learner()
+def test_one_cycle_spans_the_budget(budget_learner):
+    learn = budget_learner()
     learn.fit_one_cycle(None, 0.5, max_steps=8)
     lrs = learn.plugin("Recorder").lrs
     assert len(lrs) == 8 and lrs[-1] < 1e-4  # the cycle ended at the last step
@@ -135,16 +118,16 @@ def test_one_cycle_spans_the_budget(learner):
         ({"max_steps": 2.5}, "max_steps must be an int >= 1"),
     ],
 )
-def test_bad_budgets_are_refused(kwargs, match, learner):
+def test_bad_budgets_are_refused(kwargs, match, budget_learner):
     with pytest.raises(ValueError, match=match):
-        learner().fit(**kwargs)
+        budget_learner().fit(**kwargs)
 
 
-def test_a_loader_that_steps_itself_cannot_be_counted(learner):
+def test_a_loader_that_steps_itself_cannot_be_counted(budget_learner):
     class EveryOther:
         @hookimpl
         def should_step(self, learn):
             return learn.iter % 2 == 1
 
     with pytest.raises(ValueError, match="decides when to step"):
-        learner([EveryOther()]).fit(max_steps=3)
+        budget_learner([EveryOther()]).fit(max_steps=3)

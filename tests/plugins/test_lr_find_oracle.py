@@ -23,6 +23,7 @@ def _data() -> list:
     return batches(x, y, 4)
 
 
+# Not the shared make_learner: the first training batch validates too.
 def _learner(plugins=()) -> Learner:
     torch.manual_seed(0)
     train = _data()
