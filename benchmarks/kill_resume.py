@@ -1,10 +1,10 @@
 """Soak test of exact resume: kill a training job at random batches, resume it, compare weights.
 
-Each run starts ``tests/resume_job.py`` (3 epochs of 20 batches, a checkpoint after every batch,
-dropout, momentum, shuffling), SIGKILLs it right after a random training batch, resumes it in a
-new process and compares every parameter with an uninterrupted run, bit for bit. It also reports
-the time from ``fit(resume_from=...)`` to the first batch against the time of one batch, grouped
-by where the cut was: it should not grow with the cut (no replay of the batches before it).
+Each run starts ``tests/jobs/resume_job.py`` (3 epochs of 20 batches, a checkpoint after every
+batch, dropout, momentum, shuffling), SIGKILLs it right after a random training batch, resumes it
+in a new process and compares every parameter with an uninterrupted run, bit for bit. It also
+reports the time from ``fit(resume_from=...)`` to the first batch against the time of one batch,
+grouped by where the cut was: it should not grow with the cut (no replay of the batches before it).
 
 By default the job seeds only ``torch.manual_seed`` (its loader draws its seed from torch's
 global generator), and every run starts in a directory that already holds the checkpoints of an
@@ -13,7 +13,7 @@ checkpoints nor be resumed in its place. ``--loader-seed`` gives the loader a se
 ``--fresh-dir`` starts every run in an empty directory.
 
 ``--ddp``: the same soak on two processes under ``torchrun`` (gloo, CPU): the job of
-``tests/distributed/ddp_job.py`` (3 epochs of 6 global batches of 8, the last one ragged, a
+``tests/jobs/ddp_job.py`` (3 epochs of 6 global batches of 8, the last one ragged, a
 checkpoint after every batch) is SIGKILLed with its launcher and every worker right after a
 random training batch, resumed by a new ``torchrun``, and compared bit for bit with an
 uninterrupted 2-process run.
@@ -37,9 +37,9 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-JOB = ROOT / "tests" / "resume_job.py"
+JOB = ROOT / "tests" / "jobs" / "resume_job.py"
 sys.path.insert(0, str(ROOT))
-from tests.resume_job import run_and_signal  # noqa: E402  (the job and how to kill it)
+from tests.jobs.resume_job import run_and_signal  # noqa: E402  (the job and how to kill it)
 
 TOTAL_BATCHES = 60
 
@@ -58,7 +58,7 @@ def value(output: str, key: str) -> float:
 
 def main_ddp(runs: int, seed: int) -> None:
     """Kill the whole torchrun group at random batches, resume, compare with one whole run."""
-    from tests.distributed.launch import run_job, start_and_kill
+    from tests.jobs.launch import run_job, start_and_kill
 
     total = 18  # 3 epochs of 6 global batches
     rng = random.Random(seed)

@@ -1,5 +1,5 @@
 """The jobs the Learner is timed on and the hand-written loops it is timed against, on any device;
-shared by ``compile_overhead.py`` and ``gpu_check.py`` (not a script of its own).
+shared by ``compile_overhead.py`` and ``tools/gpu_check.py`` (not a script of its own).
 
 Two models on MNIST-shaped data (the shared MNIST pickle when present, else random data of the
 same shape): the notebook's 784-50-10 MLP and a small convnet (two strided 3x3 convolutions,

@@ -1,5 +1,20 @@
 """Shared test fixtures, and a test session that no installed pluglearn plugin can change.
 
+Where things are (docs/testing.md, "How the suite is organised"): ``tests/`` mirrors
+``src/pluglearn/``, the tests of ``pluglearn/X/Y.py`` in ``tests/X/test_Y.py`` (or
+``test_Y_<behaviour>.py`` when they are many); beside them
+
+- ``tests/helpers.py``: tiny data, the tiny Learner (``tiny_learner``, also the ``make_learner``
+  fixture below), the event-recording plugin and crash plugins;
+- ``tests/jobs/``: the programs the tests start as child processes (``*_job.py`` scripts,
+  ``torchrun`` jobs, ``*_worker.py`` functions that spawned ranks run), ``launch.py`` (how a
+  test starts and kills a torchrun job) and what only the jobs import; ``tests.jobs.JOBS`` is
+  the folder, so a test names a job ``JOBS / "resume_job.py"``;
+- ``tests/support/``: modules the tests and their child processes both import, so they must
+  be importable by name (``tests.support.<module>``): datasets that worker processes unpickle by
+  reference, models a fresh process rebuilds, the experiment trackers' plugins, a Jupyter kernel
+  runner.
+
 A package that declares a plugin under the entry-point group ``pluglearn`` (``pip install
 ./examples/plugin_package``, as the README suggests) joins every ``Learner``, which would add
 its metrics and hooks to the suite's own runs. The session therefore starts with
@@ -11,13 +26,15 @@ in with the ``plugin_autoload`` fixture.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import torch
 
+from pluglearn import Learner
 from pluglearn.hooks.entrypoints import BLOCK_ENV, DISABLE_ENV, PLUGINS_ENV
+from tests.helpers import tiny_learner
 from tests.processes import kill_jobs
 
 _AUTOLOAD_VARS = (DISABLE_ENV, PLUGINS_ENV, BLOCK_ENV)
@@ -66,3 +83,21 @@ def shared_mnist_dir() -> Path:
     if not path.is_dir():
         pytest.skip(f"reference MNIST data not found at {path} (../shared/data/mnist of the repo)")
     return path
+
+
+@pytest.fixture
+def make_learner() -> Callable[..., Learner]:
+    """The factory of tiny Learners every test shares (``tests.helpers.tiny_learner``).
+
+    ``make_learner(plugins=(), n_train=8, n_valid=4, bs=4, defaults=False, **options)``: a
+    ``nn.Linear(4, 3)`` on ``n_train`` training and ``n_valid`` validation items of
+    ``tiny_data``, in ready batches of ``bs``, seeded (``torch.manual_seed(0)``) before the model
+    is made. The options (``data_seed``, ``model``, ``from_datasets``, ``loader_seed``, ...) are
+    in ``tiny_learner``'s doc; a test that needs a learner they cannot express keeps its own
+    factory and says why.
+
+        def test_two_epochs(make_learner):
+            learn = make_learner([Recorder()], n_train=16)
+            learn.fit(2)
+    """
+    return tiny_learner

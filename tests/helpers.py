@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import re
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -22,16 +24,84 @@ def tiny_data(n: int = 10, n_in: int = 4, n_classes: int = 3, seed: int = 0):
     return x, y
 
 
+def exact(message: str) -> str:
+    """A ``pytest.raises(match=...)`` pattern for exactly ``message``, the whole of it.
+
+    with pytest.raises(ValueError, match=exact("bs must be a positive int, got 0.")): ...
+    """
+    return f"^{re.escape(message)}$"
+
+
+def first_line(error: BaseException) -> str:
+    """An error's own message: its first line (the Learner adds lines naming the plugin, hook,
+    epoch and batch)."""
+    return str(error).split("\n")[0]
+
+
+def message(error: BaseException) -> str:
+    """What the user reads: the message and every note added on the way up."""
+    return "\n".join([str(error), *getattr(error, "__notes__", [])])
+
+
+def raised_by(call: Callable[[], object], error_type: type[BaseException]) -> str:
+    """The message and notes of the ``error_type`` that ``call()`` raises (fails if none)."""
+    import pytest
+
+    with pytest.raises(error_type) as info:
+        call()
+    return message(info.value)
+
+
 def batches(x, y, bs):
     return [(x[i : i + bs], y[i : i + bs]) for i in range(0, len(x), bs)]
 
 
-def tiny_learner(plugins=(), n_train=8, n_valid=4, bs=4, defaults=False, **kwargs) -> Learner:
-    """A Learner over ready lists of batches (n_train/bs train batches, n_valid/bs valid ones)."""
-    torch.manual_seed(0)
-    x, y = tiny_data(n_train + n_valid)
-    dls = DataLoaders(batches(x[:n_train], y[:n_train], bs), batches(x[n_train:], y[n_train:], bs))
-    return Learner(nn.Linear(4, 3), dls, lr=0.1, plugins=plugins, defaults=defaults, **kwargs)
+def tiny_learner(
+    plugins=(),
+    n_train: int = 8,
+    n_valid: int = 4,
+    bs: int = 4,
+    defaults: bool = False,
+    *,
+    data_seed: int = 0,
+    n_in: int = 4,
+    seed: int | None = 0,
+    model: nn.Module | Callable[[], nn.Module] | None = None,
+    from_datasets: bool = False,
+    loader_seed: int | None = None,
+    valid_bs: int | None = None,
+    **kwargs,
+) -> Learner:
+    """A Learner on ``tiny_data(n_train + n_valid, n_in, seed=data_seed)``: the first ``n_train``
+    items train, the rest validate (no validation set when ``n_valid=0``).
+
+    In this order, as a test written by hand would: ``torch.manual_seed(seed)`` (skipped when
+    ``seed`` is None), the data, the loaders, the model (``nn.Linear(n_in, 3)``, or ``model``:
+    a module, or a function making one, so that it is made after the seeding), the Learner
+    (``lr=0.1`` unless given; other keywords go to ``Learner``). The loaders are ready lists of
+    batches of ``bs`` (``valid_bs`` for validation, default ``bs``), or with ``from_datasets``
+    ``DataLoaders.from_datasets(..., batch_size=bs, seed=loader_seed)`` (shuffled, resumable).
+
+        learn = tiny_learner([Recorder()], n_train=32, n_valid=8, bs=8, from_datasets=True)
+        learn.fit(2)
+    """
+    if seed is not None:
+        torch.manual_seed(seed)
+    x, y = tiny_data(n_train + n_valid, n_in=n_in, seed=data_seed)
+    train, valid = (x[:n_train], y[:n_train]), (x[n_train:], y[n_train:]) if n_valid else None
+    if from_datasets:
+        dls = DataLoaders.from_datasets(
+            train, valid, batch_size=bs, valid_batch_size=valid_bs, seed=loader_seed
+        )
+    else:
+        valid_batches = batches(*valid, valid_bs or bs) if valid is not None else None
+        dls = DataLoaders(batches(*train, bs), valid_batches)
+    if model is None:
+        model = nn.Linear(n_in, 3)
+    elif not isinstance(model, nn.Module):
+        model = model()
+    kwargs.setdefault("lr", 0.1)
+    return Learner(model, dls, plugins=plugins, defaults=defaults, **kwargs)
 
 
 def _recorder_method(event: str):

@@ -11,7 +11,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from tests.notebook_kernel import WIDGET_VIEW, KernelRun, run_notebook
+from tests.support.notebook_kernel import WIDGET_VIEW, KernelRun, run_notebook
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "examples" / "quickstart.ipynb"
 EPOCHS = 5  # learn.fit_one_cycle(5, ...)

@@ -13,8 +13,7 @@ import torch
 
 from pluglearn import AvgLoss, Learner, hookimpl
 from pluglearn.diagnostics.attribute_suggestions import GUESSES
-
-from .helpers import tiny_learner
+from tests.helpers import tiny_learner
 
 DOC = Path(__file__).resolve().parents[1] / "docs/learner_state.md"
 

@@ -11,12 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.distributed.launch import free_port, torchrun
 from tests.helpers import process_alive, wait_dead
+from tests.jobs import JOBS
+from tests.jobs.launch import free_port, torchrun
 from tests.processes import Job, marked, run
 
 ROOT = Path(__file__).parents[1]
-FAILING = Path(__file__).parent / "distributed" / "failing_rank_job.py"
+FAILING = JOBS / "failing_rank_job.py"
 _GRANDCHILD = (
     "import subprocess, sys, time\n"
     "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'],"
@@ -84,7 +85,7 @@ def test_a_failing_test_with_a_two_rank_job_failing_on_one_rank_leaves_no_proces
     (tmp_path / "test_fails.py").write_text(
         "import subprocess\n"
         "from pathlib import Path\n"
-        "from tests.distributed.launch import free_port, torchrun\n"
+        "from tests.jobs.launch import free_port, torchrun\n"
         "from tests.processes import Job\n"
         "from tests.test_processes import FAILING, rank_pids\n\n"
         "def test_fails_on_purpose():\n"

@@ -24,10 +24,11 @@ import pytest
 import torch
 
 from tests import processes
+from tests.jobs import JOBS
 from tests.jobs.seams_job import CONFIGS, FEATURES, MODIFIERS, oracle, run
 
 PAIRS = [frozenset(p) for p in itertools.combinations(FEATURES, 2) if "ddp" not in p]
-JOB = Path(__file__).parent / "jobs" / "seams_job.py"
+JOB = JOBS / "seams_job.py"
 
 
 def tolerance(features: frozenset[str]) -> dict:

@@ -1,5 +1,6 @@
 """The resumable loaders of pluglearn.data.epochs: exact O(1) resume at every cut point, a plain
-state that records the settings, and refusal of a state saved with other settings."""
+state that records the settings, refusal of a state saved with other settings or none, and the
+settings checked with the fix (sizes, generators, the global seed when none is given)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ import io
 import pytest
 import torch
 
-from pluglearn.data.epochs import EpochOrder, ItemLoader
+from pluglearn.data.epochs import EpochBatches, EpochOrder, ItemLoader, check_batch_size
 from pluglearn.scratch import DataLoader, Dataset
+from tests.helpers import exact
 
 
 def _gen(seed: int) -> torch.Generator:
@@ -51,9 +53,6 @@ def test_batches_equal_the_notebook_loader_over_epochs():
     notebook = DataLoader(_ds(23), batch_size=5, shuffle=True, generator=_gen(1))
     for _ in range(3):
         assert _epoch(ours) == _epoch(notebook)
-
-
-# --- resumable state ----------------------------------------------------------------------
 
 
 def _reference(n: int, bs: int, drop_last: bool, shuffle: bool, epochs: int) -> list:
@@ -164,3 +163,95 @@ def test_superseded_iterator_is_refused():
     with pytest.raises(RuntimeError, match="superseded"):
         next(old)
     assert loader.state_dict()["epoch"] == 2  # the abandoned epoch still counts
+
+
+def test_sizes_and_generators_are_checked_with_the_fix():
+    with pytest.raises(TypeError, match=exact(
+        "expected a dataset with __len__ or an int size, got bool: give a map-style dataset "
+        "(one with __len__ and __getitem__)"
+    )):  # fmt: skip
+        EpochOrder(True)
+    with pytest.raises(ValueError, match=exact(
+        "the dataset is empty (size 0): give the loader at least one item"
+    )):  # fmt: skip
+        EpochOrder([])
+    assert list(EpochOrder(1)) == [0]  # one item is enough
+    with pytest.raises(TypeError, match=exact(
+        "generator must be a torch.Generator, got int: pass e.g. "
+        "generator=torch.Generator().manual_seed(0)"
+    )):  # fmt: skip
+        EpochOrder(3, True, generator=0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a non-CPU generator")
+def test_a_generator_off_the_cpu_is_refused():
+    g = torch.Generator(device="cuda")
+    with pytest.raises(ValueError, match=r"^generator must live on the CPU, got one on cuda"):
+        EpochOrder(3, True, generator=g)
+
+
+@pytest.mark.parametrize(
+    ("bad", "error", "message"),
+    [
+        (True, TypeError, "batch_size must be a positive int, got True: e.g. 64"),
+        (2.0, TypeError, "batch_size must be a positive int, got 2.0: e.g. 64"),
+        (0, ValueError, "batch_size must be a positive int, got 0: e.g. 64"),
+    ],
+)
+def test_a_batch_size_must_be_a_positive_int(bad, error, message):
+    with pytest.raises(error, match=exact(message)):
+        check_batch_size(bad)
+    assert check_batch_size(1) == 1
+
+
+def test_without_a_generator_the_shuffle_is_seeded_from_torch_global_generator():
+    torch.manual_seed(3)
+    order = EpochOrder(10, shuffle=True)
+    torch.manual_seed(3)
+    seed = iter(torch.utils.data.DataLoader([0]))._base_seed  # torch's draw of a base seed
+    assert list(order) == torch.randperm(10, generator=torch.Generator().manual_seed(seed)).tolist()
+    assert list(EpochOrder(4)) == [0, 1, 2, 3]  # no shuffle by default
+
+
+def state_of(**changes):
+    batches = EpochBatches(EpochOrder(10, True, torch.Generator().manual_seed(0)), 2)
+    return {**batches.state_dict(), **changes}
+
+
+def test_a_state_without_settings_or_with_others_is_refused_naming_them():
+    state = {k: v for k, v in state_of().items() if k not in ("drop_last", "n_items")}
+    with pytest.raises(ValueError, match=exact(
+        "the saved loader state has no drop_last, n_items: it was written by an older pluglearn "
+        "or another loader; start a new run instead of resuming from it"
+    )):  # fmt: skip
+        EpochBatches(EpochOrder(10, True), 2).load_state_dict(state)
+    for key, now, why in [
+        ("shuffle", False, "the saved position is a place in a different order"),
+        ("n_items", 12, "the saved permutation covers another dataset"),
+    ]:
+        loader = EpochBatches(EpochOrder(now if key == "n_items" else 10, key != "shuffle"), 2)
+        saved = state_of()[key]
+        with pytest.raises(ValueError, match=exact(
+            f"cannot resume: the loader state was saved with {key}={saved!r} but this loader has "
+            f"{key}={now!r} ({why}): resume with {key}={saved!r}, the setting of the saved run, "
+            "or start a new run without resume_from"
+        )):  # fmt: skip
+            loader.load_state_dict(state_of())
+    with pytest.raises(ValueError, match=exact(
+        "corrupt loader state: cursor 3 is not at a batch boundary of batch_size=2; resume from "
+        "a checkpoint this loader saved"
+    )):  # fmt: skip
+        EpochBatches(EpochOrder(10, True), 2).load_state_dict(state_of(cursor=3, in_epoch=True))
+
+
+def test_a_corrupt_position_is_refused():
+    for epoch, cursor, in_epoch in [(-1, 0, False), (0, 10, True), (0, 3, False)]:
+        state = {**EpochOrder(10).state(), "epoch": epoch, "cursor": cursor, "in_epoch": in_epoch}
+        with pytest.raises(ValueError, match=exact(
+            f"corrupt loader state: epoch {epoch}, cursor {cursor} of 10 items, "
+            f"in_epoch={in_epoch}: resume from a checkpoint this loader saved"
+        )):  # fmt: skip
+            EpochOrder(10).load_state(state)
+    for other in (EpochOrder(10, True), EpochOrder(11)):
+        with pytest.raises(ValueError, match=r"^cannot resume: the loader state was saved with"):
+            other.load_state(EpochOrder(10).state())

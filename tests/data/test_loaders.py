@@ -183,6 +183,7 @@ class _Preempted:
             raise RuntimeError("preempted")
 
 
+# Not the shared make_learner: blob data of its own and a dropout MLP.
 def _learner(directory: Path, bs: int, drop_last: bool = False, n: int = 60) -> Learner:
     torch.manual_seed(0)
     x, y = map(torch.from_numpy, _blobs(n + 12))

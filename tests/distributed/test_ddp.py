@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from tests import processes
-from tests.distributed.launch import ENV, JOB, free_port, run_job, start_and_kill, torchrun
+from tests.jobs.launch import ENV, JOB, free_port, run_job, start_and_kill, torchrun
 
 pytestmark = pytest.mark.skipif(
     not torch.distributed.is_available(), reason="torch.distributed is not available"
@@ -109,7 +109,7 @@ def test_distributed_sampler_gets_set_epoch_and_validation_counts_each_item_once
     model_valid = two["history"][-1]
     assert 0 < model_valid["accuracy"] <= 1
     # the valid metrics are those of the same weights over the 23 real items, alone
-    from tests.distributed.ddp_job import data
+    from tests.jobs.ddp_job import data
 
     _, _, xv, yv = data()
     net = torch.nn.Sequential(torch.nn.Linear(5, 16), torch.nn.Tanh(), torch.nn.Linear(16, 3))

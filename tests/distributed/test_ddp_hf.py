@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from tests import processes
-from tests.distributed.launch import ENV, free_port, torchrun
+from tests.jobs import JOBS
+from tests.jobs.launch import ENV, free_port, torchrun
 
-JOB = Path(__file__).with_name("hf_job.py")
+JOB = JOBS / "hf_job.py"
 
 pytestmark = pytest.mark.skipif(
     not torch.distributed.is_available(), reason="torch.distributed is not available"

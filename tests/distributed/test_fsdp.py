@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from tests import processes
-from tests.distributed.launch import ENV, JOB, run_job, start_and_kill
+from tests.jobs.launch import ENV, JOB, run_job, start_and_kill
 
 pytestmark = pytest.mark.skipif(
     not torch.distributed.is_available(), reason="torch.distributed is not available"

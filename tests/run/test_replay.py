@@ -15,8 +15,9 @@ import pytest
 import torch
 
 from tests import processes
+from tests.jobs import JOBS
 
-JOB = Path(__file__).parents[1] / "jobs" / "loader_resume_job.py"
+JOB = JOBS / "loader_resume_job.py"
 STEPS_PER_EPOCH = 5  # 40 items, batches of 8
 
 

@@ -1,0 +1,138 @@
+"""DDP skips the cancel agreements that no plugin needs: whether a plugin may cancel is derived
+from its hooks' code (pluglearn's defaults may not); a plugin that may turns them on; one judged
+unable (by its code, or its own ``may_cancel = False``) that cancels anyway is refused by name.
+Run under torchrun (gloo on 127.0.0.1)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests import processes
+from tests.jobs import JOBS
+from tests.jobs.launch import ENV, free_port, run_case, torchrun
+
+JOB = JOBS / "agreement_job.py"
+EPOCHS = 2  # as in the job
+
+pytestmark = pytest.mark.skipif(
+    not torch.distributed.is_available(), reason="torch.distributed is not available"
+)
+
+
+def run(out: Path, plugin: str, *args: str, nproc: int = 2) -> subprocess.CompletedProcess:
+    launcher = torchrun(nproc, free_port()) if nproc > 1 else [sys.executable]
+    return processes.run(
+        [*launcher, str(JOB), str(out), "--plugin", plugin, *args],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        env=ENV,
+    )
+
+
+def result(out: Path, plugin: str, *args: str, nproc: int = 2) -> dict:
+    done = run(out, plugin, *args, nproc=nproc)
+    assert done.returncode == 0, done.stderr[-4000:]
+    return torch.load(out / "result.pt", weights_only=False)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_agreements_run_only_where_a_plugin_may_cancel_and_the_weights_stay_one_process(tmp_path):
+    one = result(tmp_path / "one", "none", nproc=1)
+    bare = result(tmp_path / "bare", "none")
+    watched = result(tmp_path / "watched", "watcher")
+    for run_ in (bare, watched):
+        for key, value in one["weights"].items():
+            assert (run_["weights"][key] - value).abs().max().item() <= 1e-10, key
+    # the ends of before_epoch, before_train, after_train, before_validate, after_validate and
+    # after_epoch in each epoch, and of after_fit: agreed only when a plugin may cancel there
+    assert watched["count"] - bare["count"] == 6 * EPOCHS + 1
+    assert one["count"] == 0
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_a_plugin_declaring_may_cancel_false_that_cancels_is_refused_by_name(tmp_path):
+    done = run(tmp_path, "liar")
+    assert done.returncode != 0
+    assert "CancelFitException(said it never cancels) was raised by Liar on rank 1" in done.stderr
+    assert "Remove may_cancel = False from Liar" in done.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_a_plugin_whose_cancel_its_code_does_not_show_is_refused_naming_the_declaration(tmp_path):
+    done = run(tmp_path, "hidden")
+    assert done.returncode != 0
+    assert "was raised by Hidden on rank 1" in done.stderr
+    assert "pluglearn found no cancel in the code of Hidden's hooks" in done.stderr
+    assert "Declare `may_cancel = True` on Hidden's class" in done.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_accumulation_with_plugins_that_never_cancel_adds_no_agreement_per_batch(tmp_path):
+    one = result(tmp_path / "one", "none", "--accum", "2", nproc=1)
+    bare = result(tmp_path / "bare", "none")
+    accum = result(tmp_path / "accum", "none", "--accum", "2")
+    watched = result(tmp_path / "watched", "watcher", "--accum", "2")
+    for run_ in (accum, watched):
+        for key, value in one["weights"].items():
+            assert (run_["weights"][key] - value).abs().max().item() <= 1e-10, key
+    # GradientAccumulation's own all-reduce of each group's items: one per step
+    steps = EPOCHS * 3  # 5 batches of 8 per epoch, a step every 2 and at the epoch's end
+    assert accum["count"] == bare["count"] + steps
+    # a plugin that may cancel: the ranks agree before each of the 5 backwards of an epoch too
+    assert watched["count"] == accum["count"] + EPOCHS * 5 + 6 * EPOCHS + 1
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_a_cancel_from_the_loss_in_a_batch_that_does_not_step_is_refused_when_none_agree(
+    tmp_path,
+):
+    done = run(tmp_path, "none", "--accum", "2", "--loss-cancel")
+    assert done.returncode != 0
+    assert (
+        "CancelFitException(from the loss) was raised by TrainStep on rank 1 in compute_loss, "
+        "where the ranks do not agree on cancels"
+    ) in done.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_a_cancel_from_the_loss_is_refused_when_no_plugin_may_cancel_and_agreed_when_one_may(
+    tmp_path,
+):
+    # no plugin may cancel: DDP looks for no mark after the backward (a host sync per step on a
+    # GPU), so the loss function's cancel in a batch that steps is refused too
+    done = run(tmp_path / "none", "none", "--loss-cancel")
+    assert done.returncode != 0
+    assert "raised by TrainStep on rank 1 in compute_loss, where the ranks" in done.stderr
+    # a plugin that may cancel: the mark carries it, and every rank stops at that batch's step
+    one = result(tmp_path / "one", "watcher", "--loss-cancel", nproc=1)
+    two = result(tmp_path / "two", "watcher", "--loss-cancel")
+    assert two["stop_reason"] == one["stop_reason"] == "TrainStep: from the loss"
+    for key, value in one["weights"].items():
+        assert (two["weights"][key] - value).abs().max().item() <= 1e-10, key
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_a_fit_cancel_held_after_a_batch_cancel_on_the_same_rank_wins_on_every_rank(tmp_path):
+    # rank 1 cancels training batch 3 in before_batch, then the fit in its after_loss: both are
+    # held until the batch's step, where the stronger one, the fit's, stops every rank; one
+    # process cancelling only the fit there is the oracle
+    one = run_case(tmp_path / "one", "cancels", "--fit-cancel-only", nproc=1)[0]
+    two = run_case(tmp_path / "two", "cancels")
+    assert one["stop_reason"] == "Planted: after the batch cancel"
+    for rank in two:
+        assert rank["stop_reason"] == one["stop_reason"]
+        for key, value in one["weights"].items():
+            assert (rank["weights"][key] - value).abs().max().item() <= 1e-10, key

@@ -1,0 +1,79 @@
+"""HFModel under DDP: a float64 model taking dict batches, run under torchrun (two ranks) or
+alone (the one-process oracle) by tests/distributed/test_ddp_hf.py.
+
+    [torchrun --nproc_per_node 2] python tests/jobs/hf_job.py OUT [--accum K]
+
+Ten training items in global batches of 4 (the last has 2: one per rank), seven validation
+items; DDP(), HFModel(), AvgLoss() and, with ``--accum K``, GradientAccumulation(K). Rank 0
+writes ``OUT/result.pt``: the final weights and the last epoch's metrics.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
+
+from pluglearn import DDP, AvgLoss, DataLoaders, GradientAccumulation, HFModel, Learner
+from pluglearn import dist as pdist
+
+
+class TinyDictModel(nn.Module):
+    """Hugging Face's convention in float64, without dropout: model(**batch) -> .loss, .logits."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.emb = nn.Embedding(20, 4).double()
+        self.head = nn.Linear(4, 2).double()
+
+    def forward(self, input_ids, attention_mask, labels=None):
+        mask = attention_mask.unsqueeze(-1).double()
+        logits = self.head((self.emb(input_ids) * mask).sum(1) / mask.sum(1))
+        loss = None if labels is None else F.cross_entropy(logits, labels)
+        return SimpleNamespace(loss=loss, logits=logits)
+
+
+class TokenIds(torch.utils.data.Dataset):
+    def __init__(self, n: int, seed: int) -> None:
+        g = torch.Generator().manual_seed(seed)
+        self.ids = torch.randint(0, 20, (n, 5), generator=g)
+        self.mask = (torch.rand(n, 5, generator=g) < 0.8).long()
+        self.mask[:, 0] = 1
+        self.labels = torch.randint(0, 2, (n,), generator=g)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"input_ids": self.ids[i], "attention_mask": self.mask[i], "labels": self.labels[i]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--accum", type=int, default=0)
+    args = parser.parse_args()
+    dls = DataLoaders.from_datasets(
+        TokenIds(10, 1), TokenIds(7, 2), batch_size=4, valid_batch_size=4, seed=0
+    )
+    plugins = [HFModel(), DDP(), AvgLoss()]
+    if args.accum:
+        plugins.append(GradientAccumulation(args.accum))
+    learn = Learner(TinyDictModel(), dls, lr=0.5, plugins=plugins, defaults=False)
+    learn.fit(2)
+    if pdist.is_main_process():
+        weights = {k: v.clone() for k, v in learn.model.state_dict().items()}
+        result = {"weights": weights, "metrics": dict(learn.metrics), "world": pdist.world_size()}
+        torch.save(result, args.out / "result.pt")
+
+
+if __name__ == "__main__":
+    main()

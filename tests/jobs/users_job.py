@@ -1,0 +1,304 @@
+"""What users run under torchrun where DDP meets other features, one case per launch, run by
+tests/distributed/test_fit_agreement_ranks.py, test_ranks_local_calls.py and
+test_ddp_elastic.py (and alone as the one-process oracle).
+
+    [torchrun --nproc_per_node 2] python tests/jobs/users_job.py OUT CASE [options]
+
+Data: 40 training and 23 validation items of 5 float64 features; feature 4 is the item's id /
+100, so every batch says which items it holds. Every rank writes ``OUT/rank{R}.pt``:
+
+- ``mismatch``: one fit per setting (lr, batch size, epochs, max_steps, the datasets' lengths,
+  the plugins, a plugin's setting, the loss's reduction, the optimizer) with rank 1's differing;
+  each rank records the error it raised per setting, then a fit with equal settings.
+- ``seed``: the README's snippet after ``torch.manual_seed(100 + rank)`` (``--seed-base``): no
+  loader seed; records each rank's items of every step, and the final weights.
+- ``local``: a fit in which rank 0 alone calls ``learn.validate()`` and ``learn.predict()`` from
+  a training hook, then ``get_preds()`` on every rank and ``validate()`` on rank 0 only;
+  ``--sampler``: ready torch loaders with a ``DistributedSampler``; ``--fsdp``: FSDP, whose
+  one-rank ``validate()`` must be refused, and ``get_preds()`` on every rank.
+- ``sum``: a loss with ``reduction="sum"`` (``--accum K``: GradientAccumulation(K)).
+- ``cancels``: rank 1 (alone: the one process) raises CancelBatchException in ``before_batch``
+  and CancelFitException in ``after_loss`` of training batch 3 (``--fit-cancel-only``: only the
+  latter).
+- ``checkpoints``: Checkpoint(every_n_batches=2, keep_last=2); each rank records the files it
+  created (renamed into place) and deleted in the directory, seen by a Python audit hook.
+- ``elastic``: ``fit(3, resume_from=DIR, missing_ok=True)`` with Checkpoint(every_n_batches=1);
+  ``--kill R:N`` (repeatable, the i-th for restart i): rank R dies at training batch N (the
+  first by ``os._exit``, the next by SIGKILL); every rank appends each step's items to
+  ``OUT/steps{R}.txt``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+from functools import partial
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
+
+from pluglearn import (
+    DDP,
+    FSDP,
+    Accuracy,
+    CancelBatchException,
+    CancelFitException,
+    Checkpoint,
+    DataLoaders,
+    EarlyStopping,
+    GradientAccumulation,
+    Learner,
+    hookimpl,
+)
+from pluglearn import dist as pdist
+
+N_TRAIN, N_VALID = 40, 23
+RANK = int(os.environ.get("RANK", "0"))  # this process's rank (torchrun's), also rank-locally
+
+
+def data(n_train: int = N_TRAIN, n_valid: int = N_VALID) -> tuple[torch.Tensor, ...]:
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(N_TRAIN + N_VALID, 5, generator=g, dtype=torch.float64)
+    x[:, 4] = torch.arange(N_TRAIN + N_VALID, dtype=torch.float64) / 100
+    y = (x[:, :2].sum(1) > 0).long() + (x[:, 2] > 0.5).long()
+    return x[:n_train], y[:n_train], x[N_TRAIN : N_TRAIN + n_valid], y[N_TRAIN : N_TRAIN + n_valid]
+
+
+def ids(xb: torch.Tensor) -> list[int]:
+    return (xb[:, 4] * 100).round().long().tolist()
+
+
+def model() -> nn.Module:
+    return nn.Sequential(nn.Linear(5, 16), nn.Tanh(), nn.Linear(16, 3)).double()
+
+
+class Steps:
+    """Records this rank's items of every training batch (and appends them to ``log``)."""
+
+    def __init__(self, log: Path | None = None) -> None:
+        self.seen: list[tuple[int, int, list[int]]] = []
+        self.log = log
+
+    @hookimpl
+    def before_batch(self, learn: Learner) -> None:
+        if learn.training:
+            step = (learn.epoch, learn.train_iter, ids(learn.xb))
+            self.seen.append(step)
+            if self.log is not None:
+                with open(self.log, "a") as f:
+                    f.write(f"{os.environ.get('TORCHELASTIC_RESTART_COUNT')} {step}\n")
+
+
+def learner(plugins: list, *, lr: float = 0.1, batch_size: int = 8, **kw: object) -> Learner:
+    xt, yt, xv, yv = data(kw.pop("n_train", N_TRAIN), kw.pop("n_valid", N_VALID))
+    dls = DataLoaders.from_datasets((xt, yt), (xv, yv), batch_size=batch_size, seed=2)
+    torch.manual_seed(0)
+    return Learner(model(), dls, lr=lr, plugins=plugins, **kw)
+
+
+def mismatch(rank: int) -> dict:
+    """rank 1's fit differs in one setting per case; every rank records what it raised."""
+    odd = rank == 1
+    adam = partial(torch.optim.Adam)
+    cases = {
+        "lr": lambda: learner([DDP()], lr=0.3 if odd else 0.1).fit(1),
+        "batch_size": lambda: learner([DDP()], batch_size=4 if odd else 8).fit(1),
+        "epochs": lambda: learner([DDP()]).fit(3 if odd else 2),
+        "max_steps": lambda: learner([DDP()]).fit(max_steps=5 if odd else 4),
+        "train data": lambda: learner([DDP()], n_train=36 if odd else 40).fit(1),
+        "valid data": lambda: learner([DDP()], n_valid=20 if odd else 23).fit(1),
+        "plugins": lambda: learner([DDP(), *([Accuracy()] if odd else [])]).fit(1),
+        "EarlyStopping(patience=)": lambda: learner(
+            [DDP(), EarlyStopping(patience=3 if odd else 2)]
+        ).fit(1),
+        "loss reduction": lambda: learner(
+            [DDP()], loss_func=partial(F.cross_entropy, reduction="sum" if odd else "mean")
+        ).fit(1),
+        "optimizer": lambda: learner([DDP()], **({"opt_func": adam} if odd else {})).fit(1),
+    }
+    said = {}
+    for name, fit in cases.items():
+        try:
+            fit()
+            said[name] = None
+        except ValueError as error:
+            said[name] = str(error)
+    agreed = learner([DDP()])
+    agreed.fit(1)
+    said["agreed"] = agreed.metrics["valid_loss"]
+    return said
+
+
+class OneRankCalls:
+    """From a training hook, rank 0 alone validates and predicts (rank-local calls)."""
+
+    def __init__(self, x: torch.Tensor) -> None:
+        self.x, self.metrics, self.preds = x, None, None
+
+    @hookimpl
+    def after_batch(self, learn: Learner) -> None:
+        if learn.training and learn.train_iter == 3 and RANK == 0:
+            self.metrics = learn.validate()
+            self.preds = learn.predict(self.x[:3], batched=True)
+
+
+def sampler_loaders() -> DataLoaders:
+    from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+
+    xt, yt, xv, yv = data()
+
+    def loader(ds: TensorDataset, shuffle: bool) -> DataLoader:
+        if not pdist.is_distributed():
+            return DataLoader(ds, 8, shuffle=shuffle)
+        return DataLoader(ds, 4, sampler=DistributedSampler(ds, shuffle=shuffle, seed=3))
+
+    return DataLoaders(loader(TensorDataset(xt, yt), True), loader(TensorDataset(xv, yv), False))
+
+
+def local(args: argparse.Namespace) -> dict:
+    ddp = FSDP(layers=nn.Linear, call_timeout=5.0) if args.fsdp else DDP()
+    calls = OneRankCalls(data()[2])
+    plugins = [ddp, Accuracy()] + ([] if args.fsdp else [calls])
+    if args.sampler:
+        torch.manual_seed(0)
+        learn = Learner(model(), sampler_loaders(), lr=0.1, plugins=plugins)
+    else:
+        learn = learner(plugins)
+    learn.fit(2)
+    out: dict = {"hook": (calls.metrics, calls.preds), "weights": learn.model.state_dict()}
+    out["get_preds"] = learn.get_preds()  # every rank
+    refused = None
+    if RANK == 0:  # rank 0 alone
+        try:
+            out["validate"] = learn.validate()
+        except RuntimeError as error:
+            refused = str(error)
+    out["refused"] = refused
+    out["after"] = pdist.all_gather(RANK)  # no stray collective is pending
+    return out
+
+
+class Planted:
+    """On the last rank at training batch 3: a batch cancel, then a fit cancel."""
+
+    def __init__(self, batch_cancel: bool) -> None:
+        self.batch_cancel = batch_cancel
+
+    def _here(self, learn: Learner) -> bool:
+        last = pdist.rank() == pdist.world_size() - 1
+        return learn.training and learn.train_iter == 3 and last
+
+    @hookimpl
+    def before_batch(self, learn: Learner) -> None:
+        if self.batch_cancel and self._here(learn):
+            raise CancelBatchException("skip this batch")
+
+    @hookimpl
+    def after_loss(self, learn: Learner) -> None:
+        if self._here(learn):
+            raise CancelFitException("after the batch cancel")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("out")
+    parser.add_argument("case")
+    parser.add_argument("--seed-base", type=int, default=100)
+    parser.add_argument("--sampler", action="store_true")
+    parser.add_argument("--fsdp", action="store_true")
+    parser.add_argument("--accum", type=int, default=1)
+    parser.add_argument("--fit-cancel-only", action="store_true")
+    parser.add_argument("--ckpt")
+    parser.add_argument("--kill", action="append", default=[])
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    out, rank = Path(args.out), RANK
+    out.mkdir(parents=True, exist_ok=True)
+    result: dict = {}
+    if args.case == "mismatch":
+        result = mismatch(rank)
+    elif args.case == "seed":  # the README's snippet, seeded per rank; no loader seed
+        ddp = DDP()
+        torch.manual_seed(args.seed_base + rank)
+        xt, yt, xv, yv = data()
+        dls = DataLoaders.from_datasets((xt, yt), (xv, yv), batch_size=8)
+        steps = Steps()
+        learn = Learner(model(), dls, plugins=[ddp, steps])
+        learn.fit(2)
+        result = {"seen": steps.seen, "weights": learn.model.state_dict()}
+    elif args.case == "local":
+        result = local(args)
+    elif args.case == "sum":
+        plugins = [DDP()] + ([GradientAccumulation(args.accum)] if args.accum > 1 else [])
+        history: list = []
+
+        class Keep:
+            @hookimpl
+            def report(self, metrics: dict) -> None:
+                history.append(dict(metrics))
+
+        loss = partial(F.cross_entropy, reduction="sum")
+        learn = learner([*plugins, Keep()], lr=0.01, batch_size=7, loss_func=loss)
+        learn.fit(2)
+        result = {"weights": learn.model.state_dict(), "history": history}
+    elif args.case == "cancels":
+        learn = learner([DDP(), Planted(batch_cancel=not args.fit_cancel_only)])
+        learn.fit(2)
+        result = {"weights": learn.model.state_dict(), "stop_reason": learn.stop_reason}
+    elif args.case in ("checkpoints", "elastic"):
+        result = checkpoints(args, rank, out)
+    torch.save(result, out / f"rank{rank}.pt")
+    pdist.barrier()
+    sys.stdout.flush()
+    os._exit(0)  # gloo's teardown sometimes aborts the process; the results are on disk
+
+
+def checkpoints(args: argparse.Namespace, rank: int, out: Path) -> dict:
+    directory = Path(args.ckpt)
+    written: list[tuple[str, str]] = []
+
+    def audit(event: str, hook_args: tuple) -> None:  # what this process does in the directory
+        if event == "os.rename" and Path(hook_args[1]).parent == directory:
+            written.append(("created", Path(hook_args[1]).name))
+        elif event == "os.remove" and Path(hook_args[0]).parent == directory:
+            written.append(("deleted", Path(hook_args[0]).name))
+
+    sys.addaudithook(audit)
+    restart = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+    kills = [tuple(map(int, k.split(":"))) for k in args.kill]
+
+    class Tag:  # per-rank state in each checkpoint; the elastic kills
+        @hookimpl
+        def state_dict(self, learn: Learner) -> dict:
+            return {"rank": pdist.rank(), "steps": learn.train_iter}
+
+        @hookimpl
+        def load_state_dict(self, learn: Learner, state: dict) -> None:
+            pass
+
+        @hookimpl
+        def before_batch(self, learn: Learner) -> None:
+            if restart < len(kills) and kills[restart] == (pdist.rank(), learn.train_iter):
+                if restart == 0:
+                    os._exit(3)
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    elastic = args.case == "elastic"
+    steps = Steps(out / f"steps{rank}.txt" if elastic else None)
+    checkpoint = Checkpoint(
+        directory, every_n_batches=1 if elastic else 2, keep_last=None if elastic else 2
+    )
+    plugins = [DDP(), Tag(), checkpoint]
+    learn = learner([*plugins, steps])
+    learn.fit(3, resume_from=directory if elastic else None, missing_ok=elastic)
+    return {"written": written, "weights": learn.model.state_dict(), "seen": steps.seen}
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,44 @@
+"""Under DDP, the experiment trackers log one run, from rank 0 only."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+
+import pytest
+import torch.distributed as dist
+
+pytest.importorskip("mlflow", reason="MLflowLogger needs pip install 'pluglearn[mlflow]'")
+pytest.importorskip("wandb", reason="WandbLogger needs pip install 'pluglearn[wandb]'")
+
+from mlflow.tracking import MlflowClient
+
+from tests.jobs import tracker_ranks_worker
+from tests.plugins.test_wandb_logger import logs_of, rows_with
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")
+@pytest.mark.timeout(240)
+@pytest.mark.xdist_group("ranks")  # two-rank jobs run one at a time
+def test_two_ranks_log_one_run_with_each_step_once(tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    MlflowClient(tracking_uri=uri).search_experiments()  # the tables, before two ranks race
+    args = (str(tmp_path / "store"), uri, str(tmp_path))
+    ctx = mp.get_context("spawn")
+    ranks = [ctx.Process(target=tracker_ranks_worker.run, args=(r, *args)) for r in range(2)]
+    for p in ranks:
+        p.start()
+    for p in ranks:
+        p.join(180)
+    for p in ranks:
+        if p.is_alive():
+            p.kill()
+            p.join()
+    assert [p.exitcode for p in ranks] == [0, 0]
+    client = MlflowClient(tracking_uri=uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("ranks").experiment_id])
+    steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "train/loss"))
+    assert steps == list(range(1, 9)) and run.info.status == "FINISHED"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "accuracy")] == [4, 8]
+    (logs,) = logs_of(tmp_path).values()  # one W&B run, one attempt
+    assert len(logs) == 1 and [s for s, _ in rows_with(logs, "train/loss")] == list(range(1, 9))
