@@ -90,6 +90,54 @@ MODULES: dict[str, list[str]] = {
         "tests/checkpoint/test_resume.py",
         "tests/diagnostics/test_input_checks.py",
     ],
+    "checkpoint/weights.py": [
+        "tests/checkpoint/test_weights.py",
+        "tests/checkpoint/test_resume_keys.py",
+        "tests/inference/test_predict.py",
+    ],
+    "run/state.py": [
+        "tests/run/test_state.py",
+        "tests/run/test_parts.py",
+        "tests/run/test_state_reentrancy.py",
+        "tests/plugins/test_lr_find.py",
+        "tests/checkpoint/test_resume.py",
+        "tests/checkpoint/test_compatibility.py",
+    ],
+    "run/parts.py": [
+        "tests/run/test_parts.py",
+        "tests/run/test_state.py",
+        "tests/run/test_state_reentrancy.py",
+        "tests/plugins/test_lr_find.py",
+        "tests/checkpoint/test_resume.py",
+        "tests/checkpoint/test_compatibility.py",
+    ],
+    "run/replay.py": [
+        "tests/run/test_replay_refusals.py",
+        "tests/run/test_replay_in_process.py",
+        "tests/plugins/test_lr_find.py",
+        "tests/checkpoint/test_resume.py",
+    ],
+    "plugins/lr_find.py": [
+        "tests/plugins/test_lr_find.py",
+        "tests/plugins/test_lr_find_oracle.py",
+    ],
+    "plugins/budget.py": [
+        "tests/plugins/test_budget.py",
+        "tests/plugins/test_budget_edges.py",
+    ],
+    "data/batch_ops.py": [
+        "tests/data/test_batch_ops.py",
+        "tests/data/test_batch_rules.py",
+        "tests/data/test_batch_tree.py",
+    ],
+    "data/batch_tree.py": [
+        "tests/data/test_batch_tree.py",
+        "tests/data/test_batch_ops.py",
+    ],
+    "data/batch_rules.py": [
+        "tests/data/test_batch_rules.py",
+        "tests/data/test_batch_ops.py",
+    ],
     "checkpoint/plugin.py": [
         "tests/checkpoint/test_plugin.py",
         "tests/checkpoint/test_plugin_runs.py",
