@@ -5,14 +5,15 @@ curves; the sweep as the other plugins see it; the refused arguments."""
 from __future__ import annotations
 
 import math
+import sys
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pluglearn import DataLoaders, Learner, hookimpl
-from pluglearn.plugins.lr_find import suggest
+from pluglearn import CancelFitException, DataLoaders, Learner, hookimpl
+from pluglearn.plugins.lr_find import LRFinder, LRFindResult, suggest
 from tests.helpers import batches, tiny_data
 
 N_BATCHES, NUM_IT = 5, 12
@@ -159,3 +160,123 @@ def test_bad_sweeps_are_refused_naming_the_fix(kwargs, message):
 def test_the_shortest_sweep_has_two_points():
     result = _learner().lr_find(start_lr=1e-3, end_lr=1e-2, num_it=2)
     assert result.lrs == pytest.approx([1e-3, 1e-2])
+
+
+def test_the_suggestion_skips_a_tenth_of_the_planned_points_not_of_those_recorded():
+    lrs = [10.0 ** (i / 10 - 5) for i in range(50)]  # a sweep of 100 that stopped at 50
+    smoothed = [3.0 - 0.001 * i for i in range(50)]
+    smoothed[7] = 4.0  # steepest fall 7 -> 8: inside the first tenth of 100, not of 50
+    smoothed[30] = 2.0  # the next steepest, 29 -> 30
+    smoothed[31:] = [1.99 - 0.001 * i for i in range(19)]
+    assert suggest(lrs, smoothed, 100) == lrs[29]
+    assert suggest(lrs, smoothed) == lrs[7]
+
+
+def test_the_result_suggests_from_the_planned_sweep_and_notes_a_sweep_a_plugin_ended():
+    finder = LRFinder(num_it=100)
+    finder.lrs = [10.0 ** (i / 10 - 5) for i in range(50)]
+    finder.smoothed = [3.0 - 0.001 * i for i in range(50)]
+    finder.smoothed[7], finder.smoothed[30] = 4.0, 2.0
+    finder.smoothed[31:] = [1.99 - 0.001 * i for i in range(19)]
+    finder.losses = list(finder.smoothed)
+    result = finder.result()
+    assert result.suggestion == finder.lrs[29]
+    assert result.notes == ["the sweep ran 50 of 100 batches (a plugin ended it)"]
+    finder.diverged = True
+    assert finder.result().notes == []  # a diverged sweep ended itself
+
+
+def test_the_finders_defaults_sweep_100_batches_from_1e_7_to_10_and_stop_on_divergence():
+    finder = LRFinder()
+    assert (finder.num_it, finder.stop_div, finder.lr) == (100, True, 1e-7)
+    assert len(finder.schedule) == 100 and finder.schedule[0] == 1e-7
+    assert finder.schedule[-1] == pytest.approx(10.0)
+
+
+def test_a_sweep_over_a_loader_without_length_runs_its_batches():
+    class Stream:  # no __len__: the finder cannot count its passes, so the fit runs num_it
+        def __iter__(self):
+            yield from _data()
+
+    torch.manual_seed(0)
+    learn = Learner(nn.Linear(4, 3), DataLoaders(Stream()), lr=0.1, defaults=False)
+    result = learn.lr_find(start_lr=1e-3, end_lr=1e-1, num_it=NUM_IT)
+    assert len(result.lrs) == NUM_IT
+
+
+def test_the_results_repr_is_one_line():
+    result = LRFindResult([1e-7, 3.3], [1.0, 2.0], [1.0, 2.0], 0.292, diverged=True)
+    assert repr(result) == (
+        "LRFindResult(suggestion=2.92e-01, lrs 1.0e-07..3.3e+00, 2 points, diverged=True)"
+    )
+    assert repr(LRFindResult([], [], [], None)) == (
+        "LRFindResult(suggestion=None, 0 points, diverged=False)"
+    )
+
+
+class _CancelBeforeTheLoss:
+    @hookimpl
+    def before_batch(self, learn):
+        raise CancelFitException()
+
+
+@pytest.mark.parametrize(
+    "plugins, x_scale, why",
+    [
+        (
+            [_CancelBeforeTheLoss()],
+            1.0,
+            "the sweep recorded no loss: a plugin ended it before the first batch's loss",
+        ),
+        (
+            [],
+            math.nan,
+            "the loss was nan at the first batch (lr 1.0e-03), before any training: look for "
+            "NaN or inf in the inputs and targets, and for a loss that takes the log of 0",
+        ),
+    ],
+    ids=["no-loss", "nan-loss"],
+)
+def test_a_sweep_without_suggestion_warns_why(plugins, x_scale, why):
+    torch.manual_seed(0)
+    train = [(x * x_scale, y) for x, y in _data()]
+    learn = Learner(nn.Linear(4, 3), DataLoaders(train), lr=0.1, plugins=plugins, defaults=False)
+    with pytest.warns(UserWarning) as warned:
+        result = learn.lr_find(start_lr=1e-3, end_lr=1.0, num_it=NUM_IT)
+    message = (
+        f"lr_find found no lr to suggest: {why}. result.suggestion is None, and fit(lr=None) is "
+        "refused: pass a number, or leave lr out to train at learn.lr."
+    )
+    assert [str(w.message) for w in warned] == [message] and result.notes == [message]
+    assert result.suggestion is None
+
+
+def test_the_plot_shows_the_smoothed_loss_the_suggestion_and_the_range_before_the_minimum():
+    pytest.importorskip("matplotlib")
+    result = LRFindResult(
+        [1e-4, 1e-3, 1e-2, 1e-1], [2.0, 1.0, 1.5, 9.0], [2.0, 1.0, 1.5, 9.0], 1e-3
+    )
+    fig = result.plot()
+    (ax,) = fig.axes
+    assert tuple(fig.get_size_inches()) == (6.0, 4.0)
+    assert (ax.get_xscale(), ax.get_xlabel(), ax.get_ylabel()) == ("log", "learning rate", "loss")
+    curve, mark = ax.get_lines()
+    assert list(curve.get_xdata()) == result.lrs and list(curve.get_ydata()) == result.smoothed
+    assert list(mark.get_xdata()) == [1e-3, 1e-3]
+    assert (mark.get_color(), mark.get_linestyle()) == ("red", "--")
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["smoothed loss", "1.00e-03"]
+    assert ax.get_ylim() == pytest.approx((0.9, 2.1))  # the diverged tail (9.0) left out
+
+
+def test_the_plot_saved_to_a_path_returns_the_path(tmp_path):
+    pytest.importorskip("matplotlib")
+    result = LRFindResult([1e-3, 1e-2], [1.0, 0.5], [1.0, 0.5], None)
+    assert result.plot(tmp_path / "lr.png") == tmp_path / "lr.png"
+    assert (tmp_path / "lr.png").stat().st_size > 0
+
+
+def test_the_plot_without_matplotlib_says_how_to_install_it(monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
+    with pytest.raises(ImportError) as missing:
+        LRFindResult([1e-3], [1.0], [1.0], None).plot()
+    assert str(missing.value) == "LRFindResult.plot needs matplotlib: pip install matplotlib"
