@@ -253,9 +253,8 @@ def test_a_sweep_without_suggestion_warns_why(plugins, x_scale, why):
 
 def test_the_plot_shows_the_smoothed_loss_the_suggestion_and_the_range_before_the_minimum():
     pytest.importorskip("matplotlib")
-    result = LRFindResult(
-        [1e-4, 1e-3, 1e-2, 1e-1], [2.0, 1.0, 1.5, 9.0], [2.0, 1.0, 1.5, 9.0], 1e-3
-    )
+    losses = [3.0, 1.0, 3.5, 9.0]
+    result = LRFindResult([1e-4, 1e-3, 1e-2, 1e-1], losses, losses, 1e-3)
     fig = result.plot()
     (ax,) = fig.axes
     assert tuple(fig.get_size_inches()) == (6.0, 4.0)
@@ -265,7 +264,8 @@ def test_the_plot_shows_the_smoothed_loss_the_suggestion_and_the_range_before_th
     assert list(mark.get_xdata()) == [1e-3, 1e-3]
     assert (mark.get_color(), mark.get_linestyle()) == ("red", "--")
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["smoothed loss", "1.00e-03"]
-    assert ax.get_ylim() == pytest.approx((0.9, 2.1))  # the diverged tail (9.0) left out
+    # from the minimum to the highest loss before it, 10 % beyond: the tail after it left out
+    assert ax.get_ylim() == pytest.approx((0.8, 3.2))
 
 
 def test_the_plot_saved_to_a_path_returns_the_path(tmp_path):
