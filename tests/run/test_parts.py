@@ -141,7 +141,7 @@ def test_an_optimizer_without_state_is_put_back_as_the_same_object():
     learn.fit(1)
     opt = learn.opt
     snapshot = learn.run.capture(learn, ["opt"])
-    learn.run.restore(learn, snapshot)
+    assert learn.run.restore(learn, snapshot) == []  # no state_dict: nothing to load
     assert learn.opt is opt
 
 
@@ -206,3 +206,23 @@ def test_a_plain_fit_after_a_resumed_one_is_not_resumed(tmp_path):
     learn.fit(2, resume_from=tmp_path)
     learn.fit(1)
     assert seen == [True, False]
+
+
+@pytest.mark.parametrize("opt", ["sgd-momentum", "adam"])
+def test_lr_find_after_a_fit_leaves_the_optimizers_state_for_the_next_fit(opt):
+    # the optimizer's buffers (momentum, Adam's moments) exist after the first fit; the sweep
+    # updates them in place, so the snapshot must hold copies
+    from functools import partial
+
+    opt_func = partial(torch.optim.SGD, momentum=0.9) if opt == "sgd-momentum" else torch.optim.Adam
+
+    def run(sweep: bool):
+        learn = tiny_learner(opt_func=opt_func)
+        learn.fit(1)
+        if sweep:
+            learn.lr_find(start_lr=1e-3, end_lr=1.0, num_it=5)
+        learn.fit(1)
+        return [p.detach().clone() for p in learn.model.parameters()]
+
+    for plain, swept in zip(run(False), run(True), strict=True):
+        assert torch.equal(plain, swept)
