@@ -66,6 +66,7 @@ class Resumable(SavesOnly):
         (lambda: DataLoader(DATA, batch_sampler=BatchSampler(SHUFFLED, 2, False)), KNOWN),
         (lambda: DataLoader(DATA, batch_size=2, num_workers=2), KNOWN),
         (lambda: DataLoader(DATA, batch_size=2, num_workers=2, persistent_workers=True), UNKNOWN),
+        (lambda: DataLoader(DATA, batch_size=2, num_workers=1, persistent_workers=True), UNKNOWN),
         (lambda: DataLoader(DATA, batch_size=2, sampler=EveryOther()), UNKNOWN),
         (lambda: DataLoader(DATA, batch_sampler=OwnBatches(SHUFFLED, 2, False)), UNKNOWN),
         (lambda: DataLoader(Stream(), batch_size=2), UNKNOWN),
@@ -76,7 +77,7 @@ class Resumable(SavesOnly):
     ],
     ids=[
         "list", "tuple", "dataloader", "shuffled", "own-generator", "torch-batch-sampler",
-        "workers", "persistent-workers", "custom-sampler", "custom-batch-sampler", "iterable",
+        "workers", "persistent-workers", "one-persistent-worker", "custom-sampler", "custom-batch-sampler", "iterable",
         "subclass", "iterator", "state-without-load", "state-and-load",
     ],
 )  # fmt: skip
