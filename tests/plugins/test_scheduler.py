@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
 from torch.optim.lr_scheduler import CosineAnnealingLR, OneCycleLR, ReduceLROnPlateau, StepLR
 
 from pluglearn import (
@@ -18,16 +17,7 @@ from pluglearn import (
     Scheduler,
 )
 from tests.helpers import CrashAt, first_line, tiny_data
-
-
-def mlp() -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 3))
-
-
-def train_batches(n_batches: int = 7, bs: int = 8):
-    x, y = tiny_data(n_batches * bs, seed=7)
-    return [(x[i : i + bs], y[i : i + bs]) for i in range(0, len(x), bs)]
+from tests.support.schedules import mlp, train_batches
 
 
 def test_an_epoch_scheduler_steps_once_per_epoch_and_plateau_reads_the_monitor():

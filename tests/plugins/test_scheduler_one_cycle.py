@@ -23,16 +23,7 @@ from pluglearn import (
     hookimpl,
 )
 from tests.helpers import CrashAt, tiny_data
-
-
-def mlp() -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 3))
-
-
-def train_batches(n_batches: int = 7, bs: int = 8):
-    x, y = tiny_data(n_batches * bs, seed=7)
-    return [(x[i : i + bs], y[i : i + bs]) for i in range(0, len(x), bs)]
+from tests.support.schedules import mlp, train_batches
 
 
 def hand_one_cycle(net, train, epochs, lr_max, n=1):
@@ -78,9 +69,13 @@ def test_fit_one_cycle_is_bit_identical_to_one_cycle_lr_by_hand(n):
 def learner(make_learner):
     """The shared tiny Learner with the default plugins, a Recorder and ``mlp()``: 56 shuffled
     training items in batches of 8 (7 batches an epoch), 8 validating."""
-    return lambda plugins=(): make_learner(
+    return lambda plugins=(): _recorded(make_learner, plugins, n_train=56)
+
+
+def _recorded(make_learner, plugins, n_train: int):
+    return make_learner(
         [Recorder(), *plugins],
-        n_train=56,
+        n_train=n_train,
         n_valid=8,
         bs=8,
         defaults=True,
@@ -234,19 +229,8 @@ class TrainedBatches:
 
 @pytest.fixture
 def four_batch_learner(make_learner):
-    """The shared tiny Learner with the default plugins, a Recorder and ``mlp()``: 32 shuffled
-    training items in batches of 8 (4 batches an epoch), 8 validating."""
-    return lambda plugins=(): make_learner(
-        [Recorder(), *plugins],
-        n_train=32,
-        n_valid=8,
-        bs=8,
-        defaults=True,
-        data_seed=8,
-        from_datasets=True,
-        loader_seed=2,
-        model=mlp,
-    )
+    """As ``learner``, with 32 training items (4 batches an epoch)."""
+    return lambda plugins=(): _recorded(make_learner, plugins, n_train=32)
 
 
 def test_fit_one_cycle_resumes_where_the_checkpoint_is(tmp_path, four_batch_learner):

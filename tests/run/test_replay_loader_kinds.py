@@ -77,8 +77,9 @@ class Resumable(SavesOnly):
     ],
     ids=[
         "list", "tuple", "dataloader", "shuffled", "own-generator", "torch-batch-sampler",
-        "workers", "persistent-workers", "one-persistent-worker", "custom-sampler", "custom-batch-sampler", "iterable",
-        "subclass", "iterator", "state-without-load", "state-and-load",
+        "workers", "persistent-workers", "one-persistent-worker", "custom-sampler",
+        "custom-batch-sampler", "iterable", "subclass", "iterator", "state-without-load",
+        "state-and-load",
     ],
 )  # fmt: skip
 def test_each_loader_is_replayed_the_way_its_order_can_be_known(make, kind):
