@@ -45,6 +45,7 @@ def test_main_example_exits_non_zero_below_its_target():
     assert "below the target" in result.stderr
 
 
+@pytest.mark.slow  # trains on 8000 MNIST images: seconds
 @pytest.mark.skipif(not SHARED_PICKLE.exists(), reason="needs ../shared/data/mnist (real MNIST)")
 def test_main_example_reaches_95_percent_on_the_shared_mnist_pickle():
     result = run_example("train_mlp.py", "--data", str(SHARED_PICKLE), "--plot", "")
@@ -68,6 +69,7 @@ def test_main_example_defaults_to_digits_when_mnist_needs_a_download(tmp_path):
     assert result.stdout.startswith("digits: ")
 
 
+@pytest.mark.slow  # trains on 8000 MNIST images: seconds
 @pytest.mark.skipif(not SHARED_PICKLE.exists(), reason="needs ../shared/data/mnist (real MNIST)")
 def test_main_example_defaults_to_mnist_when_it_is_available(tmp_path):
     env = {"PLUGLEARN_CACHE": str(tmp_path), "PLUGLEARN_MNIST_URL": str(SHARED_PICKLE)}
