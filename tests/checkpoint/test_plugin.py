@@ -5,7 +5,6 @@ settings, and a fit cancelled before any checkpoint."""
 from __future__ import annotations
 
 import re
-from functools import partial
 
 import pytest
 
@@ -31,19 +30,9 @@ def test_keep_last_and_names_sort_in_run_order(tmp_path):
 
 
 @pytest.fixture
-def learner(make_learner):
-    """The shared tiny Learner with the default plugins: 32 shuffled training items of
-    ``tiny_data(40, seed=2)`` in batches of 8 (4 an epoch), 8 validating."""
-    return partial(
-        make_learner,
-        n_train=32,
-        n_valid=8,
-        bs=8,
-        defaults=True,
-        data_seed=2,
-        from_datasets=True,
-        loader_seed=1,
-    )
+def learner(small_learner):
+    """tests/checkpoint/conftest.py's small Learner."""
+    return small_learner
 
 
 @pytest.mark.parametrize(

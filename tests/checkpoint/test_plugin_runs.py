@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import inspect
 import shutil
-from functools import partial
 from pathlib import Path
 
 import pytest
@@ -156,22 +155,6 @@ def test_a_restart_script_resumes_if_a_checkpoint_exists_and_starts_fresh_otherw
     again.fit(2, resume_from=tmp_path / "run", missing_ok=True)
     assert_same(weights(again), weights(reference))
     assert [parse_name(p).run for p in runs_in(tmp_path / "run")[0].files] != [None]
-
-
-@pytest.fixture
-def small_learner(make_learner):
-    """The shared tiny Learner with the default plugins: 32 shuffled training items of
-    ``tiny_data(40, seed=2)`` in batches of 8 (4 an epoch), 8 validating."""
-    return partial(
-        make_learner,
-        n_train=32,
-        n_valid=8,
-        bs=8,
-        defaults=True,
-        data_seed=2,
-        from_datasets=True,
-        loader_seed=1,
-    )
 
 
 class SeesRunId:
