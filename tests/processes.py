@@ -31,6 +31,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from tests.warm_start import WarmProcess
+
 MARK = "PLUGLEARN_TEST_JOB"
 _counter = itertools.count()
 _live: list[Job] = []  # the jobs started and not yet killed, in this process
@@ -52,6 +54,19 @@ def marked(token: str) -> list[int]:
     return found
 
 
+def in_session(sid: int) -> list[int]:
+    """The pids of the live (not zombie) processes in session ``sid``."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z" and int(fields[3]) == sid:
+            found.append(int(stat.parent.name))
+    return found
+
+
 class Job:
     """One launched command: its own session, its processes marked (see the module doc).
     ``kill()`` SIGKILLs every process of the job and waits until none is left.
@@ -68,6 +83,8 @@ class Job:
         command: Sequence[str | os.PathLike[str]],
         *,
         env: dict[str, str] | None = None,
+        warm: bool = False,
+        ranks: int | None = None,
         **popen: Any,
     ) -> None:
         if popen.pop("start_new_session", True) is not True or "process_group" in popen:
@@ -76,12 +93,17 @@ class Job:
         child_env = dict(os.environ if env is None else env)
         # a job started inside another job (a test of this helper) carries both marks
         child_env[MARK] = ":".join(filter(None, (child_env.get(MARK), self.token)))
-        self.process = subprocess.Popen(command, env=child_env, start_new_session=True, **popen)
+        self.process: subprocess.Popen | WarmProcess
+        if warm or ranks:
+            self.process = WarmProcess(command, env=child_env, ranks=ranks, **popen)
+        else:
+            self.process = subprocess.Popen(command, env=child_env, start_new_session=True, **popen)
         _live.append(self)
 
     def survivors(self) -> list[int]:
-        """The job's processes still alive (the launcher while not reaped, and every marked one)."""
-        return sorted(set(marked(self.token)))
+        """The job's processes still alive: every one in its session (a forked job's processes
+        carry no mark in /proc, since the mark was set after their start) and every marked one."""
+        return sorted(set(marked(self.token)) | set(in_session(self.process.pid)))
 
     def kill(self, within: float = 10.0) -> None:
         """SIGKILL the job's session and every marked process until none is left; reap the

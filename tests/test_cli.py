@@ -1,4 +1,5 @@
-"""The ``pluglearn`` command, run as users run it: the console script, in a subprocess."""
+"""The ``pluglearn`` command, run as users run it: the console script, in a process of its own
+(forked warm, ``tests/warm_start.py``; the help test executes the script itself)."""
 
 from __future__ import annotations
 
@@ -70,10 +71,13 @@ class MostlyMarked:
 """
 
 
-def pluglearn(*args: str, cwd: Path | None = None, env: dict | None = None):
+def pluglearn(*args: str, cwd: Path | None = None, env: dict | None = None, exec: bool = False):
+    """``pluglearn args``: the console script run by the interpreter, or ``exec``uted by its
+    ``#!`` line as a shell runs it."""
     assert SCRIPT.exists(), f"no console script at {SCRIPT}: reinstall with pip install -e ."
     return processes.run(
-        [str(SCRIPT), *args],
+        [str(SCRIPT), *args] if exec else [sys.executable, str(SCRIPT), *args],
+        warm=not exec,
         capture_output=True,
         text=True,
         timeout=120,
@@ -283,7 +287,7 @@ def test_ctrl_c_ends_the_command_with_one_line_and_status_130(tmp_path):
 
 @pytest.mark.slow
 def test_help_lists_the_three_commands():
-    result = pluglearn("--help")
+    result = pluglearn("--help", exec=True)  # the script as the shell runs it, by its #! line
     assert result.returncode == 0
     for command in ("hooks", "plugins", "check"):
         assert command in result.stdout

@@ -19,6 +19,7 @@ SHARED_PICKLE = ROOT.parent / "shared/data/mnist/mnist-t10k-split.pkl.gz"
 def run_example(name: str, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return processes.run(
         [sys.executable, str(ROOT / "examples" / name), *args],
+        warm=True,
         env={**os.environ, **(env or {})},
         capture_output=True,
         text=True,

@@ -27,6 +27,7 @@ def interrupt_after_first_epoch(script: str, *args: str) -> tuple[int, str]:
     """Run ``examples/script``, send it SIGINT once epoch 1's line is out; (exit code, stderr)."""
     child = processes.popen(
         [sys.executable, f"examples/{script}", *args],
+        warm=True,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
@@ -68,13 +69,15 @@ def test_ctrl_c_in_train_mlp_saves_says_how_to_resume_and_the_resume_completes_t
     assert command[1:] == ["examples/train_mlp.py", *mlp_args("--checkpoints", str(checkpoints))]
 
     resumed = processes.run(
-        [sys.executable, *command[1:]], capture_output=True, text=True, timeout=120, cwd=ROOT
-    )
+        [sys.executable, *command[1:]], warm=True, capture_output=True, text=True, timeout=120,
+        cwd=ROOT,
+    )  # fmt: skip
     assert resumed.returncode == 0, resumed.stderr
     epochs = re.findall(r"^epoch (\d+)/", resumed.stderr, re.M)
     assert epochs and int(epochs[0]) > 1 and epochs[-1] == str(EPOCHS)  # went on, not over
     whole = processes.run(
         [sys.executable, "examples/train_mlp.py", *mlp_args()],
+        warm=True,
         capture_output=True,
         text=True,
         timeout=120,

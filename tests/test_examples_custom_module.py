@@ -16,6 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_custom_module_example_passes_its_own_checks():
     result = processes.run(
         [sys.executable, str(ROOT / "examples" / "custom_module.py")],
+        warm=True,
         capture_output=True,
         text=True,
         timeout=120,

@@ -21,6 +21,7 @@ def run_example(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
     env["PLUGLEARN_CACHE"] = str(tmp_path / "cache")
     return processes.run(
         [sys.executable, str(ROOT / "examples" / "from_scratch.py"), *args],
+        warm=True,
         capture_output=True,
         text=True,
         timeout=120,

@@ -5,7 +5,8 @@ A pair of configurations (accumulation, dict batches, metrics, mixed precision) 
 with the same training written by hand (float64; float32 under mixed precision). A pair with a
 modifier (resume, nested calls, lr_find, compile) must also give, bit for bit, the run of its
 configurations alone: a modifier changes how a run is carried out, never its result. DDP
-crossed with each other feature runs two processes under ``torchrun`` against one process.
+crossed with each other feature runs two ranks (torchrun's environment, forked warm by
+``tests/warm_start.py``) against one process.
 """
 
 from __future__ import annotations
@@ -13,8 +14,6 @@ from __future__ import annotations
 import functools
 import itertools
 import os
-import signal
-import socket
 import subprocess
 import sys
 import warnings
@@ -80,30 +79,16 @@ def test_a_pair_of_features_meets_its_oracle(pair, tmp_path):
         assert_same_result(got, alone(configs))
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 @pytest.mark.xdist_group("ranks")  # two-rank jobs run one at a time
 def test_ddp_meets_every_other_feature_as_one_process_does(tmp_path):
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-        "--master_addr", "127.0.0.1", "--master_port", str(free_port()), str(JOB), str(tmp_path),
-    ]  # fmt: skip
     child = processes.popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        start_new_session=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+        [sys.executable, str(JOB), str(tmp_path)], ranks=2, run_dir=tmp_path,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
     )  # fmt: skip
-    try:
-        output, _ = child.communicate(timeout=540)
-    finally:  # a failing or stuck job leaves no process behind
-        if child.poll() is None:
-            os.killpg(child.pid, signal.SIGKILL)
-            child.wait()
+    output, _ = child.communicate(timeout=540)  # a stuck job is killed with the test
     assert child.returncode == 0, output[-4000:]
     for other in FEATURES:
         if other == "ddp":

@@ -29,6 +29,7 @@ JOB = JOBS / "checkpoint_write_job.py"
 def run_job(directory: Path, mode: str) -> dict:
     result = processes.run(
         [sys.executable, str(JOB), str(directory), mode],
+        warm=True,
         capture_output=True,
         text=True,
         timeout=240,
@@ -78,6 +79,7 @@ def kill_mid_write(directory: Path, attempts: int = 5) -> list[Path]:
     for _ in range(attempts):
         child = processes.popen(
             [sys.executable, str(JOB), str(directory), "forever"],
+            warm=True,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )

@@ -30,6 +30,7 @@ TOTAL = BATCHES_PER_EPOCH * EPOCHS
 def run_job(directory: Path, *args: str) -> subprocess.CompletedProcess:
     return processes.run(
         [sys.executable, str(JOB), str(directory), *args],
+        warm=True,
         capture_output=True,
         text=True,
         timeout=120,
@@ -74,7 +75,7 @@ def test_sigkill_at_random_batches_then_resume_is_bit_identical(tmp_path, refere
     cuts = random.Random(7).sample(range(1, BATCHES_PER_EPOCH * EPOCHS), 2)
     for cut in [BATCHES_PER_EPOCH, *cuts]:  # an epoch boundary and two random batches
         directory = tmp_path / f"cut{cut}"
-        returncode, _ = run_and_signal(directory, cut, signal.SIGKILL)
+        returncode, _ = run_and_signal(directory, cut, signal.SIGKILL, warm=True)
         assert returncode == -signal.SIGKILL
         assert checkpoints_in(directory), "the job was killed before any checkpoint"
         step = saved_at(directory)
@@ -90,7 +91,7 @@ def test_sigkill_at_random_batches_then_resume_is_bit_identical(tmp_path, refere
 def test_ctrl_c_saves_a_checkpoint_after_the_batch_then_resume_is_bit_identical(
     tmp_path, reference
 ):
-    returncode, stderr = run_and_signal(tmp_path / "ckpt", 27, signal.SIGINT)
+    returncode, stderr = run_and_signal(tmp_path / "ckpt", 27, signal.SIGINT, warm=True)
     assert returncode != 0 and "KeyboardInterrupt: interrupted; resume with" in stderr
     step = saved_at(tmp_path / "ckpt")
     # saved after the batch that was running when Ctrl-C came (later if the machine is slow)
@@ -107,6 +108,7 @@ def test_ctrl_c_saves_a_checkpoint_after_the_batch_then_resume_is_bit_identical(
 def run_recipes_job(directory: Path, *args: str) -> subprocess.CompletedProcess:
     return processes.run(
         [sys.executable, str(JOB), str(directory), "--recipes", *args],
+        warm=True,
         capture_output=True,
         text=True,
         timeout=120,
@@ -147,7 +149,9 @@ def test_sigkill_mid_epoch_with_all_four_recipes_then_resume_is_bit_identical(
     anywhere = rng.choice([b for b in range(1, TOTAL) if b % BATCHES_PER_EPOCH])
     for cut in (inside, anywhere):
         directory = tmp_path / f"cut{cut}"
-        returncode, stderr = run_and_signal(directory, cut, signal.SIGKILL, args=("--recipes",))
+        returncode, stderr = run_and_signal(
+            directory, cut, signal.SIGKILL, args=("--recipes",), warm=True
+        )
         assert returncode == -signal.SIGKILL, stderr
         assert checkpoints_in(directory), "the job was killed before any checkpoint"
         step = load_checkpoint(checkpoints_in(directory)[-1])["loop"]["train_iter"]

@@ -6,7 +6,6 @@ Run under torchrun (gloo on 127.0.0.1)."""
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,7 +13,7 @@ import torch
 
 from tests import processes
 from tests.jobs import JOBS
-from tests.jobs.launch import ENV, free_port, run_case, torchrun
+from tests.jobs.launch import ENV, launch, run_case
 
 JOB = JOBS / "agreement_job.py"
 EPOCHS = 2  # as in the job
@@ -25,14 +24,11 @@ pytestmark = pytest.mark.skipif(
 
 
 def run(out: Path, plugin: str, *args: str, nproc: int = 2) -> subprocess.CompletedProcess:
-    launcher = torchrun(nproc, free_port()) if nproc > 1 else [sys.executable]
+    launched = launch(JOB, [out, "--plugin", plugin, *args], nproc, warm=True, run_dir=out)
     return processes.run(
-        [*launcher, str(JOB), str(out), "--plugin", plugin, *args],
-        capture_output=True,
-        text=True,
-        timeout=90,
-        env=ENV,
-    )
+        launched.command, capture_output=True, text=True, timeout=90, env=ENV,
+        **launched.options,
+    )  # fmt: skip
 
 
 def result(out: Path, plugin: str, *args: str, nproc: int = 2) -> dict:

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from tests import processes
-from tests.jobs.launch import ENV, JOB, free_port, run_job, start_and_kill, torchrun
+from tests.jobs.launch import ENV, JOB, free_port, launch, run_job, start_and_kill, torchrun
 
 pytestmark = pytest.mark.skipif(
     not torch.distributed.is_available(), reason="torch.distributed is not available"
@@ -151,21 +151,10 @@ def test_resume_on_another_number_of_processes_continues_the_same_global_order(t
         assert alone["history"][-1][key] == pytest.approx(two_ranks["history"][-1][key])
     # another global batch is refused, naming both batch sizes and both numbers of processes
     refused = processes.run(
-        [
-            sys.executable,
-            str(JOB),
-            str(tmp_path / "x"),
-            "--ckpt",
-            str(kept),
-            "--resume",
-            "--batch-size",
-            "4",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=ENV,
-    )
+        [sys.executable, str(JOB), str(tmp_path / "x"), "--ckpt", str(kept), "--resume",
+         "--batch-size", "4"],
+        warm=True, capture_output=True, text=True, timeout=60, env=ENV,
+    )  # fmt: skip
     assert refused.returncode != 0
     assert "batch_size=8 (this one has batch_size=4)" in refused.stderr
     assert "2 process(es) then, 1 now" in refused.stderr
@@ -222,9 +211,10 @@ def test_two_launchers_joined_by_c10d_rendezvous_train_like_one_process(tmp_path
 def test_the_example_trains_alike_under_torchrun_and_alone():
     example = Path(__file__).parents[2] / "examples" / "train_ddp.py"
     outputs = []
-    for launcher in (torchrun(2, free_port()), [sys.executable]):
+    for launcher in (torchrun(2, free_port()), [sys.executable]):  # the command users type
         done = processes.run(
             [*launcher, str(example), "--epochs", "2", "--target", "0.7"],
+            warm=launcher == [sys.executable],
             capture_output=True,
             text=True,
             timeout=120,
@@ -286,13 +276,11 @@ PLANT_IN_PREDICT = ("--cancel-in", "predict", "--cancel-rank", "1", "--cancel-at
 @pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_a_cancel_from_predict_on_one_rank_is_refused_naming_the_hook(tmp_path):
+    launched = launch(JOB, [tmp_path, *PLANT_IN_PREDICT], 2, warm=True, run_dir=tmp_path)
     done = processes.run(
-        [*torchrun(2, free_port()), str(JOB), str(tmp_path), *PLANT_IN_PREDICT],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=ENV,
-    )
+        launched.command, capture_output=True, text=True, timeout=120, env=ENV,
+        **launched.options,
+    )  # fmt: skip
     assert done.returncode != 0
     assert "was raised by the 'predict' hook on rank 1" in done.stderr
     assert "Raise it from an event hook" in done.stderr

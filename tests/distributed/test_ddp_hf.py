@@ -3,7 +3,6 @@ weights and metrics of one process (the items are counted through the count_item
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
@@ -11,7 +10,7 @@ import torch
 
 from tests import processes
 from tests.jobs import JOBS
-from tests.jobs.launch import ENV, free_port, torchrun
+from tests.jobs.launch import ENV, launch
 
 JOB = JOBS / "hf_job.py"
 
@@ -21,10 +20,11 @@ pytestmark = pytest.mark.skipif(
 
 
 def run(out: Path, nproc: int, *args: str) -> dict:
-    launcher = torchrun(nproc, free_port()) if nproc > 1 else [sys.executable]
+    launched = launch(JOB, [out, *args], nproc, warm=True, run_dir=out)
     done = processes.run(
-        [*launcher, str(JOB), str(out), *args], capture_output=True, text=True, timeout=150, env=ENV
-    )
+        launched.command, capture_output=True, text=True, timeout=150, env=ENV,
+        **launched.options,
+    )  # fmt: skip
     if done.returncode != 0:
         raise AssertionError(f"the job failed:\n{done.stdout[-3000:]}{done.stderr[-5000:]}")
     return torch.load(out / "result.pt", weights_only=False)

@@ -66,6 +66,7 @@ def test_sigkill_of_the_sharded_group_mid_epoch_then_resume_is_bit_identical(tmp
     # the optimizer state is keyed by parameter name: without FSDP() the resume is refused
     refused = processes.run(
         [sys.executable, str(JOB), str(tmp_path / "x"), "--ckpt", str(ckpt), "--resume"],
+        warm=True,
         capture_output=True,
         text=True,
         timeout=60,

@@ -114,15 +114,24 @@ def make_learner(
 
 
 def run_and_signal(
-    directory: str | Path, at_batch: int, sig: int, sleep: float = 0.03, args: tuple[str, ...] = ()
+    directory: str | Path,
+    at_batch: int,
+    sig: int,
+    sleep: float = 0.03,
+    args: tuple[str, ...] = (),
+    warm: bool = False,
 ) -> tuple[int, str]:
     """Run this job as a child process and send it ``sig`` once it has finished training batch
-    ``at_batch``; returns its exit code and what it wrote to stderr."""
+    ``at_batch``; returns its exit code and what it wrote to stderr. ``warm``: forked by
+    tests/warm_start.py (the tests) rather than a new interpreter (the benchmarks)."""
     import os
     import subprocess
 
-    child = subprocess.Popen(
+    from tests import processes
+
+    child = processes.popen(
         [sys.executable, __file__, str(directory), "--sleep", str(sleep), *args],
+        warm=warm,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

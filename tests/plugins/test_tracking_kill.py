@@ -31,9 +31,13 @@ def history(client, experiment, key):
 def test_a_sigkilled_fit_resumed_in_a_new_process_logs_each_step_once(tmp_path):
     uri, ckpt = f"sqlite:///{tmp_path}/mlflow.db", str(tmp_path / "ckpt")
     make_learner([AvgLoss(), Accuracy(), MLflowLogger(uri, experiment="whole")]).fit(3)
-    killed = processes.run([sys.executable, str(JOB), uri, ckpt, "kill"], capture_output=True)
+    killed = processes.run(
+        [sys.executable, str(JOB), uri, ckpt, "kill"], warm=True, capture_output=True
+    )
     assert killed.returncode == -signal.SIGKILL, killed.stderr.decode()[-2000:]
-    resumed = processes.run([sys.executable, str(JOB), uri, ckpt, "resume"], capture_output=True)
+    resumed = processes.run(
+        [sys.executable, str(JOB), uri, ckpt, "resume"], warm=True, capture_output=True
+    )
     assert resumed.returncode == 0, resumed.stderr.decode()[-2000:]
     client = MlflowClient(tracking_uri=uri)
     for key in ("train/loss", "train/lr", "valid_loss", "accuracy", "epoch"):

@@ -25,6 +25,7 @@ def job(kind: str, tmp_path: Path, name: str, *args: str) -> subprocess.Complete
     out = tmp_path / f"{name}.pt"
     return processes.run(
         [sys.executable, str(JOB), kind, str(tmp_path / f"{name}-ckpt"), str(out), *args],
+        warm=True,
         capture_output=True,
         text=True,
         timeout=240,
