@@ -46,6 +46,7 @@ def outputs(done: subprocess.CompletedProcess) -> list[dict]:
     )
 
 
+@pytest.mark.slow  # a fresh interpreter, and the server's start
 def test_a_warm_job_sees_the_argv_path_cwd_and_environment_a_fresh_interpreter_sees(tmp_path):
     script = write(tmp_path, PROBE)
     env = {**ENV, "ASKED": "yes"}
@@ -63,6 +64,7 @@ def test_a_warm_job_sees_the_argv_path_cwd_and_environment_a_fresh_interpreter_s
     assert [done.stdout.splitlines()[-1] for done in (fresh, *warm)] == ["atexit ran"] * 3
 
 
+@pytest.mark.slow  # a fresh interpreter each
 @pytest.mark.parametrize(
     ("code", "status", "says"),
     [
@@ -87,6 +89,7 @@ def test_a_warm_job_ends_with_the_status_and_output_a_fresh_interpreter_gives(
     assert runs[0].stdout == runs[1].stdout
 
 
+@pytest.mark.slow  # the server's start
 def test_a_warm_job_reads_its_input_and_answers_a_module_run_with_dash_m(tmp_path):
     write(tmp_path, "import sys; print(sys.stdin.read().upper(), __name__)", "shout.py")
     done = processes.run(
@@ -117,6 +120,7 @@ def test_warm_ranks_see_the_variables_and_agent_store_of_torchrun_workers(tmp_pa
     assert {s["store"] for s in seen} == {"True"}  # the workers join the launcher's store
 
 
+@pytest.mark.slow  # the server's start
 def test_a_failed_rank_ends_its_group_at_once_with_status_1_as_torchrun_does(tmp_path):
     script = write(
         tmp_path,
@@ -134,6 +138,7 @@ def test_a_failed_rank_ends_its_group_at_once_with_status_1_as_torchrun_does(tmp
     assert time.monotonic() - start < 20  # rank 0 got SIGTERM, not its two minutes
 
 
+@pytest.mark.slow  # the server's start
 def test_killing_a_warm_group_leaves_no_process_behind(tmp_path):
     script = write(tmp_path, "import time; print('up', flush=True); time.sleep(120)")
     job = processes.Job(

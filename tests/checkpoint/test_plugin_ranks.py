@@ -6,14 +6,15 @@ Which process wrote what is seen by a Python audit hook in each rank (``os.repla
 directory, ``os.remove`` in it).
 
 A Ctrl-C on one rank stops both at the next checkpoint they save anyway (the agreement of the
-module doc). Those ranks are spawned processes: they import the package from the parent's
-``sys.path``, so under mutmut they run the mutant too.
+module doc). Those ranks are forked warm (``tests/warm_start.py``) with torchrun's environment,
+from a server that imported the package from this checkout's ``src/`` and given this process's
+environment (``MUTANT_UNDER_TEST`` included), so under mutmut they run the mutant too.
 """
 
 from __future__ import annotations
 
 import json
-import multiprocessing as mp
+import sys
 
 import pytest
 import torch
@@ -23,8 +24,9 @@ from torch import nn
 from pluglearn import DataLoaders, Learner
 from pluglearn.checkpoint.files import load_checkpoint, parse_name
 from pluglearn.checkpoint.plugin import Checkpoint
+from tests import processes
 from tests.helpers import tiny_data
-from tests.jobs import checkpoint_ranks_worker
+from tests.jobs import JOBS
 from tests.jobs.launch import run_case
 
 pytestmark = pytest.mark.skipif(
@@ -64,18 +66,12 @@ def one_process_checkpoint_at_step_4(directory):
 
 
 def two_ranks(tmp_path, at):
-    ctx = mp.get_context("spawn")
-    args = (str(tmp_path / "store"), str(tmp_path / "ckpt"), str(tmp_path), at)
-    ranks = [ctx.Process(target=checkpoint_ranks_worker.run, args=(r, *args)) for r in range(2)]
-    for p in ranks:
-        p.start()
-    for p in ranks:
-        p.join(90)
-    for p in ranks:
-        if p.is_alive():  # a rank waiting for the other: no agreement
-            p.kill()
-            p.join()
-    assert [p.exitcode for p in ranks] == [0, 0]
+    command = [sys.executable, str(JOBS / "checkpoint_ranks_job.py"), str(tmp_path / "ckpt")]
+    done = processes.run(
+        [*command, str(tmp_path), *([] if at is None else [str(at)])], ranks=2,
+        run_dir=tmp_path, capture_output=True, text=True, timeout=90,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-4000:]  # a rank waiting for the other: timeout
     return [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
 
 

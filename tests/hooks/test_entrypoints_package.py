@@ -20,12 +20,24 @@ ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "examples" / "plugin_package"
 
 PROBE = """
-import json, torch
+import json, os, torch
 from torch import nn
 from pluglearn import DataLoaders, Learner
 from pluglearn.hooks.entrypoints import autoload_plugins
 
-out = {"autoload": [type(p).__name__ for p in autoload_plugins()]}
+# the variables are read at each call: one process tries each setting in turn
+SETTINGS = {
+    "plain": {},
+    "blocked": {"PLUGLEARN_BLOCK_PLUGINS": "grad_norm"},
+    "disabled": {"PLUGLEARN_DISABLE_PLUGIN_AUTOLOAD": "1"},
+    "allowed": {"PLUGLEARN_DISABLE_PLUGIN_AUTOLOAD": "1", "PLUGLEARN_PLUGINS": "grad_norm"},
+}
+out = {}
+for name, variables in SETTINGS.items():
+    os.environ.update(variables)
+    out[name] = [type(p).__name__ for p in autoload_plugins()]
+    for variable in variables:
+        del os.environ[variable]
 x, y = torch.randn(16, 3), torch.randint(0, 2, (16,))
 dls = DataLoaders([(x[:8], y[:8]), (x[8:], y[8:])], [(x, y)])
 try:
@@ -40,11 +52,14 @@ print(json.dumps(out))
 """
 
 
-def run(cmd: list[str], **env: str) -> subprocess.CompletedProcess:
+def run(cmd: list[str], warm: bool = False, **env: str) -> subprocess.CompletedProcess:
+    """``cmd`` to a zero exit, without this session's PLUGLEARN_ variables; ``warm``: forked
+    by tests/warm_start.py (a server of its own for each PYTHONPATH)."""
     environ = {k: v for k, v in os.environ.items() if not k.startswith("PLUGLEARN_")}
     result = processes.run(
-        cmd, capture_output=True, text=True, timeout=180, env={**environ, **env}, cwd=ROOT
-    )
+        cmd, warm=warm, capture_output=True, text=True, timeout=180, env={**environ, **env},
+        cwd=ROOT,
+    )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
     return result
 
@@ -63,20 +78,18 @@ def test_the_example_package_installs_loads_blocks_and_uninstalls(tmp_path):
     source = shutil.copytree(PACKAGE, tmp_path / "src", ignore=shutil.ignore_patterns("*.egg-info"))
     run([*pip, "install", "--no-deps", "--no-build-isolation", "--no-index", str(source)])
 
-    def probe(**env: str) -> dict:
-        return json.loads(run([python, "-c", PROBE], **env).stdout.strip().splitlines()[-1])
+    def probe() -> dict:
+        return json.loads(run([python, "-c", PROBE]).stdout.strip().splitlines()[-1])
 
     loaded = probe()
-    assert "GradNorm" in loaded["autoload"]
-    assert probe(PLUGLEARN_BLOCK_PLUGINS="grad_norm")["autoload"] == []
-    assert probe(PLUGLEARN_DISABLE_PLUGIN_AUTOLOAD="1")["autoload"] == []
-    allowed = probe(PLUGLEARN_DISABLE_PLUGIN_AUTOLOAD="1", PLUGLEARN_PLUGINS="grad_norm")
-    assert allowed["autoload"] == ["GradNorm"]
+    assert "GradNorm" in loaded["plain"]
+    assert loaded["blocked"] == loaded["disabled"] == []
+    assert loaded["allowed"] == ["GradNorm"]
     listing = run([str(venv / "bin" / "python"), "-m", "pluglearn.cli", "plugins"]).stdout
     assert "grad_norm = pluglearn_gradnorm:GradNorm (pluglearn-gradnorm 0.1.0)" in listing
 
     run([*pip, "uninstall", "-y", "pluglearn-gradnorm"])
-    assert probe()["autoload"] == []
+    assert probe()["plain"] == []
 
     if loaded["learner"] == "unwired":
         pytest.xfail("the Learner does not call autoload_plugins(block=block_plugins) yet")
@@ -105,11 +118,14 @@ def test_the_suite_passes_with_the_example_package_installed(tmp_path):
     try:
         installed = {"PYTHONPATH": os.pathsep.join([str(target), os.environ.get("PYTHONPATH", "")])}
         # outside the suite (run() drops the PLUGLEARN_ variables) the package is live ...
-        probe = "from pluglearn.hooks.entrypoints import autoload_plugins as a; print(a())"
-        assert "GradNorm" in run([sys.executable, "-c", probe], **installed).stdout
+        probe = tmp_path / "probe.py"
+        probe.write_text(
+            "from pluglearn.hooks.entrypoints import autoload_plugins as a; print(a())"
+        )
+        assert "GradNorm" in run([sys.executable, str(probe)], warm=True, **installed).stdout
         # ... and inside it those tests pass all the same
         suite = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
-        result = run([*suite, *AFFECTED_BY_INSTALLED_PLUGINS], **installed)
+        result = run([*suite, *AFFECTED_BY_INSTALLED_PLUGINS], warm=True, **installed)
         assert f"{len(AFFECTED_BY_INSTALLED_PLUGINS)} passed" in result.stdout
     finally:
         shutil.rmtree(target)
@@ -161,32 +177,39 @@ class Plugin:
 }
 
 
-def install_plugin_package(target: Path, root: Path, name: str, at_import: str) -> None:
-    source = root / name
-    source.mkdir()
-    for path, text in PLUGIN_PACKAGE.items():
-        (source / path.format(name=name)).write_text(text.format(name=name, at_import=at_import))
+def install_plugin_packages(target: Path, root: Path, at_import: dict[str, str]) -> None:
+    """Write a plugin package per name, its module running ``at_import[name]`` when imported,
+    and install them all (one pip run) into ``target``."""
+    sources = []
+    for name, code in at_import.items():
+        sources.append(source := root / name)
+        source.mkdir()
+        for path, text in PLUGIN_PACKAGE.items():
+            (source / path.format(name=name)).write_text(text.format(name=name, at_import=code))
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q", "install"]
-    run([*pip, "--no-deps", "--no-build-isolation", "--no-index", "--target", str(target), source])
+    run(
+        [*pip, "--no-deps", "--no-build-isolation", "--no-index", "--target", str(target), *sources]
+    )
 
 
 @pytest.mark.slow
 def test_installed_plugins_that_reseed_or_exit_at_import_neither_change_nor_end_a_run(tmp_path):
     target = tmp_path / "site"
     seeds = "torch.manual_seed(123), random.seed(123), numpy.random.seed(123)"
-    install_plugin_package(target, tmp_path, "reseeds", seeds)
-    install_plugin_package(target, tmp_path, "exits", "sys.exit(3)")
+    install_plugin_packages(target, tmp_path, {"reseeds": seeds, "exits": "sys.exit(3)"})
     env = {"PYTHONPATH": os.pathsep.join([str(target), os.environ.get("PYTHONPATH", "")])}
+    script = tmp_path / "user_script.py"
+    script.write_text(USER_SCRIPT)
     try:
-        alone = run(
-            [sys.executable, "-c", USER_SCRIPT], **env, PLUGLEARN_BLOCK_PLUGINS="reseeds,exits"
-        )
-        beside = run([sys.executable, "-c", USER_SCRIPT], **env, PLUGLEARN_BLOCK_PLUGINS="exits")
+        user = [sys.executable, str(script)]
+        alone = run(user, warm=True, **env, PLUGLEARN_BLOCK_PLUGINS="reseeds,exits")
+        beside = run(user, warm=True, **env, PLUGLEARN_BLOCK_PLUGINS="exits")
         assert beside.stdout.splitlines()[-1] == alone.stdout.splitlines()[-1]  # the same run
 
         environ = {k: v for k, v in os.environ.items() if not k.startswith("PLUGLEARN_")}
         ended = processes.run(
-            [sys.executable, "-c", USER_SCRIPT],
+            user,
+            warm=True,
             capture_output=True,
             text=True,
             timeout=180,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import multiprocessing as mp
+import sys
 
 import pytest
 import torch.distributed as dist
@@ -12,7 +12,8 @@ pytest.importorskip("wandb", reason="WandbLogger needs pip install 'pluglearn[wa
 
 from mlflow.tracking import MlflowClient
 
-from tests.jobs import tracker_ranks_worker
+from tests import processes
+from tests.jobs import JOBS
 from tests.plugins.test_wandb_logger import logs_of, rows_with
 
 
@@ -23,18 +24,11 @@ from tests.plugins.test_wandb_logger import logs_of, rows_with
 def test_two_ranks_log_one_run_with_each_step_once(tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     MlflowClient(tracking_uri=uri).search_experiments()  # the tables, before two ranks race
-    args = (str(tmp_path / "store"), uri, str(tmp_path))
-    ctx = mp.get_context("spawn")
-    ranks = [ctx.Process(target=tracker_ranks_worker.run, args=(r, *args)) for r in range(2)]
-    for p in ranks:
-        p.start()
-    for p in ranks:
-        p.join(180)
-    for p in ranks:
-        if p.is_alive():
-            p.kill()
-            p.join()
-    assert [p.exitcode for p in ranks] == [0, 0]
+    done = processes.run(
+        [sys.executable, str(JOBS / "tracker_ranks_job.py"), uri, str(tmp_path)], ranks=2,
+        run_dir=tmp_path, capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-4000:]
     client = MlflowClient(tracking_uri=uri)
     (run,) = client.search_runs([client.get_experiment_by_name("ranks").experiment_id])
     steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "train/loss"))

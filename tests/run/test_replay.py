@@ -22,14 +22,17 @@ STEPS_PER_EPOCH = 5  # 40 items, batches of 8
 
 
 def job(kind: str, tmp_path: Path, name: str, *args: str) -> subprocess.CompletedProcess:
+    """Run the job to its exit. Its output goes to files, not pipes: the loader workers of a
+    job that died (``--die-after``) hold its streams until they notice, up to 5 s later."""
     out = tmp_path / f"{name}.pt"
-    return processes.run(
-        [sys.executable, str(JOB), kind, str(tmp_path / f"{name}-ckpt"), str(out), *args],
-        warm=True,
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
+    streams = tmp_path / f"{name}.stdout", tmp_path / f"{name}.stderr"
+    with streams[0].open("w") as stdout, streams[1].open("w") as stderr:
+        done = processes.run(
+            [sys.executable, str(JOB), kind, str(tmp_path / f"{name}-ckpt"), str(out), *args],
+            warm=True, stdout=stdout, stderr=stderr, timeout=240,
+        )  # fmt: skip
+    done.stdout, done.stderr = (path.read_text() for path in streams)
+    return done
 
 
 def uninterrupted(kind: str, tmp_path: Path) -> tuple[list[torch.Tensor], list[str]]:

@@ -1,11 +1,18 @@
-"""One rank of the two-process Ctrl-C test of Checkpoint (importable by spawned processes)."""
+"""The two-rank Ctrl-C test of Checkpoint: rank 1 presses Ctrl-C after training batch AT of
+epoch 0 (none: no press); each rank writes what its fit ended with to OUT/rank{RANK}.json.
+
+    torchrun --nproc-per-node 2 tests/jobs/checkpoint_ranks_job.py CKPT_DIR OUT [AT]
+"""
 
 from __future__ import annotations
 
 import json
 import os
 import signal
+import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # tests.helpers
 
 import torch
 import torch.distributed as dist
@@ -28,8 +35,7 @@ class PressOnRank1:
             signal.raise_signal(signal.SIGINT)
 
 
-def run(rank: int, store: str, directory: str, out: str, at: int | None) -> None:
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+def main(directory: str, out: str, at: int | None) -> None:
     x, y = tiny_data(32, seed=2)
     dls = DataLoaders.from_datasets((x, y), None, batch_size=8, seed=1)  # 4 steps an epoch
     torch.manual_seed(0)
@@ -43,6 +49,10 @@ def run(rank: int, store: str, directory: str, out: str, at: int | None) -> None
         result = str(error)
     latest = str(ckpt.latest) if ckpt.latest is not None else None
     record = {"result": result, "train_iter": learn.train_iter, "latest": latest}
-    Path(out, f"rank{rank}.json").write_text(json.dumps(record))
+    Path(out, f"rank{dist.get_rank()}.json").write_text(json.dumps(record))
     dist.barrier()
     os._exit(0)  # gloo's teardown may abort the process; the results are on disk
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2], int(sys.argv[3]) if len(sys.argv) > 3 else None)
