@@ -52,6 +52,43 @@ def pytest_configure(config: pytest.Config) -> None:
         # oversubscribe the CPU, and a timing test (the Profiler's) would read the contention
         os.environ.setdefault("OMP_NUM_THREADS", "1")
         torch.set_num_threads(1)
+    elif config.getoption("dist", "no") == "loadgroup" and _groups_ignored():
+        raise pytest.UsageError(
+            f"pytest {pytest.__version__} with pytest-xdist {_xdist_version()} ignores every "
+            "xdist_group (xdist writes the group into item._nodeid, which pytest 9.2 no longer "
+            "reads): two-rank jobs would run side by side. Install with -c constraints.txt "
+            "(pytest<9.2)."
+        )
+
+
+def _xdist_version() -> str:
+    from importlib.metadata import version
+
+    return version("pytest-xdist")
+
+
+def _groups_ignored() -> bool:
+    """Whether this pytest and pytest-xdist drop the groups of ``--dist loadgroup``."""
+    xdist = tuple(int(part) for part in _xdist_version().split(".")[:3] if part.isdigit())
+    return pytest.version_tuple[:2] >= (9, 2) and xdist <= (3, 8, 0)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """On an xdist worker under ``--dist loadgroup``, every test marked ``xdist_group`` must
+    carry its group in its id by now (pytest-xdist appends ``@group``): a pytest that reads the
+    id elsewhere (9.2 with xdist 3.8.0) ignores every group without a word, and two-rank jobs
+    then run side by side."""
+    if not getattr(config.option, "loadgroup", False):
+        return
+    ignored = [
+        i.nodeid for i in items if i.get_closest_marker("xdist_group") and "@" not in i.nodeid
+    ]
+    if ignored:
+        raise pytest.UsageError(
+            f"pytest-xdist's groups are ignored ({ignored[0]} has no @group in its id): this "
+            "pytest and pytest-xdist do not work together; install with -c constraints.txt"
+        )
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

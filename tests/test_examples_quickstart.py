@@ -16,6 +16,9 @@ from tests.support.notebook_kernel import WIDGET_VIEW, KernelRun, run_notebook
 NOTEBOOK = Path(__file__).resolve().parents[1] / "examples" / "quickstart.ipynb"
 EPOCHS = 5  # learn.fit_one_cycle(5, ...)
 
+# the tests share the module's kernel, started once per xdist worker: they all run on one
+pytestmark = pytest.mark.xdist_group("quickstart_kernel")
+
 
 def test_the_quickstart_notebook_is_committed_without_outputs():
     nb = json.loads(NOTEBOOK.read_text())

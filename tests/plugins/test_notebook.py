@@ -36,6 +36,9 @@ CELLS = [
     "print(learn.hooks_table())",  # 7
 ]
 
+# the tests share the module's kernel, started once per xdist worker: they all run on one
+pytestmark = pytest.mark.xdist_group("notebook_kernel")
+
 
 @pytest.fixture(scope="module")
 def kernel(tmp_path_factory) -> KernelRun:

@@ -9,7 +9,9 @@ import pytest
 
 from tests.support.notebook_kernel import KernelRun, run_cells
 
-pytestmark = pytest.mark.slow  # a kernel starts and imports torch: several seconds
+# a kernel starts and imports torch: several seconds; the tests share the module's kernels,
+# started once per xdist worker, so they all run on one
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("progress_kernels")]
 
 N_TRAIN, N_VALID, EPOCHS = 500, 50, 3
 N_BATCHES = EPOCHS * (N_TRAIN + N_VALID)
