@@ -11,6 +11,7 @@ then prints the kill rate per module and every survivor as ``file:line`` with it
     python tools/mutation.py --module data/safe_pickle.py      # one (or more) of them
     python tools/mutation.py --module hooks/dispatch.py --tests tests/test_learner.py
     python tools/mutation.py --list                            # modules and their tests
+    python tools/mutation.py --module data/batch_tree.py --recheck   # survivors: all the tests
 
 mutmut rewrites the files it mutates, so everything happens in a copy of the working tree (the
 files git tracks or would track) under a temporary folder: ``src/`` here is never touched. The
@@ -204,7 +205,7 @@ MODULES: dict[str, list[str]] = {
         "tests/checkpoint/test_kill_and_resume.py",
     ],
 }
-KILLED = {"killed", "timeout", "segfault", "caught by type check"}
+KILLED = {"killed", "timeout", "segfault", "caught by type check", "killed (recheck)"}
 
 
 def copy_tree(dest: Path, ref: str | None) -> None:
@@ -331,6 +332,40 @@ def _line_of(source: Path, mutant: str, text: str) -> int | str:
     return spans[0][0] if spans else "?"
 
 
+def recheck(
+    tree: Path, results: dict[str, str], tests: list[str], extra: list[str], jobs: int
+) -> dict[str, str]:
+    """Run each mutant mutmut did not kill against *all* the covering ``tests``.
+
+    mutmut runs a mutant only against the tests that reached its function in its stats run. A
+    function reached once per process (a type registered the first time it is seen, behind a
+    cache) is credited to the first test that reached it, or to none, so its mutants "survive"
+    tests that kill them. Here each one runs in the copy with ``MUTANT_UNDER_TEST`` set (what
+    mutmut's trampolines read at every call); a failing test kills it (``killed (recheck)``).
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *extra]
+    if (tree / "tests" / "conftest.py").is_file():
+        command.append("--hypothesis-profile=mutation")
+
+    def killed(mutant: str) -> bool:
+        try:
+            done = subprocess.run(
+                [*command, *tests], cwd=tree / "mutants", env={**env, "MUTANT_UNDER_TEST": mutant},
+                capture_output=True, timeout=600, check=False,
+            )  # fmt: skip
+        except subprocess.TimeoutExpired:
+            return True  # as mutmut counts a timeout
+        return done.returncode not in (0, 5)  # 5: no test collected
+
+    todo = [m for m, status in results.items() if status not in KILLED]
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        verdicts = dict(zip(todo, pool.map(killed, todo), strict=True))
+    return {m: "killed (recheck)" if verdicts.get(m) else s for m, s in results.items()}
+
+
 def report(tree: Path, results: dict[str, str], modules: list[str]) -> bool:
     by_module: dict[str, Counter] = defaultdict(Counter)
     survivors: list[tuple[str, str, str]] = []
@@ -347,6 +382,10 @@ def report(tree: Path, results: dict[str, str], modules: list[str]) -> bool:
         rate = killed / total if total else 1.0
         ok &= rate >= TARGET
         other = ", ".join(f"{n} {s}" for s, n in counts.items() if s not in KILLED)
+        if counts["killed (recheck)"]:
+            other = ", ".join(
+                filter(None, [f"{counts['killed (recheck)']} killed by --recheck", other])
+            )
         print(f"{module:<36}{total:>8}{killed:>8}{rate:>8.1%}  {other}")
     if survivors:
         print("\nsurvivors (file:line  status  mutant: change):")
@@ -369,6 +408,9 @@ def main() -> None:
     parser.add_argument("--list", action="store_true", help="print the module table and exit")
     parser.add_argument(
         "--no-hooks", action="store_true", help="leave @hookimpl methods unmutated (mutmut's way)"
+    )
+    parser.add_argument(
+        "--recheck", action="store_true", help="run each survivor against all the tests (above)"
     )
     args = parser.parse_args()
     if args.list:
@@ -395,6 +437,9 @@ def main() -> None:
         print(f"mutating {', '.join(present)}\n  tests {' '.join(tests)}\n  in {tree}", flush=True)
         mutmut(tree, "run", "--max-children", str(args.jobs), *args.only)
         results = {k: v for k, v in statuses(tree).items() if v != "not checked"}
+        if args.recheck:
+            extra = [arg for arg in args.pytest_arg]
+            results = recheck(tree, results, tests, extra, args.jobs)
         ok = report(tree, results, present)
     finally:
         if args.keep:
