@@ -86,13 +86,19 @@ def supervise(request: dict[str, Any], fds: list[int]) -> None:
         pids.append(pid)
     for fd in fds[:STREAMS]:
         os.close(fd)
-    if request["ranks"]:
-        # after the forks: the store's threads must not be copied into a worker
-        from torch.distributed import TCPStore
-
-        store = TCPStore("localhost", port, nproc + 1, True, wait_for_workers=False)  # noqa: F841
+    # the pids first: whatever happens next, the client can kill what was started
     os.write(status, f"pids {os.getpid()} {' '.join(map(str, pids))}\n".encode())
-    code = wait_for(pids, group=bool(request["ranks"]))
+    try:
+        if request["ranks"]:
+            # after the forks: the store's threads must not be copied into a worker
+            from torch.distributed import TCPStore
+
+            store = TCPStore("localhost", port, nproc + 1, True, wait_for_workers=False)  # noqa: F841
+        code = wait_for(pids, group=bool(request["ranks"]))
+    except BaseException as error:  # the workers would wait for a store that never came
+        print(f"warm start: the group's supervisor failed: {error!r}", file=sys.stderr)
+        _signal_each(set(pids), signal.SIGKILL)
+        code = 1
     os.write(status, f"exit {code}\n".encode())
     os._exit(0)
 

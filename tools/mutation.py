@@ -345,7 +345,10 @@ def recheck(
     """
     from concurrent.futures import ThreadPoolExecutor
 
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    # the copy's src/ ahead of the editable install's (this checkout's) src/
+    source = str(tree / "mutants" / "src")
+    path = os.pathsep.join(filter(None, [source, os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": path}
     command = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *extra]
     if (tree / "tests" / "conftest.py").is_file():
         command.append("--hypothesis-profile=mutation")
