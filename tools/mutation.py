@@ -415,6 +415,16 @@ def main() -> None:
     parser.add_argument(
         "--recheck", action="store_true", help="run each survivor against all the tests (above)"
     )
+    parser.add_argument(
+        "--recheck-tests", action="append", default=[],
+        help="more test files for --recheck only (e.g. the two-rank tests: their jobs, forked "
+        "warm from the copy's src/ with this environment, run the mutant too)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--recheck-arg",
+        action="append",
+        help="pytest arguments of --recheck (default: --pytest-arg)",
+    )
     args = parser.parse_args()
     if args.list:
         for module, tests in MODULES.items():
@@ -441,8 +451,9 @@ def main() -> None:
         mutmut(tree, "run", "--max-children", str(args.jobs), *args.only)
         results = {k: v for k, v in statuses(tree).items() if v != "not checked"}
         if args.recheck:
-            extra = [arg for arg in args.pytest_arg]
-            results = recheck(tree, results, tests, extra, args.jobs)
+            extra = args.pytest_arg if args.recheck_arg is None else args.recheck_arg
+            more = [t for t in args.recheck_tests if (tree / t).is_file()]
+            results = recheck(tree, results, [*tests, *more], extra, args.jobs)
         ok = report(tree, results, present)
     finally:
         if args.keep:
