@@ -52,6 +52,21 @@ def test_the_epoch_order_and_the_raw_batch_come_back_as_captured():
     assert learn.run.order is order and learn.run.raw_batch == ("x", "y")
 
 
+def test_the_metrics_and_their_owners_come_back_each_as_captured():
+    learn = tiny_learner()
+    learn.metrics = metrics = {"accuracy": 0.75, "valid_loss": 0.5}
+    learn.run.metric_owner = owners = {"accuracy": "Accuracy"}  # a swap of the two would show
+    snapshot = learn.run.capture(learn, ["metrics"])
+    learn.metrics["valid_loss"] = -1.0
+    learn.run.metric_owner.clear()
+    learn.run.restore(learn, snapshot)
+    assert (learn.metrics, learn.run.metric_owner) == (
+        {"accuracy": 0.75, "valid_loss": 0.5},
+        {"accuracy": "Accuracy"},
+    )
+    assert learn.metrics is not metrics and learn.run.metric_owner is not owners  # copies
+
+
 def test_a_nested_validate_leaves_the_training_batch_the_loader_yielded():
     seen = []
 
