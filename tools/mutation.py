@@ -133,6 +133,7 @@ MODULES: dict[str, list[str]] = {
     ],
     "data/batch_tree.py": [
         "tests/data/test_batch_tree.py",
+        "tests/data/test_batch_tree_paths.py",
         "tests/data/test_batch_ops.py",
     ],
     "data/batch_rules.py": [
