@@ -133,3 +133,18 @@ def test_all_leaves_walks_into_lists_and_the_structure_text_names_keys_and_class
     assert leaves == [1, 2]
     assert text == "PyTreeSpec(CustomTreeNode(Pair[None], [*, (*,)]), namespace='pluglearn')"
     assert leaves_and_structure({"a": 1})[1] != leaves_and_structure({"b": 1})[1]
+
+
+def test_a_dataclass_first_met_by_a_digest_is_walked_into_not_taken_as_one_leaf():
+    @dataclasses.dataclass
+    class FreshLeaves:  # no walk has met this type: all_leaves must register it on sight
+        x: object
+        y: object
+
+    @dataclasses.dataclass
+    class FreshStructure:
+        x: object
+
+    assert all_leaves([FreshLeaves(1, (2,))]) == [1, 2]
+    leaves, text = leaves_and_structure({"k": FreshStructure(3)})
+    assert leaves == [3] and "FreshStructure" in text and "namespace='pluglearn'" in text
