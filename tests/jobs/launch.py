@@ -92,7 +92,10 @@ def start_and_kill(
     assert child.stdout is not None
     for line in child.stdout:
         if line.strip() == f"batch {at_batch}":
-            kill_all(child.pid) if not warm else job.kill()  # the whole group, at once
+            if warm:
+                job.kill()  # the group's session: the supervisor and every worker at once
+            else:
+                kill_all(child.pid)  # torchrun's workers sit in sessions of their own
             break
     child.wait(30)
     newest = max(int(p.name.split("-s")[1][:9]) for p in ckpt.glob("*.pt"))
