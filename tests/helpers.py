@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 import torch
 from torch import nn
 
@@ -15,6 +17,15 @@ from pluglearn import DataLoaders, Learner, hookimpl
 from pluglearn.hooks.specs import BATCH_EVENTS, HOOKS
 
 EVENTS = [h for h in HOOKS if h.split("_")[0] in ("before", "after", "cleanup")] + ["on_error"]
+
+
+def needs(module: str, install: str) -> pytest.MarkDecorator:
+    """Skip unless ``module`` is installed, without importing it: a test module that imports
+    mlflow, wandb, torchmetrics or scikit-learn at collection costs every xdist worker that
+    import (about a second each), though one worker runs its tests."""
+    return pytest.mark.skipif(
+        importlib.util.find_spec(module) is None, reason=f"needs {module}: pip install {install}"
+    )
 
 
 def tiny_data(n: int = 10, n_in: int = 4, n_classes: int = 3, seed: int = 0):

@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from pluglearn.data.digits import DigitsSplits, load_digits
+from tests.helpers import needs
 
-pytest.importorskip("sklearn", reason="load_digits needs scikit-learn")
+pytestmark = needs("sklearn", "scikit-learn (load_digits reads its copy)")
 
 
 def test_shapes_dtypes_ranges_and_sizes():

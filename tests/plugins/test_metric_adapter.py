@@ -8,8 +8,6 @@ import warnings
 
 import pytest
 import torch
-from torchmetrics import MetricCollection
-from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 from pluglearn import (
     Checkpoint,
@@ -22,7 +20,18 @@ from pluglearn import (
     hookimpl,
 )
 from tests.helpers import CrashAt
-from tests.plugins.test_metrics import K, batches, hit_rate, make_data, make_learner, make_model
+from tests.plugins.test_metrics import (
+    TORCHMETRICS,
+    batches,
+    hit_rate,
+    make_data,
+    make_learner,
+    make_model,
+    multiclass_accuracy,
+    multiclass_f1,
+)
+
+pytestmark = TORCHMETRICS
 
 
 @pytest.fixture
@@ -38,15 +47,15 @@ def test_metric_adapter_equals_torchmetrics_on_all_validation_predictions():
     xv, yv = make_data(30, seed=4)
     train, valid = batches(xt, yt, 8), batches(xv, yv, 8)  # valid: 8, 8, 8, 6
     model = make_model()
-    acc = MetricAdapter(MulticlassAccuracy(num_classes=K, average="micro"))
-    f1 = MetricAdapter(MulticlassF1Score(num_classes=K, average="macro"), name="f1")
+    acc = MetricAdapter(multiclass_accuracy(average="micro"))
+    f1 = MetricAdapter(multiclass_f1(average="macro"), name="f1")
     learn = make_learner(model, train, valid, plugins=[acc, f1])
     learn.fit(2)
 
     with torch.no_grad():
         preds = model(xv)
-    expected_acc = MulticlassAccuracy(num_classes=K, average="micro")(preds, yv).item()
-    expected_f1 = MulticlassF1Score(num_classes=K, average="macro")(preds, yv).item()
+    expected_acc = multiclass_accuracy(average="micro")(preds, yv).item()
+    expected_f1 = multiclass_f1(average="macro")(preds, yv).item()
     assert expected_acc == pytest.approx((preds.argmax(1) == yv).float().mean().item())
     assert isinstance(learn.metrics["multiclassaccuracy"], float)  # default name: the class's
     assert learn.metrics["multiclassaccuracy"] == pytest.approx(expected_acc)
@@ -58,7 +67,7 @@ def test_metric_adapter_with_train_phase_reports_train_name(data):
     train, valid, (xt, yt), (xv, yv) = data
     model = make_model()
     adapter = MetricAdapter(
-        MulticlassAccuracy(num_classes=K, average="micro"), name="acc", phases=("train", "valid")
+        multiclass_accuracy(average="micro"), name="acc", phases=("train", "valid")
     )
     learn = make_learner(model, train, valid, plugins=[adapter], lr=0)
     learn.fit(1)
@@ -78,7 +87,7 @@ def test_metric_adapter_resets_between_epochs(data):
             # the model that just made this epoch's validation predictions
             expected.append(hit_rate(learn.model, xv, yv))
 
-    adapter = MetricAdapter(MulticlassAccuracy(num_classes=K, average="micro"), name="acc")
+    adapter = MetricAdapter(multiclass_accuracy(average="micro"), name="acc")
     learn = make_learner(make_model(), train, valid, plugins=[adapter, Keep()], lr=1.0)
     learn.fit(4)
     assert seen == pytest.approx(expected)
@@ -101,11 +110,13 @@ def test_metric_adapter_rejects_objects_without_the_protocol(metric, missing):
 # ---------------------------------------------------------------------- MetricCollection
 
 
-def collection(**kwargs) -> MetricCollection:
+def collection(**kwargs):
+    from torchmetrics import MetricCollection
+
     return MetricCollection(
         {
-            "acc": MulticlassAccuracy(num_classes=K, average="micro"),
-            "f1": MulticlassF1Score(num_classes=K, average="macro"),
+            "acc": multiclass_accuracy(average="micro"),
+            "f1": multiclass_f1(average="macro"),
         },
         **kwargs,
     )
@@ -189,11 +200,11 @@ def test_a_train_phase_collection_resumed_mid_epoch_reports_the_uninterrupted_va
 
 
 def test_a_checkpoint_of_one_metric_from_before_the_update_counts_still_resumes():
-    metric = MulticlassAccuracy(num_classes=K, average="micro")
+    metric = multiclass_accuracy(average="micro")
     metric.update(torch.tensor([[0.9, 0.1, 0.0], [0.1, 0.8, 0.1]]), torch.tensor([0, 2]))
     metric.persistent(True)
     old_format = {"train": dict(metric.state_dict()), "updates": 1}  # one count, no names
-    adapter = MetricAdapter(MulticlassAccuracy(num_classes=K, average="micro"), phases=("train",))
+    adapter = MetricAdapter(multiclass_accuracy(average="micro"), phases=("train",))
     adapter.load_state_dict(old_format)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # counted as updated: no "compute before update"
@@ -209,7 +220,7 @@ def test_a_train_phase_metric_adapter_resumed_mid_epoch_reports_the_uninterrupte
     train, valid = data[0], data[1]
 
     def learner(plugins=()):
-        f1 = MetricAdapter(MulticlassF1Score(3), "f1", phases=("train", "valid"))
+        f1 = MetricAdapter(multiclass_f1(), "f1", phases=("train", "valid"))
         return make_learner(make_model(), train, valid, [f1, *plugins])
 
     done = learner()

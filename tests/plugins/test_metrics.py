@@ -9,7 +9,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchmetrics.classification import MulticlassAccuracy
 
 from pluglearn import (
     Accuracy,
@@ -23,6 +22,24 @@ from pluglearn import (
 )
 
 K = 3  # classes
+
+# torchmetrics costs a second to import: imported by the tests that build its metrics (run by
+# one xdist worker, this group), not at collection, where every worker would pay it
+TORCHMETRICS = pytest.mark.xdist_group("torchmetrics")
+
+
+def multiclass_accuracy(**options):
+    """torchmetrics' ``MulticlassAccuracy`` over the K classes."""
+    from torchmetrics.classification import MulticlassAccuracy
+
+    return MulticlassAccuracy(num_classes=K, **options)
+
+
+def multiclass_f1(**options):
+    """torchmetrics' ``MulticlassF1Score`` over the K classes."""
+    from torchmetrics.classification import MulticlassF1Score
+
+    return MulticlassF1Score(num_classes=K, **options)
 
 
 def make_data(n: int, seed: int, d: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
@@ -252,12 +269,13 @@ def test_average_metric_without_batch_sum_says_so(data):
 BAD_PHASES = [("test",), (), ("train", "eval"), "valid"]
 
 
+@TORCHMETRICS
 @pytest.mark.parametrize("phases", BAD_PHASES)
 @pytest.mark.parametrize(
     "make",
     [
         lambda phases: Accuracy(phases=phases),
-        lambda phases: MetricAdapter(MulticlassAccuracy(num_classes=K), phases=phases),
+        lambda phases: MetricAdapter(multiclass_accuracy(), phases=phases),
     ],
     ids=["Accuracy", "MetricAdapter"],
 )
@@ -269,14 +287,13 @@ def test_bad_phases_raise(make, phases):
 # --------------------------------------------------------------------------- name collisions
 
 
+@TORCHMETRICS
 @pytest.mark.parametrize(
     ("second", "second_name"),
     [
         (lambda: Accuracy(), "Accuracy_2"),
         (
-            lambda: MetricAdapter(
-                MulticlassAccuracy(num_classes=K, average="micro"), name="accuracy"
-            ),
+            lambda: MetricAdapter(multiclass_accuracy(average="micro"), name="accuracy"),
             "MetricAdapter[accuracy]",
         ),
     ],
@@ -291,11 +308,12 @@ def test_two_plugins_reporting_one_name_is_an_error_naming_both(data, second, se
     assert f"'{second_name}'" in str(info.value)
 
 
+@TORCHMETRICS
 def test_validate_after_fit_does_not_remember_removed_metric_owners(data):
     train, valid, _, (xv, yv) = data
     model = make_model()
     learn = make_learner(model, train, valid)
     learn.fit(1, plugins=[Accuracy()])  # Accuracy lives for this fit only
-    learn.add_plugin(MetricAdapter(MulticlassAccuracy(num_classes=K, average="micro"), "accuracy"))
+    learn.add_plugin(MetricAdapter(multiclass_accuracy(average="micro"), "accuracy"))
     metrics = learn.validate()
     assert metrics["accuracy"] == pytest.approx(hit_rate(model, xv, yv))

@@ -9,7 +9,6 @@ import json
 import pytest
 import torch
 from torch import nn
-from torchmetrics.classification import MulticlassAccuracy
 
 from pluglearn import (
     Accuracy,
@@ -20,8 +19,7 @@ from pluglearn import (
     ProgressBar,
     hookimpl,
 )
-
-K = 3
+from tests.plugins.test_metrics import TORCHMETRICS, K, multiclass_accuracy
 
 
 class Keep:
@@ -149,10 +147,11 @@ def test_an_unknown_suffix_names_the_allowed_ones(tmp_path, name):
         assert suffix in str(info.value)
 
 
+@TORCHMETRICS
 def test_tensor_metrics_are_logged_as_numbers_and_lists(tmp_path):
     """A per-class metric (a tensor of K values) is logged as a list, a 0-d tensor as a number."""
     path = tmp_path / "metrics.jsonl"
-    per_class = MetricAdapter(MulticlassAccuracy(num_classes=K, average=None), name="per_class")
+    per_class = MetricAdapter(multiclass_accuracy(average=None), name="per_class")
 
     class Scalar:
         @hookimpl
@@ -164,7 +163,7 @@ def test_tensor_metrics_are_logged_as_numbers_and_lists(tmp_path):
     (row,) = [json.loads(line) for line in path.read_text().splitlines()]
     ((xv, yv),) = learn.dls.valid
     with torch.no_grad():
-        expected = MulticlassAccuracy(num_classes=K, average=None)(learn.model(xv), yv)
+        expected = multiclass_accuracy(average=None)(learn.model(xv), yv)
     assert row["per_class"] == pytest.approx(expected.tolist())
     assert row["half"] == 0.5
 

@@ -3,20 +3,21 @@
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING
 
 import pytest
 
-pytest.importorskip("mlflow", reason="MLflowLogger needs pip install 'pluglearn[mlflow]'")
-
-from mlflow.tracking import MlflowClient
-
 from pluglearn import Accuracy, AvgLoss, Checkpoint, Recorder, hookimpl
 from pluglearn.plugins.mlflow_logger import MLflowLogger
-from tests.helpers import CrashAt
+from tests.helpers import CrashAt, needs
 from tests.support.trackers import Decay, FailIn, Keep, make_learner
 
-# one worker runs the whole module under -n: its tracking store costs seconds to create
-pytestmark = pytest.mark.xdist_group("mlflow")
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
+
+# one worker runs the MLflow tests under -n: a tracking store costs seconds to create, and
+# mlflow a second to import (imported by the tests, not at collection on every worker)
+pytestmark = [pytest.mark.xdist_group("mlflow"), needs("mlflow", "'pluglearn[mlflow]'")]
 
 
 @pytest.fixture(scope="module")
@@ -27,6 +28,8 @@ def store(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="module")
 def client(store) -> MlflowClient:
+    from mlflow.tracking import MlflowClient
+
     return MlflowClient(tracking_uri=store)
 
 

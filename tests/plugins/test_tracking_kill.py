@@ -8,15 +8,14 @@ import sys
 
 import pytest
 
-from tests import processes
-
-pytest.importorskip("mlflow", reason="MLflowLogger needs pip install 'pluglearn[mlflow]'")
-
-from mlflow.tracking import MlflowClient
-
 from pluglearn import Accuracy, AvgLoss, MLflowLogger
+from tests import processes
+from tests.helpers import needs
 from tests.jobs import JOBS
 from tests.support.trackers import make_learner
+
+# with the other MLflow tests (tests/plugins/test_mlflow_logger.py): one worker imports mlflow
+pytestmark = [pytest.mark.xdist_group("mlflow"), needs("mlflow", "'pluglearn[mlflow]'")]
 
 JOB = JOBS / "tracker_kill_job.py"
 
@@ -39,6 +38,8 @@ def test_a_sigkilled_fit_resumed_in_a_new_process_logs_each_step_once(tmp_path):
         [sys.executable, str(JOB), uri, ckpt, "resume"], warm=True, capture_output=True
     )
     assert resumed.returncode == 0, resumed.stderr.decode()[-2000:]
+    from mlflow.tracking import MlflowClient
+
     client = MlflowClient(tracking_uri=uri)
     for key in ("train/loss", "train/lr", "valid_loss", "accuracy", "epoch"):
         run, got = history(client, "kill", key)

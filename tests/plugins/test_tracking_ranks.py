@@ -7,14 +7,12 @@ import sys
 import pytest
 import torch.distributed as dist
 
-pytest.importorskip("mlflow", reason="MLflowLogger needs pip install 'pluglearn[mlflow]'")
-pytest.importorskip("wandb", reason="WandbLogger needs pip install 'pluglearn[wandb]'")
-
-from mlflow.tracking import MlflowClient
-
 from tests import processes
+from tests.helpers import needs
 from tests.jobs import JOBS
 from tests.plugins.test_wandb_logger import logs_of, rows_with
+
+pytestmark = [needs("mlflow", "'pluglearn[mlflow]'"), needs("wandb", "'pluglearn[wandb]'")]
 
 
 @pytest.mark.slow
@@ -22,6 +20,8 @@ from tests.plugins.test_wandb_logger import logs_of, rows_with
 @pytest.mark.timeout(240)
 @pytest.mark.xdist_group("ranks")  # two-rank jobs run one at a time
 def test_two_ranks_log_one_run_with_each_step_once(tmp_path):
+    from mlflow.tracking import MlflowClient
+
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     MlflowClient(tracking_uri=uri).search_experiments()  # the tables, before two ranks race
     done = processes.run(

@@ -7,10 +7,6 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("wandb", reason="reading W&B runs needs pip install 'pluglearn[wandb]'")
-
-import wandb
-
 from pluglearn.plugins.wandb_files import (
     BLOCK,
     WandbFileError,
@@ -21,14 +17,18 @@ from pluglearn.plugins.wandb_files import (
     run_logs,
     summary,
 )
+from tests.helpers import needs
 
-# one worker runs the whole module under -n: its module-scoped run log costs seconds to write
-pytestmark = pytest.mark.xdist_group("wandb_files")
+# one worker runs the W&B tests under -n: this module's run log costs seconds to write, and
+# wandb a second to import (imported here by the tests, not at collection on every worker)
+pytestmark = [pytest.mark.xdist_group("wandb"), needs("wandb", "'pluglearn[wandb]'")]
 
 BIG = "x" * (3 * BLOCK)  # a config value whose record spans four blocks
 
 
 def write_run(root: Path, run_id: str | None = None, exit: int = 3) -> Path:
+    import wandb
+
     run = wandb.init(
         project="files",
         id=run_id,

@@ -8,15 +8,15 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("wandb", reason="WandbLogger needs pip install 'pluglearn[wandb]'")
-
-import wandb
-
 from pluglearn import Accuracy, AvgLoss, Checkpoint, Recorder
 from pluglearn.plugins import wandb_files
 from pluglearn.plugins.wandb_logger import WandbLogger
-from tests.helpers import CrashAt
+from tests.helpers import CrashAt, needs
 from tests.support.trackers import Decay, FailIn, Keep, make_learner
+
+# one worker runs the W&B tests under -n (with tests/plugins/test_wandb_files.py): wandb costs
+# a second to import, imported by the tests rather than at collection on every worker
+pytestmark = [pytest.mark.xdist_group("wandb"), needs("wandb", "'pluglearn[wandb]'")]
 
 
 @pytest.fixture(autouse=True)
@@ -121,6 +121,8 @@ def test_no_run_without_a_fit_nor_for_validate_or_lr_find(offline):
 
 
 def test_a_run_the_user_started_stays_open(offline):
+    import wandb
+
     mine = wandb.init(project="mine", dir=offline, mode="offline")
     make_learner([offline_logger(offline)]).fit(1)
     mine.log({"after_the_fit": 1.0})
