@@ -418,8 +418,9 @@ def main() -> None:
     )
     parser.add_argument(
         "--recheck-tests", action="append", default=[],
-        help="more test files for --recheck only (e.g. the two-rank tests: their jobs, forked "
-        "warm from the copy's src/ with this environment, run the mutant too)",
+        help="more test files or node ids (path::test) for --recheck only (e.g. the two-rank "
+        "tests: their jobs, forked warm from the copy's src/ with this environment, run the "
+        "mutant too)",
     )  # fmt: skip
     parser.add_argument(
         "--recheck-arg",
@@ -453,7 +454,7 @@ def main() -> None:
         results = {k: v for k, v in statuses(tree).items() if v != "not checked"}
         if args.recheck:
             extra = args.pytest_arg if args.recheck_arg is None else args.recheck_arg
-            more = [t for t in args.recheck_tests if (tree / t).is_file()]
+            more = [t for t in args.recheck_tests if (tree / t.split("::")[0]).is_file()]
             results = recheck(tree, results, [*tests, *more], extra, args.jobs)
         ok = report(tree, results, present)
     finally:
