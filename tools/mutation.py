@@ -205,6 +205,15 @@ MODULES: dict[str, list[str]] = {
         "tests/plugins/test_scheduler_one_cycle.py",
         "tests/checkpoint/test_kill_and_resume.py",
     ],
+    # the two-rank tests (slow, xdist group "ranks") run the mutants in their warm jobs: with
+    # --recheck --recheck-arg="-m not slow or xdist_group"
+    "distributed/fit_agreement.py": [
+        "tests/distributed/test_fit_agreement.py",
+        "tests/distributed/test_fit_agreement_ranks.py",
+    ],
+    "distributed/cancel_agreement.py": [
+        "tests/distributed/test_cancel_agreement.py",
+    ],
 }
 KILLED = {"killed", "timeout", "segfault", "caught by type check", "killed (recheck)"}
 
