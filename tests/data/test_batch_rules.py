@@ -50,3 +50,70 @@ def test_numbers_and_arrays_collate_as_torch_s_default_collate():
         ours = LEAF_RULES[leaf_kind(values[0])].collate(list(values), "item")
         theirs = default_collate(list(values))
         assert ours.dtype == theirs.dtype and torch.equal(ours, theirs), values
+
+
+class Opaque:
+    """A dataset value no leaf rule batches."""
+
+
+STACK_FIX = (
+    "so they do not stack into one tensor: pad them to one shape in the dataset, or return a "
+    "list of per-item tensors from your own collate_fn (DataLoaders.from_datasets(..., "
+    "collate_fn=...))."
+)
+
+
+@pytest.mark.parametrize(
+    ("items", "where"),
+    [
+        ([{"x": torch.zeros(2)}, {"x": torch.zeros(3)}], "item['x']"),
+        ([(np.zeros(2), 1), (np.zeros(3), 2)], "item[0]"),  # arrays become tensors first
+    ],
+    ids=["tensors", "arrays"],
+)
+def test_items_whose_tensors_differ_in_shape_are_refused_naming_the_place_and_the_fix(items, where):
+    with pytest.raises(ValueError) as info:
+        pluglearn.data.batch_ops.collate(items)
+    assert str(info.value) == (
+        f"collate: the items' tensors at {where} have different shapes [(2,), (3,)], {STACK_FIX}"
+    )
+
+
+def test_a_value_no_rule_batches_is_refused_naming_its_type_place_and_the_fix():
+    with pytest.raises(TypeError) as info:
+        pluglearn.data.batch_ops.collate([(Opaque(), 1), (Opaque(), 2)])
+    assert str(info.value) == (
+        "collate does not know how to batch a Opaque (at item[0]): return tensors, numbers, "
+        "strings, or tuples/dicts/dataclasses of them from the dataset, or pass "
+        "DataLoaders.from_datasets(..., collate_fn=your_function)."
+    )
+
+
+@pytest.mark.parametrize(
+    ("parts", "where", "second"),
+    [
+        ([torch.zeros(2, 3), torch.zeros(2, 4)], "batch", "(2, 4)"),
+        ([{"p": torch.zeros(2, 3)}, {"p": torch.zeros(1, 4)}], "batch['p']", "(1, 4)"),
+    ],
+)
+def test_predictions_that_differ_beyond_dim_0_are_refused_naming_both_shapes_and_the_fix(
+    parts, where, second
+):
+    with pytest.raises(ValueError) as info:
+        pluglearn.data.batch_ops.concat(parts)
+    assert str(info.value) == (
+        f"concat: {where} has shape (2, 3) in batch 0 but {second} in batch 1: tensors join on "
+        "dim 0 only, so every other dimension must agree. Pad them to one length in `predict` "
+        "(e.g. to the dataset's longest sequence), or return a list of per-item tensors."
+    )
+
+
+def test_the_per_item_list_rule_takes_one_count_per_batch():
+    """LEAF_RULES is public: its concat refuses counts that do not pair with the batches, rather
+    than joining the lists it could pair."""
+    join = LEAF_RULES["items"].concat
+    assert join([["a"], ["b", "c"]], [1, 2], "here") == ["a", "b", "c"]
+    with pytest.raises(ValueError, match="zip"):
+        join([["a"], ["b"]], [1], "here")
+    with pytest.raises(ValueError, match="zip"):
+        join([["a"]], [1, 1], "here")
