@@ -128,6 +128,7 @@ MODULES: dict[str, list[str]] = {
     ],
     "data/batch_ops.py": [
         "tests/data/test_batch_ops.py",
+        "tests/data/test_batch_ops_refusals.py",
         "tests/data/test_batch_rules.py",
         "tests/data/test_batch_tree.py",
     ],
