@@ -93,6 +93,7 @@ MODULES: dict[str, list[str]] = {
     ],
     "checkpoint/weights.py": [
         "tests/checkpoint/test_weights.py",
+        "tests/checkpoint/test_weights_refusals.py",
         "tests/checkpoint/test_resume_keys.py",
         "tests/inference/test_predict.py",
     ],

@@ -255,3 +255,41 @@ def test_a_model_with_a_submodule_named_module_saves_and_loads(tmp_path):
         Learner(target, learner().dls).load(path)
         inner = target._orig_mod if isinstance(target, Compiled) else target
         assert equal(state(inner), state(source))
+
+
+FLOAT8 = [
+    getattr(torch, name)
+    for name in (
+        "float8_e4m3fn",
+        "float8_e5m2",
+        "float8_e4m3fnuz",
+        "float8_e5m2fnuz",
+        "float8_e8m0fnu",
+    )
+    if hasattr(torch, name)
+]
+FLOATS = [torch.float16, torch.bfloat16, torch.float32, torch.float64, *FLOAT8]
+INTS = [torch.int8, torch.uint8, torch.int16, torch.uint16, torch.int32, torch.uint32, torch.int64,
+        torch.uint64]  # fmt: skip
+
+
+def every_value(dtype: torch.dtype) -> torch.Tensor:
+    """Each bit pattern of an 8- or 16-bit dtype, as a tensor of that dtype."""
+    bits = 8 if dtype.itemsize == 1 else 16
+    patterns = torch.arange(2**bits, dtype=torch.int32)
+    return patterns.to(torch.uint8 if bits == 8 else torch.int16).view(dtype)
+
+
+@pytest.mark.parametrize("source", [*FLOAT8, *SIXTEEN_BIT, *INTS[:4]], ids=str)
+def test_a_cast_is_exact_when_every_value_of_the_source_is_the_same_python_number_after_it(source):
+    """The oracle reads Python numbers: each value before and after the cast, NaN for NaN. The
+    float8 formats are where torch.finfo misleads (float8_e5m2fnuz: the eps of a 3-bit
+    mantissa; no infinities), and uint64 where a comparison in int64 would wrap."""
+    from pluglearn.checkpoint.weights import is_exact_cast
+
+    values = every_value(source)
+    before = values.tolist()
+    for target in FLOATS if source.is_floating_point else INTS:
+        after = values.to(target).tolist()
+        kept = all(a == b or (a != a and b != b) for a, b in zip(before, after, strict=True))
+        assert is_exact_cast(source, target) == kept, (source, target)

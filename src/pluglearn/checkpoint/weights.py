@@ -10,11 +10,11 @@ plain, compiled or wrapped model alike.
 Loading checks every key, shape and dtype before changing anything; a mismatch is an error naming
 the missing and unexpected keys. A tensor is only cast to the model's dtype when that keeps its
 values exactly (:func:`is_exact_cast`: float16 or bfloat16 into float32 or float64, float32
-into float64, an integer into a wider integer); any other dtype change (int <-> float, a wider
-float into a narrower one, complex, bool) is refused, naming the key and both dtypes. Besides its
-own files, ``load`` reads a state dict saved with
-``torch.save(model.state_dict(), path)`` (with ``weights_only=True``) and the model of a
-pluglearn checkpoint.
+into float64, a float8 into a float that holds each of its values, an integer into a wider
+integer); any other dtype change (int <-> float, a wider float into a narrower one, complex,
+bool) is refused, naming the key and both dtypes. Besides its own files, ``load`` reads a state
+dict saved with ``torch.save(model.state_dict(), path)`` (with ``weights_only=True``) and the
+model of a pluglearn checkpoint.
 
 Example::
 
@@ -26,6 +26,7 @@ Example::
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -108,8 +109,9 @@ def own_keys(model: nn.Module, saved: Mapping[str, torch.Tensor]) -> dict[str, t
 
 def is_exact_cast(source: torch.dtype, target: torch.dtype) -> bool:
     """True when every value of dtype ``source`` is exactly a value of ``target``: the same
-    dtype, a float into a float with at least its precision and range (float16 or bfloat16 into
-    float32 or float64, float32 into float64), an integer into an integer with its range.
+    dtype; a float of 8 or 16 bits into a float that holds each of its values (float16 or
+    bfloat16 into float32 or float64; among the float8 formats, read off their values);
+    float32 into float64; an integer into an integer with its range.
 
     >>> is_exact_cast(torch.bfloat16, torch.float32), is_exact_cast(torch.int64, torch.float32)
     (True, False)
@@ -119,15 +121,26 @@ def is_exact_cast(source: torch.dtype, target: torch.dtype) -> bool:
     if source.is_complex or target.is_complex or torch.bool in (source, target):
         return False
     if source.is_floating_point and target.is_floating_point:
-        src, dst = torch.finfo(source), torch.finfo(target)
-        smallest = src.smallest_normal * src.eps  # the smallest subnormal
-        return (
-            dst.eps <= src.eps and dst.max >= src.max and dst.smallest_normal * dst.eps <= smallest
-        )
+        if torch.finfo(source).bits <= 16:
+            return _every_value_kept(source, target)
+        return (source, target) == (torch.float32, torch.float64)  # the one wider IEEE float
     if source.is_floating_point or target.is_floating_point:
         return False
     src_i, dst_i = torch.iinfo(source), torch.iinfo(target)
     return dst_i.min <= src_i.min and dst_i.max >= src_i.max
+
+
+@functools.cache
+def _every_value_kept(source: torch.dtype, target: torch.dtype) -> bool:
+    """Whether each of the 256 or 65536 values of a float dtype of 8 or 16 bits keeps its value
+    cast to ``target`` (a NaN stays a NaN). Read off the values, since ``torch.finfo`` does not
+    decide it for the float8 formats: it gives float8_e5m2fnuz the eps of a 3-bit mantissa (it
+    has 2), and it says nothing of infinities, which the fnuz formats lack (inf becomes NaN)."""
+    bits = torch.finfo(source).bits
+    patterns = torch.arange(2**bits, dtype=torch.int32)
+    values = patterns.to(torch.int16 if bits == 16 else torch.uint8).view(source)
+    before, after = values.double(), values.to(target).double()
+    return bool(((before == after) | (before.isnan() & after.isnan())).all())
 
 
 def inexact_casts(model: Mapping[str, torch.Tensor], saved: Mapping[str, torch.Tensor]) -> str:
