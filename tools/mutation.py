@@ -79,10 +79,17 @@ MODULES: dict[str, list[str]] = {
     ],
     "checkpoint/resume.py": [
         "tests/checkpoint/test_resume.py",
+        "tests/checkpoint/test_resume_loader_generators.py",
+        "tests/checkpoint/test_resume_recipes.py",
         "tests/checkpoint/test_compatibility.py",
         "tests/checkpoint/test_compatibility_ranks.py",
+        "tests/checkpoint/test_files_loading.py",
+        "tests/checkpoint/test_plugin_runs.py",
         "tests/run/test_replay_in_process.py",
+        "tests/run/test_replay_refusals.py",
         "tests/run/test_rng.py",
+        "tests/plugins/test_accumulate.py",
+        "tests/plugins/test_scheduler_one_cycle.py",
         "tests/plugins/test_multiprocess_loader.py",
     ],
     "checkpoint/compatibility.py": [
