@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from pluglearn import Checkpoint, EarlyStopping
-from pluglearn.distributed.fit_agreement import disagreements, fingerprint, plugin_settings
+from pluglearn.distributed.fit_agreement import _items, disagreements, fingerprint, plugin_settings
 
 
 @pytest.fixture
@@ -55,3 +55,36 @@ def test_each_differing_setting_is_named_with_every_ranks_value():
         "plugins: ['A'] on rank 0, ['A', 'B'] on rank 1",
     ]
     assert disagreements([a, dict(a)]) == []
+
+
+class Scaled:
+    """A loss that is a callable object of a plain class: it has no ``__qualname__`` itself."""
+
+    def __call__(self, preds, targets):
+        return F.cross_entropy(preds, targets)
+
+
+@pytest.mark.parametrize(
+    ("loss", "name"),
+    [
+        (F.cross_entropy, "torch.nn.functional.cross_entropy"),
+        (partial(partial(F.mse_loss), reduction="sum"), "torch.nn.functional.mse_loss"),
+        (torch.nn.CrossEntropyLoss(), "torch.nn.modules.loss.CrossEntropyLoss"),
+        (Scaled(), f"{__name__}.Scaled"),
+    ],
+    ids=["function", "partials", "module", "callable-object"],
+)
+def test_the_loss_is_named_by_its_function_or_its_class(learner, loss, name):
+    assert fingerprint(learner(loss_func=loss))["loss"] == name
+
+
+def test_the_data_a_rank_reads_is_counted_in_items_else_in_batches():
+    x, y = torch.zeros(12, 2), torch.zeros(12)
+    tensors = torch.utils.data.TensorDataset(x, y)
+    pairs = [(x[i], y[i]) for i in range(7)]  # a dataset that is not tensors: its length
+    assert _items(None, torch.utils.data.DataLoader(tensors, batch_size=4)) == "12 items"
+    assert _items(None, torch.utils.data.DataLoader(pairs, batch_size=4)) == "7 items"
+    assert _items(pairs, None) == "7 items"
+    assert _items(None, [(x[:4], y[:4])] * 3) == "3 batches"  # no dataset: the loader's length
+    assert _items(None, iter([(x, y)])) is None  # neither: nothing to compare
+    assert _items(None, None) is None

@@ -40,6 +40,13 @@ def test_a_setting_that_differs_between_the_ranks_is_refused_on_every_rank_namin
             assert message is not None, f"{setting}: the fit was not refused"
             assert message.startswith("DDP: the ranks' fits differ"), message
             assert line in message, (setting, message)
+        # the whole refusal, for the case that changes one setting alone
+        assert said["lr"] == (
+            "DDP: the ranks' fits differ in what every rank must share (each rank trains its "
+            "slice of one run):\n  lr: 0.1 on rank 0, 0.3 on rank 1\nGive every rank the same "
+            "settings: a value computed from the rank (or drawn from a per-rank seed) makes "
+            "ranks disagree."
+        )
         # the group survives the refusals: a fit with equal settings trains on both ranks
         assert said["agreed"] == ranks[0]["agreed"]
 
