@@ -118,8 +118,14 @@ def test_concat_refuses_no_batches_and_counts_that_do_not_pair_with_the_batches(
             {},
             "batch 2 have different numbers of fields (1 and 2)",
         ),
+        (  # below a batch's top a list is the items' own: the whole part differs in type
+            [[zeros(1), zeros(1)], (zeros(1),)],
+            {"top": False},
+            "batch 1 have different types at batch (list, tuple)",
+        ),
     ],
-    ids=["types", "list-and-tuple", "list-lengths", "nested-keys", "named", "third-batch"],
+    ids=["types", "list-and-tuple", "list-lengths", "nested-keys", "named", "third-batch",
+         "part-of-a-batch"],
 )  # fmt: skip
 def test_batches_of_different_structures_are_refused_naming_the_batches_and_the_place(
     parts, options, expected
