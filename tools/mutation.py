@@ -81,6 +81,7 @@ MODULES: dict[str, list[str]] = {
         "tests/checkpoint/test_resume.py",
         "tests/checkpoint/test_resume_loader_generators.py",
         "tests/checkpoint/test_resume_recipes.py",
+        "tests/checkpoint/test_resume_records.py",
         "tests/checkpoint/test_compatibility.py",
         "tests/checkpoint/test_compatibility_ranks.py",
         "tests/checkpoint/test_files_loading.py",
