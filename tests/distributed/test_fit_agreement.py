@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pluglearn import Checkpoint, EarlyStopping
+from pluglearn import Checkpoint, DataLoaders, EarlyStopping, Learner, hookimpl
 from pluglearn.distributed.fit_agreement import _items, disagreements, fingerprint, plugin_settings
 
 
@@ -88,3 +88,43 @@ def test_the_data_a_rank_reads_is_counted_in_items_else_in_batches():
     assert _items(None, [(x[:4], y[:4])] * 3) == "3 batches"  # no dataset: the loader's length
     assert _items(None, iter([(x, y)])) is None  # neither: nothing to compare
     assert _items(None, None) is None
+
+
+def test_loaders_of_the_user_s_own_give_their_batch_sizes_and_datasets_lengths():
+    """DataLoaders over torch DataLoaders knows no batch size nor dataset itself: the loaders'
+    are compared."""
+    x, y = torch.zeros(12, 4), torch.zeros(12, dtype=torch.long)
+    data = torch.utils.data.TensorDataset
+    dls = DataLoaders(
+        torch.utils.data.DataLoader(data(x, y), batch_size=4),
+        torch.utils.data.DataLoader(data(x[:6], y[:6]), batch_size=3),
+    )
+    said = fingerprint(Learner(torch.nn.Linear(4, 3), dls, defaults=False))
+    assert (said["batch_size"], said["valid_batch_size"]) == (4, 3)
+    assert (said["train data"], said["valid data"]) == ("12 items", "6 items")
+
+
+def test_differences_are_listed_in_rank_0_s_order_past_the_settings_only_some_ranks_have():
+    rank_0 = {"lr": 0.1, "A(n=)": 1, "epochs": 2}
+    rank_1 = {"B(k=)": 5, "epochs": 3, "lr": 0.3}
+    assert disagreements([rank_0, rank_1]) == [
+        "lr: 0.1 on rank 0, 0.3 on rank 1",
+        "epochs: 2 on rank 0, 3 on rank 1",
+    ]
+
+
+class Slotted:
+    """A plugin whose instances have no ``__dict__``."""
+
+    __slots__ = ("patience",)
+
+    def __init__(self, patience: int = 2) -> None:
+        self.patience = patience
+
+    @hookimpl
+    def before_fit(self, learn):
+        pass
+
+
+def test_a_plugin_without_a_dict_has_no_settings_to_compare():
+    assert plugin_settings(Slotted(3)) == {}
