@@ -102,6 +102,10 @@ def test_loaders_of_the_user_s_own_give_their_batch_sizes_and_datasets_lengths()
     said = fingerprint(Learner(torch.nn.Linear(4, 3), dls, defaults=False))
     assert (said["batch_size"], said["valid_batch_size"]) == (4, 3)
     assert (said["train data"], said["valid data"]) == ("12 items", "6 items")
+    lists = DataLoaders([(x[:4], y[:4])] * 3, [(x[:6], y[:6])])  # batches: no size, no dataset
+    said = fingerprint(Learner(torch.nn.Linear(4, 3), lists, defaults=False))
+    assert (said["batch_size"], said["valid_batch_size"]) == (None, None)
+    assert (said["train data"], said["valid data"]) == ("3 batches", "1 batches")
 
 
 def test_differences_are_listed_in_rank_0_s_order_past_the_settings_only_some_ranks_have():
