@@ -11,6 +11,7 @@ from torch import nn
 
 from pluglearn import Checkpoint, DataLoaders, Learner, WeightsError
 from pluglearn.checkpoint.files import checkpoints_in
+from tests.checkpoint.test_weights_refusals import WeightBesideModule
 from tests.helpers import batches, tiny_data
 from tests.run.test_replay_refusals import Stream
 
@@ -46,18 +47,6 @@ def test_a_mid_epoch_record_holds_the_order_and_digest_its_loader_needs_and_no_m
         assert (record["order"] is not None) == order, record["loop"]
         assert (record["fingerprint"] is not None) == digest, record["loop"]
     assert epoch_end["order"] is None and epoch_end["fingerprint"] is None
-
-
-class WeightBesideModule(nn.Module):
-    """``weight`` and ``module.weight``: one key once DDP's prefix ``module.`` is stripped."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.zeros(3))
-        self.module = nn.Linear(4, 3, bias=False)
-
-    def forward(self, x):
-        return self.module(x) + self.weight
 
 
 def test_a_model_whose_keys_collide_without_prefixes_is_refused_at_its_first_checkpoint(tmp_path):

@@ -184,6 +184,29 @@ def test_a_widening_that_keeps_every_value_loads_exactly(tmp_path, file_dtype, m
 SIXTEEN_BIT = [torch.float16, torch.bfloat16, torch.int16]
 
 
+FLOAT8 = [
+    getattr(torch, name)
+    for name in (
+        "float8_e4m3fn",
+        "float8_e5m2",
+        "float8_e4m3fnuz",
+        "float8_e5m2fnuz",
+        "float8_e8m0fnu",
+    )
+    if hasattr(torch, name)
+]
+FLOATS = [torch.float16, torch.bfloat16, torch.float32, torch.float64, *FLOAT8]
+INTS = [torch.int8, torch.uint8, torch.int16, torch.uint16, torch.int32, torch.uint32, torch.int64,
+        torch.uint64]  # fmt: skip
+
+
+def every_value(dtype: torch.dtype) -> torch.Tensor:
+    """Each bit pattern of an 8- or 16-bit dtype, as a tensor of that dtype."""
+    bits = 8 if dtype.itemsize == 1 else 16
+    patterns = torch.arange(2**bits, dtype=torch.int32)
+    return patterns.to(torch.uint8 if bits == 8 else torch.int16).view(dtype)
+
+
 WIDER = [torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.int16, torch.int32,
          torch.int64, torch.uint8, torch.int8, torch.complex64]  # fmt: skip
 
@@ -198,13 +221,7 @@ def test_exact_casts_are_those_that_keep_every_value_and_the_kind(source):
     holds each of their values exactly); int <-> float is refused even where values survive."""
     from pluglearn.checkpoint.weights import is_exact_cast
 
-    bits = 8 if source in (torch.int8, torch.uint8) else 16
-    pool = torch.arange(2**bits, dtype=torch.int32)
-    if source == torch.uint8:
-        every = pool.to(torch.uint8)
-    else:
-        signed = {8: torch.int8, 16: torch.int16}[bits]
-        every = (pool - 2 ** (bits - 1)).to(signed).view(source)
+    every = every_value(source)
     before = every.to(torch.float64)
     for target in WIDER:
         after = every.to(target)
@@ -255,29 +272,6 @@ def test_a_model_with_a_submodule_named_module_saves_and_loads(tmp_path):
         Learner(target, learner().dls).load(path)
         inner = target._orig_mod if isinstance(target, Compiled) else target
         assert equal(state(inner), state(source))
-
-
-FLOAT8 = [
-    getattr(torch, name)
-    for name in (
-        "float8_e4m3fn",
-        "float8_e5m2",
-        "float8_e4m3fnuz",
-        "float8_e5m2fnuz",
-        "float8_e8m0fnu",
-    )
-    if hasattr(torch, name)
-]
-FLOATS = [torch.float16, torch.bfloat16, torch.float32, torch.float64, *FLOAT8]
-INTS = [torch.int8, torch.uint8, torch.int16, torch.uint16, torch.int32, torch.uint32, torch.int64,
-        torch.uint64]  # fmt: skip
-
-
-def every_value(dtype: torch.dtype) -> torch.Tensor:
-    """Each bit pattern of an 8- or 16-bit dtype, as a tensor of that dtype."""
-    bits = 8 if dtype.itemsize == 1 else 16
-    patterns = torch.arange(2**bits, dtype=torch.int32)
-    return patterns.to(torch.uint8 if bits == 8 else torch.int16).view(dtype)
 
 
 @pytest.mark.parametrize("source", [*FLOAT8, *SIXTEEN_BIT, *INTS[:4]], ids=str)

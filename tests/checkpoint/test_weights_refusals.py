@@ -14,6 +14,8 @@ from pluglearn import Checkpoint, Learner, WeightsError
 from pluglearn.checkpoint import weights
 from pluglearn.checkpoint.files import checkpoints_in
 from pluglearn.checkpoint.weights import load_state_checked, own_keys, storable
+from tests.checkpoint.test_weights import Payload
+from tests.helpers import raised_by
 from tests.support.bn_classifier import equal, learner, make_model, state
 
 FIX = "save it again, or load another copy."
@@ -21,9 +23,7 @@ STATE_DICT_FIX = "save weights with learn.save(path) or torch.save(model.state_d
 
 
 def refusal(path, error=WeightsError) -> str:
-    with pytest.raises(error) as info:
-        learner().load(path)
-    return str(info.value)
+    return raised_by(lambda: learner().load(path), error)
 
 
 # ------------------------------------------------------------------------ damaged files
@@ -71,10 +71,6 @@ def test_a_missing_file_names_the_path_and_what_to_pass(tmp_path):
 
 
 # ------------------------------------------------------------------ files of torch.save
-
-
-class Payload:
-    """An object a weights-only unpickler refuses."""
 
 
 def test_a_torch_file_with_objects_is_refused_with_torch_s_reason_cut_to_200_characters(tmp_path):
@@ -138,8 +134,11 @@ class WeightBesideModule(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.weight = nn.Parameter(torch.zeros(2))
-        self.module = nn.Linear(2, 2, bias=False)
+        self.weight = nn.Parameter(torch.zeros(3))
+        self.module = nn.Linear(4, 3, bias=False)
+
+    def forward(self, x):
+        return self.module(x) + self.weight
 
 
 def test_a_model_whose_own_keys_collide_without_prefixes_is_refused_naming_the_model(tmp_path):

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from pluglearn.data.batch_ops import collate, concat, count_items, inputs_of, targets_of, to_device
+from tests.helpers import raised_by
 
 zeros = torch.zeros
 SPLIT_FIX = (
@@ -17,12 +18,6 @@ SPLIT_FIX = (
 )
 ONE_ITEM_STRUCTURE = "make the dataset return one structure for every item."
 ONE_BATCH_STRUCTURE = "return one structure for every batch."
-
-
-def message(call) -> str:
-    with pytest.raises((TypeError, ValueError, KeyError)) as info:
-        call()
-    return info.value.args[0]
 
 
 # ------------------------------------------------------------------------- inputs, targets
@@ -34,16 +29,18 @@ def message(call) -> str:
     ids=["three-fields", "a-tensor"],
 )
 def test_a_batch_neither_a_pair_nor_a_dict_has_no_inputs_nor_targets_named_by_its_type(batch, kind):
-    assert message(lambda: inputs_of(batch)) == (
+    assert raised_by(lambda: inputs_of(batch), TypeError) == (
         f"learn.xb: the batch is a {kind}, which has no inputs {SPLIT_FIX}"
     )
-    assert message(lambda: targets_of(batch)) == (
+    assert raised_by(lambda: targets_of(batch), TypeError) == (
         f"learn.yb: the batch is a {kind}, which has no targets {SPLIT_FIX}"
     )
 
 
 def test_a_dict_batch_without_labels_has_no_targets_and_the_error_lists_its_keys():
-    assert message(lambda: targets_of({"ids": zeros(1), "mask": zeros(1)})) == (
+    with pytest.raises(KeyError) as info:  # str() of a KeyError is its message's repr
+        targets_of({"ids": zeros(1), "mask": zeros(1)})
+    assert info.value.args[0] == (
         "this dict batch has no 'labels' entry (keys: ids, mask), so it has no targets "
         "(learn.yb): name the targets 'labels' in the dataset's items."
     )
@@ -53,8 +50,9 @@ def test_a_dict_batch_without_labels_has_no_targets_and_the_error_lists_its_keys
 
 
 def test_collate_refuses_an_empty_batch_and_counts_the_items_the_dataset_returned_as_none():
-    assert message(lambda: collate([])) == "collate needs at least one item: the batch is empty."
-    assert message(lambda: collate([None, (zeros(1), 1), None])) == (
+    empty = raised_by(lambda: collate([]), ValueError)
+    assert empty == "collate needs at least one item: the batch is empty."
+    assert raised_by(lambda: collate([None, (zeros(1), 1), None]), TypeError) == (
         "the dataset returned None for 2 of the 3 items of this batch: its __getitem__ must "
         "return the item, e.g. (x, y) (is a `return` missing?)."
     )
@@ -74,7 +72,8 @@ def test_collate_refuses_an_empty_batch_and_counts_the_items_the_dataset_returne
     ids=["types", "keys", "nested-fields", "leaf-kinds"],
 )
 def test_items_of_different_structures_are_refused_naming_the_place_and_both_sides(items, expected):
-    assert message(lambda: collate(items)) == (
+    error = TypeError if "different types" in expected else ValueError  # a type, or a shape
+    assert raised_by(lambda: collate(items), error) == (
         f"collate: the items of one batch {expected}: {ONE_ITEM_STRUCTURE}"
     )
 
@@ -82,7 +81,7 @@ def test_items_of_different_structures_are_refused_naming_the_place_and_both_sid
 def test_an_item_that_is_a_list_is_a_structure_whose_fields_errors_name():
     """At the top of an item a list is a structure (its fields collate one by one), so a
     tensor of another shape is named by its field, not as the whole item."""
-    assert message(lambda: collate([[zeros(2), "a"], [zeros(3), "b"]])).startswith(
+    assert raised_by(lambda: collate([[zeros(2), "a"], [zeros(3), "b"]]), ValueError).startswith(
         "collate: the items' tensors at item[0] have different shapes [(2,), (3,)]"
     )
 
@@ -91,8 +90,9 @@ def test_an_item_that_is_a_list_is_a_structure_whose_fields_errors_name():
 
 
 def test_concat_refuses_no_batches_and_counts_that_do_not_pair_with_the_batches():
-    assert message(lambda: concat([])) == "concat needs at least one batch: the pass yielded none."
-    assert message(lambda: concat([zeros(1), zeros(1)], counts=[1])) == (
+    none = raised_by(lambda: concat([]), ValueError)
+    assert none == "concat needs at least one batch: the pass yielded none."
+    assert raised_by(lambda: concat([zeros(1), zeros(1)], counts=[1]), ValueError) == (
         "concat: 2 batches but 1 counts."
     )
 
@@ -130,14 +130,13 @@ def test_concat_refuses_no_batches_and_counts_that_do_not_pair_with_the_batches(
 def test_batches_of_different_structures_are_refused_naming_the_batches_and_the_place(
     parts, options, expected
 ):
-    batch_0 = "concat: batch 0 and "
-    assert (
-        message(lambda: concat(parts, **options)) == f"{batch_0}{expected}: {ONE_BATCH_STRUCTURE}"
-    )
+    error = TypeError if "different types" in expected else ValueError  # a type, or a shape
+    said = raised_by(lambda: concat(parts, **options), error)
+    assert said == f"concat: batch 0 and {expected}: {ONE_BATCH_STRUCTURE}"
 
 
 def test_a_leaf_of_another_kind_in_a_later_batch_is_refused_naming_both_types():
-    assert message(lambda: concat([(zeros(1), zeros(1)), (zeros(1), "a")])) == (
+    assert raised_by(lambda: concat([(zeros(1), zeros(1)), (zeros(1), "a")]), TypeError) == (
         f"concat: batch[1] is a Tensor in batch 0 but a str in batch 1: {ONE_BATCH_STRUCTURE}"
     )
 
@@ -148,16 +147,16 @@ def test_a_batch_that_is_a_list_is_a_structure_by_default_and_a_list_of_items_be
     assert [f.tolist() for f in fields] == [[0.0, 0.0], [1.0, 1.0]]
     items = concat(parts, top=False)  # a part of a batch: one entry per item, in item order
     assert [i.tolist() for i in items] == [[0.0], [1.0], [0.0], [1.0]]
-    assert message(lambda: concat([[zeros(2, 3), zeros(2)], [zeros(2, 4), zeros(2)]])).startswith(
-        "concat: batch[0] has shape (2, 3) in batch 0 but (2, 4) in batch 1"
-    )
+    assert raised_by(
+        lambda: concat([[zeros(2, 3), zeros(2)], [zeros(2, 4), zeros(2)]]), ValueError
+    ).startswith("concat: batch[0] has shape (2, 3) in batch 0 but (2, 4) in batch 1")
 
 
 # ---------------------------------------------------------------------- count, to_device
 
 
 def test_a_batch_without_a_tensor_has_no_count_and_the_error_names_the_hook():
-    assert message(lambda: count_items(("a", "b"))) == (
+    assert raised_by(lambda: count_items(("a", "b")), TypeError) == (
         "cannot count the items of a batch of type tuple: it holds no tensor. Make the dataset "
         "return tensors (or numbers, which collate to tensors), or answer the count_items hook "
         "in a plugin."
