@@ -43,11 +43,14 @@ from pathlib import Path
 from mutation_hooks import expose_hooks_in  # tools/ is on sys.path when run as a script
 
 ROOT = Path(__file__).resolve().parents[1]
+TOOLS = Path(__file__).resolve().parent
+CONTROL_PASSED = "# the tests pass unmutated"  # mutation_batch.py's first line
 PACKAGE = "src/pluglearn"
 TARGET = 0.90  # the kill rate every module should reach
 
-# Module (under src/pluglearn) -> the test files that cover it (tests/test_tools.py checks that
-# every one exists; a path that does not, say in an older commit's --ref tree, is skipped).
+# Module (under src/pluglearn) -> the test files (or ids, path::test) that cover it
+# (tests/test_tools.py checks that every file exists; a path that does not, say in an older
+# commit's --ref tree, is skipped).
 MODULES: dict[str, list[str]] = {
     "data/safe_pickle.py": ["tests/data/test_mnist.py", "tests/data/test_safe_pickle.py"],
     "data/download.py": [
@@ -223,6 +226,31 @@ MODULES: dict[str, list[str]] = {
     ],
     "distributed/cancel_agreement.py": [
         "tests/distributed/test_cancel_agreement.py",
+        "tests/distributed/test_ddp.py",
+    ],
+    "distributed/ddp.py": [
+        "tests/distributed/test_ddp.py",
+        "tests/distributed/test_cancel_agreement.py",
+        "tests/distributed/test_ddp_sum_loss.py",
+        "tests/distributed/test_ddp_hf.py",
+        "tests/distributed/test_ranks_local_calls.py",
+        "tests/distributed/test_fit_agreement_ranks.py",
+        "tests/checkpoint/test_plugin_ranks.py",
+        "tests/test_seams.py::test_ddp_meets_every_other_feature_as_one_process_does",
+    ],
+    "distributed/fsdp.py": [
+        "tests/distributed/test_fsdp.py",
+        "tests/distributed/test_ranks_local_calls.py",
+    ],
+    "distributed/ranks.py": [
+        "tests/distributed/test_ranks.py",
+        "tests/distributed/test_ranks_local_calls.py",
+        "tests/distributed/test_ranks_shards.py",
+        "tests/distributed/test_ddp.py",
+        "tests/distributed/test_ddp_elastic.py",
+        "tests/distributed/test_fsdp.py",
+        "tests/checkpoint/test_plugin_ranks.py",
+        "tests/plugins/test_tracking_ranks.py",
     ],
 }
 KILLED = {"killed", "timeout", "segfault", "caught by type check", "killed (recheck)"}
@@ -292,7 +320,7 @@ def configure(
         f.write("\n".join(settings) + "\n")
 
 
-def mutmut(tree: Path, *args: str, quiet: bool = False) -> str:
+def mutmut(tree: Path, *args: str, quiet: bool = False, may_fail: bool = False) -> str:
     # mutmut runs the tests once in its own process, then forks a child per mutant. A child that
     # inherits torch's OpenMP thread pool from that parent waits forever at the pool's barrier
     # (no CPU used, so the CPU-time limit never fires): one thread each keeps the forks sound.
@@ -305,7 +333,7 @@ def mutmut(tree: Path, *args: str, quiet: bool = False) -> str:
         stdout=subprocess.PIPE if quiet else None,
         check=False,
     )
-    if done.returncode != 0:
+    if done.returncode != 0 and not may_fail:
         sys.exit(f"mutmut {' '.join(args)} failed (exit {done.returncode}); see above.")
     return done.stdout or ""
 
@@ -314,6 +342,18 @@ def statuses(tree: Path) -> dict[str, str]:
     """``mutant name -> status`` for every mutant (``mutmut results --all true``)."""
     out = mutmut(tree, "results", "--all", "true", quiet=True)
     return dict(re.findall(r"^\s+(\S+): (.+)$", out, flags=re.MULTILINE))
+
+
+def chosen(found: dict[str, str], only: list[str]) -> dict[str, str]:
+    """The mutants of this run (``--only``'s globs, else all); one mutmut left unchecked (it
+    stopped early: no test reached the module in its own process) as ``no tests``."""
+    from fnmatch import fnmatchcase
+
+    return {
+        name: "no tests" if status == "not checked" else status
+        for name, status in found.items()
+        if not only or any(fnmatchcase(name, glob) for glob in only)
+    }
 
 
 def module_of(mutant: str) -> str:
@@ -353,40 +393,103 @@ def _line_of(source: Path, mutant: str, text: str) -> int | str:
 
 
 def recheck(
-    tree: Path, results: dict[str, str], tests: list[str], extra: list[str], jobs: int
+    tree: Path,
+    results: dict[str, str],
+    tests: list[str],
+    extra: list[str],
+    jobs: int,
+    batched: bool = True,
 ) -> dict[str, str]:
     """Run each mutant mutmut did not kill against *all* the covering ``tests``.
 
     mutmut runs a mutant only against the tests that reached its function in its stats run. A
     function reached once per process (a type registered the first time it is seen, behind a
     cache) is credited to the first test that reached it, or to none, so its mutants "survive"
-    tests that kill them. Here each one runs in the copy with ``MUTANT_UNDER_TEST`` set (what
+    tests that kill them; code reached only in the jobs a test starts (DDP's two ranks) reaches
+    no test at all. Here each one runs in the copy with ``MUTANT_UNDER_TEST`` set (what
     mutmut's trampolines read at every call); a failing test kills it (``killed (recheck)``).
+    ``batched``: many mutants per pytest process (``mutation_batch.py``), one process per job;
+    else a pytest process per mutant.
     """
-    from concurrent.futures import ThreadPoolExecutor
-
-    # the copy's src/ ahead of the editable install's (this checkout's) src/
-    source = str(tree / "mutants" / "src")
-    path = os.pathsep.join(filter(None, [source, os.environ.get("PYTHONPATH")]))
+    todo = [m for m, status in results.items() if status not in KILLED]
+    for entry in tree.iterdir():  # mutmut copies src/ and tests/; the examples, docs... too
+        if not (tree / "mutants" / entry.name).exists() and entry.name != "mutants":
+            (tree / "mutants" / entry.name).symlink_to(entry)
+    source = str(tree / "mutants" / "src")  # the copy's src/ ahead of this checkout's
+    path = os.pathsep.join(filter(None, [source, str(TOOLS), os.environ.get("PYTHONPATH")]))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": path}
-    command = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *extra]
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *extra]
     if (tree / "tests" / "conftest.py").is_file():
         command.append("--hypothesis-profile=mutation")
+    run = _recheck_batched if batched else _recheck_each
+    killed = run(tree, todo, [*command, *tests], env, max(1, jobs))
+    return {m: "killed (recheck)" if m in killed else s for m, s in results.items()}
+
+
+def _recheck_each(
+    tree: Path, todo: list[str], command: list[str], env: dict[str, str], jobs: int
+) -> set[str]:
+    from concurrent.futures import ThreadPoolExecutor
 
     def killed(mutant: str) -> bool:
         try:
             done = subprocess.run(
-                [*command, *tests], cwd=tree / "mutants", env={**env, "MUTANT_UNDER_TEST": mutant},
+                [*command, "-x"], cwd=tree / "mutants", env={**env, "MUTANT_UNDER_TEST": mutant},
                 capture_output=True, timeout=600, check=False,
             )  # fmt: skip
         except subprocess.TimeoutExpired:
             return True  # as mutmut counts a timeout
         return done.returncode not in (0, 5)  # 5: no test collected
 
-    todo = [m for m, status in results.items() if status not in KILLED]
-    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        verdicts = dict(zip(todo, pool.map(killed, todo), strict=True))
-    return {m: "killed (recheck)" if verdicts.get(m) else s for m, s in results.items()}
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        return {m for m, k in zip(todo, pool.map(killed, todo), strict=True) if k}
+
+
+def _recheck_batched(
+    tree: Path, todo: list[str], command: list[str], env: dict[str, str], jobs: int
+) -> set[str]:
+    """``jobs`` pytest processes, each running its share of the mutants. A process that dies
+    mid-mutant (the mutant crashed it) counts that mutant killed, as mutmut counts a segfault,
+    and the rest of its share runs in a new process."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from mutation_batch import CONTROL
+    from mutation_switch import HOOK, VARIABLE, choose
+
+    with (tree / "mutants" / PACKAGE / "__init__.py").open("a") as f:
+        f.write(HOOK)
+
+    def share(index: int, mutants: list[str]) -> dict[str, str]:
+        verdicts: dict[str, str] = {}
+        listed, out = tree / f"mutants-{index}.txt", tree / f"verdicts-{index}.txt"
+        env_here = {**env, VARIABLE: str(tree / f"mutant-{index}")}
+        choose(env_here[VARIABLE], CONTROL)
+        while left := [m for m in mutants if m not in verdicts]:
+            listed.write_text("\n".join(left) + "\n")
+            out.write_text("")
+            done = subprocess.run(
+                [*command, "-p", "mutation_batch", f"--mutants={listed}", f"--verdicts={out}"],
+                cwd=tree / "mutants", env=env_here, capture_output=True, text=True, check=False,
+            )  # fmt: skip
+            lines = out.read_text().splitlines()
+            if not lines or lines[0] != CONTROL_PASSED:  # collection, or the unmutated tests
+                told = done.stdout + out.read_text()
+                sys.exit(f"--recheck: the tests fail unmutated:\n{told[-5000:]}")
+            if any(line.startswith("# ") for line in lines[1:]):  # the control, at the end
+                sys.exit(f"--recheck: {out.read_text()[-5000:]}\nthe kills are suspect")
+            for line in lines[1:]:
+                name, verdict, *_ = line.split()
+                verdicts[name] = verdict
+                print(f"  recheck {line}", flush=True)
+            if done.returncode != 0 and (crashed := [m for m in left if m not in verdicts]):
+                verdicts[crashed[0]] = "killed"  # it ended the process, as a segfault would
+                print(f"  recheck {crashed[0]} killed (pytest ended: {done.returncode})")
+        return verdicts
+
+    shares = [todo[i::jobs] for i in range(jobs)]
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        found = pool.map(share, range(jobs), shares)
+    return {m for verdicts in found for m, v in verdicts.items() if v == "killed"}
 
 
 def report(tree: Path, results: dict[str, str], modules: list[str]) -> bool:
@@ -442,6 +545,11 @@ def main() -> None:
         "mutant too)",
     )  # fmt: skip
     parser.add_argument(
+        "--recheck-each",
+        action="store_true",
+        help="--recheck with a pytest process per mutant, not many per process",
+    )
+    parser.add_argument(
         "--recheck-arg",
         action="append",
         help="pytest arguments of --recheck (default: --pytest-arg)",
@@ -460,7 +568,7 @@ def main() -> None:
         for m in sorted(set(modules) - set(present)):
             print(f"note: {PACKAGE}/{m} is not in this tree; skipped")
         tests = args.tests or sorted({t for m in present for t in MODULES.get(m, [])})
-        tests = [t for t in tests if (tree / t).is_file()]
+        tests = [t for t in tests if (tree / t.split("::")[0]).is_file()]
         if not present or not tests:
             sys.exit("nothing to run: no module or no test file found (see --list)")
         if not args.no_hooks:
@@ -469,12 +577,16 @@ def main() -> None:
                 print(f"{m}: {len(hooks)} @hookimpl methods brought under mutation", flush=True)
         configure(tree, present, tests, args.pytest_arg, args.slack)
         print(f"mutating {', '.join(present)}\n  tests {' '.join(tests)}\n  in {tree}", flush=True)
-        mutmut(tree, "run", "--max-children", str(args.jobs), *args.only)
-        results = {k: v for k, v in statuses(tree).items() if v != "not checked"}
+        # mutmut stops early when no test reached the module in its own process (code run only
+        # in the jobs the tests start): --recheck then runs every mutant
+        mutmut(tree, "run", "--max-children", str(args.jobs), *args.only, may_fail=args.recheck)
+        results = chosen(statuses(tree), args.only)
         if args.recheck:
             extra = args.pytest_arg if args.recheck_arg is None else args.recheck_arg
             more = [t for t in args.recheck_tests if (tree / t.split("::")[0]).is_file()]
-            results = recheck(tree, results, [*tests, *more], extra, args.jobs)
+            results = recheck(
+                tree, results, [*tests, *more], extra, args.jobs, not args.recheck_each
+            )
         ok = report(tree, results, present)
     finally:
         if args.keep:
