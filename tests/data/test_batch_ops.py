@@ -32,6 +32,7 @@ from pluglearn.data.batch_ops import (
     concat,
     count_items,
     detach,
+    head,
     inputs_of,
     take,
     targets_of,
@@ -842,13 +843,15 @@ def test_concat_of_batches_agrees_with_the_reference(data, top, sizes):
 
 @PROPERTY
 @given(schemas(BATCH_LEAVES), st.integers(1, 4), st.integers(0, 2**16))
-def test_count_take_and_the_maps_agree_with_the_reference(schema, n, seed):
+def test_count_take_head_and_the_maps_agree_with_the_reference(schema, n, seed):
     batch = build(schema, batch_leaf(torch.Generator().manual_seed(seed), n))
     agree(count_items, ref_count, batch)
     agree(lambda b: to_device(b, "cpu"), lambda b: ref_map(lambda t: t.to("cpu"), b), batch)
     agree(detach, lambda b: ref_map(torch.Tensor.detach, b), batch)
     for i in range(n):
         agree(take, ref_take, batch, i)
+    for k in range(n + 1):  # the first k items: what DDP keeps of a batch with padding
+        agree(head, lambda b, k: ref_take(b, slice(0, k)), batch, k)
 
 
 def test_the_generated_structures_exercise_every_rule():

@@ -1,5 +1,7 @@
-"""HFModel (dict batches) under DDP, with and without GradientAccumulation: two ranks give the
-weights and metrics of one process (the items are counted through the count_items hook)."""
+"""HFModel (dict batches) under DDP, with and without GradientAccumulation, and with torch
+DataLoaders whose DistributedSampler pads the validation set: two ranks give the weights and
+metrics of one process (the items are counted through the count_items hook, the padding cut
+from the dict)."""
 
 from __future__ import annotations
 
@@ -32,7 +34,11 @@ def run(out: Path, nproc: int, *args: str) -> dict:
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize("accum", [[], ["--accum", "3"]], ids=["plain", "accumulated"])
+@pytest.mark.parametrize(
+    "accum",
+    [[], ["--accum", "3"], ["--sampler"]],
+    ids=["plain", "accumulated", "distributed-sampler"],  # its padding cut from a dict batch
+)
 def test_hf_model_on_two_ranks_trains_as_one_process(tmp_path, accum):
     (tmp_path / "one").mkdir()
     (tmp_path / "two").mkdir()

@@ -1,10 +1,11 @@
 """HFModel under DDP: a float64 model taking dict batches, run under torchrun (two ranks) or
 alone (the one-process oracle) by tests/distributed/test_ddp_hf.py.
 
-    [torchrun --nproc_per_node 2] python tests/jobs/hf_job.py OUT [--accum K]
+    [torchrun --nproc_per_node 2] python tests/jobs/hf_job.py OUT [--accum K] [--sampler]
 
 Ten training items in global batches of 4 (the last has 2: one per rank), seven validation
-items; DDP(), HFModel(), AvgLoss() and, with ``--accum K``, GradientAccumulation(K). Rank 0
+items; DDP(), HFModel(), AvgLoss() and, with ``--accum K``, GradientAccumulation(K). The
+loaders are pluglearn's, or with ``--sampler`` torch DataLoaders with a DistributedSampler. Rank 0
 writes ``OUT/result.pt``: the final weights and the last epoch's metrics.
 """
 
@@ -18,6 +19,7 @@ from types import SimpleNamespace
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
 
@@ -56,15 +58,30 @@ class TokenIds(torch.utils.data.Dataset):
         return {"input_ids": self.ids[i], "attention_mask": self.mask[i], "labels": self.labels[i]}
 
 
+def sampled(dataset: TokenIds) -> DataLoader:
+    """A torch DataLoader of global batches of 4 in order: on several ranks each takes its
+    share through a ``DistributedSampler``, which pads the seven validation items to eight by
+    repeating item 0 (on rank 1's last batch, which must count one item, not two)."""
+    if not pdist.is_distributed():
+        return DataLoader(dataset, batch_size=4)
+    sampler = DistributedSampler(dataset, shuffle=False)
+    return DataLoader(dataset, batch_size=4 // pdist.world_size(), sampler=sampler)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("out", type=Path)
     parser.add_argument("--accum", type=int, default=0)
+    parser.add_argument("--sampler", action="store_true", help="torch DataLoaders (see above)")
     args = parser.parse_args()
-    dls = DataLoaders.from_datasets(
-        TokenIds(10, 1), TokenIds(7, 2), batch_size=4, valid_batch_size=4, seed=0
-    )
-    plugins = [HFModel(), DDP(), AvgLoss()]
+    ddp = DDP()  # joins torchrun's group, which the loaders below ask about
+    if args.sampler:
+        dls = DataLoaders(*(sampled(TokenIds(n, seed)) for n, seed in ((10, 1), (7, 2))))
+    else:
+        dls = DataLoaders.from_datasets(
+            TokenIds(10, 1), TokenIds(7, 2), batch_size=4, valid_batch_size=4, seed=0
+        )
+    plugins = [HFModel(), ddp, AvgLoss()]
     if args.accum:
         plugins.append(GradientAccumulation(args.accum))
     learn = Learner(TinyDictModel(), dls, lr=0.5, plugins=plugins, defaults=False)

@@ -10,7 +10,8 @@ rebuilt with its own type; see there for lists):
 * :func:`collate` stacks dataset items into one batch (the loaders' default ``collate_fn``);
 * :func:`concat` joins batches in item order (``get_preds``'s predictions and targets);
 * :func:`count_items` is how many items a batch holds (metrics average per item), :func:`take`
-  its item ``i``;
+  its item ``i``, :func:`head` its first ``n`` items (``take`` with ``slice(0, n)``: a
+  ``DistributedSampler``'s padding cut off a validation batch under DDP);
 * :func:`inputs_of` / :func:`targets_of` give ``learn.xb`` / ``learn.yb``: the pair's parts, or
   for a mapping everything but ``labels`` and ``batch["labels"]``.
 
@@ -199,6 +200,17 @@ def take(obj: Any, index: int, top: bool = True) -> Any:
     Example: ``take((xb, ["a", "b"]), 1) == (xb[1], "b")``."""
     flat = flatten(obj, top=top)
     return unflatten(flat, [LEAF_RULES[leaf_kind(v)].take(v, index) for v in flat.leaves])
+
+
+def head(obj: Any, n: int, top: bool = True) -> Any:
+    """The first ``n`` items of a batch, of the same structure: every tensor's first ``n`` rows,
+    every per-item list's first ``n`` entries, the other leaves kept (as :func:`take` keeps
+    them). ``top`` as for :func:`take`.
+
+    Example: ``head({"x": xb, "names": ["a", "b"]}, 1) == {"x": xb[:1], "names": ["a"]}``."""
+    flat = flatten(obj, top=top)
+    first = slice(0, n)
+    return unflatten(flat, [LEAF_RULES[leaf_kind(v)].take(v, first) for v in flat.leaves])
 
 
 def collate(items: Sequence[Any]) -> Any:

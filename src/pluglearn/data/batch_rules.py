@@ -122,7 +122,7 @@ def _count_tensor(leaf: torch.Tensor) -> int:
     return leaf.shape[0] if leaf.ndim else 1
 
 
-def _take_tensor(leaf: torch.Tensor, index: int) -> torch.Tensor:
+def _take_tensor(leaf: torch.Tensor, index: int | slice) -> torch.Tensor:
     return leaf[index] if leaf.ndim else leaf
 
 
@@ -140,10 +140,10 @@ class LeafRule(NamedTuple):
     concat: Callable[[list[Any], list[int], object], Any]
     # not `count`: a NamedTuple field of that name would hide tuple.count
     count_leaf: Callable[[Any], int] | None
-    take: Callable[[Any, int], Any]
+    take: Callable[[Any, int | slice], Any]  # an item, or a slice of the items
 
 
-def _keep(leaf: Any, index: int) -> Any:
+def _keep(leaf: Any, index: int | slice) -> Any:
     return leaf
 
 

@@ -49,6 +49,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch.utils.data import DistributedSampler
 
+from ..data.batch_ops import head
 from ..exceptions import CancelBatchException, CancelException
 from ..hooks.dispatch import is_noop
 from ..hooks.markers import hookimpl
@@ -316,7 +317,7 @@ class DDP:
             return
         if real == 0:  # only repeats: this rank skips the batch (no collective in validation)
             raise CancelBatchException("DDP: a batch of padding only")
-        learn.batch = tuple(t[:real] for t in learn.batch)
+        learn.batch = head(learn.batch, real)  # any structure: a pair, a dict, a dataclass
 
     def _call_compute_loss(self, call: Caller) -> Caller:
         def compute_loss(learn: Learner) -> Any:

@@ -57,6 +57,7 @@ import torch
 from torch import nn
 from torch.utils.data import DistributedSampler
 
+from ..data.batch_ops import head
 from ..hooks.markers import hookimpl
 from . import ranks as pdist
 from .cancel_agreement import Wrapper
@@ -144,7 +145,7 @@ class FSDP(DDP):
         super().__init__(**fully_shard_kwargs)
         self._forwards = 0  # forwards this rank ran in this validation pass
         self._needed = 0  # the most validation batches any rank has
-        self._template: tuple[Any, ...] | None = None  # a zero-item batch for catch-up forwards
+        self._template: Any = None  # a zero-item batch for catch-up forwards
         self._grad_sync: bool | None = None  # the flag FSDP was last given (None: a new fit)
 
     # ------------------------------------------------------------------ shard and check
@@ -257,7 +258,7 @@ class FSDP(DDP):
         def predict(learn: Learner) -> Any:  # counts the forwards, keeps a batch's shape
             if not self._met and pdist.is_local():  # learn.predict(x): no validation pass
                 self._meet(learn)
-            self._template = tuple(t[:0] if isinstance(t, torch.Tensor) else t for t in learn.batch)
+            self._template = head(learn.batch, 0)  # the batch's structure, no item
             result = wrapped(learn)
             self._forwards += 1
             return result
