@@ -1,18 +1,24 @@
 """DDP skips the cancel agreements that no plugin needs: whether a plugin may cancel is derived
 from its hooks' code (pluglearn's defaults may not); a plugin that may turns them on; one judged
 unable (by its code, or its own ``may_cancel = False``) that cancels anyway is refused by name.
-Run under torchrun (gloo on 127.0.0.1)."""
+Run under torchrun (gloo on 127.0.0.1); the refusal's text on one process."""
 
 from __future__ import annotations
 
 import subprocess
+import types
 from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 
+from pluglearn import CancelException, CancelFitException, DataLoaders, Learner, hookimpl
+from pluglearn.distributed.cancel_agreement import CancelAgreement
 from tests import processes
+from tests.helpers import tiny_data
 from tests.jobs import JOBS
+from tests.jobs.cancel_elsewhere import stop
 from tests.jobs.launch import ENV, launch, run_case
 
 JOB = JOBS / "agreement_job.py"
@@ -125,10 +131,104 @@ def test_a_fit_cancel_held_after_a_batch_cancel_on_the_same_rank_wins_on_every_r
     # rank 1 cancels training batch 3 in before_batch, then the fit in its after_loss: both are
     # held until the batch's step, where the stronger one, the fit's, stops every rank; one
     # process cancelling only the fit there is the oracle
-    one = run_case(tmp_path / "one", "cancels", "--fit-cancel-only", nproc=1)[0]
+    one = run_case(tmp_path / "one", "cancels", "--plant", "fit", nproc=1)[0]
     two = run_case(tmp_path / "two", "cancels")
     assert one["stop_reason"] == "Planted: after the batch cancel"
     for rank in two:
         assert rank["stop_reason"] == one["stop_reason"]
         for key, value in one["weights"].items():
             assert (rank["weights"][key] - value).abs().max().item() <= 1e-10, key
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize(
+    ("plant", "reason"),
+    [
+        ("two-fits", "Planted: the first fit cancel"),  # as strong: the first held wins
+        ("after-batch", None),  # dropped: after the step a batch cancel has nothing to skip
+        ("added", "Planted: after the batch cancel"),  # added in the fit: agreements turn on
+    ],
+)
+def test_cancels_held_on_one_rank_end_every_rank_as_they_end_one_process(tmp_path, plant, reason):
+    one = run_case(tmp_path / "one", "cancels", "--plant", plant, nproc=1)[0]
+    two = run_case(tmp_path / "two", "cancels", "--plant", plant)
+    assert one["stop_reason"] == reason
+    for rank in two:
+        assert rank["stop_reason"] == one["stop_reason"]
+        for key, value in one["weights"].items():
+            assert (rank["weights"][key] - value).abs().max().item() <= 1e-10, key
+
+
+# The refusal of a cancel where the ranks do not agree, built on one process from a real hook
+# call (the cancel carries the implementation it left); rank 0 here.
+class Liar:
+    may_cancel = False
+
+    @hookimpl
+    def before_batch(self, learn):
+        raise CancelFitException("said it never cancels")
+
+
+class Hidden:
+    @hookimpl
+    def before_batch(self, learn):
+        stop("raised in another module")
+
+
+def raised_in_before_batch(plugin) -> CancelException:
+    x, y = tiny_data(8)
+    dls = DataLoaders.from_datasets((x, y), (x, y), batch_size=4)
+    learn = Learner(nn.Linear(4, 3), dls, plugins=[plugin], defaults=False)
+    with pytest.raises(CancelException) as caught:
+        learn.hooks.before_batch(learn)
+    return caught.value
+
+
+def module_plugin() -> types.ModuleType:
+    """A module registered as a plugin: its hook is a plain function, with no ``__self__``."""
+    module = types.ModuleType("stopper")
+    module.before_batch = hookimpl(lambda learn: stop("from a module"))
+    return module
+
+
+WHY_FIX = {
+    "declared": (
+        "Liar declares may_cancel = False",
+        "Remove may_cancel = False from Liar",
+    ),
+    "derived": (
+        "pluglearn found no cancel in the code of {who}'s hooks",
+        "Declare `may_cancel = True` on {who}'s class (its cancel is raised where pluglearn "
+        "cannot see it: a function of another module, the loss function)",
+    ),
+}
+
+
+@pytest.mark.parametrize(
+    ("plugin", "who", "said", "hook"),
+    [
+        (Liar, "Liar", "declared", "compute_loss"),
+        (Hidden, "Hidden", "derived", None),
+        (module_plugin, "stopper", "derived", None),
+        (None, "a plugin", "derived", "after_loss"),  # a cancel no hook call tagged
+    ],
+    ids=["declared-false", "code-shows-none", "module", "untagged"],
+)
+def test_a_cancel_where_the_ranks_do_not_agree_is_refused_naming_plugin_reason_and_fix(
+    plugin, who, said, hook
+):
+    if plugin is None:
+        cancel: CancelException = CancelFitException("raised in another module")
+    else:
+        cancel = raised_in_before_batch(plugin())
+    where = f"in {hook}" if hook else "in its hook"
+    why, fix = (part.format(who=who) for part in WHY_FIX[said])
+    error = CancelAgreement.undeclared(cancel, hook)
+    assert isinstance(error, RuntimeError)
+    assert str(error) == (
+        f"DDP: CancelFitException({cancel}) was raised by {who} on rank 0 {where}, where the "
+        "ranks do not agree on cancels: no plugin that may cancel there was given, and "
+        f"{why}, so the other ranks would not stop. {fix}, or raise the cancel from a plugin "
+        "whose hook raises it itself."
+    )

@@ -275,14 +275,19 @@ PLANT_IN_PREDICT = ("--cancel-in", "predict", "--cancel-rank", "1", "--cancel-at
 
 @pytest.mark.slow
 @pytest.mark.timeout(180)
-def test_a_cancel_from_predict_on_one_rank_is_refused_naming_the_hook(tmp_path):
-    launched = launch(JOB, [tmp_path, *PLANT_IN_PREDICT], 2, warm=True, run_dir=tmp_path)
+@pytest.mark.parametrize("kind", ["Epoch", "Batch"])  # a batch's own skip too, in training
+def test_a_cancel_from_predict_on_one_rank_is_refused_naming_the_hook(tmp_path, kind):
+    plant = [*PLANT_IN_PREDICT, *(["--cancel-batch"] if kind == "Batch" else [])]
+    launched = launch(JOB, [tmp_path, *plant], 2, warm=True, run_dir=tmp_path)
     done = processes.run(
         launched.command, capture_output=True, text=True, timeout=120, env=ENV,
         **launched.options,
     )  # fmt: skip
     assert done.returncode != 0
-    assert "was raised by the 'predict' hook on rank 1" in done.stderr
+    assert (
+        f"RuntimeError: DDP: Cancel{kind}Exception(planted in predict on rank 1) was raised by the "
+        "'predict' hook on rank 1, where the other ranks cannot follow it"
+    ) in done.stderr
     assert "Raise it from an event hook" in done.stderr
 
 

@@ -3,11 +3,13 @@ functions instead of plugins, equal dataclass twins, hook-named methods without 
 
 from __future__ import annotations
 
+import types
 from dataclasses import dataclass
 
 import pytest
 
 from pluglearn import PluginError, PluginWarning, hookimpl
+from pluglearn.hooks.guards import plugin_name
 from tests.helpers import tiny_learner
 
 
@@ -72,6 +74,14 @@ def test_a_function_passed_as_a_plugin_is_refused_with_what_a_plugin_is():
     for function in (log_loss, print, Good().before_batch):
         with pytest.raises(PluginError, match=r"is a function, not a plugin: .*plugins=\[LogLoss"):
             tiny_learner([function])
+
+
+def test_a_module_registered_as_a_plugin_is_named_by_its_module_name():
+    module = types.ModuleType("log_losses")
+    module.after_loss = hookimpl(lambda learn: None)
+    learn = tiny_learner([module])
+    assert [impl.plugin for impl in learn.hooks.impls["after_loss"]] == ["log_losses"]
+    assert plugin_name(module) == "log_losses" and plugin_name(Good()) == "Good"
 
 
 def test_hook_named_method_without_hookimpl_warns():

@@ -13,8 +13,9 @@ training batch N; ``--nan-rank R --nan-at N``: rank R's batch N gives a NaN loss
 (TerminateOnNaN stops every rank); ``--accum K``: GradientAccumulation(K); ``--loader``:
 tensor (the default loader), item (a map-style dataset), multiprocess (MultiprocessLoader with
 one worker) or sampler (a torch DataLoader with a DistributedSampler). ``--cancel-rank R
---cancel-at N --cancel-in HOOK``: rank R raises CancelEpochException from HOOK (compute_loss,
-predict, after_loss, after_batch) at training batch N, or CancelFitException from before_fit,
+--cancel-at N --cancel-in HOOK``: rank R raises CancelEpochException (``--cancel-batch``:
+CancelBatchException) from HOOK (compute_loss, predict, after_loss, after_batch) at training
+batch N, or CancelFitException from before_fit,
 after_fit (N unused) or before_epoch (at epoch N). ``--sigint-rank R --sigint-at N``: rank R
 sends itself SIGINT (a Ctrl-C) at the start of training batch N; the job records the
 KeyboardInterrupt every rank ended with. ``--fsdp``: FSDP(layers=nn.Linear) instead of DDP().
@@ -44,6 +45,7 @@ from pluglearn import (
     DDP,
     FSDP,
     Accuracy,
+    CancelBatchException,
     CancelEpochException,
     CancelFitException,
     Compile,
@@ -104,7 +106,8 @@ class Probe:
         if hook == self.args.cancel_in and self._here(
             learn, self.args.cancel_rank, self.args.cancel_at
         ):
-            raise CancelEpochException(f"planted in {hook} on rank {pdist.rank()}")
+            kind = CancelBatchException if self.args.cancel_batch else CancelEpochException
+            raise kind(f"planted in {hook} on rank {pdist.rank()}")
 
     def _stop(self, hook: str, when: bool = True) -> None:
         if hook == self.args.cancel_in and pdist.rank() == self.args.cancel_rank and when:
@@ -156,6 +159,7 @@ def main() -> None:
         parser.add_argument(f"--{name}-rank", type=int)
         parser.add_argument(f"--{name}-at", type=int)
     parser.add_argument("--cancel-in")
+    parser.add_argument("--cancel-batch", action="store_true", help="not CancelEpochException")
     parser.add_argument("--fsdp", action="store_true")
     parser.add_argument("--hold-at", type=int)
     parser.add_argument("--compile", action="store_true")

@@ -17,9 +17,9 @@ Data: 40 training and 23 validation items of 5 float64 features; feature 4 is th
   ``--sampler``: ready torch loaders with a ``DistributedSampler``; ``--fsdp``: FSDP, whose
   one-rank ``validate()`` must be refused, and ``get_preds()`` on every rank.
 - ``sum``: a loss with ``reduction="sum"`` (``--accum K``: GradientAccumulation(K)).
-- ``cancels``: rank 1 (alone: the one process) raises CancelBatchException in ``before_batch``
-  and CancelFitException in ``after_loss`` of training batch 3 (``--fit-cancel-only``: only the
-  latter).
+- ``cancels``: rank 1 (alone: the one process) raises cancels at training batch 3 (``--plant``,
+  see ``Planted``): by default CancelBatchException in ``before_batch`` and CancelFitException
+  in ``after_loss``.
 - ``checkpoints``: Checkpoint(every_n_batches=2, keep_last=2); each rank records the files it
   created (renamed into place) and deleted in the directory, seen by a Python audit hook.
 - ``elastic``: ``fit(3, resume_from=DIR, missing_ok=True)`` with Checkpoint(every_n_batches=1);
@@ -185,24 +185,44 @@ def local(args: argparse.Namespace) -> dict:
 
 
 class Planted:
-    """On the last rank at training batch 3: a batch cancel, then a fit cancel."""
+    """On the last rank at training batch ``at`` (``plant``): ``batch-then-fit`` a batch cancel in
+    before_batch then a fit cancel in after_loss; ``fit`` only the latter; ``two-fits`` a fit
+    cancel in before_batch and another in after_loss; ``after-batch`` a batch cancel in
+    after_batch, once the step is taken. In epoch 1 with ``added``: added by :class:`Adder`."""
 
-    def __init__(self, batch_cancel: bool) -> None:
-        self.batch_cancel = batch_cancel
+    def __init__(self, plant: str, at: int = 3) -> None:
+        self.plant, self.at = plant, at
 
     def _here(self, learn: Learner) -> bool:
         last = pdist.rank() == pdist.world_size() - 1
-        return learn.training and learn.train_iter == 3 and last
+        return learn.training and learn.train_iter == self.at and last
 
     @hookimpl
     def before_batch(self, learn: Learner) -> None:
-        if self.batch_cancel and self._here(learn):
+        if self.plant == "batch-then-fit" and self._here(learn):
             raise CancelBatchException("skip this batch")
+        if self.plant == "two-fits" and self._here(learn):
+            raise CancelFitException("the first fit cancel")
 
     @hookimpl
     def after_loss(self, learn: Learner) -> None:
-        if self._here(learn):
+        if self.plant in ("batch-then-fit", "fit", "two-fits", "added") and self._here(learn):
             raise CancelFitException("after the batch cancel")
+
+    @hookimpl
+    def after_batch(self, learn: Learner) -> None:
+        if self.plant == "after-batch" and self._here(learn):
+            raise CancelBatchException("after the step: nothing left to skip")
+
+
+class Adder:
+    """Adds Planted("added") on every rank at the start of epoch 1: the fit started with no
+    plugin that may cancel, so the ranks agree on no cancel until then."""
+
+    @hookimpl
+    def before_epoch(self, learn: Learner) -> None:
+        if learn.epoch == 1:  # its batch 3 (train_iter counts the fit's batches)
+            learn.add_plugin(Planted("added", at=learn.train_iter + 3))
 
 
 def main() -> None:
@@ -213,7 +233,7 @@ def main() -> None:
     parser.add_argument("--sampler", action="store_true")
     parser.add_argument("--fsdp", action="store_true")
     parser.add_argument("--accum", type=int, default=1)
-    parser.add_argument("--fit-cancel-only", action="store_true")
+    parser.add_argument("--plant", default="batch-then-fit", help="see Planted")
     parser.add_argument("--ckpt")
     parser.add_argument("--kill", action="append", default=[])
     args = parser.parse_args()
@@ -248,7 +268,8 @@ def main() -> None:
         learn.fit(2)
         result = {"weights": learn.model.state_dict(), "history": history}
     elif args.case == "cancels":
-        learn = learner([DDP(), Planted(batch_cancel=not args.fit_cancel_only)])
+        planted = Adder() if args.plant == "added" else Planted(args.plant)
+        learn = learner([DDP(), planted])
         learn.fit(2)
         result = {"weights": learn.model.state_dict(), "stop_reason": learn.stop_reason}
     elif args.case in ("checkpoints", "elastic"):

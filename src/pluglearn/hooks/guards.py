@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import types
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -32,9 +33,12 @@ class PluginWarning(UserWarning):
 
 
 def plugin_name(plugin: object) -> str:
-    """A plugin's display name: its ``plugin_name`` attribute when set, else its class name."""
+    """A plugin's display name: its ``plugin_name`` attribute when set, else its class name (a
+    module's own name for a module registered as a plugin, not ``module``)."""
     name = getattr(plugin, "plugin_name", None)
-    return name if isinstance(name, str) and name else type(plugin).__name__
+    if isinstance(name, str) and name:
+        return name
+    return plugin.__name__ if isinstance(plugin, types.ModuleType) else type(plugin).__name__
 
 
 def _did_you_mean(name: str) -> str:
