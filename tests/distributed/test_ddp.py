@@ -286,9 +286,38 @@ def test_a_cancel_from_predict_on_one_rank_is_refused_naming_the_hook(tmp_path, 
     assert done.returncode != 0
     assert (
         f"RuntimeError: DDP: Cancel{kind}Exception(planted in predict on rank 1) was raised by the "
-        "'predict' hook on rank 1, where the other ranks cannot follow it"
+        "'predict' hook on rank 1, where the other ranks cannot follow it: under DDP every rank "
+        "takes part in each batch's gradient all-reduce. Raise it from an event hook "
+        "(before_batch, after_pred, after_loss, ...) or from compute_loss, and DDP stops every "
+        "rank together at the next optimizer step."
     ) in done.stderr
-    assert "Raise it from an event hook" in done.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("hook", ["before_batch", "predict"])
+def test_a_validation_batch_cancelled_on_one_rank_leaves_its_items_out_of_the_metrics(
+    tmp_path, hook
+):
+    # rank 1 skips its slice of validation batch 0 (items 8 to 15 of the global batch of 16):
+    # no collective runs in validation, so the other rank goes on; the metrics are those of the
+    # other 15 items under the final weights, computed by hand
+    plant = ["--cancel-in", hook, "--cancel-rank", "1", "--cancel-at", "0", "--cancel-batch"]
+    two = run_job(tmp_path, *plant, "--cancel-valid", "--epochs", "1")
+    from tests.jobs.ddp_job import data
+
+    _, _, xv, yv = data()
+    kept = torch.cat([torch.arange(0, 8), torch.arange(16, len(yv))])
+    net = torch.nn.Sequential(torch.nn.Linear(5, 16), torch.nn.Tanh(), torch.nn.Linear(16, 3))
+    net = net.double()
+    net.load_state_dict(two["weights"])
+    with torch.no_grad():
+        preds = net(xv[kept])
+    metrics = two["history"][-1]
+    loss = torch.nn.functional.cross_entropy(preds, yv[kept]).item()
+    assert metrics["valid_loss"] == pytest.approx(loss, rel=1e-12)
+    accuracy = (preds.argmax(1) == yv[kept]).double().mean().item()
+    assert metrics["accuracy"] == pytest.approx(accuracy, rel=1e-12)
 
 
 @pytest.mark.slow

@@ -15,15 +15,15 @@ tensor (the default loader), item (a map-style dataset), multiprocess (Multiproc
 one worker) or sampler (a torch DataLoader with a DistributedSampler). ``--cancel-rank R
 --cancel-at N --cancel-in HOOK``: rank R raises CancelEpochException (``--cancel-batch``:
 CancelBatchException) from HOOK (compute_loss, predict, after_loss, after_batch) at training
-batch N, or CancelFitException from before_fit,
-after_fit (N unused) or before_epoch (at epoch N). ``--sigint-rank R --sigint-at N``: rank R
-sends itself SIGINT (a Ctrl-C) at the start of training batch N; the job records the
-KeyboardInterrupt every rank ended with. ``--fsdp``: FSDP(layers=nn.Linear) instead of DDP().
-``--hold-at N``: rank 0 waits (for the parent's SIGKILL) once it printed ``batch N``, so that no
-checkpoint is written after N, however slowly the kill comes. ``--compile``: Compile(backend=
-"eager"); the result's ``compiled`` names what the model called in each pass compiles.
-``--first-epochs N``: a fit of N epochs, then one of the rest; ``--lr-find``: ``lr_find`` before
-the (last) fit, on every rank.
+batch N (``--cancel-valid``: validation batch N of each pass), or CancelFitException from
+before_fit, after_fit (N unused) or before_epoch (at epoch N). ``--sigint-rank R
+--sigint-at N``: rank R sends itself SIGINT (a Ctrl-C) at the start of training batch N; the
+job records the KeyboardInterrupt every rank ended with. ``--fsdp``: FSDP(layers=nn.Linear)
+instead of DDP(). ``--hold-at N``: rank 0 waits (for the parent's SIGKILL) once it printed
+``batch N``, so that no checkpoint is written after N, however slowly the kill comes.
+``--compile``: Compile(backend="eager"); the result's ``compiled`` names what the model called
+in each pass compiles. ``--first-epochs N``: a fit of N epochs, then one of the rest;
+``--lr-find``: ``lr_find`` before the (last) fit, on every rank.
 """
 
 from __future__ import annotations
@@ -103,9 +103,12 @@ class Probe:
         self._cancel(learn, "before_batch")
 
     def _cancel(self, learn: Learner, hook: str) -> None:
-        if hook == self.args.cancel_in and self._here(
-            learn, self.args.cancel_rank, self.args.cancel_at
-        ):
+        rank, at = self.args.cancel_rank, self.args.cancel_at
+        if self.args.cancel_valid:  # validation batch ``at`` (of each pass) instead
+            here = not learn.training and rank == pdist.rank() and learn.iter == at
+        else:
+            here = self._here(learn, rank, at)
+        if hook == self.args.cancel_in and here:
             kind = CancelBatchException if self.args.cancel_batch else CancelEpochException
             raise kind(f"planted in {hook} on rank {pdist.rank()}")
 
@@ -160,6 +163,7 @@ def main() -> None:
         parser.add_argument(f"--{name}-at", type=int)
     parser.add_argument("--cancel-in")
     parser.add_argument("--cancel-batch", action="store_true", help="not CancelEpochException")
+    parser.add_argument("--cancel-valid", action="store_true", help="in validation batch N")
     parser.add_argument("--fsdp", action="store_true")
     parser.add_argument("--hold-at", type=int)
     parser.add_argument("--compile", action="store_true")

@@ -187,7 +187,8 @@ def local(args: argparse.Namespace) -> dict:
 class Planted:
     """On the last rank at training batch ``at`` (``plant``): ``batch-then-fit`` a batch cancel in
     before_batch then a fit cancel in after_loss; ``fit`` only the latter; ``two-fits`` a fit
-    cancel in before_batch and another in after_loss; ``after-batch`` a batch cancel in
+    cancel in before_batch and another in after_loss; ``reason`` a stop reason of its own (a
+    transition of the run) before the fit cancel; ``after-batch`` a batch cancel in
     after_batch, once the step is taken. In epoch 1 with ``added``: added by :class:`Adder`."""
 
     def __init__(self, plant: str, at: int = 3) -> None:
@@ -206,7 +207,10 @@ class Planted:
 
     @hookimpl
     def after_loss(self, learn: Learner) -> None:
-        if self.plant in ("batch-then-fit", "fit", "two-fits", "added") and self._here(learn):
+        if self.plant == "reason" and self._here(learn):  # a stop reason of its own first
+            learn.run.stop("Planted: a reason of its own")
+        fit_cancels = ("batch-then-fit", "fit", "two-fits", "added", "reason")
+        if self.plant in fit_cancels and self._here(learn):
             raise CancelFitException("after the batch cancel")
 
     @hookimpl
