@@ -15,7 +15,16 @@ import pytest
 import torch
 
 from tests import processes
-from tests.jobs.launch import ENV, JOB, free_port, launch, run_job, start_and_kill, torchrun
+from tests.jobs.launch import (
+    ENV,
+    JOB,
+    free_port,
+    launch,
+    run_case,
+    run_job,
+    start_and_kill,
+    torchrun,
+)
 
 pytestmark = pytest.mark.skipif(
     not torch.distributed.is_available(), reason="torch.distributed is not available"
@@ -333,3 +342,16 @@ def test_ctrl_c_on_one_rank_saves_one_checkpoint_stops_every_rank_and_resumes_ex
     assert [len(s) for s in run["seen"]] == [8, 8]
     resumed = run_job(tmp_path / "out", "--ckpt", str(ckpt), "--resume")
     assert_equal(two_ranks["weights"], resumed["weights"])
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("accum", ["1", "2"])  # accumulated: no weight of zero hides it
+def test_an_empty_slice_of_a_model_whose_output_is_no_tensor_trains_like_one_process(
+    tmp_path, accum
+):
+    # the rank with no item adds a zero gradient built from the parameters (no tensor output)
+    one = run_case(tmp_path / "one", "dict-output", "--accum", accum, nproc=1)[0]
+    for rank in run_case(tmp_path / "two", "dict-output", "--accum", accum):
+        for key, value in one["weights"].items():
+            assert (rank["weights"][key] - value).abs().max().item() <= 1e-10, key

@@ -17,6 +17,8 @@ Data: 40 training and 23 validation items of 5 float64 features; feature 4 is th
   ``--sampler``: ready torch loaders with a ``DistributedSampler``; ``--fsdp``: FSDP, whose
   one-rank ``validate()`` must be refused, and ``get_preds()`` on every rank.
 - ``sum``: a loss with ``reduction="sum"`` (``--accum K``: GradientAccumulation(K)).
+- ``dict-output``: a model whose output is a dict, in global batches of 13 (the last has one
+  item, so rank 1's slice of it is empty); ``--accum K``: GradientAccumulation(K).
 - ``cancels``: rank 1 (alone: the one process) raises cancels at training batch 3 (``--plant``,
   see ``Planted``): by default CancelBatchException in ``before_batch`` and CancelFitException
   in ``after_loss``.
@@ -184,6 +186,21 @@ def local(args: argparse.Namespace) -> dict:
     return out
 
 
+class DictOutput(nn.Module):
+    """A model whose output is no tensor: ``{"logits": ...}``."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"logits": self.net(x)}
+
+
+def logits_loss(preds: dict[str, torch.Tensor], targets: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(preds["logits"], targets)
+
+
 class Planted:
     """On the last rank at training batch ``at`` (``plant``): ``batch-then-fit`` a batch cancel in
     before_batch then a fit cancel in after_loss; ``fit`` only the latter; ``two-fits`` a fit
@@ -271,6 +288,12 @@ def main() -> None:
         learn = learner([*plugins, Keep()], lr=0.01, batch_size=7, loss_func=loss)
         learn.fit(2)
         result = {"weights": learn.model.state_dict(), "history": history}
+    elif args.case == "dict-output":  # the last global batch of 1 item: rank 1's slice empty
+        accumulate = [GradientAccumulation(args.accum)] if args.accum > 1 else []
+        learn = learner([DDP(), *accumulate], batch_size=13, loss_func=logits_loss)
+        learn.model = DictOutput(learn.model)
+        learn.fit(2)
+        result = {"weights": learn.model.state_dict()}
     elif args.case == "cancels":
         planted = Adder() if args.plant == "added" else Planted(args.plant)
         learn = learner([DDP(), planted])
