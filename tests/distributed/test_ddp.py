@@ -14,7 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 
+import pluglearn
 from tests import processes
+from tests.helpers import tiny_learner
 from tests.jobs.launch import (
     ENV,
     JOB,
@@ -355,3 +357,22 @@ def test_an_empty_slice_of_a_model_whose_output_is_no_tensor_trains_like_one_pro
     for rank in run_case(tmp_path / "two", "dict-output", "--accum", accum):
         for key, value in one["weights"].items():
             assert (rank["weights"][key] - value).abs().max().item() <= 1e-10, key
+
+
+@pytest.mark.parametrize("plugin", ["DDP", "FSDP"])
+def test_alone_it_warns_once_naming_the_launch_and_trains_as_without_it(monkeypatch, plugin):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)  # not launched by torchrun
+    with pytest.warns(UserWarning) as caught:
+        alone = getattr(pluglearn, plugin)()
+    assert [str(w.message) for w in caught] == [
+        f"{plugin}(): this process was not launched by torchrun with several processes "
+        f"(WORLD_SIZE unset or 1), so it trains alone and {plugin}() does nothing; launch with "
+        "`torchrun --nproc_per_node N script.py` to train on N processes."
+    ]
+    assert "src/pluglearn" not in caught[0].filename  # the user's line, not pluglearn's
+    assert not alone.created  # no process group made, none to destroy at exit
+    with_it, without = tiny_learner([alone]), tiny_learner()
+    with_it.fit(2)
+    without.fit(2)
+    assert_equal(with_it.model.state_dict(), without.model.state_dict())
+    assert with_it.wrapped_model is None and alone.module is None

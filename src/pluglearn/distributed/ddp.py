@@ -41,6 +41,7 @@ wrapper, whose forward may talk to the other ranks.
 from __future__ import annotations
 
 import atexit
+import sys
 import time
 import warnings
 from collections.abc import Sized
@@ -58,7 +59,11 @@ from . import ranks as pdist
 from .cancel_agreement import CancelAgreement, Wrapper, batch_items
 from .fit_agreement import agree_on_fit
 
+PACKAGE = __name__.partition(".")[0] + "."  # "pluglearn."
+
 if TYPE_CHECKING:
+    from types import FrameType
+
     from ..hooks.dispatch import Caller
     from ..learner import Learner
 
@@ -100,11 +105,17 @@ class DDP:
         self._fit_needs = (False, False, False)  # any rank's: step sync, early sync, marks
         if not pdist.is_distributed():
             name = type(self).__name__
+            # at the first frame outside pluglearn, the user's line (FSDP() reaches this
+            # __init__ through its own)
+            level = 1  # (no helper function: mutmut's trampoline would be its caller)
+            frame: FrameType | None = sys._getframe(0)
+            while frame is not None and str(frame.f_globals.get("__name__")).startswith(PACKAGE):
+                frame, level = frame.f_back, level + 1
             warnings.warn(
                 f"{name}(): this process was not launched by torchrun with several processes "
                 f"(WORLD_SIZE unset or 1), so it trains alone and {name}() does nothing; launch "
                 "with `torchrun --nproc_per_node N script.py` to train on N processes.",
-                stacklevel=2,
+                stacklevel=level,
             )
 
     def _teardown(self) -> None:
