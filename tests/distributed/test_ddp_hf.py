@@ -1,7 +1,8 @@
 """HFModel (dict batches) under DDP, with and without GradientAccumulation, and with torch
-DataLoaders whose DistributedSampler pads the validation set: two ranks give the weights and
-metrics of one process (the items are counted through the count_items hook, the padding cut
-from the dict)."""
+DataLoaders whose DistributedSampler pads the validation set (under FSDP too): two ranks give
+the weights and metrics of one process (the items are counted through the count_items hook,
+the padding cut from the dict). Under FSDP a model output that hides its tensors from torch's
+pytree is refused."""
 
 from __future__ import annotations
 
@@ -36,8 +37,15 @@ def run(out: Path, nproc: int, *args: str) -> dict:
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize(
     "accum",
-    [[], ["--accum", "3"], ["--sampler"]],
-    ids=["plain", "accumulated", "distributed-sampler"],  # its padding cut from a dict batch
+    [
+        [],
+        ["--accum", "3"],
+        ["--sampler"],
+        ["--sampler", "--fsdp", "--n-valid", "5", "--named-output"],
+    ],
+    # a DistributedSampler's padding cut from a dict batch; under FSDP, rank 1's last
+    # validation batch is padding only, so it runs a zero-item dict batch to keep up
+    ids=["plain", "accumulated", "distributed-sampler", "fsdp-padding-only"],
 )
 def test_hf_model_on_two_ranks_trains_as_one_process(tmp_path, accum):
     (tmp_path / "one").mkdir()
@@ -49,3 +57,21 @@ def test_hf_model_on_two_ranks_trains_as_one_process(tmp_path, accum):
         torch.testing.assert_close(two["weights"][key], value, rtol=0, atol=1e-10)
     for key in ("train_loss", "valid_loss"):
         assert two["metrics"][key] == pytest.approx(one["metrics"][key], rel=1e-12), key
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_under_fsdp_an_output_that_hides_its_tensors_from_torchs_pytree_is_refused(tmp_path):
+    # FSDP's gradient hooks sit on the tensors torch's pytree finds in the model's output: in a
+    # SimpleNamespace it finds none, and the shards would never train
+    launched = launch(JOB, [tmp_path, "--fsdp"], 2, warm=True, run_dir=tmp_path)
+    done = processes.run(
+        launched.command, capture_output=True, text=True, timeout=150, env=ENV,
+        **launched.options,
+    )  # fmt: skip
+    assert done.returncode != 0
+    assert (
+        "TypeError: FSDP(): the model returned a SimpleNamespace, in which torch's pytree finds "
+        "no tensor that requires grad. FSDP reduces the gradients through hooks on the output's "
+        "tensors, so the shards would get no gradient and the model would not train."
+    ) in done.stderr

@@ -2,10 +2,13 @@
 alone (the one-process oracle) by tests/distributed/test_ddp_hf.py.
 
     [torchrun --nproc_per_node 2] python tests/jobs/hf_job.py OUT [--accum K] [--sampler]
+        [--fsdp] [--n-valid N] [--named-output]
 
 Ten training items in global batches of 4 (the last has 2: one per rank), seven validation
-items; DDP(), HFModel(), AvgLoss() and, with ``--accum K``, GradientAccumulation(K). The
-loaders are pluglearn's, or with ``--sampler`` torch DataLoaders with a DistributedSampler. Rank 0
+items (``--n-valid``); DDP() (``--fsdp``: FSDP()), HFModel(), AvgLoss() and, with
+``--accum K``, GradientAccumulation(K). The loaders are pluglearn's, or with ``--sampler``
+torch DataLoaders with a DistributedSampler. The model returns a SimpleNamespace, or with
+``--named-output`` a named tuple (FSDP needs an output whose tensors torch's pytree sees). Rank 0
 writes ``OUT/result.pt``: the final weights and the last epoch's metrics.
 """
 
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections import namedtuple
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -23,15 +27,19 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
 
-from pluglearn import DDP, AvgLoss, DataLoaders, GradientAccumulation, HFModel, Learner
+from pluglearn import DDP, FSDP, AvgLoss, DataLoaders, GradientAccumulation, HFModel, Learner
 from pluglearn import dist as pdist
+
+Output = namedtuple("Output", "loss logits")  # an output whose tensors torch's pytree sees
 
 
 class TinyDictModel(nn.Module):
-    """Hugging Face's convention in float64, without dropout: model(**batch) -> .loss, .logits."""
+    """Hugging Face's convention in float64, without dropout: model(**batch) -> .loss, .logits
+    (a SimpleNamespace, or with ``named=True`` a named tuple)."""
 
-    def __init__(self) -> None:
+    def __init__(self, named: bool = False) -> None:
         super().__init__()
+        self.output = Output if named else SimpleNamespace
         torch.manual_seed(0)
         self.emb = nn.Embedding(20, 4).double()
         self.head = nn.Linear(4, 2).double()
@@ -40,7 +48,7 @@ class TinyDictModel(nn.Module):
         mask = attention_mask.unsqueeze(-1).double()
         logits = self.head((self.emb(input_ids) * mask).sum(1) / mask.sum(1))
         loss = None if labels is None else F.cross_entropy(logits, labels)
-        return SimpleNamespace(loss=loss, logits=logits)
+        return self.output(loss=loss, logits=logits)
 
 
 class TokenIds(torch.utils.data.Dataset):
@@ -73,21 +81,28 @@ def main() -> None:
     parser.add_argument("out", type=Path)
     parser.add_argument("--accum", type=int, default=0)
     parser.add_argument("--sampler", action="store_true", help="torch DataLoaders (see above)")
+    parser.add_argument("--fsdp", action="store_true", help="FSDP() instead of DDP()")
+    parser.add_argument("--n-valid", type=int, default=7)
+    parser.add_argument("--named-output", action="store_true", help="a named tuple")
     args = parser.parse_args()
-    ddp = DDP()  # joins torchrun's group, which the loaders below ask about
+    ddp = FSDP() if args.fsdp else DDP()  # joins torchrun's group, which the loaders ask about
+    train, valid = TokenIds(10, 1), TokenIds(args.n_valid, 2)
     if args.sampler:
-        dls = DataLoaders(*(sampled(TokenIds(n, seed)) for n, seed in ((10, 1), (7, 2))))
+        dls = DataLoaders(sampled(train), sampled(valid))
     else:
-        dls = DataLoaders.from_datasets(
-            TokenIds(10, 1), TokenIds(7, 2), batch_size=4, valid_batch_size=4, seed=0
-        )
+        dls = DataLoaders.from_datasets(train, valid, batch_size=4, valid_batch_size=4, seed=0)
     plugins = [HFModel(), ddp, AvgLoss()]
     if args.accum:
         plugins.append(GradientAccumulation(args.accum))
-    learn = Learner(TinyDictModel(), dls, lr=0.5, plugins=plugins, defaults=False)
+    learn = Learner(TinyDictModel(args.named_output), dls, lr=0.5, plugins=plugins, defaults=False)
     learn.fit(2)
+    weights = learn.model.state_dict()
+    if args.fsdp and pdist.is_distributed():
+        from pluglearn.distributed.fsdp import full_state
+
+        weights = full_state(learn.model)[0]  # the shards gathered (a collective)
     if pdist.is_main_process():
-        weights = {k: v.clone() for k, v in learn.model.state_dict().items()}
+        weights = {k: v.clone() for k, v in weights.items()}
         result = {"weights": weights, "metrics": dict(learn.metrics), "world": pdist.world_size()}
         torch.save(result, args.out / "result.pt")
 

@@ -24,6 +24,11 @@ What differs:
   (``learn.wrapped_model`` stays None); it stays sharded after the fit, and a later fit finds
   it so. An optimizer that has already stepped (a fit before FSDP was added) is refused: rebuilding
   it would drop its state.
+- **The model's output** must show its tensors to torch's pytree (a tensor, tuple, list, dict,
+  named tuple, or Hugging Face's ``ModelOutput``): FSDP reduces the gradients through hooks on
+  them, so an output that hides them (a ``SimpleNamespace``) would leave the shards without a
+  gradient and the model untrained. The first training forward of each fit checks it, and
+  refuses such an output with the fix.
 - **Every forward is a collective**, in validation too. Before validating, the ranks share their
   numbers of validation batches; at its end a rank that ran fewer forwards (a skipped empty
   slice, a batch of ``DistributedSampler`` padding, a rank-local ``CancelBatchException``)
@@ -147,6 +152,7 @@ class FSDP(DDP):
         self._needed = 0  # the most validation batches any rank has
         self._template: Any = None  # a zero-item batch for catch-up forwards
         self._grad_sync: bool | None = None  # the flag FSDP was last given (None: a new fit)
+        self._output_check: Any = None  # the forward hook of _check_output, until it passed
 
     # ------------------------------------------------------------------ shard and check
 
@@ -186,6 +192,38 @@ class FSDP(DDP):
             self._check_sharded(getattr(learn.dls, name), name)
         self.module = learn.model  # sharded in place: the same object, and no wrapper
         self._grad_sync = None
+        if self._output_check is None:  # until the first training forward shows a tensor
+            self._output_check = learn.model.register_forward_hook(self._check_output)
+
+    def _check_output(self, module: nn.Module, args: Any, output: Any) -> None:
+        """FSDP reduces the gradients through hooks on the tensors that torch's pytree finds in
+        the model's output; an output that hides them (a ``SimpleNamespace``, a class of one's
+        own) gets none, so the shards would receive no gradient and the fit would not train,
+        without a word. Checked on the fit's first training forward."""
+        if not (module.training and torch.is_grad_enabled()):
+            return
+        from torch.utils._pytree import tree_leaves
+
+        if not any(isinstance(t, torch.Tensor) and t.requires_grad for t in tree_leaves(output)):
+            raise TypeError(
+                f"FSDP(): the model returned a {type(output).__name__}, in which torch's pytree "
+                "finds no tensor that requires grad. FSDP reduces the gradients through hooks "
+                "on the output's tensors, so the shards would get no gradient and the model "
+                "would not train. Return a tensor, a tuple, a list, a dict or a named tuple "
+                "(Hugging Face's ModelOutput is one torch knows), or register the output's "
+                "type with torch.utils._pytree.register_pytree_node."
+            )
+        self._drop_output_check()
+
+    def _drop_output_check(self) -> None:
+        if self._output_check is not None:
+            self._output_check.remove()
+            self._output_check = None
+
+    @hookimpl
+    def cleanup_fit(self, learn: Learner) -> None:
+        self._drop_output_check()
+        DDP.cleanup_fit(self, learn)
 
     @staticmethod
     def _check_sharded(loader: Any, name: str) -> None:
