@@ -149,6 +149,8 @@ def test_a_fit_cancel_held_after_a_batch_cancel_on_the_same_rank_wins_on_every_r
         ("after-batch", None),  # dropped: after the step a batch cancel has nothing to skip
         ("added", "Planted: after the batch cancel"),  # added in the fit: agreements turn on
         ("reason", "Planted: a reason of its own"),  # the run's reason, not the cancel's
+        ("loss", "LossPlanted: from its loss"),  # a plugin's own compute_loss may cancel
+        ("before-step", "Planted: before the step"),  # agreed before every rank's step
     ],
 )
 def test_cancels_held_on_one_rank_end_every_rank_as_they_end_one_process(tmp_path, plant, reason):

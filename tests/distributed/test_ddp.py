@@ -352,7 +352,9 @@ def test_ctrl_c_on_one_rank_saves_one_checkpoint_stops_every_rank_and_resumes_ex
 def test_an_empty_slice_of_a_model_whose_output_is_no_tensor_trains_like_one_process(
     tmp_path, accum
 ):
-    # the rank with no item adds a zero gradient built from the parameters (no tensor output)
+    # the rank with no item adds a zero gradient built from the parameters (no tensor output);
+    # DDP(find_unused_parameters=True) passed through for its unused parameter, and the mark of
+    # a held cancel probed on its one-element parameter
     one = run_case(tmp_path / "one", "dict-output", "--accum", accum, nproc=1)[0]
     for rank in run_case(tmp_path / "two", "dict-output", "--accum", accum):
         for key, value in one["weights"].items():

@@ -17,8 +17,10 @@ Data: 40 training and 23 validation items of 5 float64 features; feature 4 is th
   ``--sampler``: ready torch loaders with a ``DistributedSampler``; ``--fsdp``: FSDP, whose
   one-rank ``validate()`` must be refused, and ``get_preds()`` on every rank.
 - ``sum``: a loss with ``reduction="sum"`` (``--accum K``: GradientAccumulation(K)).
-- ``dict-output``: a model whose output is a dict, in global batches of 13 (the last has one
-  item, so rank 1's slice of it is empty); ``--accum K``: GradientAccumulation(K).
+- ``dict-output``: a model whose output is a dict (see ``DictOutput``) under
+  ``DDP(find_unused_parameters=True)`` and TerminateOnNaN (a plugin that may cancel in a batch),
+  in global batches of 13 (the last has one item, so rank 1's slice of it is empty);
+  ``--accum K``: GradientAccumulation(K).
 - ``cancels``: rank 1 (alone: the one process) raises cancels at training batch 3 (``--plant``,
   see ``Planted``): by default CancelBatchException in ``before_batch`` and CancelFitException
   in ``after_loss``.
@@ -56,6 +58,7 @@ from pluglearn import (
     EarlyStopping,
     GradientAccumulation,
     Learner,
+    TerminateOnNaN,
     hookimpl,
 )
 from pluglearn import dist as pdist
@@ -187,14 +190,17 @@ def local(args: argparse.Namespace) -> dict:
 
 
 class DictOutput(nn.Module):
-    """A model whose output is no tensor: ``{"logits": ...}``."""
+    """A model whose output is no tensor, ``{"logits": ...}``, with a parameter it never uses
+    (DDP needs ``find_unused_parameters=True``) and a trained one of a single element."""
 
     def __init__(self, net: nn.Module) -> None:
         super().__init__()
         self.net = net
+        self.unused = nn.Linear(2, 2).double()
+        self.scale = nn.Parameter(torch.ones(1, dtype=torch.float64))
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"logits": self.net(x)}
+        return {"logits": self.net(x) * self.scale}
 
 
 def logits_loss(preds: dict[str, torch.Tensor], targets: torch.Tensor) -> torch.Tensor:
@@ -206,7 +212,8 @@ class Planted:
     before_batch then a fit cancel in after_loss; ``fit`` only the latter; ``two-fits`` a fit
     cancel in before_batch and another in after_loss; ``reason`` a stop reason of its own (a
     transition of the run) before the fit cancel; ``after-batch`` a batch cancel in
-    after_batch, once the step is taken. In epoch 1 with ``added``: added by :class:`Adder`."""
+    after_batch, once the step is taken; ``before-step`` a fit cancel from before_step;
+    ``loss``: see :class:`LossPlanted`. In epoch 1 with ``added``: added by :class:`Adder`."""
 
     def __init__(self, plant: str, at: int = 3) -> None:
         self.plant, self.at = plant, at
@@ -234,6 +241,26 @@ class Planted:
     def after_batch(self, learn: Learner) -> None:
         if self.plant == "after-batch" and self._here(learn):
             raise CancelBatchException("after the step: nothing left to skip")
+
+    @hookimpl
+    def before_step(self, learn: Learner) -> None:
+        if self.plant == "before-step" and self._here(learn):
+            raise CancelFitException("before the step")
+
+
+class LossPlanted(Planted):
+    """Its own compute_loss the one hook that may cancel (no event hook of any plugin may): a
+    fit cancel from it on the last rank at training batch 3."""
+
+    def __init__(self) -> None:
+        super().__init__("loss")
+
+    before_batch = after_loss = after_batch = before_step = None  # type: ignore[assignment]
+
+    @hookimpl
+    def compute_loss(self, learn: Learner) -> None:
+        if self._here(learn):  # else None: the default step answers
+            raise CancelFitException("from its loss")
 
 
 class Adder:
@@ -290,12 +317,14 @@ def main() -> None:
         result = {"weights": learn.model.state_dict(), "history": history}
     elif args.case == "dict-output":  # the last global batch of 1 item: rank 1's slice empty
         accumulate = [GradientAccumulation(args.accum)] if args.accum > 1 else []
-        learn = learner([DDP(), *accumulate], batch_size=13, loss_func=logits_loss)
+        plugins = [DDP(find_unused_parameters=True), TerminateOnNaN(), *accumulate]
+        learn = learner(plugins, batch_size=13, loss_func=logits_loss)
         learn.model = DictOutput(learn.model)
         learn.fit(2)
         result = {"weights": learn.model.state_dict()}
     elif args.case == "cancels":
-        planted = Adder() if args.plant == "added" else Planted(args.plant)
+        plants = {"added": Adder, "loss": LossPlanted}
+        planted = plants[args.plant]() if args.plant in plants else Planted(args.plant)
         learn = learner([DDP(), planted])
         learn.fit(2)
         result = {"weights": learn.model.state_dict(), "stop_reason": learn.stop_reason}

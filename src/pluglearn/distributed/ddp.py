@@ -51,6 +51,7 @@ import torch
 from torch.utils.data import DistributedSampler
 
 from ..data.batch_ops import head
+from ..data.batch_tree import all_leaves
 from ..exceptions import CancelBatchException, CancelException
 from ..hooks.dispatch import is_noop
 from ..hooks.markers import hookimpl
@@ -69,10 +70,18 @@ if TYPE_CHECKING:
 
 
 def zero_loss(learn: Learner) -> torch.Tensor:
-    """A zero that reaches every parameter, so DDP's all-reduce gets this rank's zero gradient."""
-    preds = learn.preds
-    if isinstance(preds, torch.Tensor) and preds.requires_grad:
-        return preds.sum() * 0.0
+    """A zero that reaches every parameter the forward used, so DDP's all-reduce gets this
+    rank's zero gradient: built from the output's tensors (a dict's, a tuple's), the graph DDP
+    itself searches with ``find_unused_parameters=True`` (a zero built from the parameters
+    would mark the unused ones ready twice there); from the parameters only when the output
+    holds no tensor that requires grad."""
+    leaves = all_leaves(learn.preds)
+    outputs = [t for t in leaves if isinstance(t, torch.Tensor) and t.requires_grad]
+    if outputs:
+        zero = outputs[0].sum() * 0.0
+        for t in outputs[1:]:
+            zero = zero + t.sum() * 0.0
+        return zero
     total = sum(p.sum() for p in learn.model.parameters() if p.requires_grad)
     assert isinstance(total, torch.Tensor)  # DDP refuses a model with no trained parameter
     return total * 0.0
