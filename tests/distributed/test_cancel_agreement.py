@@ -151,6 +151,8 @@ def test_a_fit_cancel_held_after_a_batch_cancel_on_the_same_rank_wins_on_every_r
         ("reason", "Planted: a reason of its own"),  # the run's reason, not the cancel's
         ("loss", "LossPlanted: from its loss"),  # a plugin's own compute_loss may cancel
         ("before-step", "Planted: before the step"),  # agreed before every rank's step
+        ("after-backward", "BackwardPlanted: after the backward"),  # before the step too
+        ("added-before-step", "Planted: before the step"),  # added in the fit: the same
     ],
 )
 def test_cancels_held_on_one_rank_end_every_rank_as_they_end_one_process(tmp_path, plant, reason):
@@ -159,6 +161,7 @@ def test_cancels_held_on_one_rank_end_every_rank_as_they_end_one_process(tmp_pat
     assert one["stop_reason"] == reason
     for rank in two:
         assert rank["stop_reason"] == one["stop_reason"]
+        assert rank["unwrapped"]  # DDP's wrapper left with the fit
         for key, value in one["weights"].items():
             assert (rank["weights"][key] - value).abs().max().item() <= 1e-10, key
 

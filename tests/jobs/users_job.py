@@ -213,7 +213,8 @@ class Planted:
     cancel in before_batch and another in after_loss; ``reason`` a stop reason of its own (a
     transition of the run) before the fit cancel; ``after-batch`` a batch cancel in
     after_batch, once the step is taken; ``before-step`` a fit cancel from before_step;
-    ``loss``: see :class:`LossPlanted`. In epoch 1 with ``added``: added by :class:`Adder`."""
+    ``loss`` and ``after-backward``: see :class:`LossPlanted` and :class:`BackwardPlanted`.
+    In epoch 1 with ``added`` (after_loss) or ``added-before-step``: added by :class:`Adder`."""
 
     def __init__(self, plant: str, at: int = 3) -> None:
         self.plant, self.at = plant, at
@@ -244,7 +245,7 @@ class Planted:
 
     @hookimpl
     def before_step(self, learn: Learner) -> None:
-        if self.plant == "before-step" and self._here(learn):
+        if self.plant in ("before-step", "added-before-step") and self._here(learn):
             raise CancelFitException("before the step")
 
 
@@ -263,14 +264,28 @@ class LossPlanted(Planted):
             raise CancelFitException("from its loss")
 
 
+class BackwardPlanted(LossPlanted):
+    """after_backward the one hook that may cancel: a fit cancel from it, as LossPlanted's."""
+
+    compute_loss = None  # type: ignore[assignment]
+
+    @hookimpl
+    def after_backward(self, learn: Learner) -> None:
+        if self._here(learn):
+            raise CancelFitException("after the backward")
+
+
 class Adder:
-    """Adds Planted("added") on every rank at the start of epoch 1: the fit started with no
+    """Adds Planted(plant) on every rank at the start of epoch 1: the fit started with no
     plugin that may cancel, so the ranks agree on no cancel until then."""
+
+    def __init__(self, plant: str) -> None:
+        self.plant = plant
 
     @hookimpl
     def before_epoch(self, learn: Learner) -> None:
         if learn.epoch == 1:  # its batch 3 (train_iter counts the fit's batches)
-            learn.add_plugin(Planted("added", at=learn.train_iter + 3))
+            learn.add_plugin(Planted(self.plant, at=learn.train_iter + 3))
 
 
 def main() -> None:
@@ -323,11 +338,18 @@ def main() -> None:
         learn.fit(2)
         result = {"weights": learn.model.state_dict()}
     elif args.case == "cancels":
-        plants = {"added": Adder, "loss": LossPlanted}
-        planted = plants[args.plant]() if args.plant in plants else Planted(args.plant)
+        if args.plant.startswith("added"):
+            planted: object = Adder(args.plant)
+        else:
+            alone = {"loss": LossPlanted, "after-backward": BackwardPlanted}
+            planted = alone[args.plant]() if args.plant in alone else Planted(args.plant)
         learn = learner([DDP(), planted])
         learn.fit(2)
-        result = {"weights": learn.model.state_dict(), "stop_reason": learn.stop_reason}
+        result = {
+            "weights": learn.model.state_dict(),
+            "stop_reason": learn.stop_reason,
+            "unwrapped": learn.wrapped_model is None,  # DDP's wrapper is the fit's only
+        }
     elif args.case in ("checkpoints", "elastic"):
         result = checkpoints(args, rank, out)
     torch.save(result, out / f"rank{rank}.pt")
