@@ -212,7 +212,8 @@ class Planted:
     before_batch then a fit cancel in after_loss; ``fit`` only the latter; ``two-fits`` a fit
     cancel in before_batch and another in after_loss; ``reason`` a stop reason of its own (a
     transition of the run) before the fit cancel; ``after-batch`` a batch cancel in
-    after_batch, once the step is taken; ``before-step`` a fit cancel from before_step;
+    after_batch, once the step is taken; ``before-step``, ``after-pred``,
+    ``after-step`` a fit cancel from that hook;
     ``loss`` and ``after-backward``: see :class:`LossPlanted` and :class:`BackwardPlanted`.
     In epoch 1 with ``added`` (after_loss) or ``added-before-step``: added by :class:`Adder`."""
 
@@ -242,6 +243,16 @@ class Planted:
     def after_batch(self, learn: Learner) -> None:
         if self.plant == "after-batch" and self._here(learn):
             raise CancelBatchException("after the step: nothing left to skip")
+
+    @hookimpl
+    def after_pred(self, learn: Learner) -> None:
+        if self.plant == "after-pred" and self._here(learn):
+            raise CancelFitException("after the forward")
+
+    @hookimpl
+    def after_step(self, learn: Learner) -> None:
+        if self.plant == "after-step" and self._here(learn):
+            raise CancelFitException("after the step")
 
     @hookimpl
     def before_step(self, learn: Learner) -> None:
