@@ -281,14 +281,15 @@ def test_a_fit_cancel_on_one_rank_outside_the_batches_stops_every_rank_like_one_
     assert len(two["history"]) == len(one["history"]) == epochs
 
 
-PLANT_IN_PREDICT = ("--cancel-in", "predict", "--cancel-rank", "1", "--cancel-at", "2")
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(180)
-@pytest.mark.parametrize("kind", ["Epoch", "Batch"])  # a batch's own skip too, in training
-def test_a_cancel_from_predict_on_one_rank_is_refused_naming_the_hook(tmp_path, kind):
-    plant = [*PLANT_IN_PREDICT, *(["--cancel-batch"] if kind == "Batch" else [])]
+@pytest.mark.parametrize(
+    ("hook", "kind"),
+    [("predict", "Epoch"), ("predict", "Batch"), ("step", "Epoch"), ("zero_grad", "Batch")],
+)  # a batch's own skip too, in training
+def test_a_cancel_from_a_step_hook_on_one_rank_is_refused_naming_the_hook(tmp_path, hook, kind):
+    plant = ["--cancel-in", hook, "--cancel-rank", "1", "--cancel-at", "2"]
+    plant += ["--cancel-batch"] if kind == "Batch" else []
     launched = launch(JOB, [tmp_path, *plant], 2, warm=True, run_dir=tmp_path)
     done = processes.run(
         launched.command, capture_output=True, text=True, timeout=120, env=ENV,
@@ -296,9 +297,9 @@ def test_a_cancel_from_predict_on_one_rank_is_refused_naming_the_hook(tmp_path, 
     )  # fmt: skip
     assert done.returncode != 0
     assert (
-        f"RuntimeError: DDP: Cancel{kind}Exception(planted in predict on rank 1) was raised by the "
-        "'predict' hook on rank 1, where the other ranks cannot follow it: under DDP every rank "
-        "takes part in each batch's gradient all-reduce. Raise it from an event hook "
+        f"RuntimeError: DDP: Cancel{kind}Exception(planted in {hook} on rank 1) was raised by "
+        f"the {hook!r} hook on rank 1, where the other ranks cannot follow it: under DDP every "
+        "rank takes part in each batch's gradient all-reduce. Raise it from an event hook "
         "(before_batch, after_pred, after_loss, ...) or from compute_loss, and DDP stops every "
         "rank together at the next optimizer step."
     ) in done.stderr

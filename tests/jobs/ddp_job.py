@@ -14,9 +14,10 @@ training batch N; ``--nan-rank R --nan-at N``: rank R's batch N gives a NaN loss
 tensor (the default loader), item (a map-style dataset), multiprocess (MultiprocessLoader with
 one worker) or sampler (a torch DataLoader with a DistributedSampler). ``--cancel-rank R
 --cancel-at N --cancel-in HOOK``: rank R raises CancelEpochException (``--cancel-batch``:
-CancelBatchException) from HOOK (compute_loss, predict, after_loss, after_batch) at training
-batch N (``--cancel-valid``: validation batch N of each pass), or CancelFitException from
-before_fit, after_fit (N unused) or before_epoch (at epoch N). ``--sigint-rank R
+CancelBatchException) from HOOK (compute_loss, predict, step, zero_grad, after_loss,
+after_batch) at training batch N (``--cancel-valid``: validation batch N of each pass), or
+CancelFitException from before_fit, after_fit (N unused) or before_epoch (at epoch N).
+``--sigint-rank R
 --sigint-at N``: rank R sends itself SIGINT (a Ctrl-C) at the start of training batch N; the
 job records the KeyboardInterrupt every rank ended with. ``--fsdp``: FSDP(layers=nn.Linear)
 instead of DDP(). ``--hold-at N``: rank 0 waits (for the parent's SIGKILL) once it printed
@@ -135,6 +136,14 @@ class Probe:
     @hookimpl
     def compute_loss(self, learn: Learner) -> None:
         self._cancel(learn, "compute_loss")
+
+    @hookimpl
+    def step(self, learn: Learner) -> None:
+        self._cancel(learn, "step")  # else None: the default steps
+
+    @hookimpl
+    def zero_grad(self, learn: Learner) -> None:
+        self._cancel(learn, "zero_grad")
 
     @hookimpl
     def after_loss(self, learn: Learner) -> None:

@@ -213,7 +213,8 @@ class Planted:
     cancel in before_batch and another in after_loss; ``reason`` a stop reason of its own (a
     transition of the run) before the fit cancel; ``after-batch`` a batch cancel in
     after_batch, once the step is taken; ``before-step``, ``after-pred``,
-    ``after-step`` a fit cancel from that hook;
+    ``after-step`` a fit cancel from that hook, ``batch-after-pred`` a batch cancel from
+    after_pred;
     ``loss`` and ``after-backward``: see :class:`LossPlanted` and :class:`BackwardPlanted`.
     In epoch 1 with ``added`` (after_loss) or ``added-before-step``: added by :class:`Adder`."""
 
@@ -248,6 +249,8 @@ class Planted:
     def after_pred(self, learn: Learner) -> None:
         if self.plant == "after-pred" and self._here(learn):
             raise CancelFitException("after the forward")
+        if self.plant == "batch-after-pred" and self._here(learn):
+            raise CancelBatchException("skip this batch after the forward")
 
     @hookimpl
     def after_step(self, learn: Learner) -> None:
