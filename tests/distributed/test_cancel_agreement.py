@@ -156,6 +156,7 @@ def test_a_fit_cancel_held_after_a_batch_cancel_on_the_same_rank_wins_on_every_r
         ("after-pred", "Planted: after the forward"),  # held to the step, which is skipped
         ("after-step", "Planted: after the step"),  # the step taken: the fit ends after it
         ("batch-after-pred", None),  # held to the step, which every rank skips
+        ("split", "Planted: after the batch cancel"),  # a batch cancel on rank 0: the fit's wins
     ],
 )
 def test_cancels_held_on_one_rank_end_every_rank_as_they_end_one_process(tmp_path, plant, reason):

@@ -209,8 +209,9 @@ def logits_loss(preds: dict[str, torch.Tensor], targets: torch.Tensor) -> torch.
 
 class Planted:
     """On the last rank at training batch ``at`` (``plant``): ``batch-then-fit`` a batch cancel in
-    before_batch then a fit cancel in after_loss; ``fit`` only the latter; ``two-fits`` a fit
-    cancel in before_batch and another in after_loss; ``reason`` a stop reason of its own (a
+    before_batch then a fit cancel in after_loss; ``fit`` only the latter; ``split`` the batch
+    cancel on rank 0 (on two ranks) and the fit cancel on the last; ``two-fits`` a fit cancel
+    in before_batch and another in after_loss; ``reason`` a stop reason of its own (a
     transition of the run) before the fit cancel; ``after-batch`` a batch cancel in
     after_batch, once the step is taken; ``before-step``, ``after-pred``,
     ``after-step`` a fit cancel from that hook, ``batch-after-pred`` a batch cancel from
@@ -229,6 +230,9 @@ class Planted:
     def before_batch(self, learn: Learner) -> None:
         if self.plant == "batch-then-fit" and self._here(learn):
             raise CancelBatchException("skip this batch")
+        first = pdist.rank() == 0 and pdist.world_size() > 1
+        if self.plant == "split" and learn.training and learn.train_iter == self.at and first:
+            raise CancelBatchException("skip this batch on rank 0")
         if self.plant == "two-fits" and self._here(learn):
             raise CancelFitException("the first fit cancel")
 
@@ -236,7 +240,7 @@ class Planted:
     def after_loss(self, learn: Learner) -> None:
         if self.plant == "reason" and self._here(learn):  # a stop reason of its own first
             learn.run.stop("Planted: a reason of its own")
-        fit_cancels = ("batch-then-fit", "fit", "two-fits", "added", "reason")
+        fit_cancels = ("batch-then-fit", "fit", "two-fits", "added", "reason", "split")
         if self.plant in fit_cancels and self._here(learn):
             raise CancelFitException("after the batch cancel")
 
