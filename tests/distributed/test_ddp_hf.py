@@ -41,11 +41,13 @@ def run(out: Path, nproc: int, *args: str) -> dict:
         [],
         ["--accum", "3"],
         ["--sampler"],
+        ["--sampler", "--n-valid", "5"],
         ["--sampler", "--fsdp", "--n-valid", "5", "--named-output"],
     ],
-    # a DistributedSampler's padding cut from a dict batch; under FSDP, rank 1's last
-    # validation batch is padding only, so it runs a zero-item dict batch to keep up
-    ids=["plain", "accumulated", "distributed-sampler", "fsdp-padding-only"],
+    # a DistributedSampler's padding cut from a dict batch; with 5 validation items rank 1's
+    # last batch is padding only (skipped); under FSDP that rank then runs a zero-item dict
+    # batch to keep up
+    ids=["plain", "accumulated", "distributed-sampler", "padding-only", "fsdp-padding-only"],
 )
 def test_hf_model_on_two_ranks_trains_as_one_process(tmp_path, accum):
     (tmp_path / "one").mkdir()
