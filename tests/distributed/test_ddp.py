@@ -284,12 +284,21 @@ def test_a_fit_cancel_on_one_rank_outside_the_batches_stops_every_rank_like_one_
 @pytest.mark.slow
 @pytest.mark.timeout(180)
 @pytest.mark.parametrize(
-    ("hook", "kind"),
-    [("predict", "Epoch"), ("predict", "Batch"), ("step", "Epoch"), ("zero_grad", "Batch")],
-)  # a batch's own skip too, in training
-def test_a_cancel_from_a_step_hook_on_one_rank_is_refused_naming_the_hook(tmp_path, hook, kind):
+    ("hook", "kind", "where"),
+    [
+        ("predict", "Epoch", "train"),
+        ("predict", "Batch", "train"),  # a batch's own skip too, in training
+        ("step", "Epoch", "train"),
+        ("zero_grad", "Batch", "train"),
+        ("compute_loss", "Epoch", "valid"),  # in validation only a batch's skip is rank-local
+    ],
+)
+def test_a_cancel_from_a_step_hook_on_one_rank_is_refused_naming_the_hook(
+    tmp_path, hook, kind, where
+):
     plant = ["--cancel-in", hook, "--cancel-rank", "1", "--cancel-at", "2"]
     plant += ["--cancel-batch"] if kind == "Batch" else []
+    plant += ["--cancel-valid", "--cancel-at", "0"] if where == "valid" else []
     launched = launch(JOB, [tmp_path, *plant], 2, warm=True, run_dir=tmp_path)
     done = processes.run(
         launched.command, capture_output=True, text=True, timeout=120, env=ENV,
