@@ -30,7 +30,7 @@ def test_every_module_and_test_file_of_the_mutation_table_exists(mutation):
     missing = [
         path
         for module, tests in mutation.MODULES.items()
-        for path in [f"{mutation.PACKAGE}/{module}", *(t.split("::")[0] for t in tests)]
+        for path in [f"{mutation.PACKAGE}/{module}", *tests]
         if not (ROOT / path).is_file()
     ]
     assert missing == []

@@ -44,13 +44,11 @@ from mutation_hooks import expose_hooks_in  # tools/ is on sys.path when run as 
 
 ROOT = Path(__file__).resolve().parents[1]
 TOOLS = Path(__file__).resolve().parent
-CONTROL_PASSED = "# the tests pass unmutated"  # mutation_batch.py's first line
 PACKAGE = "src/pluglearn"
 TARGET = 0.90  # the kill rate every module should reach
 
-# Module (under src/pluglearn) -> the test files (or ids, path::test) that cover it
-# (tests/test_tools.py checks that every file exists; a path that does not, say in an older
-# commit's --ref tree, is skipped).
+# Module (under src/pluglearn) -> the test files that cover it (tests/test_tools.py checks that
+# every one exists; a path that does not, say in an older commit's --ref tree, is skipped).
 MODULES: dict[str, list[str]] = {
     "data/safe_pickle.py": ["tests/data/test_mnist.py", "tests/data/test_safe_pickle.py"],
     "data/download.py": [
@@ -452,7 +450,7 @@ def _recheck_batched(
     and the rest of its share runs in a new process."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from mutation_batch import CONTROL
+    from mutation_batch import CONTROL, CONTROL_PASSED
     from mutation_switch import HOOK, VARIABLE, choose
 
     with (tree / "mutants" / PACKAGE / "__init__.py").open("a") as f:
@@ -567,7 +565,7 @@ def main() -> None:
         for m in sorted(set(modules) - set(present)):
             print(f"note: {PACKAGE}/{m} is not in this tree; skipped")
         tests = args.tests or sorted({t for m in present for t in MODULES.get(m, [])})
-        tests = [t for t in tests if (tree / t.split("::")[0]).is_file()]
+        tests = [t for t in tests if (tree / t).is_file()]
         if not present or not tests:
             sys.exit("nothing to run: no module or no test file found (see --list)")
         if not args.no_hooks:

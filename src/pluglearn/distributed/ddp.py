@@ -78,10 +78,7 @@ def zero_loss(learn: Learner) -> torch.Tensor:
     leaves = all_leaves(learn.preds)
     outputs = [t for t in leaves if isinstance(t, torch.Tensor) and t.requires_grad]
     if outputs:
-        zero = outputs[0].sum() * 0.0
-        for t in outputs[1:]:
-            zero = zero + t.sum() * 0.0
-        return zero
+        return sum((t.sum() for t in outputs[1:]), outputs[0].sum()) * 0.0
     total = sum(p.sum() for p in learn.model.parameters() if p.requires_grad)
     assert isinstance(total, torch.Tensor)  # DDP refuses a model with no trained parameter
     return total * 0.0

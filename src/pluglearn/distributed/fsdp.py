@@ -150,7 +150,7 @@ class FSDP(DDP):
         super().__init__(**fully_shard_kwargs)
         self._forwards = 0  # forwards this rank ran in this validation pass
         self._needed = 0  # the most validation batches any rank has
-        self._template: Any = None  # a zero-item batch for catch-up forwards
+        self._last_batch: Any = None  # the last batch predicted: its structure shapes catch-ups
         self._grad_sync: bool | None = None  # the flag FSDP was last given (None: a new fit)
         self._output_check: Any = None  # the forward hook of _check_output, until it passed
 
@@ -296,7 +296,7 @@ class FSDP(DDP):
         def predict(learn: Learner) -> Any:  # counts the forwards, keeps a batch's shape
             if not self._met and pdist.is_local():  # learn.predict(x): no validation pass
                 self._meet(learn)
-            self._template = head(learn.batch, 0)  # the batch's structure, no item
+            self._last_batch = learn.batch  # a reference: cut to no item only for a catch-up
             result = wrapped(learn)
             self._forwards += 1
             return result
@@ -313,13 +313,13 @@ class FSDP(DDP):
         """Forwards of a zero-item batch until this rank ran as many as the busiest rank."""
         if self._forwards >= self._needed:
             return
-        if self._template is None:
+        if self._last_batch is None:
             raise RuntimeError(
                 f"FSDP: rank {pdist.rank()} had no batch at all to shape a catch-up forward: "
                 "give every rank at least one training item (a larger dataset or fewer ranks)."
             )
         saved = learn.batch
-        learn.batch = self._template
+        learn.batch = head(self._last_batch, 0)  # the batch's structure, no item
         try:
             with torch.no_grad():
                 while self._forwards < self._needed:
