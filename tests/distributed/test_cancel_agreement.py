@@ -95,6 +95,22 @@ def test_accumulation_with_plugins_that_never_cancel_adds_no_agreement_per_batch
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_a_plugin_that_may_cancel_added_mid_fit_beside_accumulation_turns_the_agreements_on(
+    tmp_path,
+):
+    one = result(tmp_path / "one", "none", "--accum", "2", nproc=1)
+    accum = result(tmp_path / "accum", "none", "--accum", "2")
+    added = result(tmp_path / "added", "added-watcher", "--accum", "2")
+    for key, value in one["weights"].items():
+        assert (added["weights"][key] - value).abs().max().item() <= 1e-10, key
+    # added in epoch 1's before_epoch: from its end, epoch 1's six pass-hook ends and
+    # after_fit's are agreed, and (batches that do not step have no gradient all-reduce to
+    # carry a mark) the ranks agree before each of epoch 1's 5 backwards
+    assert added["count"] == accum["count"] + 6 + 1 + 5
+
+
+@pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_a_cancel_from_the_loss_in_a_batch_that_does_not_step_is_refused_when_none_agree(
     tmp_path,

@@ -288,6 +288,7 @@ def test_a_fit_cancel_on_one_rank_outside_the_batches_stops_every_rank_like_one_
     [
         ("predict", "Epoch", "train"),
         ("predict", "Batch", "train"),  # a batch's own skip too, in training
+        ("backward", "Epoch", "train"),
         ("step", "Epoch", "train"),
         ("zero_grad", "Batch", "train"),
         ("compute_loss", "Epoch", "valid"),  # in validation only a batch's skip is rank-local

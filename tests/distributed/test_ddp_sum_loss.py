@@ -1,7 +1,10 @@
 """A loss with ``reduction="sum"`` under DDP (torchrun, 2 gloo ranks) trains like one process:
 each rank's sum is scaled to the global batch (so ``train_loss`` is one process's) and weighted
 so that DDP's average of the gradients is the one process's; under GradientAccumulation the
-batches' gradients add up as one big batch's."""
+batches' gradients add up as one big batch's. So with a torch ``DistributedSampler`` (its padded
+validation set cut), a loader of the user's own (uneven slices: the global batch counted by one
+all-reduce in training, told by the loader in validation), and an empty slice on one rank; a
+validation loader that cannot tell its global batch is refused before the fit."""
 
 from __future__ import annotations
 
@@ -20,9 +23,52 @@ pytestmark = pytest.mark.skipif(
 @pytest.mark.parametrize("accum", ["1", "2"])
 def test_a_sum_loss_on_two_ranks_trains_and_reports_like_one_process(tmp_path, accum):
     one = run_case(tmp_path / "one", "sum", "--accum", accum, nproc=1)[0]
-    two = run_case(tmp_path / "two", "sum", "--accum", accum)[0]
+    assert_like_one_process(one, run_case(tmp_path / "two", "sum", "--accum", accum)[0])
+
+
+def assert_like_one_process(one: dict, two: dict) -> None:
     for key, value in one["weights"].items():
         assert (two["weights"][key] - value).abs().max().item() <= 1e-10, key
     for a, b in zip(one["history"], two["history"], strict=True):
         for key in ("train_loss", "valid_loss"):
             assert b[key] == pytest.approx(a[key], rel=1e-12), key
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize(
+    "loader, batch_size, accum",
+    [
+        ("sampler", "14", "1"),  # validation: 23 items padded to 24, the repeat cut
+        ("sampler", "14", "2"),
+        ("own", "12", "1"),  # rank 0 takes 8 of 12, 3 of the last 4
+        ("own", "12", "2"),
+        ("pluglearn", "13", "1"),  # 40 = 3 x 13 + 1: one rank's slice of the last is empty
+        ("pluglearn", "13", "2"),
+    ],
+)
+def test_a_sum_loss_trains_and_reports_like_one_process_with_any_loader(
+    tmp_path, loader, batch_size, accum
+):
+    args = ("--loader", loader, "--batch-size", batch_size, "--accum", accum)
+    one = run_case(tmp_path / "one", "sum", *args, nproc=1)[0]
+    for rank in run_case(tmp_path / "two", "sum", *args):
+        assert_like_one_process(one, rank)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_a_sum_loss_with_a_validation_loader_that_cannot_tell_its_global_batch_is_refused(
+    tmp_path,
+):
+    ranks = run_case(tmp_path, "sum", "--loader", "own-untold", "--batch-size", "12")
+    for rank in ranks:
+        assert rank["refused"] == (
+            "DDP(): a loss with reduction='sum' is scaled to the global batch, whose items the "
+            "validation loader (DataLoader) does not tell (it has no `global_items` and no "
+            "DistributedSampler), and validation runs no collective per batch, so valid_loss "
+            "would not be one process's. Use DataLoaders.from_datasets(train, valid, "
+            "batch_size=...), a torch DataLoader with a DistributedSampler, a loader whose "
+            "`global_items` is the number of items of the global batch it just handed out, or "
+            "reduction='mean'."
+        )

@@ -6,7 +6,8 @@ tests/distributed/test_cancel_agreement.py.
     [torchrun --nproc_per_node 2] python tests/jobs/agreement_job.py OUT --plugin P
 
 ``P``: ``none`` (the defaults alone: none of them may cancel), ``watcher`` (a plugin whose
-``after_epoch`` may cancel, and does not in this run), ``liar`` (a plugin that declares
+``after_epoch`` may cancel, and does not in this run), ``added-watcher`` (a plugin that adds
+a watcher at the start of epoch 1), ``liar`` (a plugin that declares
 ``may_cancel = False`` and raises ``CancelFitException`` on rank 1 after batch 3), ``hidden``
 (a plugin that raises it there through a function of another module, where pluglearn cannot
 see it).
@@ -51,6 +52,13 @@ class Watcher:
             raise CancelFitException("diverged")
 
 
+class AddsWatcher:
+    @hookimpl
+    def before_epoch(self, learn: Learner) -> None:
+        if learn.epoch == 1:
+            learn.add_plugin(Watcher())
+
+
 class Hidden:
     @hookimpl
     def after_batch(self, learn: Learner) -> None:
@@ -70,7 +78,8 @@ class Liar:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("out")
-    parser.add_argument("--plugin", choices=("none", "watcher", "liar", "hidden"), default="none")
+    plugins = ("none", "watcher", "added-watcher", "liar", "hidden")
+    parser.add_argument("--plugin", choices=plugins, default="none")
     parser.add_argument("--accum", type=int, default=1)
     parser.add_argument("--loss-cancel", action="store_true")
     args = parser.parse_args()
@@ -82,8 +91,13 @@ def main() -> None:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 2)).double()
     dls = DataLoaders.from_datasets((x[:40], y[:40]), (x[40:], y[40:]), batch_size=8, seed=1)
-    extra = {"none": [], "watcher": [Watcher()], "liar": [Liar()], "hidden": [Hidden()]}
-    extra = extra[args.plugin]
+    extra = {
+        "none": [],
+        "watcher": [Watcher()],
+        "added-watcher": [AddsWatcher()],
+        "liar": [Liar()],
+        "hidden": [Hidden()],
+    }[args.plugin]
     if args.accum > 1:
         extra.append(GradientAccumulation(args.accum))
 

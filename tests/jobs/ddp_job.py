@@ -3,27 +3,25 @@ tests of tests/distributed/ and by ``benchmarks/kill_resume.py --ddp``.
 
     [torchrun --nproc_per_node 2] python tests/jobs/ddp_job.py OUT [options]
 
-A float64 MLP with SGD (momentum, weight decay) on 41 shuffled training items in global batches
-of 8 (the last batch has 1 item: on two ranks one of them gets an empty slice), validation on
-23 items. Rank 0 writes ``OUT/result.pt``: the final weights, every epoch's metrics, the stop
-reason, and each rank's items of every training batch. ``--ckpt DIR`` checkpoints every batch
-(rank 0 prints ``batch N`` once checkpoint N is on disk, for a parent that kills the job);
-``--resume`` resumes from DIR. ``--fail-rank R --fail-at N``: rank R raises ValueError at
-training batch N; ``--nan-rank R --nan-at N``: rank R's batch N gives a NaN loss
-(TerminateOnNaN stops every rank); ``--accum K``: GradientAccumulation(K); ``--loader``:
-tensor (the default loader), item (a map-style dataset), multiprocess (MultiprocessLoader with
-one worker) or sampler (a torch DataLoader with a DistributedSampler). ``--cancel-rank R
---cancel-at N --cancel-in HOOK``: rank R raises CancelEpochException (``--cancel-batch``:
-CancelBatchException) from HOOK (compute_loss, predict, step, zero_grad, after_loss,
-after_batch) at training batch N (``--cancel-valid``: validation batch N of each pass), or
-CancelFitException from before_fit, after_fit (N unused) or before_epoch (at epoch N).
-``--sigint-rank R
---sigint-at N``: rank R sends itself SIGINT (a Ctrl-C) at the start of training batch N; the
-job records the KeyboardInterrupt every rank ended with. ``--fsdp``: FSDP(layers=nn.Linear)
-instead of DDP(). ``--hold-at N``: rank 0 waits (for the parent's SIGKILL) once it printed
-``batch N``, so that no checkpoint is written after N, however slowly the kill comes.
-``--compile``: Compile(backend="eager"); the result's ``compiled`` names what the model called
-in each pass compiles. ``--first-epochs N``: a fit of N epochs, then one of the rest;
+A float64 MLP with SGD (momentum, weight decay) on 41 shuffled training items in global batches of 8
+(the last batch has 1 item: on two ranks one of them gets an empty slice), validation on 23 items.
+Rank 0 writes ``OUT/result.pt``: the final weights, every epoch's metrics, the stop reason, and each
+rank's items of every training batch. ``--ckpt DIR`` checkpoints every batch (rank 0 prints ``batch
+N`` once checkpoint N is on disk, for a parent that kills the job); ``--resume`` resumes from DIR.
+``--fail-rank R --fail-at N``: rank R raises ValueError at training batch N; ``--nan-rank R --nan-at
+N``: rank R's batch N gives a NaN loss (TerminateOnNaN stops every rank); ``--accum K``:
+GradientAccumulation(K); ``--loader``: tensor (the default loader), item (a map-style dataset),
+multiprocess (MultiprocessLoader with one worker) or sampler (a torch DataLoader with a
+DistributedSampler). ``--cancel-rank R --cancel-at N --cancel-in HOOK``: rank R raises
+CancelEpochException (``--cancel-batch``: CancelBatchException) from HOOK (compute_loss, predict,
+backward, step, zero_grad, after_loss, after_batch) at training batch N (``--cancel-valid``:
+validation batch N of each pass), or CancelFitException from before_fit, after_fit (N unused) or
+before_epoch (at epoch N). ``--sigint-rank R --sigint-at N``: rank R sends itself SIGINT (a Ctrl-C)
+at the start of training batch N; the job records the KeyboardInterrupt every rank ended with.
+``--fsdp``: FSDP(layers=nn.Linear) instead of DDP(). ``--hold-at N``: rank 0 waits (for the parent's
+SIGKILL) once it printed ``batch N``, so that no checkpoint is written after N, however slowly the
+kill comes. ``--compile``: Compile(backend="eager"); the result's ``compiled`` names what the model
+called in each pass compiles. ``--first-epochs N``: a fit of N epochs, then one of the rest;
 ``--lr-find``: ``lr_find`` before the (last) fit, on every rank.
 """
 
@@ -136,6 +134,10 @@ class Probe:
     @hookimpl
     def compute_loss(self, learn: Learner) -> None:
         self._cancel(learn, "compute_loss")
+
+    @hookimpl
+    def backward(self, learn: Learner) -> None:
+        self._cancel(learn, "backward")  # else None: the default backward
 
     @hookimpl
     def step(self, learn: Learner) -> None:

@@ -16,7 +16,9 @@ Data: 40 training and 23 validation items of 5 float64 features; feature 4 is th
   a training hook, then ``get_preds()`` on every rank and ``validate()`` on rank 0 only;
   ``--sampler``: ready torch loaders with a ``DistributedSampler``; ``--fsdp``: FSDP, whose
   one-rank ``validate()`` must be refused, and ``get_preds()`` on every rank.
-- ``sum``: a loss with ``reduction="sum"`` (``--accum K``: GradientAccumulation(K)).
+- ``sum``: a loss with ``reduction="sum"`` (``--accum K``: GradientAccumulation(K);
+  ``--batch-size``, the global batch; ``--loader``: see :func:`sum_loaders`); records the
+  error a refused fit raised.
 - ``dict-output``: a model whose output is a dict (see ``DictOutput``) under
   ``DDP(find_unused_parameters=True)`` and TerminateOnNaN (a plugin that may cancel in a batch),
   in global batches of 13 (the last has one item, so rank 1's slice of it is empty);
@@ -38,6 +40,7 @@ import argparse
 import os
 import signal
 import sys
+from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 
@@ -189,6 +192,50 @@ def local(args: argparse.Namespace) -> dict:
     return out
 
 
+class Told:
+    """A loader of the user's own that says how many items the global batch it just handed
+    out holds (``global_items``), as pluglearn's loaders do."""
+
+    def __init__(self, loader: object, totals: list[int]) -> None:
+        self.loader, self.totals, self.global_items = loader, totals, 0
+
+    def __len__(self) -> int:
+        return len(self.totals)
+
+    def __iter__(self) -> Iterator[object]:
+        for batch, total in zip(self.loader, self.totals, strict=True):
+            self.global_items = total
+            yield batch
+
+
+def sum_loaders(kind: str, batch_size: int) -> DataLoaders:
+    """Torch loaders in the items' order whose global batches are one process's of
+    ``batch_size``: ``sampler`` each rank's DistributedSampler (no shuffle; the validation set
+    padded) in batches of ``batch_size / W``; ``own`` each rank's own cut of every global batch
+    (rank 0 takes about two thirds: uneven slices), the validation loader a :class:`Told`;
+    ``own-untold`` the same validation loader without it. Alone: one loader of the global
+    batches."""
+    from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+
+    world = pdist.world_size()
+    xt, yt, xv, yv = data()
+    sets = [TensorDataset(xt, yt), TensorDataset(xv, yv)]
+    if kind == "sampler":
+        samplers = [DistributedSampler(ds, world, RANK, shuffle=False) for ds in sets]
+        return DataLoaders(*(DataLoader(ds, batch_size // world, sampler=s)
+                             for ds, s in zip(sets, samplers, strict=True)))  # fmt: skip
+    loaders, totals = [], []
+    for ds in sets:
+        n = len(ds)
+        batches = [list(range(i, min(i + batch_size, n))) for i in range(0, n, batch_size)]
+        cuts = [(2 * len(b) + 2) // 3 if world > 1 else len(b) for b in batches]
+        mine = [b[:c] if RANK == 0 else b[c:] for b, c in zip(batches, cuts, strict=True)]
+        loaders.append(DataLoader(ds, batch_sampler=mine))
+        totals = [len(b) for b in batches]  # the validation set's, the last
+    valid = loaders[1] if kind == "own-untold" else Told(loaders[1], totals)
+    return DataLoaders(loaders[0], valid)
+
+
 class DictOutput(nn.Module):
     """A model whose output is no tensor, ``{"logits": ...}``, with a parameter it never uses
     (DDP needs ``find_unused_parameters=True``) and a trained one of a single element."""
@@ -314,6 +361,8 @@ def main() -> None:
     parser.add_argument("--sampler", action="store_true")
     parser.add_argument("--fsdp", action="store_true")
     parser.add_argument("--accum", type=int, default=1)
+    parser.add_argument("--batch-size", type=int, default=7)
+    parser.add_argument("--loader", default="pluglearn", help="see sum_loaders")
     parser.add_argument("--plant", default="batch-then-fit", help="see Planted")
     parser.add_argument("--ckpt")
     parser.add_argument("--kill", action="append", default=[])
@@ -345,9 +394,14 @@ def main() -> None:
                 history.append(dict(metrics))
 
         loss = partial(F.cross_entropy, reduction="sum")
-        learn = learner([*plugins, Keep()], lr=0.01, batch_size=7, loss_func=loss)
-        learn.fit(2)
-        result = {"weights": learn.model.state_dict(), "history": history}
+        learn = learner([*plugins, Keep()], lr=0.01, batch_size=args.batch_size, loss_func=loss)
+        if args.loader != "pluglearn":
+            learn.dls = sum_loaders(args.loader, args.batch_size)
+        try:
+            learn.fit(2)
+            result = {"weights": learn.model.state_dict(), "history": history}
+        except ValueError as error:
+            result = {"refused": str(error)}
     elif args.case == "dict-output":  # the last global batch of 1 item: rank 1's slice empty
         accumulate = [GradientAccumulation(args.accum)] if args.accum > 1 else []
         plugins = [DDP(find_unused_parameters=True), TerminateOnNaN(), *accumulate]

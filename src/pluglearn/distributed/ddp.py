@@ -69,6 +69,14 @@ if TYPE_CHECKING:
     from ..learner import Learner
 
 
+def tells_global_items(loader: Any) -> bool:
+    """Whether each rank knows the items of ``loader``'s global batch without a collective:
+    pluglearn's loaders say it (``global_items``); a torch ``DistributedSampler`` gives every
+    rank as many."""
+    sampler = getattr(loader, "sampler", None)
+    return hasattr(loader, "global_items") or isinstance(sampler, DistributedSampler)
+
+
 def zero_loss(learn: Learner) -> torch.Tensor:
     """A zero that reaches every parameter the forward used, so DDP's all-reduce gets this
     rank's zero gradient: built from the output's tensors (a dict's, a tuple's), the graph DDP
@@ -107,7 +115,9 @@ class DDP:
         self._first: tuple[int, ...] = ()  # the index of the probe's first element
         self._marked: Any = None  # the hook that marks this rank's gradient of it
         self._saved_wrapper: list[Any] = []
-        self._padded: tuple[int, int] | None = None  # (real items of this rank, seen)
+        # a DistributedSampler's padded validation: (every rank's real items, this rank, seen)
+        self._padded: tuple[tuple[int, ...], int, int] | None = None
+        self._padded_total = 0  # the real items of this validation batch on every rank
         self._fit_needs = (False, False, False)  # any rank's: step sync, early sync, marks
         if not pdist.is_distributed():
             name = type(self).__name__
@@ -172,6 +182,18 @@ class DDP:
             isinstance(p, GradientAccumulation) and p.scale_loss for p in learn.plugins
         )
         self._sum = loss_reduction(learn.loss_func) == "sum"
+        valid = learn.dls.valid
+        if self._sum and valid is not None and not tells_global_items(valid):
+            name = type(self).__name__
+            raise ValueError(
+                f"{name}(): a loss with reduction='sum' is scaled to the global batch, whose "
+                f"items the validation loader ({type(valid).__name__}) does not tell (it has no "
+                "`global_items` and no DistributedSampler), and validation runs no collective "
+                "per batch, so valid_loss would not be one process's. Use "
+                "DataLoaders.from_datasets(train, valid, batch_size=...), a torch DataLoader "
+                "with a DistributedSampler, a loader whose `global_items` is the number of "
+                "items of the global batch it just handed out, or reduction='mean'."
+            )
         self._failed, self._probe, self._marked = False, None, None
         self.cancels.pending = None
         self._world = pdist.world_size()
@@ -240,8 +262,8 @@ class DDP:
         sampler = getattr(learn.dl, "sampler", None)
         if isinstance(sampler, DistributedSampler) and not sampler.drop_last:
             assert isinstance(sampler.dataset, Sized)  # the sampler took its len() already
-            n, world, rank = len(sampler.dataset), sampler.num_replicas, sampler.rank
-            self._padded = (len(range(rank, n, world)), 0)
+            n, world = len(sampler.dataset), sampler.num_replicas
+            self._padded = (tuple(len(range(r, n, world)) for r in range(world)), sampler.rank, 0)
         return (yield from self.cancels.sync_after(learn))
 
     @hookimpl
@@ -323,13 +345,16 @@ class DDP:
 
         return before_batch
 
-    def _trim_padding(self, learn: Learner, padded: tuple[int, int]) -> None:
+    def _trim_padding(self, learn: Learner, padded: tuple[tuple[int, ...], int, int]) -> None:
         """A ``DistributedSampler`` pads the validation set by repeating items so that every
-        rank gets as many: cut the repeats off, so no item counts twice in the metrics."""
-        real_here, seen = padded
+        rank gets as many: cut the repeats off, so no item counts twice in the metrics. Every
+        rank's batch holds ``n`` items (padding included), so the global batch's real items are
+        known without a collective (a sum loss is scaled to them)."""
+        reals, rank, seen = padded
         n = batch_items(learn)
-        real = max(0, min(n, real_here - seen))
-        self._padded = (real_here, seen + n)
+        self._padded_total = sum(max(0, min(n, r - seen)) for r in reals)
+        real = max(0, min(n, reals[rank] - seen))
+        self._padded = (reals, rank, seen + n)
         if real == n:
             return
         if real == 0:  # only repeats: this rank skips the batch (no collective in validation)
@@ -419,6 +444,8 @@ class DDP:
         if isinstance(told, int) and told > 0:
             return told
         if isinstance(getattr(learn.dl, "sampler", None), DistributedSampler):
+            if self._padded is not None and not learn.training:
+                return self._padded_total  # the repeats cut off (_trim_padding)
             return here * self._world  # every rank gets as many items
         return pdist.reduce_sum(float(here))[0] if collective else float(here)
 

@@ -60,13 +60,12 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
-from torch.utils.data import DistributedSampler
 
 from ..data.batch_ops import head
 from ..hooks.markers import hookimpl
 from . import ranks as pdist
 from .cancel_agreement import Wrapper
-from .ddp import DDP
+from .ddp import DDP, tells_global_items
 
 if TYPE_CHECKING:
     from ..hooks.dispatch import Caller
@@ -227,10 +226,7 @@ class FSDP(DDP):
 
     @staticmethod
     def _check_sharded(loader: Any, name: str) -> None:
-        told = hasattr(loader, "global_items") or isinstance(
-            getattr(loader, "sampler", None), DistributedSampler
-        )
-        if not told or not hasattr(loader, "__len__"):
+        if not tells_global_items(loader) or not hasattr(loader, "__len__"):
             raise ValueError(
                 f"FSDP(): the {name} loader ({type(loader).__name__}) is not sharded across the "
                 "ranks (or has no len), so the ranks cannot run the same number of forwards: "
