@@ -37,22 +37,26 @@ def assert_like_one_process(one: dict, two: dict) -> None:
 @pytest.mark.slow
 @pytest.mark.timeout(240)
 @pytest.mark.parametrize(
-    "loader, batch_size, accum",
+    "loader, batch_size, accum, fsdp",
     [
-        ("sampler", "14", "1"),  # validation: 23 items padded to 24, the repeat cut
-        ("sampler", "14", "2"),
-        ("own", "12", "1"),  # rank 0 takes 8 of 12, 3 of the last 4
-        ("own", "12", "2"),
-        ("pluglearn", "13", "1"),  # 40 = 3 x 13 + 1: one rank's slice of the last is empty
-        ("pluglearn", "13", "2"),
+        ("sampler", "14", "1", False),  # validation: 23 items padded to 24, the repeat cut
+        ("sampler", "14", "2", False),
+        ("sampler", "14", "1", True),
+        ("own", "12", "1", False),  # rank 0 takes 8 of 12, 3 of the last 4
+        ("own", "12", "2", False),
+        ("pluglearn", "13", "1", False),  # 40 = 3 x 13 + 1: one rank's slice of the last empty
+        ("pluglearn", "13", "2", False),
+        ("pluglearn", "13", "1", True),
     ],
 )
 def test_a_sum_loss_trains_and_reports_like_one_process_with_any_loader(
-    tmp_path, loader, batch_size, accum
+    tmp_path, loader, batch_size, accum, fsdp
 ):
     args = ("--loader", loader, "--batch-size", batch_size, "--accum", accum)
+    args += ("--fsdp",) if fsdp else ()
     one = run_case(tmp_path / "one", "sum", *args, nproc=1)[0]
-    for rank in run_case(tmp_path / "two", "sum", *args):
+    ranks = run_case(tmp_path / "two", "sum", *args)
+    for rank in ranks[:1] if fsdp else ranks:  # FSDP: rank 0 gathers the whole weights
         assert_like_one_process(one, rank)
 
 

@@ -17,8 +17,8 @@ Data: 40 training and 23 validation items of 5 float64 features; feature 4 is th
   ``--sampler``: ready torch loaders with a ``DistributedSampler``; ``--fsdp``: FSDP, whose
   one-rank ``validate()`` must be refused, and ``get_preds()`` on every rank.
 - ``sum``: a loss with ``reduction="sum"`` (``--accum K``: GradientAccumulation(K);
-  ``--batch-size``, the global batch; ``--loader``: see :func:`sum_loaders`); records the
-  error a refused fit raised.
+  ``--batch-size``, the global batch; ``--loader``: see :func:`sum_loaders`; ``--fsdp``:
+  FSDP, whose whole weights rank 0 alone records); records the error a refused fit raised.
 - ``dict-output``: a model whose output is a dict (see ``DictOutput``) under
   ``DDP(find_unused_parameters=True)`` and TerminateOnNaN (a plugin that may cancel in a batch),
   in global batches of 13 (the last has one item, so rank 1's slice of it is empty);
@@ -385,7 +385,8 @@ def main() -> None:
     elif args.case == "local":
         result = local(args)
     elif args.case == "sum":
-        plugins = [DDP()] + ([GradientAccumulation(args.accum)] if args.accum > 1 else [])
+        ddp = FSDP(layers=nn.Linear) if args.fsdp else DDP()
+        plugins = [ddp] + ([GradientAccumulation(args.accum)] if args.accum > 1 else [])
         history: list = []
 
         class Keep:
@@ -399,7 +400,12 @@ def main() -> None:
             learn.dls = sum_loaders(args.loader, args.batch_size)
         try:
             learn.fit(2)
-            result = {"weights": learn.model.state_dict(), "history": history}
+            weights = learn.model.state_dict()
+            if args.fsdp and pdist.is_distributed():  # rank 0's whole model (a collective)
+                from pluglearn.distributed.fsdp import full_state
+
+                weights = full_state(learn.model)[0]
+            result = {"weights": weights, "history": history}
         except ValueError as error:
             result = {"refused": str(error)}
     elif args.case == "dict-output":  # the last global batch of 1 item: rank 1's slice empty
