@@ -161,6 +161,7 @@ def test_a_fit_cancel_held_after_a_batch_cancel_on_the_same_rank_wins_on_every_r
 @pytest.mark.parametrize(
     ("plant", "reason"),
     [
+        ("batch", None),  # held to the step, which every rank skips
         ("two-fits", "Planted: the first fit cancel"),  # as strong: the first held wins
         ("after-batch", None),  # dropped: after the step a batch cancel has nothing to skip
         ("added", "Planted: after the batch cancel"),  # added in the fit: agreements turn on
@@ -169,6 +170,7 @@ def test_a_fit_cancel_held_after_a_batch_cancel_on_the_same_rank_wins_on_every_r
         ("before-step", "Planted: before the step"),  # agreed before every rank's step
         ("after-backward", "BackwardPlanted: after the backward"),  # before the step too
         ("added-before-step", "Planted: before the step"),  # added in the fit: the same
+        ("added-loss", "AfterLossPlanted: after the batch cancel"),  # only the mark carries it
         ("after-pred", "Planted: after the forward"),  # held to the step, which is skipped
         ("after-step", "Planted: after the step"),  # the step taken: the fit ends after it
         ("batch-after-pred", None),  # held to the step, which every rank skips

@@ -239,17 +239,38 @@ def test_the_example_trains_alike_under_torchrun_and_alone():
 
 @pytest.mark.slow
 @pytest.mark.timeout(180)
-@pytest.mark.parametrize("hook", ["compute_loss", "after_loss"])
+@pytest.mark.parametrize(
+    ("hook", "accum"),
+    # under accumulation the ranks agree before each backward (batches that do not step have
+    # no gradient all-reduce to carry a mark)
+    [("compute_loss", "1"), ("after_loss", "1"), ("after_loss", "2")],
+)
 def test_a_cancel_on_one_rank_before_the_backward_equals_one_process_cancelling_there(
-    tmp_path, hook
+    tmp_path, hook, accum
 ):
-    plant = ["--cancel-in", hook, "--cancel-at", "3", "--epochs", "2"]
+    plant = ["--cancel-in", hook, "--cancel-at", "3", "--epochs", "2", "--accum", accum]
     two = run_job(tmp_path / "two", *plant, "--cancel-rank", "1")
     one = run_job(tmp_path / "one", *plant, "--cancel-rank", "0", nproc=1)
     assert_close(one["weights"], two["weights"])  # the batch's step was skipped on every rank
     # train_iter 3 comes twice (a cancelled batch does not count): epoch 0's batch 3, then
     # epoch 1's first batch; every rank stopped both epochs there, as the one process did
     assert [len(s) for s in two["seen"]] == [5, 5] and len(one["seen"][0]) == 5
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_a_rank_whose_batches_are_all_cancelled_in_an_epoch_still_joins_the_metric_reduction(
+    tmp_path,
+):
+    # rank 1 cancels its batch in after_loss (before AvgLoss counts it there) at train_iter 3,
+    # which a cancelled batch does not advance: every later batch of the epoch is cancelled, so
+    # in epoch 1 rank 1 counts no training item; it still joins the all-reduce of the sums
+    # (it skipped it, and the ranks' collectives crossed: a gloo abort)
+    plant = ["--cancel-in", "after_loss", "--cancel-at", "3", "--epochs", "2", "--cancel-batch"]
+    two = run_job(tmp_path / "two", *plant, "--cancel-rank", "1")
+    one = run_job(tmp_path / "one", *plant, "--cancel-rank", "0", nproc=1)
+    assert_close(one["weights"], two["weights"])  # every cancelled batch skipped on every rank
+    assert len(two["history"]) == len(one["history"]) == 2
 
 
 @pytest.mark.slow

@@ -43,11 +43,20 @@ def run(out: Path, nproc: int, *args: str) -> dict:
         ["--sampler"],
         ["--sampler", "--n-valid", "5"],
         ["--sampler", "--fsdp", "--n-valid", "5", "--named-output"],
+        ["--n-train", "9"],
     ],
     # a DistributedSampler's padding cut from a dict batch; with 5 validation items rank 1's
     # last batch is padding only (skipped); under FSDP that rank then runs a zero-item dict
-    # batch to keep up
-    ids=["plain", "accumulated", "distributed-sampler", "padding-only", "fsdp-padding-only"],
+    # batch to keep up; with 9 training items rank 1's slice of the last batch is empty, and the
+    # output (a SimpleNamespace) shows DDP no tensor to build that rank's zero loss from
+    ids=[
+        "plain",
+        "accumulated",
+        "distributed-sampler",
+        "padding-only",
+        "fsdp-padding-only",
+        "empty-slice",
+    ],
 )
 def test_hf_model_on_two_ranks_trains_as_one_process(tmp_path, accum):
     (tmp_path / "one").mkdir()

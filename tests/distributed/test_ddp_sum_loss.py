@@ -23,15 +23,19 @@ pytestmark = pytest.mark.skipif(
 @pytest.mark.parametrize("accum", ["1", "2"])
 def test_a_sum_loss_on_two_ranks_trains_and_reports_like_one_process(tmp_path, accum):
     one = run_case(tmp_path / "one", "sum", "--accum", accum, nproc=1)[0]
-    assert_like_one_process(one, run_case(tmp_path / "two", "sum", "--accum", accum)[0])
+    assert_like_one_process(one, run_case(tmp_path / "two", "sum", "--accum", accum)[0], accum)
 
 
-def assert_like_one_process(one: dict, two: dict) -> None:
+def assert_like_one_process(one: dict, two: dict, accum: str) -> None:
     for key, value in one["weights"].items():
         assert (two["weights"][key] - value).abs().max().item() <= 1e-10, key
     for a, b in zip(one["history"], two["history"], strict=True):
         for key in ("train_loss", "valid_loss"):
             assert b[key] == pytest.approx(a[key], rel=1e-12), key
+    # DDP's weighting of the loss for the backward is undone after it (GradientAccumulation
+    # leaves its own): the plugins after the backward see the loss the plugins before it saw
+    for after_loss, after_batch in two["losses"] if accum == "1" else ():
+        assert after_batch == after_loss
 
 
 @pytest.mark.slow
@@ -42,6 +46,7 @@ def assert_like_one_process(one: dict, two: dict) -> None:
         ("sampler", "14", "1", False),  # validation: 23 items padded to 24, the repeat cut
         ("sampler", "14", "2", False),
         ("sampler", "14", "1", True),
+        ("sampler-15", "14", "1", False),  # 15 validation items: rank 1's last batch is a repeat
         ("own", "12", "1", False),  # rank 0 takes 8 of 12, 3 of the last 4
         ("own", "12", "2", False),
         ("pluglearn", "13", "1", False),  # 40 = 3 x 13 + 1: one rank's slice of the last empty
@@ -52,12 +57,14 @@ def assert_like_one_process(one: dict, two: dict) -> None:
 def test_a_sum_loss_trains_and_reports_like_one_process_with_any_loader(
     tmp_path, loader, batch_size, accum, fsdp
 ):
+    loader, _, n_valid = loader.partition("-")
     args = ("--loader", loader, "--batch-size", batch_size, "--accum", accum)
+    args += ("--n-valid", n_valid) if n_valid else ()
     args += ("--fsdp",) if fsdp else ()
     one = run_case(tmp_path / "one", "sum", *args, nproc=1)[0]
     ranks = run_case(tmp_path / "two", "sum", *args)
     for rank in ranks[:1] if fsdp else ranks:  # FSDP: rank 0 gathers the whole weights
-        assert_like_one_process(one, rank)
+        assert_like_one_process(one, rank, accum)
 
 
 @pytest.mark.slow

@@ -2,14 +2,15 @@
 alone (the one-process oracle) by tests/distributed/test_ddp_hf.py.
 
     [torchrun --nproc_per_node 2] python tests/jobs/hf_job.py OUT [--accum K] [--sampler]
-        [--fsdp] [--n-valid N] [--named-output]
+        [--fsdp] [--n-train N] [--n-valid N] [--named-output]
 
-Ten training items in global batches of 4 (the last has 2: one per rank), seven validation
-items (``--n-valid``); DDP() (``--fsdp``: FSDP()), HFModel(), AvgLoss() and, with
-``--accum K``, GradientAccumulation(K). The loaders are pluglearn's, or with ``--sampler``
-torch DataLoaders with a DistributedSampler. The model returns a SimpleNamespace, or with
-``--named-output`` a named tuple (FSDP needs an output whose tensors torch's pytree sees). Rank 0
-writes ``OUT/result.pt``: the final weights and the last epoch's metrics.
+Ten training items (``--n-train``) in global batches of 4 (the last has 2: one per rank; with 9
+training items 1: rank 1's slice of it is empty), seven validation items (``--n-valid``); DDP()
+(``--fsdp``: FSDP()), HFModel(), AvgLoss() and, with ``--accum K``, GradientAccumulation(K). The
+loaders are pluglearn's, or with ``--sampler`` torch DataLoaders with a DistributedSampler. The
+model returns a SimpleNamespace, or with ``--named-output`` a named tuple (FSDP needs an output
+whose tensors torch's pytree sees). Rank 0 writes ``OUT/result.pt``: the final weights and the last
+epoch's metrics.
 """
 
 from __future__ import annotations
@@ -82,11 +83,12 @@ def main() -> None:
     parser.add_argument("--accum", type=int, default=0)
     parser.add_argument("--sampler", action="store_true", help="torch DataLoaders (see above)")
     parser.add_argument("--fsdp", action="store_true", help="FSDP() instead of DDP()")
+    parser.add_argument("--n-train", type=int, default=10)
     parser.add_argument("--n-valid", type=int, default=7)
     parser.add_argument("--named-output", action="store_true", help="a named tuple")
     args = parser.parse_args()
     ddp = FSDP() if args.fsdp else DDP()  # joins torchrun's group, which the loaders ask about
-    train, valid = TokenIds(10, 1), TokenIds(args.n_valid, 2)
+    train, valid = TokenIds(args.n_train, 1), TokenIds(args.n_valid, 2)
     if args.sampler:
         dls = DataLoaders(sampled(train), sampled(valid))
     else:

@@ -17,7 +17,8 @@ Data: 40 training and 23 validation items of 5 float64 features; feature 4 is th
   ``--sampler``: ready torch loaders with a ``DistributedSampler``; ``--fsdp``: FSDP, whose
   one-rank ``validate()`` must be refused, and ``get_preds()`` on every rank.
 - ``sum``: a loss with ``reduction="sum"`` (``--accum K``: GradientAccumulation(K);
-  ``--batch-size``, the global batch; ``--loader``: see :func:`sum_loaders`; ``--fsdp``:
+  ``--batch-size``, the global batch; ``--n-valid``; ``--loader``: see :func:`sum_loaders`;
+  ``--fsdp``:
   FSDP, whose whole weights rank 0 alone records); records the error a refused fit raised.
 - ``dict-output``: a model whose output is a dict (see ``DictOutput``) under
   ``DDP(find_unused_parameters=True)`` and TerminateOnNaN (a plugin that may cancel in a batch),
@@ -208,7 +209,7 @@ class Told:
             yield batch
 
 
-def sum_loaders(kind: str, batch_size: int) -> DataLoaders:
+def sum_loaders(kind: str, batch_size: int, n_valid: int = N_VALID) -> DataLoaders:
     """Torch loaders in the items' order whose global batches are one process's of
     ``batch_size``: ``sampler`` each rank's DistributedSampler (no shuffle; the validation set
     padded) in batches of ``batch_size / W``; ``own`` each rank's own cut of every global batch
@@ -218,7 +219,7 @@ def sum_loaders(kind: str, batch_size: int) -> DataLoaders:
     from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
     world = pdist.world_size()
-    xt, yt, xv, yv = data()
+    xt, yt, xv, yv = data(N_TRAIN, n_valid)
     sets = [TensorDataset(xt, yt), TensorDataset(xv, yv)]
     if kind == "sampler":
         samplers = [DistributedSampler(ds, world, RANK, shuffle=False) for ds in sets]
@@ -237,34 +238,38 @@ def sum_loaders(kind: str, batch_size: int) -> DataLoaders:
 
 
 class DictOutput(nn.Module):
-    """A model whose output is no tensor, ``{"logits": ...}``, with a parameter it never uses
-    (DDP needs ``find_unused_parameters=True``) and a trained one of a single element."""
+    """A model whose output is no tensor, ``{"logits": ..., "aux": ..., "ids": ..., "kind":
+    "logits"}``: a second output of a layer of its own (``aux``, in the loss), a tensor that
+    needs no gradient and a string beside them; with a parameter it never uses (DDP needs
+    ``find_unused_parameters=True``) and a trained one of a single element."""
 
     def __init__(self, net: nn.Module) -> None:
         super().__init__()
         self.net = net
+        self.aux = nn.Linear(5, 1).double()
         self.unused = nn.Linear(2, 2).double()
         self.scale = nn.Parameter(torch.ones(1, dtype=torch.float64))
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"logits": self.net(x) * self.scale}
+    def forward(self, x: torch.Tensor) -> dict[str, object]:
+        logits, aux = self.net(x) * self.scale, self.aux(x)
+        return {"logits": logits, "aux": aux, "ids": x[:, 4], "kind": "logits"}
 
 
 def logits_loss(preds: dict[str, torch.Tensor], targets: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(preds["logits"], targets)
+    return F.cross_entropy(preds["logits"], targets) + preds["aux"].pow(2).mean()
 
 
 class Planted:
     """On the last rank at training batch ``at`` (``plant``): ``batch-then-fit`` a batch cancel in
-    before_batch then a fit cancel in after_loss; ``fit`` only the latter; ``split`` the batch
-    cancel on rank 0 (on two ranks) and the fit cancel on the last; ``two-fits`` a fit cancel
-    in before_batch and another in after_loss; ``reason`` a stop reason of its own (a
-    transition of the run) before the fit cancel; ``after-batch`` a batch cancel in
-    after_batch, once the step is taken; ``before-step``, ``after-pred``,
+    before_batch then a fit cancel in after_loss; ``batch`` only the former; ``fit`` only the
+    latter; ``split`` the batch cancel on rank 0 (on two ranks) and the fit cancel on the last;
+    ``two-fits`` a fit cancel in before_batch and another in after_loss; ``reason`` a stop
+    reason of its own (a transition of the run) before the fit cancel; ``after-batch`` a batch
+    cancel in after_batch, once the step is taken; ``before-step``, ``after-pred``,
     ``after-step`` a fit cancel from that hook, ``batch-after-pred`` a batch cancel from
-    after_pred;
-    ``loss`` and ``after-backward``: see :class:`LossPlanted` and :class:`BackwardPlanted`.
-    In epoch 1 with ``added`` (after_loss) or ``added-before-step``: added by :class:`Adder`."""
+    after_pred; ``loss`` and ``after-backward``: see :class:`LossPlanted` and
+    :class:`BackwardPlanted`. In epoch 1 with ``added`` (after_loss), ``added-loss`` (the same,
+    from :class:`AfterLossPlanted`) or ``added-before-step``: added by :class:`Adder`."""
 
     def __init__(self, plant: str, at: int = 3) -> None:
         self.plant, self.at = plant, at
@@ -275,7 +280,7 @@ class Planted:
 
     @hookimpl
     def before_batch(self, learn: Learner) -> None:
-        if self.plant == "batch-then-fit" and self._here(learn):
+        if self.plant in ("batch-then-fit", "batch") and self._here(learn):
             raise CancelBatchException("skip this batch")
         first = pdist.rank() == 0 and pdist.world_size() > 1
         if self.plant == "split" and learn.training and learn.train_iter == self.at and first:
@@ -287,7 +292,8 @@ class Planted:
     def after_loss(self, learn: Learner) -> None:
         if self.plant == "reason" and self._here(learn):  # a stop reason of its own first
             learn.run.stop("Planted: a reason of its own")
-        fit_cancels = ("batch-then-fit", "fit", "two-fits", "added", "reason", "split")
+        fit_cancels = ("batch-then-fit", "fit", "two-fits", "added", "added-loss", "reason")
+        fit_cancels += ("split",)
         if self.plant in fit_cancels and self._here(learn):
             raise CancelFitException("after the batch cancel")
 
@@ -340,9 +346,17 @@ class BackwardPlanted(LossPlanted):
             raise CancelFitException("after the backward")
 
 
+class AfterLossPlanted(Planted):
+    """after_loss the one hook that may cancel (no before_step: only the gradient's mark
+    carries its cancel to the other ranks)."""
+
+    before_batch = after_batch = after_pred = after_step = before_step = None  # type: ignore[assignment]
+
+
 class Adder:
-    """Adds Planted(plant) on every rank at the start of epoch 1: the fit started with no
-    plugin that may cancel, so the ranks agree on no cancel until then."""
+    """Adds Planted(plant) (``added-loss``: AfterLossPlanted) on every rank at the start of
+    epoch 1: the fit started with no plugin that may cancel, so the ranks agree on no cancel
+    until then."""
 
     def __init__(self, plant: str) -> None:
         self.plant = plant
@@ -350,7 +364,8 @@ class Adder:
     @hookimpl
     def before_epoch(self, learn: Learner) -> None:
         if learn.epoch == 1:  # its batch 3 (train_iter counts the fit's batches)
-            learn.add_plugin(Planted(self.plant, at=learn.train_iter + 3))
+            kind = AfterLossPlanted if self.plant == "added-loss" else Planted
+            learn.add_plugin(kind(self.plant, at=learn.train_iter + 3))
 
 
 def main() -> None:
@@ -362,6 +377,7 @@ def main() -> None:
     parser.add_argument("--fsdp", action="store_true")
     parser.add_argument("--accum", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=7)
+    parser.add_argument("--n-valid", type=int, default=N_VALID)
     parser.add_argument("--loader", default="pluglearn", help="see sum_loaders")
     parser.add_argument("--plant", default="batch-then-fit", help="see Planted")
     parser.add_argument("--ckpt")
@@ -389,15 +405,28 @@ def main() -> None:
         plugins = [ddp] + ([GradientAccumulation(args.accum)] if args.accum > 1 else [])
         history: list = []
 
+        losses: list[tuple[float, float]] = []  # learn.loss after the loss, after the batch
+
         class Keep:
             @hookimpl
             def report(self, metrics: dict) -> None:
                 history.append(dict(metrics))
 
+            @hookimpl
+            def after_loss(self, learn: Learner) -> None:
+                if learn.training:
+                    losses.append((float(learn.loss), float("nan")))
+
+            @hookimpl
+            def after_batch(self, learn: Learner) -> None:
+                if learn.training:
+                    losses[-1] = (losses[-1][0], float(learn.loss))
+
         loss = partial(F.cross_entropy, reduction="sum")
-        learn = learner([*plugins, Keep()], lr=0.01, batch_size=args.batch_size, loss_func=loss)
+        learn = learner([*plugins, Keep()], lr=0.01, batch_size=args.batch_size, loss_func=loss,
+                        n_valid=args.n_valid)  # fmt: skip
         if args.loader != "pluglearn":
-            learn.dls = sum_loaders(args.loader, args.batch_size)
+            learn.dls = sum_loaders(args.loader, args.batch_size, args.n_valid)
         try:
             learn.fit(2)
             weights = learn.model.state_dict()
@@ -405,7 +434,7 @@ def main() -> None:
                 from pluglearn.distributed.fsdp import full_state
 
                 weights = full_state(learn.model)[0]
-            result = {"weights": weights, "history": history}
+            result = {"weights": weights, "history": history, "losses": losses}
         except ValueError as error:
             result = {"refused": str(error)}
     elif args.case == "dict-output":  # the last global batch of 1 item: rank 1's slice empty

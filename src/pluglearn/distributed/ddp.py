@@ -21,7 +21,8 @@ A fit on several processes (the README's "Many processes" tells the guarantees):
 - each batch hook's whole call, through the extension point ``wrap_hook_calls``: each rank's
   loss weighted so that DDP's average of the gradients is one process's gradient (a loss with
   ``reduction="sum"`` first scaled to the global batch in ``learn.loss``, so metrics see one
-  process's numbers), cancels held, a ``DistributedSampler``'s repeated validation items cut.
+  process's numbers; a validation loader that cannot tell its global batch is then refused at
+  the fit's start), cancels held, a ``DistributedSampler``'s repeated validation items cut.
 - validation calls the user's module: no collective per batch.
 
 **Stopping together** without a collective per batch: a cancel held on one rank marks its
@@ -184,19 +185,21 @@ class DDP:
         self._sum = loss_reduction(learn.loss_func) == "sum"
         valid = learn.dls.valid
         if self._sum and valid is not None and not tells_global_items(valid):
-            name = type(self).__name__
-            raise ValueError(
-                f"{name}(): a loss with reduction='sum' is scaled to the global batch, whose "
-                f"items the validation loader ({type(valid).__name__}) does not tell (it has no "
-                "`global_items` and no DistributedSampler), and validation runs no collective "
-                "per batch, so valid_loss would not be one process's. Use "
-                "DataLoaders.from_datasets(train, valid, batch_size=...), a torch DataLoader "
-                "with a DistributedSampler, a loader whose `global_items` is the number of "
-                "items of the global batch it just handed out, or reduction='mean'."
-            )
+            raise self._untold(valid)
         self._failed, self._probe, self._marked = False, None, None
         self.cancels.pending = None
         self._world = pdist.world_size()
+
+    def _untold(self, loader: Any) -> ValueError:
+        return ValueError(
+            f"{type(self).__name__}(): a loss with reduction='sum' is scaled to the global "
+            f"batch, whose items the validation loader ({type(loader).__name__}) does not tell "
+            "(it has no `global_items` and no DistributedSampler), and validation runs no "
+            "collective per batch, so valid_loss would not be one process's. Use "
+            "DataLoaders.from_datasets(train, valid, batch_size=...), a torch DataLoader with "
+            "a DistributedSampler, a loader whose `global_items` is the number of items of the "
+            "global batch it just handed out, or reduction='mean'."
+        )
 
     def _wrap(self, learn: Learner) -> None:
         kwargs = dict(self.ddp_kwargs)
@@ -399,7 +402,7 @@ class DDP:
         one process's loss is, so the metrics and plugins see its numbers; the backward's
         weight then makes the gradient one process's, as for a mean."""
         here = batch_items(learn)
-        total = self._global_items(learn, here, collective=learn.training)
+        total = self._global_items(learn, here)
         if here and total:
             assert learn.loss is not None  # after compute_loss
             learn.loss = learn.loss * (total / here)
@@ -436,10 +439,11 @@ class DDP:
 
         return backward
 
-    def _global_items(self, learn: Learner, here: int, collective: bool = True) -> float:
+    def _global_items(self, learn: Learner, here: int) -> float:
         """Items of the global batch: told by pluglearn's loaders, equal slices under a torch
-        ``DistributedSampler``, else summed over the ranks (one all-reduce, when allowed: not
-        in validation, where ranks may have different numbers of batches; then ``here``)."""
+        ``DistributedSampler`` (its padded validation: the real ones), else summed over the
+        ranks in training (one all-reduce); in validation, where ranks may have different
+        numbers of batches and no collective runs, such a loader is refused."""
         told = getattr(learn.dl, "global_items", None)
         if isinstance(told, int) and told > 0:
             return told
@@ -447,7 +451,9 @@ class DDP:
             if self._padded is not None and not learn.training:
                 return self._padded_total  # the repeats cut off (_trim_padding)
             return here * self._world  # every rank gets as many items
-        return pdist.reduce_sum(float(here))[0] if collective else float(here)
+        if not learn.training:  # the fit's start refused it; a loader swapped since
+            raise self._untold(learn.dl)
+        return pdist.reduce_sum(float(here))[0]
 
     def _call_after_backward(self, call: Caller) -> Caller:
         held = self._guarded(call)

@@ -139,11 +139,12 @@ class AverageMetric(PerPass):
 
     @hookimpl
     def collect_metrics(self, learn: Learner, phase: str) -> dict[str, float] | None:
-        total, count = self.sums[phase]
-        if phase not in self.phases or count == 0:
+        if phase not in self.phases:
             return None
-        total, count = reduce_sum(float(total), float(count))
-        return {self.metric_name(phase): total / count}
+        # reduced before the count is looked at: a rank that counted no item (its batches all
+        # cancelled) still joins the other ranks' all-reduce
+        total, count = reduce_sum(*map(float, self.sums[phase]))
+        return None if count == 0 else {self.metric_name(phase): total / count}
 
 
 class AvgLoss(AverageMetric):
