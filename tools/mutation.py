@@ -239,6 +239,8 @@ MODULES: dict[str, list[str]] = {
     "distributed/fsdp.py": [
         "tests/distributed/test_fsdp.py",
         "tests/distributed/test_ranks_local_calls.py",
+        "tests/distributed/test_ddp_sum_loss.py",
+        "tests/distributed/test_ddp_hf.py",
     ],
     "distributed/ranks.py": [
         "tests/distributed/test_ranks.py",

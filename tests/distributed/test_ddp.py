@@ -380,15 +380,20 @@ def test_ctrl_c_on_one_rank_saves_one_checkpoint_stops_every_rank_and_resumes_ex
 
 @pytest.mark.slow
 @pytest.mark.timeout(180)
-@pytest.mark.parametrize("accum", ["1", "2"])  # accumulated: no weight of zero hides it
+@pytest.mark.parametrize(
+    "args",
+    [("--accum", "1"), ("--accum", "2"), ("--accum", "1", "--object")],
+    ids=["dict", "dict-accumulated", "object"],  # accumulated: no weight of zero hides it
+)
 def test_an_empty_slice_of_a_model_whose_output_is_no_tensor_trains_like_one_process(
-    tmp_path, accum
+    tmp_path, args
 ):
-    # the rank with no item adds a zero gradient built from the parameters (no tensor output);
-    # DDP(find_unused_parameters=True) passed through for its unused parameter, and the mark of
-    # a held cancel probed on its one-element parameter
-    one = run_case(tmp_path / "one", "dict-output", "--accum", accum, nproc=1)[0]
-    for rank in run_case(tmp_path / "two", "dict-output", "--accum", accum):
+    # the rank with no item adds a zero gradient built from the output's tensors (a dict's),
+    # from the parameters where no walk sees one (an object of its own); DDP(
+    # find_unused_parameters=True) passed through for an unused parameter, and the mark of a
+    # held cancel probed on the one-element parameter
+    one = run_case(tmp_path / "one", "dict-output", *args, nproc=1)[0]
+    for rank in run_case(tmp_path / "two", "dict-output", *args):
         for key, value in one["weights"].items():
             assert (rank["weights"][key] - value).abs().max().item() <= 1e-10, key
 

@@ -23,7 +23,8 @@ Data: 40 training and 23 validation items of 5 float64 features; feature 4 is th
 - ``dict-output``: a model whose output is a dict (see ``DictOutput``) under
   ``DDP(find_unused_parameters=True)`` and TerminateOnNaN (a plugin that may cancel in a batch),
   in global batches of 13 (the last has one item, so rank 1's slice of it is empty);
-  ``--accum K``: GradientAccumulation(K).
+  ``--accum K``: GradientAccumulation(K); ``--object``: a model whose output is an object of
+  its own (see ``ObjectOutput``) under ``DDP()``.
 - ``cancels``: rank 1 (alone: the one process) raises cancels at training batch 3 (``--plant``,
   see ``Planted``): by default CancelBatchException in ``before_batch`` and CancelFitException
   in ``after_loss``.
@@ -209,13 +210,20 @@ class Told:
             yield batch
 
 
+class Stale(Told):
+    """A loader whose ``global_items`` is never set (it stays 0): it tells nothing."""
+
+    def __iter__(self) -> Iterator[object]:
+        return iter(self.loader)  # type: ignore[call-overload]
+
+
 def sum_loaders(kind: str, batch_size: int, n_valid: int = N_VALID) -> DataLoaders:
     """Torch loaders in the items' order whose global batches are one process's of
     ``batch_size``: ``sampler`` each rank's DistributedSampler (no shuffle; the validation set
     padded) in batches of ``batch_size / W``; ``own`` each rank's own cut of every global batch
     (rank 0 takes about two thirds: uneven slices), the validation loader a :class:`Told`;
-    ``own-untold`` the same validation loader without it. Alone: one loader of the global
-    batches."""
+    ``own-untold`` the same validation loader without it, ``own-stale`` a :class:`Stale`.
+    Alone: one loader of the global batches."""
     from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
     world = pdist.world_size()
@@ -233,7 +241,8 @@ def sum_loaders(kind: str, batch_size: int, n_valid: int = N_VALID) -> DataLoade
         mine = [b[:c] if RANK == 0 else b[c:] for b, c in zip(batches, cuts, strict=True)]
         loaders.append(DataLoader(ds, batch_sampler=mine))
         totals = [len(b) for b in batches]  # the validation set's, the last
-    valid = loaders[1] if kind == "own-untold" else Told(loaders[1], totals)
+    told = {"own-untold": lambda dl, _: dl, "own-stale": Stale}.get(kind, Told)
+    valid = told(loaders[1], totals)
     return DataLoaders(loaders[0], valid)
 
 
@@ -253,6 +262,29 @@ class DictOutput(nn.Module):
     def forward(self, x: torch.Tensor) -> dict[str, object]:
         logits, aux = self.net(x) * self.scale, self.aux(x)
         return {"logits": logits, "aux": aux, "ids": x[:, 4], "kind": "logits"}
+
+
+class Held:
+    """An output of a class of one's own: no tree walk (DDP's, pluglearn's) sees its tensor."""
+
+    def __init__(self, logits: torch.Tensor) -> None:
+        self.logits = logits
+
+
+class ObjectOutput(nn.Module):
+    """A model whose output is a :class:`Held`, with a trained parameter of one element."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+        self.scale = nn.Parameter(torch.ones(1, dtype=torch.float64))
+
+    def forward(self, x: torch.Tensor) -> Held:
+        return Held(self.net(x) * self.scale)
+
+
+def held_loss(preds: Held, targets: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(preds.logits, targets)
 
 
 def logits_loss(preds: dict[str, torch.Tensor], targets: torch.Tensor) -> torch.Tensor:
@@ -375,6 +407,7 @@ def main() -> None:
     parser.add_argument("--seed-base", type=int, default=100)
     parser.add_argument("--sampler", action="store_true")
     parser.add_argument("--fsdp", action="store_true")
+    parser.add_argument("--object", action="store_true", help="dict-output: ObjectOutput")
     parser.add_argument("--accum", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=7)
     parser.add_argument("--n-valid", type=int, default=N_VALID)
@@ -436,12 +469,17 @@ def main() -> None:
                 weights = full_state(learn.model)[0]
             result = {"weights": weights, "history": history, "losses": losses}
         except ValueError as error:
-            result = {"refused": str(error)}
+            result = {"refused": str(error), "trained": learn.train_iter}
     elif args.case == "dict-output":  # the last global batch of 1 item: rank 1's slice empty
         accumulate = [GradientAccumulation(args.accum)] if args.accum > 1 else []
-        plugins = [DDP(find_unused_parameters=True), TerminateOnNaN(), *accumulate]
-        learn = learner(plugins, batch_size=13, loss_func=logits_loss)
-        learn.model = DictOutput(learn.model)
+        if args.object:  # no tensor DDP can find in the output: no unused parameter either
+            plugins = [DDP(), TerminateOnNaN(), *accumulate]
+            learn = learner(plugins, batch_size=13, loss_func=held_loss)
+            learn.model = ObjectOutput(learn.model)
+        else:
+            plugins = [DDP(find_unused_parameters=True), TerminateOnNaN(), *accumulate]
+            learn = learner(plugins, batch_size=13, loss_func=logits_loss)
+            learn.model = DictOutput(learn.model)
         learn.fit(2)
         result = {"weights": learn.model.state_dict()}
     elif args.case == "cancels":
