@@ -90,6 +90,8 @@ def test_accumulation_with_plugins_that_never_cancel_adds_no_agreement_per_batch
     # GradientAccumulation's own all-reduce of each group's items: one per step
     steps = EPOCHS * 3  # 5 batches of 8 per epoch, a step every 2 and at the epoch's end
     assert accum["count"] == bare["count"] + steps
+    # the gradients are all-reduced only for the batches that step (one bucket each)
+    assert (accum["grad_reduces"], bare["grad_reduces"]) == (steps, EPOCHS * 5)
     # a plugin that may cancel: the ranks agree before each of the 5 backwards of an epoch too
     assert watched["count"] == accum["count"] + EPOCHS * 5 + 6 * EPOCHS + 1
 

@@ -382,8 +382,13 @@ def test_ctrl_c_on_one_rank_saves_one_checkpoint_stops_every_rank_and_resumes_ex
 @pytest.mark.timeout(180)
 @pytest.mark.parametrize(
     "args",
-    [("--accum", "1"), ("--accum", "2"), ("--accum", "1", "--object")],
-    ids=["dict", "dict-accumulated", "object"],  # accumulated: no weight of zero hides it
+    [
+        ("--accum", "1"),
+        ("--accum", "2"),
+        ("--accum", "1", "--every-parameter-used"),  # DDP() waits for each one's gradient
+        ("--accum", "1", "--object"),
+    ],
+    ids=["dict", "dict-accumulated", "dict-every-parameter-used", "object"],
 )
 def test_an_empty_slice_of_a_model_whose_output_is_no_tensor_trains_like_one_process(
     tmp_path, args
@@ -391,7 +396,7 @@ def test_an_empty_slice_of_a_model_whose_output_is_no_tensor_trains_like_one_pro
     # the rank with no item adds a zero gradient built from the output's tensors (a dict's),
     # from the parameters where no walk sees one (an object of its own); DDP(
     # find_unused_parameters=True) passed through for an unused parameter, and the mark of a
-    # held cancel probed on the one-element parameter
+    # held cancel probed on the one-element parameter (accumulated: no weight of zero hides it)
     one = run_case(tmp_path / "one", "dict-output", *args, nproc=1)[0]
     for rank in run_case(tmp_path / "two", "dict-output", *args):
         for key, value in one["weights"].items():

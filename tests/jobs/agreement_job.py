@@ -14,7 +14,8 @@ see it).
 ``--accum 2``: GradientAccumulation(2) too; ``--loss-cancel``: the loss function raises
 CancelFitException on the last rank (alone: the one process) at training batch 2 (a batch that
 does not step under accumulation). Rank 0 writes ``OUT/result.pt``: the final weights, the
-count, the stop reason.
+count, the gradient all-reduces DDP's reducer ran (counted by a communication hook), the stop
+reason.
 """
 
 from __future__ import annotations
@@ -50,6 +51,27 @@ class Watcher:
     def after_epoch(self, learn: Learner) -> None:
         if learn.metrics["valid_loss"] > 1e9:  # never here
             raise CancelFitException("diverged")
+
+
+class CountGradReduces:
+    """Counts the gradient buckets DDP's reducer all-reduces (a communication hook that counts,
+    then all-reduces as DDP's default does), registered before the first backward."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.hooked = False
+
+    @hookimpl
+    def before_train(self, learn: Learner) -> None:
+        if not self.hooked and learn.wrapped_model is not None:
+            from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+
+            def counted(state, bucket):  # no annotations: DDP checks them
+                self.count += 1
+                return default_hooks.allreduce_hook(state, bucket)
+
+            learn.wrapped_model.register_comm_hook(None, counted)
+            self.hooked = True
 
 
 class AddsWatcher:
@@ -107,13 +129,14 @@ def main() -> None:
             raise CancelFitException("from the loss")
         return F.cross_entropy(preds, targets)
 
-    learn = Learner(model, dls, loss_func=loss_func, lr=0.1, plugins=[ddp, *extra])
+    grad_reduces = CountGradReduces()
+    learn = Learner(model, dls, loss_func=loss_func, lr=0.1, plugins=[ddp, *extra, grad_reduces])
     count = 0
     all_reduce = torch.distributed.all_reduce
 
     def counted(*a: object, **k: object) -> object:
         nonlocal count
-        count += 1
+        count += not k.get("async_op")  # the gradient buckets' (async) are counted apart
         return all_reduce(*a, **k)
 
     torch.distributed.all_reduce = counted
@@ -124,6 +147,7 @@ def main() -> None:
         result = {
             "weights": {k: v.clone() for k, v in learn.model.state_dict().items()},
             "count": count,
+            "grad_reduces": grad_reduces.count,
             "stop_reason": learn.stop_reason,
         }
         torch.save(result, Path(args.out) / "result.pt")

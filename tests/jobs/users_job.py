@@ -24,7 +24,8 @@ Data: 40 training and 23 validation items of 5 float64 features; feature 4 is th
   ``DDP(find_unused_parameters=True)`` and TerminateOnNaN (a plugin that may cancel in a batch),
   in global batches of 13 (the last has one item, so rank 1's slice of it is empty);
   ``--accum K``: GradientAccumulation(K); ``--object``: a model whose output is an object of
-  its own (see ``ObjectOutput``) under ``DDP()``.
+  its own (see ``ObjectOutput``) under ``DDP()``; ``--every-parameter-used``: no unused
+  parameter, under ``DDP()``.
 - ``cancels``: rank 1 (alone: the one process) raises cancels at training batch 3 (``--plant``,
   see ``Planted``): by default CancelBatchException in ``before_batch`` and CancelFitException
   in ``after_loss``.
@@ -252,11 +253,11 @@ class DictOutput(nn.Module):
     needs no gradient and a string beside them; with a parameter it never uses (DDP needs
     ``find_unused_parameters=True``) and a trained one of a single element."""
 
-    def __init__(self, net: nn.Module) -> None:
+    def __init__(self, net: nn.Module, unused: bool = True) -> None:
         super().__init__()
         self.net = net
         self.aux = nn.Linear(5, 1).double()
-        self.unused = nn.Linear(2, 2).double()
+        self.unused = nn.Linear(2, 2).double() if unused else None
         self.scale = nn.Parameter(torch.ones(1, dtype=torch.float64))
 
     def forward(self, x: torch.Tensor) -> dict[str, object]:
@@ -408,6 +409,7 @@ def main() -> None:
     parser.add_argument("--sampler", action="store_true")
     parser.add_argument("--fsdp", action="store_true")
     parser.add_argument("--object", action="store_true", help="dict-output: ObjectOutput")
+    parser.add_argument("--every-parameter-used", action="store_true", help="dict-output")
     parser.add_argument("--accum", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=7)
     parser.add_argument("--n-valid", type=int, default=N_VALID)
@@ -476,6 +478,10 @@ def main() -> None:
             plugins = [DDP(), TerminateOnNaN(), *accumulate]
             learn = learner(plugins, batch_size=13, loss_func=held_loss)
             learn.model = ObjectOutput(learn.model)
+        elif args.every_parameter_used:  # DDP() waits for every parameter's gradient
+            learn = learner([DDP(), TerminateOnNaN(), *accumulate], batch_size=13,
+                            loss_func=logits_loss)  # fmt: skip
+            learn.model = DictOutput(learn.model, unused=False)
         else:
             plugins = [DDP(find_unused_parameters=True), TerminateOnNaN(), *accumulate]
             learn = learner(plugins, batch_size=13, loss_func=logits_loss)
