@@ -202,12 +202,23 @@ class Loop:
             pos.iter, self.batch = i, batch
             run.raw_batch = batch
             self._one_batch()
-        if self.batch is None and start == 0:
+        if self.batch is None and start == 0 and not self._empty_shard():
             which = "train" if pos.training else "validation"
             raise ValueError(
                 f"the {which} loader yielded no batch: is its dataset empty, or smaller than "
                 "one batch with drop_last=True?"
             )
+
+    def _empty_shard(self) -> bool:
+        """This rank's share of a non-empty validation set is empty (fewer items than ranks):
+        validation runs no collective, so the rank just has no batch."""
+        dataset = self.dls.valid_ds
+        return (
+            not self.run.pos.training
+            and pdist.is_distributed()
+            and dataset is not None
+            and bool(length_of(dataset))
+        )
 
     def _open_epoch(self, loader: Iterable[Any]) -> Iterable[Any]:
         """The training batches of this pass. A resumed pass continues a stateful loader, or

@@ -69,33 +69,26 @@ def test_a_sum_loss_trains_and_reports_like_one_process_with_any_loader(
 
 @pytest.mark.slow
 @pytest.mark.timeout(120)
+@pytest.mark.parametrize(
+    ("loader", "trained", "name"),
+    [
+        ("own-untold", 0, "DataLoader"),  # refused before the fit's first batch
+        # it has the attribute, so the fit starts; its first validation batch tells no count:
+        # refused there, after the first epoch's 4 batches
+        ("own-stale", 4, "Stale"),
+    ],
+)
 def test_a_sum_loss_with_a_validation_loader_that_cannot_tell_its_global_batch_is_refused(
-    tmp_path,
+    tmp_path, loader, trained, name
 ):
-    ranks = run_case(tmp_path, "sum", "--loader", "own-untold", "--batch-size", "12")
-    for rank in ranks:
-        assert rank["trained"] == 0  # refused before the fit's first batch
+    for rank in run_case(tmp_path, "sum", "--loader", loader, "--batch-size", "12"):
+        assert rank["trained"] == trained
         assert rank["refused"] == (
             "DDP(): a loss with reduction='sum' is scaled to the global batch, whose items the "
-            "validation loader (DataLoader) does not tell (it has no `global_items` and no "
+            f"validation loader ({name}) does not tell (it has no `global_items` above 0 and no "
             "DistributedSampler), and validation runs no collective per batch, so valid_loss "
             "would not be one process's. Use DataLoaders.from_datasets(train, valid, "
             "batch_size=...), a torch DataLoader with a DistributedSampler, a loader whose "
             "`global_items` is the number of items of the global batch it just handed out, or "
             "reduction='mean'."
-        )
-
-
-@pytest.mark.slow
-@pytest.mark.timeout(120)
-def test_a_sum_loss_with_a_validation_loader_whose_global_items_stays_zero_is_refused_at_it(
-    tmp_path,
-):
-    # it has the attribute, so the fit starts; its first validation batch tells no count
-    ranks = run_case(tmp_path, "sum", "--loader", "own-stale", "--batch-size", "12")
-    for rank in ranks:
-        assert rank["trained"] == 4  # the first epoch's batches, then its validation
-        assert rank["refused"].startswith(
-            "DDP(): a loss with reduction='sum' is scaled to the global batch, whose items the "
-            "validation loader (Stale) does not tell"
         )

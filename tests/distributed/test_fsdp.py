@@ -106,3 +106,16 @@ def test_lr_find_on_a_sharded_model_leaves_the_next_fit_bit_identical(tmp_path, 
     untimed = [[{k: v for k, v in r.items() if k != "time"} for r in run["history"]]
                for run in (plain, swept)]  # fmt: skip
     assert untimed[0] == untimed[1] and len(untimed[0]) == 3
+
+
+@pytest.mark.parametrize("layers", [int, (torch.nn.Linear, "Linear"), torch.nn.Linear(2, 2)])
+def test_layers_that_are_not_module_classes_are_refused_naming_an_example(layers):
+    from pluglearn import FSDP
+
+    shown = layers if isinstance(layers, tuple) else (layers,)
+    with pytest.raises(TypeError) as refused:
+        FSDP(layers=layers)
+    assert str(refused.value) == (
+        f"FSDP(layers={shown!r}): layers must be nn.Module subclasses, e.g. "
+        "FSDP(layers=(nn.TransformerEncoderLayer,))."
+    )

@@ -26,6 +26,8 @@ Data: 40 training and 23 validation items of 5 float64 features; feature 4 is th
   ``--accum K``: GradientAccumulation(K); ``--object``: a model whose output is an object of
   its own (see ``ObjectOutput``) under ``DDP()``; ``--every-parameter-used``: no unused
   parameter, under ``DDP()``.
+- ``tiny-valid``: one validation item (rank 1's share is empty: it has no validation batch),
+  AvgLoss, Accuracy and a torchmetrics accuracy through MetricAdapter; records the metrics.
 - ``cancels``: rank 1 (alone: the one process) raises cancels at training batch 3 (``--plant``,
   see ``Planted``): by default CancelBatchException in ``before_batch`` and CancelFitException
   in ``after_loss``.
@@ -488,6 +490,15 @@ def main() -> None:
             learn.model = DictOutput(learn.model)
         learn.fit(2)
         result = {"weights": learn.model.state_dict()}
+    elif args.case == "tiny-valid":
+        import torchmetrics
+
+        from pluglearn import MetricAdapter
+
+        metric = MetricAdapter(torchmetrics.Accuracy(task="multiclass", num_classes=3))
+        learn = learner([DDP(), Accuracy(), metric], n_valid=1)
+        learn.fit(2)
+        result = {"weights": learn.model.state_dict(), "metrics": dict(learn.metrics)}
     elif args.case == "cancels":
         if args.plant.startswith("added"):
             planted: object = Adder(args.plant)

@@ -194,8 +194,8 @@ class DDP:
         return ValueError(
             f"{type(self).__name__}(): a loss with reduction='sum' is scaled to the global "
             f"batch, whose items the validation loader ({type(loader).__name__}) does not tell "
-            "(it has no `global_items` and no DistributedSampler), and validation runs no "
-            "collective per batch, so valid_loss would not be one process's. Use "
+            "(it has no `global_items` above 0 and no DistributedSampler), and validation "
+            "runs no collective per batch, so valid_loss would not be one process's. Use "
             "DataLoaders.from_datasets(train, valid, batch_size=...), a torch DataLoader with "
             "a DistributedSampler, a loader whose `global_items` is the number of items of the "
             "global batch it just handed out, or reduction='mean'."

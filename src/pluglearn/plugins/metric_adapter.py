@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..distributed.ranks import is_local
+from ..distributed.ranks import is_distributed, is_local, reduce_sum
 from ..hooks.markers import hookimpl
 from .metrics import PerPass, _check_phases
 
@@ -158,7 +158,12 @@ class MetricAdapter(PerPass):
 
     @hookimpl
     def collect_metrics(self, learn: Learner, phase: str) -> dict[str, Any] | None:
-        if phase not in self.phases or not self._updated[phase]:
+        if phase not in self.phases:
+            return None
+        updated = self._updated[phase]
+        if is_distributed():  # a rank that saw no batch still joins the others' sync
+            updated = reduce_sum(float(updated))[0] > 0
+        if not updated:
             return None
         value = _compute(self.metrics[phase])
         prefix = "" if phase == "valid" else "train_"
