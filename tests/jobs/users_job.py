@@ -26,6 +26,10 @@ Data: 40 training and 23 validation items of 5 float64 features; feature 4 is th
   ``--accum K``: GradientAccumulation(K); ``--object``: a model whose output is an object of
   its own (see ``ObjectOutput``) under ``DDP()``; ``--every-parameter-used``: no unused
   parameter, under ``DDP()``.
+- ``fsdp-refusals``: FSDP() beside DDP(), then FSDP() added after a fit without it (SGD with
+  momentum: its optimizer has state), then a fit under FSDP with no validation set and
+  ``predict`` on rank 0 alone; records the error each raised, and whether the refused fit left
+  the weights as they were.
 - ``tiny-valid``: one validation item (rank 1's share is empty: it has no validation batch),
   AvgLoss, Accuracy and a torchmetrics accuracy through MetricAdapter; records the metrics.
 - ``cancels``: rank 1 (alone: the one process) raises cancels at training batch 3 (``--plant``,
@@ -490,6 +494,34 @@ def main() -> None:
             learn.model = DictOutput(learn.model)
         learn.fit(2)
         result = {"weights": learn.model.state_dict()}
+    elif args.case == "fsdp-refusals":
+        both = learner([FSDP(), DDP()])
+        said = {}
+        try:
+            both.fit(1)
+        except ValueError as error:
+            said["both"] = str(error)
+        momentum = partial(torch.optim.SGD, momentum=0.9)  # an optimizer with state
+        late = learner([], opt_func=momentum)  # each rank trains alone first
+        late.fit(1)
+        before = {k: v.clone() for k, v in late.model.state_dict().items()}
+        late.add_plugin(FSDP())
+        try:
+            late.fit(1)
+        except ValueError as error:
+            said["late"] = str(error)
+        unchanged = all(torch.equal(v, late.model.state_dict()[k]) for k, v in before.items())
+        xt, yt, _, _ = data()
+        dls = DataLoaders.from_datasets((xt, yt), batch_size=8, seed=2)  # no validation set
+        torch.manual_seed(0)
+        unvalidated = Learner(model(), dls, lr=0.1, plugins=[FSDP(call_timeout=2.0)])
+        unvalidated.fit(1)
+        if RANK == 0:  # alone, before any validation pass met the ranks
+            try:
+                unvalidated.predict(xt[:2], batched=True)
+            except RuntimeError as error:
+                said["predict"] = str(error)
+        result = {"said": said, "unchanged": unchanged}
     elif args.case == "tiny-valid":
         import torchmetrics
 

@@ -188,7 +188,9 @@ class FSDP(DDP):
                 "Raise batch_size instead (it is the global batch), or use DDP()."
             )
         for name in ("train", "valid"):
-            self._check_sharded(getattr(learn.dls, name), name)
+            loader = getattr(learn.dls, name)
+            if loader is not None:  # no validation set: nothing to check
+                self._check_sharded(loader, name)
         self.module = learn.model  # sharded in place: the same object, and no wrapper
         self._grad_sync = None
         if self._output_check is None:  # until the first training forward shows a tensor
@@ -278,7 +280,7 @@ class FSDP(DDP):
                 f"FSDP: learn.{call}() was called on rank {pdist.group_rank()}, and the other "
                 f"ranks did not call it within {self.call_timeout} s: under FSDP each rank "
                 "holds a shard of the weights, so every forward is a collective and "
-                f"{call}(), get_preds() and predict() must be called on every rank at the same "
+                "validate(), get_preds() and predict() must be called on every rank at the same "
                 f"point (each then gets the whole result). Call learn.{call}() on every rank "
                 "and use its result on rank 0 only (if pluglearn.dist.is_main_process(): ...)."
             )
