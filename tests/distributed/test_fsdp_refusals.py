@@ -1,7 +1,7 @@
 """FSDP's refusals on two ranks (torchrun, gloo): beside DDP() (both split the work), added
-after a fit whose optimizer has state (sharding rebuilds the optimizer, which would drop it), and
-a rank-local call on one rank before any validation pass. Every rank refuses in full, before
-anything changes; a fit with no validation set is no refusal."""
+after a fit whose optimizer has state (sharding rebuilds the optimizer, which would drop it), a
+loader that is not sharded, and a rank-local call on one rank before any validation pass. Every
+rank refuses in full, before anything changes; a fit with no validation set is no refusal."""
 
 from __future__ import annotations
 
@@ -19,8 +19,9 @@ pytestmark = pytest.mark.skipif(
 @pytest.mark.timeout(180)
 def test_fsdp_beside_ddp_or_after_the_optimizer_stepped_is_refused_on_every_rank(tmp_path):
     ranks = run_case(tmp_path, "fsdp-refusals")
-    # a fit with no validation set trains; then predict on rank 0 alone is refused (the ranks
-    # meet before each rank-local call, the first one too)
+    # a fit with no validation set (and GradientAccumulation(1), which accumulates nothing)
+    # trains; then predict on rank 0 alone is refused (the ranks meet before each rank-local
+    # call, the first one too)
     assert ranks[0]["said"].pop("predict") == (
         "FSDP: learn.predict() was called on rank 0, and the other ranks did not call it within "
         "2.0 s: under FSDP each rank holds a shard of the weights, so every forward is a "
@@ -35,5 +36,9 @@ def test_fsdp_beside_ddp_or_after_the_optimizer_stepped_is_refused_on_every_rank
             "late": "FSDP(): the optimizer has already stepped (a fit before FSDP() was added), "
             "and sharding the model means rebuilding it, which would drop that state. Add "
             "FSDP() before the first fit (Learner(..., plugins=[FSDP()])).",
+            "unsharded": "FSDP(): the train loader (DataLoader) is not sharded across the ranks "
+            "(or has no len), so the ranks cannot run the same number of forwards: use "
+            "DataLoaders.from_datasets(train, valid, batch_size=...) (batch_size is the global "
+            "batch), or a torch DataLoader with a DistributedSampler.",
         }
         assert rank["unchanged"]  # the refused fit trained nothing

@@ -27,8 +27,9 @@ Data: 40 training and 23 validation items of 5 float64 features; feature 4 is th
   its own (see ``ObjectOutput``) under ``DDP()``; ``--every-parameter-used``: no unused
   parameter, under ``DDP()``.
 - ``fsdp-refusals``: FSDP() beside DDP(), then FSDP() added after a fit without it (SGD with
-  momentum: its optimizer has state), then a fit under FSDP with no validation set and
-  ``predict`` on rank 0 alone; records the error each raised, and whether the refused fit left
+  momentum: its optimizer has state), a torch DataLoader without a DistributedSampler, then a
+  fit under FSDP (and GradientAccumulation(1)) with no validation set and ``predict`` on rank 0
+  alone; records the error each raised, and whether the refused fit left
   the weights as they were.
 - ``tiny-valid``: one validation item (rank 1's share is empty: it has no validation batch),
   AvgLoss, Accuracy and a torchmetrics accuracy through MetricAdapter; records the metrics.
@@ -512,9 +513,18 @@ def main() -> None:
             said["late"] = str(error)
         unchanged = all(torch.equal(v, late.model.state_dict()[k]) for k, v in before.items())
         xt, yt, _, _ = data()
+        from torch.utils.data import DataLoader, TensorDataset
+
+        unsharded = learner([FSDP()])
+        unsharded.dls = DataLoaders(DataLoader(TensorDataset(xt, yt), 8), unsharded.dls.valid)
+        try:
+            unsharded.fit(1)
+        except ValueError as error:
+            said["unsharded"] = str(error)
         dls = DataLoaders.from_datasets((xt, yt), batch_size=8, seed=2)  # no validation set
         torch.manual_seed(0)
-        unvalidated = Learner(model(), dls, lr=0.1, plugins=[FSDP(call_timeout=2.0)])
+        plugins = [FSDP(call_timeout=2.0), GradientAccumulation(1)]  # 1: no accumulation
+        unvalidated = Learner(model(), dls, lr=0.1, plugins=plugins)
         unvalidated.fit(1)
         if RANK == 0:  # alone, before any validation pass met the ranks
             try:
