@@ -238,6 +238,7 @@ MODULES: dict[str, list[str]] = {
     ],
     "distributed/fsdp.py": [
         "tests/distributed/test_fsdp.py",
+        "tests/distributed/test_fsdp_refusals.py",
         "tests/distributed/test_ranks_local_calls.py",
         "tests/distributed/test_ddp_sum_loss.py",
         "tests/distributed/test_ddp_hf.py",
