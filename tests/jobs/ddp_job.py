@@ -13,8 +13,9 @@ N``: rank R's batch N gives a NaN loss (TerminateOnNaN stops every rank); ``--ac
 GradientAccumulation(K); ``--loader``: tensor (the default loader), item (a map-style dataset),
 multiprocess (MultiprocessLoader with one worker) or sampler (a torch DataLoader with a
 DistributedSampler). ``--cancel-rank R --cancel-at N --cancel-in HOOK``: rank R raises
-CancelEpochException (``--cancel-batch``: CancelBatchException) from HOOK (compute_loss, predict,
-backward, step, zero_grad, after_loss, after_batch) at training batch N (``--cancel-valid``:
+CancelEpochException (``--cancel-batch``: CancelBatchException; ``--cancel-train``:
+CancelTrainException) from HOOK (before_batch, compute_loss, predict, backward, step, zero_grad,
+after_loss, after_batch) at training batch N (``--cancel-valid``:
 validation batch N of each pass), or CancelFitException from before_fit, after_fit (N unused) or
 before_epoch (at epoch N). ``--sigint-rank R --sigint-at N``: rank R sends itself SIGINT (a Ctrl-C)
 at the start of training batch N; the job records the KeyboardInterrupt every rank ended with.
@@ -22,7 +23,8 @@ at the start of training batch N; the job records the KeyboardInterrupt every ra
 SIGKILL) once it printed ``batch N``, so that no checkpoint is written after N, however slowly the
 kill comes. ``--compile``: Compile(backend="eager"); the result's ``compiled`` names what the model
 called in each pass compiles. ``--first-epochs N``: a fit of N epochs, then one of the rest;
-``--lr-find``: ``lr_find`` before the (last) fit, on every rank.
+``--lr-find``: ``lr_find`` before the (last) fit, on every rank. ``--train-metrics``: Accuracy and a
+torchmetrics macro F1 (MetricAdapter, name ``f1``) on both passes, beside AvgLoss.
 """
 
 from __future__ import annotations
@@ -47,10 +49,12 @@ from pluglearn import (
     CancelBatchException,
     CancelEpochException,
     CancelFitException,
+    CancelTrainException,
     Compile,
     DataLoaders,
     GradientAccumulation,
     Learner,
+    MetricAdapter,
     MultiprocessLoader,
     TerminateOnNaN,
     hookimpl,
@@ -109,6 +113,7 @@ class Probe:
             here = self._here(learn, rank, at)
         if hook == self.args.cancel_in and here:
             kind = CancelBatchException if self.args.cancel_batch else CancelEpochException
+            kind = CancelTrainException if self.args.cancel_train else kind
             raise kind(f"planted in {hook} on rank {pdist.rank()}")
 
     def _stop(self, hook: str, when: bool = True) -> None:
@@ -175,6 +180,8 @@ def main() -> None:
     parser.add_argument("--cancel-in")
     parser.add_argument("--cancel-batch", action="store_true", help="not CancelEpochException")
     parser.add_argument("--cancel-valid", action="store_true", help="in validation batch N")
+    parser.add_argument("--cancel-train", action="store_true", help="CancelTrainException")
+    parser.add_argument("--train-metrics", action="store_true", help="metrics of both passes")
     parser.add_argument("--fsdp", action="store_true")
     parser.add_argument("--hold-at", type=int)
     parser.add_argument("--compile", action="store_true")
@@ -205,6 +212,12 @@ def main() -> None:
         dls = DataLoaders.from_datasets(train, valid, batch_size=args.batch_size, seed=2)
     probe = Probe(args, xt)
     plugins: list[object] = [ddp, Accuracy(), TerminateOnNaN()]
+    if args.train_metrics:
+        from torchmetrics.classification import MulticlassF1Score
+
+        f1 = MulticlassF1Score(num_classes=3, average="macro")
+        plugins[1] = Accuracy(phases=("train", "valid"))
+        plugins.append(MetricAdapter(f1, name="f1", phases=("train", "valid")))
     if args.loader == "multiprocess":
         plugins.append(MultiprocessLoader(n_workers=1))
     if args.accum > 1:

@@ -4,11 +4,14 @@ raised on one rank.
 A cancel caught around a hook call (DDP's ``wrap_hook_calls``) is held, the strongest one
 winning, until an agreement (:meth:`CancelAgreement.sync`: one all-reduce of a flag per kind of
 cancel); then the strongest cancel any rank holds is raised on every rank, with that rank's
-message and stop reason. Where the agreements happen is DDP's business (see
-:mod:`pluglearn.distributed.ddp`). Agreements only run where a plugin may cancel, which is derived
-from the plugins' code (:mod:`pluglearn.hooks.cancels`); one judged unable to cancel that
-cancels anyway is refused with an error naming it. What the ranks agree on at the fit's start
-is in :mod:`pluglearn.distributed.fit_agreement`.
+message and stop reason. Raised inside a training batch (before its step), the agreement first
+takes the batch back out of the metrics that one process, cancelling where the rank that
+cancelled did, would not have counted (:func:`pluglearn.run.metrics.take_back`): that rank
+notes which had counted it when it held the cancel. Where the agreements happen is DDP's
+business (see :mod:`pluglearn.distributed.ddp`). Agreements only run where a plugin may cancel,
+which is derived from the plugins' code (:mod:`pluglearn.hooks.cancels`); one judged unable
+to cancel that cancels anyway is refused with an error naming it. What the ranks agree on at
+the fit's start is in :mod:`pluglearn.distributed.fit_agreement`.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from ..exceptions import (
 )
 from ..hooks.cancels import declared, impl_may_cancel
 from ..hooks.dispatch import origin_of
+from ..run.metrics import batch_key, counted_now, take_back
 from . import ranks as pdist
 
 if TYPE_CHECKING:
@@ -70,6 +74,8 @@ class CancelAgreement:
     def __init__(self, owner: Any) -> None:
         self.owner = owner
         self.pending: CancelException | None = None  # this rank's, not agreed yet
+        # the training batch ``pending`` was held in, and which metrics had counted it then
+        self.counted: tuple[tuple[bool, int, int], tuple[bool, ...]] | None = None
         self.agree = True  # agree at the ends of the pass hooks (see agreeing)
         self.hooks_seen: Any = None  # the dispatcher ``agree`` was decided for
 
@@ -94,10 +100,13 @@ class CancelAgreement:
             self.agree = self.agree or self.cancellers(learn)
         return self.agree
 
-    def keep(self, cancel: CancelException) -> None:
-        """Hold ``cancel`` unless a stronger (or as strong) one is held already."""
+    def keep(self, learn: Learner, cancel: CancelException) -> None:
+        """Hold ``cancel`` unless a stronger (or as strong) one is held already, noting which
+        metrics had counted the training batch it is raised in."""
         if self.pending is None or level(cancel) > level(self.pending):
             self.pending = cancel
+            in_batch = learn.run.pos.in_batch and learn.training
+            self.counted = (batch_key(learn), counted_now(learn)) if in_batch else None
 
     def catch(self, learn: Learner, cancel: CancelException, drop_batch: bool = False) -> None:
         """A cancel left a hook: raise it now (alone, or a validation batch skipped on this
@@ -108,7 +117,7 @@ class CancelAgreement:
         if not self.agreeing(learn):
             raise self.undeclared(cancel) from cancel
         if not (drop_batch and level(cancel) == 0):
-            self.keep(cancel)
+            self.keep(learn, cancel)
 
     @staticmethod
     def undeclared(cancel: CancelException, hook: str | None = None) -> RuntimeError:
@@ -205,15 +214,22 @@ class CancelAgreement:
             return summed[len(LEVELS) :]
         strongest = max(i for i, n in enumerate(held) if n)
         mine, self.pending = self.pending, None
+        counted, self.counted = self.counted, None
         if mine is not None and level(mine) != strongest:
             mine = None
         reason = learn.stop_reason
         if mine is not None and reason is None and strongest == len(LEVELS) - 1:
             reason = cancel_reason(mine)  # what the loop would say: the plugin that raised
-        said = pdist.all_gather((pdist.rank(), str(mine), reason) if mine is not None else None)
-        who, message, reason = next(s for s in said if s is not None)
+        in_batch = learn.run.pos.in_batch and learn.training
+        # held in an earlier batch (after its step): one process never computed this one
+        kept = counted[1] if in_batch and counted and counted[0] == batch_key(learn) else None
+        mine_said = (pdist.rank(), str(mine), reason, kept) if mine is not None else None
+        said = pdist.all_gather(mine_said)
+        who, message, reason, kept = next(s for s in said if s is not None)
         if reason is not None:  # every rank names the plugin that stopped the fit
             learn.run.stop(reason)
+        if in_batch:  # the batch is cancelled before its step: out of the metrics
+            take_back(learn, kept)
         if after_backward:  # the batch is cancelled before its step: as if never backpropagated
             learn.hooks.zero_grad(learn)
         if mine is not None:

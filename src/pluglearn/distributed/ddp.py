@@ -165,7 +165,7 @@ class DDP:
         try:
             result = yield
         except CancelException as cancel:  # held: a rank that skipped the fit alone would
-            self.cancels.keep(cancel)  # leave the others waiting in its first collective
+            self.cancels.keep(learn, cancel)  # leave the others waiting in its first collective
             result = None
         # one all-reduce per fit: every rank cancels together, or none; and what the plugins
         # of any rank need agreed (see _needs)
@@ -374,7 +374,7 @@ class DDP:
                 if not (self._early or (learn.will_step and self._marks)):
                     # no agreement before this backward, no mark looked for after it
                     raise self.cancels.undeclared(cancel, "compute_loss") from cancel
-                self.cancels.keep(cancel)  # agreed at the next step; this rank adds a zero
+                self.cancels.keep(learn, cancel)  # agreed at the next step; this rank adds a zero
                 return zero_loss(learn)
             if self.module is not None and learn.training and batch_items(learn) == 0:
                 # this rank's empty slice of a short last batch: its (zero) gradient still

@@ -12,8 +12,10 @@ Example::
 
 Any object with ``update(preds, targets)``, ``compute()`` and ``reset()`` is a metric here (the
 protocol of torchmetrics and torcheval, which reduce across processes themselves). It is updated
-in ``after_loss`` with the batch's predictions and targets, reset at the start of every pass and
-computed at its end.
+with each batch's predictions and targets (kept in ``after_loss``, given to ``update`` when the
+next batch comes or the pass ends, so that a batch DDP cancels at its step can be taken back:
+:mod:`pluglearn.run.metrics`), reset at the start of every pass and computed at its end. A
+batch of no items (a rank's empty slice of a short last batch) is not given to it.
 
 Names: a metric whose ``compute()`` answers one value reports ``name`` (default: its class name
 in lower case) for the validation pass and ``train_<name>`` for the train pass. One whose
@@ -38,6 +40,7 @@ import torch
 
 from ..distributed.ranks import is_distributed, is_local, reduce_sum
 from ..hooks.markers import hookimpl
+from ..run.metrics import batch_key
 from .metrics import PerPass, _check_phases
 
 if TYPE_CHECKING:
@@ -88,7 +91,9 @@ class MetricAdapter(PerPass):
         self.metrics = {
             p: metric if i == 0 else copy.deepcopy(metric) for i, p in enumerate(self.phases)
         }
-        self._updated = dict.fromkeys(self.phases, False)
+        self._updated = dict.fromkeys(self.phases, False)  # has update() been called
+        # each phase's batch not given to update() yet: (its key, predictions, targets)
+        self._pending: dict[str, tuple[Any, Any, Any] | None] = dict.fromkeys(self.phases)
 
     @property
     def metric(self) -> Any:
@@ -99,17 +104,45 @@ class MetricAdapter(PerPass):
         if phase in self.phases:
             self.metrics[phase].reset()
             self._updated[phase] = False
+            self._pending[phase] = None
 
     @hookimpl
     def after_loss(self, learn: Learner) -> None:
         phase = "train" if learn.training else "valid"
         if phase not in self.phases:
             return
-        preds, metric = learn.preds.detach(), self.metrics[phase]
+        self._flush(phase)
+        preds = learn.preds.detach()
+        # a batch of no items (a rank's empty slice) is counted, as the other ranks' slices of
+        # it are, but never given to update(): torchmetrics cannot reshape an empty batch
+        empty = bool(preds.ndim) and not preds.shape[0]
+        self._pending[phase] = (batch_key(learn), None if empty else preds, learn.yb)
+
+    def _flush(self, phase: str) -> None:
+        """Give the phase's kept batch to the metric's ``update``."""
+        pending = self._pending[phase]
+        if pending is None:
+            return
+        self._pending[phase] = None
+        _, preds, targets = pending
+        if preds is None:
+            return  # no item
+        metric = self.metrics[phase]
         if not self._updated[phase] and hasattr(metric, "to"):
             metric.to(preds.device)  # follow the model's device
-        metric.update(preds, learn.yb)
+        metric.update(preds, targets)
         self._updated[phase] = True
+
+    def counted(self, learn: Learner) -> bool:
+        """Is the current batch kept for the metric (see :mod:`pluglearn.run.metrics`)?"""
+        key = batch_key(learn)
+        pending = self._pending.get("train" if key[0] else "valid")
+        return pending is not None and pending[0] == key
+
+    def take_back(self, learn: Learner) -> None:
+        """Drop the current batch, if it is kept: the metric never sees it."""
+        if self.counted(learn):
+            self._pending["train" if learn.training else "valid"] = None
 
     @hookimpl
     def state_dict(self) -> dict[str, Any]:
@@ -117,6 +150,8 @@ class MetricAdapter(PerPass):
         end; validation starts afresh every pass): the metric's own states through its
         ``state_dict`` (torchmetrics: made persistent first; torcheval: as it is), and the
         update counts of the torchmetrics metrics in it."""
+        if "train" in self.phases:
+            self._flush("train")  # a checkpoint's batch has stepped: it stays
         if "train" not in self.phases or not self._updated["train"]:
             return {"train": None}
         metric = self.metrics["train"]
@@ -140,6 +175,7 @@ class MetricAdapter(PerPass):
         if state.get("train") is None:
             self._reset("train")
             return
+        self._pending["train"] = None
         metric = self.metrics["train"]
         if callable(getattr(metric, "persistent", None)):
             metric.persistent(True)
@@ -160,6 +196,7 @@ class MetricAdapter(PerPass):
     def collect_metrics(self, learn: Learner, phase: str) -> dict[str, Any] | None:
         if phase not in self.phases:
             return None
+        self._flush(phase)
         updated = self._updated[phase]
         if is_distributed():  # a rank that saw no batch still joins the others' sync
             updated = reduce_sum(float(updated))[0] > 0

@@ -30,6 +30,7 @@ import torch
 
 from ..distributed.ranks import reduce_sum
 from ..hooks.markers import hookimpl
+from ..run.metrics import batch_key
 from .train_step import TrainStep
 
 if TYPE_CHECKING:
@@ -102,12 +103,16 @@ class AverageMetric(PerPass):
     """
 
     name = "metric"
+    _before: tuple[Any, ...] | None = None  # see __init__ (here too for a subclass's own)
 
     def __init__(self, name: str | None = None, phases: Sequence[str] = ("valid",)) -> None:
         if name is not None:
             self.name = name
         self.phases = _check_phases(phases)
         self.sums: dict[str, list[Any]] = {phase: [0.0, 0] for phase in PHASES}  # total, count
+        # the current batch's record, to take it back (pluglearn.run.metrics): its key (training,
+        # epoch, iter), then the sums before it; put back as they were, so bit for bit
+        self._before: tuple[Any, ...] | None = None
 
     def batch_sum(self, learn: Learner) -> tuple[float | torch.Tensor, int]:
         raise NotImplementedError(f"{type(self).__name__} must implement batch_sum(learn)")
@@ -117,15 +122,30 @@ class AverageMetric(PerPass):
 
     def _reset(self, phase: str) -> None:
         self.sums[phase] = [0.0, 0]
+        self._before = None
 
     @hookimpl
     def after_loss(self, learn: Learner) -> None:
-        phase = "train" if learn.run.pos.training else "valid"
+        pos = learn.run.pos
+        phase = "train" if pos.training else "valid"
         if phase in self.phases:
             value, n = self.batch_sum(learn)
             sums = self.sums[phase]
-            sums[0] += value
+            self._before = (pos.training, pos.epoch, pos.iter, sums[0], sums[1])
+            sums[0] = sums[0] + value  # not +=: a tensor total in place would change the record
             sums[1] += n
+
+    def counted(self, learn: Learner) -> bool:
+        """Has this metric counted the current batch?"""
+        return self._before is not None and self._before[:3] == batch_key(learn)
+
+    def take_back(self, learn: Learner) -> None:
+        """The sums as they were before the current batch, if it was counted."""
+        if self.counted(learn):
+            assert self._before is not None  # counted
+            training, _, _, total, count = self._before
+            self.sums["train" if training else "valid"] = [total, count]
+            self._before = None
 
     @hookimpl
     def state_dict(self) -> dict[str, Any]:
@@ -136,6 +156,7 @@ class AverageMetric(PerPass):
     @hookimpl
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.sums["train"] = [float(state["total"]), int(state["count"])]
+        self._before = None
 
     @hookimpl
     def collect_metrics(self, learn: Learner, phase: str) -> dict[str, float] | None:
@@ -162,9 +183,10 @@ class AvgLoss(AverageMetric):
         # every batch of every fit runs this: the common case (a CPU loss of an (xb, yb) pair,
         # counted by the default count_items) in one frame; anything else, or a subclass's own
         # batch_sum, as AverageMetric does
-        batch, loss, hooks = learn.batch, learn.loss, learn.hooks
+        batch, loss, hooks, pos = learn.batch, learn.loss, learn.hooks, learn.run.pos
         assert loss is not None  # compute_loss set it
-        phase = "train" if learn.run.pos.training else "valid"
+        training = pos.training
+        phase = "train" if training else "valid"
         if hooks is not self._hooks:  # the plugins changed: does a plugin answer count_items?
             self._hooks, self._default_count = hooks, _counts_by_default(hooks)
         if (
@@ -179,8 +201,10 @@ class AvgLoss(AverageMetric):
         ):
             n = batch[1].shape[0]
             sums = self.sums[phase]
-            sums[0] += loss.item() * n
-            sums[1] += n
+            total, count = sums
+            self._before = (training, pos.epoch, pos.iter, total, count)
+            sums[0] = total + loss.item() * n
+            sums[1] = count + n
             return
         super().after_loss(learn)
 

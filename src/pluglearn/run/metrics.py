@@ -1,4 +1,12 @@
-"""Merging the metric plugins' answers into ``learn.metrics``, and gathering predictions."""
+"""Merging the metric plugins' answers into ``learn.metrics``, taking a cancelled batch back
+out of them, and gathering predictions.
+
+Taking back: under DDP a cancel raised on one rank is held until the ranks agree (at the batch's
+optimizer step), so every rank has computed the batch, and its metrics counted it, by then. A
+metric plugin that keeps a record of the current batch (``counted(learn)`` and
+``take_back(learn)``: :class:`~pluglearn.plugins.metrics.AverageMetric`,
+:class:`~pluglearn.plugins.metric_adapter.MetricAdapter`) is asked to take it back on every rank
+unless the rank that cancelled had counted it before its cancel, as one process would have."""
 
 from __future__ import annotations
 
@@ -9,6 +17,31 @@ from ..hooks.markers import hookimpl
 
 if TYPE_CHECKING:
     from ..learner import Learner
+
+
+def batch_key(learn: Learner) -> tuple[bool, int, int]:
+    """The current batch, as a metric records it: (training, epoch, iter)."""
+    pos = learn.run.pos
+    return pos.training, pos.epoch, pos.iter
+
+
+def ledgers(learn: Learner) -> list[Any]:
+    """The plugins that can take the current batch back (in the plugins' order, which every
+    rank of a fit shares: the fit's start compares them)."""
+    return [p for p in learn.plugins if callable(getattr(p, "take_back", None))]
+
+
+def counted_now(learn: Learner) -> tuple[bool, ...]:
+    """Which of :func:`ledgers` have counted the current batch so far."""
+    return tuple(bool(p.counted(learn)) for p in ledgers(learn))
+
+
+def take_back(learn: Learner, kept: tuple[bool, ...] | None) -> None:
+    """Take the current batch out of every ledger, except those ``kept`` marks (the ones the
+    rank that cancelled had counted when it cancelled; None: none of them)."""
+    for i, plugin in enumerate(ledgers(learn)):
+        if kept is None or i >= len(kept) or not kept[i]:
+            plugin.take_back(learn)
 
 
 def merge_metrics(learn: Learner, phase: str) -> None:

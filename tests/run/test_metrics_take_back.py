@@ -1,0 +1,92 @@
+"""Taking a batch back out of the metrics (:mod:`pluglearn.run.metrics`), as DDP's agreement
+does on every rank when it cancels a batch at its step: on a real one-process fit, a plugin that
+takes batch 1 back after the metrics counted it leaves them what the other batches give,
+computed by hand; a take-back of a batch not counted (before the metrics ran) changes nothing."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pluglearn import Accuracy, MetricAdapter, hookimpl
+from pluglearn.run.metrics import counted_now, ledgers, take_back
+from tests.plugins.test_metrics import (
+    TORCHMETRICS,
+    batches,
+    make_data,
+    make_learner,
+    make_model,
+    multiclass_f1,
+)
+
+pytestmark = TORCHMETRICS
+
+
+class TakeBack:
+    """Takes training batch ``at`` back in ``hook``, after every metric's after_loss (trylast);
+    records each training batch's predictions, targets and loss."""
+
+    def __init__(self, at: int, hook: str) -> None:
+        self.at, self.hook = at, hook
+        self.counted: list[tuple[bool, ...]] = []
+        self.kept: list[tuple[torch.Tensor, torch.Tensor, float]] = []
+
+    def _maybe(self, learn, hook: str) -> bool:
+        if learn.training and learn.iter == self.at and hook == self.hook:
+            self.counted.append(counted_now(learn))
+            take_back(learn, None)
+            return True
+        return False
+
+    @hookimpl
+    def before_batch(self, learn) -> None:
+        self._maybe(learn, "before_batch")
+
+    @hookimpl(trylast=True)
+    def after_loss(self, learn) -> None:
+        taken = self._maybe(learn, "after_loss")
+        if learn.training and not taken:
+            self.kept.append((learn.preds.detach(), learn.yb, learn.loss.item()))
+
+
+def fit(hook: str) -> tuple[dict, TakeBack]:
+    xt, yt = make_data(10, seed=1)
+    xv, yv = make_data(7, seed=2)
+    spy = TakeBack(at=1, hook=hook)
+    plugins = [
+        Accuracy(phases=("train", "valid")),
+        MetricAdapter(multiclass_f1(average="macro"), name="f1", phases=("train", "valid")),
+        spy,
+    ]
+    learn = make_learner(make_model(), batches(xt, yt, 4), batches(xv, yv, 4), plugins)
+    learn.fit(1)
+    return learn.metrics, spy
+
+
+def test_a_batch_taken_back_after_the_metrics_counted_it_leaves_the_others_values():
+    metrics, spy = fit("after_loss")
+    assert spy.counted == [(True, True, True)]  # Accuracy, MetricAdapter, AvgLoss
+    preds = torch.cat([p for p, _, _ in spy.kept])  # batches 0 and 2: 4 and 2 items
+    targets = torch.cat([t for _, t, _ in spy.kept])
+    n = [len(t) for _, t, _ in spy.kept]
+    assert n == [4, 2]
+    loss = sum(item * k for (_, _, item), k in zip(spy.kept, n, strict=True)) / sum(n)
+    assert metrics["train_loss"] == pytest.approx(loss, rel=1e-12)
+    hits = (preds.argmax(1) == targets).double().mean().item()
+    assert metrics["train_accuracy"] == pytest.approx(hits, rel=1e-12)
+    f1 = multiclass_f1(average="macro")(preds, targets).item()
+    assert metrics["train_f1"] == pytest.approx(f1, rel=1e-6)
+
+
+def test_a_take_back_before_the_metrics_counted_the_batch_changes_nothing():
+    untouched, _ = fit("none")
+    metrics, spy = fit("before_batch")  # the records are the previous batch's: not this one's
+    assert spy.counted == [(False, False, False)]
+    for key in ("train_loss", "train_accuracy", "train_f1", "valid_loss", "accuracy", "f1"):
+        assert metrics[key] == untouched[key], key
+
+
+def test_the_ledgers_are_the_metric_plugins_in_the_plugins_order():
+    learn = make_learner(make_model(), [], [], [Accuracy(), MetricAdapter(multiclass_f1())])
+    names = [type(p).__name__ for p in ledgers(learn)]
+    assert names == ["Accuracy", "MetricAdapter", "AvgLoss"]
