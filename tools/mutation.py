@@ -128,6 +128,19 @@ MODULES: dict[str, list[str]] = {
         "tests/plugins/test_lr_find.py",
         "tests/checkpoint/test_resume.py",
     ],
+    "run/metrics.py": [
+        "tests/run/test_metrics_take_back.py",
+        "tests/plugins/test_metrics.py",
+        "tests/plugins/test_metric_adapter.py",
+    ],
+    "plugins/metrics.py": [
+        "tests/plugins/test_metrics.py",
+        "tests/run/test_metrics_take_back.py",
+    ],
+    "plugins/metric_adapter.py": [
+        "tests/plugins/test_metric_adapter.py",
+        "tests/run/test_metrics_take_back.py",
+    ],
     "plugins/lr_find.py": [
         "tests/plugins/test_lr_find.py",
         "tests/plugins/test_lr_find_oracle.py",
@@ -227,6 +240,7 @@ MODULES: dict[str, list[str]] = {
     "distributed/cancel_agreement.py": [
         "tests/distributed/test_cancel_agreement.py",
         "tests/distributed/test_ddp.py",
+        "tests/distributed/test_ddp_metrics.py",
     ],
     "distributed/ddp.py": [
         "tests/distributed/test_ddp.py",

@@ -84,5 +84,8 @@ def test_under_fsdp_an_output_that_hides_its_tensors_from_torchs_pytree_is_refus
     assert (
         "TypeError: FSDP(): the model returned a SimpleNamespace, in which torch's pytree finds "
         "no tensor that requires grad. FSDP reduces the gradients through hooks on the output's "
-        "tensors, so the shards would get no gradient and the model would not train."
+        "tensors, so the shards would get no gradient and the model would not train. Return a "
+        "tensor, a tuple, a list, a dict or a named tuple (Hugging Face's ModelOutput is one "
+        "torch knows), or register the output's type with "
+        "torch.utils._pytree.register_pytree_node."
     ) in done.stderr

@@ -37,6 +37,14 @@ def test_two_sharded_ranks_with_half_batches_give_the_weights_of_one_process(
     two = fsdp_run if batch_size == 8 else run_job(tmp_path / "two", "--fsdp", *size)
     assert two["world"] == 2 and one["world"] == 1
     assert sum(two["held"]) == N_PARAMS and max(two["held"]) < N_PARAMS  # sharded
+    assert two["full_keys"] == [4, 0]  # the full state on rank 0 only (the others' memory)
+    # every validation pass: the 23 items split 12 + 11, each rank's in batches of 8 (8 + 4,
+    # 8 + 3), or of 11 (11 + 1, and 11: rank 1 catches up with a forward of no item, then its
+    # own last batch is put back)
+    forwards = [[8, 4], [8, 3]] if batch_size == 8 else [[11, 1], [11, 0]]
+    after = [4, 3] if batch_size == 8 else [1, 11]
+    for rank, (passes, batches) in enumerate(two["valid"]):
+        assert passes == [forwards[rank]] * 3 and batches == [after[rank]] * 3, rank
     for key in one["weights"]:
         assert (one["weights"][key] - two["weights"][key]).abs().max().item() <= 1e-10, key
     assert len(one["history"]) == len(two["history"]) == 3
@@ -79,8 +87,13 @@ def test_sigkill_of_the_sharded_group_mid_epoch_then_resume_is_bit_identical(tmp
 @pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_gradient_accumulation_under_fsdp_is_refused_naming_the_fix(tmp_path):
-    with pytest.raises(AssertionError, match="FSDP\\(\\) with GradientAccumulation: not built"):
+    with pytest.raises(AssertionError) as refused:
         run_job(tmp_path, "--fsdp", "--accum", "2", "--batch-size", "6", timeout=60)
+    assert (
+        "ValueError: FSDP() with GradientAccumulation: not built yet (its group's item count is "
+        "summed across ranks only under DDP, so the step would not be one process's). Raise "
+        "batch_size instead (it is the global batch), or use DDP()."
+    ) in str(refused.value)
 
 
 @pytest.mark.slow

@@ -1,7 +1,8 @@
 """FSDP's refusals on two ranks (torchrun, gloo): beside DDP() (both split the work), added
 after a fit whose optimizer has state (sharding rebuilds the optimizer, which would drop it), a
-loader that is not sharded, and a rank-local call on one rank before any validation pass. Every
-rank refuses in full, before anything changes; a fit with no validation set is no refusal."""
+loader that is not sharded, and a rank-local call on one rank, before any validation pass or
+after a fit's. Every rank refuses in full, before anything changes; a fit with no validation set
+is no refusal. FSDP's keyword arguments reach every ``fully_shard`` call."""
 
 from __future__ import annotations
 
@@ -22,6 +23,13 @@ def test_fsdp_beside_ddp_or_after_the_optimizer_stepped_is_refused_on_every_rank
     # a fit with no validation set (and GradientAccumulation(1), which accumulates nothing)
     # trains; then predict on rank 0 alone is refused (the ranks meet before each rank-local
     # call, the first one too)
+    refusal = ranks[0]["said"]["predict"]
+    # the same after a fit whose validation passes met the ranks: each call meets again
+    assert ranks[0]["said"].pop("predict-after-validation") == refusal
+    # fully_shard got FSDP's keyword arguments (a float32 policy on the float64 model), on the
+    # layers and on the root
+    for rank in ranks:
+        assert rank["dtypes"] == {"layers": ["torch.float32"], "root": ["torch.float32"]}
     assert ranks[0]["said"].pop("predict") == (
         "FSDP: learn.predict() was called on rank 0, and the other ranks did not call it within "
         "2.0 s: under FSDP each rank holds a shard of the weights, so every forward is a "

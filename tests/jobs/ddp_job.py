@@ -23,7 +23,10 @@ at the start of training batch N; the job records the KeyboardInterrupt every ra
 SIGKILL) once it printed ``batch N``, so that no checkpoint is written after N, however slowly the
 kill comes. ``--compile``: Compile(backend="eager"); the result's ``compiled`` names what the model
 called in each pass compiles. ``--first-epochs N``: a fit of N epochs, then one of the rest;
-``--lr-find``: ``lr_find`` before the (last) fit, on every rank. ``--train-metrics``: Accuracy and a
+``--lr-find``: ``lr_find`` before the (last) fit, on every rank. The result's ``valid`` holds each
+rank's validation passes: the items of every forward (FSDP's catch-up forwards too) and of the
+batch left after the pass; ``full_keys``: each rank's keys of the full state (FSDP: rank 0's
+only). ``--train-metrics``: Accuracy and a
 torchmetrics macro F1 (MetricAdapter, name ``f1``) on both passes, beside AvgLoss.
 """
 
@@ -89,6 +92,9 @@ class Probe:
 
     def __init__(self, args: argparse.Namespace, x: torch.Tensor) -> None:
         self.args, self.x, self.seen = args, x, []
+        # each validation pass: the items of every forward, then the batch after the pass
+        self.valid_forwards: list[list[int]] = []
+        self.valid_after: list[int | None] = []
 
     def _here(self, learn: Learner, rank: int | None, at: int | None) -> bool:
         return learn.training and rank == pdist.rank() and learn.train_iter == at
@@ -133,8 +139,18 @@ class Probe:
         self._stop("after_fit")
 
     @hookimpl
+    def before_validate(self) -> None:
+        self.valid_forwards.append([])
+
+    @hookimpl
     def predict(self, learn: Learner) -> None:
+        if not learn.training and self.valid_forwards:  # FSDP's catch-up forwards too
+            self.valid_forwards[-1].append(len(learn.batch[1]))
         self._cancel(learn, "predict")  # else None: the default answers
+
+    @hookimpl
+    def after_validate(self, learn: Learner) -> None:  # after FSDP's catch-up (tryfirst)
+        self.valid_after.append(None if learn.batch is None else len(learn.batch[1]))
 
     @hookimpl
     def compute_loss(self, learn: Learner) -> None:
@@ -265,6 +281,8 @@ def main() -> None:
         from pluglearn.distributed.fsdp import full_state
 
         weights = full_state(learn.model)[0]  # the shards gathered (a collective)
+    full_keys = pdist.gather_to_main(len(weights))  # FSDP: rank 0's alone (the others: none)
+    valid = pdist.gather_to_main((probe.valid_forwards, probe.valid_after))
     if pdist.is_main_process():
         Path(args.out).mkdir(parents=True, exist_ok=True)
         result = {
@@ -276,6 +294,8 @@ def main() -> None:
             "interrupted": interrupts,
             "held": held,
             "compiled": compiled,
+            "full_keys": full_keys,
+            "valid": valid,
         }
         torch.save(result, Path(args.out) / "result.pt")
     stops = pdist.all_gather(learn.stop_reason)

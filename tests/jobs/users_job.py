@@ -29,8 +29,10 @@ Data: 40 training and 23 validation items of 5 float64 features; feature 4 is th
 - ``fsdp-refusals``: FSDP() beside DDP(), then FSDP() added after a fit without it (SGD with
   momentum: its optimizer has state), a torch DataLoader without a DistributedSampler, then a
   fit under FSDP (and GradientAccumulation(1)) with no validation set and ``predict`` on rank 0
-  alone; records the error each raised, and whether the refused fit left
-  the weights as they were.
+  alone, the same after a fit with validation passes; records the error each raised, and
+  whether the refused fit left the weights as they were; then fits under FSDP with a float32
+  ``mp_policy`` (layers sharded on their own, or the root alone) and records the dtypes of
+  the training predictions.
 - ``tiny-valid``: one validation item (rank 1's share is empty: it has no validation batch),
   AvgLoss, Accuracy and a torchmetrics accuracy through MetricAdapter; records the metrics.
 - ``cancels``: rank 1 (alone: the one process) raises cancels at training batch 3 (``--plant``,
@@ -111,6 +113,18 @@ class Steps:
             if self.log is not None:
                 with open(self.log, "a") as f:
                     f.write(f"{os.environ.get('TORCHELASTIC_RESTART_COUNT')} {step}\n")
+
+
+class PredsDtype:
+    """The dtypes of the training predictions."""
+
+    def __init__(self) -> None:
+        self.dtypes: set[str] = set()
+
+    @hookimpl
+    def after_pred(self, learn: Learner) -> None:
+        if learn.training:
+            self.dtypes.add(str(learn.preds.dtype))
 
 
 def learner(plugins: list, *, lr: float = 0.1, batch_size: int = 8, **kw: object) -> Learner:
@@ -531,7 +545,24 @@ def main() -> None:
                 unvalidated.predict(xt[:2], batched=True)
             except RuntimeError as error:
                 said["predict"] = str(error)
-        result = {"said": said, "unchanged": unchanged}
+        validated = learner([FSDP(call_timeout=2.0)])
+        validated.fit(1)  # its validation passes meet the ranks: a later call meets again
+        if RANK == 0:
+            try:
+                validated.predict(xt[:2], batched=True)
+            except RuntimeError as error:
+                said["predict-after-validation"] = str(error)
+        # fully_shard's keyword arguments reach every call: a float32 policy on the float64
+        # model computes in float32, with layers sharded on their own or the root alone
+        from torch.distributed.fsdp import MixedPrecisionPolicy
+
+        policy = MixedPrecisionPolicy(param_dtype=torch.float32)
+        dtypes = {}
+        for name, layers in (("layers", nn.Linear), ("root", ())):
+            seen = PredsDtype()
+            learner([FSDP(layers=layers, mp_policy=policy), seen]).fit(1)
+            dtypes[name] = sorted(seen.dtypes)
+        result = {"said": said, "unchanged": unchanged, "dtypes": dtypes}
     elif args.case == "tiny-valid":
         import torchmetrics
 

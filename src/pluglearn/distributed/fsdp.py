@@ -144,7 +144,6 @@ class FSDP(DDP):
                 "FSDP(layers=(nn.TransformerEncoderLayer,))."
             )
         self.layers, self.call_timeout = layers, call_timeout
-        self._calls = 0  # rank-local calls made: the key of each one's rendezvous
         self._met = False  # this validation pass's rendezvous is done
         super().__init__(**fully_shard_kwargs)
         self._forwards = 0  # forwards this rank ran in this validation pass
@@ -273,8 +272,7 @@ class FSDP(DDP):
         that the other ranks do not make within ``call_timeout`` seconds."""
         if not is_sharded(learn.model):
             return
-        self._calls += 1
-        if not pdist.rendezvous(f"fsdp-call/{self._calls}", self.call_timeout):
+        if not pdist.rendezvous("fsdp-call", self.call_timeout):
             call = learn.run.entries[-1]
             raise RuntimeError(
                 f"FSDP: learn.{call}() was called on rank {pdist.group_rank()}, and the other "

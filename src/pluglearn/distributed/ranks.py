@@ -146,20 +146,29 @@ def barrier() -> None:
         dist.barrier()
 
 
-def rendezvous(key: str, timeout: float) -> bool:
-    """Wait until every rank has reached the rendezvous ``key`` (through the process group's
-    store, not a collective, so a rank waiting here disturbs no collective of the others).
-    False when they do not all arrive within ``timeout`` seconds; True at once when alone."""
+_rendezvous_calls: dict[str, int] = {}  # this process's rendezvous of each name so far
+
+
+def rendezvous(name: str, timeout: float) -> bool:
+    """Wait until every rank has reached its next rendezvous called ``name`` (through the
+    process group's store, not a collective, so a rank waiting here disturbs no collective of
+    the others). False when they do not all arrive within ``timeout`` seconds; True at once when
+    alone. Each call of a name has a key of its own (the process's count of them), so a later
+    call never meets an earlier one's arrivals; a rank that gives up takes its arrival back."""
     if not is_initialized() or dist.get_world_size() < 2:
         return True
+    world = dist.get_world_size()
+    count = _rendezvous_calls[name] = _rendezvous_calls.get(name, 0) + 1
     store = dist.distributed_c10d._get_default_store()
-    done = f"pluglearn/{key}/all"
-    if store.add(f"pluglearn/{key}", 1) == dist.get_world_size():
+    key = f"pluglearn/{name}/{count}"
+    done = f"{key}/all"
+    if store.add(key, 1) == world:
         store.set(done, "1")
     try:
         store.wait([done], timedelta(seconds=timeout))
     except (RuntimeError, dist.DistError):  # the store's timeout
-        return False
+        # the last rank may have come just now: it saw every arrival, so this one meets too
+        return store.add(key, -1) == world - 1
     return True
 
 
