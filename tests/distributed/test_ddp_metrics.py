@@ -51,13 +51,19 @@ TRAIN_METRICS = ("train_loss", "train_accuracy", "train_f1", "valid_loss", "accu
         # 4 before they agreed, and count none of it
         ("after_batch", "--cancel-train"),
         ("before_batch", "--cancel-train"),
+        # the ranks agree before each backward: under accumulation, and under FSDP
+        ("before_batch", "--cancel-batch --accum 2"),
+        ("after_loss", "--cancel-train --fsdp"),
     ],
 )
 def test_a_batch_cancelled_by_one_rank_counts_in_the_metrics_as_on_one_process(
     tmp_path, hook, kind
 ):
+    kind, *more = kind.split()
     plant = ["--cancel-in", hook, "--cancel-at", "3", "--epochs", "2", kind, "--train-metrics"]
-    two = run_job(tmp_path / "two", *plant, "--cancel-rank", "1")
+    fsdp = [m for m in more if m == "--fsdp"]
+    plant += [m for m in more if m != "--fsdp"]
+    two = run_job(tmp_path / "two", *plant, *fsdp, "--cancel-rank", "1")
     one = run_job(tmp_path / "one", *plant, "--cancel-rank", "0", nproc=1)
     for key, value in one["weights"].items():
         assert (two["weights"][key] - value).abs().max().item() <= 1e-10, key
