@@ -132,14 +132,18 @@ MODULES: dict[str, list[str]] = {
         "tests/run/test_metrics_take_back.py",
         "tests/plugins/test_metrics.py",
         "tests/plugins/test_metric_adapter.py",
+        "tests/test_learner.py",
     ],
     "plugins/metrics.py": [
         "tests/plugins/test_metrics.py",
         "tests/run/test_metrics_take_back.py",
+        "tests/plugins/test_metrics_logger.py",
+        "tests/test_learner.py",
     ],
     "plugins/metric_adapter.py": [
         "tests/plugins/test_metric_adapter.py",
         "tests/run/test_metrics_take_back.py",
+        "tests/plugins/test_metrics_logger.py",
     ],
     "plugins/lr_find.py": [
         "tests/plugins/test_lr_find.py",

@@ -23,16 +23,18 @@ pytestmark = TORCHMETRICS
 
 
 class TakeBack:
-    """Takes training batch ``at`` back in ``hook``, after every metric's after_loss (trylast);
-    records each training batch's predictions, targets and loss."""
+    """Takes batch ``at`` of the ``training`` (else validation) pass back in ``hook``, after
+    every metric's after_loss (trylast); records that pass's batches: predictions, targets and
+    loss."""
 
-    def __init__(self, at: int, hook: str) -> None:
-        self.at, self.hook = at, hook
+    def __init__(self, at: int, hook: str, training: bool = True) -> None:
+        self.at, self.hook, self.training = at, hook, training
         self.counted: list[tuple[bool, ...]] = []
         self.kept: list[tuple[torch.Tensor, torch.Tensor, float]] = []
 
     def _maybe(self, learn, hook: str) -> bool:
-        if learn.training and learn.iter == self.at and hook == self.hook:
+        here = learn.training == self.training and learn.iter == self.at
+        if here and hook == self.hook:
             self.counted.append(counted_now(learn))
             take_back(learn, None)
             return True
@@ -45,14 +47,14 @@ class TakeBack:
     @hookimpl(trylast=True)
     def after_loss(self, learn) -> None:
         taken = self._maybe(learn, "after_loss")
-        if learn.training and not taken:
+        if learn.training == self.training and not taken:
             self.kept.append((learn.preds.detach(), learn.yb, learn.loss.item()))
 
 
-def fit(hook: str) -> tuple[dict, TakeBack]:
+def fit(hook: str, training: bool = True) -> tuple[dict, TakeBack]:
     xt, yt = make_data(10, seed=1)
     xv, yv = make_data(7, seed=2)
-    spy = TakeBack(at=1, hook=hook)
+    spy = TakeBack(at=1, hook=hook, training=training)
     plugins = [
         Accuracy(phases=("train", "valid")),
         MetricAdapter(multiclass_f1(average="macro"), name="f1", phases=("train", "valid")),
@@ -63,19 +65,26 @@ def fit(hook: str) -> tuple[dict, TakeBack]:
     return learn.metrics, spy
 
 
-def test_a_batch_taken_back_after_the_metrics_counted_it_leaves_the_others_values():
-    metrics, spy = fit("after_loss")
+@pytest.mark.parametrize(("training", "n"), [(True, [4, 2]), (False, [4])])
+def test_a_batch_taken_back_after_the_metrics_counted_it_leaves_the_others_values(training, n):
+    # training: batches 0 and 2 of 4, 4, 2 items are left; validation: batch 0 of 4, 3
+    metrics, spy = fit("after_loss", training)
+    untouched, _ = fit("none")
     assert spy.counted == [(True, True, True)]  # Accuracy, MetricAdapter, AvgLoss
-    preds = torch.cat([p for p, _, _ in spy.kept])  # batches 0 and 2: 4 and 2 items
+    preds = torch.cat([p for p, _, _ in spy.kept])
     targets = torch.cat([t for _, t, _ in spy.kept])
-    n = [len(t) for _, t, _ in spy.kept]
-    assert n == [4, 2]
+    assert [len(t) for _, t, _ in spy.kept] == n
     loss = sum(item * k for (_, _, item), k in zip(spy.kept, n, strict=True)) / sum(n)
-    assert metrics["train_loss"] == pytest.approx(loss, rel=1e-12)
+    phase, other = ("train_", "") if training else ("", "train_")
+    assert metrics[f"{phase or 'valid_'}loss"] == pytest.approx(loss, rel=1e-12)
     hits = (preds.argmax(1) == targets).double().mean().item()
-    assert metrics["train_accuracy"] == pytest.approx(hits, rel=1e-12)
+    assert metrics[f"{phase}accuracy"] == pytest.approx(hits, rel=1e-12)
     f1 = multiclass_f1(average="macro")(preds, targets).item()
-    assert metrics["train_f1"] == pytest.approx(f1, rel=1e-6)
+    assert metrics[f"{phase}f1"] == pytest.approx(f1, rel=1e-6)
+    # the other pass is untouched
+    for key in ("accuracy", "f1", "loss"):
+        key = f"{other or 'valid_'}loss" if key == "loss" else f"{other}{key}"
+        assert metrics[key] == untouched[key], key
 
 
 def test_a_take_back_before_the_metrics_counted_the_batch_changes_nothing():
