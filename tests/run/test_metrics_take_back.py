@@ -99,3 +99,45 @@ def test_the_ledgers_are_the_metric_plugins_in_the_plugins_order():
     learn = make_learner(make_model(), [], [], [Accuracy(), MetricAdapter(multiclass_f1())])
     names = [type(p).__name__ for p in ledgers(learn)]
     assert names == ["Accuracy", "MetricAdapter", "AvgLoss"]
+
+
+def test_a_take_back_keeps_the_metrics_the_cancelling_rank_had_counted():
+    # DDP sends which metrics the rank that cancelled had counted (in the ledgers' order):
+    # those keep the batch, the others (and any past the end of what was sent) take it back
+    untouched, _ = fit("none")
+
+    class Partly(TakeBack):
+        def _maybe(self, learn, hook: str) -> bool:
+            if learn.training and learn.iter == self.at and hook == self.hook:
+                take_back(learn, self.kept_flags)
+                return True
+            return False
+
+    for flags, kept in [((True, False, False), "train_accuracy"), ((False, True), "train_f1")]:
+        xt, yt = make_data(10, seed=1)
+        xv, yv = make_data(7, seed=2)
+        spy = Partly(at=1, hook="after_loss")
+        spy.kept_flags = flags
+        plugins = [
+            Accuracy(phases=("train", "valid")),
+            MetricAdapter(multiclass_f1(average="macro"), name="f1", phases=("train", "valid")),
+            spy,
+        ]
+        learn = make_learner(make_model(), batches(xt, yt, 4), batches(xv, yv, 4), plugins)
+        learn.fit(1)
+        for key in ("train_accuracy", "train_f1", "train_loss"):
+            same = learn.metrics[key] == untouched[key]
+            assert same == (key == kept), (flags, key)
+
+
+def test_a_batch_of_no_item_is_counted_without_reaching_the_metric():
+    # a rank's empty slice of a short last batch: torchmetrics cannot take it
+    xv, yv = make_data(7, seed=2)
+    adapter = MetricAdapter(multiclass_f1(average="macro"), name="f1")
+    learn = make_learner(make_model(), [], [], [adapter])
+    with torch.no_grad():
+        preds = learn.model(xv)
+    empty = (xv[:0], yv[:0])
+    learn.validate(dl=[(xv[:4], yv[:4]), empty, (xv[4:], yv[4:])])
+    expected = multiclass_f1(average="macro")(preds, yv).item()
+    assert learn.metrics["f1"] == pytest.approx(expected, rel=1e-6)
