@@ -196,7 +196,15 @@ def sampler_loaders() -> DataLoaders:
 def local(args: argparse.Namespace) -> dict:
     ddp = FSDP(layers=nn.Linear, call_timeout=5.0) if args.fsdp else DDP()
     calls = OneRankCalls(data()[2])
-    plugins = [ddp, Accuracy()] + ([] if args.fsdp else [calls])
+    # torchmetrics syncs the ranks in compute(): a rank-local call must compute without it
+    from torchmetrics import MetricCollection
+    from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
+
+    from pluglearn import MetricAdapter
+
+    both = MetricCollection({"acc": MulticlassAccuracy(3), "micro_f1": MulticlassF1Score(3)})
+    metrics = [MetricAdapter(MulticlassF1Score(3, average="macro"), name="f1"), MetricAdapter(both)]
+    plugins = [ddp, Accuracy(), *metrics] + ([] if args.fsdp else [calls])
     if args.sampler:
         torch.manual_seed(0)
         learn = Learner(model(), sampler_loaders(), lr=0.1, plugins=plugins)
