@@ -51,6 +51,8 @@ TRAIN_METRICS = ("train_loss", "train_accuracy", "train_f1", "valid_loss", "accu
         # 4 before they agreed, and count none of it
         ("after_batch", "--cancel-train"),
         ("before_batch", "--cancel-train"),
+        # at the train pass's end (6 batches): an agreement outside any batch takes none back
+        ("after_train", "--cancel-train --cancel-at 6"),
         # the ranks agree before each backward: under accumulation, and under FSDP
         ("before_batch", "--cancel-batch --accum 2"),
         ("after_loss", "--cancel-train --fsdp"),
@@ -60,7 +62,9 @@ def test_a_batch_cancelled_by_one_rank_counts_in_the_metrics_as_on_one_process(
     tmp_path, hook, kind
 ):
     kind, *more = kind.split()
-    plant = ["--cancel-in", hook, "--cancel-at", "3", "--epochs", "2", kind, "--train-metrics"]
+    at = more[more.index("--cancel-at") + 1] if "--cancel-at" in more else "3"
+    more = [m for m in more if m not in ("--cancel-at", at)]
+    plant = ["--cancel-in", hook, "--cancel-at", at, "--epochs", "2", kind, "--train-metrics"]
     fsdp = [m for m in more if m == "--fsdp"]
     plant += [m for m in more if m != "--fsdp"]
     two = run_job(tmp_path / "two", *plant, *fsdp, "--cancel-rank", "1")

@@ -15,7 +15,7 @@ multiprocess (MultiprocessLoader with one worker) or sampler (a torch DataLoader
 DistributedSampler). ``--cancel-rank R --cancel-at N --cancel-in HOOK``: rank R raises
 CancelEpochException (``--cancel-batch``: CancelBatchException; ``--cancel-train``:
 CancelTrainException) from HOOK (before_batch, compute_loss, predict, backward, step, zero_grad,
-after_loss, after_batch) at training batch N (``--cancel-valid``:
+after_loss, after_batch; after_train once N batches trained) at training batch N (``--cancel-valid``:
 validation batch N of each pass), or CancelFitException from before_fit, after_fit (N unused) or
 before_epoch (at epoch N). ``--sigint-rank R --sigint-at N``: rank R sends itself SIGINT (a Ctrl-C)
 at the start of training batch N; the job records the KeyboardInterrupt every rank ended with.
@@ -147,6 +147,10 @@ class Probe:
         if not learn.training and self.valid_forwards:  # FSDP's catch-up forwards too
             self.valid_forwards[-1].append(len(learn.batch[1]))
         self._cancel(learn, "predict")  # else None: the default answers
+
+    @hookimpl
+    def after_train(self, learn: Learner) -> None:  # --cancel-at: the batches trained so far
+        self._cancel(learn, "after_train")
 
     @hookimpl
     def after_validate(self, learn: Learner) -> None:  # after FSDP's catch-up (tryfirst)
