@@ -15,10 +15,11 @@ multiprocess (MultiprocessLoader with one worker) or sampler (a torch DataLoader
 DistributedSampler). ``--cancel-rank R --cancel-at N --cancel-in HOOK``: rank R raises
 CancelEpochException (``--cancel-batch``: CancelBatchException; ``--cancel-train``:
 CancelTrainException) from HOOK (before_batch, compute_loss, predict, backward, step, zero_grad,
-after_loss, after_batch; after_train once N batches trained) at training batch N (``--cancel-valid``:
-validation batch N of each pass), or CancelFitException from before_fit, after_fit (N unused) or
-before_epoch (at epoch N). ``--sigint-rank R --sigint-at N``: rank R sends itself SIGINT (a Ctrl-C)
-at the start of training batch N; the job records the KeyboardInterrupt every rank ended with.
+after_loss, after_batch; after_train once N batches trained) at training batch N
+(``--cancel-valid``: validation batch N of each pass), or CancelFitException from before_fit,
+after_fit (N unused) or before_epoch (at epoch N). ``--sigint-rank R --sigint-at N``: rank R sends
+itself SIGINT (a Ctrl-C) at the start of training batch N; the job records the KeyboardInterrupt
+every rank ended with.
 ``--fsdp``: FSDP(layers=nn.Linear) instead of DDP(). ``--hold-at N``: rank 0 waits (for the parent's
 SIGKILL) once it printed ``batch N``, so that no checkpoint is written after N, however slowly the
 kill comes. ``--compile``: Compile(backend="eager"); the result's ``compiled`` names what the model
