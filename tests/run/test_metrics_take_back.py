@@ -28,15 +28,23 @@ class TakeBack:
     loss."""
 
     def __init__(
-        self, at: int, hook: str, training: bool = True, keep: tuple[bool, ...] | None = None
+        self,
+        at: int,
+        hook: str,
+        training: bool = True,
+        keep: tuple[bool, ...] | None = None,
+        nested: bool = False,
     ) -> None:
         self.at, self.hook, self.training, self.keep = at, hook, training, keep
+        self.nested = nested  # a validation from this hook first (its batches count apart)
         self.counted: list[tuple[bool, ...]] = []
         self.kept: list[tuple[torch.Tensor, torch.Tensor, float]] = []
 
     def _maybe(self, learn, hook: str) -> bool:
         here = learn.training == self.training and learn.iter == self.at
         if here and hook == self.hook:
+            if self.nested:
+                learn.validate()
             self.counted.append(counted_now(learn))
             take_back(learn, self.keep)
             return True
@@ -53,10 +61,10 @@ class TakeBack:
             self.kept.append((learn.preds.detach(), learn.yb, learn.loss.item()))
 
 
-def fit(hook: str, training: bool = True, keep: tuple[bool, ...] | None = None):
+def fit(hook: str, training: bool = True, keep: tuple[bool, ...] | None = None, nested=False):
     xt, yt = make_data(10, seed=1)
     xv, yv = make_data(7, seed=2)
-    spy = TakeBack(at=1, hook=hook, training=training, keep=keep)
+    spy = TakeBack(at=1, hook=hook, training=training, keep=keep, nested=nested)
     plugins = [
         Accuracy(phases=("train", "valid")),
         MetricAdapter(multiclass_f1(average="macro"), name="f1", phases=("train", "valid")),
@@ -67,10 +75,15 @@ def fit(hook: str, training: bool = True, keep: tuple[bool, ...] | None = None):
     return learn.metrics, spy
 
 
-@pytest.mark.parametrize(("training", "n"), [(True, [4, 2]), (False, [4])])
-def test_a_batch_taken_back_after_the_metrics_counted_it_leaves_the_others_values(training, n):
-    # training: batches 0 and 2 of 4, 4, 2 items are left; validation: batch 0 of 4, 3
-    metrics, spy = fit("after_loss", training)
+@pytest.mark.parametrize(
+    ("training", "n", "nested"), [(True, [4, 2], False), (False, [4], False), (True, [4, 2], True)]
+)
+def test_a_batch_taken_back_after_the_metrics_counted_it_leaves_the_others_values(
+    training, n, nested
+):
+    # training: batches 0 and 2 of 4, 4, 2 items are left; validation: batch 0 of 4, 3;
+    # nested: a validation run from the batch's hook before it is taken back leaves its record
+    metrics, spy = fit("after_loss", training, nested=nested)
     untouched, _ = fit("none")
     assert spy.counted == [(True, True, True)]  # Accuracy, MetricAdapter, AvgLoss
     preds = torch.cat([p for p, _, _ in spy.kept])

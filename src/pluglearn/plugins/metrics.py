@@ -103,16 +103,16 @@ class AverageMetric(PerPass):
     """
 
     name = "metric"
-    _before: tuple[Any, ...] | None = None  # see __init__ (here too for a subclass's own)
 
     def __init__(self, name: str | None = None, phases: Sequence[str] = ("valid",)) -> None:
         if name is not None:
             self.name = name
         self.phases = _check_phases(phases)
         self.sums: dict[str, list[Any]] = {phase: [0.0, 0] for phase in PHASES}  # total, count
-        # the current batch's record, to take it back (pluglearn.run.metrics): its key (training,
-        # epoch, iter), then the sums before it; put back as they were, so bit for bit
-        self._before: tuple[Any, ...] | None = None
+        # each phase's current batch, to take it back (pluglearn.run.metrics): its (epoch, iter),
+        # then the sums before it, put back as they were (bit for bit); per phase, so that a
+        # validation run from a training hook leaves the training batch's record be
+        self._before: dict[str, tuple[Any, ...] | None] = dict.fromkeys(PHASES)
 
     def batch_sum(self, learn: Learner) -> tuple[float | torch.Tensor, int]:
         raise NotImplementedError(f"{type(self).__name__} must implement batch_sum(learn)")
@@ -122,7 +122,7 @@ class AverageMetric(PerPass):
 
     def _reset(self, phase: str) -> None:
         self.sums[phase] = [0.0, 0]
-        self._before = None
+        self._before[phase] = None
 
     @hookimpl
     def after_loss(self, learn: Learner) -> None:
@@ -131,21 +131,24 @@ class AverageMetric(PerPass):
         if phase in self.phases:
             value, n = self.batch_sum(learn)
             sums = self.sums[phase]
-            self._before = (pos.training, pos.epoch, pos.iter, sums[0], sums[1])
+            self._before[phase] = (pos.epoch, pos.iter, sums[0], sums[1])
             sums[0] = sums[0] + value  # not +=: a tensor total in place would change the record
             sums[1] += n
 
     def counted(self, learn: Learner) -> bool:
         """Has this metric counted the current batch?"""
-        return self._before is not None and self._before[:3] == batch_key(learn)
+        training, epoch, it = batch_key(learn)
+        before = self._before["train" if training else "valid"]
+        return before is not None and before[:2] == (epoch, it)
 
     def take_back(self, learn: Learner) -> None:
         """The sums as they were before the current batch, if it was counted."""
         if self.counted(learn):
-            assert self._before is not None  # counted
-            training, _, _, total, count = self._before
-            self.sums["train" if training else "valid"] = [total, count]
-            self._before = None
+            phase = "train" if learn.training else "valid"
+            before = self._before[phase]
+            assert before is not None  # counted
+            self.sums[phase] = [before[2], before[3]]
+            self._before[phase] = None
 
     @hookimpl
     def state_dict(self) -> dict[str, Any]:
@@ -156,7 +159,7 @@ class AverageMetric(PerPass):
     @hookimpl
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.sums["train"] = [float(state["total"]), int(state["count"])]
-        self._before = None
+        self._before["train"] = None
 
     @hookimpl
     def collect_metrics(self, learn: Learner, phase: str) -> dict[str, float] | None:
@@ -185,8 +188,7 @@ class AvgLoss(AverageMetric):
         # batch_sum, as AverageMetric does
         batch, loss, hooks, pos = learn.batch, learn.loss, learn.hooks, learn.run.pos
         assert loss is not None  # compute_loss set it
-        training = pos.training
-        phase = "train" if training else "valid"
+        phase = "train" if pos.training else "valid"
         if hooks is not self._hooks:  # the plugins changed: does a plugin answer count_items?
             self._hooks, self._default_count = hooks, _counts_by_default(hooks)
         if (
@@ -202,7 +204,7 @@ class AvgLoss(AverageMetric):
             n = batch[1].shape[0]
             sums = self.sums[phase]
             total, count = sums
-            self._before = (training, pos.epoch, pos.iter, total, count)
+            self._before[phase] = (pos.epoch, pos.iter, total, count)
             sums[0] = total + loss.item() * n
             sums[1] = count + n
             return
