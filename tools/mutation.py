@@ -248,6 +248,7 @@ MODULES: dict[str, list[str]] = {
     ],
     "distributed/ddp.py": [
         "tests/distributed/test_ddp.py",
+        "tests/distributed/test_fsdp.py",  # FSDP is a DDP: its _prepare is called from here
         "tests/distributed/test_cancel_agreement.py",
         "tests/distributed/test_ddp_sum_loss.py",
         "tests/distributed/test_ddp_hf.py",

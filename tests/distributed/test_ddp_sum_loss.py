@@ -3,7 +3,8 @@ each rank's sum is scaled to the global batch (so ``train_loss`` is one process'
 so that DDP's average of the gradients is the one process's; under GradientAccumulation the
 batches' gradients add up as one big batch's. So with a torch ``DistributedSampler`` (its padded
 validation set cut), a loader of the user's own (uneven slices: the global batch counted by one
-all-reduce in training, told by the loader in validation), and an empty slice on one rank; a
+all-reduce in training, told by the loader in validation, a validation batch of one item), an
+empty slice on one rank, and a global batch of no items at all (no rank weighs by it); a
 validation loader that cannot tell its global batch is refused before the fit."""
 
 from __future__ import annotations
@@ -49,6 +50,9 @@ def assert_like_one_process(one: dict, two: dict, accum: str) -> None:
         ("sampler-15", "14", "1", False),  # 15 validation items: rank 1's last batch is a repeat
         ("own", "12", "1", False),  # rank 0 takes 8 of 12, 3 of the last 4
         ("own", "12", "2", False),
+        ("own-13", "12", "1", False),  # validation 12 + 1: the loader tells a batch of one
+        ("empty", "12", "1", False),  # a global batch of no items: no rank divides by it
+        ("empty", "12", "2", False),
         ("pluglearn", "13", "1", False),  # 40 = 3 x 13 + 1: one rank's slice of the last empty
         ("pluglearn", "13", "2", False),
         ("pluglearn", "13", "1", True),

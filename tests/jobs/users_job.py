@@ -252,8 +252,9 @@ def sum_loaders(kind: str, batch_size: int, n_valid: int = N_VALID) -> DataLoade
     ``batch_size``: ``sampler`` each rank's DistributedSampler (no shuffle; the validation set
     padded) in batches of ``batch_size / W``; ``own`` each rank's own cut of every global batch
     (rank 0 takes about two thirds: uneven slices), the validation loader a :class:`Told`;
-    ``own-untold`` the same validation loader without it, ``own-stale`` a :class:`Stale`.
-    Alone: one loader of the global batches."""
+    ``own-untold`` the same validation loader without it, ``own-stale`` a :class:`Stale`;
+    ``empty`` as ``own``, its training batches a list with a global batch of no items (every
+    rank's slice empty) after the first. Alone: one loader of the global batches."""
     from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
     world = pdist.world_size()
@@ -263,13 +264,20 @@ def sum_loaders(kind: str, batch_size: int, n_valid: int = N_VALID) -> DataLoade
         samplers = [DistributedSampler(ds, world, RANK, shuffle=False) for ds in sets]
         return DataLoaders(*(DataLoader(ds, batch_size // world, sampler=s)
                              for ds, s in zip(sets, samplers, strict=True)))  # fmt: skip
-    loaders, totals = [], []
+    loaders: list[object] = []
+    totals: list[int] = []
     for ds in sets:
         n = len(ds)
         batches = [list(range(i, min(i + batch_size, n))) for i in range(0, n, batch_size)]
         cuts = [(2 * len(b) + 2) // 3 if world > 1 else len(b) for b in batches]
         mine = [b[:c] if RANK == 0 else b[c:] for b, c in zip(batches, cuts, strict=True)]
-        loaders.append(DataLoader(ds, batch_sampler=mine))
+        if kind == "empty" and not loaders:
+            mine.insert(1, [])
+        if all(mine):
+            loaders.append(DataLoader(ds, batch_sampler=mine))
+        else:  # a torch DataLoader cannot collate no item: the batches as a list
+            loaders.append([tuple(t[torch.tensor(m, dtype=torch.long)] for t in ds.tensors)
+                            for m in mine])  # fmt: skip
         totals = [len(b) for b in batches]  # the validation set's, the last
     told = {"own-untold": lambda dl, _: dl, "own-stale": Stale}.get(kind, Told)
     valid = told(loaders[1], totals)
