@@ -81,10 +81,14 @@ def world_size() -> int:
 
 def launched_world_size() -> int:
     """``WORLD_SIZE`` set by ``torchrun`` (1 when the process was not started by a launcher)."""
+    told = os.environ.get("WORLD_SIZE", "1")
     try:
-        return int(os.environ.get("WORLD_SIZE", "1"))
+        return int(told)
     except ValueError:
-        return 1
+        raise ValueError(
+            f"WORLD_SIZE={told!r} in the environment is not a number of processes: torchrun "
+            "sets it (`torchrun --nproc_per_node N script.py`); unset it to train on one process."
+        ) from None
 
 
 def shard_bounds(n: int, rank: int, world: int) -> tuple[int, int]:
@@ -96,11 +100,10 @@ def shard_bounds(n: int, rank: int, world: int) -> tuple[int, int]:
     return start, start + q + (1 if rank < r else 0)
 
 
-def device() -> torch.device | str:
-    """Where this rank's collectives keep their tensors: its GPU under NCCL, else the CPU."""
-    if is_initialized() and dist.get_backend() == "nccl":
-        return torch.device("cuda", torch.cuda.current_device())
-    return "cpu"
+def device() -> str:
+    """Where this rank's collectives keep their tensors: its GPU under NCCL (``"cuda"``, the
+    current device, which :func:`init_from_env` sets to the local rank's), else the CPU."""
+    return "cuda" if is_initialized() and dist.get_backend() == "nccl" else "cpu"
 
 
 def reduce_sum(*values: float) -> list[float]:
@@ -204,13 +207,28 @@ def init_from_env() -> bool:
     if is_initialized() or launched_world_size() < 2 or not dist.is_available():
         return False
     where = _restart_store()
-    if torch.cuda.is_available() and dist.is_nccl_available():
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        torch.cuda.set_device(local)
-        dist.init_process_group("nccl", device_id=torch.device("cuda", local), **where)
-    else:
-        dist.init_process_group("gloo", **where)
+    backend, gpu = backend_for(
+        torch.cuda.is_available(), dist.is_nccl_available(), os.environ.get("LOCAL_RANK")
+    )
+    if gpu is not None:
+        torch.cuda.set_device(gpu)
+    dist.init_process_group(backend, device_id=gpu, **where)
     return True
+
+
+def backend_for(cuda: bool, nccl: bool, local_rank: str | None) -> tuple[str, torch.device | None]:
+    """The process group's backend and this process's GPU, from what the machine has: NCCL on
+    the GPU numbered ``LOCAL_RANK`` (0 when unset) where CUDA and NCCL both are, else gloo on
+    the CPU (no GPU).
+
+    >>> backend_for(cuda=True, nccl=True, local_rank="1")
+    ('nccl', device(type='cuda', index=1))
+    >>> backend_for(cuda=True, nccl=False, local_rank="1")
+    ('gloo', None)
+    """
+    if cuda and nccl:
+        return "nccl", torch.device("cuda", int(local_rank or 0))
+    return "gloo", None
 
 
 def _restart_store() -> dict[str, Any]:
