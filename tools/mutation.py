@@ -263,7 +263,9 @@ MODULES: dict[str, list[str]] = {
         "tests/distributed/test_ddp_hf.py",
     ],
     "distributed/ranks.py": [
+        "tests/distributed/test_ranks_in_process.py",
         "tests/distributed/test_ranks.py",
+        "tests/distributed/test_fsdp_refusals.py",
         "tests/distributed/test_ranks_local_calls.py",
         "tests/distributed/test_ranks_shards.py",
         "tests/distributed/test_ddp.py",
