@@ -64,6 +64,17 @@ def test_unsharded_reads_a_distributed_samplers_dataset_whole_in_order_with_its_
     plain = DataLoader(ds, batch_size=3)
     assert unsharded(plain) is plain and unsharded([1, 2]) == [1, 2]
 
+    # its workers as they were: as many, pinning memory or not, started the same way
+    def start(worker: int) -> None:
+        torch.manual_seed(worker)
+
+    for workers, pin in ((2, True), (0, False)):
+        loader = DataLoader(ds, 3, sampler=sampler, num_workers=workers, pin_memory=pin,
+                            worker_init_fn=start if workers else None)  # fmt: skip
+        whole = unsharded(loader)
+        assert (whole.num_workers, whole.pin_memory) == (workers, pin)
+        assert whole.worker_init_fn is loader.worker_init_fn
+
 
 def test_alone_rank_local_mode_nests_and_a_rendezvous_needs_nobody():
     from pluglearn import dist

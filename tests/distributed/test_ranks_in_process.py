@@ -43,6 +43,7 @@ def test_in_a_group_of_one_the_collectives_run_and_give_this_process_s_values(gr
     assert (ranks.rank(), ranks.group_rank(), ranks.world_size()) == (0, 0, 1)
     assert ranks.is_main_process() and ranks.device() == "cpu"
     assert ranks.reduce_sum(1.5, -2.0) == [1.5, -2.0]  # through a real all_reduce
+    assert ranks.reduce_sum(1 + 1e-12) == [1 + 1e-12]  # in float64: float32 would give 1.0
     assert ranks.gather_to_main({"a": 1}) == [{"a": 1}]
     assert ranks.all_gather(("x", 3)) == [("x", 3)]
     assert ranks.broadcast_from_main([7]) == [7]

@@ -111,7 +111,7 @@ def reduce_sum(*values: float) -> list[float]:
     if not is_distributed():
         return list(values)
     total = torch.tensor(values, dtype=torch.float64, device=device())
-    dist.all_reduce(total, op=dist.ReduceOp.SUM)
+    dist.all_reduce(total)  # torch's default operation: the sum
     return total.tolist()
 
 
@@ -121,7 +121,7 @@ def gather_to_main(obj: Any) -> list[Any] | None:
     if not is_distributed():
         return [obj]
     out: list[Any] | None = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
-    dist.gather_object(obj, out, dst=0)
+    dist.gather_object(obj, out)  # to rank 0 (torch's default)
     return out
 
 
@@ -139,7 +139,7 @@ def broadcast_from_main(obj: Any) -> Any:
     if not is_distributed():
         return obj
     box = [obj]
-    dist.broadcast_object_list(box, src=0)
+    dist.broadcast_object_list(box)  # from rank 0 (torch's default)
     return box[0]
 
 
@@ -183,10 +183,9 @@ def unsharded(loader: Any) -> Any:
 
     if not isinstance(loader, DataLoader) or not isinstance(loader.sampler, DistributedSampler):
         return loader
-    return DataLoader(
+    return DataLoader(  # no sampler of its own: the dataset in order
         loader.dataset,
         batch_size=loader.batch_size,
-        shuffle=False,
         collate_fn=loader.collate_fn,
         num_workers=loader.num_workers,
         pin_memory=loader.pin_memory,
@@ -237,13 +236,9 @@ def _restart_store() -> dict[str, Any]:
     restart = os.environ.get("TORCHELASTIC_RESTART_COUNT")
     if restart is None or os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != str(True):
         return {}
-    world = launched_world_size()
-    store = dist.TCPStore(
-        os.environ["MASTER_ADDR"],
-        int(os.environ["MASTER_PORT"]),
-        world,
-        is_master=False,
-        timeout=timedelta(minutes=30),  # torch's default for a process group's store
-    )
+    # a client of the agent's store (its master is the agent's), which waits as long as
+    # torch's own process group would for the other ranks: 30 minutes
+    where = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
+    store = dist.TCPStore(*where, timeout=timedelta(minutes=30))
     prefixed = dist.PrefixStore(f"pluglearn/try{restart}/", store)
-    return {"store": prefixed, "rank": int(os.environ["RANK"]), "world_size": world}
+    return {"store": prefixed, "rank": int(os.environ["RANK"]), "world_size": launched_world_size()}
