@@ -264,6 +264,7 @@ MODULES: dict[str, list[str]] = {
     ],
     "distributed/ranks.py": [
         "tests/distributed/test_ranks_in_process.py",
+        "tests/distributed/test_ranks_rendezvous.py",
         "tests/distributed/test_ranks.py",
         "tests/distributed/test_fsdp_refusals.py",
         "tests/distributed/test_ranks_local_calls.py",
