@@ -36,6 +36,12 @@ def test_alone_every_fact_is_one_process_s_and_the_group_rank_is_0():
     assert ranks.device() == "cpu"
     with ranks.local():
         assert not ranks.is_local()  # no group: nothing to be local to
+    # the collectives are the identity, with no group to run them in
+    assert ranks.reduce_sum(1.5, -2.0) == [1.5, -2.0]
+    assert ranks.gather_to_main({"a": 1}) == [{"a": 1}]
+    assert ranks.all_gather(("x", 3)) == [("x", 3)]
+    assert ranks.broadcast_from_main([7]) == [7]
+    ranks.barrier()
 
 
 def test_in_a_group_of_one_the_collectives_run_and_give_this_process_s_values(group_of_one):
