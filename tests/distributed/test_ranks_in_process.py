@@ -95,19 +95,18 @@ def test_not_launched_with_several_ranks_no_group_is_made(monkeypatch):
 
 
 @pytest.mark.parametrize(
-    ("cuda", "nccl", "local_rank", "expected"),
+    ("nccl", "env", "expected"),
     [
-        (True, True, "1", ("nccl", torch.device("cuda", 1))),
-        (True, True, None, ("nccl", torch.device("cuda", 0))),  # LOCAL_RANK unset: GPU 0
-        (True, False, "1", ("gloo", None)),  # a torch built without NCCL
-        (False, True, "1", ("gloo", None)),  # no GPU
-        (False, False, None, ("gloo", None)),
+        (True, {"LOCAL_RANK": "1"}, ("nccl", torch.device("cuda", 1))),
+        (True, {}, ("nccl", torch.device("cuda", 0))),  # LOCAL_RANK unset: GPU 0
+        (False, {"LOCAL_RANK": "1"}, ("gloo", None)),  # no GPU, or a torch without NCCL
     ],
 )
-def test_the_backend_is_nccl_on_the_local_rank_s_gpu_where_there_is_one_else_gloo(
-    cuda, nccl, local_rank, expected
+def test_the_group_is_nccl_on_the_local_rank_s_gpu_where_there_is_one_else_gloo(
+    nccl, env, expected
 ):
-    assert ranks.backend_for(cuda, nccl, local_rank) == expected
+    how = ranks.group_settings(nccl, env)
+    assert how == {"backend": expected[0], "device_id": expected[1]}
 
 
 def elastic_env(monkeypatch, port: int, restart: str, agent_store: str) -> None:

@@ -44,6 +44,8 @@ def test_validate_get_preds_and_predict_on_one_rank_or_all_give_one_process_resu
     assert_metrics(one["validate"], two[0]["validate"])
     assert "validate" not in two[1]
     assert two[0]["after"] == two[1]["after"] == [0, 1]
+    # DDP() joined torchrun's group, made by its own call on each rank; alone it made none
+    assert [rank["created"] for rank in two] == [True, True] and one["created"] is False
 
 
 @pytest.mark.slow

@@ -212,6 +212,7 @@ def local(args: argparse.Namespace) -> dict:
         learn = learner(plugins)
     learn.fit(2)
     out: dict = {"hook": (calls.metrics, calls.preds), "weights": learn.model.state_dict()}
+    out["created"] = ddp.created  # it made the process group (so it destroys it at exit)
     out["get_preds"] = learn.get_preds()  # every rank
     refused = None
     if RANK == 0:  # rank 0 alone

@@ -22,7 +22,7 @@ answering for the real rank, so reporters still print on rank 0 only.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
@@ -205,29 +205,27 @@ def init_from_env() -> bool:
     So each try meets under a prefix of its own (``TORCHELASTIC_RESTART_COUNT``)."""
     if is_initialized() or launched_world_size() < 2 or not dist.is_available():
         return False
-    where = _restart_store()
-    backend, gpu = backend_for(
-        torch.cuda.is_available(), dist.is_nccl_available(), os.environ.get("LOCAL_RANK")
-    )
-    if gpu is not None:
-        torch.cuda.set_device(gpu)
-    dist.init_process_group(backend, device_id=gpu, **where)
+    how = group_settings(torch.cuda.is_available() and dist.is_nccl_available(), os.environ)
+    if how["device_id"] is not None:
+        torch.cuda.set_device(how["device_id"])
+    dist.init_process_group(**how, **_restart_store())
     return True
 
 
-def backend_for(cuda: bool, nccl: bool, local_rank: str | None) -> tuple[str, torch.device | None]:
-    """The process group's backend and this process's GPU, from what the machine has: NCCL on
-    the GPU numbered ``LOCAL_RANK`` (0 when unset) where CUDA and NCCL both are, else gloo on
-    the CPU (no GPU).
+def group_settings(nccl: bool, env: Mapping[str, str]) -> dict[str, Any]:
+    """``init_process_group``'s backend and device for this process, from what the machine has
+    (``nccl``: CUDA and NCCL both available) and torchrun's environment ``env``: NCCL on the GPU
+    numbered ``LOCAL_RANK`` (0 when unset), else gloo on the CPU (no device).
 
-    >>> backend_for(cuda=True, nccl=True, local_rank="1")
-    ('nccl', device(type='cuda', index=1))
-    >>> backend_for(cuda=True, nccl=False, local_rank="1")
-    ('gloo', None)
+    >>> group_settings(True, {"LOCAL_RANK": "1"})
+    {'backend': 'nccl', 'device_id': device(type='cuda', index=1)}
+    >>> group_settings(False, {"LOCAL_RANK": "1"})
+    {'backend': 'gloo', 'device_id': None}
     """
-    if cuda and nccl:
-        return "nccl", torch.device("cuda", int(local_rank or 0))
-    return "gloo", None
+    if nccl:
+        gpu = torch.device("cuda", int(env.get("LOCAL_RANK", "0")))
+        return {"backend": "nccl", "device_id": gpu}
+    return {"backend": "gloo", "device_id": None}
 
 
 def _restart_store() -> dict[str, Any]:
