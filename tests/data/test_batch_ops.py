@@ -297,7 +297,8 @@ def test_per_token_predictions_of_different_lengths_are_a_clear_error_with_the_f
         learn.get_preds()
     text = str(info.value)
     assert "preds has shape (4, 3, 3) in batch 0 but (4, 6, 3) in batch 1" in text
-    assert "Pad them to one length in `predict`" in text and "list of per-item tensors" in text
+    assert "predictions in `predict`, targets in the loader's collate_fn" in text
+    assert "a list of per-item tensors" in text
 
 
 @dataclass

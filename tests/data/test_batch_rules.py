@@ -103,8 +103,9 @@ def test_predictions_that_differ_beyond_dim_0_are_refused_naming_both_shapes_and
         pluglearn.data.batch_ops.concat(parts)
     assert str(info.value) == (
         f"concat: {where} has shape (2, 3) in batch 0 but {second} in batch 1: tensors join on "
-        "dim 0 only, so every other dimension must agree. Pad them to one length in `predict` "
-        "(e.g. to the dataset's longest sequence), or return a list of per-item tensors."
+        "dim 0 only, so every other dimension must agree. Pad them to one length where they are "
+        "made (predictions in `predict`, targets in the loader's collate_fn; e.g. to the "
+        "dataset's longest sequence), or make them a list of per-item tensors."
     )
 
 

@@ -19,7 +19,7 @@ from pluglearn import (
     Recorder,
     hookimpl,
 )
-from tests.helpers import CrashAt
+from tests.helpers import CrashAt, first_line
 from tests.plugins.test_metrics import (
     TORCHMETRICS,
     batches,
@@ -100,11 +100,34 @@ class OnlyUpdate:
 
 @pytest.mark.parametrize(
     ("metric", "missing"),
-    [(object(), "update, compute, reset"), (OnlyUpdate(), "compute, reset")],
+    [
+        (object(), "object lacks update, compute, reset"),
+        (OnlyUpdate(), "OnlyUpdate lacks compute, reset"),
+    ],
 )
 def test_metric_adapter_rejects_objects_without_the_protocol(metric, missing):
-    with pytest.raises(TypeError, match=f"lacks {missing}: MetricAdapter needs an object"):
+    # the whole message: the class, every method it lacks, and what is needed
+    with pytest.raises(TypeError) as info:
         MetricAdapter(metric)
+    assert str(info.value) == (
+        f"{missing}: MetricAdapter needs an object with update(preds, targets), compute() and "
+        "reset() (e.g. a torchmetrics metric)."
+    )
+
+
+def test_the_metric_given_is_the_first_phase_s_and_the_other_phase_updates_its_own_copy(data):
+    train, valid, (xt, yt), (xv, yv) = data
+    given = multiclass_accuracy(average="micro")
+    adapter = MetricAdapter(given, name="acc", phases=("train", "valid"))
+    model = make_model()
+    learn = make_learner(model, train, valid, plugins=[adapter], lr=0)
+    learn.fit(1)
+    assert adapter.metric is given and adapter.metrics["train"] is given
+    assert adapter.metrics["valid"] is not given
+    # the caller's own object holds the train pass, the copy the validation pass
+    assert given.compute().item() == pytest.approx(hit_rate(model, xt, yt))
+    assert adapter.metrics["valid"].compute().item() == pytest.approx(hit_rate(model, xv, yv))
+    assert hit_rate(model, xt, yt) != pytest.approx(hit_rate(model, xv, yv))  # told apart
 
 
 # ---------------------------------------------------------------------- MetricCollection
@@ -154,6 +177,31 @@ def test_a_named_collection_prefixes_its_keys_with_the_name(data):
     learn = make_learner(make_model(), train, valid, [MetricAdapter(collection(prefix="val_"))])
     learn.fit(1)
     assert {"val_acc", "val_f1"} <= set(learn.metrics)  # the collection's own prefix= holds
+
+
+class ValidateInBatch:
+    """Runs a whole validation from inside training batch 1 (``after_batch``)."""
+
+    @hookimpl
+    def after_batch(self, learn):
+        if learn.training and learn.iter == 1:
+            learn.validate()
+
+
+def test_a_validation_run_from_a_training_hook_leaves_a_collection_s_train_values_be(data):
+    # each phase has its own collection, members included: the nested validation resets and
+    # updates the validation one only
+    train, valid, _, _ = data
+
+    def fit(plugins=()):
+        adapter = MetricAdapter(collection(), phases=("train", "valid"))
+        learn = make_learner(make_model(), train, valid, [adapter, *plugins])
+        learn.fit(2)
+        return learn.metrics
+
+    plain, nested = fit(), fit([ValidateInBatch()])
+    for key in ("train_acc", "train_f1", "acc", "f1"):
+        assert nested[key] == plain[key], key
 
 
 # Not the shared make_learner: the metrics' data and model of this file.
@@ -261,5 +309,11 @@ def test_a_train_metric_without_state_dict_refuses_a_mid_epoch_resume(data, tmp_
 
     with pytest.raises(RuntimeError, match="killed"):
         learner([Checkpoint(tmp_path, every_n_batches=1), CrashAt(1, 1)]).fit(2)
-    with pytest.raises(ValueError, match=r"has no state_dict, so its train value cannot be"):
+    with pytest.raises(ValueError) as info:
         learner().fit(2, resume_from=tmp_path)
+    assert first_line(info.value) == (
+        "MetricAdapter[n]: the checkpoint was written in the middle of a train pass, and its "
+        "metric (Counting) has no state_dict, so its train value cannot be resumed exactly: use a "
+        "metric with state_dict (torchmetrics, torcheval), phases=('valid',), or resume from a "
+        "checkpoint written at an epoch's end."
+    )

@@ -14,12 +14,16 @@ from pluglearn import (
     Accuracy,
     AverageMetric,
     AvgLoss,
+    Checkpoint,
     DataLoaders,
     Learner,
     MetricAdapter,
     ProgressBar,
+    Recorder,
     hookimpl,
 )
+from pluglearn.plugins.metrics import PerPass
+from tests.helpers import CrashAt, first_line
 
 K = 3  # classes
 
@@ -119,6 +123,33 @@ def test_train_loss_is_the_loss_of_the_model_before_each_step(data):
         valid_sum = sum(F.cross_entropy(ref(xb), yb, reduction="sum").item() for xb, yb in valid)
     assert learn.metrics["train_loss"] == pytest.approx(total / 10, rel=1e-6)
     assert learn.metrics["valid_loss"] == pytest.approx(valid_sum / 7, rel=1e-6)
+
+
+def test_each_epoch_s_train_loss_and_accuracy_cover_that_epoch_s_batches_only(data):
+    train, valid, _, _ = data
+    model = make_model()
+    ref = copy.deepcopy(model)
+    learn = make_learner(model, train, valid, [Accuracy(phases=("train", "valid")), Recorder()])
+    learn.fit(2)
+
+    opt = torch.optim.SGD(ref.parameters(), lr=0.3)
+    expected = []
+    for _ in range(2):  # the hand-written loop, its sums started afresh every epoch
+        loss_sum, hits = 0.0, 0
+        for xb, yb in train:
+            preds = ref(xb)
+            loss = F.cross_entropy(preds, yb)
+            loss_sum += loss.item() * len(yb)
+            hits += (preds.argmax(1) == yb).sum().item()
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+        expected.append((loss_sum / 10, hits / 10))
+    epochs = learn.plugin("Recorder").epochs
+    for epoch, (loss, accuracy) in zip(epochs, expected, strict=True):
+        assert epoch["train_loss"] == pytest.approx(loss, rel=1e-6)
+        assert epoch["train_accuracy"] == pytest.approx(accuracy)
+    assert expected[0] != pytest.approx(expected[1])  # the epochs differ: the test tells them apart
 
 
 class DoubledLoss(AvgLoss):
@@ -317,3 +348,188 @@ def test_validate_after_fit_does_not_remember_removed_metric_owners(data):
     learn.add_plugin(MetricAdapter(multiclass_accuracy(average="micro"), "accuracy"))
     metrics = learn.validate()
     assert metrics["accuracy"] == pytest.approx(hit_rate(model, xv, yv))
+
+
+def test_two_plugins_reporting_one_name_is_refused_with_the_whole_message(data):
+    train, valid, _, _ = data
+    learn = make_learner(make_model(), train, valid, plugins=[Accuracy(), Accuracy()])
+    with pytest.raises(ValueError) as info:
+        learn.fit(1)
+    assert first_line(info.value) == (
+        "metric 'accuracy' is reported by both 'Accuracy' and 'Accuracy_2': give one of them "
+        "another name (e.g. its name= argument)."
+    )
+
+
+class Listing:
+    """A metric plugin that answers a list instead of a dict."""
+
+    @hookimpl
+    def collect_metrics(self, phase):
+        return [0.5]
+
+
+def test_a_collect_metrics_answer_that_is_no_dict_is_refused_naming_the_plugin_and_type(data):
+    train, valid, _, _ = data
+    learn = make_learner(make_model(), train, valid, plugins=[Listing()])
+    with pytest.raises(TypeError) as info:
+        learn.validate()
+    assert first_line(info.value) == (
+        "plugin 'Listing': 'collect_metrics' must return a dict of metrics or None, got list."
+    )
+
+
+class LrMetric:
+    """Reports the optimizer's lr at the end of every pass: reads the Learner it is given."""
+
+    @hookimpl
+    def collect_metrics(self, learn, phase):
+        lr = learn.opt.param_groups[0]["lr"]
+        return {"lr" if phase == "valid" else "train_lr": lr}
+
+
+def test_collect_metrics_is_asked_with_the_learner(data):
+    train, valid, _, _ = data
+    learn = make_learner(make_model(), train, valid, plugins=[LrMetric()], lr=0.25)
+    learn.fit(1)
+    assert learn.metrics["train_lr"] == 0.25 and learn.metrics["lr"] == 0.25
+
+
+# ------------------------------------------------------------- counting, refusals, empty passes
+
+
+class IgnoredTargets:
+    """Counts the items whose target the loss does not ignore (its ``ignore_index``, read from
+    the Learner's loss function): the per-item average of a loss that skips them."""
+
+    @hookimpl
+    def count_items(self, learn, batch):
+        return int((batch[1] != learn.loss_func.ignore_index).sum())
+
+
+def with_ignored_targets(y: torch.Tensor) -> torch.Tensor:
+    """``y`` with every third target set to -1, the loss's ignore_index below."""
+    y = y.clone()
+    y[::3] = -1
+    return y
+
+
+def test_count_items_is_asked_with_the_learner_and_weighs_the_loss(data):
+    # cross entropy with ignore_index averages over the targets it keeps: so must valid_loss
+    train, valid, _, (xv, yv) = data
+    yv = with_ignored_targets(yv)  # batches of 4 and 3 keep 2 and 2 items
+    valid = batches(xv, yv, 4)
+    model = make_model()
+    loss = nn.CrossEntropyLoss(ignore_index=-1)
+    learn = Learner(
+        model,
+        DataLoaders(train, valid),
+        loss_func=loss,
+        lr=0.3,
+        plugins=[IgnoredTargets(), ProgressBar(file=io.StringIO())],
+    )
+    learn.fit(1)
+    with torch.no_grad():
+        expected = loss(model(xv), yv).item()
+        per_batch_size = sum(loss(model(xb), yb).item() * len(yb) for xb, yb in valid) / 7
+    assert learn.metrics["valid_loss"] == pytest.approx(expected, rel=1e-6)
+    assert per_batch_size != pytest.approx(expected, rel=1e-3)  # the count makes a difference
+
+
+class OwnStep:
+    """Predicts and computes the loss in place of TrainStep, and counts no batch."""
+
+    @hookimpl
+    def predict(self, learn):
+        return learn.model(learn.batch[0])
+
+    @hookimpl
+    def compute_loss(self, learn):
+        return F.cross_entropy(learn.preds, learn.batch[1])
+
+    @hookimpl
+    def count_items(self, batch):
+        return None
+
+
+def test_avg_loss_refuses_a_batch_no_plugin_counts(data):
+    train, valid, _, _ = data
+    learn = make_learner(make_model(), train, valid, plugins=[OwnStep()])
+    learn.remove_plugin("TrainStep")
+    with pytest.raises(TypeError) as info:
+        learn.validate()
+    assert first_line(info.value) == "no plugin answered 'count_items' (every one returned None)"
+
+
+class Unfinished(AverageMetric):
+    name = "unfinished"
+
+
+def test_an_average_metric_without_batch_sum_names_the_class_that_must_implement_it(data):
+    train, valid, _, _ = data
+    learn = make_learner(make_model(), train, valid, plugins=[Unfinished()])
+    with pytest.raises(NotImplementedError) as info:
+        learn.validate()
+    assert first_line(info.value) == "Unfinished must implement batch_sum(learn)"
+
+
+class BatchesSeen(PerPass):
+    """A per-pass plugin that forgot its ``_reset``."""
+
+    @hookimpl
+    def after_loss(self, learn):
+        pass
+
+
+def test_a_per_pass_plugin_without_reset_names_the_class_that_must_implement_it(data):
+    train, valid, _, _ = data
+    learn = make_learner(make_model(), train, valid, plugins=[BatchesSeen()])
+    with pytest.raises(NotImplementedError) as info:
+        learn.validate()
+    assert first_line(info.value) == "BatchesSeen must implement _reset(phase)"
+
+
+def test_a_pass_that_counts_no_item_reports_no_average_and_one_item_is_an_average(data):
+    # a loader whose batches hold no item (a filtered dataset, a rank's empty slices): no
+    # number to average, so no metric, rather than a division by zero
+    train, valid, _, (xv, yv) = data
+    model = make_model()
+    learn = make_learner(model, train, valid, plugins=[Accuracy()])
+    assert learn.validate(dl=[(xv[:0], yv[:0]), (xv[:0], yv[:0])]) == {}
+    assert learn.metrics == {}
+    one = learn.validate(dl=[(xv[:1], yv[:1])])
+    with torch.no_grad():
+        loss = F.cross_entropy(model(xv[:1]), yv[:1]).item()
+    assert one == {"accuracy": hit_rate(model, xv[:1], yv[:1]), "valid_loss": pytest.approx(loss)}
+
+
+# --------------------------------------------------------------------------- mid-epoch resume
+
+
+def resumable(plugins=()) -> Learner:
+    """40 shuffled training items in batches of 8, 12 validating, Accuracy of both passes."""
+    xt, yt = make_data(40, seed=5)
+    xv, yv = make_data(12, seed=6)
+    dls = DataLoaders.from_datasets((xt, yt), (xv, yv), batch_size=8, seed=3)
+    quiet = ProgressBar(file=io.StringIO())
+    plugins = [Accuracy(phases=("train", "valid")), Recorder(), quiet, *plugins]
+    return Learner(make_model(), dls, lr=0.5, plugins=plugins)
+
+
+def test_train_loss_and_accuracy_resumed_mid_epoch_report_the_uninterrupted_values(tmp_path):
+    # the sums restored from the checkpoint are kept by the resumed train pass (not reset), and
+    # every new epoch starts from zero
+    done = resumable()
+    done.fit(3)
+    with pytest.raises(RuntimeError, match="killed"):
+        resumable([Checkpoint(tmp_path, every_n_batches=1), CrashAt(1, 2)]).fit(3)
+    resumed = resumable()
+    resumed.fit(3, resume_from=tmp_path)
+
+    def values(learn):
+        return [
+            {k: v for k, v in e.items() if k != "time"} for e in learn.plugin("Recorder").epochs
+        ]
+
+    assert values(resumed) == values(done)
+    assert values(done)[-1].keys() >= {"train_loss", "train_accuracy", "valid_loss"}

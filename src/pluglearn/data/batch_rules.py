@@ -82,8 +82,9 @@ def _concat_tensors(values: list[torch.Tensor], counts: list[int], where: object
             raise ValueError(
                 f"concat: {where} has shape {tuple(values[0].shape)} in batch 0 but "
                 f"{tuple(v.shape)} in batch {i}: tensors join on dim 0 only, so every other "
-                "dimension must agree. Pad them to one length in `predict` (e.g. to the "
-                "dataset's longest sequence), or return a list of per-item tensors."
+                "dimension must agree. Pad them to one length where they are made (predictions "
+                "in `predict`, targets in the loader's collate_fn; e.g. to the dataset's longest "
+                "sequence), or make them a list of per-item tensors."
             )
     return torch.cat(values)
 
