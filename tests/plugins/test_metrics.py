@@ -232,6 +232,18 @@ def test_accuracy_with_train_phase_reports_train_accuracy(data):
     assert learn.metrics["accuracy"] == pytest.approx(hit_rate(model, xv, yv))
 
 
+def test_a_metric_given_a_name_reports_under_it_in_both_passes(data):
+    train, valid, (xt, yt), (xv, yv) = data
+    model = make_model()
+    hits = Accuracy(name="hits", phases=("train", "valid"))
+    learn = make_learner(model, train, valid, plugins=[hits], lr=0)
+    learn.fit(1)
+    assert {"train_hits", "hits"} <= set(learn.metrics)
+    assert "accuracy" not in learn.metrics and "train_accuracy" not in learn.metrics
+    assert learn.metrics["train_hits"] == pytest.approx(hit_rate(model, xt, yt))
+    assert learn.metrics["hits"] == pytest.approx(hit_rate(model, xv, yv))
+
+
 def test_accuracy_rejects_one_dimensional_predictions(data):
     train, _, _, _ = data
     model = nn.Sequential(nn.Linear(4, 1), nn.Flatten(0))  # preds of shape (n,)

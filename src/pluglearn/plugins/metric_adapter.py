@@ -40,7 +40,7 @@ import torch
 
 from ..distributed.ranks import is_distributed, is_local, reduce_sum
 from ..hooks.markers import hookimpl
-from ..run.metrics import batch_key
+from ..run.metrics import batch_key, phase_of
 from .metrics import PerPass, _check_phases
 
 if TYPE_CHECKING:
@@ -108,7 +108,7 @@ class MetricAdapter(PerPass):
 
     @hookimpl
     def after_loss(self, learn: Learner) -> None:
-        phase = "train" if learn.training else "valid"
+        phase = phase_of(learn.training)
         if phase not in self.phases:
             return
         self._flush(phase)
@@ -136,13 +136,13 @@ class MetricAdapter(PerPass):
     def counted(self, learn: Learner) -> bool:
         """Is the current batch kept for the metric (see :mod:`pluglearn.run.metrics`)?"""
         key = batch_key(learn)
-        pending = self._pending.get("train" if key[0] else "valid")
+        pending = self._pending.get(phase_of(key[0]))
         return pending is not None and pending[0] == key
 
     def take_back(self, learn: Learner) -> None:
         """Drop the current batch, if it is kept: the metric never sees it."""
         if self.counted(learn):
-            self._pending["train" if learn.training else "valid"] = None
+            self._pending[phase_of(learn.training)] = None
 
     @hookimpl
     def state_dict(self) -> dict[str, Any]:

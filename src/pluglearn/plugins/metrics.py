@@ -30,7 +30,7 @@ import torch
 
 from ..distributed.ranks import reduce_sum
 from ..hooks.markers import hookimpl
-from ..run.metrics import batch_key
+from ..run.metrics import batch_key, phase_of
 from .train_step import TrainStep
 
 if TYPE_CHECKING:
@@ -127,7 +127,7 @@ class AverageMetric(PerPass):
     @hookimpl
     def after_loss(self, learn: Learner) -> None:
         pos = learn.run.pos
-        phase = "train" if pos.training else "valid"
+        phase = phase_of(pos.training)
         if phase in self.phases:
             value, n = self.batch_sum(learn)
             sums = self.sums[phase]
@@ -138,13 +138,13 @@ class AverageMetric(PerPass):
     def counted(self, learn: Learner) -> bool:
         """Has this metric counted the current batch?"""
         training, epoch, it = batch_key(learn)
-        before = self._before["train" if training else "valid"]
+        before = self._before[phase_of(training)]
         return before is not None and before[:2] == (epoch, it)
 
     def take_back(self, learn: Learner) -> None:
         """The sums as they were before the current batch, if it was counted."""
         if self.counted(learn):
-            phase = "train" if learn.training else "valid"
+            phase = phase_of(learn.training)
             before = self._before[phase]
             assert before is not None  # counted
             self.sums[phase] = [before[2], before[3]]
@@ -188,7 +188,7 @@ class AvgLoss(AverageMetric):
         # batch_sum, as AverageMetric does
         batch, loss, hooks, pos = learn.batch, learn.loss, learn.hooks, learn.run.pos
         assert loss is not None  # compute_loss set it
-        phase = "train" if pos.training else "valid"
+        phase = phase_of(pos.training)
         if hooks is not self._hooks:  # the plugins changed: does a plugin answer count_items?
             self._hooks, self._default_count = hooks, _counts_by_default(hooks)
         if (
