@@ -13,6 +13,7 @@ from torch import nn
 
 from pluglearn import DataLoaders, Learner, hookimpl
 from pluglearn.data.batch_rules import TORCH_LISTS
+from tests.data.test_batch_ops import Sentences, pad_collate
 from tests.plugins.test_metrics import (
     IgnoredTargets,
     make_data,
@@ -151,32 +152,6 @@ def test_get_preds_checks_per_item_target_lists_against_the_count_items_answer()
     means = torch.stack([b.mean(0) for b in valid.boxes])
     per_image = F.mse_loss(expected, means).item()
     assert learn.metrics["valid_loss"] == pytest.approx(per_image, rel=1e-6)
-
-
-class Sentences(torch.utils.data.Dataset):
-    """Sentences of 1 to 6 tokens with a class per token."""
-
-    lengths = (2, 3, 1, 2, 6, 1, 1, 2)  # batches of 4: the longest 3 tokens, then 6
-
-    def __init__(self) -> None:
-        g = torch.Generator().manual_seed(0)
-        self.tokens = [torch.randint(1, 10, (n,), generator=g) for n in self.lengths]
-
-    def __len__(self) -> int:
-        return len(self.tokens)
-
-    def __getitem__(self, i: int) -> tuple:
-        return self.tokens[i], self.tokens[i] % 3
-
-
-def pad_collate(items: list) -> tuple:
-    """Each batch padded to its own longest sentence (labels with -100)."""
-    longest = max(len(t) for t, _ in items)
-    ids = torch.zeros(len(items), longest, dtype=torch.long)
-    labels = torch.full((len(items), longest), -100)
-    for row, (t, y) in enumerate(items):
-        ids[row, : len(t)], labels[row, : len(y)] = t, y
-    return ids, labels
 
 
 class PaddedToSix:
