@@ -80,7 +80,7 @@ def _counts_by_default(hooks: Any) -> bool:
     then a pair's count is its targets' leading size, with no hook call."""
     return all(
         isinstance(getattr(impl.function, "__self__", None), TrainStep)
-        for impl in hooks.impls.get("count_items", [])
+        for impl in hooks.impls["count_items"]  # every hook has its list, empty or not
     )
 
 
