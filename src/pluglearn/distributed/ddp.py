@@ -360,8 +360,8 @@ class DDP:
         self._padded = (reals, rank, seen + n)
         if real == n:
             return
-        if real == 0:  # only repeats: this rank skips the batch (no collective in validation)
-            raise CancelBatchException("DDP: a batch of padding only")
+        if real == 0:  # only repeats: this rank skips the batch (no collective in validation;
+            raise CancelBatchException  # the loop takes it in silence, so it says nothing)
         learn.batch = head(learn.batch, real)  # any structure: a pair, a dict, a dataclass
 
     def _call_compute_loss(self, call: Caller) -> Caller:
