@@ -106,6 +106,11 @@ class Loop:
                     self._run_entry(lambda: self.hooks.after_create_opt(self))
                 finally:
                     self.run.setting_up = False
+                # a fit starts with no gradient, as in a fresh process (a resume then puts back
+                # those of an accumulation group): one left by a fit that raised between its
+                # backward and its step would be added into the first step
+                for param in self.model.parameters():
+                    param.grad = None
                 if resume_from is not None:
                     from .checkpoint.resume import restore
 

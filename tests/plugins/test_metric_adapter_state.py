@@ -9,7 +9,15 @@ import warnings
 
 import pytest
 
-from pluglearn import Checkpoint, DataLoaders, Learner, MetricAdapter, ProgressBar, Recorder
+from pluglearn import (
+    Checkpoint,
+    DataLoaders,
+    Learner,
+    MetricAdapter,
+    ProgressBar,
+    Recorder,
+    hookimpl,
+)
 from pluglearn.checkpoint.files import checkpoints_in, load_checkpoint, save_checkpoint
 from tests.helpers import CrashAt
 from tests.plugins.test_metric_adapter import CrashInValidation
@@ -153,3 +161,27 @@ def test_loading_a_state_without_train_values_resets_the_train_metric():
     assert adapter.collect_metrics(learn, "valid") == {
         "hits": pytest.approx(hit_rate(model, xv, yv))
     }
+
+
+class CrashAtTheStep:
+    """Raises ``RuntimeError("killed")`` in training batch 3 of epoch 1 after its loss (the
+    adapter holds the batch for ``update``) and before its checkpoint."""
+
+    @hookimpl
+    def after_backward(self, learn):
+        if (learn.epoch, learn.iter) == (1, 3):
+            raise RuntimeError("killed")
+
+
+def test_the_same_learner_resumed_after_a_crash_between_backward_and_step_is_exact(tmp_path):
+    # the crashed fit left batch 3's gradients in the model and the batch in the adapter (kept
+    # for update) when the fit resumes from batch 2's checkpoint on the same Learner: the fit
+    # starts with no gradient and the load drops the batch, so batch 3 is trained and counted
+    # once
+    done = learner(HitRate())
+    done.fit(2)
+    learn = learner(HitRate(), [Checkpoint(tmp_path, every_n_batches=1)])
+    with pytest.raises(RuntimeError, match="killed"):
+        learn.fit(2, plugins=[CrashAtTheStep()])
+    learn.fit(2, resume_from=tmp_path)
+    assert epochs(learn) == epochs(done)
