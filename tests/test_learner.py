@@ -368,3 +368,22 @@ def test_validate_asks_only_for_the_validation_loader():
     dls = DataLoaders.from_datasets((x[:8], y[:8]), (x[8:], y[8:]), 4, seed=0)
     Learner(nn.Linear(4, 3), dls, plugins=[Spy()], defaults=False).validate()
     assert asked == [False]
+
+
+class RaiseAfterBackward:
+    @hookimpl
+    def after_backward(self, learn):
+        raise RuntimeError("after the backward, before the step")
+
+
+def test_a_fit_after_one_that_raised_between_backward_and_step_starts_with_no_gradient():
+    crashed = tiny_learner()
+    with pytest.raises(RuntimeError, match="before the step"):
+        crashed.fit(1, plugins=[RaiseAfterBackward()])
+    assert all(p.grad is not None for p in crashed.model.parameters())  # the batch's, left
+    fresh = tiny_learner(seed=1)
+    fresh.model.load_state_dict(crashed.model.state_dict())  # unchanged: no step was taken
+    crashed.fit(2)
+    fresh.fit(2)
+    for key, value in fresh.model.state_dict().items():
+        assert torch.equal(crashed.model.state_dict()[key], value), key
