@@ -37,7 +37,7 @@ from .exceptions import (
     CancelValidateException,
 )
 from .hooks.dispatch import Dispatcher
-from .run.metrics import merge_metrics, phase_of
+from .run.metrics import merge_metrics
 from .run.replay import STATEFUL, epoch_order, loader_kind, replay, resume_stateful
 from .run.state import NESTED
 
@@ -196,7 +196,7 @@ class Loop:
                 self._phase("train", CancelTrainException, self._run_batches)
             else:
                 self._phase("validate", CancelValidateException, self._run_batches)
-        merge_metrics(self._learn, phase_of(train))
+        merge_metrics(self._learn, "train" if train else "valid")
 
     def _run_batches(self) -> None:
         run = self.run

@@ -40,8 +40,8 @@ import torch
 
 from ..distributed.ranks import is_distributed, is_local, reduce_sum
 from ..hooks.markers import hookimpl
-from ..run.metrics import batch_key, phase_of
-from .metrics import PerPass, _check_phases
+from ..run.metrics import batch_key
+from .metrics import PerPass, _check_phases, phase_of
 
 if TYPE_CHECKING:
     from ..learner import Learner

@@ -30,7 +30,7 @@ import torch
 
 from ..distributed.ranks import reduce_sum
 from ..hooks.markers import hookimpl
-from ..run.metrics import batch_key, phase_of
+from ..run.metrics import batch_key
 from .train_step import TrainStep
 
 if TYPE_CHECKING:
@@ -73,6 +73,13 @@ def count_of(learn: Learner) -> Any:
     if n is None:
         raise TypeError("no plugin answered 'count_items' (every one returned None)")
     return n
+
+
+def phase_of(training: bool) -> str:
+    """The pass a batch is in, as the metrics name it: ``"train"`` or ``"valid"`` (here, not in
+    :mod:`pluglearn.run.metrics`: ``AvgLoss`` reads it in every batch, whose code stays in few
+    files)."""
+    return "train" if training else "valid"
 
 
 def _counts_by_default(hooks: Any) -> bool:

@@ -19,11 +19,6 @@ if TYPE_CHECKING:
     from ..learner import Learner
 
 
-def phase_of(training: bool) -> str:
-    """The pass a batch is in, as the metrics name it: ``"train"`` or ``"valid"``."""
-    return "train" if training else "valid"
-
-
 def batch_key(learn: Learner) -> tuple[bool, int, int]:
     """The current batch, as a metric records it: (training, epoch, iter)."""
     pos = learn.run.pos
