@@ -13,7 +13,7 @@ from torch import nn
 
 from pluglearn import DataLoaders, Learner, hookimpl
 from pluglearn.data.batch_rules import TORCH_LISTS
-from tests.data.test_batch_ops import Sentences, pad_collate
+from tests.data.test_batch_ops import Boxes, Sentences, detection_collate, pad_collate
 from tests.plugins.test_metrics import (
     IgnoredTargets,
     make_data,
@@ -21,27 +21,6 @@ from tests.plugins.test_metrics import (
     make_model,
     with_ignored_targets,
 )
-
-
-class Boxes(torch.utils.data.Dataset):
-    """Detection style: an image (4 numbers) and its own number of boxes, a tensor (k, 4)."""
-
-    def __init__(self, n: int, seed: int) -> None:
-        g = torch.Generator().manual_seed(seed)
-        self.x = torch.randn(n, 4, generator=g)
-        self.boxes = [
-            torch.randn(k, 4, generator=g) for k in torch.randint(1, 4, (n,), generator=g)
-        ]
-
-    def __len__(self) -> int:
-        return len(self.boxes)
-
-    def __getitem__(self, i: int) -> tuple:
-        return self.x[i], self.boxes[i]
-
-
-def detection_collate(items: list) -> tuple:
-    return torch.stack([x for x, _ in items]), [boxes for _, boxes in items]
 
 
 def loaders(collate_fn, n_valid: int = 10) -> DataLoaders:
