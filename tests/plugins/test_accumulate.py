@@ -273,3 +273,31 @@ def test_create_graph_gradients_are_divided_like_plain_ones_and_keep_autograd_ou
     assert not graph.divided_in_graph  # the division is not part of their graph
     for a, b in zip(plain, kept, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+
+
+class RaiseAfterBackward:
+    """Raises after the backward of training batch 1 (inside a group of 3, before its step)."""
+
+    @hookimpl
+    def after_backward(self, learn):
+        if learn.iter == 1:
+            raise RuntimeError("after the backward, before the step")
+
+
+def test_a_fit_after_one_that_raised_inside_a_group_starts_a_group_of_its_own():
+    # the crashed fit's open group (2 batches' gradients and items) is not carried into the next
+    # fit: it trains as a fresh Learner from the same weights (ready batches: the same order)
+    def learner():
+        batches = sized_batches([5, 7, 3, 6, 4, 2, 5], seed=1)
+        return Learner(model(), DataLoaders(batches[:6], batches[6:]), lr=0.2,
+                       plugins=[GradientAccumulation(3)])  # fmt: skip
+
+    crashed = learner()
+    with pytest.raises(RuntimeError, match="before the step"):
+        crashed.fit(1, plugins=[RaiseAfterBackward()])
+    fresh = learner()
+    fresh.model.load_state_dict(crashed.model.state_dict())  # no step was taken
+    crashed.fit(2)
+    fresh.fit(2)
+    for p, q in zip(fresh.model.parameters(), crashed.model.parameters(), strict=True):
+        assert torch.equal(p, q)

@@ -88,6 +88,12 @@ class GradientAccumulation:
         self._sum = False  # the loss sums over its items: no weighting (see the module doc)
 
     @hookimpl
+    def after_create_opt(self) -> None:
+        # a fit starts with no open group, as with no gradient (the loop clears those next;
+        # a resume then puts both back): a fit that raised inside a group leaves its items here
+        self.total = 0
+
+    @hookimpl
     def before_fit(self, learn: Learner) -> None:
         from .manual_backward import ManualBackward
 
